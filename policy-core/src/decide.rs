@@ -1,0 +1,276 @@
+//! The decision procedure of semantics.md §3: `check`, `superuser`, and `explain`.
+//!
+//! `check` uses the index; `explain` walks every rule and says, for each, whether it applied
+//! and why not. Both must give the same decision (a test holds them to it), so `explain` is
+//! also the plain reading of the semantics against which the index is tested.
+
+use alloc::format;
+use alloc::string::String;
+use alloc::vec::Vec;
+
+use serde::Serialize;
+
+use crate::index::{ANY_TOPIC, Entry};
+use crate::json::quote;
+use crate::model::{Action, Decision, Permission, Subject};
+use crate::pattern::{Bindings, Pattern};
+use crate::policy::{Effect, Policy, Rule, Sel, SubjectMismatch};
+use crate::topic::{self, Tok};
+
+/// One authorization question, borrowed. Missing `clientid`/`username` are `""`.
+#[derive(Debug, Clone, Copy)]
+pub struct Query<'a> {
+    pub subject: &'a Subject,
+    pub action: Action,
+    pub topic: &'a str,
+    pub clientid: &'a str,
+    pub username: &'a str,
+}
+
+/// The topic of a request once validated: split into levels, `$share/<g>/` stripped.
+struct Target<'a> {
+    text: &'a str,
+    levels: Vec<&'a str>,
+}
+
+impl<'a> Target<'a> {
+    fn new(action: Action, topic: &'a str) -> Result<Target<'a>, Decision> {
+        let checked = match action {
+            Action::Subscribe => topic::subscription_filter(topic),
+            Action::Publish | Action::Read => topic::validate_name(topic).map(|()| topic),
+        };
+        match checked {
+            Ok(text) => Ok(Target { text, levels: topic::split(text) }),
+            Err(e) => Err(Decision::deny(format!("invalid topic: {e}"))),
+        }
+    }
+
+    fn toks(&self) -> Vec<Tok<'a>> {
+        use topic::Levels;
+        (0..self.levels.len()).map(|i| self.levels[..].at(i)).collect()
+    }
+}
+
+/// Does `pattern` (of a rule with `effect`) cover the request's topic for `action`?
+fn topic_applies(pattern: &Pattern, effect: Effect, action: Action, t: &Target, b: &Bindings) -> bool {
+    let Some(p) = pattern.resolve(b, effect == Effect::Deny) else {
+        return false;
+    };
+    let levels = &t.levels[..];
+    match (action, effect) {
+        (Action::Publish | Action::Read, _) => topic::matches(&p, levels),
+        (Action::Subscribe, Effect::Allow) => topic::contains(&p, levels),
+        (Action::Subscribe, Effect::Deny) => topic::overlaps(&p, levels),
+    }
+}
+
+fn describe(effect: Effect, action: Action) -> &'static str {
+    match (effect, action) {
+        (_, Action::Publish | Action::Read) => "matches",
+        (Effect::Allow, Action::Subscribe) => "contains",
+        (Effect::Deny, Action::Subscribe) => "overlaps",
+    }
+}
+
+impl Policy {
+    fn bindings<'a>(q: &Query<'a>) -> Bindings<'a> {
+        Bindings { username: q.username, clientid: q.clientid, subject_id: &q.subject.id }
+    }
+
+    /// Steps 1 and 2 of semantics.md §3: a valid topic and the capability for the action.
+    fn preflight<'a>(&self, q: &Query<'a>) -> Result<Target<'a>, Decision> {
+        let target = Target::new(q.action, q.topic)?;
+        if let Some(caps) = self.capabilities(q.subject) {
+            if !caps.has(q.action.permission()) {
+                return Err(Decision::deny(format!(
+                    "missing capability {}: none of the subject's groups or scopes grants it",
+                    quote(q.action.as_str())
+                )));
+            }
+        }
+        Ok(target)
+    }
+
+    fn entry_applies(&self, e: Entry, q: &Query, t: &Target, b: &Bindings) -> bool {
+        let rule = &self.rules[e.rule as usize];
+        if !rule.subjects.matches(q.subject) {
+            return false;
+        }
+        match &rule.topics {
+            Sel::Any => true,
+            Sel::List(ps) => {
+                debug_assert!(e.pattern != ANY_TOPIC);
+                topic_applies(&ps[e.pattern as usize], rule.effect, q.action, t, b)
+            }
+        }
+    }
+
+    /// The first (in document order) candidate that applies.
+    fn first_applying(&self, cands: &mut [Entry], q: &Query, t: &Target, b: &Bindings) -> Option<usize> {
+        cands.sort_unstable();
+        cands.iter().find(|e| self.entry_applies(**e, q, t, b)).map(|e| e.rule as usize)
+    }
+
+    /// Decides one request (semantics.md §3).
+    pub fn check(&self, q: &Query) -> Decision {
+        let t = match self.preflight(q) {
+            Ok(t) => t,
+            Err(d) => return d,
+        };
+        let b = Self::bindings(q);
+        let mut cands = Vec::new();
+        let toks;
+        match q.action {
+            Action::Subscribe => {
+                toks = t.toks();
+                self.index.overlapping(&toks, &mut cands);
+            }
+            a => self.index.for_name(a, Effect::Deny, &t.levels, &mut cands),
+        }
+        if let Some(r) = self.first_applying(&mut cands, q, &t, &b) {
+            return self.decided(r, q.action, t.text);
+        }
+        cands.clear();
+        match q.action {
+            Action::Subscribe => self.index.containing(&t.toks(), &mut cands),
+            a => self.index.for_name(a, Effect::Allow, &t.levels, &mut cands),
+        }
+        match self.first_applying(&mut cands, q, &t, &b) {
+            Some(r) => self.decided(r, q.action, t.text),
+            None => Decision::deny(format!("no rule allows {} on {}", q.action, quote(t.text))),
+        }
+    }
+
+    fn decided(&self, r: usize, action: Action, topic: &str) -> Decision {
+        let rule = &self.rules[r];
+        let verb = match rule.effect {
+            Effect::Allow => "allows",
+            Effect::Deny => "denies",
+        };
+        Decision {
+            allow: rule.effect == Effect::Allow,
+            rule: Some(rule.name.clone()),
+            reason: format!("rule {} {verb} {action} on {}", quote(&rule.name), quote(topic)),
+        }
+    }
+
+    /// Is the subject a superuser? True iff `roles` is present and grants `superuser`.
+    /// (go-auth then skips ACL checks, so deny rules do not bind a superuser.)
+    pub fn superuser(&self, s: &Subject) -> Decision {
+        let Some(roles) = &self.roles else {
+            return Decision::deny(String::from(
+                "not a superuser: the policy has no roles, so nobody is a superuser",
+            ));
+        };
+        let sources = roles.sources(s, Permission::Superuser);
+        if sources.is_empty() {
+            Decision::deny(String::from(
+                "not a superuser: none of the subject's groups or scopes grants 'superuser'",
+            ))
+        } else {
+            Decision { allow: true, rule: None, reason: format!("superuser through {}", sources.join(", ")) }
+        }
+    }
+
+    /// The decision with every rule's part in it, for people and for tests.
+    pub fn explain(&self, q: &Query) -> Explanation {
+        let capabilities = self.capabilities(q.subject).map(|c| c.iter().map(Permission::as_str).collect());
+        let target = match Target::new(q.action, q.topic) {
+            Ok(t) => t,
+            Err(decision) => return Explanation { decision, capabilities, rules: Vec::new() },
+        };
+        let b = Self::bindings(q);
+        let rules: Vec<RuleTrace> =
+            self.rules.iter().enumerate().map(|(i, r)| trace(i, r, q, &target, &b)).collect();
+        let decision = match self.preflight(q) {
+            Err(d) => d,
+            Ok(_) => {
+                let first =
+                    |eff: Effect| rules.iter().position(|t| t.applies && self.rules[t.index].effect == eff);
+                match first(Effect::Deny).or_else(|| first(Effect::Allow)) {
+                    Some(i) => self.decided(i, q.action, target.text),
+                    None => Decision::deny(format!("no rule allows {} on {}", q.action, quote(target.text))),
+                }
+            }
+        };
+        Explanation { decision, capabilities, rules }
+    }
+}
+
+fn trace(index: usize, rule: &Rule, q: &Query, t: &Target, b: &Bindings) -> RuleTrace {
+    let mut trace = RuleTrace {
+        index,
+        rule: rule.name.clone(),
+        effect: rule.effect.as_str(),
+        applies: false,
+        matched_topic: None,
+        why_not: None,
+    };
+    if let Err(m) = rule.subjects.check(q.subject) {
+        trace.why_not = Some(subject_miss(m));
+        return trace;
+    }
+    if !rule.has_action(q.action) {
+        trace.why_not = Some(format!("action {} is not listed", quote(q.action.as_str())));
+        return trace;
+    }
+    match &rule.topics {
+        Sel::Any => {
+            trace.matched_topic = Some(String::from("*"));
+        }
+        Sel::List(ps) => {
+            trace.matched_topic = ps
+                .iter()
+                .find(|p| topic_applies(p, rule.effect, q.action, t, b))
+                .map(|p| String::from(p.as_str()));
+            if trace.matched_topic.is_none() {
+                let unusable = ps.iter().find_map(|p| p.unusable_placeholder(b));
+                trace.why_not = Some(match (rule.effect, unusable) {
+                    (Effect::Allow, Some(why)) => format!(
+                        "no topic pattern {} {}; {why}",
+                        describe(rule.effect, q.action),
+                        quote(t.text)
+                    ),
+                    _ => format!("no topic pattern {} {}", describe(rule.effect, q.action), quote(t.text)),
+                });
+                return trace;
+            }
+        }
+    }
+    trace.applies = true;
+    trace
+}
+
+fn subject_miss(m: SubjectMismatch) -> String {
+    let what = match m {
+        SubjectMismatch::Type => "the subject's type is not listed",
+        SubjectMismatch::Id => "the subject's id is not listed",
+        SubjectMismatch::Group => "the subject has none of the listed groups",
+        SubjectMismatch::Scope => "no listed scope matches the subject's scopes",
+    };
+    format!("subjects.{}: {what}", m.field())
+}
+
+/// A decision and how each rule took part in it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Explanation {
+    pub decision: Decision,
+    /// The subject's capabilities from `roles`, or `None` when the policy has no roles.
+    pub capabilities: Option<Vec<&'static str>>,
+    /// One entry per rule, in document order (empty when the topic was invalid).
+    pub rules: Vec<RuleTrace>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RuleTrace {
+    /// Zero-based position in `celine.mqtt.acl.rules`.
+    pub index: usize,
+    /// `id` or `rules[N]`.
+    pub rule: String,
+    pub effect: &'static str,
+    pub applies: bool,
+    /// The first topic pattern that covers the request (set when subjects and action match).
+    pub matched_topic: Option<String>,
+    /// Why the rule does not apply.
+    pub why_not: Option<String>,
+}

@@ -1,0 +1,201 @@
+//! The rule index: so a decision's cost follows the rules that *could* apply to a topic, not
+//! the size of the document.
+//!
+//! For each action and effect there is a trie over topic-pattern levels (literal levels by
+//! name, `+` and placeholder levels on one wildcard edge, `#` as a list at its node). A query
+//! walks it with the request's levels and returns *candidate* (rule, pattern) pairs: a
+//! superset of those that apply. The decision code (`decide.rs`) then checks each candidate
+//! exactly (subjects, `$` rule, placeholders), so the index may over-approximate but never
+//! miss. `tests/index_differential.rs` checks it against a linear scan.
+
+use alloc::boxed::Box;
+use alloc::collections::BTreeMap;
+use alloc::string::String;
+use alloc::vec::Vec;
+
+use crate::model::Action;
+use crate::pattern::Level;
+use crate::policy::{Effect, Rule, Sel};
+use crate::topic::Tok;
+
+/// A rule and one of its topic patterns (`u32::MAX` for `"topics": "*"`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) struct Entry {
+    pub rule: u32,
+    pub pattern: u32,
+}
+
+pub(crate) const ANY_TOPIC: u32 = u32::MAX;
+
+#[derive(Debug, Clone, Default)]
+struct Node {
+    children: BTreeMap<String, Node>,
+    /// `+` and placeholder levels.
+    wild: Option<Box<Node>>,
+    /// Patterns with `#` at this depth.
+    hash: Vec<Entry>,
+    /// Patterns ending at this depth.
+    end: Vec<Entry>,
+}
+
+#[derive(Debug, Clone, Default)]
+struct Trie {
+    root: Node,
+    /// Rules with `"topics": "*"`.
+    any: Vec<Entry>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Index {
+    /// `[action][effect]`, effect 0 = allow, 1 = deny.
+    tries: [[Trie; 2]; 3],
+}
+
+impl Index {
+    pub(crate) fn build(rules: &[Rule]) -> Index {
+        let mut index = Index::default();
+        for (ri, rule) in rules.iter().enumerate() {
+            let e = usize::from(rule.effect == Effect::Deny);
+            for action in Action::ALL {
+                if !rule.has_action(action) {
+                    continue;
+                }
+                let trie = &mut index.tries[action.index()][e];
+                match &rule.topics {
+                    Sel::Any => trie.any.push(Entry { rule: ri as u32, pattern: ANY_TOPIC }),
+                    Sel::List(patterns) => {
+                        for (pi, p) in patterns.iter().enumerate() {
+                            trie.insert(p.levels(), Entry { rule: ri as u32, pattern: pi as u32 });
+                        }
+                    }
+                }
+            }
+        }
+        index
+    }
+
+    /// Candidates for a publish or read of the topic name `levels`.
+    pub(crate) fn for_name(&self, action: Action, effect: Effect, levels: &[&str], out: &mut Vec<Entry>) {
+        let trie = self.trie(action, effect);
+        out.extend_from_slice(&trie.any);
+        trie.root.matching(levels, 0, out);
+    }
+
+    /// Allow candidates for a subscription: patterns that may contain the filter.
+    pub(crate) fn containing(&self, levels: &[Tok], out: &mut Vec<Entry>) {
+        let trie = self.trie(Action::Subscribe, Effect::Allow);
+        out.extend_from_slice(&trie.any);
+        trie.root.containing(levels, 0, out);
+    }
+
+    /// Deny candidates for a subscription: patterns that may overlap the filter.
+    pub(crate) fn overlapping(&self, levels: &[Tok], out: &mut Vec<Entry>) {
+        let trie = self.trie(Action::Subscribe, Effect::Deny);
+        out.extend_from_slice(&trie.any);
+        trie.root.overlapping(levels, 0, out);
+    }
+
+    fn trie(&self, action: Action, effect: Effect) -> &Trie {
+        &self.tries[action.index()][usize::from(effect == Effect::Deny)]
+    }
+}
+
+impl Trie {
+    fn insert(&mut self, levels: &[Level], entry: Entry) {
+        let mut node = &mut self.root;
+        for level in levels {
+            node = match level {
+                Level::Lit(s) => node.children.entry(s.clone()).or_default(),
+                Level::Plus | Level::Var(_) => node.wild.get_or_insert_with(Default::default),
+                Level::Hash => {
+                    node.hash.push(entry);
+                    return;
+                }
+            };
+        }
+        node.end.push(entry);
+    }
+}
+
+impl Node {
+    fn matching(&self, t: &[&str], i: usize, out: &mut Vec<Entry>) {
+        out.extend_from_slice(&self.hash);
+        if i == t.len() {
+            out.extend_from_slice(&self.end);
+            return;
+        }
+        if let Some(child) = self.children.get(t[i]) {
+            child.matching(t, i + 1, out);
+        }
+        if let Some(w) = &self.wild {
+            w.matching(t, i + 1, out);
+        }
+    }
+
+    fn containing(&self, f: &[Tok], i: usize, out: &mut Vec<Entry>) {
+        out.extend_from_slice(&self.hash);
+        if i == f.len() {
+            out.extend_from_slice(&self.end);
+            return;
+        }
+        match f[i] {
+            Tok::Lit(s) => {
+                if let Some(child) = self.children.get(s) {
+                    child.containing(f, i + 1, out);
+                }
+                if let Some(w) = &self.wild {
+                    w.containing(f, i + 1, out);
+                }
+            }
+            Tok::Plus => {
+                if let Some(w) = &self.wild {
+                    w.containing(f, i + 1, out);
+                }
+            }
+            // Only `#` covers `#`, except `+/#` at the top (see `topic::contains`).
+            Tok::Hash => {
+                if let Some(w) = &self.wild {
+                    out.extend_from_slice(&w.hash);
+                }
+            }
+        }
+    }
+
+    fn overlapping(&self, f: &[Tok], i: usize, out: &mut Vec<Entry>) {
+        out.extend_from_slice(&self.hash);
+        if i == f.len() {
+            out.extend_from_slice(&self.end);
+            return;
+        }
+        match f[i] {
+            Tok::Lit(s) => {
+                if let Some(child) = self.children.get(s) {
+                    child.overlapping(f, i + 1, out);
+                }
+                if let Some(w) = &self.wild {
+                    w.overlapping(f, i + 1, out);
+                }
+            }
+            Tok::Plus => {
+                for child in self.children.values() {
+                    child.overlapping(f, i + 1, out);
+                }
+                if let Some(w) = &self.wild {
+                    w.overlapping(f, i + 1, out);
+                }
+            }
+            Tok::Hash => {
+                out.extend_from_slice(&self.end);
+                self.everything_below(out);
+            }
+        }
+    }
+
+    fn everything_below(&self, out: &mut Vec<Entry>) {
+        for child in self.children.values().chain(self.wild.as_deref()) {
+            out.extend_from_slice(&child.hash);
+            out.extend_from_slice(&child.end);
+            child.everything_below(out);
+        }
+    }
+}

@@ -1,0 +1,54 @@
+//! `policy-core`: what every MQTT authorization decision of the CELINE policy service means.
+//!
+//! This crate owns the semantics (`shared/docs/semantics.md`, normative): MQTT topic names and
+//! filters (matching, containment, overlap, `$share/`), the strict policy-document loader,
+//! the capability layer and rule evaluation with deny-overrides, superuser, explanations,
+//! claims-to-subject for Keycloak tokens, lint, and policy test cases.
+//!
+//! It is `no_std` + `alloc` and pure: no I/O, no clock, no logging. The host (server and CLI),
+//! the WASM policy module and the browser playground are front-ends that translate to and from
+//! these types; none of them decides anything itself.
+//!
+//! ```
+//! use policy_core::{Action, Policy, Query, Subject, SubjectType};
+//!
+//! let policy = Policy::load(r#"{"celine": {"mqtt": {"acl": {"rules": [
+//!     {"subjects": {"groups": ["viewers"]}, "topics": ["celine/telemetry/+/+/readings"],
+//!      "actions": ["subscribe", "read"]}]}}}}"#).unwrap();
+//! let viewer = Subject { id: "u1".into(), kind: SubjectType::User,
+//!                        groups: vec!["viewers".into()], scopes: vec![] };
+//! let q = Query { subject: &viewer, action: Action::Subscribe,
+//!                 topic: "celine/telemetry/#", clientid: "c1", username: "" };
+//! let d = policy.check(&q);
+//! assert!(!d.allow); // the pattern does not *contain* the wider filter
+//! ```
+#![no_std]
+#![forbid(unsafe_code)]
+
+extern crate alloc;
+
+mod claims;
+mod decide;
+mod index;
+mod json;
+mod lint;
+mod loader;
+mod model;
+mod pattern;
+mod policy;
+mod request;
+mod testcase;
+pub mod topic;
+
+pub use claims::{subject_from_claims, subject_from_claims_json};
+pub use decide::{Explanation, Query, RuleTrace};
+pub use json::{Json, Path, quote};
+pub use lint::lint;
+pub use model::{Action, Decision, Diagnostic, Permission, Permissions, Severity, Subject, SubjectType};
+pub use pattern::{Bindings, Level, Pattern, Placeholder};
+pub use policy::{Effect, Policy, Roles, Rule, ScopePattern, Sel, SubjectMismatch, Subjects};
+pub use request::{Ask, EvalRequest, parse_request, parse_request_json, parse_subject};
+pub use testcase::{CaseResult, TestCase, parse_cases, run_case, run_cases, uncovered_rules};
+
+/// The version of this crate, reported by modules and the CLI.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

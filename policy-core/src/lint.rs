@@ -1,0 +1,333 @@
+//! Lint: a loadable policy can still say something its author did not mean. Warnings for
+//! rules that never apply (empty lists), allow rules no subject can use given the roles, allow
+//! rules a deny rule fully shadows, and repeated patterns or names.
+
+use alloc::format;
+use alloc::string::String;
+use alloc::vec::Vec;
+
+use crate::json::{Path, quote};
+use crate::model::{Action, Diagnostic, Permission, Severity};
+use crate::policy::{Effect, Policy, Roles, Rule, ScopePattern, Sel, Subjects};
+use crate::topic;
+
+/// Loads and lints a document: the load errors if it does not load, else the warnings.
+pub fn lint(text: &str) -> Vec<Diagnostic> {
+    match Policy::load(text) {
+        Ok(p) => p.lint(),
+        Err(errors) => errors,
+    }
+}
+
+fn rule_path(i: usize) -> Path {
+    Path::root().key("celine").key("mqtt").key("acl").key("rules").index(i)
+}
+
+struct Out(Vec<Diagnostic>);
+
+impl Out {
+    fn warn(&mut self, path: &Path, message: String) {
+        self.0.push(Diagnostic { severity: Severity::Warning, path: String::from(path.as_str()), message });
+    }
+}
+
+impl Policy {
+    /// Warnings about a loaded policy, in document order.
+    pub fn lint(&self) -> Vec<Diagnostic> {
+        let mut out = Out(Vec::new());
+        if let Some(roles) = &self.roles {
+            empty_permission_lists(roles, &mut out);
+        }
+        for (i, rule) in self.rules.iter().enumerate() {
+            let path = rule_path(i);
+            empty_lists(rule, &path, &mut out);
+            repeats(rule, &path, &mut out);
+            if rule.effect == Effect::Allow {
+                if let Some(roles) = &self.roles {
+                    unusable_actions(rule, roles, &path, &mut out);
+                }
+                if let Some(d) = self.rules.iter().find(|d| d.effect == Effect::Deny && shadows(d, rule)) {
+                    out.warn(
+                        &path,
+                        format!(
+                            "never allows anything: deny rule {} covers every subject, action and topic this rule allows",
+                            quote(&d.name)
+                        ),
+                    );
+                }
+            }
+        }
+        out.0
+    }
+}
+
+fn empty_permission_lists(roles: &Roles, out: &mut Out) {
+    let base = Path::root().key("celine").key("roles");
+    for (field, map) in
+        [("group_permissions", &roles.group_permissions), ("scope_permissions", &roles.scope_permissions)]
+    {
+        for (name, perms) in map {
+            if perms.iter().next().is_none() {
+                out.warn(&base.key(field).key(name), String::from("empty permission list: grants nothing"));
+            }
+        }
+    }
+}
+
+fn is_empty<T>(sel: &Option<Sel<T>>) -> bool {
+    matches!(sel, Some(Sel::List(v)) if v.is_empty())
+}
+
+fn empty_lists(rule: &Rule, path: &Path, out: &mut Out) {
+    let s = &rule.subjects;
+    for (field, empty) in [
+        ("types", is_empty(&s.types)),
+        ("ids", is_empty(&s.ids)),
+        ("groups", is_empty(&s.groups)),
+        ("scopes", is_empty(&s.scopes)),
+    ] {
+        if empty {
+            out.warn(
+                &path.key("subjects").key(field),
+                String::from("empty list matches no subject: this rule never applies (remove the field to match any subject)"),
+            );
+        }
+    }
+    if matches!(&rule.topics, Sel::List(v) if v.is_empty()) {
+        out.warn(&path.key("topics"), String::from("empty list: this rule never applies"));
+    }
+    if matches!(&rule.actions, Sel::List(v) if v.is_empty()) {
+        out.warn(&path.key("actions"), String::from("empty list: this rule never applies"));
+    }
+}
+
+fn repeats(rule: &Rule, path: &Path, out: &mut Out) {
+    if let Sel::List(ps) = &rule.topics {
+        for (j, p) in ps.iter().enumerate() {
+            let sym = p.symbolic();
+            let earlier = ps[..j].iter().position(|q| q.as_str() == p.as_str());
+            let wider = ps.iter().enumerate().find(|(k, q)| {
+                *k != j && q.as_str() != p.as_str() && topic::contains(&q.symbolic()[..], &sym[..])
+            });
+            if let Some(k) = earlier {
+                out.warn(&path.key("topics").index(j), format!("duplicate pattern: same as topics[{k}]"));
+            } else if let Some((k, q)) = wider {
+                out.warn(
+                    &path.key("topics").index(j),
+                    format!("redundant pattern: topics[{k}] ({}) already covers it", quote(q.as_str())),
+                );
+            }
+        }
+    }
+    fn dup_strings(list: &Option<Sel<String>>, path: &Path, out: &mut Out) {
+        if let Some(Sel::List(v)) = list {
+            for (j, s) in v.iter().enumerate() {
+                if let Some(k) = v[..j].iter().position(|t| t == s) {
+                    out.warn(&path.index(j), format!("duplicate entry {}: same as [{k}]", quote(s)));
+                }
+            }
+        }
+    }
+    dup_strings(&rule.subjects.ids, &path.key("subjects").key("ids"), out);
+    dup_strings(&rule.subjects.groups, &path.key("subjects").key("groups"), out);
+    if let Sel::List(v) = &rule.actions {
+        for (j, a) in v.iter().enumerate() {
+            if v[..j].contains(a) {
+                out.warn(&path.key("actions").index(j), format!("duplicate action {}", quote(a.as_str())));
+            }
+        }
+    }
+}
+
+/// An allow rule for an action that the subjects it names cannot have.
+fn unusable_actions(rule: &Rule, roles: &Roles, path: &Path, out: &mut Out) {
+    let actions: Vec<Action> = Action::ALL.into_iter().filter(|a| rule.has_action(*a)).collect();
+    let granted_anywhere = |p: Permission| {
+        roles.group_permissions.values().chain(roles.scope_permissions.values()).any(|ps| ps.has(p))
+    };
+    // The capability sources the rule itself names: its listed groups and the scope keys its
+    // listed scope patterns match. `None` when it names neither (any subject may apply).
+    let named_groups = match &rule.subjects.groups {
+        Some(Sel::List(gs)) if !gs.is_empty() => Some(gs.as_slice()),
+        _ => None,
+    };
+    let named_scopes = match &rule.subjects.scopes {
+        Some(Sel::List(ss)) if !ss.is_empty() => Some(ss.as_slice()),
+        _ => None,
+    };
+    let named_grant = |p: Permission| -> Option<bool> {
+        if named_groups.is_none() && named_scopes.is_none() {
+            return None;
+        }
+        let by_group = named_groups
+            .is_some_and(|gs| gs.iter().any(|g| roles.group_permissions.get(g).is_some_and(|ps| ps.has(p))));
+        let by_scope = named_scopes.is_some_and(|ss| {
+            roles.scope_permissions.iter().any(|(k, ps)| ps.has(p) && ss.iter().any(|s| s.matches(k)))
+        });
+        Some(by_group || by_scope)
+    };
+    let mut nowhere = Vec::new();
+    let mut not_named = Vec::new();
+    for a in &actions {
+        let p = a.permission();
+        if !granted_anywhere(p) {
+            nowhere.push(a.as_str());
+        } else if named_grant(p) == Some(false) {
+            not_named.push(a.as_str());
+        }
+    }
+    // With `"actions": "*"` a rule may well mean "whatever they can do": only speak up when
+    // none of the actions is usable.
+    if rule.actions == Sel::Any && nowhere.len() + not_named.len() < actions.len() {
+        return;
+    }
+    if !nowhere.is_empty() {
+        out.warn(
+            path,
+            format!(
+                "no group or scope in roles grants {}, so no subject can use this rule for it",
+                nowhere.iter().map(|a| quote(a)).collect::<Vec<_>>().join(", ")
+            ),
+        );
+    }
+    if !not_named.is_empty() {
+        let mut named = Vec::new();
+        if let Some(gs) = named_groups {
+            named.push(format!("groups {}", gs.iter().map(|g| quote(g)).collect::<Vec<_>>().join(", ")));
+        }
+        if let Some(ss) = named_scopes {
+            named.push(format!(
+                "scopes {}",
+                ss.iter().map(|s| quote(&s.text())).collect::<Vec<_>>().join(", ")
+            ));
+        }
+        out.warn(
+            path,
+            format!(
+                "the {} this rule names grant no {} capability: only subjects that get it from another group or scope can use the rule",
+                named.join(" and "),
+                not_named.iter().map(|a| quote(a)).collect::<Vec<_>>().join(", "),
+            ),
+        );
+    }
+}
+
+/// Does deny rule `d` deny everything allow rule `a` would allow?
+fn shadows(d: &Rule, a: &Rule) -> bool {
+    subjects_within(&a.subjects, &d.subjects)
+        && Action::ALL.into_iter().all(|x| !a.has_action(x) || d.has_action(x))
+        && match (&a.topics, &d.topics) {
+            (_, Sel::Any) => true,
+            (Sel::Any, Sel::List(_)) => false,
+            (Sel::List(aps), Sel::List(dps)) => aps.iter().all(|ap| {
+                let sym = ap.symbolic();
+                dps.iter().any(|dp| topic::contains(&dp.symbolic()[..], &sym[..]))
+            }),
+        }
+}
+
+/// Every subject `inner` matches is matched by `outer`.
+fn subjects_within(inner: &Subjects, outer: &Subjects) -> bool {
+    fn field<T>(
+        inner: &Option<Sel<T>>,
+        outer: &Option<Sel<T>>,
+        within: impl Fn(&T, &[T]) -> bool,
+        all: impl Fn(&[T]) -> bool,
+    ) -> bool {
+        match outer {
+            None | Some(Sel::Any) => true,
+            Some(Sel::List(o)) => match inner {
+                Some(Sel::List(i)) => i.iter().all(|x| within(x, o)),
+                _ => all(o),
+            },
+        }
+    }
+    field(
+        &inner.types,
+        &outer.types,
+        |t, o| o.contains(t),
+        |o| o.contains(&crate::model::SubjectType::User) && o.contains(&crate::model::SubjectType::Service),
+    ) && field(&inner.ids, &outer.ids, |x, o| o.contains(x), |_| false)
+        && field(&inner.groups, &outer.groups, |x, o| o.contains(x), |_| false)
+        && field(&inner.scopes, &outer.scopes, |x: &ScopePattern, o| o.iter().any(|p| x.within(p)), |_| false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn warnings(rules: &str, roles: &str) -> Vec<String> {
+        let doc = format!(r#"{{"celine":{{"mqtt":{{"acl":{{"rules":[{rules}]}}}}{roles}}}}}"#);
+        lint(&doc).iter().map(|d| format!("{}: {}", d.path, d.message)).collect()
+    }
+
+    const ROLES: &str = r#","roles":{"group_permissions":{"viewers":["subscribe","read"],"admins":["publish"]},"scope_permissions":{"mqtt.write":["publish"]}}"#;
+
+    #[test]
+    fn empty_lists_are_flagged() {
+        let w = warnings(r#"{"subjects":{"groups":[]},"topics":[],"actions":"*"}"#, "");
+        assert!(
+            w[0].starts_with("celine.mqtt.acl.rules[0].subjects.groups: empty list matches no subject"),
+            "{w:?}"
+        );
+        assert!(w[1].starts_with("celine.mqtt.acl.rules[0].topics: empty list"), "{w:?}");
+    }
+
+    #[test]
+    fn a_publish_rule_for_viewers_is_flagged() {
+        let w =
+            warnings(r#"{"subjects":{"groups":["viewers"]},"topics":["a/#"],"actions":["publish"]}"#, ROLES);
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(w[0].contains("the groups 'viewers' this rule names grant no 'publish' capability"), "{w:?}");
+        let w = warnings(
+            r#"{"subjects":{"groups":["viewers"],"scopes":["mqtt.*"]},"topics":["a/#"],"actions":["publish"]}"#,
+            ROLES,
+        );
+        assert!(w.is_empty(), "a listed scope grants publish: {w:?}");
+        let w = warnings(
+            r#"{"topics":["a/#"],"actions":["publish","superuser_is_not_an_action_but_this_fails_to_load"]}"#,
+            ROLES,
+        );
+        assert!(w[0].contains("unknown action"), "{w:?}");
+    }
+
+    #[test]
+    fn nobody_has_the_capability() {
+        let roles = r#","roles":{"group_permissions":{"viewers":["read"]}}"#;
+        let w = warnings(r#"{"topics":["a/#"],"actions":["publish"]}"#, roles);
+        assert!(w[0].contains("no group or scope in roles grants 'publish'"), "{w:?}");
+    }
+
+    #[test]
+    fn shadowed_allow_rules_are_flagged() {
+        let w = warnings(
+            r#"{"subjects":{"groups":["viewers"],"types":["user"]},"topics":["a/b/+"],"actions":["read"]},
+               {"id":"no-a","subjects":{"groups":["viewers","admins"]},"topics":["a/#"],"actions":["read","subscribe"],"effect":"deny"}"#,
+            "",
+        );
+        assert_eq!(
+            w,
+            [
+                "celine.mqtt.acl.rules[0]: never allows anything: deny rule 'no-a' covers every subject, action and topic this rule allows"
+            ]
+        );
+        let w = warnings(
+            r#"{"topics":["a/b/+"],"actions":["read"]},
+               {"subjects":{"groups":["viewers"]},"topics":["a/#"],"actions":["read"],"effect":"deny"}"#,
+            "",
+        );
+        assert!(w.is_empty(), "the deny binds only viewers: {w:?}");
+    }
+
+    #[test]
+    fn repeated_patterns_are_flagged() {
+        let w = warnings(r#"{"topics":["a/#","a/#","a/b"],"actions":["read"]}"#, "");
+        assert_eq!(
+            w,
+            [
+                "celine.mqtt.acl.rules[0].topics[1]: duplicate pattern: same as topics[0]",
+                "celine.mqtt.acl.rules[0].topics[2]: redundant pattern: topics[0] ('a/#') already covers it",
+            ]
+        );
+    }
+}

@@ -1,0 +1,261 @@
+//! Requests as JSON: what `mqtt-policy eval` reads on a line, what a policy test case holds.
+//!
+//! `{"subject": {...}}` or `{"claims": {...}}` (claims mapped as in semantics.md §4, with no
+//! signature check: this is for testing policies, the host verifies real tokens), plus
+//! `"action"` (`subscribe`, `read`, `publish`, or `superuser`), `"topic"`, and optional
+//! `"clientid"` and `"username"`.
+
+use alloc::format;
+use alloc::string::{String, ToString};
+use alloc::vec::Vec;
+
+use serde::Serialize;
+
+use crate::claims::subject_from_claims;
+use crate::decide::Query;
+use crate::json::{Json, Path, quote};
+use crate::loader::{Loader, one_of};
+use crate::model::{Action, Decision, Subject, SubjectType};
+use crate::policy::Policy;
+
+/// What is asked: an ACL action, or the superuser question.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Ask {
+    Subscribe,
+    Read,
+    Publish,
+    Superuser,
+}
+
+impl Ask {
+    pub fn parse(s: &str) -> Option<Ask> {
+        match s {
+            "superuser" => Some(Ask::Superuser),
+            other => Action::parse(other).map(Ask::from),
+        }
+    }
+    pub fn action(self) -> Option<Action> {
+        match self {
+            Ask::Subscribe => Some(Action::Subscribe),
+            Ask::Read => Some(Action::Read),
+            Ask::Publish => Some(Action::Publish),
+            Ask::Superuser => None,
+        }
+    }
+    pub fn as_str(self) -> &'static str {
+        match self.action() {
+            Some(a) => a.as_str(),
+            None => "superuser",
+        }
+    }
+}
+
+impl From<Action> for Ask {
+    fn from(a: Action) -> Ask {
+        match a {
+            Action::Subscribe => Ask::Subscribe,
+            Action::Read => Ask::Read,
+            Action::Publish => Ask::Publish,
+        }
+    }
+}
+
+/// A parsed request, subject already resolved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EvalRequest {
+    pub subject: Subject,
+    pub ask: Ask,
+    /// Ignored for `superuser`.
+    pub topic: String,
+    pub clientid: String,
+    pub username: String,
+}
+
+impl EvalRequest {
+    /// The ACL query, or `None` for the superuser question.
+    pub fn query(&self) -> Option<Query<'_>> {
+        Some(Query {
+            subject: &self.subject,
+            action: self.ask.action()?,
+            topic: &self.topic,
+            clientid: &self.clientid,
+            username: &self.username,
+        })
+    }
+}
+
+impl Policy {
+    /// Answers an [`EvalRequest`]: `check` for an action, `superuser` for the superuser question.
+    pub fn evaluate(&self, r: &EvalRequest) -> Decision {
+        match r.query() {
+            Some(q) => self.check(&q),
+            None => self.superuser(&r.subject),
+        }
+    }
+}
+
+const REQUEST_FIELDS: [&str; 6] = ["subject", "claims", "action", "topic", "clientid", "username"];
+
+fn joined(errors: Vec<crate::model::Diagnostic>) -> String {
+    let parts: Vec<String> = errors
+        .into_iter()
+        .map(|d| if d.path.is_empty() { d.message } else { format!("{}: {}", d.path, d.message) })
+        .collect();
+    parts.join("; ")
+}
+
+/// Parses one request object (an `eval` line). The error says which field is wrong.
+pub fn parse_request(v: &Json) -> Result<EvalRequest, String> {
+    let mut l = Loader::default();
+    let r = read_request(&mut l, v, &Path::root(), &[]);
+    match r {
+        Some(r) if l.errors.is_empty() => Ok(r),
+        _ => Err(joined(l.errors)),
+    }
+}
+
+/// [`parse_request`] over JSON text.
+pub fn parse_request_json(text: &str) -> Result<EvalRequest, String> {
+    parse_request(&Json::parse(text)?)
+}
+
+/// Parses a subject object `{"id", "type", "groups"?, "scopes"?}`.
+pub fn parse_subject(v: &Json) -> Result<Subject, String> {
+    let mut l = Loader::default();
+    let s = read_subject(&mut l, v, &Path::root());
+    match s {
+        Some(s) if l.errors.is_empty() => Ok(s),
+        _ => Err(joined(l.errors)),
+    }
+}
+
+/// Reads a request object whose fields are the request's plus `extra` (which the caller
+/// reads itself, e.g. a test case's `expect`).
+pub(crate) fn read_request(l: &mut Loader, v: &Json, path: &Path, extra: &[&str]) -> Option<EvalRequest> {
+    let known: Vec<&str> = REQUEST_FIELDS.iter().chain(extra).copied().collect();
+    let f = l.object(v, path, &known)?;
+    let before = l.errors.len();
+    let subject = match (f.get("subject"), f.get("claims")) {
+        (Some(s), None) => read_subject(l, s, &path.key("subject")),
+        (None, Some(c)) => match subject_from_claims(c) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                l.error(&path.key("claims"), e);
+                None
+            }
+        },
+        (Some(_), Some(_)) => {
+            l.error(path, "give either 'subject' or 'claims', not both".to_string());
+            None
+        }
+        (None, None) => {
+            l.error(path, "missing 'subject' (an object) or 'claims' (a token's claims)".to_string());
+            None
+        }
+    };
+    let ask = match f.get("action") {
+        None => {
+            l.error(path, "missing required field 'action'".to_string());
+            None
+        }
+        Some(a) => l.string(a, &path.key("action")).and_then(|s| {
+            let ask = Ask::parse(s);
+            if ask.is_none() {
+                l.error(
+                    &path.key("action"),
+                    format!(
+                        "unknown action {} (expected {})",
+                        quote(s),
+                        one_of(&["subscribe", "read", "publish", "superuser"])
+                    ),
+                );
+            }
+            ask
+        }),
+    };
+    let mut optional = |name: &str| -> String {
+        f.get(name).and_then(|v| l.string(v, &path.key(name))).unwrap_or_default().to_string()
+    };
+    let clientid = optional("clientid");
+    let username = optional("username");
+    let topic = match f.get("topic") {
+        Some(t) => l.string(t, &path.key("topic")).map(str::to_string),
+        None if ask == Some(Ask::Superuser) => Some(String::new()),
+        None => {
+            l.error(path, "missing required field 'topic'".to_string());
+            None
+        }
+    };
+    if l.errors.len() != before {
+        return None;
+    }
+    Some(EvalRequest { subject: subject?, ask: ask?, topic: topic?, clientid, username })
+}
+
+fn read_subject(l: &mut Loader, v: &Json, path: &Path) -> Option<Subject> {
+    let f = l.object(v, path, &["id", "type", "groups", "scopes"])?;
+    let before = l.errors.len();
+    let id = match f.get("id") {
+        Some(id) => l.string(id, &path.key("id")),
+        None => {
+            l.error(path, "missing required field 'id'".to_string());
+            None
+        }
+    };
+    let kind = match f.get("type") {
+        Some(t) => l.string(t, &path.key("type")).and_then(|s| {
+            let k = SubjectType::parse(s);
+            if k.is_none() {
+                l.error(
+                    &path.key("type"),
+                    format!("unknown subject type {} (expected 'user' or 'service')", quote(s)),
+                );
+            }
+            k
+        }),
+        None => {
+            l.error(path, "missing required field 'type' ('user' or 'service')".to_string());
+            None
+        }
+    };
+    let mut strings = |name: &str| -> Vec<String> {
+        let Some(v) = f.get(name) else { return Vec::new() };
+        let p = path.key(name);
+        let Some(items) = l.list(v, &p) else { return Vec::new() };
+        items.iter().enumerate().filter_map(|(i, it)| l.string(it, &p.index(i)).map(str::to_string)).collect()
+    };
+    let groups = strings("groups");
+    let scopes = strings("scopes");
+    if l.errors.len() != before {
+        return None;
+    }
+    Some(Subject { id: id?.to_string(), kind: kind?, groups, scopes })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_request_line_parses_with_defaults() {
+        let r = parse_request_json(r#"{"subject":{"id":"u1","type":"user"},"action":"read","topic":"a/b"}"#)
+            .unwrap();
+        assert_eq!((r.ask, r.clientid.as_str(), r.subject.groups.len()), (Ask::Read, "", 0));
+        let r = parse_request_json(r#"{"claims":{"sub":"x"},"action":"superuser"}"#).unwrap();
+        assert_eq!(r.ask, Ask::Superuser);
+    }
+
+    #[test]
+    fn bad_requests_say_which_field() {
+        let e = parse_request_json(r#"{"subject":{"id":"u1","type":"users"},"action":"write","topic":1}"#)
+            .unwrap_err();
+        assert!(e.contains("subject.type: unknown subject type 'users'"), "{e}");
+        assert!(e.contains("action: unknown action 'write'"), "{e}");
+        assert!(e.contains("topic: expected a string, found a number"), "{e}");
+        let e = parse_request_json(r#"{"subject":{"id":"u1","type":"user"},"action":"read","topik":"a"}"#)
+            .unwrap_err();
+        assert!(e.contains("did you mean 'topic'"), "{e}");
+        assert!(parse_request_json("not json").unwrap_err().starts_with("invalid JSON"));
+    }
+}
