@@ -1,1 +1,50 @@
-fn main() {}
+//! `mqtt-policy`: the CELINE MQTT policy service's command-line tool.
+//!
+//! Every subcommand works on the same policy documents the server loads and decides through
+//! `policy-core`; this crate only reads files, parses arguments and prints.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+mod cli;
+mod policy_file;
+
+#[derive(Parser)]
+#[command(name = "mqtt-policy", version, about = "MQTT authorization for Mosquitto + go-auth: check, test and lint CELINE policies", long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Decide one request and explain why. Exit 0 allow, 1 deny, 2 usage or load error.
+    Check(cli::check::Args),
+    /// Decide JSON-lines requests from stdin, one JSON decision per line on stdout.
+    Eval(cli::eval::Args),
+    /// Report errors and warnings about a policy. Exit 1 on errors.
+    Lint(cli::lint::Args),
+    /// Run policy test cases. Exit 1 if any fails.
+    Test(cli::test::Args),
+}
+
+/// Exit status for a usage, input or load error (clap uses 2 for usage errors too).
+pub const EXIT_USAGE: u8 = 2;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Check(a) => cli::check::run(a),
+        Command::Eval(a) => cli::eval::run(a),
+        Command::Lint(a) => cli::lint::run(a),
+        Command::Test(a) => cli::test::run(a),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("mqtt-policy: {e:#}");
+            ExitCode::from(EXIT_USAGE)
+        }
+    }
+}

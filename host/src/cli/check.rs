@@ -1,0 +1,117 @@
+//! `mqtt-policy check`: one decision, explained.
+
+use std::process::ExitCode;
+
+use anyhow::{Context, bail};
+use policy_core::{Ask, EvalRequest, Json, Policy, parse_subject, subject_from_claims};
+
+use super::{PolicyArg, decision_json};
+use crate::policy_file;
+
+#[derive(clap::Args, Debug)]
+#[command(group = clap::ArgGroup::new("who").required(true).args(["subject", "claims"]))]
+pub struct Args {
+    #[command(flatten)]
+    pub policy: PolicyArg,
+    /// The subject as JSON: {"id": "u1", "type": "user", "groups": ["viewers"], "scopes": []}
+    #[arg(long, value_name = "JSON")]
+    pub subject: Option<String>,
+    /// A token's claims as JSON, mapped to a subject as for Keycloak tokens (no signature check)
+    #[arg(long, value_name = "JSON")]
+    pub claims: Option<String>,
+    /// Topic name (publish, read) or filter (subscribe); not used for superuser
+    #[arg(long, value_name = "TOPIC")]
+    pub topic: Option<String>,
+    /// subscribe, read, publish, or superuser
+    #[arg(long, value_parser = ["subscribe", "read", "publish", "superuser"])]
+    pub action: String,
+    /// The MQTT client id (for ${clientid} placeholders)
+    #[arg(long, default_value = "")]
+    pub clientid: String,
+    /// The MQTT username (for ${username} placeholders)
+    #[arg(long, default_value = "")]
+    pub username: String,
+    /// Print the decision and explanation as JSON
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn run(a: Args) -> anyhow::Result<ExitCode> {
+    let ask = Ask::parse(&a.action).context("unknown action")?;
+    let subject = match (&a.subject, &a.claims) {
+        (Some(s), _) => {
+            Json::parse(s).and_then(|j| parse_subject(&j)).map_err(|e| anyhow::anyhow!("--subject: {e}"))?
+        }
+        (None, Some(c)) => Json::parse(c)
+            .and_then(|j| subject_from_claims(&j))
+            .map_err(|e| anyhow::anyhow!("--claims: {e}"))?,
+        (None, None) => unreachable!("clap requires one of --subject and --claims"),
+    };
+    let topic = match (a.topic, ask) {
+        (Some(t), _) => t,
+        (None, Ask::Superuser) => String::new(),
+        (None, _) => bail!("--topic is required for --action {}", ask.as_str()),
+    };
+    let (_, policy) = policy_file::load(a.policy.policy.as_deref())?;
+    let req = EvalRequest { subject, ask, topic, clientid: a.clientid, username: a.username };
+    let decision = policy.evaluate(&req);
+    let explanation = req.query().map(|q| policy.explain(&q));
+
+    if a.json {
+        let mut out = decision_json(&decision, &req.subject);
+        if let Some(e) = &explanation {
+            out["explanation"] = serde_json::to_value(e)?;
+        }
+        println!("{out}");
+    } else {
+        print_human(&policy, &req, &decision, explanation.as_ref());
+    }
+    Ok(ExitCode::from(if decision.allow { 0 } else { 1 }))
+}
+
+fn print_human(
+    policy: &Policy,
+    req: &EvalRequest,
+    d: &policy_core::Decision,
+    e: Option<&policy_core::Explanation>,
+) {
+    let verdict = if d.allow { "ALLOW" } else { "DENY" };
+    match req.ask {
+        Ask::Superuser => println!("{verdict}  superuser"),
+        _ => println!("{verdict}  {} {}", req.ask.as_str(), policy_core::quote(&req.topic)),
+    }
+    println!("  reason:   {}", d.reason);
+    println!("  rule:     {}", d.rule.as_deref().unwrap_or("-"));
+    let s = &req.subject;
+    println!(
+        "  subject:  {} {} groups=[{}] scopes=[{}]",
+        s.kind.as_str(),
+        policy_core::quote(&s.id),
+        s.groups.join(", "),
+        s.scopes.join(", ")
+    );
+    match policy.capabilities(s) {
+        Some(c) => {
+            let caps: Vec<&str> = c.iter().map(|p| p.as_str()).collect();
+            println!("  capabilities: [{}] (from roles)", caps.join(", "));
+        }
+        None => println!("  capabilities: (no roles in the policy: rules alone decide)"),
+    }
+    let Some(e) = e else { return };
+    if e.rules.is_empty() {
+        return;
+    }
+    println!("  rules:");
+    let width = e.rules.iter().map(|r| r.rule.len()).max().unwrap_or(0);
+    for r in &e.rules {
+        let status = if r.applies {
+            format!(
+                "applies (topic pattern {})",
+                policy_core::quote(r.matched_topic.as_deref().unwrap_or("*"))
+            )
+        } else {
+            r.why_not.clone().unwrap_or_default()
+        };
+        println!("    {:width$}  {:5}  {status}", r.rule, r.effect);
+    }
+}
