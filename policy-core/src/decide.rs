@@ -80,13 +80,13 @@ impl Policy {
     /// Steps 1 and 2 of semantics.md §3: a valid topic and the capability for the action.
     fn preflight<'a>(&self, q: &Query<'a>) -> Result<Target<'a>, Decision> {
         let target = Target::new(q.action, q.topic)?;
-        if let Some(caps) = self.capabilities(q.subject) {
-            if !caps.has(q.action.permission()) {
-                return Err(Decision::deny(format!(
-                    "missing capability {}: none of the subject's groups or scopes grants it",
-                    quote(q.action.as_str())
-                )));
-            }
+        if let Some(caps) = self.capabilities(q.subject)
+            && !caps.has(q.action.permission())
+        {
+            return Err(Decision::deny(format!(
+                "missing capability {}: none of the subject's groups or scopes grants it",
+                quote(q.action.as_str())
+            )));
         }
         Ok(target)
     }

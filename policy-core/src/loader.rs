@@ -374,18 +374,18 @@ impl Loader {
     }
 
     fn topics(&mut self, v: &Json, path: &Path) -> Option<Sel<Pattern>> {
-        if let Json::String(s) = v {
-            if s != "*" {
-                self.error(
-                    path,
-                    format!(
-                        "expected a list of topic patterns or \"*\", found the string {}; write [{}]",
-                        quote(s),
-                        quote(s).replace('\'', "\"")
-                    ),
-                );
-                return None;
-            }
+        if let Json::String(s) = v
+            && s != "*"
+        {
+            self.error(
+                path,
+                format!(
+                    "expected a list of topic patterns or \"*\", found the string {}; write [{}]",
+                    quote(s),
+                    quote(s).replace('\'', "\"")
+                ),
+            );
+            return None;
         }
         self.selector(v, path, |l, s, p| match Pattern::parse(s) {
             Ok(pat) => Some(pat),

@@ -143,10 +143,11 @@ impl Pattern {
     /// unusable value to `+`, so it fails closed.
     pub fn resolve<'p>(&'p self, b: &Bindings<'p>, deny: bool) -> Option<Resolved<'p>> {
         for l in &self.levels {
-            if let Level::Var(p) = l {
-                if !deny && !substitutable(b.get(*p)) {
-                    return None;
-                }
+            if let Level::Var(p) = l
+                && !deny
+                && !substitutable(b.get(*p))
+            {
+                return None;
             }
         }
         Some(Resolved { levels: &self.levels, bindings: *b })

@@ -231,10 +231,11 @@ where
         match (outer.at(i), inner.at(i)) {
             (Tok::Hash, _) => return true,
             (o, Tok::Hash) => {
-                // `inner` matches the parent (when i > 0) and every depth below. Only '#'
-                // covers a parent; at the top level there is no parent (topics are
-                // non-empty), so `+/#` covers `#` as well.
-                return i == 0 && o == Tok::Plus && ol == 2 && outer.at(1) == Tok::Hash;
+                // `inner` matches its parent and every depth below. Only '#' covers a
+                // parent; without a valid parent (at the top level, or when the parent would
+                // be the empty topic, as for `/#`), `+/#` from here covers it too.
+                let has_parent = i >= 2 || (i == 1 && inner.at(0) != Tok::Lit(""));
+                return !has_parent && o == Tok::Plus && ol == i + 2 && outer.at(i + 1) == Tok::Hash;
             }
             (Tok::Plus, _) => {}
             (Tok::Lit(_), Tok::Plus) => return false,
@@ -268,9 +269,17 @@ where
     loop {
         match (i == al, i == bl) {
             (true, true) => return true,
-            // One ended: the other must go on with a final '#' (matching the parent).
-            (true, false) => return bl == al + 1 && b.at(al) == Tok::Hash,
-            (false, true) => return al == bl + 1 && a.at(bl) == Tok::Hash,
+            // One ended: the other must go on with a final '#' (matching the parent), and
+            // the parent must be a valid topic: not the empty one (`/#` vs `+`).
+            (true, false) | (false, true) => {
+                let final_hash = if al < bl {
+                    bl == al + 1 && b.at(al) == Tok::Hash
+                } else {
+                    al == bl + 1 && a.at(bl) == Tok::Hash
+                };
+                let empty_topic = i == 1 && (a.at(0) == Tok::Lit("") || b.at(0) == Tok::Lit(""));
+                return final_hash && !empty_topic;
+            }
             (false, false) => {}
         }
         match (a.at(i), b.at(i)) {
@@ -356,6 +365,10 @@ mod tests {
         assert!(c("#", "+"));
         assert!(c("+/#", "#"));
         assert!(!c("+/+/#", "#"));
+        // `/#` has no valid parent (the empty topic), so `/+/#` covers it.
+        assert!(c("/+/#", "/#"));
+        assert!(c("/+/#", "//#"));
+        assert!(!c("/+", "/#"));
         assert!(!c("a/+/#", "a/#"));
         assert!(c("a/#", "a"));
         assert!(c("$SYS/+/#", "$SYS/uptime"));
@@ -370,6 +383,8 @@ mod tests {
         assert!(o("a/#", "a"));
         assert!(o("a/#", "+"));
         assert!(!o("#", "$SYS/#"));
+        assert!(!o("/#", "+"), "the only shared topic would be the empty one");
+        assert!(o("/#", "+/+"));
         assert!(o("$SYS/#", "$SYS/+"));
         assert!(o("+/b", "a/+"));
         assert!(!o("a/b/c", "a/b/c/+"));

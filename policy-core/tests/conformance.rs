@@ -52,15 +52,15 @@ fn run(case: &Value) -> Result<(), String> {
     if decision.allow != want_allow {
         return Err(format!("expected {expect}, got {decision:?}"));
     }
-    if let Some(rule) = case.get("expect_rule").and_then(Value::as_str) {
-        if decision.rule.as_deref() != Some(rule) {
-            return Err(format!("expected rule {rule}, got {:?}", decision.rule));
-        }
+    if let Some(rule) = case.get("expect_rule").and_then(Value::as_str)
+        && decision.rule.as_deref() != Some(rule)
+    {
+        return Err(format!("expected rule {rule}, got {:?}", decision.rule));
     }
-    if let Some(want) = case.get("expect_subject") {
-        if !subject_matches(&request.subject, want) {
-            return Err(format!("expected subject {want}, got {:?}", request.subject));
-        }
+    if let Some(want) = case.get("expect_subject")
+        && !subject_matches(&request.subject, want)
+    {
+        return Err(format!("expected subject {want}, got {:?}", request.subject));
     }
     // The indexed check and the linear explanation must agree on every case.
     if let Some(q) = request.query() {

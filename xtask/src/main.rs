@@ -1,1 +1,164 @@
-fn main() {}
+//! `cargo xtask`: the project's build and test automation, in Rust rather than shell.
+//!
+//! - `cargo xtask test`: everything CI runs (see README.md).
+//! - `cargo xtask bench`: the criterion decision benchmarks, summarised as a ratio table.
+//! - `cargo xtask sync-conformance`: refresh `corpus/conformance.jsonl` from `shared/`.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use anyhow::{Context, bail};
+
+const USAGE: &str = "usage: cargo xtask <command>
+
+commands:
+  test               run the whole test suite (what CI runs)
+  bench              run the decision benchmarks and print a ratio table
+  sync-conformance   copy shared/conformance/decisions.jsonl into corpus/conformance.jsonl";
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let result = match args.first().map(String::as_str) {
+        Some("test") => test(),
+        Some("bench") => bench(),
+        Some("sync-conformance") => sync_conformance(),
+        Some("-h" | "--help" | "help") | None => {
+            println!("{USAGE}");
+            Ok(())
+        }
+        Some(other) => Err(anyhow::anyhow!("unknown command '{other}'\n\n{USAGE}")),
+    };
+    if let Err(e) = result {
+        eprintln!("xtask: error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+/// The repository root (xtask lives one level below it).
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+}
+
+fn step(what: &str) {
+    println!("\n==> {what}");
+}
+
+/// Runs a command from the repository root, echoing it, failing on a non-zero exit.
+fn run(program: &str, args: &[&str]) -> anyhow::Result<()> {
+    println!("$ {program} {}", args.join(" "));
+    let started = Instant::now();
+    let status = Command::new(program)
+        .args(args)
+        .current_dir(root())
+        .status()
+        .with_context(|| format!("cannot start {program}"))?;
+    if !status.success() {
+        bail!("`{program} {}` failed ({status})", args.join(" "));
+    }
+    println!("   ({:.1}s)", started.elapsed().as_secs_f64());
+    Ok(())
+}
+
+fn cargo(args: &[&str]) -> anyhow::Result<()> {
+    let mut all: Vec<&str> = args.to_vec();
+    // In CI the lock file is the truth: never let a build quietly pick new versions.
+    if std::env::var_os("CI").is_some() && matches!(args[0], "build" | "test" | "clippy" | "bench") {
+        all.insert(1, "--locked");
+    }
+    run(env!("CARGO"), &all)
+}
+
+/// `shared/conformance/decisions.jsonl`, when the shared folder sits beside the checkout.
+fn shared_corpus() -> Option<PathBuf> {
+    let dir = std::env::var_os("MQTT_POLICY_SHARED_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("../shared"));
+    let f = dir.join("conformance/decisions.jsonl");
+    f.exists().then_some(f)
+}
+
+const CORPUS_COPY: &str = "corpus/conformance.jsonl";
+
+fn check_conformance_copy() -> anyhow::Result<()> {
+    step("conformance corpus: is corpus/conformance.jsonl the shared one?");
+    let Some(shared) = shared_corpus() else {
+        println!("   shared/ is not beside this checkout; using the committed copy");
+        return Ok(());
+    };
+    let ours = std::fs::read(root().join(CORPUS_COPY)).context(CORPUS_COPY)?;
+    let theirs = std::fs::read(&shared)?;
+    if ours != theirs {
+        bail!(
+            "{CORPUS_COPY} differs from {}: run `cargo xtask sync-conformance`, make the new cases pass, and commit",
+            shared.display()
+        );
+    }
+    println!("   in sync with {}", shared.display());
+    Ok(())
+}
+
+fn sync_conformance() -> anyhow::Result<()> {
+    let shared = shared_corpus().context(
+        "shared/conformance/decisions.jsonl not found beside the checkout (set MQTT_POLICY_SHARED_DIR)",
+    )?;
+    std::fs::copy(&shared, root().join(CORPUS_COPY))?;
+    println!("copied {} to {CORPUS_COPY}", shared.display());
+    Ok(())
+}
+
+fn test() -> anyhow::Result<()> {
+    let started = Instant::now();
+    check_conformance_copy()?;
+    step("formatting");
+    cargo(&["fmt", "--all", "--check"])?;
+    step("clippy (warnings are errors)");
+    cargo(&["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"])?;
+    step("unit, property, conformance and CLI tests");
+    cargo(&["test", "--workspace"])?;
+    step("the default policy: lint and its own test cases");
+    cargo(&["build", "-p", "mqtt-policy"])?;
+    let bin = target_dir().join("debug/mqtt-policy");
+    let bin = bin.to_str().context("target path is not UTF-8")?;
+    run(bin, &["lint", "--deny-warnings", "--policy", "policies/celine.json"])?;
+    run(bin, &["test", "--policy", "policies/celine.json", "policies/tests"])?;
+    println!("\nall suites passed in {:.0}s", started.elapsed().as_secs_f64());
+    Ok(())
+}
+
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| root().join("target"))
+}
+
+fn bench() -> anyhow::Result<()> {
+    step("criterion: policy-core decision latency");
+    cargo(&["bench", "-p", "policy-core", "--bench", "decision"])?;
+    let dir = target_dir().join("criterion");
+    let median = |group: &str, name: &str| -> anyhow::Result<f64> {
+        let f = dir.join(group).join(name.replace('/', "_")).join("new/estimates.json");
+        let text = std::fs::read_to_string(&f).with_context(|| f.display().to_string())?;
+        median_ns(&text).with_context(|| format!("no median in {}", f.display()))
+    };
+    println!("\n| request | default policy | 10 rules | 1,000 rules | 10,000 rules | 10,000 / 10 |");
+    println!("|---|---|---|---|---|---|");
+    for name in
+        ["publish/allow", "publish/deny", "read/allow", "read/deny", "subscribe/allow", "subscribe/deny"]
+    {
+        let d = median("default", name).map(|v| format!("{v:.0} ns")).unwrap_or_else(|_| "-".into());
+        let r10 = median("rules-10", name)?;
+        let r1k = median("rules-1000", name)?;
+        let r10k = median("rules-10000", name)?;
+        println!("| {name} | {d} | {r10:.0} ns | {r1k:.0} ns | {r10k:.0} ns | {:.2}x |", r10k / r10);
+    }
+    let load = median("load_rules-10000", "")?;
+    println!("\nloading (parse, validate, index) a 10,000-rule document: {:.1} ms", load / 1e6);
+    Ok(())
+}
+
+/// The `median.point_estimate` of a criterion `estimates.json`, without a JSON dependency.
+fn median_ns(text: &str) -> Option<f64> {
+    let after = &text[text.find("\"median\"")?..];
+    let after = &after[after.find("\"point_estimate\":")? + "\"point_estimate\":".len()..];
+    let end = after.find([',', '}'])?;
+    after[..end].trim().parse().ok()
+}

@@ -1,0 +1,326 @@
+//! The `mqtt-policy` binary as a user runs it: exit codes, output shapes, and the whole
+//! decision corpus through `mqtt-policy eval`.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::{Command, Output, Stdio};
+
+use serde_json::Value;
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// The binary, run from the repository root (so `policies/celine.json` is the default).
+fn mqtt_policy() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_mqtt-policy"));
+    c.current_dir(root()).env_remove("MQTT_POLICY_POLICY");
+    c
+}
+
+fn run_with_stdin(mut cmd: Command, input: &str) -> Output {
+    let mut child = cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    // Write from a thread (a large input must not deadlock against a full stdout pipe), and
+    // accept a broken pipe: `eval` with a broken policy exits before reading anything.
+    let input = input.to_owned();
+    let writer = std::thread::spawn(move || match stdin.write_all(input.as_bytes()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => panic!("writing stdin: {e}"),
+        _ => {}
+    });
+    let out = child.wait_with_output().unwrap();
+    writer.join().unwrap();
+    out
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8(o.stdout.clone()).unwrap()
+}
+fn stderr(o: &Output) -> String {
+    String::from_utf8(o.stderr.clone()).unwrap()
+}
+
+const VIEWER: &str = r#"{"id":"u1","type":"user","groups":["viewers"]}"#;
+
+#[test]
+fn check_exits_0_on_allow_1_on_deny_2_on_bad_input() {
+    let allow = mqtt_policy()
+        .args(["check", "--subject", VIEWER, "--action", "subscribe"])
+        .args(["--topic", "celine/telemetry/meter/meter-001/readings"])
+        .output()
+        .unwrap();
+    assert_eq!(allow.status.code(), Some(0), "{}", stderr(&allow));
+    assert!(stdout(&allow).starts_with("ALLOW  subscribe"), "{}", stdout(&allow));
+    assert!(stdout(&allow).contains("rule:     telemetry-viewers"));
+
+    let deny = mqtt_policy()
+        .args(["check", "--subject", VIEWER, "--action", "subscribe", "--topic", "celine/system/alerts/#"])
+        .output()
+        .unwrap();
+    assert_eq!(deny.status.code(), Some(1));
+    assert!(stdout(&deny).contains("deny-critical-alerts"), "{}", stdout(&deny));
+
+    let bad_subject = mqtt_policy()
+        .args(["check", "--subject", r#"{"id":"u1","type":"users"}"#, "--action", "read", "--topic", "a"])
+        .output()
+        .unwrap();
+    assert_eq!(bad_subject.status.code(), Some(2));
+    assert!(stderr(&bad_subject).contains("unknown subject type 'users'"), "{}", stderr(&bad_subject));
+
+    let no_subject = mqtt_policy().args(["check", "--action", "read", "--topic", "a"]).output().unwrap();
+    assert_eq!(no_subject.status.code(), Some(2));
+
+    let bad_action = mqtt_policy()
+        .args(["check", "--subject", VIEWER, "--action", "write", "--topic", "a"])
+        .output()
+        .unwrap();
+    assert_eq!(bad_action.status.code(), Some(2));
+}
+
+#[test]
+fn check_json_maps_claims_and_explains() {
+    let o = mqtt_policy()
+        .args(["check", "--json", "--action", "publish", "--topic", "celine/pipelines/status/etl-daily"])
+        .args([
+            "--claims",
+            r#"{"sub":"x","preferred_username":"service-account-svc-pipelines","scope":"mqtt.write"}"#,
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let v: Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(v["rule"], "pipeline-status");
+    assert_eq!(v["subject"]["id"], "svc-pipelines");
+    assert_eq!(v["subject"]["type"], "service");
+    assert_eq!(v["explanation"]["rules"].as_array().unwrap().len(), 6);
+}
+
+#[test]
+fn check_superuser_needs_no_topic() {
+    let o = mqtt_policy()
+        .args([
+            "check",
+            "--action",
+            "superuser",
+            "--subject",
+            r#"{"id":"a","type":"user","groups":["admins"]}"#,
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(stdout(&o).contains("superuser through group 'admins'"));
+}
+
+#[test]
+fn a_policy_that_does_not_load_exits_2_with_paths_on_stderr() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.json");
+    std::fs::write(&bad, r#"{"celine":{"mqtt":{"acl":{"rules":[{"topics":["a+"],"actions":"*"}]}}}}"#)
+        .unwrap();
+    let o = run_with_stdin(
+        {
+            let mut c = mqtt_policy();
+            c.args(["eval", "--policy"]).arg(&bad);
+            c
+        },
+        "{}\n",
+    );
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stdout(&o).is_empty(), "nothing is decided with a broken policy");
+    assert!(
+        stderr(&o).contains("celine.mqtt.acl.rules[0].topics[0]: '+' must occupy a whole topic level"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+#[test]
+fn eval_answers_every_line_and_survives_bad_ones() {
+    let input = [
+        r#"{"subject":{"id":"u1","type":"user","groups":["viewers"]},"action":"read","topic":"celine/telemetry/a/b/readings"}"#,
+        "this is not json",
+        r#"{"subject":{"id":"u1","type":"user"},"action":"read"}"#,
+        "",
+        r#"{"claims":{"sub":"a","groups":["/admins"]},"action":"superuser"}"#,
+    ]
+    .join("\n");
+    let o = run_with_stdin(
+        {
+            let mut c = mqtt_policy();
+            c.arg("eval");
+            c
+        },
+        &input,
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let lines: Vec<Value> = stdout(&o).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), 5);
+    assert_eq!(lines[0]["allow"], true);
+    assert_eq!(lines[0]["rule"], "telemetry-viewers");
+    assert!(lines[1]["error"].as_str().unwrap().starts_with("invalid JSON"));
+    assert_eq!(lines[2]["error"], "missing required field 'topic'");
+    assert!(lines[3]["error"].as_str().unwrap().contains("empty line"));
+    assert_eq!(lines[4]["allow"], true);
+    assert_eq!(lines[4]["subject"]["groups"], serde_json::json!(["admins"]));
+}
+
+#[test]
+fn lint_reports_errors_and_warnings() {
+    let dir = tempfile::tempdir().unwrap();
+    let warn = dir.path().join("warn.json");
+    std::fs::write(
+        &warn,
+        r#"{"celine":{"mqtt":{"acl":{"rules":[{"subjects":{"groups":[]},"topics":["a"],"actions":"*"}]}}}}"#,
+    )
+    .unwrap();
+    let o = mqtt_policy().args(["lint", "--policy"]).arg(&warn).output().unwrap();
+    assert_eq!(o.status.code(), Some(0));
+    assert!(
+        stdout(&o).contains("warning: celine.mqtt.acl.rules[0].subjects.groups: empty list"),
+        "{}",
+        stdout(&o)
+    );
+    let o = mqtt_policy().args(["lint", "--deny-warnings", "--policy"]).arg(&warn).output().unwrap();
+    assert_eq!(o.status.code(), Some(1));
+
+    let bad = dir.path().join("bad.json");
+    std::fs::write(&bad, r##"{"celine":{"mqtt":{"acl":{"rules":[{"topics":["#"],"actions":["write"]}]}}}}"##)
+        .unwrap();
+    let o = mqtt_policy().args(["lint", "--json", "--policy"]).arg(&bad).output().unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    let diags: Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(diags[0]["path"], "celine.mqtt.acl.rules[0].actions[0]");
+    assert_eq!(diags[0]["severity"], "error");
+
+    let o = mqtt_policy().arg("lint").output().unwrap();
+    assert_eq!(o.status.code(), Some(0), "the default policy lints clean: {}", stdout(&o));
+    assert!(stdout(&o).contains("0 error(s), 0 warning(s)"));
+}
+
+#[test]
+fn test_runs_the_default_cases_and_fails_on_a_wrong_expectation() {
+    let o = mqtt_policy().arg("test").output().unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}{}", stdout(&o), stderr(&o));
+    assert!(stdout(&o).trim_end().ends_with(" passed, 0 failed"), "{}", stdout(&o));
+    assert!(!stdout(&o).contains("no case is decided by"), "every default rule is covered: {}", stdout(&o));
+
+    let dir = tempfile::tempdir().unwrap();
+    let cases = dir.path().join("wrong.json");
+    std::fs::write(
+        &cases,
+        r#"{"cases":[{"name":"viewer publishes","subject":{"id":"u1","type":"user","groups":["viewers"]},
+            "action":"publish","topic":"celine/telemetry/a/b/readings","expect":"allow"}]}"#,
+    )
+    .unwrap();
+    let o = mqtt_policy().arg("test").arg(&cases).output().unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stdout(&o).contains("FAIL  viewer publishes: expected allow, got deny (missing capability 'publish'"),
+        "{}",
+        stdout(&o)
+    );
+    assert!(stdout(&o).trim_end().ends_with("0 passed, 1 failed"));
+
+    let o = mqtt_policy().args(["test", "no/such/dir"]).output().unwrap();
+    assert_eq!(o.status.code(), Some(2));
+}
+
+#[test]
+fn the_built_in_policy_is_used_outside_the_repository() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_mqtt-policy"))
+        .current_dir(dir.path())
+        .env_remove("MQTT_POLICY_POLICY")
+        .args(["check", "--subject", VIEWER, "--action", "read", "--topic", "celine/telemetry/m/1/readings"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+}
+
+/// Every corpus case through `mqtt-policy eval`, one process per distinct policy.
+#[test]
+fn every_corpus_case_passes_through_eval() {
+    let mut by_policy: BTreeMap<String, Vec<Value>> = BTreeMap::new();
+    let corpus = root().join("corpus");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&corpus)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "jsonl"))
+        .collect();
+    files.sort();
+    for f in &files {
+        for line in std::fs::read_to_string(f).unwrap().lines().filter(|l| !l.trim().is_empty()) {
+            let case: Value = serde_json::from_str(line).unwrap();
+            by_policy.entry(case["policy"].to_string()).or_default().push(case);
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mut failures = Vec::new();
+    let mut total = 0;
+    for (i, (policy, cases)) in by_policy.iter().enumerate() {
+        let path = dir.path().join(format!("policy-{i}.json"));
+        std::fs::write(&path, policy).unwrap();
+        let input: String = cases.iter().map(|c| format!("{}\n", c["request"])).collect();
+        let mut cmd = mqtt_policy();
+        cmd.args(["eval", "--policy"]).arg(&path);
+        let o = run_with_stdin(cmd, &input);
+        total += cases.len();
+        if cases[0]["expect"] == "load_error" {
+            check_load_error(&o, cases, &mut failures);
+            continue;
+        }
+        assert_eq!(o.status.code(), Some(0), "policy {i} failed to load: {}", stderr(&o));
+        let answers: Vec<Value> = stdout(&o).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        assert_eq!(answers.len(), cases.len(), "one answer per line");
+        for (case, got) in cases.iter().zip(&answers) {
+            if let Err(why) = compare(case, got) {
+                failures.push(format!("[{}] {}: {why}", case["suite"], case["note"]));
+            }
+        }
+    }
+    assert!(total >= 104);
+    assert!(failures.is_empty(), "{} of {total} failed:\n{}", failures.len(), failures.join("\n"));
+}
+
+fn check_load_error(o: &Output, cases: &[Value], failures: &mut Vec<String>) {
+    let err = stderr(o);
+    // Every diagnostic line names the file, a JSON path and a reason.
+    let ok = o.status.code() == Some(2) && stdout(o).is_empty() && err.contains("error: ");
+    if !ok || cases.iter().any(|c| c["expect"] != "load_error") {
+        failures.push(format!(
+            "{}: expected a load error (exit 2), got {:?}: {err}",
+            cases[0]["note"],
+            o.status.code()
+        ));
+    }
+}
+
+fn compare(case: &Value, got: &Value) -> Result<(), String> {
+    if got.get("error").is_some() {
+        return Err(format!("eval error: {got}"));
+    }
+    let want_allow = case["expect"] == "allow";
+    if got["allow"] != want_allow {
+        return Err(format!("expected {}, got {got}", case["expect"]));
+    }
+    if let Some(rule) = case.get("expect_rule")
+        && &got["rule"] != rule
+    {
+        return Err(format!("expected rule {rule}, got {}", got["rule"]));
+    }
+    if let Some(want) = case.get("expect_subject") {
+        let set = |v: &Value| -> std::collections::BTreeSet<String> {
+            v.as_array().unwrap().iter().map(|s| s.as_str().unwrap().to_string()).collect()
+        };
+        let s = &got["subject"];
+        if s["id"] != want["id"]
+            || s["type"] != want["type"]
+            || set(&s["groups"]) != set(&want["groups"])
+            || set(&s["scopes"]) != set(&want["scopes"])
+        {
+            return Err(format!("expected subject {want}, got {s}"));
+        }
+    }
+    Ok(())
+}

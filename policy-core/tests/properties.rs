@@ -1,0 +1,204 @@
+//! Property tests: the topic relations against a plain reference, and the index against the
+//! linear reading of the rules.
+
+use policy_core::topic::{contains, matches, overlaps, split, validate_filter, validate_name};
+use policy_core::{Action, Policy, Query, Subject, SubjectType};
+use proptest::prelude::*;
+
+/// MQTT-4.7 matching written as directly as possible, as the reference.
+fn reference_match(filter: &str, topic: &str) -> bool {
+    fn go(f: &[&str], t: &[&str]) -> bool {
+        match (f.first(), t.first()) {
+            (Some(&"#"), _) => true,
+            (None, None) => true,
+            (None, Some(_)) | (Some(_), None) => false,
+            (Some(&"+"), Some(_)) => go(&f[1..], &t[1..]),
+            (Some(a), Some(b)) => a == b && go(&f[1..], &t[1..]),
+        }
+    }
+    if (filter.starts_with('+') || filter.starts_with('#')) && topic.starts_with('$') {
+        return false;
+    }
+    go(&split(filter), &split(topic))
+}
+
+fn m(f: &str, t: &str) -> bool {
+    matches(&split(f)[..], &split(t)[..])
+}
+
+fn topic_strategy() -> impl Strategy<Value = String> {
+    prop::collection::vec(prop::sample::select(&["a", "b", "", "$s", "c"][..]), 1..5)
+        .prop_map(|l| l.join("/"))
+        .prop_filter("a topic is non-empty", |t| !t.is_empty())
+}
+
+fn filter_strategy() -> impl Strategy<Value = String> {
+    (prop::collection::vec(prop::sample::select(&["a", "b", "", "$s", "+", "+"][..]), 0..4), any::<bool>())
+        .prop_map(|(mut l, hash)| {
+            if hash || l.is_empty() {
+                l.push("#");
+            }
+            l.join("/")
+        })
+        .prop_filter("a filter is non-empty and valid", |f| !f.is_empty() && validate_filter(f).is_ok())
+}
+
+/// A topic the filter matches: wildcards replaced by random literals.
+fn instantiate(filter: &str, picks: &[usize]) -> String {
+    let mut out = Vec::new();
+    for (i, l) in split(filter).iter().enumerate() {
+        let pick = picks[i % picks.len()];
+        match *l {
+            "+" => out.push(["a", "b", "", "z"][pick % 4].to_string()),
+            "#" => {
+                for j in 0..(pick % 3) {
+                    out.push(["a", "q", ""][(pick + j) % 3].to_string());
+                }
+            }
+            lit => out.push(lit.to_string()),
+        }
+    }
+    out.join("/")
+}
+
+/// Every valid topic of 1..=depth levels over the literals (plus a fresh one).
+fn all_topics(depth: usize) -> Vec<String> {
+    let alphabet = ["a", "b", "", "$s", "z"];
+    let mut out: Vec<Vec<&str>> = vec![vec![]];
+    let mut all = Vec::new();
+    for _ in 0..depth {
+        out = out.iter().flat_map(|p| alphabet.iter().map(move |a| [p.clone(), vec![*a]].concat())).collect();
+        all.extend(out.iter().map(|l| l.join("/")).filter(|t| !t.is_empty()));
+    }
+    all
+}
+
+fn depth(f: &str) -> usize {
+    split(f).len()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+    #[test]
+    fn matching_agrees_with_the_reference(f in filter_strategy(), t in topic_strategy()) {
+        prop_assert!(validate_name(&t).is_ok());
+        prop_assert_eq!(m(&f, &t), reference_match(&f, &t), "filter {:?} topic {:?}", f, t);
+    }
+
+    #[test]
+    fn containment_is_sound(p in filter_strategy(), f in filter_strategy(), picks in prop::collection::vec(0usize..12, 1..6)) {
+        let t = instantiate(&f, &picks);
+        prop_assume!(!t.is_empty() && reference_match(&f, &t));
+        if contains(&split(&p)[..], &split(&f)[..]) {
+            prop_assert!(m(&p, &t), "{:?} contains {:?} but misses {:?}", p, f, t);
+        }
+    }
+
+    #[test]
+    fn overlap_is_sound(a in filter_strategy(), b in filter_strategy(), picks in prop::collection::vec(0usize..12, 1..6)) {
+        let t = instantiate(&a, &picks);
+        prop_assume!(!t.is_empty() && reference_match(&a, &t));
+        if reference_match(&b, &t) {
+            prop_assert!(overlaps(&split(&a)[..], &split(&b)[..]), "{:?} and {:?} share {:?}", a, b, t);
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 1000, ..ProptestConfig::default() })]
+
+    /// Containment and overlap are exact, not just sound: checked against every topic up to
+    /// one level deeper than either filter (a deeper counterexample truncates to one of those).
+    #[test]
+    fn containment_and_overlap_are_exact(p in filter_strategy(), f in filter_strategy()) {
+        let topics = all_topics(depth(&p).max(depth(&f)) + 1);
+        let brute_contains = topics.iter().all(|t| !reference_match(&f, t) || reference_match(&p, t));
+        let brute_overlap = topics.iter().any(|t| reference_match(&f, t) && reference_match(&p, t));
+        prop_assert_eq!(contains(&split(&p)[..], &split(&f)[..]), brute_contains, "contains({:?}, {:?})", p, f);
+        prop_assert_eq!(overlaps(&split(&p)[..], &split(&f)[..]), brute_overlap, "overlaps({:?}, {:?})", p, f);
+    }
+}
+
+// ---- the index against the linear reading -------------------------------------------------
+
+fn pattern_strategy() -> impl Strategy<Value = String> {
+    prop_oneof![
+        4 => filter_strategy(),
+        1 => (filter_strategy(), prop::sample::select(&["${username}", "${clientid}", "${subject.id}"][..]), 0usize..3)
+            .prop_map(|(f, ph, at)| {
+                let mut l: Vec<&str> = split(&f);
+                let at = at.min(l.len().saturating_sub(1));
+                if l[at] != "#" { l[at] = ph; } else { l.insert(at, ph); }
+                l.join("/")
+            }),
+    ]
+}
+
+fn rule_strategy() -> impl Strategy<Value = serde_json::Value> {
+    let list = |items: &'static [&'static str]| prop::collection::vec(prop::sample::select(items), 1..3);
+    (
+        prop::option::weighted(0.3, list(&["user", "service"])),
+        prop::option::weighted(0.2, list(&["u1", "u2", "a"])),
+        prop::option::weighted(0.3, list(&["viewers", "admins"])),
+        prop::option::weighted(0.2, list(&["mqtt.read", "mqtt.*", "x"])),
+        prop_oneof![1 => Just(None), 6 => prop::collection::vec(pattern_strategy(), 1..3).prop_map(Some)],
+        prop_oneof![1 => Just(None), 3 => list(&["subscribe", "read", "publish"]).prop_map(Some)],
+        any::<bool>(),
+    )
+        .prop_map(|(types, ids, groups, scopes, topics, actions, deny)| {
+            let mut subjects = serde_json::Map::new();
+            for (k, v) in [("types", types), ("ids", ids), ("groups", groups), ("scopes", scopes)] {
+                if let Some(v) = v {
+                    subjects.insert(k.into(), serde_json::json!(v));
+                }
+            }
+            serde_json::json!({
+                "subjects": subjects,
+                "topics": topics.map_or(serde_json::json!("*"), |t| serde_json::json!(t)),
+                "actions": actions.map_or(serde_json::json!("*"), |a| serde_json::json!(a)),
+                "effect": if deny { "deny" } else { "allow" },
+            })
+        })
+}
+
+fn subject_strategy() -> impl Strategy<Value = Subject> {
+    (
+        prop::sample::select(&["u1", "u2", "a", "$x", "a/b"][..]),
+        any::<bool>(),
+        prop::collection::vec(prop::sample::select(&["viewers", "admins", "other"][..]), 0..3),
+        prop::collection::vec(prop::sample::select(&["mqtt.read", "mqtt.write", "x", "mqtt"][..]), 0..3),
+    )
+        .prop_map(|(id, service, groups, scopes)| Subject {
+            id: id.into(),
+            kind: if service { SubjectType::Service } else { SubjectType::User },
+            groups: groups.into_iter().map(String::from).collect(),
+            scopes: scopes.into_iter().map(String::from).collect(),
+        })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 3000, ..ProptestConfig::default() })]
+
+    /// `check` (indexed) and `explain` (every rule, in order) give the same decision.
+    #[test]
+    fn the_index_never_changes_a_decision(
+        rules in prop::collection::vec(rule_strategy(), 0..12),
+        with_roles in any::<bool>(),
+        subject in subject_strategy(),
+        action in prop::sample::select(&[Action::Subscribe, Action::Subscribe, Action::Read, Action::Publish][..]),
+        topic in prop_oneof![topic_strategy(), filter_strategy(), Just("$share/g/a/#".to_string())],
+        clientid in prop::sample::select(&["a", "", "+", "b"][..]),
+        username in prop::sample::select(&["a", "$s", "b"][..]),
+    ) {
+        let mut doc = serde_json::json!({"celine": {"mqtt": {"acl": {"rules": rules}}}});
+        if with_roles {
+            doc["celine"]["roles"] = serde_json::json!({
+                "group_permissions": {"viewers": ["subscribe", "read"], "admins": ["subscribe", "read", "publish"]},
+                "scope_permissions": {"mqtt.read": ["subscribe", "read"], "mqtt.write": ["publish"]}});
+        }
+        let policy = Policy::load(&doc.to_string()).map_err(|e| TestCaseError::fail(format!("{e:?}")))?;
+        let q = Query { subject: &subject, action, topic: &topic, clientid, username };
+        prop_assert_eq!(policy.check(&q), policy.explain(&q).decision);
+    }
+}
