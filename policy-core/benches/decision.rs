@@ -9,9 +9,9 @@ use std::time::Duration;
 use criterion::{Criterion, criterion_group, criterion_main};
 use policy_core::{Action, Policy, Query, Subject, SubjectType};
 
-/// A CELINE-shaped policy of `n` rules: an admin rule, then a repeating mix of service
-/// namespaces, per-site telemetry viewers, pipeline status, per-user nudging (placeholders)
-/// and site-specific denies, with roles for every group.
+/// A CELINE-shaped policy of `n` rules: an admin rule, then a repeating mix (per 10: four
+/// service namespaces, one site-specific deny, three per-site telemetry viewer rules, one
+/// pipeline, one per-user nudging rule with a placeholder), with roles for every group.
 fn generated_policy(n: usize) -> String {
     let mut rules = vec![serde_json::json!({
         "id": "admins-all", "subjects": {"groups": ["admins"]}, "topics": ["#"], "actions": "*"})];
@@ -20,10 +20,14 @@ fn generated_policy(n: usize) -> String {
     let mut i = 0;
     while rules.len() < n {
         let rule = match i % 10 {
-            0..=3 => serde_json::json!({
+            0..=2 | 9 => serde_json::json!({
                 "subjects": {"types": ["service"], "ids": [format!("svc-{i}")], "scopes": ["mqtt.write"]},
                 "topics": [format!("celine/svc-{i}/events/#"), format!("celine/svc-{i}/state/#")],
                 "actions": ["publish"]}),
+            3 => serde_json::json!({
+                "subjects": {"groups": [format!("site-{}-viewers", i + 1)]},
+                "topics": [format!("celine/system/alerts/site-{}/critical", i + 1)],
+                "actions": ["subscribe"], "effect": "deny"}),
             4..=6 => {
                 groups.insert(format!("site-{i}-viewers"), serde_json::json!(["subscribe", "read"]));
                 serde_json::json!({
@@ -35,17 +39,13 @@ fn generated_policy(n: usize) -> String {
                 "subjects": {"types": ["service"], "ids": [format!("pipe-{i}")]},
                 "topics": [format!("celine/pipelines/status/pipe-{i}"), format!("celine/pipelines/events/pipe-{i}/#")],
                 "actions": ["publish"]}),
-            8 => {
+            _ => {
                 groups.insert(format!("grp-{i}"), serde_json::json!(["subscribe", "read"]));
                 serde_json::json!({
                     "subjects": {"groups": [format!("grp-{i}")]},
                     "topics": [format!("celine/nudging/grp-{i}/${{subject.id}}")],
                     "actions": ["subscribe", "read"]})
             }
-            _ => serde_json::json!({
-                "subjects": {"groups": [format!("site-{}-viewers", i - 5)]},
-                "topics": [format!("celine/system/alerts/site-{}/critical", i - 5)],
-                "actions": ["subscribe"], "effect": "deny"}),
         };
         rules.push(rule);
         i += 1;
@@ -117,9 +117,18 @@ fn generated_cases(n: usize) -> Vec<Case> {
         },
         Case {
             name: "subscribe/deny",
-            subject: viewer,
+            subject: viewer.clone(),
             action: Action::Subscribe,
             topic: format!("celine/system/alerts/site-{}/#", mid + 4),
+            allow: false,
+        },
+        // The index's known limit: a wildcard subscription overlapping every deny pattern
+        // (one per 10 rules here) makes each of them a candidate.
+        Case {
+            name: "subscribe/deny-wide",
+            subject: viewer,
+            action: Action::Subscribe,
+            topic: "celine/system/alerts/#".into(),
             allow: false,
         },
     ]

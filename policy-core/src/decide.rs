@@ -123,17 +123,17 @@ impl Policy {
         match q.action {
             Action::Subscribe => {
                 toks = t.toks();
-                self.index.overlapping(&toks, &mut cands);
+                self.index.overlapping(q.subject, &toks, &mut cands);
             }
-            a => self.index.for_name(a, Effect::Deny, &t.levels, &mut cands),
+            a => self.index.for_name(a, Effect::Deny, q.subject, &t.levels, &mut cands),
         }
         if let Some(r) = self.first_applying(&mut cands, q, &t, &b) {
             return self.decided(r, q.action, t.text);
         }
         cands.clear();
         match q.action {
-            Action::Subscribe => self.index.containing(&t.toks(), &mut cands),
-            a => self.index.for_name(a, Effect::Allow, &t.levels, &mut cands),
+            Action::Subscribe => self.index.containing(q.subject, &t.toks(), &mut cands),
+            a => self.index.for_name(a, Effect::Allow, q.subject, &t.levels, &mut cands),
         }
         match self.first_applying(&mut cands, q, &t, &b) {
             Some(r) => self.decided(r, q.action, t.text),

@@ -1,10 +1,13 @@
 //! The rule index: so a decision's cost follows the rules that *could* apply to a topic, not
 //! the size of the document.
 //!
-//! For each action and effect there is a trie over topic-pattern levels (literal levels by
-//! name, `+` and placeholder levels on one wildcard edge, `#` as a list at its node). A query
-//! walks it with the request's levels and returns *candidate* (rule, pattern) pairs: a
-//! superset of those that apply. The decision code (`decide.rs`) then checks each candidate
+//! For each action and effect, rules are bucketed by subject (by `ids` when the rule lists
+//! ids, else by `groups` when it lists groups, else one bucket for the rest), and each bucket
+//! is a trie over topic-pattern levels (literal levels by name, `+` and placeholder levels on
+//! one wildcard edge, `#` as a list at its node). A query walks the tries of the buckets its
+//! subject can be in (the rest, its id, its groups) with the request's levels and returns
+//! *candidate* (rule, pattern) pairs: a superset of those that apply. So neither many rules
+//! for other subjects nor many patterns under a wildcard subscription make it linear. The decision code (`decide.rs`) then checks each candidate
 //! exactly (subjects, `$` rule, placeholders), so the index may over-approximate but never
 //! miss. `tests/index_differential.rs` checks it against a linear scan.
 
@@ -13,7 +16,7 @@ use alloc::collections::BTreeMap;
 use alloc::string::String;
 use alloc::vec::Vec;
 
-use crate::model::Action;
+use crate::model::{Action, Subject};
 use crate::pattern::Level;
 use crate::policy::{Effect, Rule, Sel};
 use crate::topic::Tok;
@@ -45,27 +48,69 @@ struct Trie {
     any: Vec<Entry>,
 }
 
+/// The tries of one action and effect, bucketed by the subjects a rule can apply to.
+#[derive(Debug, Clone, Default)]
+struct Buckets {
+    /// Rules that list neither ids nor groups.
+    rest: Trie,
+    /// Rules that list ids: under each id.
+    by_id: BTreeMap<String, Trie>,
+    /// Rules that list groups but not ids: under each group.
+    by_group: BTreeMap<String, Trie>,
+}
+
+impl Buckets {
+    /// The tries a subject's applicable rules are in.
+    fn for_subject<'a>(&'a self, s: &'a Subject) -> impl Iterator<Item = &'a Trie> + 'a {
+        core::iter::once(&self.rest)
+            .chain(self.by_id.get(&s.id))
+            .chain(s.groups.iter().filter_map(|g| self.by_group.get(g)))
+    }
+}
+
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Index {
     /// `[action][effect]`, effect 0 = allow, 1 = deny.
-    tries: [[Trie; 2]; 3],
+    tries: [[Buckets; 2]; 3],
+}
+
+/// Where a rule is filed, or `None` when an empty subject list means it never applies.
+fn buckets_of(rule: &Rule) -> Option<Vec<(u8, &str)>> {
+    let s = &rule.subjects;
+    let empty = |sel: &Option<Sel<String>>| matches!(sel, Some(Sel::List(v)) if v.is_empty());
+    if empty(&s.ids) || empty(&s.groups) {
+        return None;
+    }
+    Some(match (&s.ids, &s.groups) {
+        (Some(Sel::List(ids)), _) => ids.iter().map(|i| (1, i.as_str())).collect(),
+        (_, Some(Sel::List(gs))) => gs.iter().map(|g| (2, g.as_str())).collect(),
+        _ => alloc::vec![(0, "")],
+    })
 }
 
 impl Index {
     pub(crate) fn build(rules: &[Rule]) -> Index {
         let mut index = Index::default();
         for (ri, rule) in rules.iter().enumerate() {
+            let Some(keys) = buckets_of(rule) else { continue };
             let e = usize::from(rule.effect == Effect::Deny);
             for action in Action::ALL {
                 if !rule.has_action(action) {
                     continue;
                 }
-                let trie = &mut index.tries[action.index()][e];
-                match &rule.topics {
-                    Sel::Any => trie.any.push(Entry { rule: ri as u32, pattern: ANY_TOPIC }),
-                    Sel::List(patterns) => {
-                        for (pi, p) in patterns.iter().enumerate() {
-                            trie.insert(p.levels(), Entry { rule: ri as u32, pattern: pi as u32 });
+                let buckets = &mut index.tries[action.index()][e];
+                for (kind, key) in &keys {
+                    let trie = match kind {
+                        0 => &mut buckets.rest,
+                        1 => buckets.by_id.entry(String::from(*key)).or_default(),
+                        _ => buckets.by_group.entry(String::from(*key)).or_default(),
+                    };
+                    match &rule.topics {
+                        Sel::Any => trie.any.push(Entry { rule: ri as u32, pattern: ANY_TOPIC }),
+                        Sel::List(patterns) => {
+                            for (pi, p) in patterns.iter().enumerate() {
+                                trie.insert(p.levels(), Entry { rule: ri as u32, pattern: pi as u32 });
+                            }
                         }
                     }
                 }
@@ -75,27 +120,37 @@ impl Index {
     }
 
     /// Candidates for a publish or read of the topic name `levels`.
-    pub(crate) fn for_name(&self, action: Action, effect: Effect, levels: &[&str], out: &mut Vec<Entry>) {
-        let trie = self.trie(action, effect);
-        out.extend_from_slice(&trie.any);
-        trie.root.matching(levels, 0, out);
+    pub(crate) fn for_name(
+        &self,
+        action: Action,
+        effect: Effect,
+        subject: &Subject,
+        levels: &[&str],
+        out: &mut Vec<Entry>,
+    ) {
+        for trie in self.buckets(action, effect).for_subject(subject) {
+            out.extend_from_slice(&trie.any);
+            trie.root.matching(levels, 0, out);
+        }
     }
 
     /// Allow candidates for a subscription: patterns that may contain the filter.
-    pub(crate) fn containing(&self, levels: &[Tok], out: &mut Vec<Entry>) {
-        let trie = self.trie(Action::Subscribe, Effect::Allow);
-        out.extend_from_slice(&trie.any);
-        trie.root.containing(levels, 0, out);
+    pub(crate) fn containing(&self, subject: &Subject, levels: &[Tok], out: &mut Vec<Entry>) {
+        for trie in self.buckets(Action::Subscribe, Effect::Allow).for_subject(subject) {
+            out.extend_from_slice(&trie.any);
+            trie.root.containing(levels, 0, out);
+        }
     }
 
     /// Deny candidates for a subscription: patterns that may overlap the filter.
-    pub(crate) fn overlapping(&self, levels: &[Tok], out: &mut Vec<Entry>) {
-        let trie = self.trie(Action::Subscribe, Effect::Deny);
-        out.extend_from_slice(&trie.any);
-        trie.root.overlapping(levels, 0, out);
+    pub(crate) fn overlapping(&self, subject: &Subject, levels: &[Tok], out: &mut Vec<Entry>) {
+        for trie in self.buckets(Action::Subscribe, Effect::Deny).for_subject(subject) {
+            out.extend_from_slice(&trie.any);
+            trie.root.overlapping(levels, 0, out);
+        }
     }
 
-    fn trie(&self, action: Action, effect: Effect) -> &Trie {
+    fn buckets(&self, action: Action, effect: Effect) -> &Buckets {
         &self.tries[action.index()][usize::from(effect == Effect::Deny)]
     }
 }

@@ -136,7 +136,7 @@ fn pattern_strategy() -> impl Strategy<Value = String> {
 }
 
 fn rule_strategy() -> impl Strategy<Value = serde_json::Value> {
-    let list = |items: &'static [&'static str]| prop::collection::vec(prop::sample::select(items), 1..3);
+    let list = |items: &'static [&'static str]| prop::collection::vec(prop::sample::select(items), 0..3);
     (
         prop::option::weighted(0.3, list(&["user", "service"])),
         prop::option::weighted(0.2, list(&["u1", "u2", "a"])),

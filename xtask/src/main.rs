@@ -107,8 +107,25 @@ fn sync_conformance() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `rustfmt` and `clippy` come with rustup's default profile; a minimal toolchain lacks them.
+fn ensure_components() -> anyhow::Result<()> {
+    let have = |sub: &str| {
+        Command::new(env!("CARGO"))
+            .args([sub, "--version"])
+            .output()
+            .map(|o| o.status.success())
+            .unwrap_or(false)
+    };
+    if !(have("fmt") && have("clippy")) {
+        step("installing the rustfmt and clippy components");
+        run("rustup", &["component", "add", "rustfmt", "clippy"])?;
+    }
+    Ok(())
+}
+
 fn test() -> anyhow::Result<()> {
     let started = Instant::now();
+    ensure_components()?;
     check_conformance_copy()?;
     step("formatting");
     cargo(&["fmt", "--all", "--check"])?;
@@ -141,9 +158,15 @@ fn bench() -> anyhow::Result<()> {
     };
     println!("\n| request | default policy | 10 rules | 1,000 rules | 10,000 rules | 10,000 / 10 |");
     println!("|---|---|---|---|---|---|");
-    for name in
-        ["publish/allow", "publish/deny", "read/allow", "read/deny", "subscribe/allow", "subscribe/deny"]
-    {
+    for name in [
+        "publish/allow",
+        "publish/deny",
+        "read/allow",
+        "read/deny",
+        "subscribe/allow",
+        "subscribe/deny",
+        "subscribe/deny-wide",
+    ] {
         let d = median("default", name).map(|v| format!("{v:.0} ns")).unwrap_or_else(|_| "-".into());
         let r10 = median("rules-10", name)?;
         let r1k = median("rules-1000", name)?;
