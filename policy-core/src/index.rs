@@ -19,7 +19,7 @@ use alloc::vec::Vec;
 use crate::model::{Action, Subject};
 use crate::pattern::Level;
 use crate::policy::{Effect, Rule, Sel};
-use crate::topic::Tok;
+use crate::topic::{Levels, Tok};
 
 /// A rule and one of its topic patterns (`u32::MAX` for `"topics": "*"`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -130,7 +130,7 @@ impl Index {
     ) {
         for trie in self.buckets(action, effect).for_subject(subject) {
             out.extend_from_slice(&trie.any);
-            trie.root.matching(levels, 0, out);
+            trie.root.walk(Walk::Overlap, levels, 0, out);
         }
     }
 
@@ -138,7 +138,7 @@ impl Index {
     pub(crate) fn containing(&self, subject: &Subject, levels: &[Tok], out: &mut Vec<Entry>) {
         for trie in self.buckets(Action::Subscribe, Effect::Allow).for_subject(subject) {
             out.extend_from_slice(&trie.any);
-            trie.root.containing(levels, 0, out);
+            trie.root.walk(Walk::Contain, levels, 0, out);
         }
     }
 
@@ -146,7 +146,7 @@ impl Index {
     pub(crate) fn overlapping(&self, subject: &Subject, levels: &[Tok], out: &mut Vec<Entry>) {
         for trie in self.buckets(Action::Subscribe, Effect::Deny).for_subject(subject) {
             out.extend_from_slice(&trie.any);
-            trie.root.overlapping(levels, 0, out);
+            trie.root.walk(Walk::Overlap, levels, 0, out);
         }
     }
 
@@ -172,74 +172,51 @@ impl Trie {
     }
 }
 
-impl Node {
-    fn matching(&self, t: &[&str], i: usize, out: &mut Vec<Entry>) {
-        out.extend_from_slice(&self.hash);
-        if i == t.len() {
-            out.extend_from_slice(&self.end);
-            return;
-        }
-        if let Some(child) = self.children.get(t[i]) {
-            child.matching(t, i + 1, out);
-        }
-        if let Some(w) = &self.wild {
-            w.matching(t, i + 1, out);
-        }
-    }
+/// How a walk treats the request's wildcard levels (a topic name has none, so either mode
+/// serves a name).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Walk {
+    /// Patterns that may *contain* the filter (allow rules on subscribe).
+    Contain,
+    /// Patterns that may *overlap* the filter (deny rules on subscribe), and names.
+    Overlap,
+}
 
-    fn containing(&self, f: &[Tok], i: usize, out: &mut Vec<Entry>) {
+impl Node {
+    fn walk<'a, L: Levels<'a> + ?Sized>(&self, mode: Walk, f: &L, i: usize, out: &mut Vec<Entry>) {
         out.extend_from_slice(&self.hash);
-        if i == f.len() {
+        if i == f.count() {
             out.extend_from_slice(&self.end);
             return;
         }
-        match f[i] {
-            Tok::Lit(s) => {
+        match (f.at(i), mode) {
+            (Tok::Lit(s), _) => {
                 if let Some(child) = self.children.get(s) {
-                    child.containing(f, i + 1, out);
+                    child.walk(mode, f, i + 1, out);
                 }
                 if let Some(w) = &self.wild {
-                    w.containing(f, i + 1, out);
+                    w.walk(mode, f, i + 1, out);
                 }
             }
-            Tok::Plus => {
+            // A pattern contains `+` only with `+` (or `#`, collected above).
+            (Tok::Plus, Walk::Contain) => {
                 if let Some(w) = &self.wild {
-                    w.containing(f, i + 1, out);
+                    w.walk(mode, f, i + 1, out);
                 }
             }
-            // Only `#` covers `#`, except `+/#` at the top (see `topic::contains`).
-            Tok::Hash => {
+            (Tok::Plus, Walk::Overlap) => {
+                for child in self.children.values().chain(self.wild.as_deref()) {
+                    child.walk(mode, f, i + 1, out);
+                }
+            }
+            // Only `#` contains `#`, except `+/#` where `#` has no valid parent
+            // (see `topic::contains`).
+            (Tok::Hash, Walk::Contain) => {
                 if let Some(w) = &self.wild {
                     out.extend_from_slice(&w.hash);
                 }
             }
-        }
-    }
-
-    fn overlapping(&self, f: &[Tok], i: usize, out: &mut Vec<Entry>) {
-        out.extend_from_slice(&self.hash);
-        if i == f.len() {
-            out.extend_from_slice(&self.end);
-            return;
-        }
-        match f[i] {
-            Tok::Lit(s) => {
-                if let Some(child) = self.children.get(s) {
-                    child.overlapping(f, i + 1, out);
-                }
-                if let Some(w) = &self.wild {
-                    w.overlapping(f, i + 1, out);
-                }
-            }
-            Tok::Plus => {
-                for child in self.children.values() {
-                    child.overlapping(f, i + 1, out);
-                }
-                if let Some(w) = &self.wild {
-                    w.overlapping(f, i + 1, out);
-                }
-            }
-            Tok::Hash => {
+            (Tok::Hash, Walk::Overlap) => {
                 out.extend_from_slice(&self.end);
                 self.everything_below(out);
             }
