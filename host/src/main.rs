@@ -1,4 +1,4 @@
-//! `mqtt-policy`: the CELINE MQTT policy service's command-line tool.
+//! `mqtt-policy`: the CELINE MQTT policy service's command-line tool and server.
 //!
 //! Every subcommand works on the same policy documents the server loads and decides through
 //! `policy-core`; this crate only reads files, parses arguments and prints.
@@ -7,8 +7,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-mod cli;
-mod policy_file;
+use mqtt_policy::{EXIT_USAGE, cli};
 
 #[derive(Parser)]
 #[command(name = "mqtt-policy", version, about = "MQTT authorization for Mosquitto + go-auth: check, test and lint CELINE policies", long_about = None)]
@@ -19,6 +18,10 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Answer mosquitto-go-auth's HTTP calls (/mqtt/user, /mqtt/acl, /mqtt/superuser).
+    Serve(cli::serve::Args),
+    /// Mint a development token signed by the dev key (see `serve --dev`).
+    Token(cli::token::Args),
     /// Decide one request and explain why. Exit 0 allow, 1 deny, 2 usage or load error.
     Check(cli::check::Args),
     /// Decide JSON-lines requests from stdin, one JSON decision per line on stdout.
@@ -29,12 +32,11 @@ enum Command {
     Test(cli::test::Args),
 }
 
-/// Exit status for a usage, input or load error (clap uses 2 for usage errors too).
-pub const EXIT_USAGE: u8 = 2;
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Serve(a) => cli::serve::run(a),
+        Command::Token(a) => cli::token::run(a),
         Command::Check(a) => cli::check::run(a),
         Command::Eval(a) => cli::eval::run(a),
         Command::Lint(a) => cli::lint::run(a),

@@ -1,5 +1,6 @@
 //! `cargo xtask`: the project's build and test automation, in Rust rather than shell.
 //!
+//! - `cargo xtask build`: the policy module (a WebAssembly component) and the host.
 //! - `cargo xtask test`: everything CI runs (see README.md).
 //! - `cargo xtask bench`: the criterion decision benchmarks, summarised as a ratio table.
 //! - `cargo xtask sync-conformance`: refresh `corpus/conformance.jsonl` from `shared/`.
@@ -13,6 +14,7 @@ use anyhow::{Context, bail};
 const USAGE: &str = "usage: cargo xtask <command>
 
 commands:
+  build              build the policy module (WASM component) and the mqtt-policy binary
   test               run the whole test suite (what CI runs)
   bench              run the decision benchmarks and print a ratio table
   sync-conformance   copy shared/conformance/decisions.jsonl into corpus/conformance.jsonl";
@@ -20,6 +22,7 @@ commands:
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = match args.first().map(String::as_str) {
+        Some("build") => build().map(|_| ()),
         Some("test") => test(),
         Some("bench") => bench(),
         Some("sync-conformance") => sync_conformance(),
@@ -123,10 +126,64 @@ fn ensure_components() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Where `cargo xtask build` puts the policy module; `host/build.rs` embeds it from here.
+fn module_path() -> PathBuf {
+    target_dir().join("policy-module/policy.wasm")
+}
+
+fn ensure_wasm_target() -> anyhow::Result<()> {
+    let installed = Command::new("rustup")
+        .args(["target", "list", "--installed"])
+        .output()
+        .context("cannot run rustup (the wasm32 target is installed with it)")?;
+    if !String::from_utf8_lossy(&installed.stdout).lines().any(|l| l.trim() == "wasm32-unknown-unknown") {
+        step("installing the wasm32-unknown-unknown target");
+        run("rustup", &["target", "add", "wasm32-unknown-unknown"])?;
+    }
+    Ok(())
+}
+
+/// Builds the guest crate for `wasm32-unknown-unknown` and wraps the core module into a
+/// component (no imports, no WASI adapter), then builds the host, which embeds it.
+fn build() -> anyhow::Result<PathBuf> {
+    ensure_wasm_target()?;
+    step("policy module: policy-wasm for wasm32-unknown-unknown");
+    // Its own target directory, so cargo's build lock does not serialise it behind the host.
+    let wasm_target = target_dir().join("wasm");
+    let wasm_target = wasm_target.to_str().context("target path is not UTF-8")?;
+    cargo(&[
+        "build",
+        "-p",
+        "policy-wasm",
+        "--target",
+        "wasm32-unknown-unknown",
+        "--profile",
+        "wasm-release",
+        "--target-dir",
+        wasm_target,
+    ])?;
+    let core = Path::new(wasm_target).join("wasm32-unknown-unknown/wasm-release/policy_wasm.wasm");
+    let bytes = std::fs::read(&core).with_context(|| core.display().to_string())?;
+    let component = wit_component::ComponentEncoder::default()
+        .module(&bytes)
+        .context("the core module has no usable component-type section")?
+        .validate(true)
+        .encode()
+        .context("wrapping the core module into a component")?;
+    let out = module_path();
+    std::fs::create_dir_all(out.parent().unwrap())?;
+    std::fs::write(&out, &component)?;
+    println!("   component: {} ({} KB)", out.display(), component.len() / 1024);
+    step("host: mqtt-policy (embeds the policy module)");
+    cargo(&["build", "-p", "mqtt-policy"])?;
+    Ok(out)
+}
+
 fn test() -> anyhow::Result<()> {
     let started = Instant::now();
     ensure_components()?;
     check_conformance_copy()?;
+    build()?;
     step("formatting");
     cargo(&["fmt", "--all", "--check"])?;
     step("clippy (warnings are errors)");
@@ -134,7 +191,6 @@ fn test() -> anyhow::Result<()> {
     step("unit, property, conformance and CLI tests");
     cargo(&["test", "--workspace"])?;
     step("the default policy: lint and its own test cases");
-    cargo(&["build", "-p", "mqtt-policy"])?;
     let bin = target_dir().join("debug/mqtt-policy");
     let bin = bin.to_str().context("target path is not UTF-8")?;
     run(bin, &["lint", "--deny-warnings", "--policy", "policies/celine.json"])?;

@@ -3,7 +3,9 @@
 pub mod check;
 pub mod eval;
 pub mod lint;
+pub mod serve;
 pub mod test;
+pub mod token;
 
 use std::path::PathBuf;
 

@@ -1,0 +1,97 @@
+//! `mqtt-policy serve`: flags (each also `MQTT_POLICY_<NAME>`) → `serve::ServeConfig`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use crate::goauth::ResponseMode;
+use crate::serve::ServeConfig;
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    Pretty,
+    Json,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Address to listen on
+    #[arg(long, env = "MQTT_POLICY_LISTEN", default_value = "127.0.0.1:8009")]
+    pub listen: SocketAddr,
+    /// Policy document [default: policies/celine.json, else the built-in copy]
+    #[arg(long, env = "MQTT_POLICY_POLICY", value_name = "FILE")]
+    pub policy: Option<PathBuf>,
+    /// Policy module (a WebAssembly component) [default: the built-in one]
+    #[arg(long, env = "MQTT_POLICY_MODULE", value_name = "FILE")]
+    pub module: Option<PathBuf>,
+    /// Token issuer: the expected `iss`, and (without --jwks-*) where keys are discovered
+    /// (<issuer>/.well-known/openid-configuration)
+    #[arg(long, env = "MQTT_POLICY_ISSUER", value_name = "URL")]
+    pub issuer: Option<String>,
+    /// Expected `aud` (not checked when absent)
+    #[arg(long, env = "MQTT_POLICY_AUDIENCE")]
+    pub audience: Option<String>,
+    /// Key set URL (JWKS)
+    #[arg(long, env = "MQTT_POLICY_JWKS_URL", value_name = "URL")]
+    pub jwks_url: Option<String>,
+    /// Key set file (JWKS), re-read periodically
+    #[arg(long, env = "MQTT_POLICY_JWKS_FILE", value_name = "FILE")]
+    pub jwks_file: Option<PathBuf>,
+    /// Clock skew allowed on exp and nbf, in seconds
+    #[arg(long, env = "MQTT_POLICY_LEEWAY", default_value_t = 30, value_name = "SECONDS")]
+    pub leeway: u64,
+    /// json: 200/403 with {"ok","error"} (go-auth status and json modes); text: "ok" or the reason
+    #[arg(long, env = "MQTT_POLICY_RESPONSE_MODE", value_enum, default_value = "json")]
+    pub response_mode: ResponseMode,
+    /// Development: trust a local signing key (see `mqtt-policy token --dev`) and serve its
+    /// JWKS at /dev/jwks.json
+    #[arg(long, env = "MQTT_POLICY_DEV")]
+    pub dev: bool,
+    /// Where the dev key and the compiled-module cache live
+    /// [default: $XDG_STATE_HOME/mqtt-policy or ~/.local/state/mqtt-policy]
+    #[arg(long, env = "MQTT_POLICY_STATE_DIR", value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// An unknown key id refreshes the key set at most this often, in seconds
+    #[arg(long, env = "MQTT_POLICY_JWKS_MIN_REFRESH", default_value_t = 10, value_name = "SECONDS")]
+    pub jwks_min_refresh: u64,
+    /// Development only: also accept HS256/384/512 tokens signed with the secret in this file
+    #[arg(long, env = "MQTT_POLICY_HMAC_SECRET_FILE", value_name = "FILE")]
+    pub hmac_secret_file: Option<PathBuf>,
+    /// Log format
+    #[arg(long, env = "MQTT_POLICY_LOG_FORMAT", value_enum, default_value = "pretty")]
+    pub log_format: LogFormat,
+}
+
+fn init_logging(format: LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("MQTT_POLICY_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder =
+        tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
+    match format {
+        LogFormat::Pretty => builder.init(),
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+    }
+}
+
+pub fn run(a: Args) -> anyhow::Result<ExitCode> {
+    init_logging(a.log_format);
+    let cfg = ServeConfig {
+        listen: a.listen,
+        policy: a.policy,
+        module: a.module,
+        issuer: a.issuer,
+        audience: a.audience,
+        jwks_url: a.jwks_url,
+        jwks_file: a.jwks_file,
+        leeway: std::time::Duration::from_secs(a.leeway),
+        response_mode: a.response_mode,
+        dev: a.dev,
+        state_dir: a.state_dir.unwrap_or_else(crate::devkey::default_state_dir),
+        hmac_secret_file: a.hmac_secret_file,
+        jwks_min_refresh: std::time::Duration::from_secs(a.jwks_min_refresh),
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    rt.block_on(crate::serve::run(cfg))?;
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,527 @@
+//! The three endpoints mosquitto-go-auth calls: `/mqtt/user`, `/mqtt/superuser`, `/mqtt/acl`
+//! (shared/docs/go-auth-protocol.md), for its `http` and `jwt` (remote) backends.
+//!
+//! - Parameters come from a JSON body (go-auth's json mode; `null` from the jwt backend),
+//!   a form body (form mode), and the query string, whatever the method (POST, GET, PUT).
+//! - The token is the Bearer header, else `password` or `username` when it is a JWT, else (ACL
+//!   and superuser) the session a successful user call bound to (username, clientid).
+//! - Answers: 200 `{"ok":true,"error":""}` allows, 403 `{"ok":false,"error":"<reason>"}`
+//!   denies; both satisfy go-auth's status and json response modes. `--response-mode text`
+//!   answers `ok` or the reason. A malformed request gets 400 with the reason: never 5xx.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::Value;
+
+use crate::auth::TokenHash;
+use crate::jwks::{Verified, looks_like_jwt};
+use crate::runtime::{Action, Decision, Generation, Request, Subject};
+use crate::serve::AppState;
+
+/// How answers are written (go-auth's `*_response_mode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ResponseMode {
+    /// 200/403 with `{"ok": bool, "error": str}`: for go-auth's `status` and `json` modes.
+    Json,
+    /// 200 `ok`, or 403 with the reason as plain text: for go-auth's `text` mode.
+    Text,
+}
+
+/// What a request came to.
+pub enum Outcome {
+    Allow(String),
+    Deny(String),
+    /// The request itself is malformed (400).
+    Bad(String),
+}
+
+impl Outcome {
+    fn label(&self) -> &'static str {
+        match self {
+            Outcome::Allow(_) => "allow",
+            Outcome::Deny(_) => "deny",
+            Outcome::Bad(_) => "bad_request",
+        }
+    }
+
+    fn into_response(self, mode: ResponseMode) -> Response {
+        let (status, ok, error) = match self {
+            Outcome::Allow(_) => (StatusCode::OK, true, String::new()),
+            Outcome::Deny(r) => (StatusCode::FORBIDDEN, false, r),
+            Outcome::Bad(r) => (StatusCode::BAD_REQUEST, false, r),
+        };
+        match mode {
+            ResponseMode::Json => {
+                (status, axum::Json(serde_json::json!({"ok": ok, "error": error}))).into_response()
+            }
+            ResponseMode::Text => {
+                let body = if ok { "ok".to_string() } else { error };
+                (status, [(header::CONTENT_TYPE, "text/plain; charset=utf-8")], body).into_response()
+            }
+        }
+    }
+}
+
+/// The parameters go-auth may send, from wherever they came.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Params {
+    pub username: Option<String>,
+    pub password: Option<String>,
+    pub clientid: Option<String>,
+    pub topic: Option<String>,
+    pub acc: Option<String>,
+}
+
+impl Params {
+    fn slot(&mut self, key: &str) -> Option<&mut Option<String>> {
+        match key {
+            "username" => Some(&mut self.username),
+            "password" => Some(&mut self.password),
+            "clientid" => Some(&mut self.clientid),
+            "topic" => Some(&mut self.topic),
+            "acc" => Some(&mut self.acc),
+            _ => None,
+        }
+    }
+
+    /// Sets a field; the same field twice with different values is malformed.
+    fn set(&mut self, key: &str, value: String) -> Result<(), String> {
+        let Some(slot) = self.slot(key) else { return Ok(()) };
+        match slot {
+            Some(old) if *old != value => Err(format!("'{key}' is given twice with different values")),
+            _ => {
+                *slot = Some(value);
+                Ok(())
+            }
+        }
+    }
+}
+
+fn form_pairs(bytes: &[u8], what: &str) -> Result<Vec<(String, String)>, String> {
+    serde_urlencoded::from_bytes::<Vec<(String, String)>>(bytes).map_err(|e| format!("malformed {what}: {e}"))
+}
+
+/// Reads the parameters from the query string and the body (by its content type).
+pub fn parse_params(headers: &HeaderMap, query: Option<&str>, body: &[u8]) -> Result<Params, String> {
+    let mut p = Params::default();
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.split(';').next().unwrap_or("").trim().to_ascii_lowercase());
+    let trimmed = body.trim_ascii();
+    let is_json = match content_type.as_deref() {
+        _ if trimmed.is_empty() => None,
+        Some("application/json") => Some(true),
+        Some("application/x-www-form-urlencoded") => Some(false),
+        None | Some("") => Some(trimmed.first() == Some(&b'{') || trimmed == b"null"),
+        Some(other) => {
+            return Err(format!(
+                "unsupported content type '{other}': send application/json or application/x-www-form-urlencoded"
+            ));
+        }
+    };
+    match is_json {
+        None => {}
+        Some(true) => match serde_json::from_slice::<Value>(trimmed) {
+            // go-auth's jwt backend sends `null` for user and superuser calls.
+            Ok(Value::Null) => {}
+            Ok(Value::Object(map)) => {
+                for (k, v) in map {
+                    let s = match v {
+                        Value::String(s) => s,
+                        Value::Number(n) => n.to_string(),
+                        Value::Null => continue,
+                        other => return Err(format!("'{k}' must be a string or a number, found {other}")),
+                    };
+                    p.set(&k, s)?;
+                }
+            }
+            Ok(other) => return Err(format!("the JSON body must be an object, found {}", kind(&other))),
+            Err(e) => return Err(format!("malformed JSON body: {e}")),
+        },
+        Some(false) => {
+            for (k, v) in form_pairs(trimmed, "form body")? {
+                p.set(&k, v)?;
+            }
+        }
+    }
+    if let Some(q) = query {
+        for (k, v) in form_pairs(q.as_bytes(), "query string")? {
+            p.set(&k, v)?;
+        }
+    }
+    Ok(p)
+}
+
+fn kind(v: &Value) -> &'static str {
+    match v {
+        Value::Array(_) => "a list",
+        Value::String(_) => "a string",
+        Value::Number(_) => "a number",
+        Value::Bool(_) => "a boolean",
+        _ => "something else",
+    }
+}
+
+/// MOSQ_ACL_READ, MOSQ_ACL_WRITE, MOSQ_ACL_SUBSCRIBE.
+const ACC_BITS: [(u32, Action); 3] = [(4, Action::Subscribe), (2, Action::Publish), (1, Action::Read)];
+
+/// The actions an `acc` bit mask asks for, all of which must be allowed.
+pub fn parse_acc(acc: &str) -> Result<Vec<Action>, String> {
+    let bad = || {
+        format!(
+            "'acc' must be a bit mask of 1 (read), 2 (publish) and 4 (subscribe), got {}",
+            crate::short(acc)
+        )
+    };
+    let n: u32 = acc.trim().parse().map_err(|_| bad())?;
+    if n == 0 || n & !7 != 0 {
+        return Err(bad());
+    }
+    Ok(ACC_BITS.iter().filter(|(bit, _)| n & bit != 0).map(|(_, a)| *a).collect())
+}
+
+/// Where the token came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum TokenFrom {
+    Bearer,
+    Password,
+    Username,
+}
+
+fn find_token<'a>(headers: &'a HeaderMap, p: &'a Params) -> Result<Option<(&'a str, TokenFrom)>, String> {
+    if let Some(h) = headers.get(header::AUTHORIZATION) {
+        let h = h.to_str().map_err(|_| "the Authorization header is not ASCII".to_string())?;
+        let Some((scheme, token)) = h.split_once(' ') else {
+            return Err("the Authorization header must be 'Bearer <token>'".into());
+        };
+        if !scheme.eq_ignore_ascii_case("bearer") {
+            return Err(format!("unsupported Authorization scheme {}: use Bearer", crate::short(scheme)));
+        }
+        return Ok(Some((token.trim(), TokenFrom::Bearer)));
+    }
+    if let Some(pw) = p.password.as_deref().filter(|s| looks_like_jwt(s)) {
+        return Ok(Some((pw, TokenFrom::Password)));
+    }
+    if let Some(u) = p.username.as_deref().filter(|s| looks_like_jwt(s)) {
+        return Ok(Some((u, TokenFrom::Username)));
+    }
+    Ok(None)
+}
+
+/// The username as logged and used for sessions: a JWT username (jwt backend) is never shown.
+fn username_label(p: &Params) -> &str {
+    match p.username.as_deref() {
+        Some(u) if looks_like_jwt(u) => "<token>",
+        Some(u) => u,
+        None => "",
+    }
+}
+
+struct Ctx<'a> {
+    state: &'a AppState,
+    generation: Arc<Generation>,
+    headers: &'a HeaderMap,
+    params: Params,
+}
+
+impl Ctx<'_> {
+    async fn verified_token(&self) -> Result<Option<(TokenHash, Arc<Verified>, TokenFrom)>, Outcome> {
+        match find_token(self.headers, &self.params) {
+            Err(e) => Err(Outcome::Bad(e)),
+            Ok(None) => Ok(None),
+            Ok(Some((token, from))) => match self.state.auth.verify(token).await {
+                Ok((hash, v)) => Ok(Some((hash, v, from))),
+                Err(e) => Err(Outcome::Deny(e)),
+            },
+        }
+    }
+
+    fn subject(&self, hash: TokenHash, v: &Verified) -> Result<Arc<Subject>, Outcome> {
+        self.state.auth.subject(&self.generation, hash, v).map_err(Outcome::Deny)
+    }
+}
+
+fn audit(
+    endpoint: &str,
+    subject: Option<&Subject>,
+    p: &Params,
+    action: &str,
+    outcome: &Outcome,
+    rule: Option<&str>,
+) {
+    let (allow, reason) = match outcome {
+        Outcome::Allow(r) => (true, r.as_str()),
+        Outcome::Deny(r) | Outcome::Bad(r) => (false, r.as_str()),
+    };
+    tracing::info!(
+        target: "audit",
+        endpoint,
+        subject = subject.map(|s| s.id.as_str()).unwrap_or("-"),
+        subject_type = subject.map(Subject::kind_str).unwrap_or("-"),
+        username = username_label(p),
+        clientid = p.clientid.as_deref().unwrap_or(""),
+        topic = p.topic.as_deref().unwrap_or(""),
+        action,
+        decision = if allow { "allow" } else { "deny" },
+        rule = rule.unwrap_or("-"),
+        reason,
+    );
+}
+
+async fn user(ctx: &Ctx<'_>) -> Outcome {
+    let (hash, v, from) = match ctx.verified_token().await {
+        Err(o) => return o,
+        Ok(None) => {
+            return Outcome::Deny(
+                "no token: send the JWT as the MQTT password, as the username, or as a Bearer token".into(),
+            );
+        }
+        Ok(Some(t)) => t,
+    };
+    let subject = match ctx.subject(hash, &v) {
+        Ok(s) => s,
+        Err(o) => return o,
+    };
+    // The http backend's later ACL calls carry no token: remember who this is. (A JWT as
+    // username is the jwt backend: every call carries the token itself.)
+    if from != TokenFrom::Username {
+        let p = &ctx.params;
+        ctx.state.auth.bind(
+            p.username.as_deref().unwrap_or(""),
+            p.clientid.as_deref().unwrap_or(""),
+            hash,
+            Arc::clone(&v),
+        );
+    }
+    let o = Outcome::Allow(format!("authenticated {} '{}'", subject.kind_str(), subject.id));
+    audit("user", Some(&subject), &ctx.params, "connect", &o, None);
+    o
+}
+
+fn no_session(p: &Params) -> Outcome {
+    Outcome::Deny(format!(
+        "no token and no session for username {} clientid {}: the client must connect (user call) first",
+        crate::short(username_label(p)),
+        crate::short(p.clientid.as_deref().unwrap_or(""))
+    ))
+}
+
+async fn superuser(ctx: &Ctx<'_>) -> Outcome {
+    match ctx.verified_token().await {
+        Err(o) => o,
+        Ok(Some((hash, v, _))) => match ctx.subject(hash, &v) {
+            Err(o) => o,
+            Ok(s) => decided("superuser", ctx, &s, "superuser", ctx.generation.superuser(&s)),
+        },
+        Ok(None) => {
+            // The call carries only a username. Every live session of that username must be
+            // a superuser's: a client asking for itself is always among them, so a viewer
+            // sharing an (e.g. empty) username with an admin is never a superuser.
+            let sessions = ctx.state.auth.sessions_of(ctx.params.username.as_deref().unwrap_or(""));
+            if sessions.is_empty() {
+                return no_session(&ctx.params);
+            }
+            let mut last = None;
+            for (hash, v) in sessions {
+                let s = match ctx.subject(hash, &v) {
+                    Ok(s) => s,
+                    Err(o) => return o,
+                };
+                let d = ctx.generation.superuser(&s);
+                if !d.allow {
+                    let reason = format!("{} (a session of this username)", d.reason);
+                    return decided("superuser", ctx, &s, "superuser", Decision { reason, ..d });
+                }
+                last = Some((s, d));
+            }
+            let (s, d) = last.expect("at least one session");
+            decided("superuser", ctx, &s, "superuser", d)
+        }
+    }
+}
+
+fn decided(endpoint: &str, ctx: &Ctx<'_>, s: &Subject, action: &str, d: Decision) -> Outcome {
+    let o = if d.allow { Outcome::Allow(d.reason) } else { Outcome::Deny(d.reason) };
+    audit(endpoint, Some(s), &ctx.params, action, &o, d.rule.as_deref());
+    o
+}
+
+async fn acl(ctx: &Ctx<'_>) -> Outcome {
+    let p = &ctx.params;
+    let Some(topic) = p.topic.as_deref() else { return Outcome::Bad("missing 'topic'".into()) };
+    let actions = match p.acc.as_deref().map(parse_acc) {
+        None => return Outcome::Bad("missing 'acc'".into()),
+        Some(Err(e)) => return Outcome::Bad(e),
+        Some(Ok(a)) => a,
+    };
+    let subject = match ctx.verified_token().await {
+        Err(o) => return o,
+        Ok(Some((hash, v, _))) => ctx.subject(hash, &v),
+        Ok(None) => match ctx
+            .state
+            .auth
+            .session(p.username.as_deref().unwrap_or(""), p.clientid.as_deref().unwrap_or(""))
+        {
+            Some((hash, v)) => ctx.subject(hash, &v),
+            None => Err(no_session(p)),
+        },
+    };
+    let subject = match subject {
+        Ok(s) => s,
+        Err(o) => {
+            audit("acl", None, p, "acl", &o, None);
+            return o;
+        }
+    };
+    // Usernames that are JWTs (jwt backend) are not meaningful as `${username}`.
+    let username = if p.username.as_deref().is_some_and(looks_like_jwt) {
+        ""
+    } else {
+        p.username.as_deref().unwrap_or("")
+    };
+    let mut outcome = Outcome::Deny("no action".into());
+    for action in actions {
+        let req = Request {
+            subject: (*subject).clone(),
+            topic: topic.to_string(),
+            action,
+            clientid: p.clientid.clone().unwrap_or_default(),
+            username: username.to_string(),
+        };
+        let d = ctx.generation.check(&req);
+        outcome = decided("acl", ctx, &subject, action_str(action), d);
+        if matches!(outcome, Outcome::Deny(_)) {
+            break;
+        }
+    }
+    outcome
+}
+
+fn action_str(a: Action) -> &'static str {
+    match a {
+        Action::Subscribe => "subscribe",
+        Action::Read => "read",
+        Action::Publish => "publish",
+    }
+}
+
+#[derive(Clone, Copy)]
+pub enum Endpoint {
+    User,
+    Superuser,
+    Acl,
+}
+
+impl Endpoint {
+    fn label(self) -> &'static str {
+        match self {
+            Endpoint::User => "user",
+            Endpoint::Superuser => "superuser",
+            Endpoint::Acl => "acl",
+        }
+    }
+}
+
+/// One handler for the three endpoints: parse, decide, answer, count.
+pub async fn handle(
+    endpoint: Endpoint,
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    uri: Uri,
+    body: Bytes,
+) -> Response {
+    let started = Instant::now();
+    let outcome = match parse_params(&headers, uri.query(), &body) {
+        Err(e) => Outcome::Bad(e),
+        Ok(params) => {
+            let ctx = Ctx { state: &state, generation: state.generation(), headers: &headers, params };
+            match endpoint {
+                Endpoint::User => user(&ctx).await,
+                Endpoint::Superuser => superuser(&ctx).await,
+                Endpoint::Acl => acl(&ctx).await,
+            }
+        }
+    };
+    if let Outcome::Bad(r) = &outcome {
+        tracing::info!(target: "audit", endpoint = endpoint.label(), decision = "bad_request", reason = %r);
+    }
+    metrics::counter!("mqtt_policy_requests_total", "endpoint" => endpoint.label(), "outcome" => outcome.label())
+        .increment(1);
+    metrics::histogram!("mqtt_policy_request_duration_seconds", "endpoint" => endpoint.label())
+        .record(started.elapsed().as_secs_f64());
+    outcome.into_response(state.response_mode)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(ct: Option<&str>) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        if let Some(ct) = ct {
+            h.insert(header::CONTENT_TYPE, ct.parse().unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn go_auth_bodies_parse() {
+        let json = parse_params(
+            &headers(Some("application/json")),
+            None,
+            br#"{"acc":4,"clientid":"c1","topic":"a/#","username":""}"#,
+        )
+        .unwrap();
+        assert_eq!(json.acc.as_deref(), Some("4"));
+        assert_eq!(json.username.as_deref(), Some(""));
+        let form = parse_params(
+            &headers(Some("application/x-www-form-urlencoded")),
+            None,
+            b"acc=1&clientid=c1&topic=a%2Fb&username=",
+        )
+        .unwrap();
+        assert_eq!(form.topic.as_deref(), Some("a/b"));
+        let null = parse_params(&headers(Some("application/json")), None, b"null").unwrap();
+        assert_eq!(null, Params::default());
+        let query = parse_params(&headers(None), Some("topic=x&acc=2"), b"").unwrap();
+        assert_eq!((query.topic.as_deref(), query.acc.as_deref()), (Some("x"), Some("2")));
+    }
+
+    #[test]
+    fn malformed_bodies_say_why() {
+        assert!(
+            parse_params(&headers(Some("application/json")), None, b"{")
+                .unwrap_err()
+                .starts_with("malformed JSON")
+        );
+        assert!(
+            parse_params(&headers(Some("application/json")), None, b"[1]").unwrap_err().contains("an object")
+        );
+        assert!(
+            parse_params(&headers(Some("text/xml")), None, b"<a/>")
+                .unwrap_err()
+                .contains("unsupported content type")
+        );
+        assert!(
+            parse_params(&headers(Some("application/json")), Some("topic=b"), br#"{"topic":"a"}"#)
+                .unwrap_err()
+                .contains("twice")
+        );
+        assert!(parse_params(&headers(Some("application/json")), None, br#"{"topic":["a"]}"#).is_err());
+    }
+
+    #[test]
+    fn acc_is_a_bit_mask_of_known_bits() {
+        assert_eq!(parse_acc("4").unwrap(), [Action::Subscribe]);
+        assert_eq!(parse_acc("3").unwrap(), [Action::Publish, Action::Read]);
+        for bad in ["0", "8", "9", "-1", "x", ""] {
+            assert!(parse_acc(bad).is_err(), "{bad}");
+        }
+    }
+}

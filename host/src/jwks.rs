@@ -1,0 +1,378 @@
+//! Verifying tokens: where the keys come from, when they are refreshed, what is checked.
+//!
+//! Keys come from a JWKS file, a JWKS URL, or OIDC discovery on the issuer
+//! (`<issuer>/.well-known/openid-configuration` → `jwks_uri`), plus the dev key in `--dev`
+//! mode. An unknown `kid` triggers a refresh (at most one per `min_refresh`, 10 s by default); the
+//! set is also refreshed periodically. Only asymmetric algorithms are accepted, unless an HMAC
+//! secret was configured explicitly for development; an HMAC token is then checked against that
+//! secret only, never against a public key. `exp` is required; `nbf`, `iss` and `aud` are
+//! checked (the last two when configured).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, bail};
+use arc_swap::ArcSwap;
+use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, JwkSet, KeyAlgorithm};
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use serde_json::Value;
+
+/// The key set is refreshed this often in any case.
+pub const PERIODIC_REFRESH: Duration = Duration::from_secs(300);
+
+/// Where the trusted keys come from.
+#[derive(Debug, Clone)]
+pub enum KeySource {
+    /// No remote or file source (dev key and/or HMAC secret only).
+    None,
+    File(PathBuf),
+    Url(String),
+    /// OIDC discovery on this issuer.
+    Discovery(String),
+}
+
+#[derive(Debug, Clone)]
+pub struct VerifierConfig {
+    pub source: KeySource,
+    /// Expected `iss`, when configured.
+    pub issuer: Option<String>,
+    /// Expected `aud`, when configured.
+    pub audience: Option<String>,
+    pub leeway: Duration,
+    /// Trusted in addition to the source (dev mode).
+    pub extra_keys: Vec<Jwk>,
+    /// Development only: accept HS256/384/512 tokens signed with this secret.
+    pub hmac_secret: Option<Vec<u8>>,
+    /// An unknown `kid` refreshes the key set at most this often.
+    pub min_refresh: Duration,
+}
+
+/// A verified token.
+#[derive(Debug, Clone)]
+pub struct Verified {
+    pub claims: Value,
+    /// Seconds since the epoch.
+    pub exp: u64,
+}
+
+/// Why a token was refused. The message is safe to log and return: it never holds the token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refused(pub String);
+
+impl std::fmt::Display for Refused {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+struct KeyState {
+    keys: JwkSet,
+    loaded_at: Option<SystemTime>,
+    last_error: Option<String>,
+}
+
+pub struct Verifier {
+    config: VerifierConfig,
+    http: reqwest::Client,
+    state: ArcSwap<KeyState>,
+    last_refresh: Mutex<Option<Instant>>,
+    refresh_lock: tokio::sync::Mutex<()>,
+}
+
+/// Seconds since the epoch.
+pub fn now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+fn is_hmac(alg: Algorithm) -> bool {
+    matches!(alg, Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512)
+}
+
+/// The algorithms a key may verify: its `alg` if it names one, else its key type's family.
+fn algorithms_for(jwk: &Jwk) -> Vec<Algorithm> {
+    if let Some(alg) = jwk.common.key_algorithm {
+        let a = match alg {
+            KeyAlgorithm::RS256 => Some(Algorithm::RS256),
+            KeyAlgorithm::RS384 => Some(Algorithm::RS384),
+            KeyAlgorithm::RS512 => Some(Algorithm::RS512),
+            KeyAlgorithm::PS256 => Some(Algorithm::PS256),
+            KeyAlgorithm::PS384 => Some(Algorithm::PS384),
+            KeyAlgorithm::PS512 => Some(Algorithm::PS512),
+            KeyAlgorithm::ES256 => Some(Algorithm::ES256),
+            KeyAlgorithm::ES384 => Some(Algorithm::ES384),
+            KeyAlgorithm::EdDSA => Some(Algorithm::EdDSA),
+            _ => None,
+        };
+        return a.into_iter().collect();
+    }
+    match &jwk.algorithm {
+        AlgorithmParameters::RSA(_) => vec![
+            Algorithm::RS256,
+            Algorithm::RS384,
+            Algorithm::RS512,
+            Algorithm::PS256,
+            Algorithm::PS384,
+            Algorithm::PS512,
+        ],
+        AlgorithmParameters::EllipticCurve(ec) => match ec.curve {
+            EllipticCurve::P256 => vec![Algorithm::ES256],
+            EllipticCurve::P384 => vec![Algorithm::ES384],
+            _ => vec![],
+        },
+        AlgorithmParameters::OctetKeyPair(_) => vec![Algorithm::EdDSA],
+        // A symmetric key in a JWKS is never trusted: it would let anyone holding the
+        // "public" key set mint tokens.
+        AlgorithmParameters::OctetKey(_) => vec![],
+    }
+}
+
+impl Verifier {
+    pub fn new(config: VerifierConfig) -> anyhow::Result<Verifier> {
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .build()
+            .context("building the HTTP client for key sets")?;
+        Ok(Verifier {
+            config,
+            http,
+            state: ArcSwap::from_pointee(KeyState {
+                keys: JwkSet { keys: vec![] },
+                loaded_at: None,
+                last_error: None,
+            }),
+            last_refresh: Mutex::new(None),
+            refresh_lock: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    async fn fetch_json(&self, url: &str) -> anyhow::Result<Value> {
+        let resp = self.http.get(url).send().await.with_context(|| format!("GET {url}"))?;
+        let status = resp.status();
+        if !status.is_success() {
+            bail!("GET {url}: HTTP {status}");
+        }
+        resp.json().await.with_context(|| format!("GET {url}: not JSON"))
+    }
+
+    async fn fetch_keys(&self) -> anyhow::Result<JwkSet> {
+        let raw = match &self.config.source {
+            KeySource::None => return Ok(JwkSet { keys: vec![] }),
+            KeySource::File(p) => {
+                let text =
+                    tokio::fs::read_to_string(p).await.with_context(|| format!("reading {}", p.display()))?;
+                serde_json::from_str(&text).with_context(|| format!("{} is not JSON", p.display()))?
+            }
+            KeySource::Url(u) => self.fetch_json(u).await?,
+            KeySource::Discovery(issuer) => {
+                let url = format!("{}/.well-known/openid-configuration", issuer.trim_end_matches('/'));
+                let doc = self.fetch_json(&url).await?;
+                let jwks_uri = doc["jwks_uri"]
+                    .as_str()
+                    .with_context(|| format!("{url}: no jwks_uri in the discovery document"))?;
+                self.fetch_json(jwks_uri).await?
+            }
+        };
+        // Keys jsonwebtoken cannot parse (e.g. Keycloak's RSA-OAEP encryption keys) are skipped.
+        let list = raw["keys"].as_array().context("the key set has no \"keys\" list")?;
+        let keys: Vec<Jwk> = list.iter().filter_map(|k| serde_json::from_value(k.clone()).ok()).collect();
+        Ok(JwkSet { keys })
+    }
+
+    /// Reloads the key set now. On failure the previous keys stay in use.
+    pub async fn refresh(&self) -> anyhow::Result<usize> {
+        let _guard = self.refresh_lock.lock().await;
+        *self.last_refresh.lock().unwrap() = Some(Instant::now());
+        let result = self.fetch_keys().await;
+        let old = self.state.load();
+        match result {
+            Ok(mut set) => {
+                set.keys.extend(self.config.extra_keys.iter().cloned());
+                let n = set.keys.len();
+                self.state.store(Arc::new(KeyState {
+                    keys: set,
+                    loaded_at: Some(SystemTime::now()),
+                    last_error: None,
+                }));
+                metrics::counter!("mqtt_policy_jwks_refresh_total", "result" => "ok").increment(1);
+                Ok(n)
+            }
+            Err(e) => {
+                let mut keys = old.keys.clone();
+                if old.loaded_at.is_none() {
+                    keys.keys.extend(self.config.extra_keys.iter().cloned());
+                }
+                self.state.store(Arc::new(KeyState {
+                    keys,
+                    loaded_at: old.loaded_at,
+                    last_error: Some(format!("{e:#}")),
+                }));
+                metrics::counter!("mqtt_policy_jwks_refresh_total", "result" => "error").increment(1);
+                Err(e)
+            }
+        }
+    }
+
+    /// Refreshes unless one happened within `min_refresh`.
+    async fn refresh_rate_limited(&self) {
+        let recent = self.last_refresh.lock().unwrap().is_some_and(|t| t.elapsed() < self.config.min_refresh);
+        if !recent && let Err(e) = self.refresh().await {
+            tracing::warn!(error = %format!("{e:#}"), "key set refresh failed; keeping the previous keys");
+        }
+    }
+
+    /// Is there anything to verify tokens with? `Err` says what is wrong (for `/readyz`).
+    pub fn readiness(&self) -> Result<usize, String> {
+        let s = self.state.load();
+        let n = s.keys.keys.len() + usize::from(self.config.hmac_secret.is_some());
+        match (&s.last_error, n) {
+            (Some(e), 0) => Err(format!("no signing keys: {e}")),
+            (None, 0) if s.loaded_at.is_none() => Err("signing keys not loaded yet".into()),
+            (None, 0) => Err("the key set is empty".into()),
+            (Some(e), _) => {
+                tracing::debug!(error = %e, "key set refresh failing, previous keys in use");
+                Ok(n)
+            }
+            (None, _) => Ok(n),
+        }
+    }
+
+    /// The last refresh error, if the most recent refresh failed.
+    pub fn last_error(&self) -> Option<String> {
+        self.state.load().last_error.clone()
+    }
+
+    fn validation(&self, alg: Algorithm) -> Validation {
+        let mut v = Validation::new(alg);
+        v.leeway = self.config.leeway.as_secs();
+        v.validate_exp = true;
+        v.validate_nbf = true;
+        v.set_required_spec_claims(&["exp"]);
+        match &self.config.issuer {
+            Some(iss) => v.set_issuer(&[iss]),
+            None => v.iss = None,
+        }
+        match &self.config.audience {
+            Some(aud) => v.set_audience(&[aud]),
+            None => v.validate_aud = false,
+        }
+        v
+    }
+
+    fn decode_with(&self, token: &str, key: &DecodingKey, alg: Algorithm) -> Result<Verified, Refused> {
+        let data = jsonwebtoken::decode::<Value>(token, key, &self.validation(alg))
+            .map_err(|e| Refused(describe(&e)))?;
+        let exp =
+            data.claims["exp"].as_u64().ok_or_else(|| Refused("the token's exp is not a number".into()))?;
+        Ok(Verified { claims: data.claims, exp })
+    }
+
+    /// Verifies a token: signature, algorithm, `exp`, `nbf`, `iss`, `aud`.
+    pub async fn verify(&self, token: &str) -> Result<Verified, Refused> {
+        let header = jsonwebtoken::decode_header(token)
+            .map_err(|e| Refused(format!("malformed token: {}", describe(&e))))?;
+        if is_hmac(header.alg) {
+            return match &self.config.hmac_secret {
+                Some(secret) => self.decode_with(token, &DecodingKey::from_secret(secret), header.alg),
+                None => Err(Refused(format!(
+                    "algorithm {:?} is not accepted: only asymmetric signatures (RS*, PS*, ES*, EdDSA)",
+                    header.alg
+                ))),
+            };
+        }
+        let mut result = self.verify_with_known(token, &header);
+        if matches!(&result, Err(r) if r.0.starts_with("unknown signing key")) {
+            self.refresh_rate_limited().await;
+            result = self.verify_with_known(token, &header);
+        }
+        result
+    }
+
+    fn verify_with_known(&self, token: &str, header: &jsonwebtoken::Header) -> Result<Verified, Refused> {
+        let state = self.state.load();
+        let candidates: Vec<&Jwk> = match &header.kid {
+            Some(kid) => state.keys.keys.iter().filter(|k| k.common.key_id.as_deref() == Some(kid)).collect(),
+            None => state.keys.keys.iter().collect(),
+        };
+        if candidates.is_empty() {
+            return Err(Refused(match &header.kid {
+                Some(kid) => format!("unknown signing key (kid {:?})", truncate(kid)),
+                None => "unknown signing key (the token has no kid and no key is configured)".into(),
+            }));
+        }
+        let mut last = Refused(format!("no key accepts algorithm {:?}", header.alg));
+        for jwk in candidates {
+            if !algorithms_for(jwk).contains(&header.alg) {
+                continue;
+            }
+            let key = match DecodingKey::from_jwk(jwk) {
+                Ok(k) => k,
+                Err(e) => {
+                    last = Refused(format!("unusable key: {}", describe(&e)));
+                    continue;
+                }
+            };
+            match self.decode_with(token, &key, header.alg) {
+                Ok(v) => return Ok(v),
+                Err(e) => last = e,
+            }
+        }
+        Err(last)
+    }
+
+    /// Runs the periodic refresh until the process ends.
+    pub fn spawn_periodic_refresh(self: &Arc<Self>) {
+        // A JWKS file is re-read too, so a rotated file is picked up.
+        let me = Arc::clone(self);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(PERIODIC_REFRESH);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                if let Err(e) = me.refresh().await {
+                    tracing::warn!(error = %format!("{e:#}"), "periodic key set refresh failed; keeping the previous keys");
+                }
+            }
+        });
+    }
+}
+
+fn truncate(s: &str) -> &str {
+    match s.char_indices().nth(64) {
+        Some((i, _)) => &s[..i],
+        None => s,
+    }
+}
+
+/// A short reason for a jsonwebtoken error, without the token.
+fn describe(e: &jsonwebtoken::errors::Error) -> String {
+    use jsonwebtoken::errors::ErrorKind as K;
+    match e.kind() {
+        K::ExpiredSignature => "the token has expired".into(),
+        K::ImmatureSignature => "the token is not valid yet (nbf)".into(),
+        K::InvalidIssuer => "wrong issuer (iss)".into(),
+        K::InvalidAudience => "wrong audience (aud)".into(),
+        K::InvalidSignature => "invalid signature".into(),
+        K::MissingRequiredClaim(c) => format!("the token has no {c} claim"),
+        K::InvalidAlgorithm => "the algorithm does not match the key".into(),
+        K::InvalidToken => "not a JWT".into(),
+        K::Base64(_) => "not a JWT (bad base64)".into(),
+        K::Json(_) | K::Utf8(_) => "not a JWT (bad JSON)".into(),
+        other => format!("{other:?}"),
+    }
+}
+
+/// Does this string look like a JWT (three base64url parts, a JSON header with `alg`)?
+pub fn looks_like_jwt(s: &str) -> bool {
+    use base64::Engine;
+    let mut parts = s.split('.');
+    let (Some(h), Some(_), Some(_), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
+        return false;
+    };
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(h.trim_end_matches('='))
+        .ok()
+        .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+        .is_some_and(|v| v.get("alg").is_some())
+}

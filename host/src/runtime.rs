@@ -1,0 +1,333 @@
+//! Running policy modules: wasmtime components behind the WIT world `policy-module`.
+//!
+//! - One [`Runtime`] per process: the wasmtime `Engine` (epoch interruption on, no WASI, no
+//!   imports at all) and a ticker thread that advances the epoch every [`TICK`].
+//! - A [`Module`] is a compiled component plus its `InstancePre`. Compiled code is cached in
+//!   the state directory (`cache/*.cwasm`), keyed by the component's SHA-256 and the wasmtime
+//!   version, so a restart does not compile again.
+//! - A [`Generation`] is a module with one policy document loaded, and a pool of instances.
+//!   A `Store` serves one call at a time, so each worker owns a store, an instance and the
+//!   loaded `policy` resource; idle workers wait in the pool.
+//! - Every call is bounded: an epoch deadline (time) and a memory limit. A trap or timeout
+//!   denies that request with a reason, drops the instance (a trapped instance cannot be
+//!   entered again), and is counted in `mqtt_policy_module_traps_total`.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{Context, anyhow};
+use sha2::{Digest, Sha256};
+use wasmtime::component::{Component, Linker, ResourceAny};
+use wasmtime::{Config, Engine, Store, StoreLimits, StoreLimitsBuilder};
+
+use crate::devkey::hex;
+
+wasmtime::component::bindgen!({
+    path: "../wit",
+    world: "policy-module",
+});
+
+pub use celine::mqtt_policy::types::{Action, Decision, Diagnostic, Request, Subject, SubjectType};
+
+/// How often the epoch advances.
+pub const TICK: Duration = Duration::from_millis(5);
+/// A decision may take this many ticks (≈50 ms; a real one takes microseconds).
+const CALL_TICKS: u64 = 10;
+/// Loading a document may take this many ticks (≈10 s; 10,000 rules take well under 1 s).
+const LOAD_TICKS: u64 = 2_000;
+/// Linear memory per instance.
+pub const MEMORY_LIMIT: usize = 256 << 20;
+
+/// The per-store state: only the resource limits (the module imports nothing).
+pub struct HostState {
+    limits: StoreLimits,
+}
+
+pub struct Runtime {
+    engine: Engine,
+    cache_dir: Option<PathBuf>,
+}
+
+impl Runtime {
+    /// The engine, and the epoch ticker thread (it stops with the process).
+    pub fn new(cache_dir: Option<PathBuf>) -> anyhow::Result<Arc<Runtime>> {
+        let mut config = Config::new();
+        config.epoch_interruption(true);
+        // Measured ~3x cheaper guest calls (toolchain-notes.md); we make no async calls.
+        config.concurrency_support(false);
+        let engine = Engine::new(&config).map_err(|e| anyhow!("creating the wasmtime engine: {e}"))?;
+        let ticker = engine.weak();
+        std::thread::Builder::new()
+            .name("wasm-epoch".into())
+            .spawn(move || {
+                while let Some(engine) = ticker.upgrade() {
+                    engine.increment_epoch();
+                    drop(engine);
+                    std::thread::sleep(TICK);
+                }
+            })
+            .context("starting the epoch ticker")?;
+        Ok(Arc::new(Runtime { engine, cache_dir }))
+    }
+
+    fn new_store(&self) -> Store<HostState> {
+        let limits = StoreLimitsBuilder::new().memory_size(MEMORY_LIMIT).instances(4).build();
+        let mut store = Store::new(&self.engine, HostState { limits });
+        store.limiter(|s| &mut s.limits);
+        store.epoch_deadline_trap();
+        store
+    }
+
+    /// Compiles (or loads from the cache) a component and checks it exports our world.
+    pub fn module(self: &Arc<Self>, bytes: &[u8]) -> anyhow::Result<Arc<Module>> {
+        let hash = hex(&Sha256::digest(bytes));
+        let component = self.compile(bytes, &hash)?;
+        let linker: Linker<HostState> = Linker::new(&self.engine);
+        let pre = linker
+            .instantiate_pre(&component)
+            .map_err(|e| anyhow!("the module needs imports this host does not provide: {e}"))?;
+        let pre = PolicyModulePre::new(pre)
+            .map_err(|e| anyhow!("the module does not implement the policy-module world: {e}"))?;
+        // Ask the module who it is: this also proves it instantiates and answers.
+        let mut store = self.new_store();
+        store.set_epoch_deadline(CALL_TICKS);
+        let inst = pre.instantiate(&mut store).map_err(|e| anyhow!("instantiating the module: {e}"))?;
+        let version = inst
+            .celine_mqtt_policy_engine()
+            .call_version(&mut store)
+            .map_err(|e| anyhow!("the module's version() failed: {}", fault(e)))?;
+        Ok(Arc::new(Module { runtime: Arc::clone(self), pre, hash, version }))
+    }
+
+    fn compile(&self, bytes: &[u8], hash: &str) -> anyhow::Result<Component> {
+        let cached = self
+            .cache_dir
+            .as_ref()
+            .map(|d| d.join(format!("{hash}-mqtt-policy{}.cwasm", env!("CARGO_PKG_VERSION"))));
+        if let Some(path) = &cached
+            && path.exists()
+        {
+            // SAFETY: the file was written by `Component::serialize` in this same
+            // directory, named by the hash of the source component and wasmtime's
+            // version; wasmtime also checks engine compatibility and refuses otherwise.
+            match unsafe { Component::deserialize_file(&self.engine, path) } {
+                Ok(c) => return Ok(c),
+                Err(e) => {
+                    tracing::warn!(path = %path.display(), error = %e, "ignoring an unusable compiled-module cache entry")
+                }
+            }
+        }
+        let component = Component::new(&self.engine, bytes)
+            .map_err(|e| anyhow!("not a valid WebAssembly component: {e}"))?;
+        if let Some(path) = &cached
+            && let Err(e) = write_cache(path, &component)
+        {
+            tracing::warn!(path = %path.display(), error = %format!("{e:#}"), "could not cache the compiled module");
+        }
+        Ok(component)
+    }
+}
+
+fn write_cache(path: &Path, component: &Component) -> anyhow::Result<()> {
+    let bytes = component.serialize().map_err(|e| anyhow!("{e}"))?;
+    std::fs::create_dir_all(path.parent().unwrap())?;
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, bytes)?;
+    std::fs::rename(&tmp, path)?;
+    Ok(())
+}
+
+/// A compiled policy module, ready to instantiate.
+pub struct Module {
+    runtime: Arc<Runtime>,
+    pre: PolicyModulePre<HostState>,
+    /// SHA-256 of the component bytes.
+    pub hash: String,
+    /// What the module's `version()` says.
+    pub version: String,
+}
+
+/// A policy document that did not load, with its diagnostics.
+#[derive(Debug)]
+pub struct LoadError(pub Vec<Diagnostic>);
+
+impl std::fmt::Display for LoadError {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        let errors: Vec<String> = self
+            .0
+            .iter()
+            .filter(|d| d.error)
+            .map(|d| if d.path.is_empty() { d.message.clone() } else { format!("{}: {}", d.path, d.message) })
+            .collect();
+        write!(f, "the policy document does not load: {}", errors.join("; "))
+    }
+}
+
+impl std::error::Error for LoadError {}
+
+struct Worker {
+    store: Store<HostState>,
+    instance: PolicyModule,
+    policy: ResourceAny,
+}
+
+static GENERATIONS: AtomicU64 = AtomicU64::new(1);
+
+/// A module with a policy document loaded: what answers requests.
+pub struct Generation {
+    pub id: u64,
+    pub module: Arc<Module>,
+    pub policy_hash: String,
+    pub rule_count: u32,
+    document: Arc<str>,
+    idle: Mutex<Vec<Worker>>,
+    max_idle: usize,
+}
+
+/// What a guest call ended in, when it did not return.
+fn fault(e: wasmtime::Error) -> String {
+    match e.downcast_ref::<wasmtime::Trap>() {
+        Some(wasmtime::Trap::Interrupt) => "the policy module ran out of time".to_string(),
+        Some(trap) => format!("the policy module trapped: {trap}"),
+        None => format!("the policy module failed: {e}"),
+    }
+}
+
+impl Generation {
+    /// Instantiates the module and loads the document into it. A document the module refuses
+    /// is a [`LoadError`] with its diagnostics.
+    pub fn new(module: Arc<Module>, document: &str) -> anyhow::Result<Arc<Generation>> {
+        let mut generation = Generation {
+            id: GENERATIONS.fetch_add(1, Ordering::Relaxed),
+            module,
+            policy_hash: hex(&Sha256::digest(document.as_bytes())),
+            rule_count: 0,
+            document: Arc::from(document),
+            idle: Mutex::new(Vec::new()),
+            max_idle: std::thread::available_parallelism().map(|n| n.get() * 4).unwrap_or(8),
+        };
+        let mut worker = generation.new_worker()?;
+        let engine = worker.instance.celine_mqtt_policy_engine();
+        worker.store.set_epoch_deadline(CALL_TICKS);
+        generation.rule_count = engine
+            .policy()
+            .call_rule_count(&mut worker.store, worker.policy)
+            .map_err(|e| anyhow!(fault(e)))?;
+        generation.idle.get_mut().unwrap().push(worker);
+        Ok(Arc::new(generation))
+    }
+
+    fn new_worker(&self) -> anyhow::Result<Worker> {
+        let mut store = self.module.runtime.new_store();
+        store.set_epoch_deadline(LOAD_TICKS);
+        let instance = self
+            .module
+            .pre
+            .instantiate(&mut store)
+            .map_err(|e| anyhow!("instantiating the policy module: {e}"))?;
+        let loaded = instance
+            .celine_mqtt_policy_engine()
+            .policy()
+            .call_load(&mut store, &self.document)
+            .map_err(|e| anyhow!("loading the policy into the module: {}", fault(e)))?;
+        let policy = loaded.map_err(LoadError)?;
+        Ok(Worker { store, instance, policy })
+    }
+
+    /// Runs `f` on an idle worker (or a new one). A fault drops the worker and becomes `Err`.
+    fn with_worker<T>(
+        &self,
+        f: impl FnOnce(&mut Store<HostState>, &PolicyModule, ResourceAny) -> wasmtime::Result<T>,
+    ) -> Result<T, String> {
+        let worker = self.idle.lock().unwrap().pop();
+        let mut worker = match worker {
+            Some(w) => w,
+            None => self.new_worker().map_err(|e| format!("{e:#}"))?,
+        };
+        worker.store.set_epoch_deadline(CALL_TICKS);
+        match f(&mut worker.store, &worker.instance, worker.policy) {
+            Ok(v) => {
+                let mut idle = self.idle.lock().unwrap();
+                if idle.len() < self.max_idle {
+                    idle.push(worker);
+                }
+                Ok(v)
+            }
+            Err(e) => {
+                metrics::counter!("mqtt_policy_module_traps_total").increment(1);
+                let why = fault(e);
+                tracing::error!(generation = self.id, module = %self.module.hash, error = %why, "policy module fault; instance replaced");
+                Err(why)
+            }
+        }
+    }
+
+    /// Decides one request. A module fault is a denial that says so.
+    pub fn check(&self, req: &Request) -> Decision {
+        self.with_worker(|store, inst, policy| {
+            inst.celine_mqtt_policy_engine().policy().call_check(store, policy, req)
+        })
+        .unwrap_or_else(|why| Decision { allow: false, rule: None, reason: why })
+    }
+
+    pub fn superuser(&self, who: &Subject) -> Decision {
+        self.with_worker(|store, inst, policy| {
+            inst.celine_mqtt_policy_engine().policy().call_superuser(store, policy, who)
+        })
+        .unwrap_or_else(|why| Decision { allow: false, rule: None, reason: why })
+    }
+
+    /// Maps verified claims to a subject, through the module (it owns that logic).
+    pub fn subject_from_claims(&self, claims_json: &str) -> Result<Subject, String> {
+        self.with_worker(|store, inst, _| {
+            inst.celine_mqtt_policy_engine().call_subject_from_claims(store, claims_json)
+        })?
+    }
+}
+
+impl From<policy_core::Subject> for Subject {
+    fn from(s: policy_core::Subject) -> Subject {
+        Subject {
+            id: s.id,
+            type_: match s.kind {
+                policy_core::SubjectType::User => SubjectType::User,
+                policy_core::SubjectType::Service => SubjectType::Service,
+            },
+            groups: s.groups,
+            scopes: s.scopes,
+        }
+    }
+}
+
+impl From<policy_core::Action> for Action {
+    fn from(a: policy_core::Action) -> Action {
+        match a {
+            policy_core::Action::Subscribe => Action::Subscribe,
+            policy_core::Action::Read => Action::Read,
+            policy_core::Action::Publish => Action::Publish,
+        }
+    }
+}
+
+impl Subject {
+    pub fn kind_str(&self) -> &'static str {
+        match self.type_ {
+            SubjectType::User => "user",
+            SubjectType::Service => "service",
+        }
+    }
+}
+
+/// The module embedded in this binary by `cargo xtask build`, if any.
+pub fn embedded_module() -> Option<&'static [u8]> {
+    #[cfg(embedded_module)]
+    {
+        Some(include_bytes!(concat!(env!("OUT_DIR"), "/policy.wasm")))
+    }
+    #[cfg(not(embedded_module))]
+    {
+        None
+    }
+}

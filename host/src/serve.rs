@@ -1,0 +1,282 @@
+//! `mqtt-policy serve`: start-up, the router, operations endpoints, shutdown.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use anyhow::{Context, bail};
+use arc_swap::ArcSwap;
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, on};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use serde_json::json;
+use tower_http::limit::RequestBodyLimitLayer;
+use tower_http::timeout::TimeoutLayer;
+use tower_http::trace::TraceLayer;
+
+use crate::auth::Auth;
+use crate::devkey::{DEV_ISSUER, DevKey};
+use crate::goauth::{Endpoint, ResponseMode, handle};
+use crate::jwks::{KeySource, Verifier, VerifierConfig};
+use crate::runtime::{Generation, LoadError, Runtime, embedded_module};
+
+/// The largest request body go-auth could need, with room to spare.
+pub const BODY_LIMIT: usize = 64 * 1024;
+/// A request that takes longer is answered 408.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Everything a request needs.
+pub struct AppState {
+    generation: ArcSwap<Generation>,
+    pub auth: Auth,
+    pub response_mode: ResponseMode,
+    metrics: PrometheusHandle,
+    dev_jwks: Option<serde_json::Value>,
+    started: SystemTime,
+    module_source: String,
+    policy_source: String,
+}
+
+impl AppState {
+    /// The live generation (module + policy). Requests take it once and finish on it.
+    pub fn generation(&self) -> Arc<Generation> {
+        self.generation.load_full()
+    }
+}
+
+/// What `serve` was asked to do (flags and `MQTT_POLICY_*` variables, see `cli/serve.rs`).
+pub struct ServeConfig {
+    pub listen: SocketAddr,
+    pub policy: Option<PathBuf>,
+    pub module: Option<PathBuf>,
+    pub issuer: Option<String>,
+    pub audience: Option<String>,
+    pub jwks_url: Option<String>,
+    pub jwks_file: Option<PathBuf>,
+    pub leeway: Duration,
+    pub response_mode: ResponseMode,
+    pub dev: bool,
+    pub state_dir: PathBuf,
+    pub hmac_secret_file: Option<PathBuf>,
+    pub jwks_min_refresh: Duration,
+}
+
+fn install_metrics() -> anyhow::Result<PrometheusHandle> {
+    let buckets = [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0];
+    PrometheusBuilder::new()
+        .set_buckets_for_metric(
+            metrics_exporter_prometheus::Matcher::Full("mqtt_policy_request_duration_seconds".into()),
+            &buckets,
+        )
+        .context("histogram buckets")?
+        .install_recorder()
+        .context("installing the metrics recorder")
+}
+
+/// Builds the state: module, policy, keys. Errors here stop start-up with a clear message.
+pub async fn build_state(cfg: &ServeConfig) -> anyhow::Result<Arc<AppState>> {
+    if cfg.jwks_file.is_none()
+        && cfg.jwks_url.is_none()
+        && cfg.issuer.is_none()
+        && !cfg.dev
+        && cfg.hmac_secret_file.is_none()
+    {
+        bail!("no way to verify tokens: give --issuer (OIDC discovery), --jwks-url, --jwks-file, or --dev");
+    }
+    std::fs::create_dir_all(&cfg.state_dir)
+        .with_context(|| format!("creating the state directory {}", cfg.state_dir.display()))?;
+    let runtime = Runtime::new(Some(cfg.state_dir.join("cache")))?;
+
+    let (module_bytes, module_source) = match &cfg.module {
+        Some(p) => (
+            std::fs::read(p).with_context(|| format!("reading the module {}", p.display()))?,
+            p.display().to_string(),
+        ),
+        None => match embedded_module() {
+            Some(b) => (b.to_vec(), "built-in".to_string()),
+            None => bail!(
+                "this binary has no built-in policy module (build it with `cargo xtask build`); pass --module FILE"
+            ),
+        },
+    };
+    let module = runtime.module(&module_bytes).with_context(|| format!("policy module {module_source}"))?;
+
+    let (policy_source, text) = crate::policy_file::read(cfg.policy.as_deref())?;
+    let generation = match Generation::new(Arc::clone(&module), &text) {
+        Ok(g) => g,
+        Err(e) => {
+            if let Some(LoadError(diags)) = e.downcast_ref::<LoadError>() {
+                for d in diags.iter().filter(|d| d.error) {
+                    eprintln!("{policy_source}: error: {}: {}", d.path, d.message);
+                }
+            }
+            return Err(e.context(format!("policy {policy_source}")));
+        }
+    };
+
+    let dev_key = if cfg.dev { Some(DevKey::load_or_create(&cfg.state_dir)?) } else { None };
+    let source = match (&cfg.jwks_file, &cfg.jwks_url, &cfg.issuer) {
+        (Some(f), _, _) => KeySource::File(f.clone()),
+        (None, Some(u), _) => KeySource::Url(u.clone()),
+        (None, None, Some(iss)) if !cfg.dev => KeySource::Discovery(iss.clone()),
+        _ => KeySource::None,
+    };
+    let hmac_secret = match &cfg.hmac_secret_file {
+        Some(p) => {
+            tracing::warn!("HMAC tokens are accepted (--hmac-secret-file): for development only");
+            Some(std::fs::read(p).with_context(|| format!("reading {}", p.display()))?.trim_ascii().to_vec())
+        }
+        None => None,
+    };
+    let issuer = cfg.issuer.clone().or_else(|| cfg.dev.then(|| DEV_ISSUER.to_string()));
+    let extra_keys = match &dev_key {
+        Some(k) => vec![k.jwk()?],
+        None => vec![],
+    };
+    let dev_jwks = dev_key.as_ref().map(|k| k.jwk().map(|j| json!({"keys": [j]}))).transpose()?;
+    let verifier = Arc::new(Verifier::new(VerifierConfig {
+        source,
+        issuer,
+        audience: cfg.audience.clone(),
+        leeway: cfg.leeway,
+        extra_keys,
+        hmac_secret,
+        min_refresh: cfg.jwks_min_refresh,
+    })?);
+    match verifier.refresh().await {
+        Ok(n) => tracing::info!(keys = n, "signing keys loaded"),
+        Err(e) => {
+            tracing::error!(error = %format!("{e:#}"), "could not load signing keys; /readyz reports it, retrying on demand")
+        }
+    }
+    verifier.spawn_periodic_refresh();
+
+    tracing::info!(
+        module = %module_source, module_hash = %&module.hash[..16], module_version = %module.version,
+        policy = %policy_source, rules = generation.rule_count, generation = generation.id,
+        "policy loaded"
+    );
+    Ok(Arc::new(AppState {
+        generation: ArcSwap::new(generation),
+        auth: Auth::new(verifier),
+        response_mode: cfg.response_mode,
+        metrics: install_metrics()?,
+        dev_jwks,
+        started: SystemTime::now(),
+        module_source,
+        policy_source: policy_source.to_string(),
+    }))
+}
+
+async fn healthz() -> &'static str {
+    "ok"
+}
+
+async fn readyz(State(st): State<Arc<AppState>>) -> Response {
+    let g = st.generation();
+    let keys = st.auth.verifier.readiness();
+    let body = json!({
+        "ready": keys.is_ok(),
+        "generation": g.id,
+        "module": {"source": st.module_source, "hash": g.module.hash, "version": g.module.version},
+        "policy": {"source": st.policy_source, "hash": g.policy_hash, "rules": g.rule_count},
+        "keys": match &keys { Ok(n) => json!({"count": n, "last_error": st.auth.verifier.last_error()}), Err(e) => json!({"error": e}) },
+        "uptime_seconds": st.started.elapsed().map(|d| d.as_secs()).unwrap_or(0),
+    });
+    let status = if keys.is_ok() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (status, axum::Json(body)).into_response()
+}
+
+async fn metrics_endpoint(State(st): State<Arc<AppState>>) -> String {
+    st.metrics.render()
+}
+
+async fn dev_jwks(State(st): State<Arc<AppState>>) -> Response {
+    match &st.dev_jwks {
+        Some(j) => axum::Json(j.clone()).into_response(),
+        None => StatusCode::NOT_FOUND.into_response(),
+    }
+}
+
+pub fn router(state: Arc<AppState>) -> Router {
+    use axum::routing::MethodFilter;
+    let methods = MethodFilter::GET.or(MethodFilter::POST).or(MethodFilter::PUT);
+    let ep = |e: Endpoint| move |s, h, u, b| handle(e, s, h, u, b);
+    Router::new()
+        .route("/mqtt/user", on(methods, ep(Endpoint::User)))
+        .route("/mqtt/superuser", on(methods, ep(Endpoint::Superuser)))
+        .route("/mqtt/acl", on(methods, ep(Endpoint::Acl)))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics_endpoint))
+        .route("/dev/jwks.json", get(dev_jwks))
+        .layer(RequestBodyLimitLayer::new(BODY_LIMIT))
+        .layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, REQUEST_TIMEOUT))
+        // Spans name the method and path only: a query string may hold a token.
+        .layer(TraceLayer::new_for_http().make_span_with(|req: &axum::http::Request<_>| {
+            tracing::debug_span!("http", method = %req.method(), path = %req.uri().path())
+        }))
+        .with_state(state)
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+    tracing::info!("shutting down: finishing requests in flight");
+}
+
+pub async fn run(cfg: ServeConfig) -> anyhow::Result<()> {
+    let state = build_state(&cfg).await?;
+    let sweeper = Arc::clone(&state);
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(60));
+        loop {
+            tick.tick().await;
+            let live = sweeper.auth.sweep();
+            metrics::gauge!("mqtt_policy_sessions").set(live as f64);
+        }
+    });
+    let listener = tokio::net::TcpListener::bind(cfg.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", cfg.listen))?;
+    let addr = listener.local_addr()?;
+    // One line a test or a script can wait for.
+    println!("mqtt-policy listening on http://{addr}");
+    if cfg.dev {
+        print_dev_help(addr, &cfg);
+    }
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown_signal())
+        .await
+        .context("serving")?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+fn print_dev_help(addr: SocketAddr, cfg: &ServeConfig) {
+    let state = cfg.state_dir.display();
+    println!(
+        "dev mode: tokens signed by the key in {state} are accepted (issuer '{DEV_ISSUER}').\n\
+         Try it:\n  \
+         TOKEN=$(mqtt-policy token --dev --state-dir {state} --sub alice --groups viewers)\n  \
+         curl -i -X POST http://{addr}/mqtt/acl -H \"Authorization: Bearer $TOKEN\" \\\n       \
+         -H 'Content-Type: application/json' -d '{{\"clientid\":\"c1\",\"topic\":\"celine/telemetry/meter/m1/readings\",\"acc\":1}}'"
+    );
+}

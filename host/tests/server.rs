@@ -1,0 +1,517 @@
+//! `mqtt-policy serve` as mosquitto-go-auth sees it: the real binary on a free loopback port,
+//! requests shaped exactly as go-auth sends them (shared/docs/go-auth-protocol.md), and the
+//! JWT failure matrix. Each test starts its own server and stops it (by PID) when done.
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use serde_json::{Value, json};
+
+fn fixtures() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+}
+
+fn now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
+}
+
+const ISSUER: &str = "https://keycloak.test/realms/celine";
+
+struct Server {
+    child: Child,
+    url: String,
+    state: tempfile::TempDir,
+}
+
+impl Server {
+    /// Starts `mqtt-policy serve` with `args` on 127.0.0.1:0 and waits for its "listening" line.
+    fn start(args: &[&str]) -> Server {
+        let state = tempfile::tempdir().unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_mqtt-policy"))
+            .current_dir(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".."))
+            .arg("serve")
+            .args(["--listen", "127.0.0.1:0", "--state-dir"])
+            .arg(state.path())
+            .args(args)
+            .env("MQTT_POLICY_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start mqtt-policy serve");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(url) = line.strip_prefix("mqtt-policy listening on ") {
+                    let _ = tx.send(url.to_string());
+                }
+            }
+        });
+        let url = match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(u) => u,
+            Err(_) => {
+                let _ = child.kill();
+                panic!("the server did not start: {:?}", child.wait());
+            }
+        };
+        Server { child, url, state }
+    }
+
+    fn rsa(extra: &[&str]) -> Server {
+        let jwks = fixtures().join("jwks-a.json");
+        let mut args = vec!["--jwks-file", jwks.to_str().unwrap(), "--issuer", ISSUER];
+        args.extend_from_slice(extra);
+        Server::start(&args)
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.url)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn sign(key_file: &str, kid: &str, claims: &Value) -> String {
+    let pem = std::fs::read(fixtures().join(key_file)).unwrap();
+    let mut header = Header::new(Algorithm::RS256);
+    header.kid = Some(kid.into());
+    jsonwebtoken::encode(&header, claims, &EncodingKey::from_rsa_pem(&pem).unwrap()).unwrap()
+}
+
+fn viewer_claims() -> Value {
+    json!({"iss": ISSUER, "sub": "u-viewer", "preferred_username": "vera", "groups": ["/viewers"],
+           "realm_access": {"roles": []}, "scope": "openid", "exp": now() + 600, "iat": now()})
+}
+
+fn service_claims() -> Value {
+    json!({"iss": ISSUER, "sub": "s-1", "azp": "svc-digital-twin", "client_id": "svc-digital-twin",
+           "preferred_username": "service-account-svc-digital-twin", "scope": "mqtt.write",
+           "exp": now() + 600, "iat": now()})
+}
+
+fn admin_claims() -> Value {
+    json!({"iss": ISSUER, "sub": "u-admin", "groups": ["/admins"], "exp": now() + 600})
+}
+
+struct Reply {
+    status: u16,
+    body: String,
+}
+
+impl Reply {
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
+    }
+    fn allowed(&self) -> bool {
+        assert!(self.status < 500, "a 5xx for a client's request: {} {}", self.status, self.body);
+        self.status == 200 && self.json()["ok"] == true
+    }
+}
+
+fn client() -> reqwest::blocking::Client {
+    reqwest::blocking::Client::new()
+}
+
+fn send(req: reqwest::blocking::RequestBuilder) -> Reply {
+    let resp = req.send().expect("request");
+    let status = resp.status().as_u16();
+    Reply { status, body: resp.text().unwrap() }
+}
+
+/// go-auth http backend, `http_params_mode json` (POST, GET or PUT: always a JSON body).
+fn json_call(s: &Server, method: reqwest::Method, path: &str, body: &Value) -> Reply {
+    send(
+        client()
+            .request(method, s.url(path))
+            .header("Content-Type", "application/json")
+            .header("User-Agent", "mosquitto-2.0.18")
+            .body(body.to_string()),
+    )
+}
+
+/// go-auth http backend, `http_params_mode form` (always POST).
+fn form_call(s: &Server, path: &str, pairs: &[(&str, &str)]) -> Reply {
+    send(client().post(s.url(path)).form(pairs))
+}
+
+/// go-auth jwt backend, `jwt_mode remote`: the token (MQTT username) as Bearer on every call.
+fn bearer_call(s: &Server, path: &str, token: &str, body: &str) -> Reply {
+    send(
+        client()
+            .post(s.url(path))
+            .header("Authorization", format!("Bearer {token}"))
+            .header("Content-Type", "application/json")
+            .body(body.to_string()),
+    )
+}
+
+#[test]
+fn http_backend_json_mode_with_the_seed_client() {
+    let s = Server::rsa(&[]);
+    let token = sign("rsa-a.pem", "key-a", &viewer_claims());
+    // The seed's paho client: empty username, JWT as password.
+    for method in [reqwest::Method::POST, reqwest::Method::GET, reqwest::Method::PUT] {
+        let clientid = format!("dash-{method}");
+        let user = json_call(
+            &s,
+            method.clone(),
+            "/mqtt/user",
+            &json!({"username": "", "password": token, "clientid": clientid}),
+        );
+        assert!(user.allowed(), "{method} user: {}", user.body);
+        let acl = |topic: &str, acc: u32| {
+            json_call(
+                &s,
+                method.clone(),
+                "/mqtt/acl",
+                &json!({"acc": acc, "clientid": clientid, "topic": topic, "username": ""}),
+            )
+        };
+        assert!(acl("celine/telemetry/meter/meter-001/readings", 4).allowed(), "{method} subscribe");
+        assert!(acl("celine/telemetry/meter/meter-001/readings", 1).allowed(), "{method} read");
+        let deny = acl("celine/telemetry/meter/meter-001/readings", 2);
+        assert_eq!((deny.status, deny.json()["ok"].clone()), (403, json!(false)));
+        assert!(deny.json()["error"].as_str().unwrap().contains("missing capability 'publish'"));
+        assert!(!acl("celine/system/alerts/#", 4).allowed(), "{method} deny rule by overlap");
+        let su = json_call(&s, method.clone(), "/mqtt/superuser", &json!({"username": ""}));
+        assert_eq!(su.status, 403);
+    }
+}
+
+#[test]
+fn http_backend_form_mode_binds_sessions_per_client() {
+    let s = Server::rsa(&[]);
+    let twin = sign("rsa-a.pem", "key-a", &service_claims());
+    assert!(
+        form_call(&s, "/mqtt/user", &[("username", ""), ("password", &twin), ("clientid", "twin-1")])
+            .allowed()
+    );
+    let acl = |clientid: &str, topic: &str, acc: &str| {
+        form_call(
+            &s,
+            "/mqtt/acl",
+            &[("acc", acc), ("clientid", clientid), ("topic", topic), ("username", "")],
+        )
+    };
+    assert!(acl("twin-1", "celine/digital-twin/events/pump/pump-001", "2").allowed());
+    assert!(!acl("twin-1", "celine/digital-twin/commands/pump/pump-001", "2").allowed());
+    // Another client id has no session: denied, and it says why.
+    let other = acl("twin-2", "celine/digital-twin/events/pump/pump-001", "2");
+    assert_eq!(other.status, 403);
+    assert!(other.json()["error"].as_str().unwrap().contains("no session"), "{}", other.body);
+    // A failed user call neither creates nor replaces a binding.
+    let bad =
+        form_call(&s, "/mqtt/user", &[("username", ""), ("password", "not-a-token"), ("clientid", "twin-1")]);
+    assert_eq!(bad.status, 403);
+    assert!(
+        acl("twin-1", "celine/digital-twin/events/pump/pump-001", "2").allowed(),
+        "the old binding stays"
+    );
+    // The query string works too (a GET with parameters in the URL).
+    let q = send(
+        client().get(s.url("/mqtt/acl?username=&clientid=twin-1&topic=celine/digital-twin/state/p/1&acc=2")),
+    );
+    assert!(q.allowed(), "{}", q.body);
+}
+
+#[test]
+fn superuser_over_sessions_needs_every_session_of_the_username() {
+    let s = Server::rsa(&[]);
+    let admin = sign("rsa-a.pem", "key-a", &admin_claims());
+    let viewer = sign("rsa-a.pem", "key-a", &viewer_claims());
+    assert!(
+        form_call(&s, "/mqtt/user", &[("username", "ops"), ("password", &admin), ("clientid", "a1")])
+            .allowed()
+    );
+    assert!(form_call(&s, "/mqtt/superuser", &[("username", "ops")]).allowed());
+    assert!(!form_call(&s, "/mqtt/superuser", &[("username", "nobody")]).allowed());
+    // A viewer connecting with the same username makes that username not a superuser.
+    assert!(
+        form_call(&s, "/mqtt/user", &[("username", "ops"), ("password", &viewer), ("clientid", "v1")])
+            .allowed()
+    );
+    assert!(!form_call(&s, "/mqtt/superuser", &[("username", "ops")]).allowed());
+}
+
+#[test]
+fn jwt_backend_remote_mode_with_bearer() {
+    let s = Server::rsa(&[]);
+    let twin = sign("rsa-a.pem", "key-a", &service_claims());
+    let admin = sign("rsa-a.pem", "key-a", &admin_claims());
+    // user and superuser: body `null` (jwt_params_mode json without jwt_parse_token).
+    assert!(bearer_call(&s, "/mqtt/user", &twin, "null").allowed());
+    assert!(!bearer_call(&s, "/mqtt/superuser", &twin, "null").allowed());
+    assert!(bearer_call(&s, "/mqtt/superuser", &admin, "null").allowed());
+    let acl = |topic: &str, acc: u32| {
+        bearer_call(
+            &s,
+            "/mqtt/acl",
+            &twin,
+            &json!({"acc": acc, "clientid": "twin", "topic": topic}).to_string(),
+        )
+    };
+    assert!(acl("celine/digital-twin/state/pump/pump-001", 2).allowed());
+    assert!(!acl("celine/digital-twin/events/#", 4).allowed(), "mqtt.write grants no subscribe");
+    // Form params with a Bearer header, and the token as the username (jwt backend's MQTT username).
+    let form =
+        send(client().post(s.url("/mqtt/acl")).header("Authorization", format!("Bearer {twin}")).form(&[
+            ("acc", "2"),
+            ("clientid", "twin"),
+            ("topic", "celine/digital-twin/events/x/1"),
+            ("username", &twin),
+        ]));
+    assert!(form.allowed(), "{}", form.body);
+    let as_username = json_call(
+        &s,
+        reqwest::Method::POST,
+        "/mqtt/user",
+        &json!({"username": twin, "password": "", "clientid": "t"}),
+    );
+    assert!(as_username.allowed(), "{}", as_username.body);
+}
+
+#[test]
+fn malformed_requests_get_400_never_5xx() {
+    let s = Server::rsa(&[]);
+    let token = sign("rsa-a.pem", "key-a", &viewer_claims());
+    let auth = format!("Bearer {token}");
+    let cases: Vec<(&str, &str, &str)> = vec![
+        ("application/json", "{", "malformed JSON"),
+        ("application/json", "[1,2]", "must be an object"),
+        ("application/json", r#"{"topic":"a","acc":"x"}"#, "'acc' must be a bit mask"),
+        ("application/json", r#"{"topic":"a","acc":0}"#, "'acc' must be a bit mask"),
+        ("application/json", r#"{"topic":"a","acc":8}"#, "'acc' must be a bit mask"),
+        ("application/json", r#"{"topic":"a"}"#, "missing 'acc'"),
+        ("application/json", r#"{"acc":1}"#, "missing 'topic'"),
+        ("application/json", r#"{"topic":{"a":1},"acc":1}"#, "must be a string"),
+        ("text/xml", "<acl/>", "unsupported content type"),
+        ("application/x-www-form-urlencoded", "acc=1&acc=2&topic=a", "twice"),
+    ];
+    for (ct, body, why) in cases {
+        let r = send(
+            client()
+                .post(s.url("/mqtt/acl"))
+                .header("Authorization", &auth)
+                .header("Content-Type", ct)
+                .body(body),
+        );
+        assert_eq!(r.status, 400, "{body}: {}", r.body);
+        assert!(r.json()["error"].as_str().unwrap().contains(why), "{body}: {}", r.body);
+        assert_eq!(r.json()["ok"], false);
+    }
+    let r = send(client().post(s.url("/mqtt/acl")).header("Authorization", "Basic dTpw").body("{}"));
+    assert_eq!(r.status, 400);
+    let huge = "x".repeat(200_000);
+    let r = send(client().post(s.url("/mqtt/acl")).header("Content-Type", "application/json").body(huge));
+    assert_eq!(r.status, 413, "over the body limit");
+    let r = send(client().delete(s.url("/mqtt/acl")));
+    assert_eq!(r.status, 405);
+    // An invalid topic is a decision (deny), not a malformed request.
+    let r = send(
+        client()
+            .post(s.url("/mqtt/acl"))
+            .header("Authorization", &auth)
+            .json(&json!({"topic": "a/+b", "acc": 4})),
+    );
+    assert_eq!(r.status, 403);
+    assert!(r.json()["error"].as_str().unwrap().starts_with("invalid topic"));
+}
+
+/// Every way a token can be wrong is a denial (403), none a 5xx, none an allow.
+#[test]
+fn jwt_failure_matrix() {
+    let s = Server::rsa(&["--audience", "mqtt", "--leeway", "5"]);
+    let good = || {
+        let mut c = viewer_claims();
+        c["aud"] = json!("mqtt");
+        c
+    };
+    let with = |f: &dyn Fn(&mut Value)| {
+        let mut c = good();
+        f(&mut c);
+        sign("rsa-a.pem", "key-a", &c)
+    };
+    let valid = with(&|_| {});
+    let b64 = |v: &Value| {
+        use base64::Engine;
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string())
+    };
+    let pubkey = std::fs::read(fixtures().join("rsa-a.pub.pem")).unwrap();
+    let hs_with_public_key = {
+        let mut h = Header::new(Algorithm::HS256);
+        h.kid = Some("key-a".into());
+        jsonwebtoken::encode(&h, &good(), &EncodingKey::from_secret(&pubkey)).unwrap()
+    };
+    let alg_none =
+        format!("{}.{}.", b64(&json!({"alg": "none", "typ": "JWT", "kid": "key-a"})), b64(&good()));
+    let cases: Vec<(&str, String, &str)> = vec![
+        ("expired", with(&|c| c["exp"] = json!(now() - 120)), "expired"),
+        ("not yet valid", with(&|c| c["nbf"] = json!(now() + 600)), "not valid yet"),
+        (
+            "no exp",
+            with(&|c| {
+                c.as_object_mut().unwrap().remove("exp");
+            }),
+            "no exp claim",
+        ),
+        ("wrong iss", with(&|c| c["iss"] = json!("https://evil.test/realms/celine")), "wrong issuer"),
+        ("wrong aud", with(&|c| c["aud"] = json!("other")), "wrong audience"),
+        ("unknown kid", sign("rsa-b.pem", "key-b", &good()), "unknown signing key"),
+        ("known kid, other key", sign("rsa-b.pem", "key-a", &good()), "invalid signature"),
+        ("alg none", alg_none, "token refused"),
+        ("HS256 signed with the RSA public key", hs_with_public_key, "not accepted"),
+        ("truncated", valid[..valid.len() - 20].to_string(), "token refused"),
+        ("garbage", "eyJhbGciOiJSUzI1NiJ9.garbage.garbage".into(), "token refused"),
+        ("empty", String::new(), ""),
+        (
+            "no claims for an id",
+            with(&|c| {
+                let o = c.as_object_mut().unwrap();
+                o.remove("sub");
+                o.remove("preferred_username");
+            }),
+            "names no user",
+        ),
+    ];
+    assert!(bearer_call(&s, "/mqtt/user", &valid, "null").allowed(), "the valid token passes");
+    for (name, token, why) in &cases {
+        for (path, body) in [
+            ("/mqtt/user", "null"),
+            ("/mqtt/acl", r#"{"clientid":"c","topic":"celine/telemetry/m/1/readings","acc":1}"#),
+        ] {
+            let r = bearer_call(&s, path, token, body);
+            assert!(r.status == 403 || r.status == 400, "{name} {path}: {} {}", r.status, r.body);
+            assert_eq!(r.json()["ok"], false, "{name} {path}");
+            let err = r.json()["error"].as_str().unwrap().to_string();
+            assert!(err.contains(why), "{name} {path}: {err}");
+            if token.len() > 20 {
+                assert!(
+                    !err.contains(&token[token.len() - 20..]),
+                    "{name}: the reason must not echo the token"
+                );
+            }
+        }
+        // The same token as an http-backend password.
+        let r = form_call(&s, "/mqtt/user", &[("username", ""), ("password", token), ("clientid", "m")]);
+        assert_eq!((r.status, r.json()["ok"].clone()), (403, json!(false)), "{name} as password: {}", r.body);
+    }
+}
+
+#[test]
+fn an_unknown_kid_refreshes_the_key_set_so_rotation_needs_no_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let jwks = dir.path().join("jwks.json");
+    std::fs::copy(fixtures().join("jwks-a.json"), &jwks).unwrap();
+    let s = Server::start(&[
+        "--jwks-file",
+        jwks.to_str().unwrap(),
+        "--issuer",
+        ISSUER,
+        "--jwks-min-refresh",
+        "1",
+    ]);
+    let old = sign("rsa-a.pem", "key-a", &viewer_claims());
+    let new = sign("rsa-b.pem", "key-b", &viewer_claims());
+    assert!(bearer_call(&s, "/mqtt/user", &old, "null").allowed());
+    assert!(!bearer_call(&s, "/mqtt/user", &new, "null").allowed());
+    // Rotate: the identity provider now publishes only key B.
+    std::fs::copy(fixtures().join("jwks-b.json"), &jwks).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        // Until the rate limit lets a refresh through, key B stays unknown.
+        if bearer_call(&s, "/mqtt/user", &new, "null").allowed() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the new key was never picked up");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // A token already verified stays cached until its exp; a token by the removed key that
+    // was never seen is refused.
+    let unseen_old = sign("rsa-a.pem", "key-a", &admin_claims());
+    let r = bearer_call(&s, "/mqtt/user", &unseen_old, "null");
+    assert_eq!(r.status, 403);
+    assert!(r.json()["error"].as_str().unwrap().contains("unknown signing key"), "{}", r.body);
+}
+
+#[test]
+fn text_response_mode_answers_ok_or_the_reason() {
+    let s = Server::rsa(&["--response-mode", "text"]);
+    let token = sign("rsa-a.pem", "key-a", &viewer_claims());
+    let allow = bearer_call(
+        &s,
+        "/mqtt/acl",
+        &token,
+        r#"{"clientid":"c","topic":"celine/telemetry/m/1/readings","acc":1}"#,
+    );
+    assert_eq!((allow.status, allow.body.as_str()), (200, "ok"));
+    let deny = bearer_call(
+        &s,
+        "/mqtt/acl",
+        &token,
+        r#"{"clientid":"c","topic":"celine/telemetry/m/1/readings","acc":2}"#,
+    );
+    assert_eq!(deny.status, 403);
+    assert!(deny.body.starts_with("missing capability"), "{}", deny.body);
+}
+
+#[test]
+fn dev_mode_from_nothing_to_an_allowed_and_a_denied_request() {
+    let s = Server::start(&["--dev"]);
+    let token = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_mqtt-policy"))
+            .args(["token", "--dev", "--state-dir"])
+            .arg(s.state.path())
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap().trim().to_string()
+    };
+    let viewer = token(&["--sub", "alice", "--groups", "viewers"]);
+    let twin = token(&["--client-id", "svc-digital-twin", "--scopes", "mqtt.write", "--ttl", "5m"]);
+    let read = r#"{"clientid":"c1","topic":"celine/telemetry/meter/m1/readings","acc":1}"#;
+    assert!(bearer_call(&s, "/mqtt/acl", &viewer, read).allowed());
+    assert!(!bearer_call(&s, "/mqtt/acl", &twin, read).allowed());
+    assert!(
+        bearer_call(
+            &s,
+            "/mqtt/acl",
+            &twin,
+            r#"{"clientid":"t","topic":"celine/digital-twin/events/p/1","acc":2}"#
+        )
+        .allowed()
+    );
+    let jwks = send(client().get(s.url("/dev/jwks.json"))).json();
+    assert_eq!(jwks["keys"][0]["alg"], "ES256");
+    // Operations endpoints.
+    assert_eq!(send(client().get(s.url("/healthz"))).status, 200);
+    let ready = send(client().get(s.url("/readyz")));
+    assert_eq!(ready.status, 200);
+    assert_eq!(ready.json()["policy"]["rules"], 6);
+    let metrics = send(client().get(s.url("/metrics"))).body;
+    assert!(metrics.contains(r#"mqtt_policy_requests_total{endpoint="acl",outcome="allow"} 2"#), "{metrics}");
+    assert!(metrics.contains("mqtt_policy_request_duration_seconds_bucket"), "{metrics}");
+    assert!(metrics.contains("mqtt_policy_token_cache_total"), "{metrics}");
+}
+
+#[test]
+fn without_any_key_source_serve_refuses_to_start() {
+    let state = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_mqtt-policy"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--state-dir"])
+        .arg(state.path())
+        .env_remove("MQTT_POLICY_DEV")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no way to verify tokens"));
+}
