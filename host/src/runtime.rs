@@ -27,6 +27,7 @@ use crate::devkey::hex;
 wasmtime::component::bindgen!({
     path: "../wit",
     world: "policy-module",
+    additional_derives: [PartialEq, Eq],
 });
 
 pub use celine::mqtt_policy::types::{Action, Decision, Diagnostic, Request, Subject, SubjectType};

@@ -1,0 +1,196 @@
+//! The policy module (WASM, through wasmtime) must decide exactly as `policy-core` does
+//! natively: same allow, same rule, same reason, same load diagnostics, same subject from
+//! claims. Checked on the whole decision corpus and on random requests.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use mqtt_policy::runtime::{
+    Action, Generation, LoadError, Module, Request, Runtime, Subject, embedded_module,
+};
+use policy_core::{Ask, Json, Policy, parse_request};
+use proptest::prelude::*;
+use serde_json::Value;
+
+fn module() -> Arc<Module> {
+    let bytes =
+        embedded_module().expect("this test needs the built-in policy module: run `cargo xtask build` first");
+    Runtime::new(None).unwrap().module(bytes).unwrap()
+}
+
+fn corpus() -> Vec<Value> {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../corpus");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "jsonl"))
+        .collect();
+    files.sort();
+    files
+        .iter()
+        .flat_map(|f| {
+            std::fs::read_to_string(f)
+                .unwrap()
+                .lines()
+                .filter(|l| !l.trim().is_empty())
+                .map(|l| serde_json::from_str(l).unwrap())
+                .collect::<Vec<Value>>()
+        })
+        .collect()
+}
+
+fn native_decision(d: policy_core::Decision) -> (bool, Option<String>, String) {
+    (d.allow, d.rule, d.reason)
+}
+
+fn wasm_decision(d: mqtt_policy::runtime::Decision) -> (bool, Option<String>, String) {
+    (d.allow, d.rule, d.reason)
+}
+
+#[test]
+fn the_module_decides_the_whole_corpus_as_the_core_does() {
+    let module = module();
+    let cases = corpus();
+    assert!(cases.len() >= 104);
+    for case in &cases {
+        let note = case["note"].as_str().unwrap_or("");
+        let text = case["policy"].to_string();
+        let native = Policy::load(&text);
+        let wasm = Generation::new(Arc::clone(&module), &text);
+        let (native, generation) = match (native, wasm) {
+            (Ok(n), Ok(w)) => (n, w),
+            (Err(nd), Err(e)) => {
+                let wd = &e.downcast_ref::<LoadError>().expect("a load error, not a fault").0;
+                let n: Vec<(String, String)> =
+                    nd.iter().map(|d| (d.path.clone(), d.message.clone())).collect();
+                let w: Vec<(String, String)> =
+                    wd.iter().map(|d| (d.path.clone(), d.message.clone())).collect();
+                assert_eq!(n, w, "{note}: load diagnostics differ");
+                continue;
+            }
+            (n, w) => panic!("{note}: native loads: {}, module loads: {}", n.is_ok(), w.is_ok()),
+        };
+        assert_eq!(generation.rule_count as usize, native.rules().len());
+        let request = parse_request(&Json::parse(&case["request"].to_string()).unwrap()).unwrap();
+        if let Some(claims) = case["request"].get("claims") {
+            let from_module = generation.subject_from_claims(&claims.to_string()).unwrap();
+            assert_eq!(from_module, Subject::from(request.subject.clone()), "{note}: claims map differently");
+        }
+        let subject = Subject::from(request.subject.clone());
+        let got = match request.ask {
+            Ask::Superuser => generation.superuser(&subject),
+            ask => generation.check(&Request {
+                subject,
+                topic: request.topic.clone(),
+                action: Action::from(ask.action().unwrap()),
+                clientid: request.clientid.clone(),
+                username: request.username.clone(),
+            }),
+        };
+        assert_eq!(wasm_decision(got), native_decision(native.evaluate(&request)), "{note}");
+    }
+}
+
+#[test]
+fn lint_and_claims_errors_match() {
+    let module = module();
+    let generation =
+        Generation::new(Arc::clone(&module), include_str!("../../policies/celine.json")).unwrap();
+    for claims in [r#"{"groups":["/a"]}"#, "[]", "{", r#"{"client_id": 7}"#] {
+        let native = policy_core::subject_from_claims_json(claims).map(Subject::from);
+        assert_eq!(generation.subject_from_claims(claims), native, "{claims}");
+    }
+}
+
+fn subject_strategy() -> impl Strategy<Value = policy_core::Subject> {
+    (
+        prop::sample::select(&["u1", "svc-pipelines", "svc-digital-twin", "user-789", "$x", "a/b"][..]),
+        any::<bool>(),
+        prop::collection::vec(prop::sample::select(&["viewers", "admins", "editors", "x"][..]), 0..3),
+        prop::collection::vec(
+            prop::sample::select(&["mqtt.read", "mqtt.write", "mqtt.admin", "y"][..]),
+            0..3,
+        ),
+    )
+        .prop_map(|(id, service, groups, scopes)| policy_core::Subject {
+            id: id.into(),
+            kind: if service { policy_core::SubjectType::Service } else { policy_core::SubjectType::User },
+            groups: groups.into_iter().map(String::from).collect(),
+            scopes: scopes.into_iter().map(String::from).collect(),
+        })
+}
+
+fn topic_strategy() -> impl Strategy<Value = String> {
+    prop::collection::vec(
+        prop::sample::select(
+            &[
+                "celine",
+                "telemetry",
+                "digital-twin",
+                "events",
+                "state",
+                "pipelines",
+                "status",
+                "system",
+                "alerts",
+                "critical",
+                "nudging",
+                "user-789",
+                "+",
+                "#",
+                "",
+                "$SYS",
+                "$share",
+                "g",
+                "m1",
+                "readings",
+            ][..],
+        ),
+        1..7,
+    )
+    .prop_map(|l| l.join("/"))
+}
+
+const NUDGING: &str = r#"{"celine":{"mqtt":{"acl":{"rules":[
+  {"id":"own-nudges","subjects":{"types":["user"]},"topics":["celine/nudging/+/${subject.id}","u/${username}/#","c/${clientid}"],"actions":["subscribe","read"]},
+  {"id":"no-critical","subjects":{"groups":["viewers"]},"topics":["celine/system/alerts/critical","celine/nudging/${clientid}/#"],"actions":"*","effect":"deny"},
+  {"subjects":{"scopes":["mqtt.*"]},"topics":"*","actions":["publish"]}]}}}}"#;
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 300, ..ProptestConfig::default() })]
+
+    #[test]
+    fn random_requests_decide_the_same(
+        subject in subject_strategy(),
+        action in prop::sample::select(&policy_core::Action::ALL[..]),
+        topic in topic_strategy(),
+        clientid in prop::sample::select(&["c1", "", "+", "user-789", "a/b"][..]),
+        username in prop::sample::select(&["", "u1", "$x"][..]),
+    ) {
+        thread_local! {
+            static GENS: Vec<(Policy, Arc<Generation>)> = {
+                let m = module();
+                [include_str!("../../policies/celine.json"), NUDGING]
+                    .into_iter()
+                    .map(|t| (Policy::load(t).unwrap(), Generation::new(Arc::clone(&m), t).unwrap()))
+                    .collect()
+            };
+        }
+        GENS.with(|gens| {
+            for (native, generation) in gens {
+                let q = policy_core::Query { subject: &subject, action, topic: &topic, clientid, username };
+                let wasm = generation.check(&Request {
+                    subject: Subject::from(subject.clone()),
+                    topic: topic.clone(),
+                    action: Action::from(action),
+                    clientid: clientid.to_string(),
+                    username: username.to_string(),
+                });
+                prop_assert_eq!(wasm_decision(wasm), native_decision(native.check(&q)));
+                let su = generation.superuser(&Subject::from(subject.clone()));
+                prop_assert_eq!(wasm_decision(su), native_decision(native.superuser(&subject)));
+            }
+            Ok(())
+        })?;
+    }
+}
