@@ -119,22 +119,6 @@ impl Auth {
         (s.verified.exp > now()).then(|| (s.token, Arc::clone(&s.verified)))
     }
 
-    /// Every live binding for `username`, whatever the clientid (the superuser call carries
-    /// no clientid).
-    pub fn sessions_of(&self, username: &str) -> Vec<(TokenHash, Arc<Verified>)> {
-        let sessions = self.sessions.lock().unwrap();
-        let t = now();
-        sessions
-            .get(username)
-            .map(|m| {
-                m.values()
-                    .filter(|s| s.verified.exp > t)
-                    .map(|s| (s.token, Arc::clone(&s.verified)))
-                    .collect()
-            })
-            .unwrap_or_default()
-    }
-
     /// Drops expired bindings; returns how many remain.
     pub fn sweep(&self) -> usize {
         let mut sessions = self.sessions.lock().unwrap();

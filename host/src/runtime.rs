@@ -107,13 +107,15 @@ impl Runtime {
             .cache_dir
             .as_ref()
             .map(|d| d.join(format!("{hash}-mqtt-policy{}.cwasm", env!("CARGO_PKG_VERSION"))));
+        // Read into memory rather than `deserialize_file`'s mmap: a cache file truncated under
+        // a live mapping would crash the host (SIGBUS); a copy cannot.
         if let Some(path) = &cached
-            && path.exists()
+            && let Ok(code) = std::fs::read(path)
         {
-            // SAFETY: the file was written by `Component::serialize` in this same
-            // directory, named by the hash of the source component and wasmtime's
-            // version; wasmtime also checks engine compatibility and refuses otherwise.
-            match unsafe { Component::deserialize_file(&self.engine, path) } {
+            // SAFETY: the file was written by `Component::serialize` in this directory, named
+            // by the hash of the source component and this host's version; wasmtime also
+            // checks the engine's compatibility and refuses otherwise.
+            match unsafe { Component::deserialize(&self.engine, &code) } {
                 Ok(c) => return Ok(c),
                 Err(e) => {
                     tracing::warn!(path = %path.display(), error = %e, "ignoring an unusable compiled-module cache entry")

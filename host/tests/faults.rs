@@ -117,3 +117,29 @@ fn the_server_stays_up_and_counts_module_faults() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+#[test]
+fn compiled_modules_are_cached_in_the_state_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let bytes = std::fs::read(faulty_module_path()).unwrap();
+    let first = Runtime::new(Some(dir.path().to_path_buf())).unwrap().module(&bytes).unwrap();
+    let cached: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().path()).collect();
+    assert_eq!(cached.len(), 1, "{cached:?}");
+    assert!(cached[0].to_string_lossy().ends_with(".cwasm"));
+    assert!(cached[0].file_name().unwrap().to_string_lossy().starts_with(&first.hash));
+    // A new runtime (a restart) loads the cached code and works the same.
+    let again = Runtime::new(Some(dir.path().to_path_buf())).unwrap().module(&bytes).unwrap();
+    assert_eq!(again.version, first.version);
+    let generation = Generation::new(again, include_str!("../../policies/celine.json")).unwrap();
+    assert!(generation.check(&read(TELEMETRY)).allow);
+    // A damaged cache entry is ignored and rewritten, not fatal.
+    std::fs::write(&cached[0], b"not a compiled module").unwrap();
+    let recovered = Runtime::new(Some(dir.path().to_path_buf())).unwrap().module(&bytes).unwrap();
+    assert!(
+        Generation::new(recovered, include_str!("../../policies/celine.json"))
+            .unwrap()
+            .check(&read(TELEMETRY))
+            .allow
+    );
+    assert!(std::fs::metadata(&cached[0]).unwrap().len() > 1000, "rewritten");
+}

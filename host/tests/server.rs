@@ -183,7 +183,7 @@ fn http_backend_json_mode_with_the_seed_client() {
         assert!(deny.json()["error"].as_str().unwrap().contains("missing capability 'publish'"));
         assert!(!acl("celine/system/alerts/#", 4).allowed(), "{method} deny rule by overlap");
         let su = json_call(&s, method.clone(), "/mqtt/superuser", &json!({"username": ""}));
-        assert_eq!(su.status, 403);
+        assert_eq!(su.status, 403, "no token in the call, so no superuser");
     }
 }
 
@@ -224,22 +224,28 @@ fn http_backend_form_mode_binds_sessions_per_client() {
 }
 
 #[test]
-fn superuser_over_sessions_needs_every_session_of_the_username() {
+fn superuser_needs_a_token_in_the_call() {
     let s = Server::rsa(&[]);
     let admin = sign("rsa-a.pem", "key-a", &admin_claims());
-    let viewer = sign("rsa-a.pem", "key-a", &viewer_claims());
+    // http backend, JWT as password: the superuser call carries only the username, which
+    // any client could share, so the answer is no (the ACL rules still let admins in).
     assert!(
         form_call(&s, "/mqtt/user", &[("username", "ops"), ("password", &admin), ("clientid", "a1")])
             .allowed()
     );
-    assert!(form_call(&s, "/mqtt/superuser", &[("username", "ops")]).allowed());
-    assert!(!form_call(&s, "/mqtt/superuser", &[("username", "nobody")]).allowed());
-    // A viewer connecting with the same username makes that username not a superuser.
-    assert!(
-        form_call(&s, "/mqtt/user", &[("username", "ops"), ("password", &viewer), ("clientid", "v1")])
-            .allowed()
+    let r = form_call(&s, "/mqtt/superuser", &[("username", "ops")]);
+    assert_eq!(r.status, 403);
+    assert!(r.json()["error"].as_str().unwrap().contains("carries no token"), "{}", r.body);
+    let acl = form_call(
+        &s,
+        "/mqtt/acl",
+        &[("acc", "2"), ("clientid", "a1"), ("topic", "any/topic"), ("username", "ops")],
     );
-    assert!(!form_call(&s, "/mqtt/superuser", &[("username", "ops")]).allowed());
+    assert!(acl.allowed(), "the admins-all rule still applies: {}", acl.body);
+    // http backend with the JWT as the username: the token is in the call.
+    assert!(form_call(&s, "/mqtt/superuser", &[("username", &admin)]).allowed());
+    let viewer = sign("rsa-a.pem", "key-a", &viewer_claims());
+    assert!(!form_call(&s, "/mqtt/superuser", &[("username", &viewer)]).allowed());
 }
 
 #[test]
@@ -501,6 +507,17 @@ fn dev_mode_from_nothing_to_an_allowed_and_a_denied_request() {
     assert!(metrics.contains(r#"mqtt_policy_requests_total{endpoint="acl",outcome="allow"} 2"#), "{metrics}");
     assert!(metrics.contains("mqtt_policy_request_duration_seconds_bucket"), "{metrics}");
     assert!(metrics.contains("mqtt_policy_token_cache_total"), "{metrics}");
+}
+
+#[test]
+fn sigterm_stops_the_server_gracefully() {
+    let mut s = Server::start(&["--dev"]);
+    assert_eq!(send(client().get(s.url("/healthz"))).status, 200);
+    let pid = s.child.id().to_string();
+    let sent = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    assert!(sent.success());
+    let status = s.child.wait().unwrap();
+    assert!(status.success(), "a graceful stop exits 0, got {status:?}");
 }
 
 #[test]

@@ -12,6 +12,8 @@ use std::time::Instant;
 
 use anyhow::{Context, bail};
 
+mod bench_http;
+
 const USAGE: &str = "usage: cargo xtask <command>
 
 commands:
@@ -19,6 +21,7 @@ commands:
   build              build the policy module (WASM component) and the mqtt-policy binary
   test               run the whole test suite (what CI runs)
   bench              run the decision benchmarks and print a ratio table
+  bench-http         wrk against /mqtt/acl (jwt and http modes) beside a trivial axum floor
   sync-conformance   copy shared/conformance/decisions.jsonl into corpus/conformance.jsonl";
 
 fn main() {
@@ -28,6 +31,7 @@ fn main() {
         Some("build") => build().map(|_| ()),
         Some("test") => test(),
         Some("bench") => bench(),
+        Some("bench-http") => bench_http::bench(),
         Some("sync-conformance") => sync_conformance(),
         Some("-h" | "--help" | "help") | None => {
             println!("{USAGE}");

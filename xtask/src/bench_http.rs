@@ -1,0 +1,270 @@
+//! `cargo xtask bench-http`: HTTP throughput of `/mqtt/acl` under wrk, beside a floor.
+//!
+//! Builds the release binaries, starts `mqtt-policy serve --dev` and the trivial axum floor
+//! (`host/examples/floor.rs`) on free loopback ports, checks each scenario answers as
+//! expected (200 allow / 403 deny), runs wrk for each, stops both servers by PID, and prints a
+//! Markdown table: req/s, p99 latency and the ratio to the floor measured in the same run.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+
+use crate::{root, step, target_dir};
+
+/// Seconds per wrk run.
+const DURATION: u32 = 8;
+const CONCURRENCY: [u32; 2] = [16, 64];
+
+/// A server started by this benchmark, stopped (by PID) when dropped.
+struct Server {
+    child: Child,
+    addr: String,
+}
+
+impl Server {
+    fn start(cmd: &mut Command, ready_prefix: &str) -> anyhow::Result<Server> {
+        let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::null()).stdin(Stdio::null()).spawn()?;
+        let stdout = child.stdout.take().unwrap();
+        let mut lines = BufReader::new(stdout).lines();
+        let addr = loop {
+            match lines.next() {
+                Some(Ok(l)) => {
+                    if let Some(url) = l.strip_prefix(ready_prefix) {
+                        break url.trim_start_matches("http://").to_string();
+                    }
+                }
+                _ => {
+                    let _ = child.kill();
+                    bail!("the server exited before listening");
+                }
+            }
+        };
+        // Keep draining stdout so the server never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        Ok(Server { child, addr })
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One plain HTTP/1.1 request, for setup and sanity checks; returns (status, body).
+fn http(addr: &str, path: &str, headers: &[(&str, &str)], body: &str) -> anyhow::Result<(u16, String)> {
+    let mut s = TcpStream::connect(addr)?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let mut req = format!(
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    req.push_str(body);
+    s.write_all(req.as_bytes())?;
+    let mut resp = String::new();
+    s.read_to_string(&mut resp)?;
+    let status = resp.split_whitespace().nth(1).context("no status line")?.parse()?;
+    let body = resp.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
+    Ok((status, body))
+}
+
+struct Scenario {
+    name: String,
+    headers: Vec<(&'static str, String)>,
+    body: String,
+    expect_status: u16,
+}
+
+fn lua(s: &Scenario) -> String {
+    let mut out = String::from("wrk.method = \"POST\"\n");
+    for (k, v) in &s.headers {
+        out.push_str(&format!("wrk.headers[\"{k}\"] = {v:?}\n"));
+    }
+    out.push_str(&format!("wrk.body = {:?}\n", s.body));
+    out
+}
+
+/// Requests/sec and p99 latency (ms) from wrk's output.
+fn parse_wrk(out: &str) -> anyhow::Result<(f64, f64, u64)> {
+    let rps = out
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Requests/sec:"))
+        .context("no Requests/sec in wrk's output")?
+        .trim()
+        .parse()?;
+    let p99 =
+        out.lines().find_map(|l| l.trim().strip_prefix("99%")).context("no 99% latency")?.trim().to_string();
+    let ms = if let Some(v) = p99.strip_suffix("us") {
+        v.parse::<f64>()? / 1000.0
+    } else if let Some(v) = p99.strip_suffix("ms") {
+        v.parse()?
+    } else if let Some(v) = p99.strip_suffix('s') {
+        v.parse::<f64>()? * 1000.0
+    } else {
+        bail!("unknown latency unit in {p99}")
+    };
+    let errors = out
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Socket errors:"))
+        .map(|l| l.split(',').filter_map(|p| p.split_whitespace().last()?.parse::<u64>().ok()).sum())
+        .unwrap_or(0);
+    Ok((rps, ms, errors))
+}
+
+fn wrk(addr: &str, script: &Path, connections: u32) -> anyhow::Result<(f64, f64, u64)> {
+    let out = Command::new("wrk")
+        .args(["-t", "2", "-c", &connections.to_string(), "-d", &format!("{DURATION}s"), "--latency", "-s"])
+        .arg(script)
+        .arg(format!("http://{addr}/mqtt/acl"))
+        .output()
+        .context("cannot run wrk (Debian: apt-get install wrk)")?;
+    if !out.status.success() {
+        bail!("wrk failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    parse_wrk(&String::from_utf8_lossy(&out.stdout))
+}
+
+fn ensure_wrk() -> anyhow::Result<()> {
+    if Command::new("wrk").arg("--version").output().is_ok() {
+        return Ok(());
+    }
+    step("installing wrk (Debian package)");
+    crate::run("apt-get", &["update", "-qq"])?;
+    crate::run("apt-get", &["install", "-y", "-qq", "wrk"])
+}
+
+pub fn bench() -> anyhow::Result<()> {
+    ensure_wrk()?;
+    crate::build()?;
+    step("release builds: mqtt-policy and the floor");
+    crate::cargo(&["build", "--release", "-p", "mqtt-policy", "--bin", "mqtt-policy", "--example", "floor"])?;
+    let bin = target_dir().join("release/mqtt-policy");
+    let floor_bin = target_dir().join("release/examples/floor");
+    let state = std::env::temp_dir().join(format!("mqtt-policy-bench-{}", std::process::id()));
+    let work = state.join("wrk");
+    std::fs::create_dir_all(&work)?;
+
+    let server = Server::start(
+        Command::new(&bin)
+            .current_dir(root())
+            .args(["serve", "--dev", "--listen", "127.0.0.1:0", "--state-dir"])
+            .arg(&state)
+            .env("MQTT_POLICY_LOG", "warn"),
+        "mqtt-policy listening on ",
+    )?;
+    let floor = Server::start(Command::new(&floor_bin).arg("127.0.0.1:0"), "floor listening on ")?;
+    let token = |args: &[&str]| -> anyhow::Result<String> {
+        let out = Command::new(&bin)
+            .args(["token", "--dev", "--ttl", "1h", "--state-dir"])
+            .arg(&state)
+            .args(args)
+            .output()?;
+        if !out.status.success() {
+            bail!("minting a token: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(String::from_utf8(out.stdout)?.trim().to_string())
+    };
+    let viewer = token(&["--sub", "bench-viewer", "--groups", "viewers"])?;
+    // http mode: the user call binds (username "", clientid "bench") to the token.
+    let (status, body) = http(
+        &server.addr,
+        "/mqtt/user",
+        &[("Content-Type", "application/x-www-form-urlencoded")],
+        &format!("username=&clientid=bench&password={viewer}"),
+    )?;
+    if status != 200 {
+        bail!("binding the bench session failed: {status} {body}");
+    }
+
+    let allow_topic = "celine/telemetry/meter/meter-001/readings";
+    let json_body = |acc: u32| format!(r#"{{"clientid":"bench","topic":"{allow_topic}","acc":{acc}}}"#);
+    let form_body = |acc: u32| {
+        format!("acc={acc}&clientid=bench&topic=celine%2Ftelemetry%2Fmeter%2Fmeter-001%2Freadings&username=")
+    };
+    let bearer = format!("Bearer {viewer}");
+    let scenarios = [
+        Scenario {
+            name: "jwt mode (Bearer), allowed read".into(),
+            headers: vec![("Content-Type", "application/json".into()), ("Authorization", bearer.clone())],
+            body: json_body(1),
+            expect_status: 200,
+        },
+        Scenario {
+            name: "jwt mode (Bearer), denied publish".into(),
+            headers: vec![("Content-Type", "application/json".into()), ("Authorization", bearer.clone())],
+            body: json_body(2),
+            expect_status: 403,
+        },
+        Scenario {
+            name: "http mode (session, form), allowed read".into(),
+            headers: vec![("Content-Type", "application/x-www-form-urlencoded".into())],
+            body: form_body(1),
+            expect_status: 200,
+        },
+        Scenario {
+            name: "http mode (session, form), denied publish".into(),
+            headers: vec![("Content-Type", "application/x-www-form-urlencoded".into())],
+            body: form_body(2),
+            expect_status: 403,
+        },
+    ];
+    let floor_scenario = Scenario {
+        name: "floor: trivial axum handler, same body".into(),
+        headers: vec![("Content-Type", "application/json".into()), ("Authorization", bearer.clone())],
+        body: json_body(1),
+        expect_status: 200,
+    };
+
+    // Sanity: each scenario answers as expected before it is measured.
+    for (s, addr) in scenarios.iter().map(|s| (s, &server.addr)).chain([(&floor_scenario, &floor.addr)]) {
+        let headers: Vec<(&str, &str)> = s.headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let (status, body) = http(addr, "/mqtt/acl", &headers, &s.body)?;
+        if status != s.expect_status {
+            bail!("{}: expected HTTP {}, got {status} {body}", s.name, s.expect_status);
+        }
+    }
+
+    step(&format!("wrk: {DURATION}s per run, 2 threads, loopback"));
+    let script = |i: usize, s: &Scenario| -> anyhow::Result<PathBuf> {
+        let p = work.join(format!("s{i}.lua"));
+        std::fs::write(&p, lua(s))?;
+        Ok(p)
+    };
+    let floor_script = script(99, &floor_scenario)?;
+    let mut rows = Vec::new();
+    for c in CONCURRENCY {
+        let (floor_rps, floor_p99, floor_err) = wrk(&floor.addr, &floor_script, c)?;
+        println!("   floor c={c}: {floor_rps:.0} req/s, p99 {floor_p99:.2} ms");
+        rows.push(format!(
+            "| {} | {c} | {floor_rps:.0} | {floor_p99:.2} ms | 1.00 | {floor_err} |",
+            floor_scenario.name
+        ));
+        for (i, s) in scenarios.iter().enumerate() {
+            let (rps, p99, err) = wrk(&server.addr, &script(i, s)?, c)?;
+            println!("   {} c={c}: {rps:.0} req/s, p99 {p99:.2} ms", s.name);
+            rows.push(format!(
+                "| {} | {c} | {rps:.0} | {p99:.2} ms | {:.2} | {err} |",
+                s.name,
+                rps / floor_rps
+            ));
+        }
+    }
+    drop(server);
+    drop(floor);
+    let _ = std::fs::remove_dir_all(&state);
+    println!("\n| scenario | connections | req/s | p99 | ratio to floor | socket errors |");
+    println!("|---|---|---|---|---|---|");
+    for r in rows {
+        println!("{r}");
+    }
+    Ok(())
+}
