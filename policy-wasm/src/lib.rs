@@ -5,21 +5,32 @@
 //! and `policy-core`'s own; it decides nothing itself. `cargo xtask build` compiles it for
 //! `wasm32-unknown-unknown` and wraps the core module into a component with no imports: the
 //! module can compute, and nothing else.
+//!
+//! Other modules can build on it: depend on it with `default-features = false` (no export of
+//! its own), implement the world with the types from here (delegating to [`Module`] and
+//! [`LoadedPolicy`] where they agree), and export with `policy_wasm::export!(YourModule
+//! with_types_in policy_wasm)`. `testing/faulty-module` does this.
+
+// Lets the generated `export!` name this crate the same way from inside and outside.
+extern crate self as policy_wasm;
 
 wit_bindgen::generate!({
     path: "../wit",
     world: "policy-module",
+    pub_export_macro: true,
+    default_bindings_module: "policy_wasm",
 });
 
 use celine::mqtt_policy::types::{Action, Decision, Diagnostic, Request, Subject, SubjectType};
 use exports::celine::mqtt_policy::engine::{Guest, GuestPolicy, Policy as PolicyHandle};
 
-struct Module;
+/// The policy module: `policy-core`'s semantics, unchanged.
+pub struct Module;
 
 /// A loaded policy, held by the host as a resource handle.
-pub struct LoadedPolicy(policy_core::Policy);
+pub struct LoadedPolicy(pub policy_core::Policy);
 
-fn to_core_subject(s: Subject) -> policy_core::Subject {
+pub fn to_core_subject(s: Subject) -> policy_core::Subject {
     policy_core::Subject {
         id: s.id,
         kind: match s.type_ {
@@ -31,7 +42,7 @@ fn to_core_subject(s: Subject) -> policy_core::Subject {
     }
 }
 
-fn from_core_subject(s: policy_core::Subject) -> Subject {
+pub fn from_core_subject(s: policy_core::Subject) -> Subject {
     Subject {
         id: s.id,
         type_: match s.kind {
@@ -43,19 +54,22 @@ fn from_core_subject(s: policy_core::Subject) -> Subject {
     }
 }
 
-fn from_core_decision(d: policy_core::Decision) -> Decision {
+pub fn from_core_decision(d: policy_core::Decision) -> Decision {
     Decision { allow: d.allow, rule: d.rule, reason: d.reason }
 }
 
-fn from_core_diagnostics(ds: Vec<policy_core::Diagnostic>) -> Vec<Diagnostic> {
+pub fn from_core_diagnostics(ds: Vec<policy_core::Diagnostic>) -> Vec<Diagnostic> {
     ds.into_iter().map(|d| Diagnostic { error: d.is_error(), path: d.path, message: d.message }).collect()
+}
+
+/// Loads a document with `policy-core`'s strict loader, diagnostics in WIT form.
+pub fn load(document: &str) -> Result<LoadedPolicy, Vec<Diagnostic>> {
+    policy_core::Policy::load(document).map(LoadedPolicy).map_err(from_core_diagnostics)
 }
 
 impl GuestPolicy for LoadedPolicy {
     fn load(document: String) -> Result<PolicyHandle, Vec<Diagnostic>> {
-        policy_core::Policy::load(&document)
-            .map(|p| PolicyHandle::new(LoadedPolicy(p)))
-            .map_err(from_core_diagnostics)
+        load(&document).map(PolicyHandle::new)
     }
 
     fn check(&self, req: Request) -> Decision {
@@ -100,4 +114,5 @@ impl Guest for Module {
     }
 }
 
+#[cfg(feature = "export")]
 export!(Module);
