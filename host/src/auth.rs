@@ -4,6 +4,11 @@
 //!   the signature is checked once per token, not once per message.
 //! - The subject a token maps to is cached per policy *generation*: a new module may map
 //!   claims differently, so a swap never serves a subject mapped by the old one.
+//! - An ACL decision is cached per (generation, token, action, topic, clientid, username)
+//!   until the token's `exp`: decisions are pure functions of those, so the cache is exact,
+//!   and a swapped policy or module (a new generation) never meets an old entry. Delivery
+//!   checks (`read`) repeat the same key for every message on a topic. Module faults are
+//!   never cached.
 //! - go-auth's http backend sends no token with ACL and superuser calls. A successful user
 //!   call binds (username, clientid) to the verified token until its `exp`; ACL calls look
 //!   the binding up. Only a successful user call creates or replaces a binding.
@@ -17,7 +22,7 @@ use moka::sync::Cache;
 use sha2::{Digest, Sha256};
 
 use crate::jwks::{Verified, Verifier, now};
-use crate::runtime::{Generation, Subject};
+use crate::runtime::{Action, Decision, Generation, Subject};
 
 pub type TokenHash = [u8; 32];
 
@@ -34,9 +39,59 @@ impl<K> Expiry<K, Arc<Verified>> for UntilExp {
     }
 }
 
-impl<K> Expiry<K, (Arc<Subject>, u64)> for UntilExp {
-    fn expire_after_create(&self, _: &K, v: &(Arc<Subject>, u64), _: Instant) -> Option<Duration> {
+impl<K, V> Expiry<K, (V, u64)> for UntilExp {
+    fn expire_after_create(&self, _: &K, v: &(V, u64), _: Instant) -> Option<Duration> {
         Some(Duration::from_secs(v.1.saturating_sub(now())))
+    }
+}
+
+/// Everything an ACL decision depends on.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct DecisionKey {
+    pub generation: u64,
+    pub token: TokenHash,
+    pub action: u8,
+    pub topic: Box<str>,
+    pub clientid: Box<str>,
+    pub username: Box<str>,
+}
+
+impl DecisionKey {
+    pub fn new(
+        generation: u64,
+        token: TokenHash,
+        action: Action,
+        topic: &str,
+        clientid: &str,
+        username: &str,
+    ) -> Self {
+        DecisionKey {
+            generation,
+            token,
+            action: action as u8,
+            topic: topic.into(),
+            clientid: clientid.into(),
+            username: username.into(),
+        }
+    }
+}
+
+/// Counters for the caches, registered once (a lookup per request would cost more).
+struct CacheMetrics {
+    token_hit: metrics::Counter,
+    token_miss: metrics::Counter,
+    decision_hit: metrics::Counter,
+    decision_miss: metrics::Counter,
+}
+
+impl CacheMetrics {
+    fn register() -> CacheMetrics {
+        CacheMetrics {
+            token_hit: metrics::counter!("mqtt_policy_token_cache_total", "result" => "hit"),
+            token_miss: metrics::counter!("mqtt_policy_token_cache_total", "result" => "miss"),
+            decision_hit: metrics::counter!("mqtt_policy_decision_cache_total", "result" => "hit"),
+            decision_miss: metrics::counter!("mqtt_policy_decision_cache_total", "result" => "miss"),
+        }
     }
 }
 
@@ -49,6 +104,8 @@ pub struct Auth {
     pub verifier: Arc<Verifier>,
     verified: Cache<TokenHash, Arc<Verified>>,
     subjects: Cache<(u64, TokenHash), (Arc<Subject>, u64)>,
+    decisions: Cache<DecisionKey, (Arc<Decision>, u64)>,
+    metrics: CacheMetrics,
     /// username → clientid → session.
     sessions: Mutex<HashMap<String, HashMap<String, Session>>>,
 }
@@ -59,6 +116,8 @@ impl Auth {
             verifier,
             verified: Cache::builder().max_capacity(100_000).expire_after(UntilExp).build(),
             subjects: Cache::builder().max_capacity(100_000).expire_after(UntilExp).build(),
+            decisions: Cache::builder().max_capacity(500_000).expire_after(UntilExp).build(),
+            metrics: CacheMetrics::register(),
             sessions: Mutex::new(HashMap::new()),
         }
     }
@@ -69,10 +128,10 @@ impl Auth {
         if let Some(v) = self.verified.get(&hash)
             && v.exp > now()
         {
-            metrics::counter!("mqtt_policy_token_cache_total", "result" => "hit").increment(1);
+            self.metrics.token_hit.increment(1);
             return Ok((hash, v));
         }
-        metrics::counter!("mqtt_policy_token_cache_total", "result" => "miss").increment(1);
+        self.metrics.token_miss.increment(1);
         let v = Arc::new(self.verifier.verify(token).await.map_err(|r| format!("token refused: {r}"))?);
         // With leeway a token can verify just after its exp: decide with it, do not cache it.
         if v.exp > now() {
@@ -101,6 +160,31 @@ impl Auth {
             self.subjects.insert(key, (Arc::clone(&s), v.exp));
         }
         Ok(s)
+    }
+
+    /// The decision for `key`: cached, or computed by `decide` and cached until `exp`. A module
+    /// fault (`Err`) is answered as a denial but never cached.
+    pub fn decision(
+        &self,
+        key: DecisionKey,
+        exp: u64,
+        decide: impl FnOnce() -> Result<Decision, String>,
+    ) -> Arc<Decision> {
+        if let Some((d, _)) = self.decisions.get(&key) {
+            self.metrics.decision_hit.increment(1);
+            return d;
+        }
+        self.metrics.decision_miss.increment(1);
+        match decide() {
+            Ok(d) => {
+                let d = Arc::new(d);
+                if exp > now() {
+                    self.decisions.insert(key, (Arc::clone(&d), exp));
+                }
+                d
+            }
+            Err(why) => Arc::new(Decision { allow: false, rule: None, reason: why }),
+        }
     }
 
     /// Binds (username, clientid) to a verified token, replacing any earlier binding.

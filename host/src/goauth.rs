@@ -18,7 +18,7 @@ use axum::http::{HeaderMap, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::Value;
 
-use crate::auth::TokenHash;
+use crate::auth::{DecisionKey, TokenHash};
 use crate::jwks::{Verified, looks_like_jwt};
 use crate::runtime::{Action, Decision, Generation, Request, Subject};
 use crate::serve::AppState;
@@ -41,14 +41,6 @@ pub enum Outcome {
 }
 
 impl Outcome {
-    fn label(&self) -> &'static str {
-        match self {
-            Outcome::Allow(_) => "allow",
-            Outcome::Deny(_) => "deny",
-            Outcome::Bad(_) => "bad_request",
-        }
-    }
-
     fn into_response(self, mode: ResponseMode) -> Response {
         let (status, ok, error) = match self {
             Outcome::Allow(_) => (StatusCode::OK, true, String::new()),
@@ -349,20 +341,20 @@ async fn acl(ctx: &Ctx<'_>) -> Outcome {
         Some(Err(e)) => return Outcome::Bad(e),
         Some(Ok(a)) => a,
     };
-    let subject = match ctx.verified_token().await {
+    let who = match ctx.verified_token().await {
         Err(o) => return o,
-        Ok(Some((hash, v, _))) => ctx.subject(hash, &v),
-        Ok(None) => match ctx
+        Ok(Some((hash, v, _))) => Ok((hash, v)),
+        Ok(None) => ctx
             .state
             .auth
             .session(p.username.as_deref().unwrap_or(""), p.clientid.as_deref().unwrap_or(""))
-        {
-            Some((hash, v)) => ctx.subject(hash, &v),
-            None => Err(no_session(p)),
-        },
+            .ok_or_else(|| no_session(p)),
     };
-    let subject = match subject {
-        Ok(s) => s,
+    let (hash, verified, subject) = match who.and_then(|(hash, v)| {
+        let s = ctx.subject(hash, &v)?;
+        Ok((hash, v, s))
+    }) {
+        Ok(t) => t,
         Err(o) => {
             audit("acl", None, p, "acl", &o, None);
             return o;
@@ -374,17 +366,20 @@ async fn acl(ctx: &Ctx<'_>) -> Outcome {
     } else {
         p.username.as_deref().unwrap_or("")
     };
+    let clientid = p.clientid.as_deref().unwrap_or("");
     let mut outcome = Outcome::Deny("no action".into());
     for action in actions {
-        let req = Request {
-            subject: (*subject).clone(),
-            topic: topic.to_string(),
-            action,
-            clientid: p.clientid.clone().unwrap_or_default(),
-            username: username.to_string(),
-        };
-        let d = ctx.generation.check(&req);
-        outcome = decided("acl", ctx, &subject, action_str(action), d);
+        let key = DecisionKey::new(ctx.generation.id, hash, action, topic, clientid, username);
+        let d = ctx.state.auth.decision(key, verified.exp, || {
+            ctx.generation.try_check(&Request {
+                subject: (*subject).clone(),
+                topic: topic.to_string(),
+                action,
+                clientid: clientid.to_string(),
+                username: username.to_string(),
+            })
+        });
+        outcome = decided("acl", ctx, &subject, action_str(action), (*d).clone());
         if matches!(outcome, Outcome::Deny(_)) {
             break;
         }
@@ -400,7 +395,7 @@ fn action_str(a: Action) -> &'static str {
     }
 }
 
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Endpoint {
     User,
     Superuser,
@@ -408,12 +403,49 @@ pub enum Endpoint {
 }
 
 impl Endpoint {
+    pub const ALL: [Endpoint; 3] = [Endpoint::User, Endpoint::Superuser, Endpoint::Acl];
+
     fn label(self) -> &'static str {
         match self {
             Endpoint::User => "user",
             Endpoint::Superuser => "superuser",
             Endpoint::Acl => "acl",
         }
+    }
+}
+
+/// Request counters and latency histograms, registered once per (endpoint, outcome).
+pub struct RequestMetrics {
+    /// `[endpoint][allow, deny, bad_request]`.
+    requests: Vec<[metrics::Counter; 3]>,
+    duration: Vec<metrics::Histogram>,
+}
+
+impl RequestMetrics {
+    pub fn register() -> RequestMetrics {
+        let requests = Endpoint::ALL
+            .iter()
+            .map(|e| {
+                ["allow", "deny", "bad_request"].map(|o| {
+                    metrics::counter!("mqtt_policy_requests_total", "endpoint" => e.label(), "outcome" => o)
+                })
+            })
+            .collect();
+        let duration = Endpoint::ALL
+            .iter()
+            .map(|e| metrics::histogram!("mqtt_policy_request_duration_seconds", "endpoint" => e.label()))
+            .collect();
+        RequestMetrics { requests, duration }
+    }
+
+    fn record(&self, e: Endpoint, o: &Outcome, took: std::time::Duration) {
+        let j = match o {
+            Outcome::Allow(_) => 0,
+            Outcome::Deny(_) => 1,
+            Outcome::Bad(_) => 2,
+        };
+        self.requests[e as usize][j].increment(1);
+        self.duration[e as usize].record(took.as_secs_f64());
     }
 }
 
@@ -440,10 +472,7 @@ pub async fn handle(
     if let Outcome::Bad(r) = &outcome {
         tracing::info!(target: "audit", endpoint = endpoint.label(), decision = "bad_request", reason = %r);
     }
-    metrics::counter!("mqtt_policy_requests_total", "endpoint" => endpoint.label(), "outcome" => outcome.label())
-        .increment(1);
-    metrics::histogram!("mqtt_policy_request_duration_seconds", "endpoint" => endpoint.label())
-        .record(started.elapsed().as_secs_f64());
+    state.metrics.record(endpoint, &outcome, started.elapsed());
     outcome.into_response(state.response_mode)
 }
 

@@ -267,12 +267,16 @@ impl Generation {
         }
     }
 
-    /// Decides one request. A module fault is a denial that says so.
-    pub fn check(&self, req: &Request) -> Decision {
+    /// Decides one request, or says why the module failed to (a fault: never cache it).
+    pub fn try_check(&self, req: &Request) -> Result<Decision, String> {
         self.with_worker(|store, inst, policy| {
             inst.celine_mqtt_policy_engine().policy().call_check(store, policy, req)
         })
-        .unwrap_or_else(|why| Decision { allow: false, rule: None, reason: why })
+    }
+
+    /// Decides one request. A module fault is a denial that says so.
+    pub fn check(&self, req: &Request) -> Decision {
+        self.try_check(req).unwrap_or_else(|why| Decision { allow: false, rule: None, reason: why })
     }
 
     pub fn superuser(&self, who: &Subject) -> Decision {

@@ -20,7 +20,7 @@ use tower_http::trace::TraceLayer;
 
 use crate::auth::Auth;
 use crate::devkey::{DEV_ISSUER, DevKey};
-use crate::goauth::{Endpoint, ResponseMode, handle};
+use crate::goauth::{Endpoint, RequestMetrics, ResponseMode, handle};
 use crate::jwks::{KeySource, Verifier, VerifierConfig};
 use crate::runtime::{Generation, LoadError, Runtime, embedded_module};
 
@@ -34,7 +34,8 @@ pub struct AppState {
     generation: ArcSwap<Generation>,
     pub auth: Auth,
     pub response_mode: ResponseMode,
-    metrics: PrometheusHandle,
+    pub metrics: RequestMetrics,
+    prometheus: PrometheusHandle,
     dev_jwks: Option<serde_json::Value>,
     started: SystemTime,
     module_source: String,
@@ -87,6 +88,8 @@ pub async fn build_state(cfg: &ServeConfig) -> anyhow::Result<Arc<AppState>> {
     {
         bail!("no way to verify tokens: give --issuer (OIDC discovery), --jwks-url, --jwks-file, or --dev");
     }
+    // First: metric handles registered before the recorder exists would be no-ops.
+    let prometheus = install_metrics()?;
     std::fs::create_dir_all(&cfg.state_dir)
         .with_context(|| format!("creating the state directory {}", cfg.state_dir.display()))?;
     let runtime = Runtime::new(Some(cfg.state_dir.join("cache")))?;
@@ -164,7 +167,8 @@ pub async fn build_state(cfg: &ServeConfig) -> anyhow::Result<Arc<AppState>> {
         generation: ArcSwap::new(generation),
         auth: Auth::new(verifier),
         response_mode: cfg.response_mode,
-        metrics: install_metrics()?,
+        metrics: RequestMetrics::register(),
+        prometheus,
         dev_jwks,
         started: SystemTime::now(),
         module_source,
@@ -192,7 +196,7 @@ async fn readyz(State(st): State<Arc<AppState>>) -> Response {
 }
 
 async fn metrics_endpoint(State(st): State<Arc<AppState>>) -> String {
-    st.metrics.render()
+    st.prometheus.render()
 }
 
 async fn dev_jwks(State(st): State<Arc<AppState>>) -> Response {

@@ -486,7 +486,10 @@ fn dev_mode_from_nothing_to_an_allowed_and_a_denied_request() {
     let twin = token(&["--client-id", "svc-digital-twin", "--scopes", "mqtt.write", "--ttl", "5m"]);
     let read = r#"{"clientid":"c1","topic":"celine/telemetry/meter/m1/readings","acc":1}"#;
     assert!(bearer_call(&s, "/mqtt/acl", &viewer, read).allowed());
+    // The same topic and client under another token is its own decision, cached or not.
     assert!(!bearer_call(&s, "/mqtt/acl", &twin, read).allowed());
+    assert!(bearer_call(&s, "/mqtt/acl", &viewer, read).allowed(), "a repeat (decision cache hit)");
+    assert!(!bearer_call(&s, "/mqtt/acl", &twin, read).allowed(), "a repeat (decision cache hit)");
     assert!(
         bearer_call(
             &s,
@@ -504,7 +507,10 @@ fn dev_mode_from_nothing_to_an_allowed_and_a_denied_request() {
     assert_eq!(ready.status, 200);
     assert_eq!(ready.json()["policy"]["rules"], 6);
     let metrics = send(client().get(s.url("/metrics"))).body;
-    assert!(metrics.contains(r#"mqtt_policy_requests_total{endpoint="acl",outcome="allow"} 2"#), "{metrics}");
+    assert!(metrics.contains(r#"mqtt_policy_requests_total{endpoint="acl",outcome="allow"} 3"#), "{metrics}");
+    assert!(metrics.contains(r#"mqtt_policy_requests_total{endpoint="acl",outcome="deny"} 2"#), "{metrics}");
+    assert!(metrics.contains(r#"mqtt_policy_decision_cache_total{result="hit"} 2"#), "{metrics}");
+    assert!(metrics.contains(r#"mqtt_policy_decision_cache_total{result="miss"} 3"#), "{metrics}");
     assert!(metrics.contains("mqtt_policy_request_duration_seconds_bucket"), "{metrics}");
     assert!(metrics.contains("mqtt_policy_token_cache_total"), "{metrics}");
 }
