@@ -4,6 +4,7 @@
 //! - `cargo xtask build`: the policy module (a WebAssembly component) and the host.
 //! - `cargo xtask test`: everything CI runs (see README.md).
 //! - `cargo xtask bench`: the criterion decision benchmarks, summarised as a ratio table.
+//! - `cargo xtask bench-http`: wrk against `/mqtt/acl` beside a trivial axum floor.
 //! - `cargo xtask sync-conformance`: refresh `corpus/conformance.jsonl` from `shared/`.
 
 use std::path::{Path, PathBuf};
