@@ -174,9 +174,15 @@ impl Verifier {
                 self.fetch_json(jwks_uri).await?
             }
         };
-        // Keys jsonwebtoken cannot parse (e.g. Keycloak's RSA-OAEP encryption keys) are skipped.
+        // Only keys that can verify a signature count: Keycloak also publishes encryption keys
+        // (`use: enc`, RSA-OAEP), and keys jsonwebtoken cannot parse are skipped too.
         let list = raw["keys"].as_array().context("the key set has no \"keys\" list")?;
-        let keys: Vec<Jwk> = list.iter().filter_map(|k| serde_json::from_value(k.clone()).ok()).collect();
+        let keys: Vec<Jwk> = list
+            .iter()
+            .filter(|k| k.get("use").and_then(Value::as_str) != Some("enc"))
+            .filter_map(|k| serde_json::from_value::<Jwk>(k.clone()).ok())
+            .filter(|k| !algorithms_for(k).is_empty())
+            .collect();
         Ok(JwkSet { keys })
     }
 

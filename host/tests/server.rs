@@ -538,3 +538,91 @@ fn without_any_key_source_serve_refuses_to_start() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("no way to verify tokens"));
 }
+
+/// A stand-in identity provider on a free loopback port: OIDC discovery and a key set, as
+/// Keycloak serves them under `/realms/celine`. Answers until the test ends.
+fn fake_idp() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let base = format!("http://{}/realms/celine", listener.local_addr().unwrap());
+    let jwks = std::fs::read_to_string(fixtures().join("jwks-a.json")).unwrap();
+    let discovery =
+        json!({"issuer": base, "jwks_uri": format!("{base}/protocol/openid-connect/certs")}).to_string();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let mut buf = [0u8; 4096];
+            let n = std::io::Read::read(&mut stream, &mut buf).unwrap_or(0);
+            let req = String::from_utf8_lossy(&buf[..n]);
+            let path = req.split_whitespace().nth(1).unwrap_or("");
+            let (status, body) = if path.ends_with("/.well-known/openid-configuration") {
+                ("200 OK", discovery.clone())
+            } else if path.ends_with("/protocol/openid-connect/certs") {
+                ("200 OK", jwks.clone())
+            } else {
+                ("404 Not Found", String::new())
+            };
+            let resp = format!(
+                "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = std::io::Write::write_all(&mut stream, resp.as_bytes());
+        }
+    });
+    base
+}
+
+#[test]
+fn keys_come_from_oidc_discovery_on_the_issuer() {
+    let issuer = fake_idp();
+    let s = Server::start(&["--issuer", &issuer]);
+    let mut claims = viewer_claims();
+    claims["iss"] = json!(issuer);
+    let token = sign("rsa-a.pem", "key-a", &claims);
+    assert!(bearer_call(&s, "/mqtt/user", &token, "null").allowed());
+    let ready = send(client().get(s.url("/readyz")));
+    assert_eq!(ready.status, 200, "{}", ready.body);
+    assert_eq!(ready.json()["keys"]["count"], 1, "the encryption key is skipped: {}", ready.body);
+    // The issuer is also the expected `iss`.
+    let r = bearer_call(&s, "/mqtt/user", &sign("rsa-a.pem", "key-a", &viewer_claims()), "null");
+    assert!(r.json()["error"].as_str().unwrap().contains("wrong issuer"), "{}", r.body);
+}
+
+#[test]
+fn an_unreachable_identity_provider_is_not_ready_and_allows_nothing() {
+    // A port that was free a moment ago: nothing answers there.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let issuer = format!("http://127.0.0.1:{port}/realms/celine");
+    let s = Server::start(&["--issuer", &issuer]);
+    let ready = send(client().get(s.url("/readyz")));
+    assert_eq!(ready.status, 503, "{}", ready.body);
+    assert!(
+        ready.json()["keys"]["error"].as_str().unwrap().contains("openid-configuration"),
+        "{}",
+        ready.body
+    );
+    let mut claims = viewer_claims();
+    claims["iss"] = json!(issuer);
+    let r = bearer_call(&s, "/mqtt/user", &sign("rsa-a.pem", "key-a", &claims), "null");
+    assert_eq!(r.status, 403, "{}", r.body);
+    assert!(r.json()["error"].as_str().unwrap().contains("unknown signing key"), "{}", r.body);
+}
+
+#[test]
+fn hmac_tokens_only_with_an_explicit_development_secret() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("secret");
+    std::fs::write(&secret, "dev-only-shared-secret\n").unwrap();
+    let s = Server::rsa(&["--hmac-secret-file", secret.to_str().unwrap()]);
+    let hs = |key: &[u8]| {
+        jsonwebtoken::encode(&Header::new(Algorithm::HS256), &viewer_claims(), &EncodingKey::from_secret(key))
+            .unwrap()
+    };
+    assert!(
+        bearer_call(&s, "/mqtt/user", &hs(b"dev-only-shared-secret"), "null").allowed(),
+        "the file's secret (trimmed)"
+    );
+    let wrong = bearer_call(&s, "/mqtt/user", &hs(b"another-secret"), "null");
+    assert!(wrong.json()["error"].as_str().unwrap().contains("invalid signature"), "{}", wrong.body);
+    // RSA tokens keep working beside it.
+    assert!(bearer_call(&s, "/mqtt/user", &sign("rsa-a.pem", "key-a", &viewer_claims()), "null").allowed());
+}
