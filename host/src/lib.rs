@@ -4,6 +4,7 @@
 //! `serve`/`goauth` (HTTP for mosquitto-go-auth), `auth`/`jwks`/`devkey` (tokens),
 //! `runtime` (wasmtime and the policy module), `cli` (subcommands), `policy_file`.
 
+pub mod admin;
 pub mod auth;
 pub mod cli;
 pub mod devkey;
@@ -12,6 +13,7 @@ pub mod jwks;
 pub mod policy_file;
 pub mod runtime;
 pub mod serve;
+pub mod swap;
 
 /// A user-supplied string for a message: quoted, escaped, length-capped (no forged log lines).
 pub fn short(s: &str) -> String {

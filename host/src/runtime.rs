@@ -83,7 +83,7 @@ impl Runtime {
 
     /// Compiles (or loads from the cache) a component and checks it exports our world.
     pub fn module(self: &Arc<Self>, bytes: &[u8]) -> anyhow::Result<Arc<Module>> {
-        let hash = hex(&Sha256::digest(bytes));
+        let hash = hash_of(bytes);
         let component = self.compile(bytes, &hash)?;
         let linker: Linker<HostState> = Linker::new(&self.engine);
         let pre = linker
@@ -131,6 +131,11 @@ impl Runtime {
         }
         Ok(component)
     }
+}
+
+/// How modules are identified: the SHA-256 of the component, in hex.
+pub fn hash_of(bytes: &[u8]) -> String {
+    hex(&Sha256::digest(bytes))
 }
 
 fn write_cache(path: &Path, component: &Component) -> anyhow::Result<()> {

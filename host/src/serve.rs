@@ -1,12 +1,12 @@
 //! `mqtt-policy serve`: start-up, the router, operations endpoints, shutdown.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use anyhow::{Context, bail};
-use arc_swap::ArcSwap;
+
 use axum::Router;
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -18,11 +18,13 @@ use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 
+use crate::admin::token_digest;
 use crate::auth::Auth;
 use crate::devkey::{DEV_ISSUER, DevKey};
 use crate::goauth::{Endpoint, RequestMetrics, ResponseMode, handle};
 use crate::jwks::{KeySource, Verifier, VerifierConfig};
-use crate::runtime::{Generation, LoadError, Runtime, embedded_module};
+use crate::runtime::{Generation, Runtime};
+use crate::swap::{Live, Source};
 
 /// The largest request body go-auth could need, with room to spare.
 pub const BODY_LIMIT: usize = 64 * 1024;
@@ -31,21 +33,21 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Everything a request needs.
 pub struct AppState {
-    generation: ArcSwap<Generation>,
+    pub live: Arc<Live>,
     pub auth: Auth,
     pub response_mode: ResponseMode,
     pub metrics: RequestMetrics,
     prometheus: PrometheusHandle,
     dev_jwks: Option<serde_json::Value>,
     started: SystemTime,
-    module_source: String,
-    policy_source: String,
+    /// SHA-256 of the admin token, when the admin endpoints are on.
+    pub admin_token: Option<[u8; 32]>,
 }
 
 impl AppState {
     /// The live generation (module + policy). Requests take it once and finish on it.
     pub fn generation(&self) -> Arc<Generation> {
-        self.generation.load_full()
+        self.live.current()
     }
 }
 
@@ -64,6 +66,12 @@ pub struct ServeConfig {
     pub state_dir: PathBuf,
     pub hmac_secret_file: Option<PathBuf>,
     pub jwks_min_refresh: Duration,
+    /// Policy test cases every candidate must pass.
+    pub tests: Option<PathBuf>,
+    /// Turns the admin endpoints on.
+    pub admin_token: Option<String>,
+    /// Serve the admin endpoints here instead of on `listen`.
+    pub admin_listen: Option<SocketAddr>,
 }
 
 fn install_metrics() -> anyhow::Result<PrometheusHandle> {
@@ -93,33 +101,25 @@ pub async fn build_state(cfg: &ServeConfig) -> anyhow::Result<Arc<AppState>> {
     std::fs::create_dir_all(&cfg.state_dir)
         .with_context(|| format!("creating the state directory {}", cfg.state_dir.display()))?;
     let runtime = Runtime::new(Some(cfg.state_dir.join("cache")))?;
-
-    let (module_bytes, module_source) = match &cfg.module {
-        Some(p) => (
-            std::fs::read(p).with_context(|| format!("reading the module {}", p.display()))?,
-            p.display().to_string(),
-        ),
-        None => match embedded_module() {
-            Some(b) => (b.to_vec(), "built-in".to_string()),
-            None => bail!(
-                "this binary has no built-in policy module (build it with `cargo xtask build`); pass --module FILE"
-            ),
-        },
+    let module_source = match &cfg.module {
+        Some(p) => Source::File(p.clone()),
+        None => Source::BuiltIn,
     };
-    let module = runtime.module(&module_bytes).with_context(|| format!("policy module {module_source}"))?;
-
-    let (policy_source, text) = crate::policy_file::read(cfg.policy.as_deref())?;
-    let generation = match Generation::new(Arc::clone(&module), &text) {
-        Ok(g) => g,
-        Err(e) => {
-            if let Some(LoadError(diags)) = e.downcast_ref::<LoadError>() {
-                for d in diags.iter().filter(|d| d.error) {
-                    eprintln!("{policy_source}: error: {}: {}", d.path, d.message);
-                }
-            }
-            return Err(e.context(format!("policy {policy_source}")));
-        }
+    let default_policy = Path::new(crate::policy_file::DEFAULT_POLICY);
+    let policy_source = match &cfg.policy {
+        Some(p) => Source::File(p.clone()),
+        None if default_policy.exists() => Source::File(default_policy.to_path_buf()),
+        None => Source::BuiltIn,
     };
+    // The default policy's own test cases guard it; a policy named explicitly is guarded by
+    // the cases named explicitly (--tests).
+    let default_tests = Path::new("policies/tests");
+    let tests = match (&cfg.tests, &cfg.policy) {
+        (Some(t), _) => Some(t.clone()),
+        (None, None) if default_tests.is_dir() => Some(default_tests.to_path_buf()),
+        _ => None,
+    };
+    let live = Live::start(runtime, module_source, policy_source, tests)?;
 
     let dev_key = if cfg.dev { Some(DevKey::load_or_create(&cfg.state_dir)?) } else { None };
     let source = match (&cfg.jwks_file, &cfg.jwks_url, &cfg.issuer) {
@@ -158,21 +158,26 @@ pub async fn build_state(cfg: &ServeConfig) -> anyhow::Result<Arc<AppState>> {
     }
     verifier.spawn_periodic_refresh();
 
+    let g = live.current();
     tracing::info!(
-        module = %module_source, module_hash = %&module.hash[..16], module_version = %module.version,
-        policy = %policy_source, rules = generation.rule_count, generation = generation.id,
+        module_hash = %&g.module.hash[..16], module_version = %g.module.version,
+        rules = g.rule_count, generation = g.id, status = %live.status(),
         "policy loaded"
     );
+    let admin_token = match &cfg.admin_token {
+        Some(t) if t.len() < 16 => bail!("the admin token must be at least 16 characters"),
+        Some(t) => Some(token_digest(t)),
+        None => None,
+    };
     Ok(Arc::new(AppState {
-        generation: ArcSwap::new(generation),
+        live,
         auth: Auth::new(verifier),
         response_mode: cfg.response_mode,
         metrics: RequestMetrics::register(),
         prometheus,
         dev_jwks,
         started: SystemTime::now(),
-        module_source,
-        policy_source: policy_source.to_string(),
+        admin_token,
     }))
 }
 
@@ -181,16 +186,14 @@ async fn healthz() -> &'static str {
 }
 
 async fn readyz(State(st): State<Arc<AppState>>) -> Response {
-    let g = st.generation();
     let keys = st.auth.verifier.readiness();
-    let body = json!({
-        "ready": keys.is_ok(),
-        "generation": g.id,
-        "module": {"source": st.module_source, "hash": g.module.hash, "version": g.module.version},
-        "policy": {"source": st.policy_source, "hash": g.policy_hash, "rules": g.rule_count},
-        "keys": match &keys { Ok(n) => json!({"count": n, "last_error": st.auth.verifier.last_error()}), Err(e) => json!({"error": e}) },
-        "uptime_seconds": st.started.elapsed().map(|d| d.as_secs()).unwrap_or(0),
-    });
+    let mut body = st.live.status();
+    body["ready"] = json!(keys.is_ok());
+    body["keys"] = match &keys {
+        Ok(n) => json!({"count": n, "last_error": st.auth.verifier.last_error()}),
+        Err(e) => json!({"error": e}),
+    };
+    body["uptime_seconds"] = json!(st.started.elapsed().map(|d| d.as_secs()).unwrap_or(0));
     let status = if keys.is_ok() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     (status, axum::Json(body)).into_response()
 }
@@ -206,11 +209,12 @@ async fn dev_jwks(State(st): State<Arc<AppState>>) -> Response {
     }
 }
 
-pub fn router(state: Arc<AppState>) -> Router {
+pub fn router(state: Arc<AppState>, with_admin: bool) -> Router {
     use axum::routing::MethodFilter;
     let methods = MethodFilter::GET.or(MethodFilter::POST).or(MethodFilter::PUT);
     let ep = |e: Endpoint| move |s, h, u, b| handle(e, s, h, u, b);
-    Router::new()
+    let admin = with_admin.then(|| crate::admin::router(Arc::clone(&state)));
+    let router = Router::new()
         .route("/mqtt/user", on(methods, ep(Endpoint::User)))
         .route("/mqtt/superuser", on(methods, ep(Endpoint::Superuser)))
         .route("/mqtt/acl", on(methods, ep(Endpoint::Acl)))
@@ -224,7 +228,11 @@ pub fn router(state: Arc<AppState>) -> Router {
         .layer(TraceLayer::new_for_http().make_span_with(|req: &axum::http::Request<_>| {
             tracing::debug_span!("http", method = %req.method(), path = %req.uri().path())
         }))
-        .with_state(state)
+        .with_state(state);
+    match admin {
+        Some(a) => router.merge(a),
+        None => router,
+    }
 }
 
 async fn shutdown_signal() {
@@ -257,19 +265,34 @@ pub async fn run(cfg: ServeConfig) -> anyhow::Result<()> {
             metrics::gauge!("mqtt_policy_sessions").set(live as f64);
         }
     });
+    crate::swap::spawn_sighup(&state.live);
+    // Kept alive for as long as the server runs.
+    let _watcher = crate::swap::spawn_watcher(&state.live).context("watching the module and policy files")?;
+    let admin_on = state.admin_token.is_some();
     let listener = tokio::net::TcpListener::bind(cfg.listen)
         .await
         .with_context(|| format!("cannot listen on {}", cfg.listen))?;
     let addr = listener.local_addr()?;
+    if let (true, Some(admin_addr)) = (admin_on, cfg.admin_listen) {
+        let admin_listener = tokio::net::TcpListener::bind(admin_addr)
+            .await
+            .with_context(|| format!("cannot listen on {admin_addr} (admin)"))?;
+        println!("mqtt-policy admin listening on http://{}", admin_listener.local_addr()?);
+        let admin = crate::admin::router(Arc::clone(&state));
+        tokio::spawn(async move {
+            if let Err(e) = axum::serve(admin_listener, admin).with_graceful_shutdown(shutdown_signal()).await
+            {
+                tracing::error!(error = %e, "the admin listener stopped");
+            }
+        });
+    }
     // One line a test or a script can wait for.
     println!("mqtt-policy listening on http://{addr}");
     if cfg.dev {
         print_dev_help(addr, &cfg);
     }
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown_signal())
-        .await
-        .context("serving")?;
+    let app = router(state, admin_on && cfg.admin_listen.is_none());
+    axum::serve(listener, app).with_graceful_shutdown(shutdown_signal()).await.context("serving")?;
     tracing::info!("stopped");
     Ok(())
 }

@@ -48,7 +48,7 @@ pub use model::{Action, Decision, Diagnostic, Permission, Permissions, Severity,
 pub use pattern::{Bindings, Level, Pattern, Placeholder};
 pub use policy::{Effect, Policy, Roles, Rule, ScopePattern, Sel, SubjectMismatch, Subjects};
 pub use request::{Ask, EvalRequest, parse_request, parse_request_json, parse_subject};
-pub use testcase::{CaseResult, TestCase, parse_cases, run_case, run_cases, uncovered_rules};
+pub use testcase::{CaseResult, TestCase, judge, parse_cases, run_case, run_cases, uncovered_rules};
 
 /// The version of this crate, reported by modules and the CLI.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

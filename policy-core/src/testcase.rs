@@ -108,7 +108,12 @@ fn verdict(allow: bool) -> &'static str {
 }
 
 pub fn run_case(policy: &Policy, case: &TestCase) -> CaseResult {
-    let decision = policy.evaluate(&case.request);
+    judge(case, policy.evaluate(&case.request))
+}
+
+/// Compares a decision, however it was reached (natively, or by a policy module), with what
+/// the case expects.
+pub fn judge(case: &TestCase, decision: Decision) -> CaseResult {
     let failure = if decision.allow != case.expect_allow {
         Some(format!(
             "expected {}, got {} ({})",

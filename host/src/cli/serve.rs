@@ -51,6 +51,17 @@ pub struct Args {
     /// [default: $XDG_STATE_HOME/mqtt-policy or ~/.local/state/mqtt-policy]
     #[arg(long, env = "MQTT_POLICY_STATE_DIR", value_name = "DIR")]
     pub state_dir: Option<PathBuf>,
+    /// Policy test cases every new policy or module must pass before it goes live (a file or
+    /// a directory of *.json) [default: policies/tests with the default policy]
+    #[arg(long, env = "MQTT_POLICY_TESTS", value_name = "PATH")]
+    pub tests: Option<PathBuf>,
+    /// Turn the admin endpoints (/admin/...) on, with the token in this file (also
+    /// MQTT_POLICY_ADMIN_TOKEN)
+    #[arg(long, env = "MQTT_POLICY_ADMIN_TOKEN_FILE", value_name = "FILE")]
+    pub admin_token_file: Option<PathBuf>,
+    /// Serve the admin endpoints on this address instead of --listen
+    #[arg(long, env = "MQTT_POLICY_ADMIN_LISTEN", value_name = "ADDR")]
+    pub admin_listen: Option<SocketAddr>,
     /// An unknown key id refreshes the key set at most this often, in seconds
     #[arg(long, env = "MQTT_POLICY_JWKS_MIN_REFRESH", default_value_t = 10, value_name = "SECONDS")]
     pub jwks_min_refresh: u64,
@@ -76,6 +87,16 @@ fn init_logging(format: LogFormat) {
 
 pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     init_logging(a.log_format);
+    let admin_token = match (&a.admin_token_file, std::env::var("MQTT_POLICY_ADMIN_TOKEN").ok()) {
+        (Some(f), _) => Some(
+            std::fs::read_to_string(f)
+                .map_err(|e| anyhow::anyhow!("reading the admin token {}: {e}", f.display()))?
+                .trim()
+                .to_string(),
+        ),
+        (None, Some(t)) if !t.trim().is_empty() => Some(t.trim().to_string()),
+        _ => None,
+    };
     let cfg = ServeConfig {
         listen: a.listen,
         policy: a.policy,
@@ -90,6 +111,9 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         state_dir: a.state_dir.unwrap_or_else(crate::devkey::default_state_dir),
         hmac_secret_file: a.hmac_secret_file,
         jwks_min_refresh: std::time::Duration::from_secs(a.jwks_min_refresh),
+        tests: a.tests,
+        admin_token,
+        admin_listen: a.admin_listen,
     };
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(crate::serve::run(cfg))?;

@@ -1,0 +1,95 @@
+//! Admin endpoints: roll out a policy or module, reload from disk, see what is live.
+//!
+//! Off unless an admin token is configured; every call needs it as `Authorization: Bearer`.
+//! They can listen on their own address (`--admin-listen`), away from go-auth's.
+//!
+//! - `PUT /admin/policy` (a policy document), `PUT /admin/module` (a component): a candidate;
+//!   200 with the new status when it went live, 422 with the reason when it was rejected.
+//! - `POST /admin/reload`: re-read the module and policy files (as `SIGHUP` does).
+//! - `GET /admin/status`: generation, module and policy (source, hash, version, rules),
+//!   when it was loaded, how many swaps, the last rejected candidate and why.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Request, State};
+use axum::http::{StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use serde_json::json;
+use sha2::{Digest, Sha256};
+use tower_http::limit::RequestBodyLimitLayer;
+
+use crate::serve::AppState;
+use crate::swap::{Candidate, Source};
+
+/// A module upload may be this large.
+pub const ADMIN_BODY_LIMIT: usize = 32 << 20;
+
+pub fn token_digest(token: &str) -> [u8; 32] {
+    Sha256::digest(token.trim().as_bytes()).into()
+}
+
+fn error(status: StatusCode, message: impl Into<String>) -> Response {
+    (status, axum::Json(json!({"error": message.into()}))).into_response()
+}
+
+async fn require_token(State(st): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+    let Some(want) = st.admin_token else {
+        return error(StatusCode::NOT_FOUND, "the admin endpoints are off");
+    };
+    let given = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(token_digest);
+    // Comparing digests: equal-length values, and nothing learnt about the token from timing.
+    if given != Some(want) {
+        tracing::warn!(path = %req.uri().path(), "admin call without a valid admin token");
+        return error(StatusCode::UNAUTHORIZED, "an admin token is required: Authorization: Bearer <token>");
+    }
+    next.run(req).await
+}
+
+async fn answer(st: &AppState, candidate: Candidate) -> Response {
+    match st.live.propose(candidate).await {
+        Ok(_) => (StatusCode::OK, axum::Json(st.live.status())).into_response(),
+        Err(r) => {
+            (StatusCode::UNPROCESSABLE_ENTITY, axum::Json(json!({"rejected": r, "live": st.live.status()})))
+                .into_response()
+        }
+    }
+}
+
+async fn put_policy(State(st): State<Arc<AppState>>, body: Bytes) -> Response {
+    match String::from_utf8(body.to_vec()) {
+        Ok(text) => answer(&st, Candidate::Policy { text, source: Source::Uploaded }).await,
+        Err(_) => error(StatusCode::BAD_REQUEST, "a policy document is UTF-8 JSON"),
+    }
+}
+
+async fn put_module(State(st): State<Arc<AppState>>, body: Bytes) -> Response {
+    answer(&st, Candidate::Module { bytes: body.to_vec(), source: Source::Uploaded }).await
+}
+
+async fn reload(State(st): State<Arc<AppState>>) -> Response {
+    answer(&st, Candidate::Reload).await
+}
+
+async fn status(State(st): State<Arc<AppState>>) -> Response {
+    axum::Json(st.live.status()).into_response()
+}
+
+pub fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/admin/policy", put(put_policy))
+        .route("/admin/module", put(put_module))
+        .route("/admin/reload", post(reload))
+        .route("/admin/status", get(status))
+        .layer(middleware::from_fn_with_state(Arc::clone(&state), require_token))
+        .layer(RequestBodyLimitLayer::new(ADMIN_BODY_LIMIT))
+        .with_state(state)
+}
