@@ -185,11 +185,13 @@ fn build_component(package: &str, out_name: &str) -> anyhow::Result<PathBuf> {
     Ok(out)
 }
 
-/// The policy module (embedded by the host), the test-only faulty module, then the host.
+/// The policy module (embedded by the host), the example and test-only modules, then the host.
 fn build() -> anyhow::Result<PathBuf> {
     ensure_wasm_target()?;
     step("policy module: policy-wasm for wasm32-unknown-unknown");
     let out = build_component("policy-wasm", "policy.wasm")?;
+    step("example module: examples/scope-convention (a logic change, for hot swaps)");
+    build_component("scope-convention", "scope-convention.wasm")?;
     step("test module: testing/faulty-module (misbehaves on purpose)");
     build_component("faulty-module", "faulty.wasm")?;
     step("host: mqtt-policy (embeds the policy module)");
@@ -231,7 +233,16 @@ fn test() -> anyhow::Result<()> {
     step("clippy (warnings are errors)");
     cargo(&["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"])?;
     step("unit, property, conformance and CLI tests");
-    cargo(&["test", "--workspace", "--exclude", "policy-wasm", "--exclude", "faulty-module"])?;
+    cargo(&[
+        "test",
+        "--workspace",
+        "--exclude",
+        "policy-wasm",
+        "--exclude",
+        "faulty-module",
+        "--exclude",
+        "scope-convention",
+    ])?;
     step("the default policy: lint and its own test cases");
     let bin = target_dir().join("debug/mqtt-policy");
     let bin = bin.to_str().context("target path is not UTF-8")?;

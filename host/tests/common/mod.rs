@@ -1,0 +1,155 @@
+//! Shared by the integration tests: a `mqtt-policy serve` started on a free loopback port
+//! (stopped by PID on drop), fixture keys and tokens, and go-auth-shaped requests.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use serde_json::{Value, json};
+
+pub fn fixtures() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+}
+
+pub fn now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
+}
+
+pub const ISSUER: &str = "https://keycloak.test/realms/celine";
+
+pub struct Server {
+    pub child: Child,
+    pub url: String,
+    pub state: tempfile::TempDir,
+}
+
+impl Server {
+    /// Starts `mqtt-policy serve` with `args` on 127.0.0.1:0 and waits for its "listening" line.
+    pub fn start(args: &[&str]) -> Server {
+        let state = tempfile::tempdir().unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_mqtt-policy"))
+            .current_dir(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".."))
+            .arg("serve")
+            .args(["--listen", "127.0.0.1:0", "--state-dir"])
+            .arg(state.path())
+            .args(args)
+            .env("MQTT_POLICY_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start mqtt-policy serve");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(url) = line.strip_prefix("mqtt-policy listening on ") {
+                    let _ = tx.send(url.to_string());
+                }
+            }
+        });
+        let url = match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(u) => u,
+            Err(_) => {
+                let _ = child.kill();
+                panic!("the server did not start: {:?}", child.wait());
+            }
+        };
+        Server { child, url, state }
+    }
+
+    pub fn rsa(extra: &[&str]) -> Server {
+        let jwks = fixtures().join("jwks-a.json");
+        let mut args = vec!["--jwks-file", jwks.to_str().unwrap(), "--issuer", ISSUER];
+        args.extend_from_slice(extra);
+        Server::start(&args)
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.url)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn sign(key_file: &str, kid: &str, claims: &Value) -> String {
+    let pem = std::fs::read(fixtures().join(key_file)).unwrap();
+    let mut header = Header::new(Algorithm::RS256);
+    header.kid = Some(kid.into());
+    jsonwebtoken::encode(&header, claims, &EncodingKey::from_rsa_pem(&pem).unwrap()).unwrap()
+}
+
+pub fn viewer_claims() -> Value {
+    json!({"iss": ISSUER, "sub": "u-viewer", "preferred_username": "vera", "groups": ["/viewers"],
+           "realm_access": {"roles": []}, "scope": "openid", "exp": now() + 600, "iat": now()})
+}
+
+pub fn service_claims() -> Value {
+    json!({"iss": ISSUER, "sub": "s-1", "azp": "svc-digital-twin", "client_id": "svc-digital-twin",
+           "preferred_username": "service-account-svc-digital-twin", "scope": "mqtt.write",
+           "exp": now() + 600, "iat": now()})
+}
+
+pub fn admin_claims() -> Value {
+    json!({"iss": ISSUER, "sub": "u-admin", "groups": ["/admins"], "exp": now() + 600})
+}
+
+pub struct Reply {
+    pub status: u16,
+    pub body: String,
+}
+
+impl Reply {
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
+    }
+    pub fn allowed(&self) -> bool {
+        assert!(self.status < 500, "a 5xx for a client's request: {} {}", self.status, self.body);
+        self.status == 200 && self.json()["ok"] == true
+    }
+}
+
+pub fn client() -> reqwest::blocking::Client {
+    reqwest::blocking::Client::new()
+}
+
+pub fn send(req: reqwest::blocking::RequestBuilder) -> Reply {
+    let resp = req.send().expect("request");
+    let status = resp.status().as_u16();
+    Reply { status, body: resp.text().unwrap() }
+}
+
+/// go-auth http backend, `http_params_mode json` (POST, GET or PUT: always a JSON body).
+pub fn json_call(s: &Server, method: reqwest::Method, path: &str, body: &Value) -> Reply {
+    send(
+        client()
+            .request(method, s.url(path))
+            .header("Content-Type", "application/json")
+            .header("User-Agent", "mosquitto-2.0.18")
+            .body(body.to_string()),
+    )
+}
+
+/// go-auth http backend, `http_params_mode form` (always POST).
+pub fn form_call(s: &Server, path: &str, pairs: &[(&str, &str)]) -> Reply {
+    send(client().post(s.url(path)).form(pairs))
+}
+
+/// go-auth jwt backend, `jwt_mode remote`: the token (MQTT username) as Bearer on every call.
+pub fn bearer_call(s: &Server, path: &str, token: &str, body: &str) -> Reply {
+    send(
+        client()
+            .post(s.url(path))
+            .header("Authorization", format!("Bearer {token}"))
+            .header("Content-Type", "application/json")
+            .body(body.to_string()),
+    )
+}

@@ -1,0 +1,269 @@
+//! Hot swap on a running server: new policies and modules go live without a restart and
+//! without a wrong or failed answer; bad candidates never replace a good policy.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+mod common;
+use common::*;
+
+const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
+const TELEMETRY_READ: &str = r#"{"clientid":"c1","topic":"celine/telemetry/meter/m1/readings","acc":1}"#;
+const HEALTH_READ: &str = r#"{"clientid":"c1","topic":"celine/system/health/pipelines","acc":1}"#;
+
+fn modules() -> PathBuf {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .map(|t| if t.is_absolute() { t } else { root.join(t) })
+        .unwrap_or_else(|| root.join("target"));
+    target.join("policy-module")
+}
+
+fn module(name: &str) -> Vec<u8> {
+    let p = modules().join(name);
+    std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e} (run `cargo xtask build` first)", p.display()))
+}
+
+/// A dev-mode server with the admin endpoints on, plus extra arguments.
+fn admin_server(extra: &[&str]) -> (Server, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("admin-token");
+    std::fs::write(&token_file, format!("{ADMIN_TOKEN}\n")).unwrap();
+    let mut args = vec!["--dev", "--admin-token-file", token_file.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    (Server::start(&args), dir)
+}
+
+fn dev_token(s: &Server, args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_mqtt-policy"))
+        .args(["token", "--dev", "--state-dir"])
+        .arg(s.state.path())
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+fn admin(s: &Server, method: reqwest::Method, path: &str, body: Vec<u8>) -> Reply {
+    send(client().request(method, s.url(path)).bearer_auth(ADMIN_TOKEN).body(body))
+}
+
+fn status(s: &Server) -> Value {
+    admin(s, reqwest::Method::GET, "/admin/status", vec![]).json()
+}
+
+fn default_policy() -> Value {
+    serde_json::from_str(include_str!("../../policies/celine.json")).unwrap()
+}
+
+/// The default policy plus a rule letting viewers read service health.
+fn policy_with_health() -> Value {
+    let mut p = default_policy();
+    p["celine"]["mqtt"]["acl"]["rules"].as_array_mut().unwrap().push(json!({
+        "id": "health-viewers", "subjects": {"groups": ["viewers"]},
+        "topics": ["celine/system/health/+"], "actions": ["subscribe", "read"]}));
+    p
+}
+
+#[test]
+fn admin_endpoints_need_the_token() {
+    let (s, _dir) = admin_server(&[]);
+    assert_eq!(send(client().get(s.url("/admin/status"))).status, 401);
+    assert_eq!(send(client().get(s.url("/admin/status")).bearer_auth("wrong-token-0123456789")).status, 401);
+    assert_eq!(admin(&s, reqwest::Method::GET, "/admin/status", vec![]).status, 200);
+    // Without a configured token the admin endpoints do not exist.
+    let plain = Server::start(&["--dev"]);
+    assert_eq!(send(client().get(plain.url("/admin/status")).bearer_auth(ADMIN_TOKEN)).status, 404);
+}
+
+#[test]
+fn rejected_candidates_leave_the_live_policy_untouched() {
+    let (s, _dir) = admin_server(&[]);
+    let viewer = dev_token(&s, &["--sub", "vera", "--groups", "viewers"]);
+    let before = status(&s);
+    let core_module = {
+        let p = modules().join("../wasm/wasm32-unknown-unknown/wasm-release/policy_wasm.wasm");
+        std::fs::read(p).unwrap()
+    };
+    let mut typo = default_policy();
+    typo["celine"]["mqtt"]["acl"]["rules"][0]["subject"] = json!({"groups": ["viewers"]});
+    let mut without_telemetry = default_policy();
+    without_telemetry["celine"]["mqtt"]["acl"]["rules"].as_array_mut().unwrap().remove(3);
+    let cases: Vec<(&str, &str, Vec<u8>, &str)> = vec![
+        ("not wasm", "/admin/module", b"definitely not wasm".to_vec(), "not a valid WebAssembly component"),
+        ("a core module, not a component", "/admin/module", core_module, "not a valid WebAssembly component"),
+        // A valid component (the empty one: magic, component version 0x0d, layer 1) that
+        // exports nothing.
+        (
+            "a component of another world",
+            "/admin/module",
+            vec![0x00, 0x61, 0x73, 0x6d, 0x0d, 0x00, 0x01, 0x00],
+            "does not implement the policy-module world",
+        ),
+        (
+            "a policy with a typo",
+            "/admin/policy",
+            typo.to_string().into_bytes(),
+            "celine.mqtt.acl.rules[0].subject: unknown field",
+        ),
+        ("a policy that is not JSON", "/admin/policy", b"{".to_vec(), "invalid JSON"),
+        (
+            "a policy failing its test cases",
+            "/admin/policy",
+            without_telemetry.to_string().into_bytes(),
+            "policy test cases fail",
+        ),
+    ];
+    for (name, path, body, why) in cases {
+        let r = admin(&s, reqwest::Method::PUT, path, body);
+        assert_eq!(r.status, 422, "{name}: {}", r.body);
+        let reason = r.json()["rejected"]["reason"].as_str().unwrap().to_string();
+        assert!(reason.contains(why), "{name}: {reason}");
+        let now = status(&s);
+        assert_eq!(now["generation"], before["generation"], "{name}: the live generation changed");
+        assert_eq!(now["last_rejected"]["reason"], json!(reason), "{name}");
+        assert!(bearer_call(&s, "/mqtt/acl", &viewer, TELEMETRY_READ).allowed(), "{name}: decisions changed");
+    }
+    // A module that traps while loading the policy: go live with the faulty module (it
+    // decides normally), then propose a policy that makes it trap in load().
+    let r = admin(&s, reqwest::Method::PUT, "/admin/module", module("faulty.wasm"));
+    assert_eq!(r.status, 200, "{}", r.body);
+    let live = status(&s);
+    let mut trap = default_policy();
+    trap["celine"]["mqtt"]["acl"]["rules"][0]["description"] = json!("trap-on-load");
+    let r = admin(&s, reqwest::Method::PUT, "/admin/policy", trap.to_string().into_bytes());
+    assert_eq!(r.status, 422, "{}", r.body);
+    assert!(r.json()["rejected"]["reason"].as_str().unwrap().contains("trapped"), "{}", r.body);
+    assert_eq!(status(&s)["generation"], live["generation"]);
+    assert!(bearer_call(&s, "/mqtt/acl", &viewer, TELEMETRY_READ).allowed());
+}
+
+#[test]
+fn a_policy_swap_and_a_module_swap_change_decisions_without_a_restart() {
+    let (s, _dir) = admin_server(&[]);
+    let viewer = dev_token(&s, &["--sub", "vera", "--groups", "viewers"]);
+    let meters = dev_token(&s, &["--client-id", "svc-dashboards", "--scopes", "telemetry.meter.read"]);
+    assert!(!bearer_call(&s, "/mqtt/acl", &viewer, HEALTH_READ).allowed());
+    let r = admin(&s, reqwest::Method::PUT, "/admin/policy", policy_with_health().to_string().into_bytes());
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.json()["policy"]["rules"], 7);
+    assert_eq!(r.json()["policy"]["source"], "uploaded");
+    assert!(bearer_call(&s, "/mqtt/acl", &viewer, HEALTH_READ).allowed(), "the new rule is live");
+
+    // A module that changes the logic: scopes <service>.<resource>.read grant celine/<service>/<resource>/...
+    assert!(!bearer_call(&s, "/mqtt/acl", &meters, TELEMETRY_READ).allowed());
+    let r = admin(&s, reqwest::Method::PUT, "/admin/module", module("scope-convention.wasm"));
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(r.json()["module"]["version"].as_str().unwrap().starts_with("scope-convention"), "{}", r.body);
+    assert!(
+        bearer_call(&s, "/mqtt/acl", &meters, TELEMETRY_READ).allowed(),
+        "granted by the scope convention"
+    );
+    let publish = r#"{"clientid":"c1","topic":"celine/telemetry/meter/m1/readings","acc":2}"#;
+    assert!(!bearer_call(&s, "/mqtt/acl", &meters, publish).allowed(), "read scope, not write");
+    assert!(bearer_call(&s, "/mqtt/acl", &viewer, HEALTH_READ).allowed(), "the swapped policy stays live");
+    let st = status(&s);
+    assert_eq!(st["swaps"], 2);
+    assert!(st["last_rejected"].is_null());
+}
+
+fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn a_changed_policy_file_or_sighup_reloads_and_a_broken_file_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("policy.json");
+    std::fs::write(&file, default_policy().to_string()).unwrap();
+    let tests = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../policies/tests");
+    let (s, _admin_dir) =
+        admin_server(&["--policy", file.to_str().unwrap(), "--tests", tests.to_str().unwrap()]);
+    let viewer = dev_token(&s, &["--sub", "vera", "--groups", "viewers"]);
+    let g0 = status(&s)["generation"].as_u64().unwrap();
+    assert!(!bearer_call(&s, "/mqtt/acl", &viewer, HEALTH_READ).allowed());
+
+    // An edit on disk goes live by itself.
+    std::fs::write(&file, policy_with_health().to_string()).unwrap();
+    wait_for("the edited file to go live", || status(&s)["generation"].as_u64().unwrap() > g0);
+    assert!(bearer_call(&s, "/mqtt/acl", &viewer, HEALTH_READ).allowed());
+    let g1 = status(&s)["generation"].as_u64().unwrap();
+
+    // A broken file is refused; the last good policy keeps answering.
+    std::fs::write(&file, "{\"celine\": ").unwrap();
+    wait_for("the broken file to be rejected", || !status(&s)["last_rejected"].is_null());
+    assert_eq!(status(&s)["generation"].as_u64().unwrap(), g1);
+    assert!(bearer_call(&s, "/mqtt/acl", &viewer, HEALTH_READ).allowed());
+
+    // SIGHUP re-reads the files (here: the default policy again, written as a new file).
+    let replacement = dir.path().join("policy.json.new");
+    std::fs::write(&replacement, default_policy().to_string()).unwrap();
+    std::fs::rename(&replacement, &file).unwrap();
+    let hup = Command::new("kill").args(["-HUP", &s.child.id().to_string()]).status().unwrap();
+    assert!(hup.success());
+    wait_for("the reload", || status(&s)["generation"].as_u64().unwrap() > g1);
+    assert!(!bearer_call(&s, "/mqtt/acl", &viewer, HEALTH_READ).allowed());
+}
+
+/// Several clients keep asking while the policy and the module are swapped again and again:
+/// not one request fails, and every answer is one that the old or the new generation gives.
+#[test]
+fn swaps_under_load_never_fail_a_request() {
+    let (s, _dir) = admin_server(&[]);
+    let viewer = dev_token(&s, &["--sub", "vera", "--groups", "viewers"]);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let workers: Vec<_> = (0..4)
+        .map(|_| {
+            let (url, token, stop) = (s.url("/mqtt/acl"), viewer.clone(), std::sync::Arc::clone(&stop));
+            std::thread::spawn(move || {
+                let http = reqwest::blocking::Client::new();
+                let (mut n, mut health_allowed) = (0u32, 0u32);
+                // Bounded: at most 5,000 requests per worker.
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) && n < 5_000 {
+                    for (body, stable) in [(TELEMETRY_READ, true), (HEALTH_READ, false)] {
+                        let r =
+                            http.post(&url).bearer_auth(&token).body(body).send().expect("a request failed");
+                        let status = r.status().as_u16();
+                        let ok = r.json::<Value>().expect("a JSON answer")["ok"] == true;
+                        assert!(status == 200 || status == 403, "status {status}");
+                        assert_eq!(ok, status == 200);
+                        if stable {
+                            assert!(ok, "telemetry is allowed by every generation");
+                        } else if ok {
+                            health_allowed += 1;
+                        }
+                        n += 1;
+                    }
+                }
+                (n, health_allowed)
+            })
+        })
+        .collect();
+    let policies = [policy_with_health().to_string(), default_policy().to_string()];
+    let modules = [module("scope-convention.wasm"), module("policy.wasm")];
+    for round in 0..6 {
+        let r = admin(&s, reqwest::Method::PUT, "/admin/policy", policies[round % 2].clone().into_bytes());
+        assert_eq!(r.status, 200, "{}", r.body);
+        let r = admin(&s, reqwest::Method::PUT, "/admin/module", modules[round % 2].clone());
+        assert_eq!(r.status, 200, "{}", r.body);
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut total = 0;
+    for w in workers {
+        let (n, _) = w.join().expect("a worker saw a wrong or failed answer");
+        total += n;
+    }
+    assert!(total > 0);
+    assert_eq!(status(&s)["swaps"], 12);
+    // The last policy swapped in has no health rule: the answer follows it.
+    assert!(!bearer_call(&s, "/mqtt/acl", &viewer, HEALTH_READ).allowed());
+}
