@@ -57,20 +57,30 @@ impl Drop for Server {
     }
 }
 
-/// One plain HTTP/1.1 request, for setup and sanity checks; returns (status, body).
+/// One plain HTTP/1.1 POST, for setup and sanity checks; returns (status, body).
 fn http(addr: &str, path: &str, headers: &[(&str, &str)], body: &str) -> anyhow::Result<(u16, String)> {
+    request(addr, "POST", path, headers, body.as_bytes())
+}
+
+fn request(
+    addr: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> anyhow::Result<(u16, String)> {
     let mut s = TcpStream::connect(addr)?;
-    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    s.set_read_timeout(Some(Duration::from_secs(30)))?;
     let mut req = format!(
-        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
         body.len()
     );
     for (k, v) in headers {
         req.push_str(&format!("{k}: {v}\r\n"));
     }
     req.push_str("\r\n");
-    req.push_str(body);
     s.write_all(req.as_bytes())?;
+    s.write_all(body)?;
     let mut resp = String::new();
     s.read_to_string(&mut resp)?;
     let status = resp.split_whitespace().nth(1).context("no status line")?.parse()?;
@@ -289,4 +299,131 @@ pub fn bench() -> anyhow::Result<()> {
         println!("{r}");
     }
     Ok(())
+}
+
+/// Milliseconds: median, 90th percentile and maximum of `samples`.
+fn spread(mut samples: Vec<f64>) -> (f64, f64, f64) {
+    samples.sort_by(f64::total_cmp);
+    let at = |q: f64| samples[((samples.len() - 1) as f64 * q).round() as usize];
+    (at(0.5), at(0.9), *samples.last().unwrap())
+}
+
+/// `cargo xtask bench-swap`: how long a swap takes, and what repeated swaps cost throughput.
+pub fn bench_swap() -> anyhow::Result<()> {
+    ensure_wrk()?;
+    crate::build()?;
+    step("release build: mqtt-policy");
+    crate::cargo(&["build", "--release", "-p", "mqtt-policy", "--bin", "mqtt-policy"])?;
+    let bin = target_dir().join("release/mqtt-policy");
+    let state = std::env::temp_dir().join(format!("mqtt-policy-bench-swap-{}", std::process::id()));
+    std::fs::create_dir_all(&state)?;
+    let admin_token = "bench-admin-token-0123456789";
+    let server = Server::start(
+        Command::new(&bin)
+            .current_dir(root())
+            .args(["serve", "--dev", "--listen", "127.0.0.1:0", "--state-dir"])
+            .arg(&state)
+            .env("MQTT_POLICY_ADMIN_TOKEN", admin_token)
+            .env("MQTT_POLICY_LOG", "warn"),
+        "mqtt-policy listening on ",
+    )?;
+    let bearer = format!("Bearer {admin_token}");
+    let put = |path: &str, body: &[u8]| -> anyhow::Result<f64> {
+        let started = std::time::Instant::now();
+        let (status, answer) = request(&server.addr, "PUT", path, &[("Authorization", &bearer)], body)?;
+        if status != 200 {
+            bail!("PUT {path}: {status} {answer}");
+        }
+        Ok(started.elapsed().as_secs_f64() * 1000.0)
+    };
+    let base = std::fs::read_to_string(root().join("policies/celine.json"))?;
+    let policies = [with_extra_rule(&base).into_bytes(), base.into_bytes()];
+    let modules_dir = crate::module_path().with_file_name("");
+    let module_a = std::fs::read(modules_dir.join("scope-convention.wasm"))?;
+    let module_b = std::fs::read(modules_dir.join("policy.wasm"))?;
+
+    step("swap latency: PUT received to new generation live (includes the 38 test cases)");
+    let policy_ms: Vec<f64> =
+        (0..20).map(|i| put("/admin/policy", &policies[i % 2])).collect::<anyhow::Result<_>>()?;
+    // The first module upload compiles; after that the compiled-code cache answers.
+    let cold_module = put("/admin/module", &module_a)?;
+    let module_ms: Vec<f64> = (0..20)
+        .map(|i| put("/admin/module", if i % 2 == 0 { &module_b } else { &module_a }))
+        .collect::<anyhow::Result<_>>()?;
+    let (p50, p90, pmax) = spread(policy_ms);
+    let (m50, m90, mmax) = spread(module_ms);
+
+    step("throughput: steady vs. a policy swap every 100 ms (wrk, 64 connections)");
+    let token = {
+        let out = Command::new(&bin)
+            .args(["token", "--dev", "--sub", "bench", "--groups", "viewers", "--state-dir"])
+            .arg(&state)
+            .output()?;
+        String::from_utf8(out.stdout)?.trim().to_string()
+    };
+    let scenario = Scenario {
+        name: "jwt mode (Bearer), allowed read".into(),
+        headers: vec![
+            ("Content-Type", "application/json".into()),
+            ("Authorization", format!("Bearer {token}")),
+        ],
+        body: r#"{"clientid":"bench","topic":"celine/telemetry/meter/meter-001/readings","acc":1}"#.into(),
+        expect_status: 200,
+        distinct_topics: false,
+    };
+    let script = state.join("acl.lua");
+    std::fs::write(&script, lua(&scenario))?;
+    let (steady, steady_p99, _) = wrk(&server.addr, &script, 64)?;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let swapper = {
+        let (addr, bearer, stop, policies) =
+            (server.addr.clone(), bearer.clone(), std::sync::Arc::clone(&stop), policies.clone());
+        std::thread::spawn(move || -> anyhow::Result<u32> {
+            let mut n = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let (status, body) = request(
+                    &addr,
+                    "PUT",
+                    "/admin/policy",
+                    &[("Authorization", &bearer)],
+                    &policies[n as usize % 2],
+                )?;
+                if status != 200 {
+                    bail!("a swap under load failed: {status} {body}");
+                }
+                n += 1;
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            Ok(n)
+        })
+    };
+    let (swapping, swapping_p99, errors) = wrk(&server.addr, &script, 64)?;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let swaps = swapper.join().map_err(|_| anyhow::anyhow!("the swapper panicked"))??;
+    drop(server);
+    let _ = std::fs::remove_dir_all(&state);
+
+    println!("\n| swap | median | p90 | max |");
+    println!("|---|---|---|---|");
+    println!("| policy (20 alternating uploads) | {p50:.1} ms | {p90:.1} ms | {pmax:.1} ms |");
+    println!("| module, first upload (compiles) | {cold_module:.1} ms | | |");
+    println!(
+        "| module (20 alternating uploads, compiled-code cache) | {m50:.1} ms | {m90:.1} ms | {mmax:.1} ms |"
+    );
+    println!("\n| /mqtt/acl throughput | req/s | p99 | socket errors |");
+    println!("|---|---|---|---|");
+    println!("| steady | {steady:.0} | {steady_p99:.2} ms | 0 |");
+    println!(
+        "| during {swaps} policy swaps (one per 100 ms) | {swapping:.0} | {swapping_p99:.2} ms | {errors} |"
+    );
+    println!("| ratio | **{:.2}** | | |", swapping / steady);
+    Ok(())
+}
+
+/// The default policy with one more rule (viewers may read service health) at the end: a
+/// second valid document, without a JSON dependency in xtask.
+fn with_extra_rule(base: &str) -> String {
+    let rule = r#"{"id": "health-viewers", "subjects": {"groups": ["viewers"]}, "topics": ["celine/system/health/+"], "actions": ["subscribe", "read"]}"#;
+    let end = base.rfind("]\n      }\n    },\n    \"roles\"").expect("the default policy's rules list");
+    format!("{},\n{rule}\n{}", base[..end].trim_end(), &base[end..])
 }

@@ -23,6 +23,7 @@ commands:
   test               run the whole test suite (what CI runs)
   bench              run the decision benchmarks and print a ratio table
   bench-http         wrk against /mqtt/acl (jwt and http modes) beside a trivial axum floor
+  bench-swap         hot-swap latency, and throughput during repeated swaps vs. steady
   sync-conformance   copy shared/conformance/decisions.jsonl into corpus/conformance.jsonl";
 
 fn main() {
@@ -33,6 +34,7 @@ fn main() {
         Some("test") => test(),
         Some("bench") => bench(),
         Some("bench-http") => bench_http::bench(),
+        Some("bench-swap") => bench_http::bench_swap(),
         Some("sync-conformance") => sync_conformance(),
         Some("-h" | "--help" | "help") | None => {
             println!("{USAGE}");
