@@ -82,6 +82,19 @@ fn admin_endpoints_need_the_token() {
 }
 
 #[test]
+fn admin_endpoints_can_listen_on_their_own_address() {
+    let (s, _dir) = admin_server(&["--admin-listen", "127.0.0.1:0"]);
+    let admin_url = s.admin_url.clone().expect("an admin listener");
+    assert_ne!(admin_url, s.url);
+    let r = send(client().get(format!("{admin_url}/admin/status")).bearer_auth(ADMIN_TOKEN));
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(r.json()["generation"].as_u64().is_some());
+    assert_eq!(send(client().get(format!("{admin_url}/admin/status"))).status, 401);
+    // go-auth's address no longer serves them.
+    assert_eq!(send(client().get(s.url("/admin/status")).bearer_auth(ADMIN_TOKEN)).status, 404);
+}
+
+#[test]
 fn rejected_candidates_leave_the_live_policy_untouched() {
     let (s, _dir) = admin_server(&[]);
     let viewer = dev_token(&s, &["--sub", "vera", "--groups", "viewers"]);

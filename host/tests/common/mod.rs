@@ -23,6 +23,8 @@ pub const ISSUER: &str = "https://keycloak.test/realms/celine";
 pub struct Server {
     pub child: Child,
     pub url: String,
+    /// Where the admin endpoints listen, when `--admin-listen` put them on their own address.
+    pub admin_url: Option<String>,
     pub state: tempfile::TempDir,
 }
 
@@ -47,18 +49,25 @@ impl Server {
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
                 if let Some(url) = line.strip_prefix("mqtt-policy listening on ") {
-                    let _ = tx.send(url.to_string());
+                    let _ = tx.send((false, url.to_string()));
+                } else if let Some(url) = line.strip_prefix("mqtt-policy admin listening on ") {
+                    let _ = tx.send((true, url.to_string()));
                 }
             }
         });
-        let url = match rx.recv_timeout(Duration::from_secs(60)) {
-            Ok(u) => u,
-            Err(_) => {
-                let _ = child.kill();
-                panic!("the server did not start: {:?}", child.wait());
+        // The admin line, if any, comes before the main one.
+        let mut admin_url = None;
+        let url = loop {
+            match rx.recv_timeout(Duration::from_secs(60)) {
+                Ok((true, u)) => admin_url = Some(u),
+                Ok((false, u)) => break u,
+                Err(_) => {
+                    let _ = child.kill();
+                    panic!("the server did not start: {:?}", child.wait());
+                }
             }
         };
-        Server { child, url, state }
+        Server { child, url, admin_url, state }
     }
 
     pub fn rsa(extra: &[&str]) -> Server {
