@@ -9,15 +9,10 @@ use std::sync::Arc;
 
 use mqtt_policy::runtime::{Action, Generation, Module, Request, Runtime, Subject, SubjectType};
 
+mod common;
+
 fn faulty_module_path() -> PathBuf {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .map(|t| if t.is_absolute() { t } else { root.join(t) })
-        .unwrap_or_else(|| root.join("target"));
-    let p = target.join("policy-module/faulty.wasm");
-    assert!(p.exists(), "{} is missing: run `cargo xtask build` first", p.display());
-    p
+    common::built_module("faulty.wasm")
 }
 
 fn faulty() -> Arc<Module> {

@@ -329,16 +329,7 @@ fn text_response_mode_answers_ok_or_the_reason() {
 #[test]
 fn dev_mode_from_nothing_to_an_allowed_and_a_denied_request() {
     let s = Server::start(&["--dev"]);
-    let token = |args: &[&str]| {
-        let out = Command::new(env!("CARGO_BIN_EXE_mqtt-policy"))
-            .args(["token", "--dev", "--state-dir"])
-            .arg(s.state.path())
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        String::from_utf8(out.stdout).unwrap().trim().to_string()
-    };
+    let token = |args: &[&str]| dev_token(&s, args);
     let viewer = token(&["--sub", "alice", "--groups", "viewers"]);
     let twin = token(&["--client-id", "svc-digital-twin", "--scopes", "mqtt.write", "--ttl", "5m"]);
     let read = r#"{"clientid":"c1","topic":"celine/telemetry/meter/m1/readings","acc":1}"#;

@@ -14,18 +14,8 @@ const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
 const TELEMETRY_READ: &str = r#"{"clientid":"c1","topic":"celine/telemetry/meter/m1/readings","acc":1}"#;
 const HEALTH_READ: &str = r#"{"clientid":"c1","topic":"celine/system/health/pipelines","acc":1}"#;
 
-fn modules() -> PathBuf {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .map(|t| if t.is_absolute() { t } else { root.join(t) })
-        .unwrap_or_else(|| root.join("target"));
-    target.join("policy-module")
-}
-
 fn module(name: &str) -> Vec<u8> {
-    let p = modules().join(name);
-    std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e} (run `cargo xtask build` first)", p.display()))
+    std::fs::read(built_module(name)).unwrap()
 }
 
 /// A dev-mode server with the admin endpoints on, plus extra arguments.
@@ -36,17 +26,6 @@ fn admin_server(extra: &[&str]) -> (Server, tempfile::TempDir) {
     let mut args = vec!["--dev", "--admin-token-file", token_file.to_str().unwrap()];
     args.extend_from_slice(extra);
     (Server::start(&args), dir)
-}
-
-fn dev_token(s: &Server, args: &[&str]) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_mqtt-policy"))
-        .args(["token", "--dev", "--state-dir"])
-        .arg(s.state.path())
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8(out.stdout).unwrap().trim().to_string()
 }
 
 fn admin(s: &Server, method: reqwest::Method, path: &str, body: Vec<u8>) -> Reply {
@@ -100,7 +79,7 @@ fn rejected_candidates_leave_the_live_policy_untouched() {
     let viewer = dev_token(&s, &["--sub", "vera", "--groups", "viewers"]);
     let before = status(&s);
     let core_module = {
-        let p = modules().join("../wasm/wasm32-unknown-unknown/wasm-release/policy_wasm.wasm");
+        let p = built_modules().join("../wasm/wasm32-unknown-unknown/wasm-release/policy_wasm.wasm");
         std::fs::read(p).unwrap()
     };
     let mut typo = default_policy();

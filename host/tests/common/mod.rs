@@ -162,3 +162,33 @@ pub fn bearer_call(s: &Server, path: &str, token: &str, body: &str) -> Reply {
             .body(body.to_string()),
     )
 }
+
+/// Where `cargo xtask build` puts the policy modules (the embedded one, the example and the
+/// test-only ones): `<target>/policy-module`.
+pub fn built_modules() -> PathBuf {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .map(|t| if t.is_absolute() { t } else { root.join(t) })
+        .unwrap_or_else(|| root.join("target"));
+    target.join("policy-module")
+}
+
+/// A built module's path, or a clear failure if `cargo xtask build` has not run.
+pub fn built_module(name: &str) -> PathBuf {
+    let p = built_modules().join(name);
+    assert!(p.exists(), "{} is missing: run `cargo xtask build` first", p.display());
+    p
+}
+
+/// A dev token minted by `mqtt-policy token --dev` with the server's dev key.
+pub fn dev_token(s: &Server, args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_mqtt-policy"))
+        .args(["token", "--dev", "--state-dir"])
+        .arg(s.state.path())
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
