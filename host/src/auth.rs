@@ -116,7 +116,7 @@ impl Auth {
             verifier,
             verified: Cache::builder().max_capacity(100_000).expire_after(UntilExp).build(),
             subjects: Cache::builder().max_capacity(100_000).expire_after(UntilExp).build(),
-            decisions: Cache::builder().max_capacity(500_000).expire_after(UntilExp).build(),
+            decisions: Cache::builder().max_capacity(200_000).expire_after(UntilExp).build(),
             metrics: CacheMetrics::register(),
             sessions: Mutex::new(HashMap::new()),
         }

@@ -224,6 +224,14 @@ impl Generation {
             .call_rule_count(&mut worker.store, worker.policy)
             .map_err(|e| anyhow!(fault(e)))?;
         generation.idle.get_mut().unwrap().push(worker);
+        // One warm instance per core, built now (at start-up or while a candidate is built)
+        // rather than by the first concurrent requests: loading a large document into a new
+        // instance takes milliseconds.
+        let warm = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
+        for _ in 1..warm {
+            let w = generation.new_worker()?;
+            generation.idle.get_mut().unwrap().push(w);
+        }
         Ok(Arc::new(generation))
     }
 
