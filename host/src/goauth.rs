@@ -67,6 +67,8 @@ pub struct Params {
     pub clientid: Option<String>,
     pub topic: Option<String>,
     pub acc: Option<String>,
+    /// The username is a JWT (go-auth's jwt backend): decided once per request.
+    pub username_is_token: bool,
 }
 
 impl Params {
@@ -147,6 +149,7 @@ pub fn parse_params(headers: &HeaderMap, query: Option<&str>, body: &[u8]) -> Re
             p.set(&k, v)?;
         }
     }
+    p.username_is_token = p.username.as_deref().is_some_and(looks_like_jwt);
     Ok(p)
 }
 
@@ -200,7 +203,7 @@ fn find_token<'a>(headers: &'a HeaderMap, p: &'a Params) -> Result<Option<(&'a s
     if let Some(pw) = p.password.as_deref().filter(|s| looks_like_jwt(s)) {
         return Ok(Some((pw, TokenFrom::Password)));
     }
-    if let Some(u) = p.username.as_deref().filter(|s| looks_like_jwt(s)) {
+    if let Some(u) = p.username.as_deref().filter(|_| p.username_is_token) {
         return Ok(Some((u, TokenFrom::Username)));
     }
     Ok(None)
@@ -209,7 +212,7 @@ fn find_token<'a>(headers: &'a HeaderMap, p: &'a Params) -> Result<Option<(&'a s
 /// The username as logged and used for sessions: a JWT username (jwt backend) is never shown.
 fn username_label(p: &Params) -> &str {
     match p.username.as_deref() {
-        Some(u) if looks_like_jwt(u) => "<token>",
+        Some(_) if p.username_is_token => "<token>",
         Some(u) => u,
         None => "",
     }
@@ -361,11 +364,7 @@ async fn acl(ctx: &Ctx<'_>) -> Outcome {
         }
     };
     // Usernames that are JWTs (jwt backend) are not meaningful as `${username}`.
-    let username = if p.username.as_deref().is_some_and(looks_like_jwt) {
-        ""
-    } else {
-        p.username.as_deref().unwrap_or("")
-    };
+    let username = if p.username_is_token { "" } else { p.username.as_deref().unwrap_or("") };
     let clientid = p.clientid.as_deref().unwrap_or("");
     let mut outcome = Outcome::Deny("no action".into());
     for action in actions {

@@ -263,6 +263,19 @@ impl Live {
             };
             (label, m, ms, p, ps)
         };
+        // Nothing changed (a reload of unchanged files, a repeated upload): keep the live
+        // generation and its warm caches.
+        if let (Ok(m), Ok(p)) = (&module, &policy) {
+            let i = self.inputs.lock().unwrap();
+            if **m == *i.module
+                && **p == *i.policy
+                && module_source == i.module_source
+                && policy_source == i.policy_source
+            {
+                tracing::info!(candidate = %label, "nothing changed; the live generation stays");
+                return Ok(self.current());
+            }
+        }
         let live = Arc::clone(self);
         let built = match (module, policy) {
             (Ok(m), Ok(p)) => {

@@ -162,6 +162,11 @@ fn a_policy_swap_and_a_module_swap_change_decisions_without_a_restart() {
     let st = status(&s);
     assert_eq!(st["swaps"], 2);
     assert!(st["last_rejected"].is_null());
+    // The same module again changes nothing: same generation, no swap, caches kept.
+    let r = admin(&s, reqwest::Method::PUT, "/admin/module", module("scope-convention.wasm"));
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.json()["generation"], st["generation"]);
+    assert_eq!(status(&s)["swaps"], 2);
 }
 
 fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
