@@ -232,16 +232,15 @@ impl Verifier {
     pub fn readiness(&self) -> Result<usize, String> {
         let s = self.state.load();
         let n = s.keys.keys.len() + usize::from(self.config.hmac_secret.is_some());
-        match (&s.last_error, n) {
-            (Some(e), 0) => Err(format!("no signing keys: {e}")),
-            (None, 0) if s.loaded_at.is_none() => Err("signing keys not loaded yet".into()),
-            (None, 0) => Err("the key set is empty".into()),
-            (Some(e), _) => {
-                tracing::debug!(error = %e, "key set refresh failing, previous keys in use");
-                Ok(n)
-            }
-            (None, _) => Ok(n),
+        if n > 0 {
+            // A failing refresh with keys still in use is reported by `last_error`.
+            return Ok(n);
         }
+        Err(match (&s.last_error, s.loaded_at) {
+            (Some(e), _) => format!("no signing keys: {e}"),
+            (None, None) => "signing keys not loaded yet".into(),
+            (None, Some(_)) => "the key set is empty".into(),
+        })
     }
 
     /// The last refresh error, if the most recent refresh failed.
@@ -287,20 +286,27 @@ impl Verifier {
                 ))),
             };
         }
-        let mut result = self.verify_with_known(token, &header);
-        if matches!(&result, Err(r) if r.0.starts_with("unknown signing key")) {
+        // A key id the set does not hold may be a rotated-in key: refresh (rate-limited) first.
+        if self.candidate_keys(&header).is_empty() {
             self.refresh_rate_limited().await;
-            result = self.verify_with_known(token, &header);
         }
-        result
+        self.verify_with_known(token, &header)
+    }
+
+    /// The keys that may have signed a token with this header: those with its `kid`, or all
+    /// when it names none.
+    fn candidate_keys(&self, header: &jsonwebtoken::Header) -> Vec<Jwk> {
+        let state = self.state.load();
+        match &header.kid {
+            Some(kid) => {
+                state.keys.keys.iter().filter(|k| k.common.key_id.as_deref() == Some(kid)).cloned().collect()
+            }
+            None => state.keys.keys.clone(),
+        }
     }
 
     fn verify_with_known(&self, token: &str, header: &jsonwebtoken::Header) -> Result<Verified, Refused> {
-        let state = self.state.load();
-        let candidates: Vec<&Jwk> = match &header.kid {
-            Some(kid) => state.keys.keys.iter().filter(|k| k.common.key_id.as_deref() == Some(kid)).collect(),
-            None => state.keys.keys.iter().collect(),
-        };
+        let candidates = self.candidate_keys(header);
         if candidates.is_empty() {
             return Err(Refused(match &header.kid {
                 Some(kid) => format!("unknown signing key (kid {:?})", truncate(kid)),
@@ -308,7 +314,7 @@ impl Verifier {
             }));
         }
         let mut last = Refused(format!("no key accepts algorithm {:?}", header.alg));
-        for jwk in candidates {
+        for jwk in &candidates {
             if !algorithms_for(jwk).contains(&header.alg) {
                 continue;
             }

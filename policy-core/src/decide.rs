@@ -119,12 +119,10 @@ impl Policy {
         };
         let b = Self::bindings(q);
         let mut cands = Vec::new();
-        let toks;
+        // A subscription's filter levels, classified once for both candidate queries.
+        let toks = if q.action == Action::Subscribe { t.toks() } else { Vec::new() };
         match q.action {
-            Action::Subscribe => {
-                toks = t.toks();
-                self.index.overlapping(q.subject, &toks, &mut cands);
-            }
+            Action::Subscribe => self.index.overlapping(q.subject, &toks, &mut cands),
             a => self.index.for_name(a, Effect::Deny, q.subject, &t.levels, &mut cands),
         }
         if let Some(r) = self.first_applying(&mut cands, q, &t, &b) {
@@ -132,7 +130,7 @@ impl Policy {
         }
         cands.clear();
         match q.action {
-            Action::Subscribe => self.index.containing(q.subject, &t.toks(), &mut cands),
+            Action::Subscribe => self.index.containing(q.subject, &toks, &mut cands),
             a => self.index.for_name(a, Effect::Allow, q.subject, &t.levels, &mut cands),
         }
         match self.first_applying(&mut cands, q, &t, &b) {
