@@ -10,6 +10,7 @@ pub mod cli;
 pub mod devkey;
 pub mod goauth;
 pub mod jwks;
+pub mod playground;
 pub mod policy_file;
 pub mod runtime;
 pub mod serve;

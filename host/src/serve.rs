@@ -72,6 +72,8 @@ pub struct ServeConfig {
     pub admin_token: Option<String>,
     /// Serve the admin endpoints here instead of on `listen`.
     pub admin_listen: Option<SocketAddr>,
+    /// Serve the browser playground at `/playground/`.
+    pub playground: bool,
 }
 
 fn install_metrics() -> anyhow::Result<PrometheusHandle> {
@@ -288,10 +290,19 @@ pub async fn run(cfg: ServeConfig) -> anyhow::Result<()> {
     }
     // One line a test or a script can wait for.
     println!("mqtt-policy listening on http://{addr}");
+    let playground = cfg.playground && crate::playground::embedded();
+    if playground {
+        println!("mqtt-policy playground at http://{addr}/playground/");
+    } else if cfg.playground {
+        tracing::warn!("this binary was built without the playground (`cargo xtask build` adds it)");
+    }
     if cfg.dev {
         print_dev_help(addr, &cfg);
     }
-    let app = router(state, admin_on && cfg.admin_listen.is_none());
+    let mut app = router(state, admin_on && cfg.admin_listen.is_none());
+    if cfg.playground {
+        app = app.merge(crate::playground::router());
+    }
     axum::serve(listener, app).with_graceful_shutdown(shutdown_signal()).await.context("serving")?;
     tracing::info!("stopped");
     Ok(())

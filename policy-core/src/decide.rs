@@ -195,6 +195,58 @@ impl Policy {
     }
 }
 
+/// A rule's topic pattern that covers a request's topic, whoever asks.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PatternHit {
+    /// Zero-based position of the rule in `celine.mqtt.acl.rules`.
+    pub index: usize,
+    /// `id` or `rules[N]`.
+    pub rule: String,
+    pub effect: &'static str,
+    /// Position of the pattern in the rule's `topics`, `None` for `"topics": "*"`.
+    pub pattern_index: Option<usize>,
+    pub pattern: String,
+    /// How it covers the topic for the action: `matches`, `contains` or `overlaps`.
+    pub relation: &'static str,
+    /// Whether the rule's subjects and actions also fit the request.
+    pub applies: bool,
+}
+
+impl Policy {
+    /// Every rule pattern that covers the request's topic for its action (with the request's
+    /// placeholders), in document order, whether or not the rule's subjects and actions fit:
+    /// "which rules talk about this topic". Empty when the topic is invalid.
+    pub fn patterns_covering(&self, q: &Query) -> Vec<PatternHit> {
+        let Ok(target) = Target::new(q.action, q.topic) else {
+            return Vec::new();
+        };
+        let b = Self::bindings(q);
+        let mut hits = Vec::new();
+        for (index, rule) in self.rules.iter().enumerate() {
+            let applies = rule.subjects.matches(q.subject) && rule.has_action(q.action);
+            let hit = |pattern_index, pattern: &str| PatternHit {
+                index,
+                rule: rule.name.clone(),
+                effect: rule.effect.as_str(),
+                pattern_index,
+                pattern: String::from(pattern),
+                relation: describe(rule.effect, q.action),
+                applies,
+            };
+            match &rule.topics {
+                Sel::Any => hits.push(hit(None, "*")),
+                Sel::List(ps) => hits.extend(
+                    ps.iter()
+                        .enumerate()
+                        .filter(|(_, p)| topic_applies(p, rule.effect, q.action, &target, &b))
+                        .map(|(j, p)| hit(Some(j), p.as_str())),
+                ),
+            }
+        }
+        hits
+    }
+}
+
 fn trace(index: usize, rule: &Rule, q: &Query, t: &Target, b: &Bindings) -> RuleTrace {
     let mut trace = RuleTrace {
         index,

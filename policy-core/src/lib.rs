@@ -33,6 +33,7 @@ mod index;
 mod json;
 mod lint;
 mod loader;
+pub mod locate;
 mod model;
 mod pattern;
 mod policy;
@@ -41,7 +42,7 @@ mod testcase;
 pub mod topic;
 
 pub use claims::{subject_from_claims, subject_from_claims_json};
-pub use decide::{Explanation, Query, RuleTrace};
+pub use decide::{Explanation, PatternHit, Query, RuleTrace};
 pub use json::{Json, Path, quote};
 pub use lint::lint;
 pub use model::{Action, Decision, Diagnostic, Permission, Permissions, Severity, Subject, SubjectType};

@@ -199,6 +199,20 @@ proptest! {
         }
         let policy = Policy::load(&doc.to_string()).map_err(|e| TestCaseError::fail(format!("{e:?}")))?;
         let q = Query { subject: &subject, action, topic: &topic, clientid, username };
-        prop_assert_eq!(policy.check(&q), policy.explain(&q).decision);
+        let explained = policy.explain(&q);
+        prop_assert_eq!(policy.check(&q), explained.decision.clone());
+
+        // The playground's "which patterns cover this topic" agrees with `explain`: a rule
+        // applies exactly when one of its covering patterns belongs to a rule whose subjects
+        // and actions fit, and the first such pattern is the one `explain` names.
+        let hits = policy.patterns_covering(&q);
+        for t in &explained.rules {
+            let first = hits.iter().find(|h| h.index == t.index && h.applies);
+            prop_assert_eq!(t.applies, first.is_some(), "rule {}", t.index);
+            if let Some(h) = first {
+                prop_assert_eq!(t.matched_topic.as_deref(), Some(h.pattern.as_str()));
+            }
+        }
+        prop_assert!(hits.windows(2).all(|w| (w[0].index, w[0].pattern_index) < (w[1].index, w[1].pattern_index)));
     }
 }

@@ -1,7 +1,8 @@
 //! `cargo xtask`: the project's build and test automation, in Rust rather than shell.
 //!
 //! - `cargo xtask serve`: build, then run the service in dev mode on 127.0.0.1:8009.
-//! - `cargo xtask build`: the policy module (a WebAssembly component) and the host.
+//! - `cargo xtask build`: the policy module (a WebAssembly component), the playground and the host.
+//! - `cargo xtask playground`: the browser playground as a static site.
 //! - `cargo xtask test`: everything CI runs (see README.md).
 //! - `cargo xtask bench`: the criterion decision benchmarks, summarised as a ratio table.
 //! - `cargo xtask bench-http`: wrk against `/mqtt/acl` beside a trivial axum floor.
@@ -14,12 +15,14 @@ use std::time::Instant;
 use anyhow::{Context, bail};
 
 mod bench_http;
+mod playground;
 
 const USAGE: &str = "usage: cargo xtask <command>
 
 commands:
   serve [ARGS]       build, then run `mqtt-policy serve --dev` on 127.0.0.1:8009 (extra ARGS are passed on)
-  build              build the policy module (WASM component) and the mqtt-policy binary
+  build              build the policy module (WASM component), the playground and the mqtt-policy binary
+  playground         build the browser playground as a static site (target/playground)
   test               run the whole test suite (what CI runs)
   bench              run the decision benchmarks and print a ratio table
   bench-http         wrk against /mqtt/acl (jwt and http modes) beside a trivial axum floor
@@ -31,6 +34,7 @@ fn main() {
     let result = match args.first().map(String::as_str) {
         Some("serve") => serve(&args[1..]),
         Some("build") => build().map(|_| ()),
+        Some("playground") => playground::build().map(|_| ()),
         Some("test") => test(),
         Some("bench") => bench(),
         Some("bench-http") => bench_http::bench(),
@@ -196,7 +200,8 @@ fn build() -> anyhow::Result<PathBuf> {
     build_component("scope-convention", "scope-convention.wasm")?;
     step("test module: testing/faulty-module (misbehaves on purpose)");
     build_component("faulty-module", "faulty.wasm")?;
-    step("host: mqtt-policy (embeds the policy module)");
+    playground::build()?;
+    step("host: mqtt-policy (embeds the policy module and the playground)");
     cargo(&["build", "-p", "mqtt-policy"])?;
     Ok(out)
 }
@@ -207,7 +212,8 @@ fn serve(extra: &[String]) -> anyhow::Result<()> {
     let bin = target_dir().join("debug/mqtt-policy");
     step("mqtt-policy serve --dev (Ctrl-C to stop)");
     println!(
-        "   in another terminal, mint a token and ask:\n\
+        "   open http://127.0.0.1:8009/playground/ to try rules in the browser, or\n\
+         \x20  in another terminal, mint a token and ask:\n\
          \x20    TOKEN=$({} token --dev --sub alice --groups viewers)\n\
          \x20    curl -i -X POST http://127.0.0.1:8009/mqtt/acl -H \"Authorization: Bearer $TOKEN\" \\\n\
          \x20         -H 'Content-Type: application/json' -d '{{\"clientid\":\"c1\",\"topic\":\"celine/telemetry/meter/m1/readings\",\"acc\":1}}'",
@@ -250,6 +256,7 @@ fn test() -> anyhow::Result<()> {
     let bin = bin.to_str().context("target path is not UTF-8")?;
     run(bin, &["lint", "--deny-warnings", "--policy", "policies/celine.json"])?;
     run(bin, &["test", "--policy", "policies/celine.json", "policies/tests"])?;
+    playground::browser_tests(Path::new(bin))?;
     println!("\nall suites passed in {:.0}s", started.elapsed().as_secs_f64());
     Ok(())
 }

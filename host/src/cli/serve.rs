@@ -68,6 +68,9 @@ pub struct Args {
     /// Development only: also accept HS256/384/512 tokens signed with the secret in this file
     #[arg(long, env = "MQTT_POLICY_HMAC_SECRET_FILE", value_name = "FILE")]
     pub hmac_secret_file: Option<PathBuf>,
+    /// Do not serve the browser playground at /playground/
+    #[arg(long, env = "MQTT_POLICY_NO_PLAYGROUND")]
+    pub no_playground: bool,
     /// Log format
     #[arg(long, env = "MQTT_POLICY_LOG_FORMAT", value_enum, default_value = "pretty")]
     pub log_format: LogFormat,
@@ -114,6 +117,7 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         tests: a.tests,
         admin_token,
         admin_listen: a.admin_listen,
+        playground: !a.no_playground,
     };
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(crate::serve::run(cfg))?;
