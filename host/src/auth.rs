@@ -127,6 +127,7 @@ impl Auth {
         let hash = token_hash(token);
         if let Some(v) = self.verified.get(&hash)
             && v.exp > now()
+            && self.verifier.still_trusts(&v)
         {
             self.metrics.token_hit.increment(1);
             return Ok((hash, v));
@@ -200,7 +201,9 @@ impl Auth {
     pub fn session(&self, username: &str, clientid: &str) -> Option<(TokenHash, Arc<Verified>)> {
         let sessions = self.sessions.lock().unwrap();
         let s = sessions.get(username)?.get(clientid)?;
-        (s.verified.exp > now()).then(|| (s.token, Arc::clone(&s.verified)))
+        // A session lasts while its token would still verify: not expired, key still published.
+        (s.verified.exp > now() && self.verifier.still_trusts(&s.verified))
+            .then(|| (s.token, Arc::clone(&s.verified)))
     }
 
     /// Drops expired bindings; returns how many remain.

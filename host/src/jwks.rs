@@ -55,6 +55,9 @@ pub struct Verified {
     pub claims: Value,
     /// Seconds since the epoch.
     pub exp: u64,
+    /// The key that verified it (`None` for the HMAC dev secret): a cached verification holds
+    /// only while the key set still has this key.
+    pub key: Option<Arc<Jwk>>,
 }
 
 /// Why a token was refused. The message is safe to log and return: it never holds the token.
@@ -265,12 +268,18 @@ impl Verifier {
         v
     }
 
-    fn decode_with(&self, token: &str, key: &DecodingKey, alg: Algorithm) -> Result<Verified, Refused> {
+    fn decode_with(
+        &self,
+        token: &str,
+        key: &DecodingKey,
+        alg: Algorithm,
+        jwk: Option<&Jwk>,
+    ) -> Result<Verified, Refused> {
         let data = jsonwebtoken::decode::<Value>(token, key, &self.validation(alg))
             .map_err(|e| Refused(describe(&e)))?;
         let exp =
             data.claims["exp"].as_u64().ok_or_else(|| Refused("the token's exp is not a number".into()))?;
-        Ok(Verified { claims: data.claims, exp })
+        Ok(Verified { claims: data.claims, exp, key: jwk.map(|k| Arc::new(k.clone())) })
     }
 
     /// Verifies a token: signature, algorithm, `exp`, `nbf`, `iss`, `aud`.
@@ -279,7 +288,7 @@ impl Verifier {
             .map_err(|e| Refused(format!("malformed token: {}", describe(&e))))?;
         if is_hmac(header.alg) {
             return match &self.config.hmac_secret {
-                Some(secret) => self.decode_with(token, &DecodingKey::from_secret(secret), header.alg),
+                Some(secret) => self.decode_with(token, &DecodingKey::from_secret(secret), header.alg, None),
                 None => Err(Refused(format!(
                     "algorithm {:?} is not accepted: only asymmetric signatures (RS*, PS*, ES*, EdDSA)",
                     header.alg
@@ -291,6 +300,15 @@ impl Verifier {
             self.refresh_rate_limited().await;
         }
         self.verify_with_known(token, &header)
+    }
+
+    /// Does the key that verified `v` still belong to the key set? A key removed from the
+    /// issuer's set (rotated out) takes its cached verifications with it.
+    pub fn still_trusts(&self, v: &Verified) -> bool {
+        match &v.key {
+            None => self.config.hmac_secret.is_some(),
+            Some(k) => self.state.load().keys.keys.iter().any(|have| have == k.as_ref()),
+        }
     }
 
     /// The keys that may have signed a token with this header: those with its `kid`, or all
@@ -325,7 +343,7 @@ impl Verifier {
                     continue;
                 }
             };
-            match self.decode_with(token, &key, header.alg) {
+            match self.decode_with(token, &key, header.alg, Some(jwk)) {
                 Ok(v) => return Ok(v),
                 Err(e) => last = e,
             }

@@ -4,6 +4,7 @@
 //! - `cargo xtask build`: the policy module (a WebAssembly component), the playground and the host.
 //! - `cargo xtask playground`: the browser playground as a static site.
 //! - `cargo xtask test`: everything CI runs (see README.md).
+//! - `cargo xtask keycloak`: the tests against a real Keycloak.
 //! - `cargo xtask bench`: the criterion decision benchmarks, summarised as a ratio table.
 //! - `cargo xtask bench-http`: wrk against `/mqtt/acl` beside a trivial axum floor.
 //! - `cargo xtask sync-conformance`: refresh `corpus/conformance.jsonl` from `shared/`.
@@ -15,6 +16,7 @@ use std::time::Instant;
 use anyhow::{Context, bail};
 
 mod bench_http;
+mod keycloak;
 mod playground;
 
 const USAGE: &str = "usage: cargo xtask <command>
@@ -24,6 +26,7 @@ commands:
   build              build the policy module (WASM component), the playground and the mqtt-policy binary
   playground         build the browser playground as a static site (target/playground)
   test               run the whole test suite (what CI runs)
+  keycloak           build, then only the tests against a real Keycloak (downloaded and cached)
   bench              run the decision benchmarks and print a ratio table
   bench-http         wrk against /mqtt/acl (jwt and http modes) beside a trivial axum floor
   bench-swap         hot-swap latency, and throughput during repeated swaps vs. steady
@@ -35,6 +38,7 @@ fn main() {
         Some("serve") => serve(&args[1..]),
         Some("build") => build().map(|_| ()),
         Some("playground") => playground::build().map(|_| ()),
+        Some("keycloak") => build().and_then(|_| keycloak::tests()),
         Some("test") => test(),
         Some("bench") => bench(),
         Some("bench-http") => bench_http::bench(),
@@ -63,10 +67,15 @@ fn step(what: &str) {
 
 /// Runs a command from the repository root, echoing it, failing on a non-zero exit.
 fn run(program: &str, args: &[&str]) -> anyhow::Result<()> {
+    run_env(program, args, &[])
+}
+
+fn run_env(program: &str, args: &[&str], env: &[(&str, &std::ffi::OsStr)]) -> anyhow::Result<()> {
     println!("$ {program} {}", args.join(" "));
     let started = Instant::now();
     let status = Command::new(program)
         .args(args)
+        .envs(env.iter().copied())
         .current_dir(root())
         .status()
         .with_context(|| format!("cannot start {program}"))?;
@@ -78,12 +87,16 @@ fn run(program: &str, args: &[&str]) -> anyhow::Result<()> {
 }
 
 fn cargo(args: &[&str]) -> anyhow::Result<()> {
+    cargo_env(args, &[])
+}
+
+fn cargo_env(args: &[&str], env: &[(&str, &std::ffi::OsStr)]) -> anyhow::Result<()> {
     let mut all: Vec<&str> = args.to_vec();
     // In CI the lock file is the truth: never let a build quietly pick new versions.
     if std::env::var_os("CI").is_some() && matches!(args[0], "build" | "test" | "clippy" | "bench") {
         all.insert(1, "--locked");
     }
-    run(env!("CARGO"), &all)
+    run_env(env!("CARGO"), &all, env)
 }
 
 /// `shared/conformance/decisions.jsonl`, when the shared folder sits beside the checkout.
@@ -257,6 +270,7 @@ fn test() -> anyhow::Result<()> {
     run(bin, &["lint", "--deny-warnings", "--policy", "policies/celine.json"])?;
     run(bin, &["test", "--policy", "policies/celine.json", "policies/tests"])?;
     playground::browser_tests(Path::new(bin))?;
+    keycloak::tests()?;
     println!("\nall suites passed in {:.0}s", started.elapsed().as_secs_f64());
     Ok(())
 }
