@@ -166,12 +166,10 @@ pub fn browser_tests(host_bin: &Path) -> anyhow::Result<()> {
     step("playground in a real browser (Chromium + playwright-core)");
     ensure_chromium()?;
     let tests = root().join("web-playground/browser-tests");
-    let npm_args: &[&str] = if tests.join("node_modules/playwright-core").exists() {
-        &["ci", "--prefer-offline", "--no-audit", "--no-fund"]
-    } else {
-        &["ci", "--no-audit", "--no-fund"]
-    };
-    let status = Command::new("npm").args(npm_args).current_dir(&tests).status().context(
+    // --prefer-offline: npm's own cache when it has the package, the registry otherwise.
+    let status = Command::new("npm")
+        .args(["ci", "--prefer-offline", "--no-audit", "--no-fund"])
+        .current_dir(&tests).status().context(
         "cannot run npm: the browser tests need Node.js 20.11 or newer with npm (https://nodejs.org or your distribution)",
     )?;
     if !status.success() {
