@@ -1,13 +1,10 @@
-//! Embeds what `cargo xtask build` made: the policy module (`<target>/policy-module/policy.wasm`)
-//! as the host's default module, and the playground's static site (`<target>/playground/`)
-//! served at `/playground/`. Without them the binary still builds (the CLI's policy tools need
-//! neither): `serve` then asks for `--module FILE` and `/playground/` says how to build it.
+//! Embeds the playground's static site (`<target>/playground/`, made by `cargo xtask build`),
+//! served at `/playground/`. Without it the binary still builds and `/playground/` says how to
+//! build it. (The built-in policy module is embedded by `policy-engine`.)
 
 use std::path::PathBuf;
 
 fn main() {
-    println!("cargo::rustc-check-cfg=cfg(embedded_module)");
-    println!("cargo::rerun-if-env-changed=MQTT_POLICY_MODULE_WASM");
     println!("cargo::rerun-if-env-changed=CARGO_TARGET_DIR");
     println!("cargo::rerun-if-env-changed=MQTT_POLICY_PLAYGROUND_DIR");
     let manifest = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap());
@@ -20,22 +17,6 @@ fn main() {
             .map(PathBuf::from)
             .unwrap_or_else(|| target.join("playground")),
     );
-    let module = match std::env::var_os("MQTT_POLICY_MODULE_WASM") {
-        Some(p) => PathBuf::from(p),
-        None => target.join("policy-module/policy.wasm"),
-    };
-    println!("cargo::rerun-if-changed={}", module.display());
-    let out = PathBuf::from(std::env::var("OUT_DIR").unwrap()).join("policy.wasm");
-    if module.exists() {
-        std::fs::copy(&module, &out).expect("copy the policy module");
-        println!("cargo::rustc-cfg=embedded_module");
-    } else {
-        std::fs::write(&out, b"").unwrap();
-        println!(
-            "cargo::warning=no policy module at {}: this binary embeds none (run `cargo xtask build`)",
-            module.display()
-        );
-    }
 }
 
 /// Writes `playground_assets.rs`: `(path, bytes)` for every file of the static site.

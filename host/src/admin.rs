@@ -22,8 +22,9 @@ use serde_json::json;
 use sha2::{Digest, Sha256};
 use tower_http::limit::RequestBodyLimitLayer;
 
+use policy_engine::{Candidate, Source};
+
 use crate::serve::AppState;
-use crate::swap::{Candidate, Source};
 
 /// A module upload may be this large.
 pub const ADMIN_BODY_LIMIT: usize = 32 << 20;
@@ -55,7 +56,13 @@ async fn require_token(State(st): State<Arc<AppState>>, req: Request, next: Next
 }
 
 async fn answer(st: &AppState, candidate: Candidate) -> Response {
-    match st.live.propose(candidate).await {
+    // A build can take a second or more: off the async workers.
+    let live = Arc::clone(&st.live);
+    let proposed = tokio::task::spawn_blocking(move || live.propose(candidate)).await;
+    let Ok(proposed) = proposed else {
+        return error(StatusCode::INTERNAL_SERVER_ERROR, "the candidate build failed unexpectedly");
+    };
+    match proposed {
         Ok(_) => (StatusCode::OK, axum::Json(st.live.status())).into_response(),
         Err(r) => {
             (StatusCode::UNPROCESSABLE_ENTITY, axum::Json(json!({"rejected": r, "live": st.live.status()})))

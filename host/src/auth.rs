@@ -1,9 +1,6 @@
-//! Who is asking: tokens, the caches over them, and go-auth http-backend sessions.
+//! The server's own state over identities: ACL decisions cached per token, and go-auth
+//! http-backend sessions. Verifying tokens and mapping them to subjects is `identity`'s.
 //!
-//! - A verified token is cached (by its SHA-256, never the token itself) until its `exp`, so
-//!   the signature is checked once per token, not once per message.
-//! - The subject a token maps to is cached per policy *generation*: a new module may map
-//!   claims differently, so a swap never serves a subject mapped by the old one.
 //! - An ACL decision is cached per (generation, token, action, topic, clientid, username)
 //!   until the token's `exp`: decisions are pure functions of those, so the cache is exact,
 //!   and a swapped policy or module (a new generation) never meets an old entry. Delivery
@@ -15,35 +12,10 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
 
-use moka::Expiry;
+use identity::{Identities, TokenHash, UntilExp, Verified, now};
 use moka::sync::Cache;
-use sha2::{Digest, Sha256};
-
-use crate::jwks::{Verified, Verifier, now};
-use crate::runtime::{Action, Decision, Generation, Subject};
-
-pub type TokenHash = [u8; 32];
-
-pub fn token_hash(token: &str) -> TokenHash {
-    Sha256::digest(token.as_bytes()).into()
-}
-
-/// Expires an entry at its token's `exp`.
-struct UntilExp;
-
-impl<K> Expiry<K, Arc<Verified>> for UntilExp {
-    fn expire_after_create(&self, _: &K, v: &Arc<Verified>, _: Instant) -> Option<Duration> {
-        Some(Duration::from_secs(v.exp.saturating_sub(now())))
-    }
-}
-
-impl<K, V> Expiry<K, (V, u64)> for UntilExp {
-    fn expire_after_create(&self, _: &K, v: &(V, u64), _: Instant) -> Option<Duration> {
-        Some(Duration::from_secs(v.1.saturating_sub(now())))
-    }
-}
+use policy_engine::{Action, Decision};
 
 /// Everything an ACL decision depends on.
 #[derive(Clone, PartialEq, Eq, Hash)]
@@ -76,23 +48,10 @@ impl DecisionKey {
     }
 }
 
-/// Counters for the caches, registered once (a lookup per request would cost more).
+/// Counters for the decision cache, registered once (a lookup per request would cost more).
 struct CacheMetrics {
-    token_hit: metrics::Counter,
-    token_miss: metrics::Counter,
     decision_hit: metrics::Counter,
     decision_miss: metrics::Counter,
-}
-
-impl CacheMetrics {
-    fn register() -> CacheMetrics {
-        CacheMetrics {
-            token_hit: metrics::counter!("mqtt_policy_token_cache_total", "result" => "hit"),
-            token_miss: metrics::counter!("mqtt_policy_token_cache_total", "result" => "miss"),
-            decision_hit: metrics::counter!("mqtt_policy_decision_cache_total", "result" => "hit"),
-            decision_miss: metrics::counter!("mqtt_policy_decision_cache_total", "result" => "miss"),
-        }
-    }
 }
 
 struct Session {
@@ -101,9 +60,7 @@ struct Session {
 }
 
 pub struct Auth {
-    pub verifier: Arc<Verifier>,
-    verified: Cache<TokenHash, Arc<Verified>>,
-    subjects: Cache<(u64, TokenHash), (Arc<Subject>, u64)>,
+    pub identities: Identities,
     decisions: Cache<DecisionKey, (Arc<Decision>, u64)>,
     metrics: CacheMetrics,
     /// username → clientid → session.
@@ -111,56 +68,16 @@ pub struct Auth {
 }
 
 impl Auth {
-    pub fn new(verifier: Arc<Verifier>) -> Auth {
+    pub fn new(identities: Identities) -> Auth {
         Auth {
-            verifier,
-            verified: Cache::builder().max_capacity(100_000).expire_after(UntilExp).build(),
-            subjects: Cache::builder().max_capacity(100_000).expire_after(UntilExp).build(),
+            identities,
             decisions: Cache::builder().max_capacity(200_000).expire_after(UntilExp).build(),
-            metrics: CacheMetrics::register(),
+            metrics: CacheMetrics {
+                decision_hit: metrics::counter!("mqtt_policy_decision_cache_total", "result" => "hit"),
+                decision_miss: metrics::counter!("mqtt_policy_decision_cache_total", "result" => "miss"),
+            },
             sessions: Mutex::new(HashMap::new()),
         }
-    }
-
-    /// Verifies a token (or finds it verified in the cache).
-    pub async fn verify(&self, token: &str) -> Result<(TokenHash, Arc<Verified>), String> {
-        let hash = token_hash(token);
-        if let Some(v) = self.verified.get(&hash)
-            && v.exp > now()
-            && self.verifier.still_trusts(&v)
-        {
-            self.metrics.token_hit.increment(1);
-            return Ok((hash, v));
-        }
-        self.metrics.token_miss.increment(1);
-        let v = Arc::new(self.verifier.verify(token).await.map_err(|r| format!("token refused: {r}"))?);
-        // With leeway a token can verify just after its exp: decide with it, do not cache it.
-        if v.exp > now() {
-            self.verified.insert(hash, Arc::clone(&v));
-        }
-        Ok((hash, v))
-    }
-
-    /// The subject a verified token maps to under `generation`'s module.
-    pub fn subject(
-        &self,
-        generation: &Generation,
-        hash: TokenHash,
-        v: &Verified,
-    ) -> Result<Arc<Subject>, String> {
-        let key = (generation.id, hash);
-        if let Some((s, _)) = self.subjects.get(&key) {
-            return Ok(s);
-        }
-        let s = Arc::new(
-            generation
-                .subject_from_claims(&v.claims.to_string())
-                .map_err(|e| format!("token refused: {e}"))?,
-        );
-        if v.exp > now() {
-            self.subjects.insert(key, (Arc::clone(&s), v.exp));
-        }
-        Ok(s)
     }
 
     /// The decision for `key`: cached, or computed by `decide` and cached until `exp`. A module
@@ -202,8 +119,7 @@ impl Auth {
         let sessions = self.sessions.lock().unwrap();
         let s = sessions.get(username)?.get(clientid)?;
         // A session lasts while its token would still verify: not expired, key still published.
-        (s.verified.exp > now() && self.verifier.still_trusts(&s.verified))
-            .then(|| (s.token, Arc::clone(&s.verified)))
+        self.identities.still_valid(&s.verified).then(|| (s.token, Arc::clone(&s.verified)))
     }
 
     /// Drops expired bindings; returns how many remain.

@@ -18,9 +18,10 @@ use axum::http::{HeaderMap, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::Value;
 
-use crate::auth::{DecisionKey, TokenHash};
-use crate::jwks::{Verified, looks_like_jwt};
-use crate::runtime::{Action, Decision, Generation, Request, Subject};
+use identity::{TokenHash, Verified, looks_like_jwt};
+use policy_engine::{Action, Decision, Generation, Request, Subject};
+
+use crate::auth::DecisionKey;
 use crate::serve::AppState;
 
 /// How answers are written (go-auth's `*_response_mode`).
@@ -230,7 +231,7 @@ impl Ctx<'_> {
         match find_token(self.headers, &self.params) {
             Err(e) => Err(Outcome::Bad(e)),
             Ok(None) => Ok(None),
-            Ok(Some((token, from))) => match self.state.auth.verify(token).await {
+            Ok(Some((token, from))) => match self.state.auth.identities.verify(token).await {
                 Ok((hash, v)) => Ok(Some((hash, v, from))),
                 Err(e) => Err(Outcome::Deny(e)),
             },
@@ -238,7 +239,7 @@ impl Ctx<'_> {
     }
 
     fn subject(&self, hash: TokenHash, v: &Verified) -> Result<Arc<Subject>, Outcome> {
-        self.state.auth.subject(&self.generation, hash, v).map_err(Outcome::Deny)
+        self.state.auth.identities.subject(&self.generation, hash, v).map_err(Outcome::Deny)
     }
 }
 

@@ -1,20 +1,19 @@
-//! `mqtt-policy`: the CELINE MQTT policy service, as a library the binary and the tests share.
+//! `mqtt-policy`: the CELINE MQTT policy service's HTTP front end and command line, as a
+//! library the binary and the tests share.
 //!
-//! The host translates; `policy-core` (inside the policy module) decides. Modules:
-//! `serve`/`goauth` (HTTP for mosquitto-go-auth), `auth`/`jwks`/`devkey` (tokens),
-//! `runtime` (wasmtime and the policy module), `cli` (subcommands), `policy_file`.
+//! This crate is only what is HTTP or CLI: `serve`/`goauth` (mosquitto-go-auth's wire
+//! formats), `auth` (the server's decision cache and http-backend sessions), `admin`
+//! (uploads, reloads, status), `playground`, `cli` (subcommands), `policy_file`. The policy
+//! engine (wasmtime, generations, hot swap) is `policy-engine`; tokens and subjects are
+//! `identity`; meaning is `policy-core`, inside the policy module.
 
 pub mod admin;
 pub mod auth;
 pub mod cli;
-pub mod devkey;
 pub mod goauth;
-pub mod jwks;
 pub mod playground;
 pub mod policy_file;
-pub mod runtime;
 pub mod serve;
-pub mod swap;
 
 /// A user-supplied string for a message: quoted, escaped, length-capped (no forged log lines).
 pub fn short(s: &str) -> String {

@@ -8,9 +8,6 @@ use policy_core::{Diagnostic, Policy};
 /// The default policy, relative to the working directory (the repository root).
 pub const DEFAULT_POLICY: &str = "policies/celine.json";
 
-/// The default policy as shipped, used when `policies/celine.json` is not there.
-pub const EMBEDDED_POLICY: &str = include_str!("../../policies/celine.json");
-
 /// Where a policy document came from, for messages.
 #[derive(Debug, Clone)]
 pub enum Source {
@@ -33,7 +30,7 @@ pub fn read(arg: Option<&Path>) -> anyhow::Result<(Source, String)> {
     let path = match arg {
         Some(p) => p.to_path_buf(),
         None if Path::new(DEFAULT_POLICY).exists() => PathBuf::from(DEFAULT_POLICY),
-        None => return Ok((Source::Embedded, EMBEDDED_POLICY.to_string())),
+        None => return Ok((Source::Embedded, policy_engine::BUILT_IN_POLICY.to_string())),
     };
     let text = std::fs::read_to_string(&path)
         .with_context(|| format!("cannot read policy file {}", path.display()))?;

@@ -18,13 +18,13 @@ use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 
+use identity::devkey::{DEV_ISSUER, DevKey};
+use identity::{Identities, KeySource, Verifier, VerifierConfig};
+use policy_engine::{Generation, Live, Reloader, Runtime, Source};
+
 use crate::admin::token_digest;
 use crate::auth::Auth;
-use crate::devkey::{DEV_ISSUER, DevKey};
 use crate::goauth::{Endpoint, RequestMetrics, ResponseMode, handle};
-use crate::jwks::{KeySource, Verifier, VerifierConfig};
-use crate::runtime::{Generation, Runtime};
-use crate::swap::{Live, Source};
 
 /// The largest request body go-auth could need, with room to spare.
 pub const BODY_LIMIT: usize = 64 * 1024;
@@ -34,6 +34,8 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// Everything a request needs.
 pub struct AppState {
     pub live: Arc<Live>,
+    /// Reloads from watched files and `SIGHUP`, on its own thread.
+    pub reloader: Reloader,
     pub auth: Auth,
     pub response_mode: ResponseMode,
     pub metrics: RequestMetrics,
@@ -122,6 +124,8 @@ pub async fn build_state(cfg: &ServeConfig) -> anyhow::Result<Arc<AppState>> {
         _ => None,
     };
     let live = Live::start(runtime, module_source, policy_source, tests)?;
+    let reloader =
+        Reloader::start(Arc::clone(&live), true).context("watching the module and policy files")?;
 
     let dev_key = if cfg.dev { Some(DevKey::load_or_create(&cfg.state_dir)?) } else { None };
     let source = match (&cfg.jwks_file, &cfg.jwks_url, &cfg.issuer) {
@@ -158,7 +162,7 @@ pub async fn build_state(cfg: &ServeConfig) -> anyhow::Result<Arc<AppState>> {
             tracing::error!(error = %format!("{e:#}"), "could not load signing keys; /readyz reports it, retrying on demand")
         }
     }
-    verifier.spawn_periodic_refresh();
+    verifier.spawn_refresher();
 
     let g = live.current();
     tracing::info!(
@@ -173,7 +177,8 @@ pub async fn build_state(cfg: &ServeConfig) -> anyhow::Result<Arc<AppState>> {
     };
     Ok(Arc::new(AppState {
         live,
-        auth: Auth::new(verifier),
+        reloader,
+        auth: Auth::new(Identities::new(verifier, 100_000)),
         response_mode: cfg.response_mode,
         metrics: RequestMetrics::register(),
         prometheus,
@@ -188,11 +193,12 @@ async fn healthz() -> &'static str {
 }
 
 async fn readyz(State(st): State<Arc<AppState>>) -> Response {
-    let keys = st.auth.verifier.readiness();
+    let verifier = &st.auth.identities.verifier;
+    let keys = verifier.readiness();
     let mut body = st.live.status();
     body["ready"] = json!(keys.is_ok());
     body["keys"] = match &keys {
-        Ok(n) => json!({"count": n, "last_error": st.auth.verifier.last_error()}),
+        Ok(n) => json!({"count": n, "last_error": verifier.last_error()}),
         Err(e) => json!({"error": e}),
     };
     body["uptime_seconds"] = json!(st.started.elapsed().map(|d| d.as_secs()).unwrap_or(0));
@@ -267,9 +273,7 @@ pub async fn run(cfg: ServeConfig) -> anyhow::Result<()> {
             metrics::gauge!("mqtt_policy_sessions").set(live as f64);
         }
     });
-    crate::swap::spawn_sighup(&state.live);
-    // Kept alive for as long as the server runs.
-    let _watcher = crate::swap::spawn_watcher(&state.live).context("watching the module and policy files")?;
+    spawn_sighup(&state);
     let admin_on = state.admin_token.is_some();
     let listener = tokio::net::TcpListener::bind(cfg.listen)
         .await
@@ -306,6 +310,25 @@ pub async fn run(cfg: ServeConfig) -> anyhow::Result<()> {
     axum::serve(listener, app).with_graceful_shutdown(shutdown_signal()).await.context("serving")?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// `SIGHUP` asks the reloader to re-read the module and policy files.
+fn spawn_sighup(state: &Arc<AppState>) {
+    #[cfg(unix)]
+    {
+        let state = Arc::clone(state);
+        tokio::spawn(async move {
+            let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
+                tracing::warn!(
+                    "cannot listen for SIGHUP; reload with POST /admin/reload or by editing the files"
+                );
+                return;
+            };
+            while hup.recv().await.is_some() {
+                state.reloader.request("SIGHUP");
+            }
+        });
+    }
 }
 
 fn print_dev_help(addr: SocketAddr, cfg: &ServeConfig) {

@@ -111,7 +111,7 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         leeway: std::time::Duration::from_secs(a.leeway),
         response_mode: a.response_mode,
         dev: a.dev,
-        state_dir: a.state_dir.unwrap_or_else(crate::devkey::default_state_dir),
+        state_dir: a.state_dir.unwrap_or_else(identity::devkey::default_state_dir),
         hmac_secret_file: a.hmac_secret_file,
         jwks_min_refresh: std::time::Duration::from_secs(a.jwks_min_refresh),
         tests: a.tests,

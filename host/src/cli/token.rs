@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::bail;
 
-use crate::devkey::{self, DEV_ISSUER, DevKey, TokenSpec};
+use identity::devkey::{self, DEV_ISSUER, DevKey, TokenSpec};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -69,7 +69,7 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         audience: a.audience,
         ttl_secs: a.ttl,
     };
-    let claims = devkey::claims(&spec, crate::jwks::now())?;
+    let claims = devkey::claims(&spec, identity::now())?;
     println!("{}", key.sign(&claims)?);
     Ok(ExitCode::SUCCESS)
 }

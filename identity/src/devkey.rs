@@ -3,7 +3,8 @@
 //!
 //! The key (ES256, P-256) is created on first use in the state directory and kept there
 //! (`dev-signing-key.pem`, mode 0600). `serve --dev` trusts it and publishes its public half at
-//! `/dev/jwks.json`; `mqtt-policy token --dev` signs with it. Never use it in production.
+//! `/dev/jwks.json`; `mqtt-policy token --dev` signs with it; the Mosquitto plugin trusts it
+//! with `plugin_opt_dev_state_dir`. Never use it in production.
 
 use std::path::{Path, PathBuf};
 
@@ -12,6 +13,7 @@ use jsonwebtoken::jwk::Jwk;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use p256::SecretKey;
 use p256::pkcs8::{DecodePrivateKey, EncodePrivateKey, LineEnding};
+use policy_engine::hex;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
@@ -95,10 +97,6 @@ fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
 #[cfg(not(unix))]
 fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     std::fs::write(path, bytes).with_context(|| format!("creating {}", path.display()))
-}
-
-pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// What a dev token should say.

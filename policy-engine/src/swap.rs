@@ -11,12 +11,13 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
 use serde::Serialize;
 
-use crate::runtime::{Action, Generation, LoadError, Request, Runtime, Subject, embedded_module};
+use crate::cases::run_cases;
+use crate::runtime::{Generation, LoadError, Runtime, embedded_module};
 
 /// Where a module or a policy document came from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -69,6 +70,7 @@ struct Inputs {
 struct Status {
     loaded_at: SystemTime,
     swaps: u64,
+    rejections: u64,
     last_rejected: Option<Rejection>,
 }
 
@@ -80,7 +82,8 @@ pub struct Live {
     /// Policy test cases every candidate must pass (files or directories of `*.json`).
     tests: Option<PathBuf>,
     status: Mutex<Status>,
-    serial: tokio::sync::Mutex<()>,
+    /// Candidates are built one at a time.
+    serial: Mutex<()>,
 }
 
 fn secs(t: SystemTime) -> u64 {
@@ -102,62 +105,9 @@ fn read_policy(source: &Source) -> Result<String, String> {
         Source::File(p) => {
             std::fs::read_to_string(p).map_err(|e| format!("cannot read {}: {e}", p.display()))
         }
-        Source::BuiltIn => Ok(crate::policy_file::EMBEDDED_POLICY.to_string()),
+        Source::BuiltIn => Ok(crate::BUILT_IN_POLICY.to_string()),
         Source::Uploaded => Err("an uploaded policy cannot be re-read".into()),
     }
-}
-
-/// The `*.json` test-case files under `path` (a file, or a directory), sorted.
-fn case_files(path: &Path) -> Result<Vec<PathBuf>, String> {
-    if path.is_file() {
-        return Ok(vec![path.to_path_buf()]);
-    }
-    let mut files: Vec<PathBuf> = std::fs::read_dir(path)
-        .map_err(|e| format!("cannot read the test cases in {}: {e}", path.display()))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == "json"))
-        .collect();
-    files.sort();
-    Ok(files)
-}
-
-/// Runs the test cases through `generation` (the module decides, not native code).
-fn run_tests(generation: &Generation, path: &Path) -> Result<usize, String> {
-    let mut failures = Vec::new();
-    let mut total = 0;
-    for file in case_files(path)? {
-        let text =
-            std::fs::read_to_string(&file).map_err(|e| format!("cannot read {}: {e}", file.display()))?;
-        let cases = policy_core::parse_cases(&text).map_err(|ds| {
-            let first = ds.first().map(|d| format!("{}: {}", d.path, d.message)).unwrap_or_default();
-            format!("{} is not a valid test-case file: {first}", file.display())
-        })?;
-        for case in &cases {
-            total += 1;
-            let r = &case.request;
-            let subject = Subject::from(r.subject.clone());
-            let d = match r.ask.action() {
-                None => generation.superuser(&subject),
-                Some(a) => generation.check(&Request {
-                    subject,
-                    topic: r.topic.clone(),
-                    action: Action::from(a),
-                    clientid: r.clientid.clone(),
-                    username: r.username.clone(),
-                }),
-            };
-            let d = policy_core::Decision { allow: d.allow, rule: d.rule, reason: d.reason };
-            if let Some(why) = policy_core::judge(case, d).failure {
-                failures.push(format!("{}: {why}", case.name));
-            }
-        }
-    }
-    if failures.is_empty() {
-        return Ok(total);
-    }
-    let n = failures.len();
-    failures.truncate(5);
-    Err(format!("{n} of {total} policy test cases fail: {}", failures.join("; ")))
 }
 
 fn describe_load_error(e: &anyhow::Error) -> String {
@@ -205,8 +155,13 @@ impl Live {
                 policy_source,
             }),
             tests,
-            status: Mutex::new(Status { loaded_at: SystemTime::now(), swaps: 0, last_rejected: None }),
-            serial: tokio::sync::Mutex::new(()),
+            status: Mutex::new(Status {
+                loaded_at: SystemTime::now(),
+                swaps: 0,
+                rejections: 0,
+                last_rejected: None,
+            }),
+            serial: Mutex::new(()),
         }))
     }
 
@@ -229,8 +184,11 @@ impl Live {
 
     /// Builds, tests and (if it passes) swaps in a candidate. Returns the new generation, or
     /// why the candidate was rejected (the live generation is then untouched).
-    pub async fn propose(self: &Arc<Self>, candidate: Candidate) -> Result<Arc<Generation>, Rejection> {
-        let _one_at_a_time = self.serial.lock().await;
+    ///
+    /// This blocks for as long as a build takes (a compile can take a second): call it from
+    /// a background thread (`Reloader`) or a blocking task, never from an event loop.
+    pub fn propose(&self, candidate: Candidate) -> Result<Arc<Generation>, Rejection> {
+        let _one_at_a_time = self.serial.lock().unwrap_or_else(|p| p.into_inner());
         let started = Instant::now();
         let (label, module, module_source, policy, policy_source) = {
             let i = self.inputs.lock().unwrap();
@@ -276,18 +234,9 @@ impl Live {
                 return Ok(self.current());
             }
         }
-        let live = Arc::clone(self);
         let built = match (module, policy) {
             (Ok(m), Ok(p)) => {
-                let current = self.current();
-                let tests = self.tests.clone();
-                let (m2, p2) = (Arc::clone(&m), Arc::clone(&p));
-                tokio::task::spawn_blocking(move || {
-                    build(&live.runtime, Some(&current), &m2, &p2, tests.as_deref())
-                })
-                .await
-                .unwrap_or_else(|e| Err(format!("the candidate build panicked: {e}")))
-                .map(|g| (g, m, p))
+                build(&self.runtime, Some(&self.current()), &m, &p, self.tests.as_deref()).map(|g| (g, m, p))
             }
             (Err(e), _) | (_, Err(e)) => Err(e),
         };
@@ -313,12 +262,22 @@ impl Live {
             }
             Err(reason) => {
                 let rejection = Rejection { at: secs(SystemTime::now()), candidate: label, reason };
-                self.status.lock().unwrap().last_rejected = Some(rejection.clone());
+                {
+                    let mut s = self.status.lock().unwrap();
+                    s.rejections += 1;
+                    s.last_rejected = Some(rejection.clone());
+                }
                 metrics::counter!("mqtt_policy_swaps_total", "result" => "rejected").increment(1);
                 tracing::warn!(candidate = %rejection.candidate, reason = %rejection.reason, "rejected a candidate; the live policy is unchanged");
                 Err(rejection)
             }
         }
+    }
+
+    /// Swaps applied and candidates rejected since start.
+    pub fn swap_counts(&self) -> (u64, u64) {
+        let s = self.status.lock().unwrap();
+        (s.swaps, s.rejections)
     }
 
     /// What is live, for `GET /admin/status` and `/readyz`.
@@ -333,6 +292,7 @@ impl Live {
             "tests": self.tests.as_ref().map(|t| t.display().to_string()),
             "loaded_at": secs(s.loaded_at),
             "swaps": s.swaps,
+            "rejections": s.rejections,
             "last_rejected": s.last_rejected,
         })
     }
@@ -347,74 +307,14 @@ fn build(
     policy: &str,
     tests: Option<&Path>,
 ) -> Result<Arc<Generation>, String> {
-    let hash = crate::runtime::hash_of(module);
+    let hash = crate::hash_of(module);
     let module = match current {
         Some(g) if g.module.hash == hash => Arc::clone(&g.module),
         _ => runtime.module(module).map_err(|e| format!("{e:#}"))?,
     };
     let generation = Generation::new(module, policy).map_err(|e| describe_load_error(&e))?;
     if let Some(t) = tests {
-        run_tests(&generation, t)?;
+        run_cases(&generation, t)?;
     }
     Ok(generation)
 }
-
-/// Reloads on `SIGHUP` until the process ends.
-pub fn spawn_sighup(live: &Arc<Live>) {
-    #[cfg(unix)]
-    {
-        let live = Arc::clone(live);
-        tokio::spawn(async move {
-            let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
-                tracing::warn!(
-                    "cannot listen for SIGHUP; reload with POST /admin/reload or by editing the files"
-                );
-                return;
-            };
-            while hup.recv().await.is_some() {
-                tracing::info!("SIGHUP: reloading the module and policy files");
-                let _ = live.propose(Candidate::Reload).await;
-            }
-        });
-    }
-}
-
-/// Watches the module and policy files; a change (settled for [`SETTLE`]) proposes a reload.
-pub fn spawn_watcher(live: &Arc<Live>) -> anyhow::Result<Option<notify::RecommendedWatcher>> {
-    use notify::Watcher;
-    let files = live.watched_files();
-    if files.is_empty() {
-        return Ok(None);
-    }
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<()>();
-    let names: Vec<PathBuf> =
-        files.iter().map(|f| std::path::absolute(f).unwrap_or_else(|_| f.clone())).collect();
-    let watched = names.clone();
-    let mut watcher = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
-        if let Ok(ev) = ev
-            && !ev.kind.is_access()
-            && ev.paths.iter().any(|p| watched.iter().any(|w| w == p))
-        {
-            let _ = tx.send(());
-        }
-    })?;
-    // Watch the directories: editors and `mv` replace files, which ends a watch on the file.
-    for f in &names {
-        let dir = f.parent().unwrap_or(Path::new("."));
-        watcher.watch(dir, notify::RecursiveMode::NonRecursive)?;
-    }
-    let live = Arc::clone(live);
-    tokio::spawn(async move {
-        while rx.recv().await.is_some() {
-            // Let a burst of writes settle, then reload once.
-            tokio::time::sleep(SETTLE).await;
-            while rx.try_recv().is_ok() {}
-            tracing::info!("a watched file changed: reloading");
-            let _ = live.propose(Candidate::Reload).await;
-        }
-    });
-    Ok(Some(watcher))
-}
-
-/// How long a burst of file events must be quiet before a reload.
-pub const SETTLE: Duration = Duration::from_millis(250);

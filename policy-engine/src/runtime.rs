@@ -13,16 +13,16 @@
 //!   entered again), and is counted in `mqtt_policy_module_traps_total`.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
 use std::time::Duration;
 
 use anyhow::{Context, anyhow};
-use sha2::{Digest, Sha256};
 use wasmtime::component::{Component, Linker, ResourceAny};
 use wasmtime::{Config, Engine, Store, StoreLimits, StoreLimitsBuilder};
 
-use crate::devkey::hex;
+pub use crate::hash_of;
 
 wasmtime::component::bindgen!({
     path: "../wit",
@@ -49,10 +49,18 @@ pub struct HostState {
 pub struct Runtime {
     engine: Engine,
     cache_dir: Option<PathBuf>,
+    /// Guest calls that trapped or ran out of time, since start.
+    faults: AtomicU64,
+    stop: Arc<AtomicBool>,
+    ticker: Mutex<Option<JoinHandle<()>>>,
 }
 
 impl Runtime {
-    /// The engine, and the epoch ticker thread (it stops with the process).
+    /// The engine, and the epoch ticker thread. The thread ends, and is joined, when the
+    /// runtime is dropped: a plugin must leave no thread behind when its library is unloaded.
+    ///
+    /// `cache_dir` holds compiled modules; a directory that cannot be written (Mosquitto drops
+    /// to its own user, whose home may be unreadable) only costs a compile per start.
     pub fn new(cache_dir: Option<PathBuf>) -> anyhow::Result<Arc<Runtime>> {
         let mut config = Config::new();
         config.epoch_interruption(true);
@@ -60,17 +68,32 @@ impl Runtime {
         config.concurrency_support(false);
         let engine = Engine::new(&config).map_err(|e| anyhow!("creating the wasmtime engine: {e}"))?;
         let ticker = engine.weak();
-        std::thread::Builder::new()
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopped = Arc::clone(&stop);
+        let handle = std::thread::Builder::new()
             .name("wasm-epoch".into())
             .spawn(move || {
-                while let Some(engine) = ticker.upgrade() {
+                while !stopped.load(Ordering::Relaxed)
+                    && let Some(engine) = ticker.upgrade()
+                {
                     engine.increment_epoch();
                     drop(engine);
-                    std::thread::sleep(TICK);
+                    std::thread::park_timeout(TICK);
                 }
             })
             .context("starting the epoch ticker")?;
-        Ok(Arc::new(Runtime { engine, cache_dir }))
+        Ok(Arc::new(Runtime {
+            engine,
+            cache_dir,
+            faults: AtomicU64::new(0),
+            stop,
+            ticker: Mutex::new(Some(handle)),
+        }))
+    }
+
+    /// Guest calls that trapped or ran out of time since the runtime started.
+    pub fn faults(&self) -> u64 {
+        self.faults.load(Ordering::Relaxed)
     }
 
     fn new_store(&self) -> Store<HostState> {
@@ -133,9 +156,14 @@ impl Runtime {
     }
 }
 
-/// How modules are identified: the SHA-256 of the component, in hex.
-pub fn hash_of(bytes: &[u8]) -> String {
-    hex(&Sha256::digest(bytes))
+impl Drop for Runtime {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.ticker.get_mut().ok().and_then(Option::take) {
+            t.thread().unpark();
+            let _ = t.join();
+        }
+    }
 }
 
 fn write_cache(path: &Path, component: &Component) -> anyhow::Result<()> {
@@ -155,6 +183,13 @@ pub struct Module {
     pub hash: String,
     /// What the module's `version()` says.
     pub version: String,
+}
+
+impl Module {
+    /// The runtime this module runs on (its fault count, for operations).
+    pub fn runtime(&self) -> &Arc<Runtime> {
+        &self.runtime
+    }
 }
 
 /// A policy document that did not load, with its diagnostics.
@@ -210,7 +245,7 @@ impl Generation {
         let mut generation = Generation {
             id: GENERATIONS.fetch_add(1, Ordering::Relaxed),
             module,
-            policy_hash: hex(&Sha256::digest(document.as_bytes())),
+            policy_hash: hash_of(document.as_bytes()),
             rule_count: 0,
             document: Arc::from(document),
             idle: Mutex::new(Vec::new()),
@@ -272,6 +307,7 @@ impl Generation {
                 Ok(v)
             }
             Err(e) => {
+                self.module.runtime.faults.fetch_add(1, Ordering::Relaxed);
                 metrics::counter!("mqtt_policy_module_traps_total").increment(1);
                 let why = fault(e);
                 tracing::error!(generation = self.id, module = %self.module.hash, error = %why, "policy module fault; instance replaced");

@@ -1,9 +1,11 @@
 //! Verifying tokens: where the keys come from, when they are refreshed, what is checked.
 //!
 //! Keys come from a JWKS file, a JWKS URL, or OIDC discovery on the issuer
-//! (`<issuer>/.well-known/openid-configuration` → `jwks_uri`), plus the dev key in `--dev`
+//! (`<issuer>/.well-known/openid-configuration` → `jwks_uri`), plus the dev key in dev
 //! mode. An unknown `kid` triggers a refresh (at most one per `min_refresh`, 10 s by default); the
-//! set is also refreshed periodically. Only asymmetric algorithms are accepted, unless an HMAC
+//! set is also refreshed periodically ([`Verifier::spawn_refresher`]). Verification itself is
+//! synchronous and uses the keys already held ([`Verifier::verify_now`]); only
+//! [`Verifier::verify`] waits for a refresh when a token names a key the set lacks. Only asymmetric algorithms are accepted, unless an HMAC
 //! secret was configured explicitly for development; an HMAC token is then checked against that
 //! secret only, never against a public key. `exp` is required; `nbf`, `iss` and `aud` are
 //! checked (the last two when configured).
@@ -82,6 +84,9 @@ pub struct Verifier {
     state: ArcSwap<KeyState>,
     last_refresh: Mutex<Option<Instant>>,
     refresh_lock: tokio::sync::Mutex<()>,
+    /// Posted by `verify_now` when a token names a key the set lacks; the refresher task
+    /// answers it (rate-limited).
+    refresh_wanted: tokio::sync::Notify,
 }
 
 /// Seconds since the epoch.
@@ -147,6 +152,7 @@ impl Verifier {
             }),
             last_refresh: Mutex::new(None),
             refresh_lock: tokio::sync::Mutex::new(()),
+            refresh_wanted: tokio::sync::Notify::new(),
         })
     }
 
@@ -225,10 +231,16 @@ impl Verifier {
 
     /// Refreshes unless one happened within `min_refresh`.
     async fn refresh_rate_limited(&self) {
-        let recent = self.last_refresh.lock().unwrap().is_some_and(|t| t.elapsed() < self.config.min_refresh);
-        if !recent && let Err(e) = self.refresh().await {
+        if !self.refresh_due() {
+            return;
+        }
+        if let Err(e) = self.refresh().await {
             tracing::warn!(error = %format!("{e:#}"), "key set refresh failed; keeping the previous keys");
         }
+    }
+
+    fn refresh_due(&self) -> bool {
+        !self.last_refresh.lock().unwrap().is_some_and(|t| t.elapsed() < self.config.min_refresh)
     }
 
     /// Is there anything to verify tokens with? `Err` says what is wrong (for `/readyz`).
@@ -282,10 +294,28 @@ impl Verifier {
         Ok(Verified { claims: data.claims, exp, key: jwk.map(|k| Arc::new(k.clone())) })
     }
 
-    /// Verifies a token: signature, algorithm, `exp`, `nbf`, `iss`, `aud`.
+    /// Verifies a token: signature, algorithm, `exp`, `nbf`, `iss`, `aud`. A key id the set
+    /// does not hold may be a rotated-in key: this waits for a (rate-limited) refresh first.
     pub async fn verify(&self, token: &str) -> Result<Verified, Refused> {
-        let header = jsonwebtoken::decode_header(token)
-            .map_err(|e| Refused(format!("malformed token: {}", describe(&e))))?;
+        let header = header_of(token)?;
+        if !is_hmac(header.alg) && self.candidate_keys(&header).is_empty() {
+            self.refresh_rate_limited().await;
+        }
+        self.verify_with(token, &header)
+    }
+
+    /// Verifies a token with the keys held now, without waiting for anything: what a broker's
+    /// event loop can afford. A key id the set does not hold is refused and a refresh is
+    /// requested from the refresher task, so a client that retries after it is accepted.
+    pub fn verify_now(&self, token: &str) -> Result<Verified, Refused> {
+        let header = header_of(token)?;
+        if !is_hmac(header.alg) && self.candidate_keys(&header).is_empty() && self.refresh_due() {
+            self.refresh_wanted.notify_one();
+        }
+        self.verify_with(token, &header)
+    }
+
+    fn verify_with(&self, token: &str, header: &jsonwebtoken::Header) -> Result<Verified, Refused> {
         if is_hmac(header.alg) {
             return match &self.config.hmac_secret {
                 Some(secret) => self.decode_with(token, &DecodingKey::from_secret(secret), header.alg, None),
@@ -295,11 +325,7 @@ impl Verifier {
                 ))),
             };
         }
-        // A key id the set does not hold may be a rotated-in key: refresh (rate-limited) first.
-        if self.candidate_keys(&header).is_empty() {
-            self.refresh_rate_limited().await;
-        }
-        self.verify_with_known(token, &header)
+        self.verify_with_known(token, header)
     }
 
     /// Does the key that verified `v` still belong to the key set? A key removed from the
@@ -351,21 +377,30 @@ impl Verifier {
         Err(last)
     }
 
-    /// Runs the periodic refresh until the process ends.
-    pub fn spawn_periodic_refresh(self: &Arc<Self>) {
-        // A JWKS file is re-read too, so a rotated file is picked up.
+    /// Refreshes the key set on the current tokio runtime until it shuts down: every
+    /// [`PERIODIC_REFRESH`] (a JWKS file is re-read too, so a rotated file is picked up), and
+    /// when `verify_now` met an unknown key id (at most once per `min_refresh`).
+    pub fn spawn_refresher(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
         let me = Arc::clone(self);
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(PERIODIC_REFRESH);
             tick.tick().await;
             loop {
-                tick.tick().await;
-                if let Err(e) = me.refresh().await {
-                    tracing::warn!(error = %format!("{e:#}"), "periodic key set refresh failed; keeping the previous keys");
+                tokio::select! {
+                    _ = tick.tick() => {
+                        if let Err(e) = me.refresh().await {
+                            tracing::warn!(error = %format!("{e:#}"), "periodic key set refresh failed; keeping the previous keys");
+                        }
+                    }
+                    _ = me.refresh_wanted.notified() => me.refresh_rate_limited().await,
                 }
             }
-        });
+        })
     }
+}
+
+fn header_of(token: &str) -> Result<jsonwebtoken::Header, Refused> {
+    jsonwebtoken::decode_header(token).map_err(|e| Refused(format!("malformed token: {}", describe(&e))))
 }
 
 fn truncate(s: &str) -> &str {

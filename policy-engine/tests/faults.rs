@@ -7,12 +7,18 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use mqtt_policy::runtime::{Action, Generation, Module, Request, Runtime, Subject, SubjectType};
+use policy_engine::{Action, Generation, Module, Request, Runtime, Subject, SubjectType};
 
-mod common;
-
+/// Where `cargo xtask build` put the test-only module.
 fn faulty_module_path() -> PathBuf {
-    common::built_module("faulty.wasm")
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .map(|t| if t.is_absolute() { t } else { root.join(t) })
+        .unwrap_or_else(|| root.join("target"));
+    let p = target.join("policy-module/faulty.wasm");
+    assert!(p.exists(), "{} is missing: run `cargo xtask build` first", p.display());
+    p
 }
 
 fn faulty() -> Arc<Module> {
@@ -64,56 +70,6 @@ fn a_guest_that_traps_while_loading_is_refused() {
 }
 
 #[test]
-fn the_server_stays_up_and_counts_module_faults() {
-    let state = tempfile::tempdir().unwrap();
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_mqtt-policy"))
-        .current_dir(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".."))
-        .args(["serve", "--dev", "--listen", "127.0.0.1:0", "--module"])
-        .arg(faulty_module_path())
-        .arg("--state-dir")
-        .arg(state.path())
-        .env("MQTT_POLICY_LOG", "error")
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
-    let mut line = String::new();
-    let url = loop {
-        line.clear();
-        let n = std::io::BufRead::read_line(&mut out, &mut line).unwrap();
-        assert!(n > 0, "the server exited before listening");
-        if let Some(u) = line.trim().strip_prefix("mqtt-policy listening on ") {
-            break u.to_string();
-        }
-    };
-    let token = std::process::Command::new(env!("CARGO_BIN_EXE_mqtt-policy"))
-        .args(["token", "--dev", "--sub", "u1", "--groups", "viewers", "--state-dir"])
-        .arg(state.path())
-        .output()
-        .unwrap();
-    let token = String::from_utf8(token.stdout).unwrap().trim().to_string();
-    let http = reqwest::blocking::Client::new();
-    let acl = |topic: &str| {
-        let r = http
-            .post(format!("{url}/mqtt/acl"))
-            .bearer_auth(&token)
-            .json(&serde_json::json!({"clientid": "c", "topic": topic, "acc": 1}))
-            .send()
-            .unwrap();
-        (r.status().as_u16(), r.text().unwrap())
-    };
-    let (status, body) = acl("fault/loop");
-    assert_eq!(status, 403, "{body}");
-    assert!(body.contains("ran out of time"), "{body}");
-    assert_eq!(acl("fault/panic").0, 403);
-    assert_eq!(acl(TELEMETRY).0, 200, "the host keeps answering");
-    let metrics = http.get(format!("{url}/metrics")).send().unwrap().text().unwrap();
-    assert!(metrics.contains("mqtt_policy_module_traps_total 2"), "{metrics}");
-    let _ = child.kill();
-    let _ = child.wait();
-}
-
-#[test]
 fn compiled_modules_are_cached_in_the_state_directory() {
     let dir = tempfile::tempdir().unwrap();
     let bytes = std::fs::read(faulty_module_path()).unwrap();
@@ -137,4 +93,30 @@ fn compiled_modules_are_cached_in_the_state_directory() {
             .allow
     );
     assert!(std::fs::metadata(&cached[0]).unwrap().len() > 1000, "rewritten");
+}
+
+#[test]
+fn faults_are_counted_by_the_runtime() {
+    let module = faulty();
+    let generation =
+        Generation::new(Arc::clone(&module), include_str!("../../policies/celine.json")).unwrap();
+    let runtime_faults = || generation.module.runtime().faults();
+    let before = runtime_faults();
+    assert!(!generation.check(&read("fault/panic")).allow);
+    assert_eq!(runtime_faults(), before + 1);
+    assert!(generation.check(&read(TELEMETRY)).allow);
+    assert_eq!(runtime_faults(), before + 1, "a good call is not a fault");
+}
+
+#[test]
+fn a_cache_directory_that_cannot_be_written_is_skipped() {
+    // Mosquitto drops to its own user, whose home is often unreadable: the compiled-module
+    // cache must then cost a compile, never the start.
+    let dir = tempfile::tempdir().unwrap();
+    let not_a_dir = dir.path().join("a-file");
+    std::fs::write(&not_a_dir, b"x").unwrap();
+    let bytes = std::fs::read(faulty_module_path()).unwrap();
+    let module = Runtime::new(Some(not_a_dir.join("cache"))).unwrap().module(&bytes).unwrap();
+    let generation = Generation::new(module, include_str!("../../policies/celine.json")).unwrap();
+    assert!(generation.check(&read(TELEMETRY)).allow);
 }

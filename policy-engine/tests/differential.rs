@@ -5,10 +5,8 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use mqtt_policy::runtime::{
-    Action, Generation, LoadError, Module, Request, Runtime, Subject, embedded_module,
-};
 use policy_core::{Ask, Json, Policy, parse_request};
+use policy_engine::{Action, Generation, LoadError, Module, Request, Runtime, Subject, embedded_module};
 use proptest::prelude::*;
 use serde_json::Value;
 
@@ -43,7 +41,7 @@ fn native_decision(d: policy_core::Decision) -> (bool, Option<String>, String) {
     (d.allow, d.rule, d.reason)
 }
 
-fn wasm_decision(d: mqtt_policy::runtime::Decision) -> (bool, Option<String>, String) {
+fn wasm_decision(d: policy_engine::Decision) -> (bool, Option<String>, String) {
     (d.allow, d.rule, d.reason)
 }
 

@@ -1,0 +1,22 @@
+//! Who is asking: everything between a bearer token and a policy subject, shared by the HTTP
+//! service (`host/`) and the Mosquitto plugin (`mosquitto-plugin/`).
+//!
+//! - [`jwks`]: where trusted keys come from (a JWKS file or URL, OIDC discovery on the
+//!   issuer, the dev key), when they are refreshed, and what verifying a token checks.
+//!   [`Verifier::verify_now`] decides with the keys already held and never waits (an event
+//!   loop's path: an unknown key id refuses and schedules a refresh); [`Verifier::verify`]
+//!   may wait for that refresh (a server's path).
+//! - [`tokens`]: verified tokens cached by hash until their `exp` (and only while their key is
+//!   still trusted), and the subject each maps to, cached per policy generation because the
+//!   policy module owns the claims → subject mapping.
+//! - [`devkey`]: dev mode's local signing key and Keycloak-shaped tokens.
+//!
+//! Not here: what a subject may do (the policy module, through `policy-engine`), and how a
+//! front end finds the token in its requests. Tokens are never logged or kept in clear.
+
+pub mod devkey;
+pub mod jwks;
+pub mod tokens;
+
+pub use jwks::{KeySource, Refused, Verified, Verifier, VerifierConfig, looks_like_jwt, now};
+pub use tokens::{Identities, TokenHash, UntilExp, token_hash};

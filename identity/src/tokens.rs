@@ -1,0 +1,139 @@
+//! Verified tokens and the subjects they map to, cached.
+//!
+//! - A verified token is cached by its SHA-256 (never the token itself) until its `exp`, and
+//!   holds only while the key that verified it is still in the key set: a key rotated out
+//!   takes its cached verifications with it. So a signature is checked once per token, not
+//!   once per message or reconnect.
+//! - The subject a token maps to is cached per policy *generation*: the module owns the
+//!   claims → subject mapping, so a swapped module never meets a subject mapped by the old one.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use moka::Expiry;
+use moka::sync::Cache;
+use policy_engine::{Generation, Subject};
+use sha2::{Digest, Sha256};
+
+use crate::jwks::{Verified, Verifier, now};
+
+pub type TokenHash = [u8; 32];
+
+pub fn token_hash(token: &str) -> TokenHash {
+    Sha256::digest(token.as_bytes()).into()
+}
+
+/// A moka expiry that ends an entry at its token's `exp`: for `Arc<Verified>` values, and
+/// for `(value, exp)` pairs.
+pub struct UntilExp;
+
+impl<K> Expiry<K, Arc<Verified>> for UntilExp {
+    fn expire_after_create(&self, _: &K, v: &Arc<Verified>, _: Instant) -> Option<Duration> {
+        Some(Duration::from_secs(v.exp.saturating_sub(now())))
+    }
+}
+
+impl<K, V> Expiry<K, (V, u64)> for UntilExp {
+    fn expire_after_create(&self, _: &K, v: &(V, u64), _: Instant) -> Option<Duration> {
+        Some(Duration::from_secs(v.1.saturating_sub(now())))
+    }
+}
+
+/// Counters for the token cache, registered once (a lookup per request would cost more).
+struct CacheMetrics {
+    hit: metrics::Counter,
+    miss: metrics::Counter,
+}
+
+/// Verified tokens (by hash) and their subjects (by generation and hash).
+pub struct Identities {
+    pub verifier: Arc<Verifier>,
+    verified: Cache<TokenHash, Arc<Verified>>,
+    subjects: Cache<(u64, TokenHash), (Arc<Subject>, u64)>,
+    metrics: CacheMetrics,
+}
+
+impl Identities {
+    /// Caches at most `capacity` tokens and as many subjects.
+    pub fn new(verifier: Arc<Verifier>, capacity: u64) -> Identities {
+        Identities {
+            verifier,
+            verified: Cache::builder().max_capacity(capacity).expire_after(UntilExp).build(),
+            subjects: Cache::builder().max_capacity(capacity).expire_after(UntilExp).build(),
+            metrics: CacheMetrics {
+                hit: metrics::counter!("mqtt_policy_token_cache_total", "result" => "hit"),
+                miss: metrics::counter!("mqtt_policy_token_cache_total", "result" => "miss"),
+            },
+        }
+    }
+
+    fn cached(&self, token: &str) -> (TokenHash, Option<Arc<Verified>>) {
+        let hash = token_hash(token);
+        let hit = self.verified.get(&hash).filter(|v| self.still_valid(v));
+        match &hit {
+            Some(_) => self.metrics.hit.increment(1),
+            None => self.metrics.miss.increment(1),
+        }
+        (hash, hit)
+    }
+
+    fn remember(&self, hash: TokenHash, v: Verified) -> (TokenHash, Arc<Verified>) {
+        let v = Arc::new(v);
+        // With leeway a token can verify just after its exp: decide with it, do not cache it.
+        if v.exp > now() {
+            self.verified.insert(hash, Arc::clone(&v));
+        }
+        (hash, v)
+    }
+
+    /// Verifies a token (or finds it verified), waiting for a key refresh if it names an
+    /// unknown key. The error is a reason safe to log and return.
+    pub async fn verify(&self, token: &str) -> Result<(TokenHash, Arc<Verified>), String> {
+        match self.cached(token) {
+            (hash, Some(v)) => Ok((hash, v)),
+            (hash, None) => {
+                let v = self.verifier.verify(token).await.map_err(|r| format!("token refused: {r}"))?;
+                Ok(self.remember(hash, v))
+            }
+        }
+    }
+
+    /// Verifies a token (or finds it verified) with the keys held now, never waiting: the
+    /// broker thread's path (see `Verifier::verify_now`).
+    pub fn verify_now(&self, token: &str) -> Result<(TokenHash, Arc<Verified>), String> {
+        match self.cached(token) {
+            (hash, Some(v)) => Ok((hash, v)),
+            (hash, None) => {
+                let v = self.verifier.verify_now(token).map_err(|r| format!("token refused: {r}"))?;
+                Ok(self.remember(hash, v))
+            }
+        }
+    }
+
+    /// Would this verification still be accepted now: not expired, its key still trusted?
+    pub fn still_valid(&self, v: &Verified) -> bool {
+        v.exp > now() && self.verifier.still_trusts(v)
+    }
+
+    /// The subject a verified token maps to under `generation`'s module.
+    pub fn subject(
+        &self,
+        generation: &Generation,
+        hash: TokenHash,
+        v: &Verified,
+    ) -> Result<Arc<Subject>, String> {
+        let key = (generation.id, hash);
+        if let Some((s, _)) = self.subjects.get(&key) {
+            return Ok(s);
+        }
+        let s = Arc::new(
+            generation
+                .subject_from_claims(&v.claims.to_string())
+                .map_err(|e| format!("token refused: {e}"))?,
+        );
+        if v.exp > now() {
+            self.subjects.insert(key, (Arc::clone(&s), v.exp));
+        }
+        Ok(s)
+    }
+}

@@ -1,0 +1,81 @@
+//! `verify_now` decides with the keys held now (it is not async: it cannot wait): a known key
+//! verifies, an unknown key id is refused with a reason that never holds the token, an
+//! expired token is refused.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use identity::devkey::{DEV_ISSUER, DevKey, TokenSpec, claims};
+use identity::{Identities, KeySource, Verifier, VerifierConfig, now};
+
+fn token(key: &DevKey, ttl_secs: u64) -> String {
+    let spec = TokenSpec {
+        sub: Some("alice".into()),
+        client_id: None,
+        groups: vec!["viewers".into()],
+        scopes: vec![],
+        issuer: DEV_ISSUER.into(),
+        audience: None,
+        ttl_secs,
+    };
+    key.sign(&claims(&spec, now()).unwrap()).unwrap()
+}
+
+fn verifier(trusted: &DevKey, source: KeySource) -> Arc<Verifier> {
+    Arc::new(
+        Verifier::new(VerifierConfig {
+            source,
+            issuer: Some(DEV_ISSUER.into()),
+            audience: None,
+            leeway: Duration::from_secs(0),
+            extra_keys: vec![trusted.jwk().unwrap()],
+            hmac_secret: None,
+            min_refresh: Duration::from_secs(10),
+        })
+        .unwrap(),
+    )
+}
+
+#[tokio::test]
+async fn known_keys_verify_and_unknown_ones_are_refused_without_waiting() {
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let trusted = DevKey::load_or_create(a.path()).unwrap();
+    let stranger = DevKey::load_or_create(b.path()).unwrap();
+    let v = verifier(&trusted, KeySource::None);
+    v.refresh().await.unwrap();
+    let ids = Identities::new(Arc::clone(&v), 100);
+    let (_, verified) = ids.verify_now(&token(&trusted, 60)).unwrap();
+    assert_eq!(verified.claims["sub"], "alice");
+    let refused = ids.verify_now(&token(&stranger, 60)).unwrap_err();
+    assert!(refused.contains("unknown signing key"), "{refused}");
+    assert!(!refused.contains(&token(&stranger, 60)[..20]), "a reason never holds the token");
+    assert!(ids.verify_now("not-a-token").unwrap_err().contains("malformed token"));
+}
+
+#[tokio::test]
+async fn an_expired_token_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = DevKey::load_or_create(dir.path()).unwrap();
+    let v = verifier(&key, KeySource::None);
+    v.refresh().await.unwrap();
+    let spec_claims = {
+        let mut c = claims(
+            &TokenSpec {
+                sub: Some("bob".into()),
+                client_id: None,
+                groups: vec![],
+                scopes: vec![],
+                issuer: DEV_ISSUER.into(),
+                audience: None,
+                ttl_secs: 0,
+            },
+            now() - 120,
+        )
+        .unwrap();
+        c["exp"] = serde_json::json!(now() - 60);
+        c
+    };
+    let expired = key.sign(&spec_claims).unwrap();
+    let e = Identities::new(v, 10).verify_now(&expired).unwrap_err();
+    assert!(e.contains("expired"), "{e}");
+}

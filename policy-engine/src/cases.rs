@@ -1,0 +1,59 @@
+//! Policy test cases run *through a generation*: the candidate module decides, not native
+//! code, so a module that decides differently from what the cases expect never goes live.
+
+use std::path::{Path, PathBuf};
+
+use crate::runtime::{Action, Generation, Request, Subject};
+
+/// The `*.json` test-case files under `path` (a file, or a directory), sorted.
+fn case_files(path: &Path) -> Result<Vec<PathBuf>, String> {
+    if path.is_file() {
+        return Ok(vec![path.to_path_buf()]);
+    }
+    let mut files: Vec<PathBuf> = std::fs::read_dir(path)
+        .map_err(|e| format!("cannot read the test cases in {}: {e}", path.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "json"))
+        .collect();
+    files.sort();
+    Ok(files)
+}
+
+/// Runs the test cases under `path` through `generation`; `Ok` is how many passed (all).
+pub fn run_cases(generation: &Generation, path: &Path) -> Result<usize, String> {
+    let mut failures = Vec::new();
+    let mut total = 0;
+    for file in case_files(path)? {
+        let text =
+            std::fs::read_to_string(&file).map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+        let cases = policy_core::parse_cases(&text).map_err(|ds| {
+            let first = ds.first().map(|d| format!("{}: {}", d.path, d.message)).unwrap_or_default();
+            format!("{} is not a valid test-case file: {first}", file.display())
+        })?;
+        for case in &cases {
+            total += 1;
+            let r = &case.request;
+            let subject = Subject::from(r.subject.clone());
+            let d = match r.ask.action() {
+                None => generation.superuser(&subject),
+                Some(a) => generation.check(&Request {
+                    subject,
+                    topic: r.topic.clone(),
+                    action: Action::from(a),
+                    clientid: r.clientid.clone(),
+                    username: r.username.clone(),
+                }),
+            };
+            let d = policy_core::Decision { allow: d.allow, rule: d.rule, reason: d.reason };
+            if let Some(why) = policy_core::judge(case, d).failure {
+                failures.push(format!("{}: {why}", case.name));
+            }
+        }
+    }
+    if failures.is_empty() {
+        return Ok(total);
+    }
+    let n = failures.len();
+    failures.truncate(5);
+    Err(format!("{n} of {total} policy test cases fail: {}", failures.join("; ")))
+}
