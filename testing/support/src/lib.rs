@@ -1,0 +1,45 @@
+//! Real servers for the project's tests, each on a free loopback port and stopped (by its
+//! PID) when dropped: Mosquitto with the project's plugin ([`mosquitto`]) and Keycloak
+//! ([`keycloak`]). A missing program fails the test with how to get it; nothing is skipped.
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+pub mod keycloak;
+pub mod mosquitto;
+
+/// The repository's root.
+pub fn repository() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// The cargo target directory (`CARGO_TARGET_DIR`, else `<repository>/target`).
+pub fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .map(|t| if t.is_absolute() { t } else { repository().join(t) })
+        .unwrap_or_else(|| repository().join("target"))
+}
+
+/// A port nothing listens on now (the caller binds it soon after).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
+
+/// A blocking HTTP client.
+pub fn http() -> reqwest::blocking::Client {
+    reqwest::blocking::Client::new()
+}
+
+/// Waits until `done` holds, checking every 20 ms; panics with `what` after `timeout`.
+pub fn wait_for(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
+    let started = Instant::now();
+    while !done() {
+        assert!(started.elapsed() < timeout, "timed out after {timeout:?} waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
