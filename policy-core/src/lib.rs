@@ -45,6 +45,7 @@ pub use claims::{subject_from_claims, subject_from_claims_json};
 pub use decide::{Explanation, PatternHit, Query, RuleTrace};
 pub use json::{Json, Path, quote};
 pub use lint::lint;
+pub use loader::closest;
 pub use model::{Action, Decision, Diagnostic, Permission, Permissions, Severity, Subject, SubjectType};
 pub use pattern::{Bindings, Level, Pattern, Placeholder};
 pub use policy::{Effect, Policy, Roles, Rule, ScopePattern, Sel, SubjectMismatch, Subjects};

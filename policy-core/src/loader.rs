@@ -65,6 +65,12 @@ fn distance(a: &str, b: &str) -> usize {
     prev[b.len()]
 }
 
+/// The known name a misspelt one most likely meant (at most two edits away), for "did you
+/// mean" hints wherever names are typed: policy fields, plugin options.
+pub fn closest<'a>(word: &str, known: &[&'a str]) -> Option<&'a str> {
+    known.iter().filter(|c| distance(word, c) <= 2).min_by_key(|c| distance(word, c)).copied()
+}
+
 pub(crate) fn one_of(options: &[&str]) -> String {
     let quoted: Vec<String> = options.iter().map(|o| quote(o)).collect();
     match quoted.split_last() {
@@ -92,12 +98,8 @@ impl Loader {
         self.no_duplicate_keys(entries, path);
         for (k, _) in entries {
             if !known.contains(&k.as_str()) {
-                let hint = known
-                    .iter()
-                    .filter(|c| distance(k, c) <= 2)
-                    .min_by_key(|c| distance(k, c))
-                    .map(|c| format!("; did you mean {}?", quote(c)))
-                    .unwrap_or_default();
+                let hint =
+                    closest(k, known).map(|c| format!("; did you mean {}?", quote(c))).unwrap_or_default();
                 self.error(
                     &path.key(k),
                     format!("unknown field {} (expected {}){hint}", quote(k), one_of(known)),

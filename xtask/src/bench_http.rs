@@ -158,12 +158,7 @@ fn wrk(addr: &str, script: &Path, connections: u32) -> anyhow::Result<(f64, f64,
 }
 
 fn ensure_wrk() -> anyhow::Result<()> {
-    if Command::new("wrk").arg("--version").output().is_ok() {
-        return Ok(());
-    }
-    step("installing wrk (Debian package)");
-    crate::run("apt-get", &["update", "-qq"])?;
-    crate::run("apt-get", &["install", "-y", "-qq", "wrk"])
+    crate::apt::ensure(&["wrk"], &["/usr/bin/wrk"], "the HTTP benchmarks")
 }
 
 pub fn bench() -> anyhow::Result<()> {

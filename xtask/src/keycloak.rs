@@ -122,13 +122,27 @@ pub fn ensure() -> anyhow::Result<PathBuf> {
     Ok(home)
 }
 
-/// The Keycloak tests (`host/tests/keycloak.rs`), which start and stop their own Keycloak.
+/// The Keycloak tests (`host/tests/keycloak.rs`, and the broker plugin's Keycloak scenario in
+/// `mosquitto-plugin/tests/e2e.rs`), which start and stop their own Keycloak.
 pub fn tests() -> anyhow::Result<()> {
     step(&format!("identity provider: Keycloak {VERSION} (realm keycloak/celine-realm.json)"));
     let home = ensure()?;
     let java = java_home()?;
     cargo_env(
-        &["test", "-p", "mqtt-policy", "--test", "keycloak", "--", "--ignored", "--nocapture"],
+        &[
+            "test",
+            "-p",
+            "mqtt-policy",
+            "-p",
+            "mosquitto-plugin",
+            "--test",
+            "keycloak",
+            "--test",
+            "e2e",
+            "--",
+            "--ignored",
+            "--nocapture",
+        ],
         &[
             ("MQTT_POLICY_KEYCLOAK_HOME", home.as_os_str()),
             ("MQTT_POLICY_KEYCLOAK_JAVA_HOME", java.as_os_str()),

@@ -1,7 +1,10 @@
 //! `cargo xtask`: the project's build and test automation, in Rust rather than shell.
 //!
-//! - `cargo xtask serve`: build, then run the service in dev mode on 127.0.0.1:8009.
-//! - `cargo xtask build`: the policy module (a WebAssembly component), the playground and the host.
+//! - `cargo xtask serve`: build, then run the service in dev mode on 127.0.0.1:8009, and a
+//!   local Mosquitto with the plugin in dev mode beside it.
+//! - `cargo xtask build`: the policy module (a WebAssembly component), the playground, the host
+//!   and the Mosquitto plugin.
+//! - `cargo xtask e2e`: the plugin inside a real Mosquitto with real MQTT clients.
 //! - `cargo xtask playground`: the browser playground as a static site.
 //! - `cargo xtask test`: everything CI runs (see README.md).
 //! - `cargo xtask keycloak`: the tests against a real Keycloak.
@@ -15,7 +18,10 @@ use std::time::Instant;
 
 use anyhow::{Context, bail};
 
+mod apt;
+mod bench_broker;
 mod bench_http;
+mod broker;
 mod keycloak;
 mod playground;
 
@@ -23,13 +29,16 @@ const USAGE: &str = "usage: cargo xtask <command>
 
 commands:
   serve [ARGS]       build, then run `mqtt-policy serve --dev` on 127.0.0.1:8009 (extra ARGS are passed on)
-  build              build the policy module (WASM component), the playground and the mqtt-policy binary
+                     and a local Mosquitto with the plugin in dev mode (port 1883, or a free one)
+  build              build the policy module (WASM component), the playground, mqtt-policy and the plugin
+  e2e                the Mosquitto plugin end to end: real broker, real MQTT clients, Keycloak
   playground         build the browser playground as a static site (target/playground)
   test               run the whole test suite (what CI runs)
   keycloak           build, then only the tests against a real Keycloak (downloaded and cached)
   bench              run the decision benchmarks and print a ratio table
   bench-http         wrk against /mqtt/acl (jwt and http modes) beside a trivial axum floor
   bench-swap         hot-swap latency, and throughput during repeated swaps vs. steady
+  bench-broker       deliveries/s through Mosquitto with the plugin vs. no auth and acl_file, QoS 0/1
   sync-conformance   copy shared/conformance/decisions.jsonl into corpus/conformance.jsonl";
 
 fn main() {
@@ -39,10 +48,12 @@ fn main() {
         Some("build") => build().map(|_| ()),
         Some("playground") => playground::build().map(|_| ()),
         Some("keycloak") => build().and_then(|_| keycloak::tests()),
+        Some("e2e") => broker::e2e(),
         Some("test") => test(),
         Some("bench") => bench(),
         Some("bench-http") => bench_http::bench(),
         Some("bench-swap") => bench_http::bench_swap(),
+        Some("bench-broker") => bench_broker::bench(),
         Some("sync-conformance") => sync_conformance(),
         Some("-h" | "--help" | "help") | None => {
             println!("{USAGE}");
@@ -214,16 +225,36 @@ fn build() -> anyhow::Result<PathBuf> {
     step("test module: testing/faulty-module (misbehaves on purpose)");
     build_component("faulty-module", "faulty.wasm")?;
     playground::build()?;
-    step("host: mqtt-policy (embeds the policy module and the playground)");
-    cargo(&["build", "-p", "mqtt-policy"])?;
+    step("host: mqtt-policy (embeds the policy module and the playground), and the Mosquitto plugin");
+    cargo(&["build", "-p", "mqtt-policy", "-p", "mosquitto-plugin"])?;
+    println!("   plugin: {}", broker::plugin_path().display());
     Ok(out)
 }
 
-/// Builds everything, then runs the service in dev mode in the foreground (Ctrl-C stops it).
+/// Builds everything, then runs the service in dev mode in the foreground and the dev broker
+/// beside it (Ctrl-C stops both).
 fn serve(extra: &[String]) -> anyhow::Result<()> {
     build()?;
     let bin = target_dir().join("debug/mqtt-policy");
-    step("mqtt-policy serve --dev (Ctrl-C to stop)");
+    step("Mosquitto with the plugin in dev mode");
+    let (mut broker, port) = broker::start_dev_broker(&bin)?;
+    println!(
+        "   Mosquitto on 127.0.0.1:{port}, deciding with the plugin (policies/celine.json). In another terminal:\n\
+         \x20    TOKEN=$({bin} token --dev --sub alice --groups viewers)\n\
+         \x20    mosquitto_sub -h 127.0.0.1 -p {port} -u alice -P \"$TOKEN\" -t 'celine/telemetry/+/+/readings' -v\n\
+         \x20    ADMIN=$({bin} token --dev --sub adam --groups admins)\n\
+         \x20    mosquitto_pub -h 127.0.0.1 -p {port} -u adam -P \"$ADMIN\" -t celine/telemetry/meter/m1/readings -m '42 kWh'",
+        bin = bin.display()
+    );
+    let served = serve_http(&bin, extra);
+    // Ctrl-C reached the broker too; if the service stopped otherwise, stop the broker (by PID).
+    let _ = broker.kill();
+    let _ = broker.wait();
+    served
+}
+
+fn serve_http(bin: &Path, extra: &[String]) -> anyhow::Result<()> {
+    step("mqtt-policy serve --dev (Ctrl-C stops it and the broker)");
     println!(
         "   open http://127.0.0.1:8009/playground/ to try rules in the browser, or\n\
          \x20  in another terminal, mint a token and ask:\n\
@@ -232,7 +263,7 @@ fn serve(extra: &[String]) -> anyhow::Result<()> {
          \x20         -H 'Content-Type: application/json' -d '{{\"clientid\":\"c1\",\"topic\":\"celine/telemetry/meter/m1/readings\",\"acc\":1}}'",
         bin.display()
     );
-    let status = Command::new(&bin)
+    let status = Command::new(bin)
         .args(["serve", "--dev", "--policy", "policies/celine.json"])
         .args(extra)
         .current_dir(root())
@@ -253,7 +284,8 @@ fn test() -> anyhow::Result<()> {
     cargo(&["fmt", "--all", "--check"])?;
     step("clippy (warnings are errors)");
     cargo(&["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"])?;
-    step("unit, property, conformance and CLI tests");
+    apt::ensure_mosquitto()?;
+    step("unit, property, conformance, CLI, server and broker-plugin tests");
     cargo(&[
         "test",
         "--workspace",

@@ -131,33 +131,9 @@ fn collect(dir: &Path, out: &mut Vec<PathBuf>) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn is_root() -> bool {
-    Command::new("id")
-        .arg("-u")
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
-        .unwrap_or(false)
-}
-
 /// Debian's Chromium (playwright-core drives it; its own browser download does not work here).
 fn ensure_chromium() -> anyhow::Result<()> {
-    if Path::new(CHROMIUM).exists() {
-        return Ok(());
-    }
-    if !is_root() {
-        bail!("{CHROMIUM} is missing: install Debian's chromium package (sudo apt-get install chromium)");
-    }
-    step("installing Debian's chromium (for the playground's browser tests)");
-    run("apt-get", &["update", "-qq"])?;
-    let status = Command::new("apt-get")
-        .args(["install", "-y", "-qq", "--no-install-recommends", "chromium", "fonts-dejavu-core"])
-        .env("DEBIAN_FRONTEND", "noninteractive")
-        .status()
-        .context("cannot run apt-get")?;
-    if !status.success() {
-        bail!("apt-get install chromium failed ({status})");
-    }
-    Ok(())
+    crate::apt::ensure(&["chromium", "fonts-dejavu-core"], &[CHROMIUM], "the playground's browser tests")
 }
 
 /// The browser tests: `node --test` over `web-playground/browser-tests/*.test.mjs`, which start the

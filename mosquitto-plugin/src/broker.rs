@@ -1,0 +1,12 @@
+//! What the plugin asks of the broker, as a safe trait: the real broker's functions
+//! (`sys.rs`, resolved when the plugin starts) or a test double. Only ever called on the
+//! broker thread.
+
+use tracing::Level;
+
+pub trait Broker: Send + Sync + 'static {
+    /// A line in Mosquitto's log.
+    fn log(&self, level: Level, line: &str);
+    /// Publishes a retained QoS 0 message from the broker itself.
+    fn publish_retained(&self, topic: &str, payload: &[u8]);
+}

@@ -1,0 +1,277 @@
+//! The plugin's options: `plugin_opt_<name> <value>` lines in `mosquitto.conf`, named like the
+//! server's flags. Anything unknown, repeated or malformed stops the broker at start-up with
+//! a message naming the option: a typo must never leave a broker running with a policy it
+//! was not meant to have.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Every option the plugin knows, as written after `plugin_opt_`.
+pub const KNOWN: &[&str] = &[
+    "policy",
+    "module",
+    "tests",
+    "issuer",
+    "audience",
+    "jwks_url",
+    "jwks_file",
+    "leeway",
+    "jwks_min_refresh",
+    "dev_state_dir",
+    "cache_dir",
+    "watch",
+    "metrics_listen",
+    "sys_interval",
+    "decision_cache_size",
+    "log_level",
+];
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum LogLevel {
+    Error,
+    Warn,
+    Info,
+    Debug,
+}
+
+/// What the plugin was configured to do.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Options {
+    /// The policy document (required).
+    pub policy: PathBuf,
+    /// A policy module; the built-in one when absent.
+    pub module: Option<PathBuf>,
+    /// Policy test cases every candidate must pass (a file or a directory of `*.json`).
+    pub tests: Option<PathBuf>,
+    pub issuer: Option<String>,
+    pub audience: Option<String>,
+    pub jwks_url: Option<String>,
+    pub jwks_file: Option<PathBuf>,
+    pub leeway: Duration,
+    pub jwks_min_refresh: Duration,
+    /// Trust the dev signing key kept in this directory (as `mqtt-policy serve --dev`).
+    pub dev_state_dir: Option<PathBuf>,
+    /// Where compiled modules are cached; none by default (Mosquitto's user rarely has a
+    /// writable home).
+    pub cache_dir: Option<PathBuf>,
+    /// Reload when the policy, module or test files change.
+    pub watch: bool,
+    /// Serve Prometheus metrics at `http://<addr>/metrics`.
+    pub metrics_listen: Option<SocketAddr>,
+    /// Publish the plugin's counters as retained `$SYS/broker/mqtt-policy/...` messages this
+    /// often; zero turns it off.
+    pub sys_interval: Duration,
+    /// Decisions remembered per connection.
+    pub decision_cache_size: usize,
+    pub log_level: LogLevel,
+}
+
+fn parse_bool(name: &str, v: &str) -> Result<bool, String> {
+    match v.to_ascii_lowercase().as_str() {
+        "true" | "yes" | "on" => Ok(true),
+        "false" | "no" | "off" => Ok(false),
+        _ => Err(format!("plugin_opt_{name}: expected true or false, got {}", policy_core::quote(v))),
+    }
+}
+
+fn parse_secs(name: &str, v: &str, max: u64) -> Result<Duration, String> {
+    match v.parse::<u64>() {
+        Ok(n) if n <= max => Ok(Duration::from_secs(n)),
+        _ => Err(format!(
+            "plugin_opt_{name}: expected a number of seconds from 0 to {max}, got {}",
+            policy_core::quote(v)
+        )),
+    }
+}
+
+fn non_empty(name: &str, v: &str) -> Result<String, String> {
+    if v.trim().is_empty() {
+        return Err(format!("plugin_opt_{name}: the value is empty"));
+    }
+    Ok(v.trim().to_string())
+}
+
+impl Options {
+    /// Reads the options as Mosquitto passes them (name without `plugin_opt_`, value).
+    pub fn parse(pairs: &[(String, String)]) -> Result<Options, String> {
+        let mut seen: Vec<&str> = Vec::new();
+        for (k, _) in pairs {
+            if !KNOWN.contains(&k.as_str()) {
+                let hint = policy_core::closest(k, KNOWN)
+                    .map(|c| format!("; did you mean plugin_opt_{c}?"))
+                    .unwrap_or_default();
+                return Err(format!(
+                    "unknown option plugin_opt_{}{hint} (known: {})",
+                    k.escape_debug(),
+                    KNOWN.join(", ")
+                ));
+            }
+            if seen.contains(&k.as_str()) {
+                return Err(format!("plugin_opt_{k} is given twice"));
+            }
+            seen.push(k);
+        }
+        let get = |name: &str| pairs.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str());
+        let text = |name: &str| get(name).map(|v| non_empty(name, v)).transpose();
+        let path = |name: &str| text(name).map(|t| t.map(PathBuf::from));
+        let policy = path("policy")?.ok_or_else(|| {
+            "plugin_opt_policy is required: the policy document the broker decides with, e.g. \
+             plugin_opt_policy /etc/mosquitto/celine.json"
+                .to_string()
+        })?;
+        let url = |name: &str| -> Result<Option<String>, String> {
+            let v = text(name)?;
+            if let Some(u) = &v
+                && !(u.starts_with("http://") || u.starts_with("https://"))
+            {
+                return Err(format!(
+                    "plugin_opt_{name}: expected an http:// or https:// URL, got {}",
+                    policy_core::quote(u)
+                ));
+            }
+            Ok(v)
+        };
+        let options = Options {
+            policy,
+            module: path("module")?,
+            tests: path("tests")?,
+            issuer: url("issuer")?,
+            audience: text("audience")?,
+            jwks_url: url("jwks_url")?,
+            jwks_file: path("jwks_file")?,
+            leeway: get("leeway").map(|v| parse_secs("leeway", v, 3600)).transpose()?.unwrap_or(Duration::from_secs(30)),
+            jwks_min_refresh: get("jwks_min_refresh")
+                .map(|v| parse_secs("jwks_min_refresh", v, 86_400))
+                .transpose()?
+                .unwrap_or(Duration::from_secs(10)),
+            dev_state_dir: path("dev_state_dir")?,
+            cache_dir: path("cache_dir")?,
+            watch: get("watch").map(|v| parse_bool("watch", v)).transpose()?.unwrap_or(true),
+            metrics_listen: get("metrics_listen")
+                .map(|v| {
+                    v.trim().parse::<SocketAddr>().map_err(|_| {
+                        format!(
+                            "plugin_opt_metrics_listen: expected an address like 127.0.0.1:9883, got {}",
+                            policy_core::quote(v)
+                        )
+                    })
+                })
+                .transpose()?,
+            sys_interval: get("sys_interval")
+                .map(|v| parse_secs("sys_interval", v, 86_400))
+                .transpose()?
+                .unwrap_or(Duration::from_secs(10)),
+            decision_cache_size: match get("decision_cache_size") {
+                None => 256,
+                Some(v) => v.trim().parse::<usize>().ok().filter(|n| *n <= 1 << 20).ok_or_else(|| {
+                    format!(
+                        "plugin_opt_decision_cache_size: expected a number of decisions from 0 to 1048576, got {}",
+                        policy_core::quote(v)
+                    )
+                })?,
+            },
+            log_level: match get("log_level").map(|v| v.trim().to_ascii_lowercase()) {
+                None => LogLevel::Info,
+                Some(v) => match v.as_str() {
+                    "error" => LogLevel::Error,
+                    "warn" | "warning" => LogLevel::Warn,
+                    "info" => LogLevel::Info,
+                    "debug" => LogLevel::Debug,
+                    _ => {
+                        return Err(format!(
+                            "plugin_opt_log_level: expected error, warn, info or debug, got {}",
+                            policy_core::quote(&v)
+                        ));
+                    }
+                },
+            },
+        };
+        if options.issuer.is_none()
+            && options.jwks_url.is_none()
+            && options.jwks_file.is_none()
+            && options.dev_state_dir.is_none()
+        {
+            return Err(
+                "no way to verify tokens: give plugin_opt_issuer (OIDC discovery), plugin_opt_jwks_url, \
+                        plugin_opt_jwks_file, or plugin_opt_dev_state_dir (development)"
+                    .into(),
+            );
+        }
+        Ok(options)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn opts(pairs: &[(&str, &str)]) -> Result<Options, String> {
+        let pairs: Vec<(String, String)> =
+            pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        Options::parse(&pairs)
+    }
+
+    const BASE: [(&str, &str); 2] = [("policy", "/etc/p.json"), ("jwks_file", "/etc/keys.json")];
+
+    fn with(extra: (&str, &str)) -> Result<Options, String> {
+        let mut all = BASE.to_vec();
+        all.push(extra);
+        opts(&all)
+    }
+
+    #[test]
+    fn defaults_are_safe() {
+        let o = opts(&BASE).unwrap();
+        assert_eq!(o.policy, PathBuf::from("/etc/p.json"));
+        assert_eq!(o.leeway, Duration::from_secs(30));
+        assert!(o.watch);
+        assert_eq!(o.module, None);
+        assert_eq!(o.cache_dir, None);
+        assert_eq!(o.metrics_listen, None);
+        assert_eq!(o.log_level, LogLevel::Info);
+    }
+
+    #[test]
+    fn every_mistake_names_its_option() {
+        let e = with(("polcy", "x")).unwrap_err();
+        assert!(e.contains("unknown option plugin_opt_polcy; did you mean plugin_opt_policy?"), "{e}");
+        assert!(with(("policy", "/other")).unwrap_err().contains("plugin_opt_policy is given twice"));
+        assert!(with(("leeway", "ten")).unwrap_err().starts_with("plugin_opt_leeway:"));
+        assert!(with(("leeway", "-1")).unwrap_err().starts_with("plugin_opt_leeway:"));
+        assert!(with(("watch", "maybe")).unwrap_err().starts_with("plugin_opt_watch:"));
+        assert!(with(("metrics_listen", "9100")).unwrap_err().starts_with("plugin_opt_metrics_listen:"));
+        assert!(with(("issuer", "keycloak/realms/x")).unwrap_err().starts_with("plugin_opt_issuer:"));
+        assert!(
+            with(("decision_cache_size", "lots")).unwrap_err().starts_with("plugin_opt_decision_cache_size:")
+        );
+        assert!(with(("log_level", "loud")).unwrap_err().starts_with("plugin_opt_log_level:"));
+        assert!(with(("module", " ")).unwrap_err().contains("plugin_opt_module: the value is empty"));
+        assert!(opts(&[("jwks_file", "/k")]).unwrap_err().contains("plugin_opt_policy is required"));
+        assert!(opts(&[("policy", "/p")]).unwrap_err().contains("no way to verify tokens"));
+    }
+
+    #[test]
+    fn values_parse() {
+        let o = opts(&[
+            ("policy", "/p.json"),
+            ("issuer", "https://kc/realms/celine"),
+            ("audience", "mqtt"),
+            ("leeway", "5"),
+            ("watch", "off"),
+            ("metrics_listen", "127.0.0.1:9883"),
+            ("sys_interval", "0"),
+            ("decision_cache_size", "0"),
+            ("log_level", "DEBUG"),
+        ])
+        .unwrap();
+        assert_eq!(o.issuer.as_deref(), Some("https://kc/realms/celine"));
+        assert_eq!(o.audience.as_deref(), Some("mqtt"));
+        assert_eq!(o.leeway, Duration::from_secs(5));
+        assert!(!o.watch);
+        assert_eq!(o.metrics_listen, Some("127.0.0.1:9883".parse().unwrap()));
+        assert_eq!(o.sys_interval, Duration::ZERO);
+        assert_eq!(o.decision_cache_size, 0);
+        assert_eq!(o.log_level, LogLevel::Debug);
+    }
+}

@@ -1,0 +1,544 @@
+//! The plugin inside a real Mosquitto (Debian's), with real MQTT clients (rumqttc, 3.1.1 and
+//! 5). Every scenario is asserted from the clients' side: CONNACK and SUBACK codes, what is
+//! delivered and what is not.
+//!
+//! Each test starts its own broker on a free loopback port, with the policy in
+//! `tests/e2e/policy.json` (the default policy plus editors on twin events, per-user inboxes)
+//! and its test cases, keys from a JWKS file. Started as root, Mosquitto drops to its own
+//! user, as in production: the plugin and its files sit in a world-readable directory.
+//!
+//! Needs `mosquitto` and the plugin built: `cargo xtask e2e` installs and builds both.
+
+use std::time::Duration;
+
+use identity::devkey::{DevKey, TokenSpec, claims};
+use identity::now;
+use serde_json::{Value, json};
+use test_support::mosquitto::{Broker, Setup, write_readable};
+use test_support::{free_port, http, wait_for};
+
+mod mqtt;
+use mqtt::{Client, Event, Version};
+
+const ISSUER: &str = "https://keycloak.test/realms/celine";
+const POLICY: &str = include_str!("e2e/policy.json");
+const CASES: &str = include_str!("e2e/cases.json");
+const SWAP_WAIT: Duration = Duration::from_secs(30);
+
+/// Signs tokens the broker trusts (its JWKS file holds this key's public half).
+struct Issuer {
+    key: DevKey,
+    _dir: tempfile::TempDir,
+}
+
+impl Issuer {
+    fn new() -> Issuer {
+        let dir = tempfile::tempdir().unwrap();
+        Issuer { key: DevKey::load_or_create(dir.path()).unwrap(), _dir: dir }
+    }
+
+    fn jwks(&self) -> String {
+        json!({"keys": [self.key.jwk().unwrap()]}).to_string()
+    }
+
+    fn sign(&self, claims: &Value) -> String {
+        self.key.sign(claims).unwrap()
+    }
+
+    fn claims(
+        &self,
+        sub: Option<&str>,
+        client: Option<&str>,
+        groups: &[&str],
+        scopes: &[&str],
+        ttl: u64,
+    ) -> Value {
+        let spec = TokenSpec {
+            sub: sub.map(str::to_string),
+            client_id: client.map(str::to_string),
+            groups: groups.iter().map(|g| g.to_string()).collect(),
+            scopes: scopes.iter().map(|s| s.to_string()).collect(),
+            issuer: ISSUER.into(),
+            audience: None,
+            ttl_secs: ttl,
+        };
+        claims(&spec, now()).unwrap()
+    }
+
+    fn user(&self, sub: &str, groups: &[&str]) -> String {
+        self.sign(&self.claims(Some(sub), None, groups, &[], 600))
+    }
+
+    fn service(&self, client: &str, scopes: &[&str]) -> String {
+        self.sign(&self.claims(None, Some(client), &[], scopes, 600))
+    }
+}
+
+/// A broker with the e2e policy, its test cases and `issuer`'s key; `more` adds to it.
+fn broker_with(issuer: &Issuer, more: impl FnOnce(Setup) -> Setup) -> Broker {
+    let setup = Setup::new();
+    let policy = setup.file("policy.json", POLICY);
+    let cases = setup.file("cases.json", CASES);
+    let jwks = setup.file("jwks.json", issuer.jwks());
+    let setup = setup
+        .option("policy", policy.display().to_string())
+        .option("tests", cases.display().to_string())
+        .option("jwks_file", jwks.display().to_string())
+        .option("issuer", ISSUER);
+    Broker::start(more(setup))
+}
+
+fn broker(issuer: &Issuer) -> Broker {
+    broker_with(issuer, |s| s)
+}
+
+#[test]
+fn a_twin_event_reaches_entitled_subscribers_and_a_viewers_publish_reaches_nobody() {
+    let issuer = Issuer::new();
+    let b = broker(&issuer);
+    let editor =
+        Client::connected(Version::V311, b.port, "erin-1", "erin", &issuer.user("erin", &["editors"]));
+    let admin = Client::connected(Version::V5, b.port, "adam-1", "adam", &issuer.user("adam", &["admins"]));
+    let viewer =
+        Client::connected(Version::V311, b.port, "vera-1", "vera", &issuer.user("vera", &["viewers"]));
+    let twin = Client::connected(
+        Version::V311,
+        b.port,
+        "twin-1",
+        "svc-digital-twin",
+        &issuer.service("svc-digital-twin", &["mqtt.write"]),
+    );
+    assert_eq!(editor.subscribe("celine/digital-twin/events/#"), 1, "editors may follow twin events");
+    assert_eq!(admin.subscribe("#"), 1, "admins are superusers");
+
+    twin.publish("celine/digital-twin/events/pump/p1", "started");
+    assert_eq!(editor.message(), ("celine/digital-twin/events/pump/p1".into(), "started".into()));
+    assert_eq!(admin.message(), ("celine/digital-twin/events/pump/p1".into(), "started".into()));
+
+    // The viewer's publish is acknowledged (3.1.1 cannot refuse one) and dropped: neither
+    // subscriber sees it before the service's next event.
+    viewer.publish("celine/digital-twin/events/pump/p1", "forged");
+    twin.publish("celine/digital-twin/events/pump/p1", "marker");
+    assert!(editor.messages_until("marker").is_empty(), "the editor got the viewer's publish");
+    assert!(admin.messages_until("marker").is_empty(), "the admin on # got the viewer's publish");
+    let denied = b.wait_for_log_after(0, "deny publish \"celine/digital-twin/events/pump/p1\"", mqtt::WAIT);
+    assert!(denied.contains("user \"vera\"") && denied.contains("vera-1"), "{denied}");
+
+    // A viewer receives telemetry.
+    assert_eq!(viewer.subscribe("celine/telemetry/+/+/readings"), 1);
+    admin.publish("celine/telemetry/meter/m1/readings", "42 kWh");
+    assert_eq!(viewer.message(), ("celine/telemetry/meter/m1/readings".into(), "42 kWh".into()));
+}
+
+#[test]
+fn denied_subscriptions_get_0x80_in_mqtt_311_and_0x87_in_mqtt_5() {
+    let issuer = Issuer::new();
+    let b = broker(&issuer);
+    let token = issuer.user("vera", &["viewers"]);
+    let v311 = Client::connected(Version::V311, b.port, "vera-311", "vera", &token);
+    let v5 = Client::connected(Version::V5, b.port, "vera-5", "vera", &token);
+    for filter in ["celine/telemetry/#", "celine/system/alerts/critical", "celine/system/alerts/#", "#"] {
+        assert_eq!(v311.subscribe(filter), 0x80, "{filter} (3.1.1)");
+        assert_eq!(v5.subscribe(filter), 0x87, "{filter} (5)");
+    }
+    assert_eq!(v5.subscribe("celine/telemetry/+/+/readings"), 1, "an allowed one still is");
+}
+
+#[test]
+fn a_shared_subscription_is_decided_on_its_filter_and_shares_the_messages() {
+    let issuer = Issuer::new();
+    let b = broker(&issuer);
+    let token = issuer.user("vera", &["viewers"]);
+    let one = Client::connected(Version::V5, b.port, "share-1", "vera", &token);
+    let two = Client::connected(Version::V311, b.port, "share-2", "vera", &token);
+    assert_eq!(one.subscribe("$share/meters/celine/telemetry/+/+/readings"), 1);
+    assert_eq!(two.subscribe("$share/meters/celine/telemetry/+/+/readings"), 1);
+    assert_eq!(
+        one.subscribe("$share/meters/celine/telemetry/#"),
+        0x87,
+        "the filter inside $share/ is checked"
+    );
+    let admin =
+        Client::connected(Version::V311, b.port, "adam-share", "adam", &issuer.user("adam", &["admins"]));
+    for i in 0..10 {
+        admin.publish(&format!("celine/telemetry/meter/m{i}/readings"), &i.to_string());
+    }
+    let mut got = Vec::new();
+    wait_for("all 10 shared messages", mqtt::WAIT, || {
+        while let Some(Event::Message { payload, .. }) =
+            one.next_within(Duration::ZERO).or_else(|| two.next_within(Duration::ZERO))
+        {
+            got.push(String::from_utf8(payload).unwrap());
+        }
+        got.len() >= 10
+    });
+    got.sort_by_key(|p| p.parse::<u32>().unwrap());
+    assert_eq!(
+        got,
+        (0..10).map(|i| i.to_string()).collect::<Vec<_>>(),
+        "each message once, to one of the group"
+    );
+}
+
+#[test]
+fn per_user_topics_reach_only_their_user() {
+    let issuer = Issuer::new();
+    let b = broker(&issuer);
+    let alice =
+        Client::connected(Version::V311, b.port, "alice-1", "alice", &issuer.user("alice", &["users"]));
+    let bob = Client::connected(Version::V5, b.port, "bob-1", "bob", &issuer.user("bob", &["users"]));
+    assert_eq!(alice.subscribe("celine/users/alice/#"), 1);
+    assert_eq!(bob.subscribe("celine/users/bob/#"), 1);
+    assert_eq!(alice.subscribe("celine/users/bob/#"), 0x80, "not someone else's inbox");
+    assert_eq!(alice.subscribe("celine/users/+/inbox"), 0x80, "not everyone's inboxes");
+    let twin = Client::connected(
+        Version::V311,
+        b.port,
+        "twin-inbox",
+        "svc-digital-twin",
+        &issuer.service("svc-digital-twin", &["mqtt.write"]),
+    );
+    twin.publish("celine/users/alice/inbox", "for alice");
+    twin.publish("celine/users/bob/inbox", "for bob");
+    twin.publish("celine/users/alice/inbox", "end");
+    twin.publish("celine/users/bob/inbox", "end");
+    assert_eq!(
+        alice.messages_until("end"),
+        vec![("celine/users/alice/inbox".to_string(), "for alice".to_string())]
+    );
+    assert_eq!(
+        bob.messages_until("end"),
+        vec![("celine/users/bob/inbox".to_string(), "for bob".to_string())]
+    );
+}
+
+#[test]
+fn bad_tokens_are_refused_at_connack_and_never_logged() {
+    let issuer = Issuer::new();
+    let b = broker(&issuer);
+    let good = issuer.user("vera", &["viewers"]);
+    let mut tampered: Vec<char> = good.chars().collect();
+    let i = good.find('.').unwrap() + 5;
+    tampered[i] = if tampered[i] == 'A' { 'B' } else { 'A' };
+    let tampered: String = tampered.into_iter().collect();
+    let mut expired = issuer.claims(Some("vera"), None, &["viewers"], &[], 60);
+    expired["exp"] = json!(now() - 120);
+    let expired = issuer.sign(&expired);
+    let unknown_key = Issuer::new().user("vera", &["viewers"]);
+    let mut other_issuer = issuer.claims(Some("vera"), None, &["viewers"], &[], 60);
+    other_issuer["iss"] = json!("https://evil.test/realms/celine");
+    let other_issuer = issuer.sign(&other_issuer);
+    let bad = [
+        ("garbage", "garbage".to_string(), "malformed token"),
+        ("tampered", tampered, "invalid signature"),
+        ("expired", expired, "expired"),
+        ("unknown key", unknown_key, "unknown signing key"),
+        ("other issuer", other_issuer, "wrong issuer"),
+    ];
+    for (what, token, reason) in &bad {
+        for (version, code) in [(Version::V311, 5), (Version::V5, 0x87)] {
+            let mark = b.log_mark();
+            let id = format!("bad-{}-{version:?}", what.replace(' ', "-"));
+            let (_c, first) = Client::connect(version, b.port, &id, "vera", token);
+            assert_eq!(first, Event::Refused(code), "{what} ({version:?})");
+            let line = b.wait_for_log_after(mark, &format!("refused client \"{id}\""), mqtt::WAIT);
+            assert!(line.contains(reason), "{what}: {line}");
+        }
+    }
+    // No token at all.
+    let (_c, first) = Client::connect(Version::V311, b.port, "no-token", "vera", "");
+    assert_eq!(first, Event::Refused(5));
+    let log = b.log();
+    for (what, token, _) in &bad {
+        if token.len() > 20 {
+            assert!(!log.contains(&token[token.len() - 20..]), "the log holds the {what} token");
+        }
+    }
+    assert!(!log.contains(&good[good.len() - 20..]));
+}
+
+#[test]
+fn the_seed_client_connects_with_an_empty_username_and_tokens_work_as_usernames() {
+    let issuer = Issuer::new();
+    let b = broker(&issuer);
+    let token = issuer.user("vera", &["viewers"]);
+    // The seed's client code (paho): username "", the JWT as the password. Mosquitto passes
+    // NULL for the empty username. (rumqttc leaves an empty username out, which MQTT 3.1.1
+    // forbids with a password, so mosquitto_sub stands in for paho here.)
+    let sub = std::process::Command::new("mosquitto_sub")
+        .args(["-h", "127.0.0.1", "-p", &b.port.to_string(), "-V", "mqttv311", "-i", "seed-client", "-u", ""])
+        .args(["-P", &token, "-t", "celine/telemetry/+/+/readings", "-C", "1", "-W", "20"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("mosquitto_sub (apt-get install mosquitto-clients; cargo xtask e2e installs it)");
+    b.wait_for_log_after(0, "connected client \"seed-client\"", mqtt::WAIT);
+    b.wait_for_log_after(0, "seed-client 0 celine/telemetry/+/+/readings", mqtt::WAIT);
+    let admin =
+        Client::connected(Version::V311, b.port, "adam-seed", "adam", &issuer.user("adam", &["admins"]));
+    admin.publish("celine/telemetry/meter/m3/readings", "3");
+    let out = sub.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "3");
+    // MQTT 5 allows a password without a username.
+    let no_username = Client::connected(Version::V5, b.port, "no-username", "", &token);
+    assert_eq!(no_username.subscribe("celine/telemetry/+/+/readings"), 1);
+    // go-auth's jwt-backend convention: the JWT as the username, no password.
+    let as_username = Client::connected(Version::V5, b.port, "jwt-username", &token, "");
+    assert_eq!(as_username.subscribe("celine/telemetry/+/+/readings"), 1);
+    assert!(!b.log().contains(&token[token.len() - 20..]), "a token in the log");
+}
+
+#[test]
+fn two_connections_of_one_identity_both_work() {
+    let issuer = Issuer::new();
+    let b = broker(&issuer);
+    let token = issuer.user("vera", &["viewers"]);
+    let first = Client::connected(Version::V311, b.port, "vera-laptop", "vera", &token);
+    let second = Client::connected(Version::V5, b.port, "vera-phone", "vera", &token);
+    assert_eq!(first.subscribe("celine/telemetry/+/+/readings"), 1);
+    assert_eq!(second.subscribe("celine/telemetry/+/+/readings"), 1);
+    let admin = Client::connected(Version::V311, b.port, "adam-2", "adam", &issuer.user("adam", &["admins"]));
+    admin.publish("celine/telemetry/meter/m7/readings", "7");
+    assert_eq!(first.message().1, "7");
+    assert_eq!(second.message().1, "7");
+}
+
+#[test]
+fn a_client_id_taken_over_never_carries_the_previous_connections_rights() {
+    let issuer = Issuer::new();
+    let b = broker(&issuer);
+    let admin =
+        Client::connected(Version::V311, b.port, "console", "adam", &issuer.user("adam", &["admins"]));
+    assert_eq!(admin.subscribe("celine/system/alerts/critical"), 1);
+    // A viewer takes the admin's client id: Mosquitto disconnects the admin.
+    let viewer =
+        Client::connected(Version::V311, b.port, "console", "vera", &issuer.user("vera", &["viewers"]));
+    assert_eq!(viewer.subscribe("celine/system/alerts/critical"), 0x80, "the viewer got the admin's rights");
+    assert_eq!(viewer.subscribe("celine/#"), 0x80);
+    let twin = Client::connected(
+        Version::V311,
+        b.port,
+        "twin-2",
+        "svc-digital-twin",
+        &issuer.service("svc-digital-twin", &["mqtt.write"]),
+    );
+    assert_eq!(viewer.subscribe("celine/telemetry/+/+/readings"), 1);
+    viewer.publish("celine/digital-twin/events/x", "forged");
+    let line = b.wait_for_log_after(0, "deny publish \"celine/digital-twin/events/x\"", mqtt::WAIT);
+    assert!(line.contains("user \"vera\""), "decided as {line}");
+    drop(twin);
+}
+
+/// The default telemetry rule widened to every telemetry topic.
+fn widened_policy() -> String {
+    POLICY.replace("\"celine/telemetry/+/+/readings\"", "\"celine/telemetry/#\"")
+}
+
+#[test]
+fn a_changed_policy_file_decides_the_next_check_and_a_broken_one_changes_nothing() {
+    let issuer = Issuer::new();
+    let b = broker(&issuer);
+    let policy = b.setup.dir.path().join("policy.json");
+    let viewer =
+        Client::connected(Version::V311, b.port, "vera-swap", "vera", &issuer.user("vera", &["viewers"]));
+    assert_eq!(viewer.subscribe("celine/telemetry/#"), 0x80);
+
+    let mark = b.log_mark();
+    write_readable(&policy, widened_policy().as_bytes());
+    b.wait_for_log_after(mark, "swapped in a new generation", SWAP_WAIT);
+    assert_eq!(
+        viewer.subscribe("celine/telemetry/#"),
+        1,
+        "the connected client's next check follows the file"
+    );
+
+    // Not JSON: refused, the live policy stays.
+    let mark = b.log_mark();
+    write_readable(&policy, b"{ \"celine\": ");
+    let line = b.wait_for_log_after(mark, "rejected a candidate", SWAP_WAIT);
+    assert!(line.contains("does not load"), "{line}");
+    assert_eq!(viewer.subscribe("celine/telemetry/#"), 1, "still the last good policy");
+
+    // Loads, but fails the policy's own test cases (alice's inbox goes): refused too.
+    let mark = b.log_mark();
+    write_readable(
+        &policy,
+        widened_policy().replace("celine/users/${subject.id}/#", "celine/nobody/#").as_bytes(),
+    );
+    let line = b.wait_for_log_after(mark, "rejected a candidate", SWAP_WAIT);
+    assert!(line.contains("policy test cases fail"), "{line}");
+    let alice =
+        Client::connected(Version::V5, b.port, "alice-swap", "alice", &issuer.user("alice", &["users"]));
+    assert_eq!(alice.subscribe("celine/users/alice/#"), 1);
+    assert_eq!(viewer.subscribe("celine/telemetry/#"), 1);
+}
+
+#[test]
+fn sighup_reloads_the_policy_when_files_are_not_watched() {
+    let issuer = Issuer::new();
+    let b = broker_with(&issuer, |s| s.option("watch", "false"));
+    let policy = b.setup.dir.path().join("policy.json");
+    let token = issuer.user("vera", &["viewers"]);
+    let viewer = Client::connected(Version::V5, b.port, "vera-hup", "vera", &token);
+    assert_eq!(viewer.subscribe("celine/telemetry/#"), 0x87);
+    // The broker knows a client that sent its token as the username by its subject id (its
+    // log never shows the token), and still readmits it when it re-checks clients on reload.
+    let by_username = Client::connected(Version::V311, b.port, "vera-jwt-user", &token, "");
+    let line = b.wait_for_log_after(0, "as vera-jwt-user (", mqtt::WAIT);
+    assert!(line.ends_with("u'vera')."), "{line}");
+    write_readable(&policy, widened_policy().as_bytes());
+    let mark = b.log_mark();
+    b.hang_up();
+    let line = b.wait_for_log_after(mark, "swapped in a new generation", SWAP_WAIT);
+    assert!(line.contains("generation=2"), "{line}");
+    assert_eq!(viewer.subscribe("celine/telemetry/#"), 1);
+    // Mosquitto re-authenticates every client after a reload; both stay, on the new policy.
+    assert_eq!(viewer.subscribe("celine/telemetry/+/+/readings"), 1);
+    assert_eq!(by_username.subscribe("celine/telemetry/#"), 1);
+    assert!(!b.log().contains(&token[token.len() - 20..]), "a token in the log");
+}
+
+#[test]
+fn counters_reach_sys_topics_and_prometheus() {
+    let issuer = Issuer::new();
+    let metrics_port = free_port();
+    let b = broker_with(&issuer, |s| {
+        s.option("metrics_listen", format!("127.0.0.1:{metrics_port}")).option("sys_interval", "1")
+    });
+    let viewer =
+        Client::connected(Version::V311, b.port, "vera-m", "vera", &issuer.user("vera", &["viewers"]));
+    assert_eq!(viewer.subscribe("celine/telemetry/#"), 0x80);
+    assert_eq!(viewer.subscribe("celine/telemetry/+/+/readings"), 1);
+    let (_refused, _) = Client::connect(Version::V311, b.port, "garbage-m", "x", "garbage");
+    let metrics =
+        http().get(format!("http://127.0.0.1:{metrics_port}/metrics")).send().unwrap().text().unwrap();
+    for line in [
+        "mqtt_policy_decisions_total{action=\"subscribe\",decision=\"allow\"} 1",
+        "mqtt_policy_decisions_total{action=\"subscribe\",decision=\"deny\"} 1",
+        "mqtt_policy_connections_total{result=\"refused\"} 1",
+        "mqtt_policy_connections_total{result=\"accepted\"} 1",
+        "mqtt_policy_generation 1",
+        "mqtt_policy_swaps_total{result=\"rejected\"} 0",
+        "mqtt_policy_check_duration_seconds_count 2",
+    ] {
+        assert!(metrics.contains(line), "missing {line:?} in\n{metrics}");
+    }
+    let admin = Client::connected(Version::V5, b.port, "adam-sys", "adam", &issuer.user("adam", &["admins"]));
+    assert_eq!(admin.subscribe("$SYS/broker/mqtt-policy/#"), 1);
+    let mut seen = std::collections::HashMap::new();
+    wait_for("the plugin's $SYS topics", mqtt::WAIT, || {
+        if let Some(Event::Message { topic, payload }) = admin.next_within(Duration::from_millis(200)) {
+            seen.insert(topic, String::from_utf8(payload).unwrap());
+        }
+        // Retained values from before the viewer's checks may come first.
+        seen.get("$SYS/broker/mqtt-policy/checks/denied").is_some_and(|d| d.parse::<u64>().unwrap() >= 1)
+            && seen.contains_key("$SYS/broker/mqtt-policy/generation")
+    });
+    assert_eq!(seen["$SYS/broker/mqtt-policy/generation"], "1");
+    assert_eq!(viewer.subscribe("$SYS/broker/mqtt-policy/#"), 0x80, "only superusers read them");
+}
+
+#[test]
+fn wrong_options_stop_the_broker_with_a_message_naming_the_option() {
+    let issuer = Issuer::new();
+    let setup = Setup::new();
+    let jwks = setup.file("jwks.json", issuer.jwks());
+    let policy = setup.file("policy.json", POLICY);
+    let misspelt =
+        setup.option("polcy", policy.display().to_string()).option("jwks_file", jwks.display().to_string());
+    let (status, log) = Broker::start_failing(misspelt);
+    assert!(!status.success());
+    assert!(log.contains("unknown option plugin_opt_polcy; did you mean plugin_opt_policy?"), "{log}");
+
+    let setup = Setup::new();
+    let jwks = setup.file("jwks.json", issuer.jwks());
+    let broken = setup.file(
+        "policy.json",
+        "{\"celine\": {\"mqtt\": {\"acl\": {\"rules\": [{\"topics\": [\"a/#/b\"], \"actions\": \"*\"}]}}}}",
+    );
+    let (status, log) = Broker::start_failing(
+        setup.option("policy", broken.display().to_string()).option("jwks_file", jwks.display().to_string()),
+    );
+    assert!(!status.success());
+    assert!(log.contains("celine.mqtt.acl.rules[0].topics[0]"), "the load error names its JSON path:\n{log}");
+
+    let setup = Setup::new();
+    let policy = setup.file("policy.json", POLICY);
+    let (status, log) = Broker::start_failing(
+        setup.option("policy", policy.display().to_string()).option("jwks_file", "/nonexistent/jwks.json"),
+    );
+    assert!(!status.success());
+    assert!(log.contains("plugin_opt_jwks_file") && log.contains("/nonexistent/jwks.json"), "{log}");
+}
+
+#[test]
+fn an_unwritable_module_cache_costs_a_compile_and_the_broker_stops_cleanly() {
+    let issuer = Issuer::new();
+    // Nobody can create a directory under /proc: as with a home Mosquitto's user cannot write.
+    let mut b = broker_with(&issuer, |s| s.option("cache_dir", "/proc/mqtt-policy-cache"));
+    b.wait_for_log_after(0, "could not cache the compiled module", mqtt::WAIT);
+    let viewer =
+        Client::connected(Version::V311, b.port, "vera-c", "vera", &issuer.user("vera", &["viewers"]));
+    assert_eq!(viewer.subscribe("celine/telemetry/+/+/readings"), 1);
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        // Started as root: Mosquitto dropped to its own user before loading the plugin.
+        let status = std::fs::read_to_string(format!("/proc/{}/status", b.pid())).unwrap();
+        let uid = status.lines().find(|l| l.starts_with("Uid:")).unwrap().to_string();
+        assert!(!uid.split_whitespace().skip(1).all(|u| u == "0"), "the broker still runs as root: {uid}");
+    }
+    drop(viewer);
+    let status = b.terminate();
+    assert!(
+        status.success(),
+        "the broker crashed on shutdown (plugin threads left running?): {status}\n{}",
+        b.log()
+    );
+    assert!(b.log().contains("mqtt-policy: stopping"));
+}
+
+#[test]
+fn dev_mode_trusts_the_dev_key_in_its_state_directory() {
+    let state = tempfile::tempdir().unwrap();
+    let key = DevKey::load_or_create(state.path()).unwrap();
+    let spec = TokenSpec {
+        sub: Some("dana".into()),
+        client_id: None,
+        groups: vec!["viewers".into()],
+        scopes: vec![],
+        issuer: identity::devkey::DEV_ISSUER.into(),
+        audience: None,
+        ttl_secs: 600,
+    };
+    let token = key.sign(&claims(&spec, now()).unwrap()).unwrap();
+    let setup = Setup::new();
+    let policy = setup.file("policy.json", POLICY);
+    // The dev key is private (0600, root's): the broker keeps root's rights to read it.
+    let b = Broker::start(
+        setup
+            .option("policy", policy.display().to_string())
+            .option("dev_state_dir", state.path().display().to_string())
+            .config("user root"),
+    );
+    let dana = Client::connected(Version::V5, b.port, "dana-1", "dana", &token);
+    assert_eq!(dana.subscribe("celine/telemetry/+/+/readings"), 1);
+}
+
+#[test]
+#[ignore = "needs Keycloak: run with `cargo xtask e2e` (it installs Keycloak and sets MQTT_POLICY_KEYCLOAK_*)"]
+fn a_keycloak_client_credentials_token_connects_and_publishes() {
+    let kc = test_support::keycloak::Keycloak::start();
+    let setup = Setup::new();
+    let policy = setup.file("policy.json", POLICY);
+    let b = Broker::start(setup.option("policy", policy.display().to_string()).option("issuer", kc.issuer()));
+    let service = kc.service_token("svc-digital-twin", None);
+    let erin = kc.user_token("erin");
+    let follower = Client::connected(Version::V311, b.port, "erin-kc", "erin", &erin);
+    assert_eq!(follower.subscribe("celine/digital-twin/events/#"), 1);
+    let twin = Client::connected(Version::V5, b.port, "twin-kc", "", &service);
+    twin.publish("celine/digital-twin/events/pump/p9", "from keycloak");
+    assert_eq!(follower.message(), ("celine/digital-twin/events/pump/p9".into(), "from keycloak".into()));
+    let line = b.wait_for_log_after(0, "connected client \"twin-kc\"", mqtt::WAIT);
+    assert!(line.contains("service \"svc-digital-twin\""), "{line}");
+}

@@ -1,0 +1,457 @@
+//! `cargo xtask bench-broker`: messages delivered per second through Mosquitto with the
+//! plugin, beside Mosquitto with no authentication and Mosquitto's own `acl_file`, in the
+//! same run, QoS 0 and QoS 1, several publishers and subscribers; and the plugin's cost per
+//! check inside the broker (median, p99, from its own histogram).
+//!
+//! The load generator is a minimal MQTT 3.1.1 client on blocking sockets, one thread per
+//! connection, so that the broker (one thread) and not the generator is what is measured:
+//! publishers write pre-encoded PUBLISH packets as fast as the socket takes them (QoS 1: in
+//! windows of acknowledged packets), subscribers count deliveries (QoS 1: acknowledging
+//! each). Every run is bounded in messages and time.
+
+use std::io::{BufReader, BufWriter, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Barrier};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+
+use crate::{cargo, root, step, target_dir};
+
+const PUBLISHERS: usize = 4;
+const SUBSCRIBERS: usize = 4;
+const QOS1_WINDOW: usize = 32;
+const RUN_LIMIT: Duration = Duration::from_secs(120);
+const ROUNDS: usize = 3;
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Mode {
+    NoAuth,
+    AclFile,
+    Plugin,
+}
+
+impl Mode {
+    fn label(self) -> &'static str {
+        match self {
+            Mode::NoAuth => "no authentication",
+            Mode::AclFile => "Mosquitto acl_file",
+            Mode::Plugin => "mqtt-policy plugin",
+        }
+    }
+}
+
+/// What the publishers publish on.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Topics {
+    /// Each publisher on its own topic: the plugin's decision cache answers deliveries.
+    Hot,
+    /// A new topic for every message: every delivery check is a policy-module call.
+    EveryMessageNew,
+}
+
+// ---- a minimal MQTT 3.1.1 client -------------------------------------------------------
+
+fn remaining_length(mut n: usize, out: &mut Vec<u8>) {
+    loop {
+        let mut b = (n % 128) as u8;
+        n /= 128;
+        if n > 0 {
+            b |= 0x80;
+        }
+        out.push(b);
+        if n == 0 {
+            return;
+        }
+    }
+}
+
+fn string(s: &[u8], out: &mut Vec<u8>) {
+    out.extend_from_slice(&(s.len() as u16).to_be_bytes());
+    out.extend_from_slice(s);
+}
+
+fn packet(first: u8, body: &[u8]) -> Vec<u8> {
+    let mut p = vec![first];
+    remaining_length(body.len(), &mut p);
+    p.extend_from_slice(body);
+    p
+}
+
+fn connect_packet(id: &str, credentials: Option<(&str, &str)>) -> Vec<u8> {
+    let mut body = Vec::new();
+    string(b"MQTT", &mut body);
+    body.push(4);
+    body.push(0x02 | if credentials.is_some() { 0xC0 } else { 0 });
+    body.extend_from_slice(&60u16.to_be_bytes());
+    string(id.as_bytes(), &mut body);
+    if let Some((u, p)) = credentials {
+        string(u.as_bytes(), &mut body);
+        string(p.as_bytes(), &mut body);
+    }
+    packet(0x10, &body)
+}
+
+fn publish_packet(topic: &str, qos: u8, pid: u16, payload: &[u8]) -> Vec<u8> {
+    let mut body = Vec::with_capacity(topic.len() + payload.len() + 4);
+    string(topic.as_bytes(), &mut body);
+    if qos > 0 {
+        body.extend_from_slice(&pid.to_be_bytes());
+    }
+    body.extend_from_slice(payload);
+    packet(0x30 | (qos << 1), &body)
+}
+
+/// Reads one packet: (first byte, body).
+fn read_packet(r: &mut impl Read) -> std::io::Result<(u8, Vec<u8>)> {
+    let mut first = [0u8; 1];
+    r.read_exact(&mut first)?;
+    let (mut len, mut shift) = (0usize, 0);
+    loop {
+        let mut b = [0u8; 1];
+        r.read_exact(&mut b)?;
+        len |= ((b[0] & 0x7f) as usize) << shift;
+        if b[0] & 0x80 == 0 {
+            break;
+        }
+        shift += 7;
+    }
+    let mut body = vec![0u8; len];
+    r.read_exact(&mut body)?;
+    Ok((first[0], body))
+}
+
+fn connect(port: u16, id: &str, credentials: Option<(&str, &str)>) -> anyhow::Result<TcpStream> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).with_context(|| format!("{id}: connecting"))?;
+    s.set_nodelay(true)?;
+    s.set_read_timeout(Some(RUN_LIMIT))?;
+    s.write_all(&connect_packet(id, credentials))?;
+    let (first, body) = read_packet(&mut s)?;
+    if first != 0x20 || body.get(1) != Some(&0) {
+        bail!("{id}: CONNACK {first:#x} {body:?} (refused)");
+    }
+    Ok(s)
+}
+
+struct Client {
+    id: String,
+    credentials: Option<(String, String)>,
+}
+
+/// One run: subscribers first, then all publishers at once; deliveries counted until all
+/// arrived or the time limit. Returns (deliveries, seconds from the first publish to the
+/// last delivery).
+fn run(
+    port: u16,
+    qos: u8,
+    per_publisher: usize,
+    topics: Topics,
+    pubs: &[Client],
+    subs: &[Client],
+) -> anyhow::Result<(u64, f64)> {
+    let expected = (per_publisher * pubs.len()) as u64;
+    let ready = Arc::new(Barrier::new(subs.len() + pubs.len() + 1));
+    let start = Arc::new(Barrier::new(pubs.len() + 1));
+    let mut sub_threads = Vec::new();
+    for c in subs {
+        let mut s = connect(port, &c.id, c.credentials.as_ref().map(|(u, p)| (u.as_str(), p.as_str())))?;
+        let mut body = Vec::new();
+        body.extend_from_slice(&1u16.to_be_bytes());
+        string(b"bench/#", &mut body);
+        body.push(qos);
+        s.write_all(&packet(0x82, &body))?;
+        let (first, ack) = read_packet(&mut s)?;
+        if first != 0x90 || ack.get(2).is_none_or(|c| *c >= 0x80) {
+            bail!("{}: SUBACK {ack:?} (refused)", c.id);
+        }
+        let ready = Arc::clone(&ready);
+        sub_threads.push(std::thread::spawn(move || -> anyhow::Result<(u64, Instant)> {
+            ready.wait();
+            let mut w = s.try_clone()?;
+            let mut r = BufReader::with_capacity(1 << 16, s);
+            let (mut n, mut last) = (0u64, Instant::now());
+            while n < expected {
+                let (first, body) = match read_packet(&mut r) {
+                    Ok(p) => p,
+                    Err(_) => break,
+                };
+                if first & 0xF0 == 0x30 {
+                    n += 1;
+                    last = Instant::now();
+                    if (first >> 1) & 3 == 1 {
+                        let tl = u16::from_be_bytes([body[0], body[1]]) as usize;
+                        w.write_all(&packet(0x40, &body[2 + tl..4 + tl]))?;
+                    }
+                }
+            }
+            Ok((n, last))
+        }));
+    }
+    let mut pub_threads = Vec::new();
+    for (i, c) in pubs.iter().enumerate() {
+        let s = connect(port, &c.id, c.credentials.as_ref().map(|(u, p)| (u.as_str(), p.as_str())))?;
+        let (ready, start) = (Arc::clone(&ready), Arc::clone(&start));
+        pub_threads.push(std::thread::spawn(move || -> anyhow::Result<()> {
+            let hot = format!("bench/pump/p{i}");
+            let payload = [b'x'; 64];
+            ready.wait();
+            start.wait();
+            let mut r = s.try_clone()?;
+            let mut w = BufWriter::with_capacity(1 << 16, s);
+            let mut inflight = 0;
+            for n in 0..per_publisher {
+                let topic = match topics {
+                    Topics::Hot => hot.clone(),
+                    Topics::EveryMessageNew => format!("{hot}/{n}"),
+                };
+                w.write_all(&publish_packet(&topic, qos, (n % 60_000 + 1) as u16, &payload))?;
+                if qos == 1 {
+                    inflight += 1;
+                    if inflight == QOS1_WINDOW {
+                        w.flush()?;
+                        for _ in 0..inflight {
+                            read_packet(&mut r)?;
+                        }
+                        inflight = 0;
+                    }
+                }
+            }
+            w.flush()?;
+            for _ in 0..inflight {
+                read_packet(&mut r)?;
+            }
+            Ok(())
+        }));
+    }
+    ready.wait();
+    let began = Instant::now();
+    start.wait();
+    for t in pub_threads {
+        t.join().map_err(|_| anyhow::anyhow!("a publisher panicked"))??;
+    }
+    let mut delivered = 0;
+    let mut last = began;
+    for t in sub_threads {
+        let (n, l) = t.join().map_err(|_| anyhow::anyhow!("a subscriber panicked"))??;
+        delivered += n;
+        last = last.max(l);
+    }
+    Ok((delivered, last.duration_since(began).as_secs_f64()))
+}
+
+// ---- brokers ------------------------------------------------------------------------------
+
+struct Broker {
+    child: Child,
+    port: u16,
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+fn start_broker(
+    dir: &Path,
+    mode: Mode,
+    plugin: &Path,
+    state: &Path,
+    metrics_port: u16,
+) -> anyhow::Result<Broker> {
+    let port = free_port()?;
+    // Same queues for every mode: nothing dropped, so every run can count all deliveries.
+    let mut conf = format!(
+        "listener {port} 127.0.0.1\npersistence false\nmax_queued_messages 0\nmax_inflight_messages 100\n\
+         log_dest none\nuser root\n"
+    );
+    match mode {
+        Mode::NoAuth => conf.push_str("allow_anonymous true\n"),
+        Mode::AclFile => {
+            let acl = dir.join("acl");
+            std::fs::write(&acl, "# anonymous clients\ntopic readwrite bench/#\n")?;
+            conf.push_str(&format!("allow_anonymous true\nacl_file {}\n", acl.display()));
+        }
+        Mode::Plugin => {
+            let policy = root().join("mosquitto-plugin/tests/e2e/policy.json");
+            let bench_policy = dir.join("policy.json");
+            // The e2e policy, with the twin-event rules on the bench's topics.
+            std::fs::write(
+                &bench_policy,
+                std::fs::read_to_string(&policy)?.replace("celine/digital-twin/events/#", "bench/#"),
+            )?;
+            conf.push_str(&format!(
+                "allow_anonymous false\nplugin {}\nplugin_opt_policy {}\nplugin_opt_dev_state_dir {}\n\
+                 plugin_opt_metrics_listen 127.0.0.1:{metrics_port}\nplugin_opt_sys_interval 0\n",
+                plugin.display(),
+                bench_policy.display(),
+                state.display()
+            ));
+        }
+    }
+    let conf_path = dir.join(format!("{mode:?}.conf"));
+    std::fs::write(&conf_path, conf)?;
+    let child = Command::new("mosquitto")
+        .arg("-c")
+        .arg(&conf_path)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .context("starting mosquitto")?;
+    let broker = Broker { child, port };
+    let started = Instant::now();
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if started.elapsed() > Duration::from_secs(60) {
+            bail!("mosquitto ({}) did not start listening", mode.label());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(broker)
+}
+
+fn token(bin: &Path, state: &Path, args: &[&str]) -> anyhow::Result<String> {
+    let out = Command::new(bin)
+        .args(["token", "--dev", "--ttl", "2h", "--state-dir"])
+        .arg(state)
+        .args(args)
+        .output()
+        .context("minting a dev token")?;
+    if !out.status.success() {
+        bail!("mqtt-policy token: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(String::from_utf8(out.stdout)?.trim().to_string())
+}
+
+/// The plugin's check latency quantile `q` (ns), from its Prometheus histogram.
+fn check_quantile(metrics: &str, q: f64) -> Option<f64> {
+    let mut buckets: Vec<(f64, f64)> = metrics
+        .lines()
+        .filter_map(|l| l.strip_prefix("mqtt_policy_check_duration_seconds_bucket{le=\""))
+        .filter_map(|l| {
+            let (le, count) = l.split_once("\"} ")?;
+            let le = if le == "+Inf" { f64::INFINITY } else { le.parse().ok()? };
+            Some((le, count.trim().parse().ok()?))
+        })
+        .collect();
+    buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let total = buckets.last()?.1;
+    let want = (total * q).ceil();
+    buckets.iter().find(|(_, c)| *c >= want).map(|(le, _)| le * 1e9)
+}
+
+fn scrape(port: u16) -> anyhow::Result<String> {
+    let mut s = TcpStream::connect(("127.0.0.1", port))?;
+    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")?;
+    let mut out = String::new();
+    s.read_to_string(&mut out)?;
+    Ok(out)
+}
+
+pub fn bench() -> anyhow::Result<()> {
+    crate::apt::ensure_mosquitto()?;
+    crate::build()?;
+    step("release builds: the plugin and mqtt-policy (for dev tokens)");
+    cargo(&["build", "--release", "-p", "mosquitto-plugin", "-p", "mqtt-policy"])?;
+    let plugin = target_dir().join("release/libmqtt_policy_mosquitto.so");
+    let bin = target_dir().join("release/mqtt-policy");
+    let dir = tempdir()?;
+    let state = dir.join("state");
+    let svc: Vec<Client> = (0..PUBLISHERS)
+        .map(|i| -> anyhow::Result<Client> {
+            let t = token(&bin, &state, &["--client-id", "svc-digital-twin", "--scopes", "mqtt.write"])?;
+            Ok(Client { id: format!("pub-{i}"), credentials: Some(("svc-digital-twin".into(), t)) })
+        })
+        .collect::<anyhow::Result<_>>()?;
+    let editors: Vec<Client> = (0..SUBSCRIBERS)
+        .map(|i| -> anyhow::Result<Client> {
+            let t = token(&bin, &state, &["--sub", &format!("editor-{i}"), "--groups", "editors"])?;
+            Ok(Client { id: format!("sub-{i}"), credentials: Some((format!("editor-{i}"), t)) })
+        })
+        .collect::<anyhow::Result<_>>()?;
+    let anonymous = |prefix: &str, n: usize| -> Vec<Client> {
+        (0..n).map(|i| Client { id: format!("{prefix}-{i}"), credentials: None }).collect()
+    };
+    let (anon_pubs, anon_subs) = (anonymous("pub", PUBLISHERS), anonymous("sub", SUBSCRIBERS));
+    let scenarios: [(u8, usize, Topics, &str); 3] = [
+        (0, 20_000, Topics::Hot, "QoS 0"),
+        (1, 10_000, Topics::Hot, "QoS 1"),
+        (0, 20_000, Topics::EveryMessageNew, "QoS 0, a new topic per message"),
+    ];
+    println!(
+        "\n{PUBLISHERS} publishers, {SUBSCRIBERS} subscribers (each receives every message), 64-byte payloads; \
+         {ROUNDS} rounds, modes interleaved; deliveries/s per run"
+    );
+    let mut table = Vec::new();
+    for (qos, per_pub, topics, name) in scenarios {
+        step(&format!("{name}: {} deliveries per run", per_pub * PUBLISHERS * SUBSCRIBERS));
+        let mut rates: Vec<(Mode, Vec<f64>)> =
+            [Mode::NoAuth, Mode::AclFile, Mode::Plugin].map(|m| (m, vec![])).into();
+        let mut latency = (None, None);
+        for round in 0..ROUNDS {
+            for (mode, got) in rates.iter_mut() {
+                let metrics_port = free_port()?;
+                let broker = start_broker(&dir, *mode, &plugin, &state, metrics_port)?;
+                let (pubs, subs) = if *mode == Mode::Plugin {
+                    (&svc[..], &editors[..])
+                } else {
+                    (&anon_pubs[..], &anon_subs[..])
+                };
+                let (delivered, secs) = run(broker.port, qos, per_pub, topics, pubs, subs)?;
+                let expected = (per_pub * PUBLISHERS * SUBSCRIBERS) as u64;
+                if delivered < expected {
+                    bail!("{}: only {delivered} of {expected} deliveries within {RUN_LIMIT:?}", mode.label());
+                }
+                let rate = delivered as f64 / secs;
+                println!(
+                    "   round {}: {:<22} {:>9.0} deliveries/s ({secs:.2} s)",
+                    round + 1,
+                    mode.label(),
+                    rate
+                );
+                got.push(rate);
+                if *mode == Mode::Plugin && round == ROUNDS - 1 {
+                    let m = scrape(metrics_port)?;
+                    latency = (check_quantile(&m, 0.5), check_quantile(&m, 0.99));
+                }
+                drop(broker);
+            }
+        }
+        table.push((name, rates, latency));
+    }
+    println!(
+        "\n| scenario | no auth | acl_file | plugin | acl_file / no auth | plugin / no auth | plugin check p50 | p99 |"
+    );
+    println!("|---|---|---|---|---|---|---|---|");
+    for (name, rates, (p50, p99)) in &table {
+        let median = |v: &Vec<f64>| {
+            let mut v = v.clone();
+            v.sort_by(f64::total_cmp);
+            v[v.len() / 2]
+        };
+        let (none, acl, plug) = (median(&rates[0].1), median(&rates[1].1), median(&rates[2].1));
+        let ns = |v: &Option<f64>| v.map(|n| format!("≤ {n:.0} ns")).unwrap_or_else(|| "-".into());
+        println!(
+            "| {name} | {none:.0}/s | {acl:.0}/s | {plug:.0}/s | {:.2} | {:.2} | {} | {} |",
+            acl / none,
+            plug / none,
+            ns(p50),
+            ns(p99)
+        );
+    }
+    std::fs::remove_dir_all(&dir).ok();
+    Ok(())
+}
+
+fn tempdir() -> anyhow::Result<PathBuf> {
+    let dir = std::env::temp_dir().join(format!("mqtt-policy-bench-broker-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
+}
