@@ -35,10 +35,12 @@ pub const EXPIRED_GRACE_SECS: u64 = 60;
 
 /// Decisions already made for one connection under one generation, by topic and action.
 /// Bounded: when full it starts over (a miss costs one module call, never a wrong answer).
+/// Topics are hashed with foldhash (seeded per cache): SipHash cost more than the rest of a
+/// cached check, and the cache is too small to be worth flooding.
 #[derive(Default)]
 pub struct DecisionCache {
     capacity: usize,
-    by_topic: HashMap<Box<str>, [Option<Arc<Decision>>; 3]>,
+    by_topic: HashMap<Box<str>, [Option<Arc<Decision>>; 3], foldhash::fast::RandomState>,
 }
 
 fn slot(action: Action) -> usize {
@@ -51,7 +53,7 @@ fn slot(action: Action) -> usize {
 
 impl DecisionCache {
     pub fn new(capacity: usize) -> DecisionCache {
-        DecisionCache { capacity, by_topic: HashMap::new() }
+        DecisionCache { capacity, by_topic: HashMap::default() }
     }
 
     pub fn get(&self, action: Action, topic: &str) -> Option<&Arc<Decision>> {

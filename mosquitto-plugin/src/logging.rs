@@ -81,7 +81,8 @@ pub fn stop() {
 
 /// Sends the lines other threads logged; call on the broker thread.
 pub fn flush() {
-    if !PENDING.swap(false, Ordering::Acquire) {
+    // A plain load first: this runs before every check, and nearly always finds nothing.
+    if !PENDING.load(Ordering::Relaxed) || !PENDING.swap(false, Ordering::Acquire) {
         return;
     }
     let lines: Vec<(Level, String)> = QUEUE.lock().unwrap_or_else(|p| p.into_inner()).drain(..).collect();

@@ -13,6 +13,7 @@ use std::io::{BufReader, BufWriter, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
@@ -22,9 +23,11 @@ use crate::{cargo, root, step, target_dir};
 
 const PUBLISHERS: usize = 4;
 const SUBSCRIBERS: usize = 4;
-const QOS1_WINDOW: usize = 32;
+/// Messages published but not yet read by every subscriber, at most (all publishers).
+const IN_FLIGHT: u64 = 2_000;
+/// QoS 1 publishes a publisher may have unacknowledged.
+const QOS1_WINDOW: usize = 256;
 const RUN_LIMIT: Duration = Duration::from_secs(120);
-const ROUNDS: usize = 3;
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Mode {
@@ -152,6 +155,10 @@ fn run(
     subs: &[Client],
 ) -> anyhow::Result<(u64, f64)> {
     let expected = (per_publisher * pubs.len()) as u64;
+    // Closed loop: publishers stay at most IN_FLIGHT messages ahead of the slowest reader, so
+    // no queue grows without bound and the broker's pace, not its memory, is measured.
+    let published = Arc::new(AtomicU64::new(0));
+    let delivered = Arc::new(AtomicU64::new(0));
     let ready = Arc::new(Barrier::new(subs.len() + pubs.len() + 1));
     let start = Arc::new(Barrier::new(pubs.len() + 1));
     let mut sub_threads = Vec::new();
@@ -166,19 +173,24 @@ fn run(
         if first != 0x90 || ack.get(2).is_none_or(|c| *c >= 0x80) {
             bail!("{}: SUBACK {ack:?} (refused)", c.id);
         }
-        let ready = Arc::clone(&ready);
+        let (ready, delivered) = (Arc::clone(&ready), Arc::clone(&delivered));
         sub_threads.push(std::thread::spawn(move || -> anyhow::Result<(u64, Instant)> {
             ready.wait();
-            let mut w = s.try_clone()?;
+            let mut w = BufWriter::with_capacity(1 << 14, s.try_clone()?);
             let mut r = BufReader::with_capacity(1 << 16, s);
             let (mut n, mut last) = (0u64, Instant::now());
             while n < expected {
+                // Acknowledgements go out in batches, before the reader would wait.
+                if r.buffer().is_empty() {
+                    w.flush()?;
+                }
                 let (first, body) = match read_packet(&mut r) {
                     Ok(p) => p,
                     Err(_) => break,
                 };
                 if first & 0xF0 == 0x30 {
                     n += 1;
+                    delivered.fetch_add(1, Ordering::Relaxed);
                     last = Instant::now();
                     if (first >> 1) & 3 == 1 {
                         let tl = u16::from_be_bytes([body[0], body[1]]) as usize;
@@ -186,6 +198,7 @@ fn run(
                     }
                 }
             }
+            w.flush()?;
             Ok((n, last))
         }));
     }
@@ -193,34 +206,54 @@ fn run(
     for (i, c) in pubs.iter().enumerate() {
         let s = connect(port, &c.id, c.credentials.as_ref().map(|(u, p)| (u.as_str(), p.as_str())))?;
         let (ready, start) = (Arc::clone(&ready), Arc::clone(&start));
+        let (published, delivered) = (Arc::clone(&published), Arc::clone(&delivered));
+        let readers = subs.len() as u64;
         pub_threads.push(std::thread::spawn(move || -> anyhow::Result<()> {
             let hot = format!("bench/pump/p{i}");
             let payload = [b'x'; 64];
             ready.wait();
             start.wait();
-            let mut r = s.try_clone()?;
+            // QoS 1: a reader counts PUBACKs; the writer keeps at most QOS1_WINDOW unacknowledged.
+            let acked = Arc::new(AtomicUsize::new(0));
+            let reader = if qos == 1 {
+                let mut r = BufReader::new(s.try_clone()?);
+                let acked = Arc::clone(&acked);
+                Some(std::thread::spawn(move || {
+                    while acked.load(Ordering::Relaxed) < per_publisher && read_packet(&mut r).is_ok() {
+                        acked.fetch_add(1, Ordering::Relaxed);
+                    }
+                }))
+            } else {
+                None
+            };
             let mut w = BufWriter::with_capacity(1 << 16, s);
-            let mut inflight = 0;
             for n in 0..per_publisher {
                 let topic = match topics {
                     Topics::Hot => hot.clone(),
                     Topics::EveryMessageNew => format!("{hot}/{n}"),
                 };
+                if published.load(Ordering::Relaxed) * readers
+                    >= delivered.load(Ordering::Relaxed) + IN_FLIGHT * readers
+                {
+                    w.flush()?;
+                    while published.load(Ordering::Relaxed) * readers
+                        >= delivered.load(Ordering::Relaxed) + IN_FLIGHT * readers
+                    {
+                        std::thread::yield_now();
+                    }
+                }
                 w.write_all(&publish_packet(&topic, qos, (n % 60_000 + 1) as u16, &payload))?;
-                if qos == 1 {
-                    inflight += 1;
-                    if inflight == QOS1_WINDOW {
-                        w.flush()?;
-                        for _ in 0..inflight {
-                            read_packet(&mut r)?;
-                        }
-                        inflight = 0;
+                published.fetch_add(1, Ordering::Relaxed);
+                if qos == 1 && n + 1 - acked.load(Ordering::Relaxed) >= QOS1_WINDOW {
+                    w.flush()?;
+                    while n + 1 - acked.load(Ordering::Relaxed) >= QOS1_WINDOW {
+                        std::thread::yield_now();
                     }
                 }
             }
             w.flush()?;
-            for _ in 0..inflight {
-                read_packet(&mut r)?;
+            if let Some(r) = reader {
+                r.join().map_err(|_| anyhow::anyhow!("a PUBACK reader panicked"))?;
             }
             Ok(())
         }));
@@ -298,8 +331,10 @@ fn start_broker(
     }
     let conf_path = dir.join(format!("{mode:?}.conf"));
     std::fs::write(&conf_path, conf)?;
-    let child = Command::new("mosquitto")
-        .arg("-c")
+    // The broker on CPU 0 (the plugin's threads with it), the load generator on the others:
+    // the broker, not the scheduler's mood, is what is measured.
+    let child = Command::new("taskset")
+        .args(["-c", "0", "mosquitto", "-c"])
         .arg(&conf_path)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -381,21 +416,28 @@ pub fn bench() -> anyhow::Result<()> {
     };
     let (anon_pubs, anon_subs) = (anonymous("pub", PUBLISHERS), anonymous("sub", SUBSCRIBERS));
     let scenarios: [(u8, usize, Topics, &str); 3] = [
-        (0, 20_000, Topics::Hot, "QoS 0"),
-        (1, 10_000, Topics::Hot, "QoS 1"),
-        (0, 20_000, Topics::EveryMessageNew, "QoS 0, a new topic per message"),
+        (0, 100_000, Topics::Hot, "QoS 0"),
+        (1, 50_000, Topics::Hot, "QoS 1"),
+        (0, 50_000, Topics::EveryMessageNew, "QoS 0, a new topic per message"),
     ];
+    pin_generator()?;
+    let rounds = rounds();
     println!(
         "\n{PUBLISHERS} publishers, {SUBSCRIBERS} subscribers (each receives every message), 64-byte payloads; \
-         {ROUNDS} rounds, modes interleaved; deliveries/s per run"
+         {rounds} rounds, modes interleaved; deliveries/s per run"
     );
     let mut table = Vec::new();
+    // `MQTT_POLICY_BENCH_ONLY=<part of a scenario's name>` runs only those (for profiling).
+    let only = std::env::var("MQTT_POLICY_BENCH_ONLY").ok();
     for (qos, per_pub, topics, name) in scenarios {
-        step(&format!("{name}: {} deliveries per run", per_pub * PUBLISHERS * SUBSCRIBERS));
-        let mut rates: Vec<(Mode, Vec<f64>)> =
-            [Mode::NoAuth, Mode::AclFile, Mode::Plugin].map(|m| (m, vec![])).into();
+        if only.as_deref().is_some_and(|o| !name.contains(o)) {
+            continue;
+        }
+        let expected = (per_pub * PUBLISHERS * SUBSCRIBERS) as u64;
+        step(&format!("{name}: {expected} deliveries per run"));
+        let mut rates: Vec<(Mode, Vec<(f64, f64)>)> = modes().into_iter().map(|m| (m, vec![])).collect();
         let mut latency = (None, None);
-        for round in 0..ROUNDS {
+        for round in 0..rounds {
             for (mode, got) in rates.iter_mut() {
                 let metrics_port = free_port()?;
                 let broker = start_broker(&dir, *mode, &plugin, &state, metrics_port)?;
@@ -404,50 +446,135 @@ pub fn bench() -> anyhow::Result<()> {
                 } else {
                     (&anon_pubs[..], &anon_subs[..])
                 };
+                let cpu_before = cpu_seconds(broker.child.id())?;
                 let (delivered, secs) = run(broker.port, qos, per_pub, topics, pubs, subs)?;
-                let expected = (per_pub * PUBLISHERS * SUBSCRIBERS) as u64;
+                let cpu = cpu_seconds(broker.child.id())? - cpu_before;
                 if delivered < expected {
                     bail!("{}: only {delivered} of {expected} deliveries within {RUN_LIMIT:?}", mode.label());
                 }
                 let rate = delivered as f64 / secs;
-                println!(
-                    "   round {}: {:<22} {:>9.0} deliveries/s ({secs:.2} s)",
+                let cpu_us = cpu * 1e6 / delivered as f64;
+                let mut line = format!(
+                    "   round {}: {:<22} {:>9.0} deliveries/s ({secs:.2} s), broker CPU {cpu_us:.2} µs per delivery",
                     round + 1,
                     mode.label(),
                     rate
                 );
-                got.push(rate);
-                if *mode == Mode::Plugin && round == ROUNDS - 1 {
+                if *mode == Mode::Plugin {
                     let m = scrape(metrics_port)?;
-                    latency = (check_quantile(&m, 0.5), check_quantile(&m, 0.99));
+                    let checks: f64 = m
+                        .lines()
+                        .filter(|l| l.starts_with("mqtt_policy_decisions_total{"))
+                        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                        .sum();
+                    line.push_str(&format!(", {:.2} checks per delivery", checks / delivered as f64));
+                    if round + 1 == rounds {
+                        latency = (check_quantile(&m, 0.5), check_quantile(&m, 0.99));
+                    }
                 }
+                println!("{line}");
+                got.push((rate, cpu_us));
                 drop(broker);
             }
         }
         table.push((name, rates, latency));
     }
     println!(
-        "\n| scenario | no auth | acl_file | plugin | acl_file / no auth | plugin / no auth | plugin check p50 | p99 |"
+        "\nMedians. Throughput in deliveries/s; cost in broker CPU time per delivery (its thread and the \
+         plugin's, on CPU 0).\n"
     );
-    println!("|---|---|---|---|---|---|---|---|");
+    println!(
+        "| scenario | no auth | acl_file | plugin | acl_file / no auth | plugin / no auth | CPU µs/delivery: no auth, acl_file, plugin | plugin check p50 | p99 |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|");
     for (name, rates, (p50, p99)) in &table {
-        let median = |v: &Vec<f64>| {
-            let mut v = v.clone();
+        let median = |m: Mode, pick: fn(&(f64, f64)) -> f64| {
+            let mut v: Vec<f64> = rates.iter().find(|(x, _)| *x == m)?.1.iter().map(pick).collect();
             v.sort_by(f64::total_cmp);
-            v[v.len() / 2]
+            Some(v[v.len() / 2])
         };
-        let (none, acl, plug) = (median(&rates[0].1), median(&rates[1].1), median(&rates[2].1));
+        let rate = |m| median(m, |r| r.0);
+        let cpu = |m| median(m, |r| r.1).map(|c| format!("{c:.2}")).unwrap_or_else(|| "-".into());
+        let shown = |v: Option<f64>| v.map(|r| format!("{r:.0}/s")).unwrap_or_else(|| "-".into());
+        let ratio = |a: Option<f64>, b: Option<f64>| {
+            a.zip(b).map(|(a, b)| format!("{:.2}", a / b)).unwrap_or_else(|| "-".into())
+        };
         let ns = |v: &Option<f64>| v.map(|n| format!("≤ {n:.0} ns")).unwrap_or_else(|| "-".into());
+        let (none, acl, plug) = (rate(Mode::NoAuth), rate(Mode::AclFile), rate(Mode::Plugin));
         println!(
-            "| {name} | {none:.0}/s | {acl:.0}/s | {plug:.0}/s | {:.2} | {:.2} | {} | {} |",
-            acl / none,
-            plug / none,
+            "| {name} | {} | {} | {} | {} | {} | {}, {}, {} | {} | {} |",
+            shown(none),
+            shown(acl),
+            shown(plug),
+            ratio(acl, none),
+            ratio(plug, none),
+            cpu(Mode::NoAuth),
+            cpu(Mode::AclFile),
+            cpu(Mode::Plugin),
             ns(p50),
             ns(p99)
         );
     }
     std::fs::remove_dir_all(&dir).ok();
     Ok(())
+}
+
+/// CPU time (user + system) a process has used, from `/proc/<pid>/stat`.
+fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
+    let stat =
+        std::fs::read_to_string(format!("/proc/{pid}/stat")).context("reading the broker's CPU time")?;
+    // Fields after the command name (which may hold spaces) start at its closing parenthesis.
+    let fields: Vec<&str> = stat[stat.rfind(')').context("/proc stat")? + 2..].split(' ').collect();
+    let ticks: f64 = fields[11].parse::<f64>()? + fields[12].parse::<f64>()?;
+    Ok(ticks / 100.0)
+}
+
+/// Keeps this process (the load generator: its threads inherit it) off CPU 0, the broker's.
+fn pin_generator() -> anyhow::Result<()> {
+    let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    if cpus < 2 {
+        bail!("bench-broker needs 2 CPUs or more: one for the broker, the rest for the load");
+    }
+    let rest = if cpus == 2 { "1".to_string() } else { format!("1-{}", cpus - 1) };
+    let status = Command::new("taskset")
+        .args(["-a", "-p", "-c", &rest, &std::process::id().to_string()])
+        .stdout(Stdio::null())
+        .status()
+        .context("cannot run taskset (util-linux)")?;
+    if !status.success() {
+        bail!("taskset failed ({status})");
+    }
+    println!("   broker pinned to CPU 0, load generator to CPU {rest}");
+    Ok(())
+}
+
+/// Rounds of every mode (`MQTT_POLICY_BENCH_ROUNDS` overrides, e.g. 1 for a profile).
+fn rounds() -> usize {
+    std::env::var("MQTT_POLICY_BENCH_ROUNDS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .filter(|r| *r > 0)
+        .unwrap_or(3)
+}
+
+/// The modes to run: all, or those named in `MQTT_POLICY_BENCH_MODES` (`noauth,acl,plugin`),
+/// e.g. to profile one of them.
+fn modes() -> Vec<Mode> {
+    let all = vec![Mode::NoAuth, Mode::AclFile, Mode::Plugin];
+    match std::env::var("MQTT_POLICY_BENCH_MODES") {
+        Err(_) => all,
+        Ok(list) => all
+            .into_iter()
+            .filter(|m| {
+                let name = match m {
+                    Mode::NoAuth => "noauth",
+                    Mode::AclFile => "acl",
+                    Mode::Plugin => "plugin",
+                };
+                list.split(',').any(|x| x.trim() == name)
+            })
+            .collect(),
+    }
 }
 
 fn tempdir() -> anyhow::Result<PathBuf> {

@@ -92,6 +92,31 @@ impl Setup {
     }
 }
 
+/// Writes the configuration (a listener on `port`, `extra` lines, the plugin and its
+/// options, the setup's lines) and starts Mosquitto on it, its log on a pipe.
+fn spawn(setup: &Setup, port: u16, extra: &str) -> Child {
+    let mut conf = format!(
+        "per_listener_settings false\nlistener {port} 127.0.0.1\nlog_dest stderr\n{extra}plugin {}\n",
+        plugin().display()
+    );
+    for (k, v) in &setup.options {
+        conf.push_str(&format!("plugin_opt_{k} {v}\n"));
+    }
+    for line in &setup.config {
+        conf.push_str(line);
+        conf.push('\n');
+    }
+    let conf_path = setup.file("mosquitto.conf", &conf);
+    Command::new(executable())
+        .arg("-c")
+        .arg(&conf_path)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start mosquitto")
+}
+
 /// Replaces a file the way an editor or `mv` does (write aside, rename), readable by all.
 pub fn write_readable(path: &Path, contents: &[u8]) {
     let tmp = path.with_extension("tmp~");
@@ -130,27 +155,7 @@ impl Broker {
 
     fn try_start(setup: Setup) -> Result<Broker, Setup> {
         let port = crate::free_port();
-        let mut conf = format!(
-            "per_listener_settings false\nlistener {port} 127.0.0.1\nallow_anonymous false\n\
-             persistence false\nlog_dest stderr\nlog_type all\nplugin {}\n",
-            plugin().display()
-        );
-        for (k, v) in &setup.options {
-            conf.push_str(&format!("plugin_opt_{k} {v}\n"));
-        }
-        for line in &setup.config {
-            conf.push_str(line);
-            conf.push('\n');
-        }
-        let conf_path = setup.file("mosquitto.conf", &conf);
-        let mut child = Command::new(executable())
-            .arg("-c")
-            .arg(&conf_path)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start mosquitto");
+        let mut child = spawn(&setup, port, "allow_anonymous false\npersistence false\nlog_type all\n");
         let log = Arc::new(Log::default());
         let sink = Arc::clone(&log);
         let stderr = child.stderr.take().unwrap();
@@ -190,23 +195,7 @@ impl Broker {
 
     /// Starts a broker expected to refuse its configuration; returns its exit status and log.
     pub fn start_failing(setup: Setup) -> (ExitStatus, String) {
-        let port = crate::free_port();
-        let mut conf = format!(
-            "per_listener_settings false\nlistener {port} 127.0.0.1\nlog_dest stderr\nplugin {}\n",
-            plugin().display()
-        );
-        for (k, v) in &setup.options {
-            conf.push_str(&format!("plugin_opt_{k} {v}\n"));
-        }
-        let conf_path = setup.file("mosquitto.conf", &conf);
-        let mut child = Command::new(executable())
-            .arg("-c")
-            .arg(&conf_path)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start mosquitto");
+        let mut child = spawn(&setup, crate::free_port(), "");
         let started = Instant::now();
         loop {
             if let Some(status) = child.try_wait().unwrap() {
