@@ -18,7 +18,7 @@ use test_support::mosquitto::{Broker, Setup, write_readable};
 use test_support::{free_port, http, wait_for};
 
 mod mqtt;
-use mqtt::{Client, Event, Version};
+use mqtt::{Client, Event, Version, WillClient};
 
 const ISSUER: &str = "https://keycloak.test/realms/celine";
 const POLICY: &str = include_str!("e2e/policy.json");
@@ -542,4 +542,52 @@ fn a_keycloak_client_credentials_token_connects_and_publishes() {
     assert_eq!(follower.message(), ("celine/digital-twin/events/pump/p9".into(), "from keycloak".into()));
     let line = b.wait_for_log_after(0, "connected client \"twin-kc\"", mqtt::WAIT);
     assert!(line.contains("service \"svc-digital-twin\""), "{line}");
+}
+
+#[test]
+fn wills_and_retained_messages_are_decided_as_the_connection_that_left_them() {
+    let issuer = Issuer::new();
+    let b = broker(&issuer);
+    let editor =
+        Client::connected(Version::V311, b.port, "erin-will", "erin", &issuer.user("erin", &["editors"]));
+    assert_eq!(editor.subscribe("celine/digital-twin/events/#"), 1);
+    // A viewer's will on a topic it may not publish to: Mosquitto checks it when it sends it,
+    // after the disconnect event, and it is dropped.
+    let viewer = WillClient::connect(
+        b.port,
+        "vera-will",
+        "vera",
+        &issuer.user("vera", &["viewers"]),
+        ("celine/digital-twin/events/pump/p1", "forged will"),
+    );
+    b.wait_for_log_after(0, "connected client \"vera-will\"", mqtt::WAIT);
+    let mark = b.log_mark();
+    viewer.vanish();
+    let line = b.wait_for_log_after(mark, "deny publish \"celine/digital-twin/events/pump/p1\"", mqtt::WAIT);
+    assert!(line.contains("vera-will"), "{line}");
+    // A service's will on its own namespace is delivered, after its disconnect event too.
+    let twin = WillClient::connect(
+        b.port,
+        "twin-will",
+        "svc-digital-twin",
+        &issuer.service("svc-digital-twin", &["mqtt.write"]),
+        ("celine/digital-twin/events/twin/status", "offline"),
+    );
+    b.wait_for_log_after(0, "connected client \"twin-will\"", mqtt::WAIT);
+    twin.vanish();
+    assert!(editor.messages_until("offline").is_empty(), "the viewer's will was delivered");
+
+    // Retained messages are checked as deliveries when a subscription picks them up.
+    let admin =
+        Client::connected(Version::V5, b.port, "adam-retain", "adam", &issuer.user("adam", &["admins"]));
+    admin.publish_with("celine/telemetry/meter/m9/readings", "retained 9", true);
+    admin.publish_with("celine/users/alice/inbox", "retained for alice", true);
+    let viewer =
+        Client::connected(Version::V311, b.port, "vera-retain", "vera", &issuer.user("vera", &["viewers"]));
+    assert_eq!(viewer.subscribe("celine/telemetry/+/+/readings"), 1);
+    assert_eq!(viewer.message(), ("celine/telemetry/meter/m9/readings".into(), "retained 9".into()));
+    let alice =
+        Client::connected(Version::V5, b.port, "alice-retain", "alice", &issuer.user("alice", &["users"]));
+    assert_eq!(alice.subscribe("celine/users/alice/#"), 1);
+    assert_eq!(alice.message(), ("celine/users/alice/inbox".into(), "retained for alice".into()));
 }

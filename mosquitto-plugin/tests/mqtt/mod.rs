@@ -214,13 +214,17 @@ impl Client {
     /// Publishes at QoS 1 and waits for the broker's PUBACK (sent whether or not the
     /// publish was allowed: MQTT 3.1.1 has no way to refuse it).
     pub fn publish(&self, topic: &str, payload: &str) {
+        self.publish_with(topic, payload, false)
+    }
+
+    /// As [`Client::publish`], with the retain flag.
+    pub fn publish_with(&self, topic: &str, payload: &str, retain: bool) {
+        let body = payload.as_bytes().to_vec();
         match &self.handle {
-            Handle::V311(c) => {
-                c.publish(topic, QoS::AtLeastOnce, false, payload.as_bytes().to_vec()).unwrap()
+            Handle::V311(c) => c.publish(topic, QoS::AtLeastOnce, retain, body).unwrap(),
+            Handle::V5(c) => {
+                c.publish(topic, rumqttc::v5::mqttbytes::QoS::AtLeastOnce, retain, body).unwrap()
             }
-            Handle::V5(c) => c
-                .publish(topic, rumqttc::v5::mqttbytes::QoS::AtLeastOnce, false, payload.as_bytes().to_vec())
-                .unwrap(),
         }
         self.wait("PUBACK", |e| match e {
             Event::PubAck => Some(()),
@@ -261,5 +265,37 @@ impl Client {
                 let _ = c.disconnect();
             }
         }
+    }
+}
+
+/// A client (`mosquitto_pub -l`, MQTT 3.1.1) that stays connected with a will message until
+/// it is killed: the socket then closes without a DISCONNECT and the broker sends the will.
+pub struct WillClient(std::process::Child);
+
+impl WillClient {
+    pub fn connect(port: u16, id: &str, username: &str, password: &str, will: (&str, &str)) -> WillClient {
+        let child = std::process::Command::new("mosquitto_pub")
+            .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-V", "mqttv311", "-i", id])
+            .args(["-u", username, "-P", password, "-q", "1", "-l", "-t", "unused/by/this/test"])
+            .args(["--will-topic", will.0, "--will-payload", will.1, "--will-qos", "1"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("mosquitto_pub (apt-get install mosquitto-clients; cargo xtask e2e installs it)");
+        WillClient(child)
+    }
+
+    /// Kills the client (by its PID): no DISCONNECT is sent.
+    pub fn vanish(mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for WillClient {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
     }
 }
