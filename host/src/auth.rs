@@ -6,9 +6,14 @@
 //!   and a swapped policy or module (a new generation) never meets an old entry. Delivery
 //!   checks (`read`) repeat the same key for every message on a topic. Module faults are
 //!   never cached.
-//! - go-auth's http backend sends no token with ACL and superuser calls. A successful user
-//!   call binds (username, clientid) to the verified token until its `exp`; ACL calls look
-//!   the binding up. Only a successful user call creates or replaces a binding.
+//! - go-auth's http backend sends no token with ACL and superuser calls. A session belongs to
+//!   an identity, found by its MQTT username: a user call binds a username to the verified
+//!   token only when the username names the token's subject (`identity::names`), so the
+//!   username itself is proven. ACL and superuser calls look the username up, whatever the
+//!   client id: reconnects, second connections and CONNECTs that go-auth's cache answered
+//!   (no user call reaches us) keep the right identity, and no client is decided as someone
+//!   whose token it did not show. Only a successful user call creates or replaces a binding;
+//!   a binding lasts while its token would still verify.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -63,8 +68,8 @@ pub struct Auth {
     pub identities: Identities,
     decisions: Cache<DecisionKey, (Arc<Decision>, u64)>,
     metrics: CacheMetrics,
-    /// username → clientid → session.
-    sessions: Mutex<HashMap<String, HashMap<String, Session>>>,
+    /// username (proven to name the token's subject) → session.
+    sessions: Mutex<HashMap<String, Session>>,
 }
 
 impl Auth {
@@ -105,19 +110,16 @@ impl Auth {
         }
     }
 
-    /// Binds (username, clientid) to a verified token, replacing any earlier binding.
-    pub fn bind(&self, username: &str, clientid: &str, token: TokenHash, verified: Arc<Verified>) {
-        let mut sessions = self.sessions.lock().unwrap();
-        sessions
-            .entry(username.to_string())
-            .or_default()
-            .insert(clientid.to_string(), Session { token, verified });
+    /// Binds a username, already proven to name the token's subject, to the verified token,
+    /// replacing any earlier binding (the newest token of an identity decides for it).
+    pub fn bind(&self, username: &str, token: TokenHash, verified: Arc<Verified>) {
+        self.sessions.lock().unwrap().insert(username.to_string(), Session { token, verified });
     }
 
-    /// The live binding of (username, clientid).
-    pub fn session(&self, username: &str, clientid: &str) -> Option<(TokenHash, Arc<Verified>)> {
+    /// The live binding of a username.
+    pub fn session(&self, username: &str) -> Option<(TokenHash, Arc<Verified>)> {
         let sessions = self.sessions.lock().unwrap();
-        let s = sessions.get(username)?.get(clientid)?;
+        let s = sessions.get(username)?;
         // A session lasts while its token would still verify: not expired, key still published.
         self.identities.still_valid(&s.verified).then(|| (s.token, Arc::clone(&s.verified)))
     }
@@ -126,10 +128,7 @@ impl Auth {
     pub fn sweep(&self) -> usize {
         let mut sessions = self.sessions.lock().unwrap();
         let t = now();
-        sessions.retain(|_, m| {
-            m.retain(|_, s| s.verified.exp > t);
-            !m.is_empty()
-        });
-        sessions.values().map(HashMap::len).sum()
+        sessions.retain(|_, s| s.verified.exp > t);
+        sessions.len()
     }
 }

@@ -4,7 +4,8 @@
 //! - Parameters come from a JSON body (go-auth's json mode; `null` from the jwt backend),
 //!   a form body (form mode), and the query string, whatever the method (POST, GET, PUT).
 //! - The token is the Bearer header, else `password` or `username` when it is a JWT, else (ACL
-//!   and superuser) the session a successful user call bound to (username, clientid).
+//!   and superuser) the session a successful user call bound to the username, which it proved
+//!   to name the token's subject (see `auth.rs`).
 //! - Answers: 200 `{"ok":true,"error":""}` allows, 403 `{"ok":false,"error":"<reason>"}`
 //!   denies; both satisfy go-auth's status and json response modes. `--response-mode text`
 //!   answers `ok` or the reason. A malformed request gets 400 with the reason: never 5xx.
@@ -18,7 +19,7 @@ use axum::http::{HeaderMap, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::Value;
 
-use identity::{TokenHash, Verified, looks_like_jwt};
+use identity::{TokenHash, Verified, looks_like_jwt, names_subject, subject_names};
 use policy_engine::{Action, Decision, Generation, Request, Subject};
 
 use crate::auth::DecisionKey;
@@ -284,16 +285,25 @@ async fn user(ctx: &Ctx<'_>) -> Outcome {
         Ok(s) => s,
         Err(o) => return o,
     };
-    // The http backend's later ACL calls carry no token: remember who this is. (A JWT as
-    // username is the jwt backend: every call carries the token itself.)
-    if from != TokenFrom::Username {
-        let p = &ctx.params;
-        ctx.state.auth.bind(
-            p.username.as_deref().unwrap_or(""),
-            p.clientid.as_deref().unwrap_or(""),
-            hash,
-            Arc::clone(&v),
-        );
+    // The http backend (the JWT as the password): its later ACL and superuser calls carry only
+    // the username, so the username must be proven to name this token's subject before it
+    // may stand for it. (The jwt backend sends the token with every call: nothing to bind.)
+    if from == TokenFrom::Password {
+        let username = ctx.params.username.as_deref().unwrap_or("");
+        let claims = &ctx.state.username_claims;
+        if !names_subject(username, &subject, &v.claims, claims) {
+            let names: Vec<String> =
+                subject_names(&subject, &v.claims, claims).iter().map(|n| crate::short(n)).collect();
+            let o = Outcome::Deny(format!(
+                "the MQTT username {} does not name the token's subject: connect with the username {} \
+                 (later ACL calls carry only the username, so it must belong to the token)",
+                crate::short(username),
+                names.join(" or ")
+            ));
+            audit("user", Some(&subject), &ctx.params, "connect", &o, None);
+            return o;
+        }
+        ctx.state.auth.bind(username, hash, Arc::clone(&v));
     }
     let o = Outcome::Allow(format!("authenticated {} '{}'", subject.kind_str(), subject.id));
     audit("user", Some(&subject), &ctx.params, "connect", &o, None);
@@ -302,29 +312,30 @@ async fn user(ctx: &Ctx<'_>) -> Outcome {
 
 fn no_session(p: &Params) -> Outcome {
     Outcome::Deny(format!(
-        "no token and no session for username {} clientid {}: the client must connect (user call) first",
+        "no token and no session for username {}: the client must connect (user call) with that \
+         username and its token as the password first",
         crate::short(username_label(p)),
-        crate::short(p.clientid.as_deref().unwrap_or(""))
     ))
 }
 
+/// The identity a call speaks for: its token, else the session of its (proven) username.
+async fn who(ctx: &Ctx<'_>) -> Result<(TokenHash, Arc<Verified>), Outcome> {
+    match ctx.verified_token().await? {
+        Some((hash, v, _)) => Ok((hash, v)),
+        None => ctx
+            .state
+            .auth
+            .session(ctx.params.username.as_deref().unwrap_or(""))
+            .ok_or_else(|| no_session(&ctx.params)),
+    }
+}
+
 async fn superuser(ctx: &Ctx<'_>) -> Outcome {
-    match ctx.verified_token().await {
-        Err(o) => o,
-        Ok(Some((hash, v, _))) => match ctx.subject(hash, &v) {
-            Err(o) => o,
-            Ok(s) => decided("superuser", ctx, &s, "superuser", ctx.generation.superuser(&s)),
-        },
-        // go-auth's superuser call carries only a username, which many clients share (the
-        // seed's clients all send ""). No binding can say which client asks, and a "yes" makes
-        // go-auth skip every ACL check for whoever it is: so without a token, the answer is no
-        // and the ACL rules decide.
-        Ok(None) => {
-            let o = Outcome::Deny(
-                "not a superuser: this call carries no token (http backend); superusers are recognised \
-                 from a token (jwt backend, or the JWT as the MQTT username), and ACL rules still apply"
-                    .into(),
-            );
+    // go-auth's http backend sends only the username here: found through its session, proven
+    // at the user call to belong to the token.
+    match who(ctx).await.and_then(|(hash, v)| ctx.subject(hash, &v)) {
+        Ok(s) => decided("superuser", ctx, &s, "superuser", ctx.generation.superuser(&s)),
+        Err(o) => {
             audit("superuser", None, &ctx.params, "superuser", &o, None);
             o
         }
@@ -345,16 +356,7 @@ async fn acl(ctx: &Ctx<'_>) -> Outcome {
         Some(Err(e)) => return Outcome::Bad(e),
         Some(Ok(a)) => a,
     };
-    let who = match ctx.verified_token().await {
-        Err(o) => return o,
-        Ok(Some((hash, v, _))) => Ok((hash, v)),
-        Ok(None) => ctx
-            .state
-            .auth
-            .session(p.username.as_deref().unwrap_or(""), p.clientid.as_deref().unwrap_or(""))
-            .ok_or_else(|| no_session(p)),
-    };
-    let (hash, verified, subject) = match who.and_then(|(hash, v)| {
+    let (hash, verified, subject) = match who(ctx).await.and_then(|(hash, v)| {
         let s = ctx.subject(hash, &v)?;
         Ok((hash, v, s))
     }) {
@@ -364,8 +366,16 @@ async fn acl(ctx: &Ctx<'_>) -> Outcome {
             return o;
         }
     };
-    // Usernames that are JWTs (jwt backend) are not meaningful as `${username}`.
-    let username = if p.username_is_token { "" } else { p.username.as_deref().unwrap_or("") };
+    // `${username}` is only ever a name proven to belong to the subject (never a JWT).
+    let username = match p.username.as_deref() {
+        Some(u)
+            if !p.username_is_token
+                && names_subject(u, &subject, &verified.claims, &ctx.state.username_claims) =>
+        {
+            u
+        }
+        _ => "",
+    };
     let clientid = p.clientid.as_deref().unwrap_or("");
     let mut outcome = Outcome::Deny("no action".into());
     for action in actions {

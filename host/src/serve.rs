@@ -38,6 +38,8 @@ pub struct AppState {
     pub reloader: Reloader,
     pub auth: Auth,
     pub response_mode: ResponseMode,
+    /// Claims whose value, besides the subject id, may be a client's MQTT username.
+    pub username_claims: Vec<String>,
     pub metrics: RequestMetrics,
     prometheus: PrometheusHandle,
     dev_jwks: Option<serde_json::Value>,
@@ -76,6 +78,8 @@ pub struct ServeConfig {
     pub admin_listen: Option<SocketAddr>,
     /// Serve the browser playground at `/playground/`.
     pub playground: bool,
+    /// Claims whose value, besides the subject id, may be a client's MQTT username.
+    pub username_claims: Vec<String>,
 }
 
 fn install_metrics() -> anyhow::Result<PrometheusHandle> {
@@ -180,6 +184,7 @@ pub async fn build_state(cfg: &ServeConfig) -> anyhow::Result<Arc<AppState>> {
         reloader,
         auth: Auth::new(Identities::new(verifier, 100_000)),
         response_mode: cfg.response_mode,
+        username_claims: cfg.username_claims.clone(),
         metrics: RequestMetrics::register(),
         prometheus,
         dev_jwks,

@@ -30,27 +30,36 @@ fn subject_of(token: &str) -> Value {
         .unwrap()
 }
 
-/// go-auth's http backend as the seed's MQTT client uses it: the JWT as the password.
+/// go-auth's http backend, as an MQTT client connects: the JWT as the password, the username
+/// naming the token's subject (its `preferred_username`; for a service
+/// `service-account-<client>`).
 fn connect(s: &Server, token: &str, clientid: &str) -> Reply {
+    let username = claims_of(token)["preferred_username"].as_str().unwrap_or_default().to_string();
     json_call(
         s,
         reqwest::Method::POST,
         "/mqtt/user",
-        &json!({"username": "", "password": token, "clientid": clientid}),
+        &json!({"username": username, "password": token, "clientid": clientid}),
     )
 }
 
-fn acl(s: &Server, token: &str, clientid: &str, topic: &str, acc: u32) -> Reply {
+/// go-auth's http backend's ACL call: only the username and client id, never a token.
+fn session_acl(s: &Server, username: &str, clientid: &str, topic: &str, acc: u32) -> Reply {
     json_call(
         s,
         reqwest::Method::POST,
         "/mqtt/acl",
-        &json!({"username": "", "password": token, "clientid": clientid, "topic": topic, "acc": acc}),
+        &json!({"username": username, "clientid": clientid, "topic": topic, "acc": acc}),
     )
 }
 
+/// go-auth's jwt backend (remote mode): the token as Bearer on every call.
+fn acl(s: &Server, token: &str, clientid: &str, topic: &str, acc: u32) -> Reply {
+    bearer_call(s, "/mqtt/acl", token, &json!({"clientid": clientid, "topic": topic, "acc": acc}).to_string())
+}
+
 fn superuser(s: &Server, token: &str) -> Reply {
-    json_call(s, reqwest::Method::POST, "/mqtt/superuser", &json!({"username": "", "password": token}))
+    bearer_call(s, "/mqtt/superuser", token, "null")
 }
 
 const READ: u32 = 1;
@@ -97,6 +106,12 @@ fn keycloak_tokens_discovery_rotation_and_outage() {
     assert_eq!(subject["id"], claims_of(&alice)["sub"], "a user's id is sub");
     assert!(subject["groups"].as_array().unwrap().contains(&json!("viewers")), "{subject}");
     assert!(connect(&s, &alice, "dash-alice").allowed());
+    // The http backend's ACL calls find alice by her username, whatever the client id.
+    assert!(
+        session_acl(&s, "alice", "dash-alice-2", "celine/telemetry/meter/meter-001/readings", SUBSCRIBE)
+            .allowed()
+    );
+    assert!(!session_acl(&s, "alice", "dash-alice", "celine/telemetry/#", SUBSCRIBE).allowed());
     assert!(acl(&s, &alice, "dash-alice", "celine/telemetry/meter/meter-001/readings", SUBSCRIBE).allowed());
     assert!(acl(&s, &alice, "dash-alice", "celine/telemetry/meter/meter-001/readings", READ).allowed());
     assert!(!acl(&s, &alice, "dash-alice", "celine/telemetry/#", SUBSCRIBE).allowed());

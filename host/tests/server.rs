@@ -12,17 +12,18 @@ mod common;
 use common::*;
 
 #[test]
-fn http_backend_json_mode_with_the_seed_client() {
+fn http_backend_json_mode_binds_a_username_that_names_the_token() {
     let s = Server::rsa(&[]);
     let token = sign("rsa-a.pem", "key-a", &viewer_claims());
-    // The seed's paho client: empty username, JWT as password.
+    // The viewer's token: sub "u-viewer", preferred_username "vera". ACL calls, as go-auth
+    // sends them, carry the username and client id and no token.
     for method in [reqwest::Method::POST, reqwest::Method::GET, reqwest::Method::PUT] {
         let clientid = format!("dash-{method}");
         let user = json_call(
             &s,
             method.clone(),
             "/mqtt/user",
-            &json!({"username": "", "password": token, "clientid": clientid}),
+            &json!({"username": "vera", "password": token, "clientid": clientid}),
         );
         assert!(user.allowed(), "{method} user: {}", user.body);
         let acl = |topic: &str, acc: u32| {
@@ -30,7 +31,7 @@ fn http_backend_json_mode_with_the_seed_client() {
                 &s,
                 method.clone(),
                 "/mqtt/acl",
-                &json!({"acc": acc, "clientid": clientid, "topic": topic, "username": ""}),
+                &json!({"acc": acc, "clientid": clientid, "topic": topic, "username": "vera"}),
             )
         };
         assert!(acl("celine/telemetry/meter/meter-001/readings", 4).allowed(), "{method} subscribe");
@@ -39,66 +40,135 @@ fn http_backend_json_mode_with_the_seed_client() {
         assert_eq!((deny.status, deny.json()["ok"].clone()), (403, json!(false)));
         assert!(deny.json()["error"].as_str().unwrap().contains("missing capability 'publish'"));
         assert!(!acl("celine/system/alerts/#", 4).allowed(), "{method} deny rule by overlap");
-        let su = json_call(&s, method.clone(), "/mqtt/superuser", &json!({"username": ""}));
-        assert_eq!(su.status, 403, "no token in the call, so no superuser");
+        let su = json_call(&s, method.clone(), "/mqtt/superuser", &json!({"username": "vera"}));
+        assert_eq!(su.status, 403, "a viewer is no superuser: {}", su.body);
     }
+    // The subject id names the subject too.
+    let by_id = json_call(
+        &s,
+        reqwest::Method::POST,
+        "/mqtt/user",
+        &json!({"username": "u-viewer", "password": token, "clientid": "by-id"}),
+    );
+    assert!(by_id.allowed(), "{}", by_id.body);
 }
 
 #[test]
-fn http_backend_form_mode_binds_sessions_per_client() {
+fn a_username_that_does_not_name_the_token_is_refused_and_says_what_to_use() {
+    let s = Server::rsa(&[]);
+    let token = sign("rsa-a.pem", "key-a", &viewer_claims());
+    // The seed's client sends an empty username (go-auth itself refuses it before asking
+    // us, see go-auth-protocol.md); anything that is not the token's subject is refused too.
+    for username in ["", "adam", "u-admin"] {
+        let r =
+            form_call(&s, "/mqtt/user", &[("username", username), ("password", &token), ("clientid", "c")]);
+        assert_eq!(r.status, 403, "{username:?}: {}", r.body);
+        let err = r.json()["error"].as_str().unwrap().to_string();
+        assert!(err.contains("connect with the username 'vera' or 'u-viewer'"), "{username:?}: {err}");
+    }
+    // No session came of it.
+    let acl = form_call(
+        &s,
+        "/mqtt/acl",
+        &[("acc", "1"), ("clientid", "c"), ("topic", "celine/telemetry/m/1/readings"), ("username", "adam")],
+    );
+    assert!(acl.json()["error"].as_str().unwrap().contains("no session"), "{}", acl.body);
+}
+
+#[test]
+fn http_backend_form_mode_sessions_belong_to_the_identity() {
     let s = Server::rsa(&[]);
     let twin = sign("rsa-a.pem", "key-a", &service_claims());
+    // A service is named by its client id (or its preferred_username, service-account-...).
     assert!(
-        form_call(&s, "/mqtt/user", &[("username", ""), ("password", &twin), ("clientid", "twin-1")])
-            .allowed()
+        form_call(
+            &s,
+            "/mqtt/user",
+            &[("username", "svc-digital-twin"), ("password", &twin), ("clientid", "twin-1")]
+        )
+        .allowed()
     );
-    let acl = |clientid: &str, topic: &str, acc: &str| {
+    let acl = |username: &str, clientid: &str, topic: &str, acc: &str| {
         form_call(
             &s,
             "/mqtt/acl",
-            &[("acc", acc), ("clientid", clientid), ("topic", topic), ("username", "")],
+            &[("acc", acc), ("clientid", clientid), ("topic", topic), ("username", username)],
         )
     };
-    assert!(acl("twin-1", "celine/digital-twin/events/pump/pump-001", "2").allowed());
-    assert!(!acl("twin-1", "celine/digital-twin/commands/pump/pump-001", "2").allowed());
-    // Another client id has no session: denied, and it says why.
-    let other = acl("twin-2", "celine/digital-twin/events/pump/pump-001", "2");
+    assert!(acl("svc-digital-twin", "twin-1", "celine/digital-twin/events/pump/pump-001", "2").allowed());
+    assert!(!acl("svc-digital-twin", "twin-1", "celine/digital-twin/commands/pump/pump-001", "2").allowed());
+    // Another connection of the same identity: its session is the identity's.
+    assert!(acl("svc-digital-twin", "twin-2", "celine/digital-twin/events/pump/pump-001", "2").allowed());
+    // A username nobody connected with has no session: denied, and it says why.
+    let other = acl("svc-pipelines", "twin-1", "celine/digital-twin/events/pump/pump-001", "2");
     assert_eq!(other.status, 403);
     assert!(other.json()["error"].as_str().unwrap().contains("no session"), "{}", other.body);
     // A failed user call neither creates nor replaces a binding.
-    let bad =
-        form_call(&s, "/mqtt/user", &[("username", ""), ("password", "not-a-token"), ("clientid", "twin-1")]);
+    let bad = form_call(
+        &s,
+        "/mqtt/user",
+        &[("username", "svc-digital-twin"), ("password", "not-a-token"), ("clientid", "twin-1")],
+    );
     assert_eq!(bad.status, 403);
     assert!(
-        acl("twin-1", "celine/digital-twin/events/pump/pump-001", "2").allowed(),
+        acl("svc-digital-twin", "twin-1", "celine/digital-twin/events/pump/pump-001", "2").allowed(),
         "the old binding stays"
     );
     // The query string works too (a GET with parameters in the URL).
-    let q = send(
-        client().get(s.url("/mqtt/acl?username=&clientid=twin-1&topic=celine/digital-twin/state/p/1&acc=2")),
-    );
+    let q = send(client().get(s.url(
+        "/mqtt/acl?username=svc-digital-twin&clientid=twin-1&topic=celine/digital-twin/state/p/1&acc=2",
+    )));
     assert!(q.allowed(), "{}", q.body);
 }
 
 #[test]
-fn superuser_needs_a_token_in_the_call() {
+fn with_go_auths_cache_no_client_is_decided_as_someone_else() {
+    // go-auth's cache answers a repeated CONNECT without asking us (no user call) and keys ACL
+    // answers by (username, topic, clientid, acc): what the service sees is below.
+    let s = Server::rsa(&[]);
+    let admin = sign("rsa-a.pem", "key-a", &admin_claims()); // sub u-admin, group admins
+    let viewer = sign("rsa-a.pem", "key-a", &viewer_claims()); // preferred_username vera
+    let user = |username: &str, token: &str, clientid: &str| {
+        form_call(&s, "/mqtt/user", &[("username", username), ("password", token), ("clientid", clientid)])
+    };
+    let acl = |username: &str, clientid: &str, topic: &str, acc: &str| {
+        form_call(
+            &s,
+            "/mqtt/acl",
+            &[("acc", acc), ("clientid", clientid), ("topic", topic), ("username", username)],
+        )
+    };
+    // Measured failure 1: the viewer connected once; the admin connects as "console"; the
+    // viewer reconnects with the admin's client id, its CONNECT answered from go-auth's cache.
+    assert!(user("vera", &viewer, "vera-1").allowed());
+    assert!(user("u-admin", &admin, "console").allowed());
+    let as_console = acl("vera", "console", "celine/system/alerts/critical", "4");
+    assert!(!as_console.allowed(), "the viewer was decided as the admin: {}", as_console.body);
+    assert!(acl("u-admin", "console", "celine/system/alerts/critical", "4").allowed(), "the admin still is");
+    // Measured failure 2: a second connection of the same identity, its CONNECT cached.
+    assert!(acl("vera", "vera-phone", "celine/telemetry/meter/m1/readings", "4").allowed());
+    // Borrowing a name takes the token: the viewer's token cannot connect as the admin.
+    assert!(!user("u-admin", &viewer, "vera-2").allowed());
+    // The superuser call carries only the username; the session proves who it is.
+    assert!(form_call(&s, "/mqtt/superuser", &[("username", "u-admin")]).allowed());
+    assert!(!form_call(&s, "/mqtt/superuser", &[("username", "vera")]).allowed());
+    // `${username}` is the proven name, never a borrowed one.
+    assert!(acl("u-admin", "console", "any/topic", "2").allowed(), "admins-all");
+}
+
+#[test]
+fn superuser_through_either_backend() {
     let s = Server::rsa(&[]);
     let admin = sign("rsa-a.pem", "key-a", &admin_claims());
-    // http backend, JWT as password: the superuser call carries only the username, which
-    // any client could share, so the answer is no (the ACL rules still let admins in).
+    // http backend: the session of the username the admin connected with.
     assert!(
-        form_call(&s, "/mqtt/user", &[("username", "ops"), ("password", &admin), ("clientid", "a1")])
+        form_call(&s, "/mqtt/user", &[("username", "u-admin"), ("password", &admin), ("clientid", "a1")])
             .allowed()
     );
-    let r = form_call(&s, "/mqtt/superuser", &[("username", "ops")]);
-    assert_eq!(r.status, 403);
-    assert!(r.json()["error"].as_str().unwrap().contains("carries no token"), "{}", r.body);
-    let acl = form_call(
-        &s,
-        "/mqtt/acl",
-        &[("acc", "2"), ("clientid", "a1"), ("topic", "any/topic"), ("username", "ops")],
-    );
-    assert!(acl.allowed(), "the admins-all rule still applies: {}", acl.body);
+    assert!(form_call(&s, "/mqtt/superuser", &[("username", "u-admin")]).allowed());
+    let nobody = form_call(&s, "/mqtt/superuser", &[("username", "ops")]);
+    assert_eq!(nobody.status, 403);
+    assert!(nobody.json()["error"].as_str().unwrap().contains("no session"), "{}", nobody.body);
     // http backend with the JWT as the username: the token is in the call.
     assert!(form_call(&s, "/mqtt/superuser", &[("username", &admin)]).allowed());
     let viewer = sign("rsa-a.pem", "key-a", &viewer_claims());
@@ -264,7 +334,7 @@ fn jwt_failure_matrix() {
             }
         }
         // The same token as an http-backend password.
-        let r = form_call(&s, "/mqtt/user", &[("username", ""), ("password", token), ("clientid", "m")]);
+        let r = form_call(&s, "/mqtt/user", &[("username", "vera"), ("password", token), ("clientid", "m")]);
         assert_eq!((r.status, r.json()["ok"].clone()), (403, json!(false)), "{name} as password: {}", r.body);
     }
 }

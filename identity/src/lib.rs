@@ -9,6 +9,8 @@
 //! - [`tokens`]: verified tokens cached by hash until their `exp` (and only while their key is
 //!   still trusted), and the subject each maps to, cached per policy generation because the
 //!   policy module owns the claims → subject mapping.
+//! - [`names`]: which MQTT usernames name a token's subject (sessions keyed by username,
+//!   `${username}` in rules).
 //! - [`devkey`]: dev mode's local signing key and Keycloak-shaped tokens.
 //!
 //! Not here: what a subject may do (the policy module, through `policy-engine`), and how a
@@ -16,7 +18,9 @@
 
 pub mod devkey;
 pub mod jwks;
+pub mod names;
 pub mod tokens;
 
 pub use jwks::{KeySource, Refused, Verified, Verifier, VerifierConfig, looks_like_jwt, now};
+pub use names::{DEFAULT_USERNAME_CLAIMS, names_subject, parse_username_claims, subject_names};
 pub use tokens::{Identities, TokenHash, UntilExp, token_hash};

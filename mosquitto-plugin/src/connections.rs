@@ -138,22 +138,6 @@ impl Connection {
     }
 }
 
-/// The username a policy may see as `${username}`: the MQTT username when it names the
-/// token's subject (its id, or the token's `preferred_username`, both unique in a Keycloak
-/// realm), else nothing.
-pub fn proven_username(mqtt_username: Option<&str>, subject: &Subject, claims: &serde_json::Value) -> String {
-    match mqtt_username {
-        Some(u)
-            if !u.is_empty()
-                && (u == subject.id
-                    || claims.get("preferred_username").and_then(|p| p.as_str()) == Some(u)) =>
-        {
-            u.to_string()
-        }
-        _ => String::new(),
-    }
-}
-
 #[derive(Default)]
 pub struct Connections {
     by_client: HashMap<ClientKey, Connection>,
@@ -247,7 +231,6 @@ impl Connections {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use policy_engine::SubjectType;
 
     fn d(allow: bool) -> Arc<Decision> {
         Arc::new(Decision { allow, rule: None, reason: String::new() })
@@ -273,16 +256,5 @@ mod tests {
         let mut off = DecisionCache::new(0);
         off.put(Action::Read, "a", d(true));
         assert!(off.is_empty());
-    }
-
-    #[test]
-    fn only_a_username_naming_the_subject_is_proven() {
-        let s = Subject { id: "u-1".into(), type_: SubjectType::User, groups: vec![], scopes: vec![] };
-        let claims = serde_json::json!({"sub": "u-1", "preferred_username": "alice"});
-        assert_eq!(proven_username(Some("u-1"), &s, &claims), "u-1");
-        assert_eq!(proven_username(Some("alice"), &s, &claims), "alice");
-        assert_eq!(proven_username(Some("bob"), &s, &claims), "");
-        assert_eq!(proven_username(Some(""), &s, &claims), "");
-        assert_eq!(proven_username(None, &s, &claims), "");
     }
 }

@@ -25,6 +25,7 @@ pub const KNOWN: &[&str] = &[
     "sys_interval",
     "decision_cache_size",
     "log_level",
+    "username_claims",
 ];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -65,6 +66,9 @@ pub struct Options {
     /// Decisions remembered per connection.
     pub decision_cache_size: usize,
     pub log_level: LogLevel,
+    /// Claims whose value, besides the subject id, may be a client's MQTT username as
+    /// `${username}` (comma-separated; `none` for the subject id only).
+    pub username_claims: Vec<String>,
 }
 
 fn parse_bool(name: &str, v: &str) -> Result<bool, String> {
@@ -186,7 +190,12 @@ impl Options {
                     }
                 },
             },
+            username_claims: identity::DEFAULT_USERNAME_CLAIMS.iter().map(|c| c.to_string()).collect(),
         };
+        let mut options = options;
+        if let Some(v) = get("username_claims") {
+            options.username_claims = identity::parse_username_claims(v);
+        }
         if options.issuer.is_none()
             && options.jwks_url.is_none()
             && options.jwks_file.is_none()
@@ -273,5 +282,11 @@ mod tests {
         assert_eq!(o.sys_interval, Duration::ZERO);
         assert_eq!(o.decision_cache_size, 0);
         assert_eq!(o.log_level, LogLevel::Debug);
+        assert_eq!(opts(&BASE).unwrap().username_claims, ["preferred_username"]);
+        assert_eq!(
+            with(("username_claims", "preferred_username, email")).unwrap().username_claims,
+            ["preferred_username", "email"]
+        );
+        assert!(with(("username_claims", "none")).unwrap().username_claims.is_empty());
     }
 }

@@ -14,12 +14,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use identity::devkey::{DEV_ISSUER, DevKey};
-use identity::{Identities, KeySource, Verifier, VerifierConfig, looks_like_jwt, now};
+use identity::{Identities, KeySource, Verifier, VerifierConfig, looks_like_jwt, names_subject, now};
 use policy_engine::{Action, Decision, Live, Reloader, Runtime, Source, Subject};
 
 use crate::background::Background;
 use crate::broker::Broker;
-use crate::connections::{ClientKey, Connection, Connections, DecisionCache, proven_username};
+use crate::connections::{ClientKey, Connection, Connections, DecisionCache};
 use crate::logging;
 use crate::options::Options;
 use crate::stats::{Stats, bump};
@@ -295,10 +295,13 @@ impl Plugin {
         let token_as_username = password.is_none();
         let mut connection = Connection {
             client_id: client.id.into(),
-            username: if token_as_username {
-                subject.id.clone()
-            } else {
-                proven_username(username, &subject, &verified.claims)
+            // `${username}` is only ever a name proven to belong to the subject.
+            username: match username {
+                _ if token_as_username => subject.id.clone(),
+                Some(u) if names_subject(u, &subject, &verified.claims, &self.options.username_claims) => {
+                    u.to_string()
+                }
+                _ => String::new(),
             }
             .into(),
             token: hash,

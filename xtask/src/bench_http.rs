@@ -193,12 +193,12 @@ pub fn bench() -> anyhow::Result<()> {
         Ok(String::from_utf8(out.stdout)?.trim().to_string())
     };
     let viewer = token(&["--sub", "bench-viewer", "--groups", "viewers"])?;
-    // http mode: the user call binds (username "", clientid "bench") to the token.
+    // http mode: the user call binds the username "bench-viewer" (the token's subject) to it.
     let (status, body) = http(
         &server.addr,
         "/mqtt/user",
         &[("Content-Type", "application/x-www-form-urlencoded")],
-        &format!("username=&clientid=bench&password={viewer}"),
+        &format!("username=bench-viewer&clientid=bench&password={viewer}"),
     )?;
     if status != 200 {
         bail!("binding the bench session failed: {status} {body}");
@@ -207,7 +207,9 @@ pub fn bench() -> anyhow::Result<()> {
     let allow_topic = "celine/telemetry/meter/meter-001/readings";
     let json_body = |acc: u32| format!(r#"{{"clientid":"bench","topic":"{allow_topic}","acc":{acc}}}"#);
     let form_body = |acc: u32| {
-        format!("acc={acc}&clientid=bench&topic=celine%2Ftelemetry%2Fmeter%2Fmeter-001%2Freadings&username=")
+        format!(
+            "acc={acc}&clientid=bench&topic=celine%2Ftelemetry%2Fmeter%2Fmeter-001%2Freadings&username=bench-viewer"
+        )
     };
     let bearer = format!("Bearer {viewer}");
     let scenarios = [

@@ -68,6 +68,16 @@ pub struct Args {
     /// Development only: also accept HS256/384/512 tokens signed with the secret in this file
     #[arg(long, env = "MQTT_POLICY_HMAC_SECRET_FILE", value_name = "FILE")]
     pub hmac_secret_file: Option<PathBuf>,
+    /// Claims whose value (besides the subject id) may be a client's MQTT username: the
+    /// http backend binds a session only to a username that names the token's subject
+    /// (comma-separated; `none` for the subject id only)
+    #[arg(
+        long,
+        env = "MQTT_POLICY_USERNAME_CLAIMS",
+        default_value = "preferred_username",
+        value_name = "CLAIMS"
+    )]
+    pub username_claims: String,
     /// Do not serve the browser playground at /playground/
     #[arg(long, env = "MQTT_POLICY_NO_PLAYGROUND")]
     pub no_playground: bool,
@@ -118,6 +128,7 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         admin_token,
         admin_listen: a.admin_listen,
         playground: !a.no_playground,
+        username_claims: identity::parse_username_claims(&a.username_claims),
     };
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(crate::serve::run(cfg))?;
