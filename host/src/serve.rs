@@ -70,6 +70,8 @@ pub struct ServeConfig {
     pub state_dir: PathBuf,
     pub hmac_secret_file: Option<PathBuf>,
     pub jwks_min_refresh: Duration,
+    /// When not empty, tokens must have been issued to one of these clients (`azp`).
+    pub authorized_parties: Vec<String>,
     /// Policy test cases every candidate must pass.
     pub tests: Option<PathBuf>,
     /// Turns the admin endpoints on.
@@ -151,7 +153,7 @@ pub async fn build_state(cfg: &ServeConfig) -> anyhow::Result<Arc<AppState>> {
         None => vec![],
     };
     let dev_jwks = dev_key.as_ref().map(|k| k.jwk().map(|j| json!({"keys": [j]}))).transpose()?;
-    let verifier = Arc::new(Verifier::new(VerifierConfig {
+    let config = VerifierConfig {
         source,
         issuer,
         audience: cfg.audience.clone(),
@@ -159,7 +161,12 @@ pub async fn build_state(cfg: &ServeConfig) -> anyhow::Result<Arc<AppState>> {
         extra_keys,
         hmac_secret,
         min_refresh: cfg.jwks_min_refresh,
-    })?);
+        authorized_parties: cfg.authorized_parties.clone(),
+    };
+    if let (false, Some(why)) = (cfg.dev, config.unrestricted()) {
+        tracing::warn!("{why}: --audience or --authorized-party");
+    }
+    let verifier = Arc::new(Verifier::new(config)?);
     match verifier.refresh().await {
         Ok(n) => tracing::info!(keys = n, "signing keys loaded"),
         Err(e) => {

@@ -298,6 +298,7 @@ fn jwt_failure_matrix() {
         ),
         ("wrong iss", with(&|c| c["iss"] = json!("https://evil.test/realms/celine")), "wrong issuer"),
         ("wrong aud", with(&|c| c["aud"] = json!("other")), "wrong audience"),
+        ("an ID token", with(&|c| c["typ"] = json!("ID")), "not an access token"),
         ("unknown kid", sign("rsa-b.pem", "key-b", &good()), "unknown signing key"),
         ("known kid, other key", sign("rsa-b.pem", "key-a", &good()), "invalid signature"),
         ("alg none", alg_none, "token refused"),
@@ -543,4 +544,16 @@ fn hmac_tokens_only_with_an_explicit_development_secret() {
     assert!(wrong.json()["error"].as_str().unwrap().contains("invalid signature"), "{}", wrong.body);
     // RSA tokens keep working beside it.
     assert!(bearer_call(&s, "/mqtt/user", &sign("rsa-a.pem", "key-a", &viewer_claims()), "null").allowed());
+}
+
+#[test]
+fn authorized_parties_restrict_which_clients_tokens_count() {
+    let s = Server::rsa(&["--authorized-party", "svc-digital-twin,mqtt-dashboard"]);
+    let twin = sign("rsa-a.pem", "key-a", &service_claims()); // azp svc-digital-twin
+    assert!(bearer_call(&s, "/mqtt/user", &twin, "null").allowed());
+    let mut other = service_claims();
+    other["azp"] = json!("some-other-app");
+    let r = bearer_call(&s, "/mqtt/user", &sign("rsa-a.pem", "key-a", &other), "null");
+    assert_eq!(r.status, 403);
+    assert!(r.json()["error"].as_str().unwrap().contains("not to an authorized party"), "{}", r.body);
 }

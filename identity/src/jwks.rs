@@ -49,6 +49,20 @@ pub struct VerifierConfig {
     pub hmac_secret: Option<Vec<u8>>,
     /// An unknown `kid` refreshes the key set at most this often.
     pub min_refresh: Duration,
+    /// When not empty, a token's `azp` (the client it was issued to) must be one of these.
+    pub authorized_parties: Vec<String>,
+}
+
+impl VerifierConfig {
+    /// Why any client's tokens from the trusted keys would be accepted, if they would be (no
+    /// audience and no authorized parties): for a start-up warning.
+    pub fn unrestricted(&self) -> Option<String> {
+        (self.audience.is_none() && self.authorized_parties.is_empty()).then(|| {
+            "tokens issued to any client of the identity provider are accepted: restrict them with an \
+             audience or authorized parties (azp)"
+                .to_string()
+        })
+    }
 }
 
 /// A verified token.
@@ -291,7 +305,38 @@ impl Verifier {
             .map_err(|e| Refused(describe(&e)))?;
         let exp =
             data.claims["exp"].as_u64().ok_or_else(|| Refused("the token's exp is not a number".into()))?;
+        self.check_kind_and_party(&data.claims)?;
         Ok(Verified { claims: data.claims, exp, key: jwk.map(|k| Arc::new(k.clone())) })
+    }
+
+    /// Only access tokens (Keycloak also signs ID and refresh tokens with the same keys; a
+    /// token without `typ` is accepted), and only those issued to an authorized party when
+    /// a list is configured.
+    fn check_kind_and_party(&self, claims: &Value) -> Result<(), Refused> {
+        match claims.get("typ") {
+            None => {}
+            Some(Value::String(t)) if t.eq_ignore_ascii_case("Bearer") => {}
+            Some(other) => {
+                let shown =
+                    other.as_str().map(|t| truncate(t).to_string()).unwrap_or_else(|| other.to_string());
+                return Err(Refused(format!(
+                    "not an access token (typ {:?}): send the access token, not an ID or refresh token",
+                    truncate(&shown)
+                )));
+            }
+        }
+        if !self.config.authorized_parties.is_empty() {
+            let azp = claims.get("azp").and_then(Value::as_str);
+            if !azp.is_some_and(|a| self.config.authorized_parties.iter().any(|p| p == a)) {
+                return Err(Refused(format!(
+                    "the token was issued to {}, not to an authorized party ({})",
+                    azp.map(|a| format!("client {:?}", truncate(a)))
+                        .unwrap_or_else(|| "no client (no azp)".into()),
+                    self.config.authorized_parties.join(", ")
+                )));
+            }
+        }
+        Ok(())
     }
 
     /// Verifies a token: signature, algorithm, `exp`, `nbf`, `iss`, `aud`. A key id the set

@@ -31,6 +31,7 @@ fn verifier(trusted: &DevKey, source: KeySource) -> Arc<Verifier> {
             extra_keys: vec![trusted.jwk().unwrap()],
             hmac_secret: None,
             min_refresh: Duration::from_secs(10),
+            authorized_parties: vec![],
         })
         .unwrap(),
     )
@@ -78,4 +79,67 @@ async fn an_expired_token_is_refused() {
     let expired = key.sign(&spec_claims).unwrap();
     let e = Identities::new(v, 10).verify_now(&expired).unwrap_err();
     assert!(e.contains("expired"), "{e}");
+}
+
+#[tokio::test]
+async fn only_access_tokens_and_only_for_authorized_parties() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = DevKey::load_or_create(dir.path()).unwrap();
+    let sign = |edit: &dyn Fn(&mut serde_json::Value)| {
+        let mut c = claims(
+            &TokenSpec {
+                sub: Some("alice".into()),
+                client_id: None,
+                groups: vec![],
+                scopes: vec![],
+                issuer: DEV_ISSUER.into(),
+                audience: None,
+                ttl_secs: 60,
+            },
+            now(),
+        )
+        .unwrap();
+        edit(&mut c);
+        key.sign(&c).unwrap()
+    };
+    let v = verifier(&key, KeySource::None);
+    v.refresh().await.unwrap();
+    let ids = Identities::new(Arc::clone(&v), 10);
+    assert!(ids.verify_now(&sign(&|_| {})).is_ok(), "typ Bearer (as Keycloak's access tokens)");
+    assert!(
+        ids.verify_now(&sign(&|c| {
+            c.as_object_mut().unwrap().remove("typ");
+        }))
+        .is_ok(),
+        "no typ at all is still accepted"
+    );
+    for typ in ["ID", "Refresh", "Logout"] {
+        let e = ids.verify_now(&sign(&|c| c["typ"] = serde_json::json!(typ))).unwrap_err();
+        assert!(e.contains("not an access token"), "{typ}: {e}");
+    }
+    // Authorized parties: the token's azp must be listed.
+    let config_key = Arc::new(
+        Verifier::new(VerifierConfig {
+            source: KeySource::None,
+            issuer: Some(DEV_ISSUER.into()),
+            audience: None,
+            leeway: Duration::from_secs(0),
+            extra_keys: vec![key.jwk().unwrap()],
+            hmac_secret: None,
+            min_refresh: Duration::from_secs(10),
+            authorized_parties: vec!["mqtt-dashboard".into()],
+        })
+        .unwrap(),
+    );
+    config_key.refresh().await.unwrap();
+    let restricted = Identities::new(config_key, 10);
+    let e = restricted.verify_now(&sign(&|_| {})).unwrap_err();
+    assert!(e.contains("issued to client \"mqtt-dev\", not to an authorized party (mqtt-dashboard)"), "{e}");
+    assert!(restricted.verify_now(&sign(&|c| c["azp"] = serde_json::json!("mqtt-dashboard"))).is_ok());
+    let e = restricted
+        .verify_now(&sign(&|c| {
+            c.as_object_mut().unwrap().remove("azp");
+        }))
+        .unwrap_err();
+    assert!(e.contains("no client (no azp)"), "{e}");
 }

@@ -26,6 +26,7 @@ pub const KNOWN: &[&str] = &[
     "decision_cache_size",
     "log_level",
     "username_claims",
+    "authorized_parties",
 ];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -69,6 +70,8 @@ pub struct Options {
     /// Claims whose value, besides the subject id, may be a client's MQTT username as
     /// `${username}` (comma-separated; `none` for the subject id only).
     pub username_claims: Vec<String>,
+    /// When not empty, tokens must have been issued to one of these clients (`azp`).
+    pub authorized_parties: Vec<String>,
 }
 
 fn parse_bool(name: &str, v: &str) -> Result<bool, String> {
@@ -191,6 +194,9 @@ impl Options {
                 },
             },
             username_claims: identity::DEFAULT_USERNAME_CLAIMS.iter().map(|c| c.to_string()).collect(),
+            authorized_parties: text("authorized_parties")?
+                .map(|l| l.split(',').map(str::trim).filter(|p| !p.is_empty()).map(str::to_string).collect())
+                .unwrap_or_default(),
         };
         let mut options = options;
         if let Some(v) = get("username_claims") {
@@ -288,5 +294,10 @@ mod tests {
             ["preferred_username", "email"]
         );
         assert!(with(("username_claims", "none")).unwrap().username_claims.is_empty());
+        assert_eq!(
+            with(("authorized_parties", "svc-a, dashboard")).unwrap().authorized_parties,
+            ["svc-a", "dashboard"]
+        );
+        assert!(opts(&BASE).unwrap().authorized_parties.is_empty());
     }
 }

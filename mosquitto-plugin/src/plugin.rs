@@ -114,7 +114,7 @@ impl Plugin {
             _ => KeySource::None,
         };
         let file_source = matches!(source, KeySource::File(_));
-        let verifier = Arc::new(Verifier::new(VerifierConfig {
+        let config = VerifierConfig {
             source,
             issuer: options.issuer.clone().or_else(|| dev_key.as_ref().map(|_| DEV_ISSUER.to_string())),
             audience: options.audience.clone(),
@@ -122,7 +122,12 @@ impl Plugin {
             extra_keys: dev_key.as_ref().map(|k| k.jwk()).transpose()?.into_iter().collect(),
             hmac_secret: None,
             min_refresh: options.jwks_min_refresh,
-        })?);
+            authorized_parties: options.authorized_parties.clone(),
+        };
+        if let (None, Some(why)) = (&dev_key, config.unrestricted()) {
+            tracing::warn!("{why}: plugin_opt_audience or plugin_opt_authorized_parties");
+        }
+        let verifier = Arc::new(Verifier::new(config)?);
         let background = Background::start()?;
         match background.block_on(async { tokio::time::timeout(FIRST_KEY_LOAD, verifier.refresh()).await }) {
             Ok(Ok(n)) => tracing::info!("signing keys loaded: {n}"),

@@ -8,6 +8,7 @@ use alloc::vec::Vec;
 
 use crate::json::{Path, quote};
 use crate::model::{Action, Diagnostic, Permission, Severity};
+use crate::pattern::{Level, Placeholder};
 use crate::policy::{Effect, Policy, Roles, Rule, ScopePattern, Sel, Subjects};
 use crate::topic;
 
@@ -43,6 +44,7 @@ impl Policy {
             empty_lists(rule, &path, &mut out);
             repeats(rule, &path, &mut out);
             if rule.effect == Effect::Allow {
+                client_chosen(rule, &path, &mut out);
                 if let Some(roles) = &self.roles {
                     unusable_actions(rule, roles, &path, &mut out);
                 }
@@ -98,6 +100,25 @@ fn empty_lists(rule: &Rule, path: &Path, out: &mut Out) {
     }
     if matches!(&rule.actions, Sel::List(v) if v.is_empty()) {
         out.warn(&path.key("actions"), String::from("empty list: this rule never applies"));
+    }
+}
+
+/// An allow pattern with `${clientid}`: the client picks its id, so anyone may name itself
+/// into whatever the rule grants. (A deny pattern with it only narrows, which is fine.)
+fn client_chosen(rule: &Rule, path: &Path, out: &mut Out) {
+    if let Sel::List(ps) = &rule.topics {
+        for (j, p) in ps.iter().enumerate() {
+            if p.levels.contains(&Level::Var(Placeholder::ClientId)) {
+                out.warn(
+                    &path.key("topics").index(j),
+                    String::from(
+                        "'${clientid}' is whatever the client chose: any client can take an id and get what \
+                         this allows; use '${subject.id}', or '${username}' (only ever a name proven to belong \
+                         to the subject)",
+                    ),
+                );
+            }
+        }
     }
 }
 
@@ -289,6 +310,23 @@ mod tests {
             ROLES,
         );
         assert!(w[0].contains("unknown action"), "{w:?}");
+    }
+
+    #[test]
+    fn allow_rules_keyed_by_client_id_are_flagged() {
+        let w = warnings(r#"{"topics":["devices/${clientid}/#"],"actions":["publish"]}"#, "");
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(
+            w[0].starts_with(
+                "celine.mqtt.acl.rules[0].topics[0]: '${clientid}' is whatever the client chose"
+            )
+        );
+        assert!(w[0].contains("use '${subject.id}'"), "{w:?}");
+        let deny =
+            warnings(r#"{"topics":["devices/${clientid}/#"],"actions":["publish"],"effect":"deny"}"#, "");
+        assert!(deny.is_empty(), "a deny rule with it only narrows: {deny:?}");
+        let ok = warnings(r#"{"topics":["users/${subject.id}/#","u/${username}"],"actions":["read"]}"#, "");
+        assert!(ok.is_empty(), "{ok:?}");
     }
 
     #[test]

@@ -31,6 +31,14 @@ pub struct Args {
     /// Expected `aud` (not checked when absent)
     #[arg(long, env = "MQTT_POLICY_AUDIENCE")]
     pub audience: Option<String>,
+    /// Accept only tokens issued to these clients (their `azp`; comma-separated or repeated)
+    #[arg(
+        long = "authorized-party",
+        env = "MQTT_POLICY_AUTHORIZED_PARTIES",
+        value_delimiter = ',',
+        value_name = "CLIENT"
+    )]
+    pub authorized_parties: Vec<String>,
     /// Key set URL (JWKS)
     #[arg(long, env = "MQTT_POLICY_JWKS_URL", value_name = "URL")]
     pub jwks_url: Option<String>,
@@ -124,6 +132,12 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         state_dir: a.state_dir.unwrap_or_else(identity::devkey::default_state_dir),
         hmac_secret_file: a.hmac_secret_file,
         jwks_min_refresh: std::time::Duration::from_secs(a.jwks_min_refresh),
+        authorized_parties: a
+            .authorized_parties
+            .iter()
+            .map(|p| p.trim().to_string())
+            .filter(|p| !p.is_empty())
+            .collect(),
         tests: a.tests,
         admin_token,
         admin_listen: a.admin_listen,
