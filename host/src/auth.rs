@@ -15,9 +15,9 @@
 //!   whose token it did not show. Only a successful user call creates or replaces a binding;
 //!   a binding lasts while its token would still verify.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
+use identity::tokens::weight;
 use identity::{Identities, TokenHash, UntilExp, Verified, now};
 use moka::sync::Cache;
 use policy_engine::{Action, Decision};
@@ -59,6 +59,7 @@ struct CacheMetrics {
     decision_miss: metrics::Counter,
 }
 
+#[derive(Clone)]
 struct Session {
     token: TokenHash,
     verified: Arc<Verified>,
@@ -68,21 +69,47 @@ pub struct Auth {
     pub identities: Identities,
     decisions: Cache<DecisionKey, (Arc<Decision>, u64)>,
     metrics: CacheMetrics,
-    /// username (proven to name the token's subject) → session.
-    sessions: Mutex<HashMap<String, Session>>,
+    /// username (proven to name the token's subject) → session, until the token's `exp`.
+    sessions: Cache<String, (Session, u64)>,
+}
+
+impl DecisionKey {
+    /// About what an entry takes in memory: a flood of long unique topics then costs at most
+    /// the cache's byte budget.
+    fn bytes(&self, d: &Decision) -> usize {
+        160 + self.topic.len()
+            + self.clientid.len()
+            + self.username.len()
+            + d.reason.len()
+            + d.rule.as_ref().map_or(0, String::len)
+    }
 }
 
 impl Auth {
-    pub fn new(identities: Identities) -> Auth {
+    /// `budget`: bytes for the decisions and the sessions (the identities have their own).
+    pub fn new(identities: Identities, budget: u64) -> Auth {
         Auth {
             identities,
-            decisions: Cache::builder().max_capacity(200_000).expire_after(UntilExp).build(),
+            decisions: Cache::builder()
+                .max_capacity(budget / 5 * 4)
+                .weigher(|k: &DecisionKey, v: &(Arc<Decision>, u64)| weight(k.bytes(&v.0)))
+                .expire_after(UntilExp)
+                .build(),
             metrics: CacheMetrics {
                 decision_hit: metrics::counter!("mqtt_policy_decision_cache_total", "result" => "hit"),
                 decision_miss: metrics::counter!("mqtt_policy_decision_cache_total", "result" => "miss"),
             },
-            sessions: Mutex::new(HashMap::new()),
+            sessions: Cache::builder()
+                .max_capacity(budget / 5)
+                .weigher(|u: &String, _: &(Session, u64)| weight(128 + u.len()))
+                .expire_after(UntilExp)
+                .build(),
         }
+    }
+
+    /// What the caches hold now, in bytes (as weighed).
+    pub fn cached_bytes(&self) -> u64 {
+        self.decisions.weighted_size() + self.sessions.weighted_size()
     }
 
     /// The decision for `key`: cached, or computed by `decide` and cached until `exp`. A module
@@ -113,22 +140,21 @@ impl Auth {
     /// Binds a username, already proven to name the token's subject, to the verified token,
     /// replacing any earlier binding (the newest token of an identity decides for it).
     pub fn bind(&self, username: &str, token: TokenHash, verified: Arc<Verified>) {
-        self.sessions.lock().unwrap().insert(username.to_string(), Session { token, verified });
+        let exp = verified.exp;
+        self.sessions.insert(username.to_string(), (Session { token, verified }, exp));
     }
 
     /// The live binding of a username.
     pub fn session(&self, username: &str) -> Option<(TokenHash, Arc<Verified>)> {
-        let sessions = self.sessions.lock().unwrap();
-        let s = sessions.get(username)?;
+        let (s, _) = self.sessions.get(username)?;
         // A session lasts while its token would still verify: not expired, key still published.
         self.identities.still_valid(&s.verified).then(|| (s.token, Arc::clone(&s.verified)))
     }
 
-    /// Drops expired bindings; returns how many remain.
-    pub fn sweep(&self) -> usize {
-        let mut sessions = self.sessions.lock().unwrap();
-        let t = now();
-        sessions.retain(|_, s| s.verified.exp > t);
-        sessions.len()
+    /// Lets the caches drop what expired; returns how many sessions remain.
+    pub fn sweep(&self) -> u64 {
+        self.sessions.run_pending_tasks();
+        self.decisions.run_pending_tasks();
+        self.sessions.entry_count()
     }
 }

@@ -82,6 +82,8 @@ pub struct ServeConfig {
     pub playground: bool,
     /// Claims whose value, besides the subject id, may be a client's MQTT username.
     pub username_claims: Vec<String>,
+    /// Bytes all caches and the session table may take together.
+    pub cache_memory: u64,
 }
 
 fn install_metrics() -> anyhow::Result<PrometheusHandle> {
@@ -189,7 +191,8 @@ pub async fn build_state(cfg: &ServeConfig) -> anyhow::Result<Arc<AppState>> {
     Ok(Arc::new(AppState {
         live,
         reloader,
-        auth: Auth::new(Identities::new(verifier, 100_000)),
+        // A quarter for verified tokens and subjects, the rest for decisions and sessions.
+        auth: Auth::new(Identities::new(verifier, cfg.cache_memory / 4), cfg.cache_memory / 4 * 3),
         response_mode: cfg.response_mode,
         username_claims: cfg.username_claims.clone(),
         metrics: RequestMetrics::register(),
@@ -283,6 +286,7 @@ pub async fn run(cfg: ServeConfig) -> anyhow::Result<()> {
             tick.tick().await;
             let live = sweeper.auth.sweep();
             metrics::gauge!("mqtt_policy_sessions").set(live as f64);
+            metrics::gauge!("mqtt_policy_cache_bytes").set(sweeper.auth.cached_bytes() as f64);
         }
     });
     spawn_sighup(&state);

@@ -74,6 +74,8 @@ pub struct Verified {
     /// The key that verified it (`None` for the HMAC dev secret): a cached verification holds
     /// only while the key set still has this key.
     pub key: Option<Arc<Jwk>>,
+    /// About what it takes in memory (for caches bounded in bytes).
+    pub bytes: usize,
 }
 
 /// Why a token was refused. The message is safe to log and return: it never holds the token.
@@ -211,7 +213,11 @@ impl Verifier {
 
     /// Reloads the key set now. On failure the previous keys stay in use.
     pub async fn refresh(&self) -> anyhow::Result<usize> {
-        let _guard = self.refresh_lock.lock().await;
+        let _one_at_a_time = self.refresh_lock.lock().await;
+        self.refresh_locked().await
+    }
+
+    async fn refresh_locked(&self) -> anyhow::Result<usize> {
         *self.last_refresh.lock().unwrap() = Some(Instant::now());
         let result = self.fetch_keys().await;
         let old = self.state.load();
@@ -228,10 +234,13 @@ impl Verifier {
                 Ok(n)
             }
             Err(e) => {
-                let mut keys = old.keys.clone();
-                if old.loaded_at.is_none() {
-                    keys.keys.extend(self.config.extra_keys.iter().cloned());
-                }
+                // Keep what was trusted; before any successful load that is the extra keys
+                // alone (added once, not again at every failed attempt).
+                let keys = if old.loaded_at.is_some() || !old.keys.keys.is_empty() {
+                    old.keys.clone()
+                } else {
+                    JwkSet { keys: self.config.extra_keys.clone() }
+                };
                 self.state.store(Arc::new(KeyState {
                     keys,
                     loaded_at: old.loaded_at,
@@ -245,10 +254,12 @@ impl Verifier {
 
     /// Refreshes unless one happened within `min_refresh`.
     async fn refresh_rate_limited(&self) {
+        // Decide under the lock: two tokens with an unknown key id at once make one fetch.
+        let _one_at_a_time = self.refresh_lock.lock().await;
         if !self.refresh_due() {
             return;
         }
-        if let Err(e) = self.refresh().await {
+        if let Err(e) = self.refresh_locked().await {
             tracing::warn!(error = %format!("{e:#}"), "key set refresh failed; keeping the previous keys");
         }
     }
@@ -306,7 +317,9 @@ impl Verifier {
         let exp =
             data.claims["exp"].as_u64().ok_or_else(|| Refused("the token's exp is not a number".into()))?;
         self.check_kind_and_party(&data.claims)?;
-        Ok(Verified { claims: data.claims, exp, key: jwk.map(|k| Arc::new(k.clone())) })
+        // A parsed JSON value takes about twice its text.
+        let bytes = 2 * data.claims.to_string().len() + 256;
+        Ok(Verified { claims: data.claims, exp, key: jwk.map(|k| Arc::new(k.clone())), bytes })
     }
 
     /// Only access tokens (Keycloak also signs ID and refresh tokens with the same keys; a

@@ -45,7 +45,20 @@ struct CacheMetrics {
     miss: metrics::Counter,
 }
 
-/// Verified tokens (by hash) and their subjects (by generation and hash).
+/// An estimate of what a value costs in memory, for caches bounded in bytes: a flood of large
+/// or unique inputs then costs at most the budget, whatever the number of entries.
+pub fn weight(bytes: usize) -> u32 {
+    u32::try_from(bytes).unwrap_or(u32::MAX)
+}
+
+/// What a subject costs: its strings and their headers.
+pub fn subject_bytes(s: &Subject) -> usize {
+    const STRING: usize = 24 + 16;
+    96 + s.id.len() + s.groups.iter().chain(&s.scopes).map(|g| g.len() + STRING).sum::<usize>()
+}
+
+/// Verified tokens (by hash) and their subjects (by generation and hash), each cache bounded
+/// by a share of a byte budget.
 pub struct Identities {
     pub verifier: Arc<Verifier>,
     verified: Cache<TokenHash, Arc<Verified>>,
@@ -54,12 +67,21 @@ pub struct Identities {
 }
 
 impl Identities {
-    /// Caches at most `capacity` tokens and as many subjects.
-    pub fn new(verifier: Arc<Verifier>, capacity: u64) -> Identities {
+    /// Caches verified tokens and subjects in at most about `budget` bytes (two thirds for the
+    /// tokens, whose claims are the larger part, a third for the subjects).
+    pub fn new(verifier: Arc<Verifier>, budget: u64) -> Identities {
         Identities {
             verifier,
-            verified: Cache::builder().max_capacity(capacity).expire_after(UntilExp).build(),
-            subjects: Cache::builder().max_capacity(capacity).expire_after(UntilExp).build(),
+            verified: Cache::builder()
+                .max_capacity(budget / 3 * 2)
+                .weigher(|_: &TokenHash, v: &Arc<Verified>| weight(64 + v.bytes))
+                .expire_after(UntilExp)
+                .build(),
+            subjects: Cache::builder()
+                .max_capacity(budget / 3)
+                .weigher(|_: &(u64, TokenHash), v: &(Arc<Subject>, u64)| weight(64 + subject_bytes(&v.0)))
+                .expire_after(UntilExp)
+                .build(),
             metrics: CacheMetrics {
                 hit: metrics::counter!("mqtt_policy_token_cache_total", "result" => "hit"),
                 miss: metrics::counter!("mqtt_policy_token_cache_total", "result" => "miss"),

@@ -44,7 +44,7 @@ async fn known_keys_verify_and_unknown_ones_are_refused_without_waiting() {
     let stranger = DevKey::load_or_create(b.path()).unwrap();
     let v = verifier(&trusted, KeySource::None);
     v.refresh().await.unwrap();
-    let ids = Identities::new(Arc::clone(&v), 100);
+    let ids = Identities::new(Arc::clone(&v), 1 << 20);
     let (_, verified) = ids.verify_now(&token(&trusted, 60)).unwrap();
     assert_eq!(verified.claims["sub"], "alice");
     let refused = ids.verify_now(&token(&stranger, 60)).unwrap_err();
@@ -77,7 +77,7 @@ async fn an_expired_token_is_refused() {
         c
     };
     let expired = key.sign(&spec_claims).unwrap();
-    let e = Identities::new(v, 10).verify_now(&expired).unwrap_err();
+    let e = Identities::new(v, 1 << 20).verify_now(&expired).unwrap_err();
     assert!(e.contains("expired"), "{e}");
 }
 
@@ -104,7 +104,7 @@ async fn only_access_tokens_and_only_for_authorized_parties() {
     };
     let v = verifier(&key, KeySource::None);
     v.refresh().await.unwrap();
-    let ids = Identities::new(Arc::clone(&v), 10);
+    let ids = Identities::new(Arc::clone(&v), 1 << 20);
     assert!(ids.verify_now(&sign(&|_| {})).is_ok(), "typ Bearer (as Keycloak's access tokens)");
     assert!(
         ids.verify_now(&sign(&|c| {
@@ -132,7 +132,7 @@ async fn only_access_tokens_and_only_for_authorized_parties() {
         .unwrap(),
     );
     config_key.refresh().await.unwrap();
-    let restricted = Identities::new(config_key, 10);
+    let restricted = Identities::new(config_key, 1 << 20);
     let e = restricted.verify_now(&sign(&|_| {})).unwrap_err();
     assert!(e.contains("issued to client \"mqtt-dev\", not to an authorized party (mqtt-dashboard)"), "{e}");
     assert!(restricted.verify_now(&sign(&|c| c["azp"] = serde_json::json!("mqtt-dashboard"))).is_ok());
@@ -142,4 +142,18 @@ async fn only_access_tokens_and_only_for_authorized_parties() {
         }))
         .unwrap_err();
     assert!(e.contains("no client (no azp)"), "{e}");
+}
+
+#[tokio::test]
+async fn failed_refreshes_keep_the_keys_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = DevKey::load_or_create(dir.path()).unwrap();
+    // A key URL nothing listens on: every refresh fails.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let v = verifier(&key, KeySource::Url(format!("http://{closed}/jwks.json")));
+    for _ in 0..3 {
+        assert!(v.refresh().await.is_err());
+    }
+    assert_eq!(v.readiness(), Ok(1), "the dev key is trusted once, not once per failed refresh");
+    assert!(v.last_error().unwrap().contains("jwks.json"));
 }

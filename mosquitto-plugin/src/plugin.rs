@@ -28,8 +28,8 @@ use crate::stats::{Stats, bump};
 /// (connections are then refused, with that reason, until a refresh succeeds).
 const FIRST_KEY_LOAD: Duration = Duration::from_secs(10);
 
-/// Verified tokens kept for reconnects.
-const TOKEN_CACHE: u64 = 100_000;
+/// Bytes for the verified tokens kept for reconnects (and their subjects).
+const TOKEN_CACHE: u64 = 16 << 20;
 
 /// One check in this many is timed for `mqtt_policy_check_duration_seconds`.
 pub const LATENCY_SAMPLE: u64 = 8;

@@ -86,6 +86,11 @@ pub struct Args {
         value_name = "CLAIMS"
     )]
     pub username_claims: String,
+    /// Memory all caches and the session table may take together, in MiB: a flood of unique
+    /// topics or tokens evicts rather than grows the process beyond it
+    #[arg(long, env = "MQTT_POLICY_CACHE_MEMORY", default_value_t = 64, value_name = "MIB",
+          value_parser = clap::value_parser!(u64).range(1..=65_536))]
+    pub cache_memory: u64,
     /// Do not serve the browser playground at /playground/
     #[arg(long, env = "MQTT_POLICY_NO_PLAYGROUND")]
     pub no_playground: bool,
@@ -143,6 +148,7 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         admin_listen: a.admin_listen,
         playground: !a.no_playground,
         username_claims: identity::parse_username_claims(&a.username_claims),
+        cache_memory: a.cache_memory << 20,
     };
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(crate::serve::run(cfg))?;
