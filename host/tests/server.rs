@@ -557,3 +557,50 @@ fn authorized_parties_restrict_which_clients_tokens_count() {
     assert_eq!(r.status, 403);
     assert!(r.json()["error"].as_str().unwrap().contains("not to an authorized party"), "{}", r.body);
 }
+
+#[test]
+fn untested_policies_say_so_and_an_empty_tests_path_is_refused() {
+    // An explicitly named tests path without cases: refused at start, with the path.
+    let empty = tempfile::tempdir().unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_mqtt-policy"))
+        .current_dir(std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".."))
+        .args(["serve", "--dev", "--listen", "127.0.0.1:0", "--state-dir"])
+        .arg(state.path())
+        .arg("--tests")
+        .arg(empty.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("holds no policy test cases") && err.contains(&*empty.path().to_string_lossy()),
+        "{err}"
+    );
+
+    // A policy named without test cases runs, and everything says it is untested.
+    let token = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(token.path(), "an-admin-token-of-sixteen-chars").unwrap();
+    let s = Server::start(&[
+        "--dev",
+        "--policy",
+        "policies/celine.json",
+        "--admin-token-file",
+        token.path().to_str().unwrap(),
+    ]);
+    let status =
+        send(client().get(s.url("/admin/status")).bearer_auth("an-admin-token-of-sixteen-chars")).json();
+    assert_eq!(
+        (status["tested"].clone(), status["cases_passed"].clone()),
+        (json!(false), json!(0)),
+        "{status}"
+    );
+    let metrics = send(client().get(s.url("/metrics"))).body;
+    assert!(metrics.contains("mqtt_policy_untested 1"), "{metrics}");
+    // The default policy comes with its cases.
+    let tested = Server::start(&["--dev", "--admin-token-file", token.path().to_str().unwrap()]);
+    let status =
+        send(client().get(tested.url("/admin/status")).bearer_auth("an-admin-token-of-sixteen-chars")).json();
+    assert_eq!(status["tested"], json!(true), "{status}");
+    assert!(status["cases_passed"].as_u64().unwrap() >= 38, "{status}");
+}

@@ -471,6 +471,21 @@ fn wrong_options_stop_the_broker_with_a_message_naming_the_option() {
     );
     assert!(!status.success());
     assert!(log.contains("plugin_opt_jwks_file") && log.contains("/nonexistent/jwks.json"), "{log}");
+
+    // Test cases named but none there: refused (the policy would otherwise run untested).
+    let setup = Setup::new();
+    let policy = setup.file("policy.json", POLICY);
+    let jwks = setup.file("jwks.json", issuer.jwks());
+    let empty = setup.dir.path().join("no-cases");
+    std::fs::create_dir(&empty).unwrap();
+    let (status, log) = Broker::start_failing(
+        setup
+            .option("policy", policy.display().to_string())
+            .option("jwks_file", jwks.display().to_string())
+            .option("tests", empty.display().to_string()),
+    );
+    assert!(!status.success());
+    assert!(log.contains("holds no policy test cases"), "{log}");
 }
 
 #[test]

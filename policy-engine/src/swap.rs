@@ -69,6 +69,8 @@ struct Inputs {
 
 struct Status {
     loaded_at: SystemTime,
+    /// Test cases the live generation passed before it went live (zero: untested).
+    cases_passed: usize,
     swaps: u64,
     rejections: u64,
     last_rejected: Option<Rejection>,
@@ -143,8 +145,16 @@ impl Live {
     ) -> anyhow::Result<Arc<Live>> {
         let module = read_module(&module_source).map_err(anyhow::Error::msg)?;
         let policy = read_policy(&policy_source).map_err(anyhow::Error::msg)?;
-        let generation = build(&runtime, None, &module, &policy, tests.as_deref())
+        let (generation, passed) = build(&runtime, None, &module, &policy, tests.as_deref())
             .map_err(|reason| anyhow::anyhow!("module {module_source}, policy {policy_source}: {reason}"))?;
+        if let (Some(t), 0) = (&tests, passed) {
+            anyhow::bail!(
+                "{} holds no policy test cases: name a file or a directory of *.json cases, or none at all \
+                 (the policy then runs untested)",
+                t.display()
+            );
+        }
+        report_tested(&generation, passed);
         Ok(Arc::new(Live {
             runtime,
             current: ArcSwap::new(generation),
@@ -157,6 +167,7 @@ impl Live {
             tests,
             status: Mutex::new(Status {
                 loaded_at: SystemTime::now(),
+                cases_passed: passed,
                 swaps: 0,
                 rejections: 0,
                 last_rejected: None,
@@ -241,13 +252,12 @@ impl Live {
             }
         }
         let built = match (module, policy) {
-            (Ok(m), Ok(p)) => {
-                build(&self.runtime, Some(&self.current()), &m, &p, self.tests.as_deref()).map(|g| (g, m, p))
-            }
+            (Ok(m), Ok(p)) => build(&self.runtime, Some(&self.current()), &m, &p, self.tests.as_deref())
+                .map(|(g, passed)| (g, passed, m, p)),
             (Err(e), _) | (_, Err(e)) => Err(e),
         };
         match built {
-            Ok((generation, m, p)) => {
+            Ok((generation, passed, m, p)) => {
                 let previous = self.current.swap(Arc::clone(&generation));
                 {
                     let mut i = self.inputs.lock().unwrap();
@@ -255,7 +265,9 @@ impl Live {
                     let mut s = self.status.lock().unwrap();
                     s.loaded_at = SystemTime::now();
                     s.swaps += 1;
+                    s.cases_passed = passed;
                 }
+                report_tested(&generation, passed);
                 metrics::counter!("mqtt_policy_swaps_total", "result" => "applied").increment(1);
                 metrics::gauge!("mqtt_policy_generation").set(generation.id as f64);
                 tracing::info!(
@@ -296,6 +308,8 @@ impl Live {
             "module": {"source": i.module_source.to_string(), "hash": g.module.hash, "version": g.module.version},
             "policy": {"source": i.policy_source.to_string(), "hash": g.policy_hash, "rules": g.rule_count},
             "tests": self.tests.as_ref().map(|t| t.display().to_string()),
+            "tested": s.cases_passed > 0,
+            "cases_passed": s.cases_passed,
             "loaded_at": secs(s.loaded_at),
             "swaps": s.swaps,
             "rejections": s.rejections,
@@ -306,21 +320,35 @@ impl Live {
 
 /// Builds a candidate generation: the module (reusing `current`'s when the bytes are the
 /// same), the policy loaded into it, and the test cases run through it.
+/// Builds a candidate: returns it and how many test cases it passed (zero: untested).
 fn build(
     runtime: &Arc<Runtime>,
     current: Option<&Arc<Generation>>,
     module: &[u8],
     policy: &str,
     tests: Option<&Path>,
-) -> Result<Arc<Generation>, String> {
+) -> Result<(Arc<Generation>, usize), String> {
     let hash = crate::hash_of(module);
     let module = match current {
         Some(g) if g.module.hash == hash => Arc::clone(&g.module),
         _ => runtime.module(module).map_err(|e| format!("{e:#}"))?,
     };
     let generation = Generation::new(module, policy).map_err(|e| describe_load_error(&e))?;
-    if let Some(t) = tests {
-        run_cases(&generation, t)?;
+    let passed = match tests {
+        Some(t) => run_cases(&generation, t)?,
+        None => 0,
+    };
+    Ok((generation, passed))
+}
+
+/// Says so, in the log and a metric, when a generation goes live that no test case checked.
+fn report_tested(generation: &Generation, passed: usize) {
+    metrics::gauge!("mqtt_policy_untested").set(if passed == 0 { 1.0 } else { 0.0 });
+    if passed == 0 {
+        tracing::warn!(
+            generation = generation.id,
+            "generation {} is untested: no policy test cases checked it before it went live",
+            generation.id
+        );
     }
-    Ok(generation)
 }
