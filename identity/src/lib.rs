@@ -22,5 +22,5 @@ pub mod names;
 pub mod tokens;
 
 pub use jwks::{KeySource, Refused, Verified, Verifier, VerifierConfig, looks_like_jwt, now};
-pub use names::{DEFAULT_USERNAME_CLAIMS, names_subject, parse_username_claims, subject_names};
+pub use names::{DEFAULT_USERNAME_CLAIMS, names_subject, parse_list, parse_username_claims, subject_names};
 pub use tokens::{Identities, TokenHash, UntilExp, token_hash};

@@ -13,12 +13,14 @@ use serde_json::Value;
 /// The claims whose values may be used as a subject's username (besides its id).
 pub const DEFAULT_USERNAME_CLAIMS: &[&str] = &["preferred_username"];
 
+/// A comma-separated list of names (claims, client ids), blanks dropped.
+pub fn parse_list(list: &str) -> Vec<String> {
+    list.split(',').map(str::trim).filter(|c| !c.is_empty()).map(str::to_string).collect()
+}
+
 /// A configured list of claim names: comma-separated, or `none` (the subject id only).
 pub fn parse_username_claims(list: &str) -> Vec<String> {
-    match list.trim() {
-        "none" => vec![],
-        list => list.split(',').map(str::trim).filter(|c| !c.is_empty()).map(str::to_string).collect(),
-    }
+    if list.trim() == "none" { vec![] } else { parse_list(list) }
 }
 
 /// Does `username` name this subject (its id, or one of `claims_named` in the token)?

@@ -8,7 +8,8 @@ use std::time::Duration;
 use identity::devkey::{DEV_ISSUER, DevKey, TokenSpec, claims};
 use identity::{Identities, KeySource, Verifier, VerifierConfig, now};
 
-fn token(key: &DevKey, ttl_secs: u64) -> String {
+/// A viewer's claims, as `mqtt-policy token --dev` makes them.
+fn alice(ttl_secs: u64) -> serde_json::Value {
     let spec = TokenSpec {
         sub: Some("alice".into()),
         client_id: None,
@@ -18,10 +19,18 @@ fn token(key: &DevKey, ttl_secs: u64) -> String {
         audience: None,
         ttl_secs,
     };
-    key.sign(&claims(&spec, now()).unwrap()).unwrap()
+    claims(&spec, now()).unwrap()
+}
+
+fn token(key: &DevKey, ttl_secs: u64) -> String {
+    key.sign(&alice(ttl_secs)).unwrap()
 }
 
 fn verifier(trusted: &DevKey, source: KeySource) -> Arc<Verifier> {
+    verifier_for(trusted, source, vec![])
+}
+
+fn verifier_for(trusted: &DevKey, source: KeySource, authorized_parties: Vec<String>) -> Arc<Verifier> {
     Arc::new(
         Verifier::new(VerifierConfig {
             source,
@@ -31,7 +40,7 @@ fn verifier(trusted: &DevKey, source: KeySource) -> Arc<Verifier> {
             extra_keys: vec![trusted.jwk().unwrap()],
             hmac_secret: None,
             min_refresh: Duration::from_secs(10),
-            authorized_parties: vec![],
+            authorized_parties,
         })
         .unwrap(),
     )
@@ -59,23 +68,8 @@ async fn an_expired_token_is_refused() {
     let key = DevKey::load_or_create(dir.path()).unwrap();
     let v = verifier(&key, KeySource::None);
     v.refresh().await.unwrap();
-    let spec_claims = {
-        let mut c = claims(
-            &TokenSpec {
-                sub: Some("bob".into()),
-                client_id: None,
-                groups: vec![],
-                scopes: vec![],
-                issuer: DEV_ISSUER.into(),
-                audience: None,
-                ttl_secs: 0,
-            },
-            now() - 120,
-        )
-        .unwrap();
-        c["exp"] = serde_json::json!(now() - 60);
-        c
-    };
+    let mut spec_claims = alice(0);
+    spec_claims["exp"] = serde_json::json!(now() - 60);
     let expired = key.sign(&spec_claims).unwrap();
     let e = Identities::new(v, 1 << 20).verify_now(&expired).unwrap_err();
     assert!(e.contains("expired"), "{e}");
@@ -86,19 +80,7 @@ async fn only_access_tokens_and_only_for_authorized_parties() {
     let dir = tempfile::tempdir().unwrap();
     let key = DevKey::load_or_create(dir.path()).unwrap();
     let sign = |edit: &dyn Fn(&mut serde_json::Value)| {
-        let mut c = claims(
-            &TokenSpec {
-                sub: Some("alice".into()),
-                client_id: None,
-                groups: vec![],
-                scopes: vec![],
-                issuer: DEV_ISSUER.into(),
-                audience: None,
-                ttl_secs: 60,
-            },
-            now(),
-        )
-        .unwrap();
+        let mut c = alice(60);
         edit(&mut c);
         key.sign(&c).unwrap()
     };
@@ -118,19 +100,7 @@ async fn only_access_tokens_and_only_for_authorized_parties() {
         assert!(e.contains("not an access token"), "{typ}: {e}");
     }
     // Authorized parties: the token's azp must be listed.
-    let config_key = Arc::new(
-        Verifier::new(VerifierConfig {
-            source: KeySource::None,
-            issuer: Some(DEV_ISSUER.into()),
-            audience: None,
-            leeway: Duration::from_secs(0),
-            extra_keys: vec![key.jwk().unwrap()],
-            hmac_secret: None,
-            min_refresh: Duration::from_secs(10),
-            authorized_parties: vec!["mqtt-dashboard".into()],
-        })
-        .unwrap(),
-    );
+    let config_key = verifier_for(&key, KeySource::None, vec!["mqtt-dashboard".into()]);
     config_key.refresh().await.unwrap();
     let restricted = Identities::new(config_key, 1 << 20);
     let e = restricted.verify_now(&sign(&|_| {})).unwrap_err();

@@ -194,9 +194,7 @@ impl Options {
                 },
             },
             username_claims: identity::DEFAULT_USERNAME_CLAIMS.iter().map(|c| c.to_string()).collect(),
-            authorized_parties: text("authorized_parties")?
-                .map(|l| l.split(',').map(str::trim).filter(|p| !p.is_empty()).map(str::to_string).collect())
-                .unwrap_or_default(),
+            authorized_parties: text("authorized_parties")?.map(|l| identity::parse_list(&l)).unwrap_or_default(),
         };
         let mut options = options;
         if let Some(v) = get("username_claims") {

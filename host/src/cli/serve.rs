@@ -137,12 +137,7 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         state_dir: a.state_dir.unwrap_or_else(identity::devkey::default_state_dir),
         hmac_secret_file: a.hmac_secret_file,
         jwks_min_refresh: std::time::Duration::from_secs(a.jwks_min_refresh),
-        authorized_parties: a
-            .authorized_parties
-            .iter()
-            .map(|p| p.trim().to_string())
-            .filter(|p| !p.is_empty())
-            .collect(),
+        authorized_parties: identity::parse_list(&a.authorized_parties.join(",")),
         tests: a.tests,
         admin_token,
         admin_listen: a.admin_listen,
