@@ -1,8 +1,6 @@
 //! A policy module that loops or panics costs the server one denied request: it keeps
 //! answering and counts the faults in `/metrics`.
 
-use std::path::PathBuf;
-
 mod common;
 
 const TELEMETRY: &str = "celine/telemetry/meter/m1/readings";
@@ -11,7 +9,7 @@ const TELEMETRY: &str = "celine/telemetry/meter/m1/readings";
 fn the_server_stays_up_and_counts_module_faults() {
     let state = tempfile::tempdir().unwrap();
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_mqtt-policy"))
-        .current_dir(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".."))
+        .current_dir(test_support::repository())
         .args(["serve", "--dev", "--listen", "127.0.0.1:0", "--module"])
         .arg(common::built_module("faulty.wasm"))
         .arg("--state-dir")

@@ -46,7 +46,7 @@ fn the_playground_is_served_from_the_binary() {
     let policy = get(&s, "/playground/default-policy.json").text().unwrap();
     assert_eq!(
         policy,
-        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../policies/celine.json")).unwrap()
+        std::fs::read_to_string(test_support::repository().join("policies/celine.json")).unwrap()
     );
     let sw = get(&s, "/playground/sw.js").text().unwrap();
     assert!(!sw.contains("celine-playground-BUILD"), "the cache is named after the build");

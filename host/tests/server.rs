@@ -564,7 +564,7 @@ fn untested_policies_say_so_and_an_empty_tests_path_is_refused() {
     let empty = tempfile::tempdir().unwrap();
     let state = tempfile::tempdir().unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_mqtt-policy"))
-        .current_dir(std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".."))
+        .current_dir(test_support::repository())
         .args(["serve", "--dev", "--listen", "127.0.0.1:0", "--state-dir"])
         .arg(state.path())
         .arg("--tests")

@@ -1,7 +1,6 @@
 //! Hot swap on a running server: new policies and modules go live without a restart and
 //! without a wrong or failed answer; bad candidates never replace a good policy.
 
-use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -182,7 +181,7 @@ fn a_changed_policy_file_or_sighup_reloads_and_a_broken_file_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("policy.json");
     std::fs::write(&file, default_policy().to_string()).unwrap();
-    let tests = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../policies/tests");
+    let tests = test_support::repository().join("policies/tests");
     let (s, _admin_dir) =
         admin_server(&["--policy", file.to_str().unwrap(), "--tests", tests.to_str().unwrap()]);
     let viewer = dev_token(&s, &["--sub", "vera", "--groups", "viewers"]);

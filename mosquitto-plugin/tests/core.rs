@@ -31,9 +31,9 @@ struct Fixture {
 
 fn fixture(extra: &[(&str, &str)]) -> Fixture {
     let state = tempfile::tempdir().unwrap();
-    let policy = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/e2e/policy.json");
+    let policy = test_support::package_dir().join("tests/e2e/policy.json");
     let mut pairs = vec![
-        ("policy".to_string(), policy.to_string()),
+        ("policy".to_string(), policy.display().to_string()),
         ("dev_state_dir".to_string(), state.path().display().to_string()),
         ("watch".to_string(), "false".to_string()),
     ];

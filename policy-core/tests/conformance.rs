@@ -10,8 +10,14 @@ use std::path::PathBuf;
 use policy_core::{Json, Policy, Subject, parse_request};
 use serde_json::Value;
 
+/// This package's folder, read at run time: one target directory may serve two checkouts.
+fn package_dir() -> PathBuf {
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| env!("CARGO_MANIFEST_DIR").into())
+}
 fn corpus_files() -> Vec<PathBuf> {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../corpus");
+    let dir = package_dir().join("../corpus");
     let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
         .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
         .map(|e| e.unwrap().path())

@@ -10,6 +10,12 @@ use policy_engine::{Action, Generation, LoadError, Module, Request, Runtime, Sub
 use proptest::prelude::*;
 use serde_json::Value;
 
+/// This package's folder, read at run time: one target directory may serve two checkouts.
+fn package_dir() -> PathBuf {
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| env!("CARGO_MANIFEST_DIR").into())
+}
 fn module() -> Arc<Module> {
     let bytes =
         embedded_module().expect("this test needs the built-in policy module: run `cargo xtask build` first");
@@ -17,7 +23,7 @@ fn module() -> Arc<Module> {
 }
 
 fn corpus() -> Vec<Value> {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../corpus");
+    let dir = package_dir().join("../corpus");
     let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
         .unwrap()
         .map(|e| e.unwrap().path())

@@ -9,9 +9,15 @@ use std::sync::Arc;
 
 use policy_engine::{Action, Generation, Module, Request, Runtime, Subject, SubjectType};
 
+/// This package's folder, read at run time: one target directory may serve two checkouts.
+fn package_dir() -> PathBuf {
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| env!("CARGO_MANIFEST_DIR").into())
+}
 /// Where `cargo xtask build` put the test-only module.
 fn faulty_module_path() -> PathBuf {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let root = package_dir().join("..");
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .map(|t| if t.is_absolute() { t } else { root.join(t) })

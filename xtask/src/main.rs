@@ -68,8 +68,19 @@ fn main() {
 }
 
 /// The repository root (xtask lives one level below it).
+/// The checkout this xtask runs for. Read at run time (`cargo run` sets it): a target
+/// directory shared by two checkouts (CI's clone and a working copy) holds one xtask binary,
+/// and a path compiled into it would name the other checkout.
 fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+    let manifest = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")));
+    manifest.parent().map(Path::to_path_buf).unwrap_or(manifest)
+}
+
+/// The cargo running this xtask (`cargo run` sets `CARGO`), else the one on the `PATH`.
+fn cargo_program() -> String {
+    std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string())
 }
 
 fn step(what: &str) {
@@ -107,7 +118,7 @@ fn cargo_env(args: &[&str], env: &[(&str, &std::ffi::OsStr)]) -> anyhow::Result<
     if std::env::var_os("CI").is_some() && matches!(args[0], "build" | "test" | "clippy" | "bench") {
         all.insert(1, "--locked");
     }
-    run_env(env!("CARGO"), &all, env)
+    run_env(&cargo_program(), &all, env)
 }
 
 /// `shared/conformance/decisions.jsonl`, when the shared folder sits beside the checkout.
@@ -151,7 +162,7 @@ fn sync_conformance() -> anyhow::Result<()> {
 /// `rustfmt` and `clippy` come with rustup's default profile; a minimal toolchain lacks them.
 fn ensure_components() -> anyhow::Result<()> {
     let have = |sub: &str| {
-        Command::new(env!("CARGO"))
+        Command::new(cargo_program())
             .args([sub, "--version"])
             .output()
             .map(|o| o.status.success())

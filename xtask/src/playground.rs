@@ -53,7 +53,10 @@ fn ensure_wasm_bindgen() -> anyhow::Result<()> {
                 found.as_deref().unwrap_or("none")
             ));
             // Not --locked: its lock file names a crate version the registry here lacks.
-            run(env!("CARGO"), &["install", "wasm-bindgen-cli", "--version", WASM_BINDGEN, "--force"])
+            run(
+                &crate::cargo_program(),
+                &["install", "wasm-bindgen-cli", "--version", WASM_BINDGEN, "--force"],
+            )
         }
     }
 }

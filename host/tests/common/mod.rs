@@ -11,7 +11,7 @@ use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{Value, json};
 
 pub fn fixtures() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+    test_support::package_dir().join("tests/fixtures")
 }
 
 pub fn now() -> u64 {
@@ -33,7 +33,7 @@ impl Server {
     pub fn start(args: &[&str]) -> Server {
         let state = tempfile::tempdir().unwrap();
         let mut child = Command::new(env!("CARGO_BIN_EXE_mqtt-policy"))
-            .current_dir(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".."))
+            .current_dir(test_support::repository())
             .arg("serve")
             .args(["--listen", "127.0.0.1:0", "--state-dir"])
             .arg(state.path())
@@ -166,7 +166,7 @@ pub fn bearer_call(s: &Server, path: &str, token: &str, body: &str) -> Reply {
 /// Where `cargo xtask build` puts the policy modules (the embedded one, the example and the
 /// test-only ones): `<target>/policy-module`.
 pub fn built_modules() -> PathBuf {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let root = test_support::repository();
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .map(|t| if t.is_absolute() { t } else { root.join(t) })

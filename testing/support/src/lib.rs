@@ -9,9 +9,28 @@ use std::time::{Duration, Instant};
 pub mod keycloak;
 pub mod mosquitto;
 
-/// The repository's root.
+/// The repository's root: the nearest folder holding `Cargo.lock` above the running test's
+/// package. Found at run time (`cargo test` sets `CARGO_MANIFEST_DIR`), since one target
+/// directory may serve two checkouts and a compiled-in path would name the other one.
 pub fn repository() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+    let start = package_dir();
+    let mut dir = start.as_path();
+    loop {
+        if dir.join("Cargo.lock").is_file() {
+            return dir.to_path_buf();
+        }
+        match dir.parent() {
+            Some(up) => dir = up,
+            None => return start.join("../.."),
+        }
+    }
+}
+
+/// The running test's package folder (`CARGO_MANIFEST_DIR` at run time).
+pub fn package_dir() -> PathBuf {
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")))
 }
 
 /// The cargo target directory (`CARGO_TARGET_DIR`, else `<repository>/target`).
