@@ -1,8 +1,8 @@
 //! The server's own state over identities: ACL decisions cached per token, and go-auth
 //! http-backend sessions. Verifying tokens and mapping them to subjects is `identity`'s.
 //!
-//! - An ACL decision is cached per (generation, token, action, topic, clientid, username)
-//!   until the token's `exp`: decisions are pure functions of those, so the cache is exact,
+//! - An ACL decision is cached per (generation, token, action, topic, clientid, username),
+//!   keyed by their digest, until the token's `exp`: decisions are pure functions of those, so the cache is exact,
 //!   and a swapped policy or module (a new generation) never meets an old entry. Delivery
 //!   checks (`read`) repeat the same key for every message on a topic. Module faults are
 //!   never cached.
@@ -20,18 +20,15 @@ use std::sync::Arc;
 use identity::tokens::weight;
 use identity::{Identities, TokenHash, UntilExp, Verified, now};
 use moka::sync::Cache;
-use policy_engine::{Action, Decision};
+use policy_engine::{Action, Decision, Subject};
+use sha2::{Digest, Sha256};
 
-/// Everything an ACL decision depends on.
-#[derive(Clone, PartialEq, Eq, Hash)]
-pub struct DecisionKey {
-    pub generation: u64,
-    pub token: TokenHash,
-    pub action: u8,
-    pub topic: Box<str>,
-    pub clientid: Box<str>,
-    pub username: Box<str>,
-}
+/// Everything an ACL decision depends on, as one SHA-256 digest: (generation, token hash,
+/// action, topic, clientid, username), each string length-prefixed so no two requests share
+/// an encoding. A lookup allocates nothing, and an entry's key is 32 bytes however long the
+/// topic; a digest collision is as infeasible as the token hash's.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct DecisionKey([u8; 32]);
 
 impl DecisionKey {
     pub fn new(
@@ -42,14 +39,15 @@ impl DecisionKey {
         clientid: &str,
         username: &str,
     ) -> Self {
-        DecisionKey {
-            generation,
-            token,
-            action: action as u8,
-            topic: topic.into(),
-            clientid: clientid.into(),
-            username: username.into(),
+        let mut h = Sha256::new();
+        h.update(generation.to_le_bytes());
+        h.update(token);
+        h.update([action as u8]);
+        for s in [topic, clientid, username] {
+            h.update((s.len() as u64).to_le_bytes());
+            h.update(s.as_bytes());
         }
+        DecisionKey(h.finalize().into())
     }
 }
 
@@ -65,24 +63,28 @@ struct Session {
     verified: Arc<Verified>,
 }
 
+/// A cached decision, with the identity it was made for: a hit needs no other lookup, only a
+/// check that the token would still verify.
+#[derive(Clone)]
+struct Decided {
+    decision: Arc<Decision>,
+    subject: Arc<Subject>,
+    verified: Arc<Verified>,
+}
+
 pub struct Auth {
     pub identities: Identities,
-    decisions: Cache<DecisionKey, (Arc<Decision>, u64)>,
+    decisions: Cache<DecisionKey, (Decided, u64)>,
     metrics: CacheMetrics,
     /// username (proven to name the token's subject) → session, until the token's `exp`.
     sessions: Cache<String, (Session, u64)>,
 }
 
-impl DecisionKey {
-    /// About what an entry takes in memory: a flood of long unique topics then costs at most
-    /// the cache's byte budget.
-    fn bytes(&self, d: &Decision) -> usize {
-        160 + self.topic.len()
-            + self.clientid.len()
-            + self.username.len()
-            + d.reason.len()
-            + d.rule.as_ref().map_or(0, String::len)
-    }
+/// About what an entry takes in memory (the key, the entry, the decision's strings; the
+/// subject and the verified token are shared with the identity caches): a flood of long
+/// unique topics, whose reasons may quote them, then costs at most the cache's byte budget.
+fn entry_bytes(d: &Decision) -> usize {
+    192 + d.reason.len() + d.rule.as_ref().map_or(0, String::len)
 }
 
 impl Auth {
@@ -92,7 +94,7 @@ impl Auth {
             identities,
             decisions: Cache::builder()
                 .max_capacity(budget / 5 * 4)
-                .weigher(|k: &DecisionKey, v: &(Arc<Decision>, u64)| weight(k.bytes(&v.0)))
+                .weigher(|_: &DecisionKey, v: &(Decided, u64)| weight(entry_bytes(&v.0.decision)))
                 .expire_after(UntilExp)
                 .build(),
             metrics: CacheMetrics {
@@ -112,26 +114,42 @@ impl Auth {
         self.decisions.weighted_size() + self.sessions.weighted_size()
     }
 
-    /// The decision for `key`: cached, or computed by `decide` and cached until `exp`. A module
-    /// fault (`Err`) is answered as a denial but never cached.
-    pub fn decision(
+    /// The cached decision for `key` and the subject it was made for, while its token would
+    /// still verify (not expired, its key still trusted).
+    pub fn cached_decision(&self, key: DecisionKey) -> Option<(Arc<Decision>, Arc<Subject>)> {
+        match self.decisions.get(&key) {
+            Some((d, _)) if self.identities.still_valid(&d.verified) => {
+                self.metrics.decision_hit.increment(1);
+                Some((d.decision, d.subject))
+            }
+            _ => {
+                self.metrics.decision_miss.increment(1);
+                None
+            }
+        }
+    }
+
+    /// Decides with `decide` and caches the decision until the token's `exp`. A module fault
+    /// (`Err`) is answered as a denial but never cached.
+    pub fn decide(
         &self,
         key: DecisionKey,
-        exp: u64,
+        verified: &Arc<Verified>,
+        subject: &Arc<Subject>,
         decide: impl FnOnce() -> Result<Decision, String>,
     ) -> Arc<Decision> {
-        if let Some((d, _)) = self.decisions.get(&key) {
-            self.metrics.decision_hit.increment(1);
-            return d;
-        }
-        self.metrics.decision_miss.increment(1);
         match decide() {
             Ok(d) => {
-                let d = Arc::new(d);
-                if exp > now() {
-                    self.decisions.insert(key, (Arc::clone(&d), exp));
+                let decision = Arc::new(d);
+                if verified.exp > now() {
+                    let entry = Decided {
+                        decision: Arc::clone(&decision),
+                        subject: Arc::clone(subject),
+                        verified: Arc::clone(verified),
+                    };
+                    self.decisions.insert(key, (entry, verified.exp));
                 }
-                d
+                decision
             }
             Err(why) => Arc::new(Decision { allow: false, rule: None, reason: why }),
         }

@@ -15,15 +15,17 @@ use std::time::Instant;
 
 use axum::body::Bytes;
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode, Uri, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::Value;
 
-use identity::{TokenHash, Verified, looks_like_jwt, names_subject, subject_names};
+use identity::{TokenHash, Verified, looks_like_jwt, names_subject, subject_names, token_hash};
 use policy_engine::{Action, Decision, Generation, Request, Subject};
 
+use crate::audit::Entry;
 use crate::auth::DecisionKey;
 use crate::serve::AppState;
+use crate::serve::{BODY_LIMIT, REQUEST_TIMEOUT};
 
 /// How answers are written (go-auth's `*_response_mode`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -50,6 +52,11 @@ impl Outcome {
             Outcome::Bad(r) => (StatusCode::BAD_REQUEST, false, r),
         };
         match mode {
+            // The common answer, written once.
+            ResponseMode::Json if ok => {
+                (status, [(header::CONTENT_TYPE, "application/json")], r#"{"error":"","ok":true}"#)
+                    .into_response()
+            }
             ResponseMode::Json => {
                 (status, axum::Json(serde_json::json!({"ok": ok, "error": error}))).into_response()
             }
@@ -232,10 +239,7 @@ impl Ctx<'_> {
         match find_token(self.headers, &self.params) {
             Err(e) => Err(Outcome::Bad(e)),
             Ok(None) => Ok(None),
-            Ok(Some((token, from))) => match self.state.auth.identities.verify(token).await {
-                Ok((hash, v)) => Ok(Some((hash, v, from))),
-                Err(e) => Err(Outcome::Deny(e)),
-            },
+            Ok(Some((token, from))) => verify(self.state, token).await.map(|(hash, v)| Some((hash, v, from))),
         }
     }
 
@@ -245,9 +249,9 @@ impl Ctx<'_> {
 }
 
 fn audit(
+    ctx: &Ctx<'_>,
     endpoint: &str,
     subject: Option<&Subject>,
-    p: &Params,
     action: &str,
     outcome: &Outcome,
     rule: Option<&str>,
@@ -256,19 +260,29 @@ fn audit(
         Outcome::Allow(r) => (true, r.as_str()),
         Outcome::Deny(r) | Outcome::Bad(r) => (false, r.as_str()),
     };
-    tracing::info!(
-        target: "audit",
+    audit_line(ctx, endpoint, subject, action, (allow, reason), rule);
+}
+
+fn audit_line(
+    ctx: &Ctx<'_>,
+    endpoint: &str,
+    subject: Option<&Subject>,
+    action: &str,
+    (allow, reason): (bool, &str),
+    rule: Option<&str>,
+) {
+    ctx.state.audit.write(&Entry {
         endpoint,
-        subject = subject.map(|s| s.id.as_str()).unwrap_or("-"),
-        subject_type = subject.map(Subject::kind_str).unwrap_or("-"),
-        username = username_label(p),
-        clientid = p.clientid.as_deref().unwrap_or(""),
-        topic = p.topic.as_deref().unwrap_or(""),
+        subject: subject.map(|s| s.id.as_str()).unwrap_or("-"),
+        subject_type: subject.map(Subject::kind_str).unwrap_or("-"),
+        username: username_label(&ctx.params),
+        clientid: ctx.params.clientid.as_deref().unwrap_or(""),
+        topic: ctx.params.topic.as_deref().unwrap_or(""),
         action,
-        decision = if allow { "allow" } else { "deny" },
-        rule = rule.unwrap_or("-"),
+        decision: if allow { "allow" } else { "deny" },
+        rule: rule.unwrap_or("-"),
         reason,
-    );
+    });
 }
 
 async fn user(ctx: &Ctx<'_>) -> Outcome {
@@ -300,13 +314,13 @@ async fn user(ctx: &Ctx<'_>) -> Outcome {
                 crate::short(username),
                 names.join(" or ")
             ));
-            audit("user", Some(&subject), &ctx.params, "connect", &o, None);
+            audit(ctx, "user", Some(&subject), "connect", &o, None);
             return o;
         }
         ctx.state.auth.bind(username, hash, Arc::clone(&v));
     }
     let o = Outcome::Allow(format!("authenticated {} '{}'", subject.kind_str(), subject.id));
-    audit("user", Some(&subject), &ctx.params, "connect", &o, None);
+    audit(ctx, "user", Some(&subject), "connect", &o, None);
     o
 }
 
@@ -334,18 +348,17 @@ async fn superuser(ctx: &Ctx<'_>) -> Outcome {
     // go-auth's http backend sends only the username here: found through its session, proven
     // at the user call to belong to the token.
     match who(ctx).await.and_then(|(hash, v)| ctx.subject(hash, &v)) {
-        Ok(s) => decided("superuser", ctx, &s, "superuser", ctx.generation.superuser(&s)),
+        Ok(s) => decided("superuser", ctx, &s, "superuser", &ctx.generation.superuser(&s)),
         Err(o) => {
-            audit("superuser", None, &ctx.params, "superuser", &o, None);
+            audit(ctx, "superuser", None, "superuser", &o, None);
             o
         }
     }
 }
 
-fn decided(endpoint: &str, ctx: &Ctx<'_>, s: &Subject, action: &str, d: Decision) -> Outcome {
-    let o = if d.allow { Outcome::Allow(d.reason) } else { Outcome::Deny(d.reason) };
-    audit(endpoint, Some(s), &ctx.params, action, &o, d.rule.as_deref());
-    o
+fn decided(endpoint: &str, ctx: &Ctx<'_>, s: &Subject, action: &str, d: &Decision) -> Outcome {
+    audit_line(ctx, endpoint, Some(s), action, (d.allow, &d.reason), d.rule.as_deref());
+    if d.allow { Outcome::Allow(String::new()) } else { Outcome::Deny(d.reason.clone()) }
 }
 
 async fn acl(ctx: &Ctx<'_>) -> Outcome {
@@ -356,40 +369,68 @@ async fn acl(ctx: &Ctx<'_>) -> Outcome {
         Some(Err(e)) => return Outcome::Bad(e),
         Some(Ok(a)) => a,
     };
-    let (hash, verified, subject) = match who(ctx).await.and_then(|(hash, v)| {
-        let s = ctx.subject(hash, &v)?;
-        Ok((hash, v, s))
-    }) {
-        Ok(t) => t,
-        Err(o) => {
-            audit("acl", None, p, "acl", &o, None);
-            return o;
-        }
+    let auth = &ctx.state.auth;
+    let token = match find_token(ctx.headers, p) {
+        Err(e) => return Outcome::Bad(e),
+        Ok(t) => t.map(|(t, _)| t),
     };
-    // `${username}` is only ever a name proven to belong to the subject (never a JWT).
-    let username = match p.username.as_deref() {
-        Some(u)
-            if !p.username_is_token
-                && names_subject(u, &subject, &verified.claims, &ctx.state.username_claims) =>
-        {
-            u
-        }
-        _ => "",
+    // The identity: the token's hash, or the session of the (proven) username.
+    let (hash, mut found) = match token {
+        Some(t) => (token_hash(t), None),
+        None => match auth.session(p.username.as_deref().unwrap_or("")) {
+            Some((hash, v)) => (hash, Some(v)),
+            None => {
+                let o = no_session(p);
+                audit(ctx, "acl", None, "acl", &o, None);
+                return o;
+            }
+        },
     };
+    // Decisions are keyed by the username as given (a JWT username counts as none): whether it
+    // names the subject is a function of the token, so the key stays exact.
+    let given = if p.username_is_token { "" } else { p.username.as_deref().unwrap_or("") };
     let clientid = p.clientid.as_deref().unwrap_or("");
     let mut outcome = Outcome::Deny("no action".into());
     for action in actions {
-        let key = DecisionKey::new(ctx.generation.id, hash, action, topic, clientid, username);
-        let d = ctx.state.auth.decision(key, verified.exp, || {
-            ctx.generation.try_check(&Request {
-                subject: (*subject).clone(),
-                topic: topic.to_string(),
-                action,
-                clientid: clientid.to_string(),
-                username: username.to_string(),
-            })
-        });
-        outcome = decided("acl", ctx, &subject, action_str(action), (*d).clone());
+        let key = DecisionKey::new(ctx.generation.id, hash, action, topic, clientid, given);
+        let (decision, subject) = match auth.cached_decision(key) {
+            Some(hit) => hit,
+            None => {
+                // Not decided yet: verify (or find verified) and map the token as usual.
+                let verified = match (found.take(), token) {
+                    (Some(v), _) => Ok(v),
+                    (None, Some(t)) => verify(ctx.state, t).await.map(|(_, v)| v),
+                    (None, None) => Err(no_session(p)),
+                };
+                let (verified, subject) =
+                    match verified.and_then(|v| Ok((Arc::clone(&v), ctx.subject(hash, &v)?))) {
+                        Ok(t) => t,
+                        Err(o) => {
+                            audit(ctx, "acl", None, "acl", &o, None);
+                            return o;
+                        }
+                    };
+                // `${username}` is only ever a name proven to belong to the subject.
+                let username = if names_subject(given, &subject, &verified.claims, &ctx.state.username_claims)
+                {
+                    given
+                } else {
+                    ""
+                };
+                let d = auth.decide(key, &verified, &subject, || {
+                    ctx.generation.try_check(&Request {
+                        subject: (*subject).clone(),
+                        topic: topic.to_string(),
+                        action,
+                        clientid: clientid.to_string(),
+                        username: username.to_string(),
+                    })
+                });
+                found = Some(verified);
+                (d, subject)
+            }
+        };
+        outcome = decided("acl", ctx, &subject, action_str(action), &decision);
         if matches!(outcome, Outcome::Deny(_)) {
             break;
         }
@@ -459,19 +500,57 @@ impl RequestMetrics {
     }
 }
 
+/// The request body, within [`BODY_LIMIT`] bytes and [`REQUEST_TIMEOUT`]. A body that has
+/// arrived with its headers (go-auth's always have) is taken without arming a timer.
+async fn read_body(body: axum::body::Body) -> Result<Bytes, String> {
+    use std::task::Poll;
+    let mut read = std::pin::pin!(axum::body::to_bytes(body, BODY_LIMIT));
+    let first = std::future::poll_fn(|cx| Poll::Ready(read.as_mut().poll(cx))).await;
+    let read = match first {
+        Poll::Ready(r) => r,
+        Poll::Pending => match tokio::time::timeout(REQUEST_TIMEOUT, read).await {
+            Ok(r) => r,
+            Err(_) => {
+                return Err(format!(
+                    "the request body did not arrive within {} s",
+                    REQUEST_TIMEOUT.as_secs()
+                ));
+            }
+        },
+    };
+    read.map_err(|e| format!("the request body could not be read: {e} (at most {BODY_LIMIT} bytes)"))
+}
+
+/// Verifies a token (or finds it verified); a key refresh it waits for is bounded by
+/// [`REQUEST_TIMEOUT`], well beyond go-auth's own 5 s.
+async fn verify(state: &AppState, token: &str) -> Result<(TokenHash, Arc<Verified>), Outcome> {
+    match tokio::time::timeout(REQUEST_TIMEOUT, state.auth.identities.verify(token)).await {
+        Ok(r) => r.map_err(Outcome::Deny),
+        Err(_) => Err(Outcome::Deny(format!(
+            "token refused: its signing key could not be fetched within {} s",
+            REQUEST_TIMEOUT.as_secs()
+        ))),
+    }
+}
+
 /// One handler for the three endpoints: parse, decide, answer, count.
+///
+/// It takes the request whole: extracting headers and URI separately would copy them.
 pub async fn handle(
     endpoint: Endpoint,
     State(state): State<Arc<AppState>>,
-    headers: HeaderMap,
-    uri: Uri,
-    body: Bytes,
+    request: axum::extract::Request,
 ) -> Response {
     let started = Instant::now();
-    let outcome = match parse_params(&headers, uri.query(), &body) {
+    let (parts, body) = request.into_parts();
+    let parsed = match read_body(body).await {
+        Ok(body) => parse_params(&parts.headers, parts.uri.query(), &body),
+        Err(e) => Err(e),
+    };
+    let outcome = match parsed {
         Err(e) => Outcome::Bad(e),
         Ok(params) => {
-            let ctx = Ctx { state: &state, generation: state.generation(), headers: &headers, params };
+            let ctx = Ctx { state: &state, generation: state.generation(), headers: &parts.headers, params };
             match endpoint {
                 Endpoint::User => user(&ctx).await,
                 Endpoint::Superuser => superuser(&ctx).await,
@@ -480,7 +559,18 @@ pub async fn handle(
         }
     };
     if let Outcome::Bad(r) = &outcome {
-        tracing::info!(target: "audit", endpoint = endpoint.label(), decision = "bad_request", reason = %r);
+        state.audit.write(&Entry {
+            endpoint: endpoint.label(),
+            subject: "-",
+            subject_type: "-",
+            username: "",
+            clientid: "",
+            topic: "",
+            action: "-",
+            decision: "bad_request",
+            rule: "-",
+            reason: r,
+        });
     }
     state.metrics.record(endpoint, &outcome, started.elapsed());
     outcome.into_response(state.response_mode)

@@ -8,12 +8,15 @@
 //! `identity`; meaning is `policy-core`, inside the policy module.
 
 pub mod admin;
+pub mod audit;
 pub mod auth;
 pub mod cli;
 pub mod goauth;
+pub mod logqueue;
 pub mod playground;
 pub mod policy_file;
 pub mod serve;
+pub mod tls;
 
 /// A user-supplied string for a message: quoted, escaped, length-capped (no forged log lines).
 pub fn short(s: &str) -> String {

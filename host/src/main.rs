@@ -19,7 +19,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Answer mosquitto-go-auth's HTTP calls (/mqtt/user, /mqtt/acl, /mqtt/superuser).
-    Serve(cli::serve::Args),
+    Serve(Box<cli::serve::Args>),
     /// Mint a development token signed by the dev key (see `serve --dev`).
     Token(cli::token::Args),
     /// Decide one request and explain why. Exit 0 allow, 1 deny, 2 usage or load error.
@@ -35,7 +35,7 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Serve(a) => cli::serve::run(a),
+        Command::Serve(a) => cli::serve::run(*a),
         Command::Token(a) => cli::token::run(a),
         Command::Check(a) => cli::check::run(a),
         Command::Eval(a) => cli::eval::run(a),

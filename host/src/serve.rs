@@ -1,4 +1,10 @@
-//! `mqtt-policy serve`: start-up, the router, operations endpoints, shutdown.
+//! `mqtt-policy serve`: start-up, the two listeners, operations endpoints, shutdown.
+//!
+//! - The broker-facing listener (`--listen`, optionally TLS) serves go-auth's three endpoints
+//!   and `/healthz`, nothing else: what brokers can reach cannot administer the service.
+//!   In dev mode it also serves the playground and the dev key set, as the README shows.
+//! - The operations listener (`--ops-listen`) serves `/healthz`, `/readyz`, `/metrics`, the
+//!   admin API (with an admin token) and the playground.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -46,6 +52,10 @@ pub struct AppState {
     started: SystemTime,
     /// SHA-256 of the admin token, when the admin endpoints are on.
     pub admin_token: Option<[u8; 32]>,
+    /// The log queue, for its count of dropped lines.
+    log: Option<crate::logqueue::QueueWriter>,
+    /// Where audit lines go.
+    pub audit: crate::audit::Audit,
 }
 
 impl AppState {
@@ -76,14 +86,20 @@ pub struct ServeConfig {
     pub tests: Option<PathBuf>,
     /// Turns the admin endpoints on.
     pub admin_token: Option<String>,
-    /// Serve the admin endpoints here instead of on `listen`.
-    pub admin_listen: Option<SocketAddr>,
+    /// Where `/readyz`, `/metrics`, the admin endpoints and the playground are served.
+    pub ops_listen: SocketAddr,
+    /// TLS for the broker-facing listener: a PEM certificate chain and its key.
+    pub tls: Option<(PathBuf, PathBuf)>,
     /// Serve the browser playground at `/playground/`.
     pub playground: bool,
     /// Claims whose value, besides the subject id, may be a client's MQTT username.
     pub username_claims: Vec<String>,
     /// Bytes all caches and the session table may take together.
     pub cache_memory: u64,
+    /// The queue log lines go through, when logging is set up with one.
+    pub log: Option<crate::logqueue::QueueWriter>,
+    /// Log lines are JSON (`--log-format json`): audit lines follow.
+    pub log_json: bool,
 }
 
 fn install_metrics() -> anyhow::Result<PrometheusHandle> {
@@ -200,6 +216,8 @@ pub async fn build_state(cfg: &ServeConfig) -> anyhow::Result<Arc<AppState>> {
         dev_jwks,
         started: SystemTime::now(),
         admin_token,
+        log: cfg.log.clone(),
+        audit: crate::audit::Audit::new(cfg.log.clone(), cfg.log_json),
     }))
 }
 
@@ -222,6 +240,9 @@ async fn readyz(State(st): State<Arc<AppState>>) -> Response {
 }
 
 async fn metrics_endpoint(State(st): State<Arc<AppState>>) -> String {
+    if let Some(log) = &st.log {
+        metrics::counter!("mqtt_policy_log_lines_dropped_total").absolute(log.dropped());
+    }
     st.prometheus.render()
 }
 
@@ -232,28 +253,46 @@ async fn dev_jwks(State(st): State<Arc<AppState>>) -> Response {
     }
 }
 
-pub fn router(state: Arc<AppState>, with_admin: bool) -> Router {
+/// The limits every listener's requests get: a body limit; a timeout for the operations
+/// listener (go-auth's handler bounds its own waits, see `goauth::read_body` and `verify`,
+/// so that the common request arms no timer).
+fn limited(router: Router<Arc<AppState>>) -> Router<Arc<AppState>> {
+    router.layer(RequestBodyLimitLayer::new(BODY_LIMIT))
+}
+
+/// What brokers call: go-auth's endpoints and `/healthz` (in dev mode also the dev key set).
+pub fn broker_router(state: Arc<AppState>, dev: bool) -> Router {
     use axum::routing::MethodFilter;
     let methods = MethodFilter::GET.or(MethodFilter::POST).or(MethodFilter::PUT);
-    let ep = |e: Endpoint| move |s, h, u, b| handle(e, s, h, u, b);
-    let admin = with_admin.then(|| crate::admin::router(Arc::clone(&state)));
-    let router = Router::new()
+    let ep = |e: Endpoint| move |s, r| handle(e, s, r);
+    let mut router = Router::new()
         .route("/mqtt/user", on(methods, ep(Endpoint::User)))
         .route("/mqtt/superuser", on(methods, ep(Endpoint::Superuser)))
         .route("/mqtt/acl", on(methods, ep(Endpoint::Acl)))
+        .route("/healthz", get(healthz));
+    if dev {
+        router = router.route("/dev/jwks.json", get(dev_jwks));
+    }
+    // No per-request tracing span here: every decision writes its audit line.
+    limited(router).with_state(state)
+}
+
+/// What operators call: health, readiness, metrics, and the admin endpoints when on.
+pub fn ops_router(state: Arc<AppState>) -> Router {
+    let router = Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_endpoint))
-        .route("/dev/jwks.json", get(dev_jwks))
-        .layer(RequestBodyLimitLayer::new(BODY_LIMIT))
+        .route("/dev/jwks.json", get(dev_jwks));
+    let router = limited(router)
         .layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, REQUEST_TIMEOUT))
         // Spans name the method and path only: a query string may hold a token.
         .layer(TraceLayer::new_for_http().make_span_with(|req: &axum::http::Request<_>| {
             tracing::debug_span!("http", method = %req.method(), path = %req.uri().path())
         }))
-        .with_state(state);
-    match admin {
-        Some(a) => router.merge(a),
+        .with_state(Arc::clone(&state));
+    match state.admin_token {
+        Some(_) => router.merge(crate::admin::router(state)),
         None => router,
     }
 }
@@ -278,6 +317,11 @@ async fn shutdown_signal() {
 }
 
 pub async fn run(cfg: ServeConfig) -> anyhow::Result<()> {
+    // Certificates first: a TLS misconfiguration stops start-up before anything listens.
+    let certs = match &cfg.tls {
+        Some((cert, key)) => Some(crate::tls::Certificates::load(cert, key)?),
+        None => None,
+    };
     let state = build_state(&cfg).await?;
     let sweeper = Arc::clone(&state);
     tokio::spawn(async move {
@@ -289,47 +333,66 @@ pub async fn run(cfg: ServeConfig) -> anyhow::Result<()> {
             metrics::gauge!("mqtt_policy_cache_bytes").set(sweeper.auth.cached_bytes() as f64);
         }
     });
-    spawn_sighup(&state);
-    let admin_on = state.admin_token.is_some();
+    spawn_sighup(&state, certs.clone());
     let listener = tokio::net::TcpListener::bind(cfg.listen)
         .await
-        .with_context(|| format!("cannot listen on {}", cfg.listen))?;
+        .with_context(|| format!("cannot listen on {} (--listen)", cfg.listen))?;
     let addr = listener.local_addr()?;
-    if let (true, Some(admin_addr)) = (admin_on, cfg.admin_listen) {
-        let admin_listener = tokio::net::TcpListener::bind(admin_addr)
-            .await
-            .with_context(|| format!("cannot listen on {admin_addr} (admin)"))?;
-        println!("mqtt-policy admin listening on http://{}", admin_listener.local_addr()?);
-        let admin = crate::admin::router(Arc::clone(&state));
-        tokio::spawn(async move {
-            if let Err(e) = axum::serve(admin_listener, admin).with_graceful_shutdown(shutdown_signal()).await
-            {
-                tracing::error!(error = %e, "the admin listener stopped");
-            }
-        });
-    }
-    // One line a test or a script can wait for.
-    println!("mqtt-policy listening on http://{addr}");
+    let ops_listener = tokio::net::TcpListener::bind(cfg.ops_listen)
+        .await
+        .with_context(|| format!("cannot listen on {} (--ops-listen)", cfg.ops_listen))?;
+    let ops_addr = ops_listener.local_addr()?;
     let playground = cfg.playground && crate::playground::embedded();
-    if playground {
-        println!("mqtt-policy playground at http://{addr}/playground/");
-    } else if cfg.playground {
+    if cfg.playground && !playground {
         tracing::warn!("this binary was built without the playground (`cargo xtask build` adds it)");
     }
-    if cfg.dev {
-        print_dev_help(addr, &cfg);
+    let mut ops = ops_router(Arc::clone(&state));
+    if playground {
+        ops = ops.merge(crate::playground::router());
     }
-    let mut app = router(state, admin_on && cfg.admin_listen.is_none());
-    if cfg.playground {
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(ops_listener, ops).with_graceful_shutdown(shutdown_signal()).await {
+            tracing::error!(error = %e, "the operations listener stopped");
+        }
+    });
+    // Lines a test or a script can wait for: the operations address first, then this one.
+    println!("mqtt-policy ops listening on http://{ops_addr}");
+    let scheme = if certs.is_some() { "https" } else { "http" };
+    println!("mqtt-policy listening on {scheme}://{addr}");
+    // Dev mode keeps the playground where the README shows it, beside go-auth's endpoints.
+    let mut app = broker_router(state, cfg.dev);
+    if playground && cfg.dev {
         app = app.merge(crate::playground::router());
+        println!("mqtt-policy playground at {scheme}://{addr}/playground/");
+    } else if playground {
+        println!("mqtt-policy playground at http://{ops_addr}/playground/");
     }
-    axum::serve(listener, app).with_graceful_shutdown(shutdown_signal()).await.context("serving")?;
+    if cfg.dev {
+        print_dev_help(addr, ops_addr, &cfg);
+    }
+    match certs {
+        Some(certs) => {
+            let renewals = Arc::clone(&certs);
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(crate::tls::CHECK_EVERY);
+                loop {
+                    tick.tick().await;
+                    renewals.reload(false);
+                }
+            });
+            let tls = crate::tls::TlsListener::start(listener, crate::tls::server_config(certs)?)?;
+            axum::serve(tls, app).with_graceful_shutdown(shutdown_signal()).await.context("serving")?
+        }
+        None => {
+            axum::serve(listener, app).with_graceful_shutdown(shutdown_signal()).await.context("serving")?
+        }
+    }
     tracing::info!("stopped");
     Ok(())
 }
 
-/// `SIGHUP` asks the reloader to re-read the module and policy files.
-fn spawn_sighup(state: &Arc<AppState>) {
+/// `SIGHUP` asks the reloader to re-read the module and policy files, and the TLS files.
+fn spawn_sighup(state: &Arc<AppState>, certs: Option<Arc<crate::tls::Certificates>>) {
     #[cfg(unix)]
     {
         let state = Arc::clone(state);
@@ -342,18 +405,22 @@ fn spawn_sighup(state: &Arc<AppState>) {
             };
             while hup.recv().await.is_some() {
                 state.reloader.request("SIGHUP");
+                if let Some(c) = &certs {
+                    c.reload(true);
+                }
             }
         });
     }
 }
 
-fn print_dev_help(addr: SocketAddr, cfg: &ServeConfig) {
+fn print_dev_help(addr: SocketAddr, ops: SocketAddr, cfg: &ServeConfig) {
     let state = cfg.state_dir.display();
     println!(
         "dev mode: tokens signed by the key in {state} are accepted (issuer '{DEV_ISSUER}').\n\
          Try it:\n  \
          TOKEN=$(mqtt-policy token --dev --state-dir {state} --sub alice --groups viewers)\n  \
          curl -i -X POST http://{addr}/mqtt/acl -H \"Authorization: Bearer $TOKEN\" \\\n       \
-         -H 'Content-Type: application/json' -d '{{\"clientid\":\"c1\",\"topic\":\"celine/telemetry/meter/m1/readings\",\"acc\":1}}'"
+         -H 'Content-Type: application/json' -d '{{\"clientid\":\"c1\",\"topic\":\"celine/telemetry/meter/m1/readings\",\"acc\":1}}'\n\
+         Readiness and metrics: http://{ops}/readyz, http://{ops}/metrics"
     );
 }

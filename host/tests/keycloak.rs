@@ -202,7 +202,7 @@ fn keycloak_tokens_discovery_rotation_and_outage() {
     let body = loop {
         let r = acl(&s, &before_unseen, "dt-2", "celine/digital-twin/events/pump/p1", WRITE);
         assert!(!r.allowed(), "{}", r.body);
-        let ready = send(client().get(s.url("/readyz")));
+        let ready = send(client().get(s.ops("/readyz")));
         assert_eq!(ready.status, 200, "known keys still verify: {}", ready.body);
         let body = ready.json();
         if body["keys"]["last_error"].is_string() {

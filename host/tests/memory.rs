@@ -41,6 +41,6 @@ fn a_flood_of_long_unique_topics_stays_within_the_cache_budget() {
     // 3,000 entries of ~60 KB would be ~180 MB unbounded; the budget is 16 MiB (plus what the
     // allocator keeps).
     assert!(grown_mib < 64, "the server grew by {grown_mib} MiB ({before} KiB → {after} KiB)");
-    let metrics = http.get(s.url("/metrics")).send().unwrap().text().unwrap();
+    let metrics = http.get(s.ops("/metrics")).send().unwrap().text().unwrap();
     assert!(metrics.contains("mqtt_policy_decision_cache_total"), "the cache was used");
 }

@@ -8,10 +8,11 @@ use reqwest::header::{CACHE_CONTROL, CONTENT_SECURITY_POLICY, CONTENT_TYPE, LOCA
 mod common;
 use common::*;
 
+/// A path on the operations listener, where the playground is served (outside dev mode).
 fn get(s: &Server, path: &str) -> reqwest::blocking::Response {
     let client =
         reqwest::blocking::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
-    client.get(format!("{}{path}", s.url)).send().unwrap()
+    client.get(s.ops(path)).send().unwrap()
 }
 
 #[test]
@@ -54,6 +55,10 @@ fn the_playground_is_served_from_the_binary() {
     for path in ["/playground/nope.js", "/playground/../Cargo.toml", "/playground/pkg/"] {
         assert_eq!(get(&s, path).status(), StatusCode::NOT_FOUND, "{path}");
     }
+    // Not on the address brokers call (dev mode keeps it there too, for the quick start).
+    assert_eq!(send(client().get(s.url("/playground/"))).status, 404);
+    let dev = Server::start(&["--dev"]);
+    assert_eq!(send(client().get(dev.url("/playground/"))).status, 200);
 }
 
 #[test]

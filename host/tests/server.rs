@@ -422,10 +422,10 @@ fn dev_mode_from_nothing_to_an_allowed_and_a_denied_request() {
     assert_eq!(jwks["keys"][0]["alg"], "ES256");
     // Operations endpoints.
     assert_eq!(send(client().get(s.url("/healthz"))).status, 200);
-    let ready = send(client().get(s.url("/readyz")));
+    let ready = send(client().get(s.ops("/readyz")));
     assert_eq!(ready.status, 200);
     assert_eq!(ready.json()["policy"]["rules"], 6);
-    let metrics = send(client().get(s.url("/metrics"))).body;
+    let metrics = send(client().get(s.ops("/metrics"))).body;
     assert!(metrics.contains(r#"mqtt_policy_requests_total{endpoint="acl",outcome="allow"} 3"#), "{metrics}");
     assert!(metrics.contains(r#"mqtt_policy_requests_total{endpoint="acl",outcome="deny"} 2"#), "{metrics}");
     assert!(metrics.contains(r#"mqtt_policy_decision_cache_total{result="hit"} 2"#), "{metrics}");
@@ -498,7 +498,7 @@ fn keys_come_from_oidc_discovery_on_the_issuer() {
     claims["iss"] = json!(issuer);
     let token = sign("rsa-a.pem", "key-a", &claims);
     assert!(bearer_call(&s, "/mqtt/user", &token, "null").allowed());
-    let ready = send(client().get(s.url("/readyz")));
+    let ready = send(client().get(s.ops("/readyz")));
     assert_eq!(ready.status, 200, "{}", ready.body);
     assert_eq!(ready.json()["keys"]["count"], 1, "the encryption key is skipped: {}", ready.body);
     // The issuer is also the expected `iss`.
@@ -512,7 +512,7 @@ fn an_unreachable_identity_provider_is_not_ready_and_allows_nothing() {
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let issuer = format!("http://127.0.0.1:{port}/realms/celine");
     let s = Server::start(&["--issuer", &issuer]);
-    let ready = send(client().get(s.url("/readyz")));
+    let ready = send(client().get(s.ops("/readyz")));
     assert_eq!(ready.status, 503, "{}", ready.body);
     assert!(
         ready.json()["keys"]["error"].as_str().unwrap().contains("openid-configuration"),
@@ -589,18 +589,18 @@ fn untested_policies_say_so_and_an_empty_tests_path_is_refused() {
         token.path().to_str().unwrap(),
     ]);
     let status =
-        send(client().get(s.url("/admin/status")).bearer_auth("an-admin-token-of-sixteen-chars")).json();
+        send(client().get(s.ops("/admin/status")).bearer_auth("an-admin-token-of-sixteen-chars")).json();
     assert_eq!(
         (status["tested"].clone(), status["cases_passed"].clone()),
         (json!(false), json!(0)),
         "{status}"
     );
-    let metrics = send(client().get(s.url("/metrics"))).body;
+    let metrics = send(client().get(s.ops("/metrics"))).body;
     assert!(metrics.contains("mqtt_policy_untested 1"), "{metrics}");
     // The default policy comes with its cases.
     let tested = Server::start(&["--dev", "--admin-token-file", token.path().to_str().unwrap()]);
     let status =
-        send(client().get(tested.url("/admin/status")).bearer_auth("an-admin-token-of-sixteen-chars")).json();
+        send(client().get(tested.ops("/admin/status")).bearer_auth("an-admin-token-of-sixteen-chars")).json();
     assert_eq!(status["tested"], json!(true), "{status}");
     assert!(status["cases_passed"].as_u64().unwrap() >= 38, "{status}");
 }

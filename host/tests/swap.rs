@@ -28,7 +28,7 @@ fn admin_server(extra: &[&str]) -> (Server, tempfile::TempDir) {
 }
 
 fn admin(s: &Server, method: reqwest::Method, path: &str, body: Vec<u8>) -> Reply {
-    send(client().request(method, s.url(path)).bearer_auth(ADMIN_TOKEN).body(body))
+    send(client().request(method, s.ops(path)).bearer_auth(ADMIN_TOKEN).body(body))
 }
 
 fn status(s: &Server) -> Value {
@@ -51,25 +51,35 @@ fn policy_with_health() -> Value {
 #[test]
 fn admin_endpoints_need_the_token() {
     let (s, _dir) = admin_server(&[]);
-    assert_eq!(send(client().get(s.url("/admin/status"))).status, 401);
-    assert_eq!(send(client().get(s.url("/admin/status")).bearer_auth("wrong-token-0123456789")).status, 401);
+    assert_eq!(send(client().get(s.ops("/admin/status"))).status, 401);
+    assert_eq!(send(client().get(s.ops("/admin/status")).bearer_auth("wrong-token-0123456789")).status, 401);
     assert_eq!(admin(&s, reqwest::Method::GET, "/admin/status", vec![]).status, 200);
     // Without a configured token the admin endpoints do not exist.
     let plain = Server::start(&["--dev"]);
-    assert_eq!(send(client().get(plain.url("/admin/status")).bearer_auth(ADMIN_TOKEN)).status, 404);
+    assert_eq!(send(client().get(plain.ops("/admin/status")).bearer_auth(ADMIN_TOKEN)).status, 404);
 }
 
 #[test]
-fn admin_endpoints_can_listen_on_their_own_address() {
-    let (s, _dir) = admin_server(&["--admin-listen", "127.0.0.1:0"]);
-    let admin_url = s.admin_url.clone().expect("an admin listener");
-    assert_ne!(admin_url, s.url);
-    let r = send(client().get(format!("{admin_url}/admin/status")).bearer_auth(ADMIN_TOKEN));
-    assert_eq!(r.status, 200, "{}", r.body);
-    assert!(r.json()["generation"].as_u64().is_some());
-    assert_eq!(send(client().get(format!("{admin_url}/admin/status"))).status, 401);
-    // go-auth's address no longer serves them.
-    assert_eq!(send(client().get(s.url("/admin/status")).bearer_auth(ADMIN_TOKEN)).status, 404);
+fn the_broker_facing_listener_serves_only_go_auth_and_healthz() {
+    let (s, _dir) = admin_server(&[]);
+    assert_ne!(s.ops_url, s.url);
+    // What a broker (or anyone who can reach go-auth's address) may call.
+    assert_eq!(send(client().get(s.url("/healthz"))).status, 200);
+    let token = dev_token(&s, &["--sub", "alice", "--groups", "viewers"]);
+    let acl = send(client().post(s.url("/mqtt/acl")).bearer_auth(&token).body(TELEMETRY_READ));
+    assert_eq!(acl.status, 200, "{}", acl.body);
+    for path in ["/admin/status", "/metrics", "/readyz"] {
+        let r = send(client().get(s.url(path)).bearer_auth(ADMIN_TOKEN));
+        assert_eq!(r.status, 404, "{path} on the broker-facing listener: {}", r.body);
+    }
+    // The operations listener has them, and not go-auth's endpoints.
+    for path in ["/healthz", "/readyz", "/metrics"] {
+        assert_eq!(send(client().get(s.ops(path))).status, 200, "{path}");
+    }
+    assert_eq!(admin(&s, reqwest::Method::GET, "/admin/status", vec![]).status, 200);
+    assert_eq!(send(client().get(s.ops("/admin/status"))).status, 401);
+    let on_ops = send(client().post(s.ops("/mqtt/acl")).bearer_auth(&token).body(TELEMETRY_READ));
+    assert_eq!(on_ops.status, 404);
 }
 
 #[test]

@@ -16,7 +16,7 @@ const BIN = process.env.MQTT_POLICY_BIN || join(ROOT, 'target/debug/mqtt-policy'
 /// Starts the host; resolves once it prints where the playground is.
 export function startHost() {
   const stateDir = mkdtempSync(join(tmpdir(), 'mqtt-policy-pg-'));
-  const child = spawn(BIN, ['serve', '--dev', '--listen', '127.0.0.1:0', '--state-dir', stateDir,
+  const child = spawn(BIN, ['serve', '--dev', '--listen', '127.0.0.1:0', '--ops-listen', '127.0.0.1:0', '--state-dir', stateDir,
     '--policy', join(ROOT, 'policies/celine.json')], { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'] });
   let stderr = '';
   child.stderr.on('data', (d) => { stderr += d; });

@@ -20,22 +20,27 @@ use crate::{root, step, target_dir};
 const DURATION: u32 = 6;
 const CONCURRENCY: [u32; 2] = [16, 64];
 
-/// A server started by this benchmark, stopped (by PID) when dropped.
-struct Server {
-    child: Child,
-    addr: String,
+/// A server started by a benchmark, stopped (by PID) when dropped.
+pub(crate) struct Server {
+    pub(crate) child: Child,
+    pub(crate) addr: String,
+    /// `mqtt-policy serve`'s operations listener (its line comes before the ready line).
+    pub(crate) ops: Option<String>,
 }
 
 impl Server {
-    fn start(cmd: &mut Command, ready_prefix: &str) -> anyhow::Result<Server> {
-        let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::null()).stdin(Stdio::null()).spawn()?;
+    pub(crate) fn start(cmd: &mut Command, ready_prefix: &str) -> anyhow::Result<Server> {
+        let mut child = cmd.stdout(Stdio::piped()).stdin(Stdio::null()).spawn()?;
         let stdout = child.stdout.take().unwrap();
         let mut lines = BufReader::new(stdout).lines();
+        let mut ops = None;
         let addr = loop {
             match lines.next() {
                 Some(Ok(l)) => {
                     if let Some(url) = l.strip_prefix(ready_prefix) {
                         break url.trim_start_matches("http://").to_string();
+                    } else if let Some(url) = l.strip_prefix("mqtt-policy ops listening on ") {
+                        ops = Some(url.trim_start_matches("http://").to_string());
                     }
                 }
                 _ => {
@@ -46,7 +51,7 @@ impl Server {
         };
         // Keep draining stdout so the server never blocks on a full pipe.
         std::thread::spawn(move || for _ in lines {});
-        Ok(Server { child, addr })
+        Ok(Server { child, addr, ops })
     }
 }
 
@@ -172,15 +177,34 @@ pub fn bench() -> anyhow::Result<()> {
     let work = state.join("wrk");
     std::fs::create_dir_all(&work)?;
 
-    let server = Server::start(
-        Command::new(&bin)
-            .current_dir(root())
-            .args(["serve", "--dev", "--listen", "127.0.0.1:0", "--state-dir"])
-            .arg(&state)
-            .env("MQTT_POLICY_LOG", "warn"),
-        "mqtt-policy listening on ",
+    // Two services on the same state (dev key): one writing an audit line per decision to a
+    // file, as in production, and one logging only warnings.
+    let audit_log = state.join("audit.log");
+    let service = |log: &str, stderr: Stdio| {
+        Server::start(
+            Command::new(&bin)
+                .current_dir(root())
+                .args([
+                    "serve",
+                    "--dev",
+                    "--listen",
+                    "127.0.0.1:0",
+                    "--ops-listen",
+                    "127.0.0.1:0",
+                    "--state-dir",
+                ])
+                .arg(&state)
+                .env("MQTT_POLICY_LOG", log)
+                .stderr(stderr),
+            "mqtt-policy listening on ",
+        )
+    };
+    let audited = service("info", Stdio::from(std::fs::File::create(&audit_log)?))?;
+    let server = service("warn", Stdio::null())?;
+    let floor = Server::start(
+        Command::new(&floor_bin).arg("127.0.0.1:0").stderr(Stdio::null()),
+        "floor listening on ",
     )?;
-    let floor = Server::start(Command::new(&floor_bin).arg("127.0.0.1:0"), "floor listening on ")?;
     let token = |args: &[&str]| -> anyhow::Result<String> {
         let out = Command::new(&bin)
             .args(["token", "--dev", "--ttl", "1h", "--state-dir"])
@@ -194,14 +218,16 @@ pub fn bench() -> anyhow::Result<()> {
     };
     let viewer = token(&["--sub", "bench-viewer", "--groups", "viewers"])?;
     // http mode: the user call binds the username "bench-viewer" (the token's subject) to it.
-    let (status, body) = http(
-        &server.addr,
-        "/mqtt/user",
-        &[("Content-Type", "application/x-www-form-urlencoded")],
-        &format!("username=bench-viewer&clientid=bench&password={viewer}"),
-    )?;
-    if status != 200 {
-        bail!("binding the bench session failed: {status} {body}");
+    for s in [&server, &audited] {
+        let (status, body) = http(
+            &s.addr,
+            "/mqtt/user",
+            &[("Content-Type", "application/x-www-form-urlencoded")],
+            &format!("username=bench-viewer&clientid=bench&password={viewer}"),
+        )?;
+        if status != 200 {
+            bail!("binding the bench session failed: {status} {body}");
+        }
     }
 
     let allow_topic = "celine/telemetry/meter/meter-001/readings";
@@ -258,7 +284,8 @@ pub fn bench() -> anyhow::Result<()> {
     };
 
     // Sanity: each scenario answers as expected before it is measured.
-    for (s, addr) in scenarios.iter().map(|s| (s, &server.addr)).chain([(&floor_scenario, &floor.addr)]) {
+    let on_services = scenarios.iter().flat_map(|s| [(s, &server.addr), (s, &audited.addr)]);
+    for (s, addr) in on_services.chain([(&floor_scenario, &floor.addr)]) {
         let headers: Vec<(&str, &str)> = s.headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
         let (status, body) = http(addr, "/mqtt/acl", &headers, &s.body)?;
         if status != s.expect_status {
@@ -274,28 +301,63 @@ pub fn bench() -> anyhow::Result<()> {
     };
     let floor_script = script(99, &floor_scenario)?;
     let mut rows = Vec::new();
+    // MQTT_POLICY_BENCH_ONLY=<part of a scenario's name> narrows the run, for profiling.
+    let only = std::env::var("MQTT_POLICY_BENCH_ONLY").unwrap_or_default();
     for c in CONCURRENCY {
-        for (i, s) in scenarios.iter().enumerate() {
+        for (i, s) in scenarios.iter().enumerate().filter(|(_, s)| s.name.contains(&only)) {
             let (floor_rps, floor_p99, floor_err) = wrk(&floor.addr, &floor_script, c)?;
-            let (rps, p99, err) = wrk(&server.addr, &script(i, s)?, c)?;
-            println!("   {} c={c}: {rps:.0} req/s vs floor {floor_rps:.0} ({:.2})", s.name, rps / floor_rps);
-            rows.push(format!(
-                "| {} | {c} | {rps:.0} | {p99:.2} ms | {floor_rps:.0} | {floor_p99:.2} ms | **{:.2}** | {} |",
+            let (rps, p99, err) = wrk(&audited.addr, &script(i, s)?, c)?;
+            let (quiet_rps, _, quiet_err) = wrk(&server.addr, &script(i, s)?, c)?;
+            println!(
+                "   {} c={c}: {rps:.0} req/s with audit lines, {quiet_rps:.0} without, floor {floor_rps:.0} ({:.2}, {:.2})",
                 s.name,
                 rps / floor_rps,
-                err + floor_err
+                quiet_rps / floor_rps
+            );
+            rows.push(format!(
+                "| {} | {c} | {rps:.0} | {p99:.2} ms | {floor_rps:.0} | {floor_p99:.2} ms | **{:.2}** | {quiet_rps:.0} | {:.2} | {} |",
+                s.name,
+                rps / floor_rps,
+                quiet_rps / floor_rps,
+                err + floor_err + quiet_err
             ));
         }
     }
+    let dropped = metric(
+        audited.ops.as_deref().context("no operations listener")?,
+        "mqtt_policy_log_lines_dropped_total",
+    )?;
+    drop(audited);
     drop(server);
     drop(floor);
+    let audit_lines = BufReader::new(std::fs::File::open(&audit_log)?)
+        .lines()
+        .filter(|l| l.as_ref().is_ok_and(|l| l.contains("audit")))
+        .count();
     let _ = std::fs::remove_dir_all(&state);
-    println!("\n| scenario | connections | req/s | p99 | floor req/s | floor p99 | ratio | socket errors |");
-    println!("|---|---|---|---|---|---|---|---|");
+    println!(
+        "\n| scenario | connections | req/s (audit lines on) | p99 | floor req/s | floor p99 | **ratio** | req/s (audit off) | ratio | socket errors |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|");
     for r in rows {
         println!("{r}");
     }
+    println!("\naudit lines written: {audit_lines}; dropped (the log writer fell behind): {dropped}");
     Ok(())
+}
+
+/// The value of an unlabelled metric from a `/metrics` page at `addr` (0 when absent).
+fn metric(addr: &str, name: &str) -> anyhow::Result<f64> {
+    let (status, page) = request(addr, "GET", "/metrics", &[], b"")?;
+    if status != 200 {
+        bail!("GET /metrics: {status}");
+    }
+    Ok(page
+        .lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|v| v.strip_prefix(' ')))
+        .map(|v| v.trim().parse())
+        .transpose()?
+        .unwrap_or(0.0))
 }
 
 /// Milliseconds: median, 90th percentile and maximum of `samples`.
@@ -318,16 +380,18 @@ pub fn bench_swap() -> anyhow::Result<()> {
     let server = Server::start(
         Command::new(&bin)
             .current_dir(root())
-            .args(["serve", "--dev", "--listen", "127.0.0.1:0", "--state-dir"])
+            .args(["serve", "--dev", "--listen", "127.0.0.1:0", "--ops-listen", "127.0.0.1:0", "--state-dir"])
             .arg(&state)
             .env("MQTT_POLICY_ADMIN_TOKEN", admin_token)
-            .env("MQTT_POLICY_LOG", "warn"),
+            .env("MQTT_POLICY_LOG", "warn")
+            .stderr(Stdio::null()),
         "mqtt-policy listening on ",
     )?;
+    let ops = server.ops.clone().context("the service named no operations listener")?;
     let bearer = format!("Bearer {admin_token}");
     let put = |path: &str, body: &[u8]| -> anyhow::Result<f64> {
         let started = std::time::Instant::now();
-        let (status, answer) = request(&server.addr, "PUT", path, &[("Authorization", &bearer)], body)?;
+        let (status, answer) = request(&ops, "PUT", path, &[("Authorization", &bearer)], body)?;
         if status != 200 {
             bail!("PUT {path}: {status} {answer}");
         }
@@ -374,7 +438,7 @@ pub fn bench_swap() -> anyhow::Result<()> {
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let swapper = {
         let (addr, bearer, stop, policies) =
-            (server.addr.clone(), bearer.clone(), std::sync::Arc::clone(&stop), policies.clone());
+            (ops.clone(), bearer.clone(), std::sync::Arc::clone(&stop), policies.clone());
         std::thread::spawn(move || -> anyhow::Result<u32> {
             let mut n = 0;
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {

@@ -10,6 +10,7 @@
 //! - `cargo xtask keycloak`: the tests against a real Keycloak.
 //! - `cargo xtask bench`: the criterion decision benchmarks, summarised as a ratio table.
 //! - `cargo xtask bench-http`: wrk against `/mqtt/acl` beside a trivial axum floor.
+//! - `cargo xtask bench-memory`: resident memory under floods of unique topics and tokens.
 //! - `cargo xtask sync-conformance`: refresh `corpus/conformance.jsonl` from `shared/`.
 
 use std::path::{Path, PathBuf};
@@ -21,6 +22,7 @@ use anyhow::{Context, bail};
 mod apt;
 mod bench_broker;
 mod bench_http;
+mod bench_memory;
 mod broker;
 mod keycloak;
 mod playground;
@@ -38,6 +40,7 @@ commands:
   bench              run the decision benchmarks and print a ratio table
   bench-http         wrk against /mqtt/acl (jwt and http modes) beside a trivial axum floor
   bench-swap         hot-swap latency, and throughput during repeated swaps vs. steady
+  bench-memory       the service's memory under floods of unique 60 KB topics and tokens (RSS flat?)
   bench-broker       deliveries/s through Mosquitto with the plugin vs. no auth and acl_file, QoS 0/1
   sync-conformance   copy shared/conformance/decisions.jsonl into corpus/conformance.jsonl";
 
@@ -53,6 +56,7 @@ fn main() {
         Some("bench") => bench(),
         Some("bench-http") => bench_http::bench(),
         Some("bench-swap") => bench_http::bench_swap(),
+        Some("bench-memory") => bench_memory::bench(),
         Some("bench-broker") => bench_broker::bench(),
         Some("sync-conformance") => sync_conformance(),
         Some("-h" | "--help" | "help") | None => {
@@ -271,7 +275,8 @@ fn serve_http(bin: &Path, extra: &[String]) -> anyhow::Result<()> {
          \x20  in another terminal, mint a token and ask:\n\
          \x20    TOKEN=$({} token --dev --sub alice --groups viewers)\n\
          \x20    curl -i -X POST http://127.0.0.1:8009/mqtt/acl -H \"Authorization: Bearer $TOKEN\" \\\n\
-         \x20         -H 'Content-Type: application/json' -d '{{\"clientid\":\"c1\",\"topic\":\"celine/telemetry/meter/m1/readings\",\"acc\":1}}'",
+         \x20         -H 'Content-Type: application/json' -d '{{\"clientid\":\"c1\",\"topic\":\"celine/telemetry/meter/m1/readings\",\"acc\":1}}'\n\
+         \x20  readiness and metrics: http://127.0.0.1:8010/readyz, http://127.0.0.1:8010/metrics",
         bin.display()
     );
     let status = Command::new(bin)

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use crate::goauth::ResponseMode;
+use crate::logqueue::LogQueue;
 use crate::serve::ServeConfig;
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -67,9 +68,16 @@ pub struct Args {
     /// MQTT_POLICY_ADMIN_TOKEN)
     #[arg(long, env = "MQTT_POLICY_ADMIN_TOKEN_FILE", value_name = "FILE")]
     pub admin_token_file: Option<PathBuf>,
-    /// Serve the admin endpoints on this address instead of --listen
-    #[arg(long, env = "MQTT_POLICY_ADMIN_LISTEN", value_name = "ADDR")]
-    pub admin_listen: Option<SocketAddr>,
+    /// Address of the operations listener: /healthz, /readyz, /metrics, the admin endpoints
+    /// and the playground (--listen serves only go-auth's endpoints and /healthz)
+    #[arg(long, env = "MQTT_POLICY_OPS_LISTEN", default_value = "127.0.0.1:8010")]
+    pub ops_listen: SocketAddr,
+    /// TLS for --listen: a PEM certificate chain (re-read when it changes and on SIGHUP)
+    #[arg(long, env = "MQTT_POLICY_TLS_CERT", value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// TLS for --listen: the certificate's PEM private key
+    #[arg(long, env = "MQTT_POLICY_TLS_KEY", value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
     /// An unknown key id refreshes the key set at most this often, in seconds
     #[arg(long, env = "MQTT_POLICY_JWKS_MIN_REFRESH", default_value_t = 10, value_name = "SECONDS")]
     pub jwks_min_refresh: u64,
@@ -86,8 +94,8 @@ pub struct Args {
         value_name = "CLAIMS"
     )]
     pub username_claims: String,
-    /// Memory all caches and the session table may take together, in MiB: a flood of unique
-    /// topics or tokens evicts rather than grows the process beyond it
+    /// Memory all caches, the session table and the queue of log lines may take together, in
+    /// MiB: a flood of unique topics or tokens evicts rather than grows the process beyond it
     #[arg(long, env = "MQTT_POLICY_CACHE_MEMORY", default_value_t = 64, value_name = "MIB",
           value_parser = clap::value_parser!(u64).range(1..=65_536))]
     pub cache_memory: u64,
@@ -99,20 +107,31 @@ pub struct Args {
     pub log_format: LogFormat,
 }
 
-fn init_logging(format: LogFormat) {
+/// Log lines (audit lines included) go to standard error through a queue of at most `budget`
+/// bytes, written by its own thread: requests never wait for the log.
+fn init_logging(format: LogFormat, budget: usize) -> anyhow::Result<LogQueue> {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_env("MQTT_POLICY_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let queue = LogQueue::start(budget, Box::new(std::io::stderr()))?;
     let builder =
-        tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
+        tracing_subscriber::fmt().with_env_filter(filter).with_writer(queue.writer()).with_ansi(ansi);
     match format {
         LogFormat::Pretty => builder.init(),
         LogFormat::Json => builder.json().flatten_event(true).init(),
     }
+    Ok(queue)
+}
+
+/// The log queue's share of `--cache-memory`.
+fn log_budget(cache_memory: u64) -> u64 {
+    (cache_memory / 16).max(64 << 10)
 }
 
 pub fn run(a: Args) -> anyhow::Result<ExitCode> {
-    init_logging(a.log_format);
+    let cache_memory = a.cache_memory << 20;
+    // Held to the end: dropping it writes out what is queued.
+    let log = init_logging(a.log_format, log_budget(cache_memory) as usize)?;
     let admin_token = match (&a.admin_token_file, std::env::var("MQTT_POLICY_ADMIN_TOKEN").ok()) {
         (Some(f), _) => Some(
             std::fs::read_to_string(f)
@@ -140,10 +159,13 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         authorized_parties: identity::parse_list(&a.authorized_parties.join(",")),
         tests: a.tests,
         admin_token,
-        admin_listen: a.admin_listen,
+        ops_listen: a.ops_listen,
+        tls: a.tls_cert.zip(a.tls_key),
         playground: !a.no_playground,
         username_claims: identity::parse_username_claims(&a.username_claims),
-        cache_memory: a.cache_memory << 20,
+        cache_memory: cache_memory - log_budget(cache_memory),
+        log: Some(log.writer()),
+        log_json: a.log_format == LogFormat::Json,
     };
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(crate::serve::run(cfg))?;

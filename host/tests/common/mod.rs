@@ -23,8 +23,8 @@ pub const ISSUER: &str = "https://keycloak.test/realms/celine";
 pub struct Server {
     pub child: Child,
     pub url: String,
-    /// Where the admin endpoints listen, when `--admin-listen` put them on their own address.
-    pub admin_url: Option<String>,
+    /// The operations listener (`--ops-listen`): `/readyz`, `/metrics`, admin, playground.
+    pub ops_url: String,
     pub state: tempfile::TempDir,
 }
 
@@ -35,7 +35,7 @@ impl Server {
         let mut child = Command::new(env!("CARGO_BIN_EXE_mqtt-policy"))
             .current_dir(test_support::repository())
             .arg("serve")
-            .args(["--listen", "127.0.0.1:0", "--state-dir"])
+            .args(["--listen", "127.0.0.1:0", "--ops-listen", "127.0.0.1:0", "--state-dir"])
             .arg(state.path())
             .args(args)
             .env("MQTT_POLICY_LOG", "warn")
@@ -50,16 +50,16 @@ impl Server {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
                 if let Some(url) = line.strip_prefix("mqtt-policy listening on ") {
                     let _ = tx.send((false, url.to_string()));
-                } else if let Some(url) = line.strip_prefix("mqtt-policy admin listening on ") {
+                } else if let Some(url) = line.strip_prefix("mqtt-policy ops listening on ") {
                     let _ = tx.send((true, url.to_string()));
                 }
             }
         });
-        // The admin line, if any, comes before the main one.
-        let mut admin_url = None;
+        // The operations line comes before the main one.
+        let mut ops_url = None;
         let url = loop {
             match rx.recv_timeout(Duration::from_secs(60)) {
-                Ok((true, u)) => admin_url = Some(u),
+                Ok((true, u)) => ops_url = Some(u),
                 Ok((false, u)) => break u,
                 Err(_) => {
                     let _ = child.kill();
@@ -67,7 +67,8 @@ impl Server {
                 }
             }
         };
-        Server { child, url, admin_url, state }
+        let ops_url = ops_url.expect("the operations listener's line comes first");
+        Server { child, url, ops_url, state }
     }
 
     pub fn rsa(extra: &[&str]) -> Server {
@@ -79,6 +80,11 @@ impl Server {
 
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.url)
+    }
+
+    /// A path on the operations listener.
+    pub fn ops(&self, path: &str) -> String {
+        format!("{}{path}", self.ops_url)
     }
 }
 

@@ -1,0 +1,245 @@
+//! Audit lines: one per decision, written to the log queue (`logqueue.rs`) without going
+//! through `tracing`'s field formatting, which cost about a fifth of `/mqtt/acl`'s throughput.
+//!
+//! Format, like the other log lines (`--log-format`):
+//! - pretty: `2026-11-26T16:20:01.123456Z  INFO audit: endpoint=acl subject=alice
+//!   subject_type=user username=alice clientid=c1 topic=celine/t action=read decision=allow
+//!   rule=viewers-read reason="..."` (one line; a value is quoted, Rust-style escaped, when
+//!   empty or holding spaces, quotes, `=` or control characters);
+//! - json: `{"timestamp":"…","level":"INFO","target":"audit","endpoint":"acl",…}`.
+//!
+//! On or off with the log filter, as before: `MQTT_POLICY_LOG=info,audit=off` turns them off.
+
+use std::cell::RefCell;
+use std::fmt::Write as _;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use crate::logqueue::QueueWriter;
+
+/// One decision, as the audit line tells it.
+pub struct Entry<'a> {
+    pub endpoint: &'a str,
+    pub subject: &'a str,
+    pub subject_type: &'a str,
+    pub username: &'a str,
+    pub clientid: &'a str,
+    pub topic: &'a str,
+    pub action: &'a str,
+    pub decision: &'a str,
+    pub rule: &'a str,
+    pub reason: &'a str,
+}
+
+/// Where audit lines go: the log queue, in the log's format, or (without a queue) `tracing`.
+#[derive(Clone, Default)]
+pub struct Audit {
+    queue: Option<QueueWriter>,
+    json: bool,
+}
+
+thread_local! {
+    static LINE: RefCell<String> = const { RefCell::new(String::new()) };
+    /// The formatted date and time of the last second a line was stamped with.
+    static STAMP: RefCell<(u64, String)> = const { RefCell::new((u64::MAX, String::new())) };
+}
+
+impl Audit {
+    pub fn new(queue: Option<QueueWriter>, json: bool) -> Audit {
+        Audit { queue, json }
+    }
+
+    pub fn write(&self, e: &Entry<'_>) {
+        if !tracing::enabled!(target: "audit", tracing::Level::INFO) {
+            return;
+        }
+        let Some(queue) = &self.queue else {
+            tracing::info!(
+                target: "audit",
+                endpoint = e.endpoint, subject = e.subject, subject_type = e.subject_type,
+                username = e.username, clientid = e.clientid, topic = e.topic, action = e.action,
+                decision = e.decision, rule = e.rule, reason = e.reason,
+            );
+            return;
+        };
+        LINE.with_borrow_mut(|line| {
+            line.clear();
+            if self.json {
+                json_line(line, e);
+            } else {
+                pretty_line(line, e);
+            }
+            queue.push(line.as_bytes());
+            // A burst of long lines must not leave every worker thread holding a large buffer.
+            if line.capacity() > 64 << 10 {
+                *line = String::new();
+            }
+        });
+    }
+}
+
+fn fields<'a>(e: &Entry<'a>) -> [(&'static str, &'a str); 10] {
+    [
+        ("endpoint", e.endpoint),
+        ("subject", e.subject),
+        ("subject_type", e.subject_type),
+        ("username", e.username),
+        ("clientid", e.clientid),
+        ("topic", e.topic),
+        ("action", e.action),
+        ("decision", e.decision),
+        ("rule", e.rule),
+        ("reason", e.reason),
+    ]
+}
+
+fn pretty_line(line: &mut String, e: &Entry<'_>) {
+    timestamp(line);
+    line.push_str("  INFO audit:");
+    for (name, value) in fields(e) {
+        line.push(' ');
+        line.push_str(name);
+        line.push('=');
+        let plain = !value.is_empty()
+            && value.chars().all(|c| !c.is_whitespace() && !c.is_control() && c != '"' && c != '=');
+        if plain {
+            line.push_str(value);
+        } else {
+            quoted(line, value);
+        }
+    }
+    line.push('\n');
+}
+
+/// `value` in double quotes, with `"`, `\\` and control characters escaped as Rust does.
+fn quoted(out: &mut String, value: &str) {
+    out.push('"');
+    for c in value.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if c.is_control() => {
+                let _ = write!(out, "\\u{{{:x}}}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+}
+
+fn json_line(line: &mut String, e: &Entry<'_>) {
+    line.push_str("{\"timestamp\":\"");
+    timestamp(line);
+    line.push_str("\",\"level\":\"INFO\",\"target\":\"audit\"");
+    for (name, value) in fields(e) {
+        line.push_str(",\"");
+        line.push_str(name);
+        line.push_str("\":");
+        json_string(line, value);
+    }
+    line.push_str("}\n");
+}
+
+fn json_string(out: &mut String, s: &str) {
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if (c as u32) < 0x20 => {
+                let _ = write!(out, "\\u{:04x}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+}
+
+/// Appends the time now as RFC 3339 in UTC with microseconds (`2026-11-26T16:20:01.123456Z`).
+fn timestamp(out: &mut String) {
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+    let secs = now.as_secs();
+    STAMP.with_borrow_mut(|(at, text)| {
+        if *at != secs {
+            *at = secs;
+            text.clear();
+            let (y, m, d) = civil_from_days((secs / 86_400) as i64);
+            let t = secs % 86_400;
+            let _ = write!(text, "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}", t / 3600, t / 60 % 60, t % 60);
+        }
+        out.push_str(text);
+    });
+    let _ = write!(out, ".{:06}Z", now.subsec_micros());
+}
+
+/// The proleptic Gregorian date of a day counted from 1970-01-01 (Howard Hinnant's
+/// `civil_from_days`).
+fn civil_from_days(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (yoe + era * 400 + i64::from(m <= 2), m, d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry<'a>(topic: &'a str, reason: &'a str) -> Entry<'a> {
+        Entry {
+            endpoint: "acl",
+            subject: "alice",
+            subject_type: "user",
+            username: "",
+            clientid: "c1",
+            topic,
+            action: "read",
+            decision: "allow",
+            rule: "viewers-read",
+            reason,
+        }
+    }
+
+    #[test]
+    fn dates_match_the_calendar() {
+        assert_eq!(civil_from_days(0), (1970, 1, 1));
+        assert_eq!(civil_from_days(11_016), (2000, 2, 29));
+        assert_eq!(civil_from_days(20_418), (2025, 11, 26));
+        assert_eq!(civil_from_days(-1), (1969, 12, 31));
+    }
+
+    #[test]
+    fn pretty_lines_quote_what_would_be_ambiguous() {
+        let mut line = String::new();
+        pretty_line(&mut line, &entry("a b=\"c\"\n", "allowed by rule 'x'"));
+        let (stamp, rest) = line.split_once("  INFO audit: ").unwrap();
+        assert_eq!(stamp.len(), "2026-11-26T16:20:01.123456Z".len(), "{stamp}");
+        assert_eq!(
+            rest,
+            "endpoint=acl subject=alice subject_type=user username=\"\" clientid=c1 \
+             topic=\"a b=\\\"c\\\"\\n\" action=read decision=allow rule=viewers-read \
+             reason=\"allowed by rule 'x'\"\n"
+        );
+    }
+
+    #[test]
+    fn json_lines_are_json_with_every_field() {
+        let mut line = String::new();
+        json_line(&mut line, &entry("t/\u{1}\"\\", "r"));
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(v["target"], "audit");
+        assert_eq!(v["topic"], "t/\u{1}\"\\");
+        assert_eq!(v["username"], "");
+        assert!(v["timestamp"].as_str().unwrap().ends_with('Z'));
+    }
+}

@@ -1,0 +1,241 @@
+//! Log lines (audit lines included) written off the request path.
+//!
+//! A request formats its line and appends it to a byte-bounded queue; one thread writes the
+//! queue to standard error, many lines per `write`: it gathers lines for up to
+//! [`FLUSH_EVERY`] (less when the queue fills past half its budget), so a busy service wakes it
+//! a few times a second rather than once per line. When the queue holds its budget (standard
+//! error is slow, a pipe nobody reads, a disk that stalls), new lines are dropped and counted
+//! (`mqtt_policy_log_lines_dropped_total`, and one line saying how many once the writer
+//! catches up): a request never waits for the log. Dropping the [`LogQueue`] flushes it.
+
+use std::io::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+/// The longest a line waits in the queue while the service is busy.
+pub const FLUSH_EVERY: Duration = Duration::from_millis(100);
+
+struct State {
+    pending: Vec<u8>,
+    /// Lines dropped since the writer last said so.
+    dropped: u64,
+    closed: bool,
+    /// The writer thread waits for a first line (the queue was empty).
+    idle: bool,
+}
+
+struct Shared {
+    state: Mutex<State>,
+    wake: Condvar,
+    budget: usize,
+    /// Past this many queued bytes the writer thread is woken early.
+    high_water: usize,
+    dropped_total: AtomicU64,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// The queue and its writer thread; dropping it writes what is queued and stops the thread.
+pub struct LogQueue {
+    shared: Arc<Shared>,
+    thread: Option<JoinHandle<()>>,
+}
+
+/// Appends whole lines to the queue (`tracing_subscriber` writes one event per `write`).
+#[derive(Clone)]
+pub struct QueueWriter(Arc<Shared>);
+
+impl LogQueue {
+    /// A queue of at most `budget` bytes, written to `out` by its own thread.
+    pub fn start(budget: usize, out: Box<dyn Write + Send>) -> std::io::Result<LogQueue> {
+        let shared = Arc::new(Shared {
+            state: Mutex::new(State { pending: Vec::new(), dropped: 0, closed: false, idle: false }),
+            wake: Condvar::new(),
+            budget,
+            high_water: budget / 2,
+            dropped_total: AtomicU64::new(0),
+        });
+        let s = Arc::clone(&shared);
+        let thread = std::thread::Builder::new().name("log-writer".into()).spawn(move || drain(&s, out))?;
+        Ok(LogQueue { shared, thread: Some(thread) })
+    }
+
+    pub fn writer(&self) -> QueueWriter {
+        QueueWriter(Arc::clone(&self.shared))
+    }
+
+    /// Lines dropped since start because the queue was full.
+    pub fn dropped(&self) -> u64 {
+        self.shared.dropped_total.load(Ordering::Relaxed)
+    }
+}
+
+impl QueueWriter {
+    /// Lines dropped since start because the queue was full.
+    pub fn dropped(&self) -> u64 {
+        self.0.dropped_total.load(Ordering::Relaxed)
+    }
+}
+
+fn drain(shared: &Shared, mut out: Box<dyn Write + Send>) {
+    let mut batch = Vec::new();
+    loop {
+        let (dropped, closed) = {
+            let mut st = shared.lock();
+            while st.pending.is_empty() && st.dropped == 0 && !st.closed {
+                st.idle = true;
+                st = shared.wake.wait(st).unwrap_or_else(|p| p.into_inner());
+            }
+            st.idle = false;
+            // Gather more lines before writing, unless the queue is filling up.
+            if !st.closed && st.pending.len() < shared.high_water {
+                st = shared.wake.wait_timeout(st, FLUSH_EVERY).unwrap_or_else(|p| p.into_inner()).0;
+            }
+            std::mem::swap(&mut batch, &mut st.pending);
+            (std::mem::take(&mut st.dropped), st.closed)
+        };
+        // Errors writing the log have nowhere to be reported: the lines are lost, as a full
+        // queue's would be.
+        let _ = out.write_all(&batch);
+        if dropped > 0 {
+            let _ = writeln!(
+                out,
+                "mqtt-policy: {dropped} log line(s) dropped: the log output could not keep up \
+                 (mqtt_policy_log_lines_dropped_total counts them)"
+            );
+        }
+        let _ = out.flush();
+        batch.clear();
+        // Keep the spare buffer from holding on to a burst's worth of memory.
+        batch.shrink_to(shared.budget.min(64 << 10));
+        if closed {
+            let rest = std::mem::take(&mut shared.lock().pending);
+            let _ = out.write_all(&rest);
+            let _ = out.flush();
+            return;
+        }
+    }
+}
+
+impl QueueWriter {
+    /// Queues one whole line, or counts it dropped when the queue is full.
+    pub fn push(&self, line: &[u8]) {
+        let mut st = self.0.lock();
+        if st.pending.len() + line.len() > self.0.budget {
+            st.dropped += 1;
+            self.0.dropped_total.fetch_add(1, Ordering::Relaxed);
+        } else {
+            let before = st.pending.len();
+            st.pending.extend_from_slice(line);
+            // Wake the writer for a first line, and once when the queue passes its high water.
+            let wake = st.idle || (before < self.0.high_water && st.pending.len() >= self.0.high_water);
+            drop(st);
+            if wake {
+                self.0.wake.notify_one();
+            }
+        }
+    }
+}
+
+impl Write for QueueWriter {
+    fn write(&mut self, line: &[u8]) -> std::io::Result<usize> {
+        self.push(line);
+        Ok(line.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for QueueWriter {
+    type Writer = QueueWriter;
+
+    fn make_writer(&'a self) -> Self::Writer {
+        self.clone()
+    }
+}
+
+impl Drop for LogQueue {
+    fn drop(&mut self) {
+        self.shared.lock().closed = true;
+        self.shared.wake.notify_one();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An output that blocks until told to go on, recording what it was given.
+    #[derive(Clone)]
+    struct Gate {
+        open: Arc<(Mutex<bool>, Condvar)>,
+        written: Arc<Mutex<Vec<u8>>>,
+    }
+
+    impl Write for Gate {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            let (open, cv) = &*self.open;
+            let mut g = open.lock().unwrap();
+            while !*g {
+                g = cv.wait(g).unwrap();
+            }
+            self.written.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_stalled_output_drops_and_counts_lines_instead_of_blocking_writers() {
+        let gate = Gate { open: Arc::new((Mutex::new(false), Condvar::new())), written: Default::default() };
+        let queue = LogQueue::start(100, Box::new(gate.clone())).unwrap();
+        let mut w = queue.writer();
+        // The writer thread may take up to a queueful (10 lines of 10 bytes) and block on the
+        // closed gate; the queue then holds 10 more: of 40 lines, at least 20 are dropped.
+        for i in 0..40 {
+            w.write_all(format!("line {i:04}\n").as_bytes()).unwrap();
+        }
+        assert!(queue.dropped() >= 20, "dropped {}", queue.dropped());
+        let dropped = queue.dropped();
+        {
+            let (open, cv) = &*gate.open;
+            *open.lock().unwrap() = true;
+            cv.notify_all();
+        }
+        drop(queue);
+        let text = String::from_utf8(gate.written.lock().unwrap().clone()).unwrap();
+        let kept = text.lines().filter(|l| l.starts_with("line ")).count() as u64;
+        assert_eq!(kept + dropped, 40, "{text}");
+        assert!(text.contains(&format!("{dropped} log line(s) dropped")), "{text}");
+        // Whole lines, in order.
+        let numbers: Vec<u32> =
+            text.lines().filter_map(|l| l.strip_prefix("line ")).map(|n| n.parse().unwrap()).collect();
+        assert!(numbers.windows(2).all(|w| w[0] < w[1]), "{numbers:?}");
+    }
+
+    #[test]
+    fn dropping_the_queue_writes_everything_queued() {
+        let gate = Gate { open: Arc::new((Mutex::new(true), Condvar::new())), written: Default::default() };
+        let queue = LogQueue::start(1 << 20, Box::new(gate.clone())).unwrap();
+        let mut w = queue.writer();
+        for i in 0..1000 {
+            writeln!(w, "line {i}").unwrap();
+        }
+        drop(queue);
+        assert_eq!(gate.written.lock().unwrap().iter().filter(|b| **b == b'\n').count(), 1000);
+    }
+}
