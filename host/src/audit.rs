@@ -4,14 +4,14 @@
 //! Format, like the other log lines (`--log-format`):
 //! - pretty: `2026-11-26T16:20:01.123456Z  INFO audit: endpoint=acl subject=alice
 //!   subject_type=user username=alice clientid=c1 topic=celine/t action=read decision=allow
-//!   rule=viewers-read reason="..."` (one line; a value is quoted, Rust-style escaped, when
-//!   empty or holding spaces, quotes, `=` or control characters);
+//!   rule=viewers-read reason="..."` (one line; a value is quoted and escaped as a JSON string
+//!   when empty or holding spaces, quotes, `=` or control characters);
 //! - json: `{"timestamp":"…","level":"INFO","target":"audit","endpoint":"acl",…}`.
 //!
 //! On or off with the log filter, as before: `MQTT_POLICY_LOG=info,audit=off` turns them off.
 
 use std::cell::RefCell;
-use std::fmt::Write as _;
+use std::io::Write as _;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::logqueue::QueueWriter;
@@ -38,7 +38,7 @@ pub struct Audit {
 }
 
 thread_local! {
-    static LINE: RefCell<String> = const { RefCell::new(String::new()) };
+    static LINE: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
     /// The formatted date and time of the last second a line was stamped with.
     static STAMP: RefCell<(u64, String)> = const { RefCell::new((u64::MAX, String::new())) };
 }
@@ -68,10 +68,10 @@ impl Audit {
             } else {
                 pretty_line(line, e);
             }
-            queue.push(line.as_bytes());
+            queue.push(line);
             // A burst of long lines must not leave every worker thread holding a large buffer.
             if line.capacity() > 64 << 10 {
-                *line = String::new();
+                *line = Vec::new();
             }
         });
     }
@@ -92,76 +92,40 @@ fn fields<'a>(e: &Entry<'a>) -> [(&'static str, &'a str); 10] {
     ]
 }
 
-fn pretty_line(line: &mut String, e: &Entry<'_>) {
+fn pretty_line(line: &mut Vec<u8>, e: &Entry<'_>) {
     timestamp(line);
-    line.push_str("  INFO audit:");
+    line.extend_from_slice(b"  INFO audit:");
     for (name, value) in fields(e) {
-        line.push(' ');
-        line.push_str(name);
-        line.push('=');
+        line.push(b' ');
+        line.extend_from_slice(name.as_bytes());
+        line.push(b'=');
         let plain = !value.is_empty()
             && value.chars().all(|c| !c.is_whitespace() && !c.is_control() && c != '"' && c != '=');
         if plain {
-            line.push_str(value);
+            line.extend_from_slice(value.as_bytes());
         } else {
-            quoted(line, value);
+            // Quoted and escaped as a JSON string.
+            let _ = serde_json::to_writer(&mut *line, value);
         }
     }
-    line.push('\n');
+    line.push(b'\n');
 }
 
-/// `value` in double quotes, with `"`, `\\` and control characters escaped as Rust does.
-fn quoted(out: &mut String, value: &str) {
-    out.push('"');
-    for c in value.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            c if c.is_control() => {
-                let _ = write!(out, "\\u{{{:x}}}", c as u32);
-            }
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-}
-
-fn json_line(line: &mut String, e: &Entry<'_>) {
-    line.push_str("{\"timestamp\":\"");
+fn json_line(line: &mut Vec<u8>, e: &Entry<'_>) {
+    line.extend_from_slice(b"{\"timestamp\":\"");
     timestamp(line);
-    line.push_str("\",\"level\":\"INFO\",\"target\":\"audit\"");
+    line.extend_from_slice(b"\",\"level\":\"INFO\",\"target\":\"audit\"");
     for (name, value) in fields(e) {
-        line.push_str(",\"");
-        line.push_str(name);
-        line.push_str("\":");
-        json_string(line, value);
+        line.extend_from_slice(b",\"");
+        line.extend_from_slice(name.as_bytes());
+        line.extend_from_slice(b"\":");
+        let _ = serde_json::to_writer(&mut *line, value);
     }
-    line.push_str("}\n");
-}
-
-fn json_string(out: &mut String, s: &str) {
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            c if (c as u32) < 0x20 => {
-                let _ = write!(out, "\\u{:04x}", c as u32);
-            }
-            c => out.push(c),
-        }
-    }
-    out.push('"');
+    line.extend_from_slice(b"}\n");
 }
 
 /// Appends the time now as RFC 3339 in UTC with microseconds (`2026-11-26T16:20:01.123456Z`).
-fn timestamp(out: &mut String) {
+fn timestamp(out: &mut Vec<u8>) {
     let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
     let secs = now.as_secs();
     STAMP.with_borrow_mut(|(at, text)| {
@@ -170,9 +134,9 @@ fn timestamp(out: &mut String) {
             text.clear();
             let (y, m, d) = civil_from_days((secs / 86_400) as i64);
             let t = secs % 86_400;
-            let _ = write!(text, "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}", t / 3600, t / 60 % 60, t % 60);
+            *text = format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}", t / 3600, t / 60 % 60, t % 60);
         }
-        out.push_str(text);
+        out.extend_from_slice(text.as_bytes());
     });
     let _ = write!(out, ".{:06}Z", now.subsec_micros());
 }
@@ -220,8 +184,9 @@ mod tests {
 
     #[test]
     fn pretty_lines_quote_what_would_be_ambiguous() {
-        let mut line = String::new();
+        let mut line = Vec::new();
         pretty_line(&mut line, &entry("a b=\"c\"\n", "allowed by rule 'x'"));
+        let line = String::from_utf8(line).unwrap();
         let (stamp, rest) = line.split_once("  INFO audit: ").unwrap();
         assert_eq!(stamp.len(), "2026-11-26T16:20:01.123456Z".len(), "{stamp}");
         assert_eq!(
@@ -234,9 +199,9 @@ mod tests {
 
     #[test]
     fn json_lines_are_json_with_every_field() {
-        let mut line = String::new();
+        let mut line = Vec::new();
         json_line(&mut line, &entry("t/\u{1}\"\\", "r"));
-        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&line).unwrap();
         assert_eq!(v["target"], "audit");
         assert_eq!(v["topic"], "t/\u{1}\"\\");
         assert_eq!(v["username"], "");

@@ -347,7 +347,7 @@ pub fn bench() -> anyhow::Result<()> {
 }
 
 /// The value of an unlabelled metric from a `/metrics` page at `addr` (0 when absent).
-fn metric(addr: &str, name: &str) -> anyhow::Result<f64> {
+pub(crate) fn metric(addr: &str, name: &str) -> anyhow::Result<f64> {
     let (status, page) = request(addr, "GET", "/metrics", &[], b"")?;
     if status != 200 {
         bail!("GET /metrics: {status}");

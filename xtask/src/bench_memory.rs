@@ -4,7 +4,8 @@
 //! Starts the release `mqtt-policy serve --dev --cache-memory 64` with audit lines on (written
 //! to a file), warms it up, then for `MQTT_POLICY_BENCH_SECONDS` (default 60) floods it from
 //! four keep-alive connections at once:
-//! - two send ACL calls with the token as `Bearer` (go-auth's jwt backend), each a new ~60 KB topic;
+//! - two send ACL calls with the token as `Bearer` (go-auth's jwt backend), each a new ~60 KB
+//!   topic, one allowed and one denied;
 //! - one sends the http backend's session-bound ACL calls (form body, no token), each a new
 //!   ~60 KB topic;
 //! - one sends ACL calls with a new, ~8 KB, JWT-shaped but unverifiable token each time.
@@ -220,7 +221,7 @@ pub fn bench() -> anyhow::Result<()> {
     };
     step("warm-up: 2,000 ACL calls on a few topics");
     for i in 0..2_000 {
-        let status = json_acl(format!("celine/telemetry/warm-{}/readings", i % 20), &mut setup)?;
+        let status = json_acl(format!("celine/telemetry/meter/warm-{}/readings", i % 20), &mut setup)?;
         if status != 200 {
             bail!("a warm-up call was answered {status}");
         }
@@ -236,13 +237,19 @@ pub fn bench() -> anyhow::Result<()> {
     for t in 0..2u64 {
         let (filler, json_acl) = (Arc::clone(&filler), json_acl.clone());
         floods.push(flood(addr.clone(), Arc::clone(&stop), Arc::clone(&tally), move |n, c| {
-            json_acl(format!("celine/telemetry/{t}-{n}-{filler}/readings"), c)
+            // One allowed, one denied (a denial's reason quotes the topic: the heavier entry).
+            match t {
+                0 => json_acl(format!("celine/telemetry/meter/{n}-{filler}/readings"), c),
+                _ => json_acl(format!("celine/secret/{n}-{filler}"), c),
+            }
         }));
     }
     {
         let filler = Arc::clone(&filler);
         floods.push(flood(addr.clone(), Arc::clone(&stop), Arc::clone(&tally), move |n, c| {
-            let body = format!("acc=1&clientid=flood&username=flood-viewer&topic=celine%2Ftelemetry%2Fs-{n}-{filler}%2Freadings");
+            let body = format!(
+                "acc=1&clientid=flood&username=flood-viewer&topic=celine%2Ftelemetry%2Fmeter%2Fs-{n}-{filler}%2Freadings"
+            );
             c.post("/mqtt/acl", &form, body.as_bytes())
         }));
     }
@@ -285,17 +292,19 @@ pub fn bench() -> anyhow::Result<()> {
     let end = rss_mib(pid)?;
     let half = samples.get(samples.len() / 2).copied().unwrap_or(end);
     let peak = samples.iter().copied().fold(end, f64::max);
+    let ops = server.ops.clone().context("the service named no operations listener")?;
+    let dropped = crate::bench_http::metric(&ops, "mqtt_policy_log_lines_dropped_total")?;
     drop(server);
     let audit_lines = BufReader::new(std::fs::File::open(&audit_log)?).lines().count();
     let _ = std::fs::remove_dir_all(&state);
 
     let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
     println!(
-        "\n| RSS after warm-up | at half time | peak | at the end | growth (peak − warm) | requests | 2xx | 4xx | 5xx | failed | audit lines |"
+        "\n| RSS after warm-up | at half time | peak | at the end | growth (peak − warm) | requests | 2xx | 4xx | 5xx | failed | log lines written | dropped |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
     println!(
-        "| {start:.1} MiB | {half:.1} MiB | {peak:.1} MiB | {end:.1} MiB | {:.1} MiB | {} | {} | {} | {} | {} | {audit_lines} |",
+        "| {start:.1} MiB | {half:.1} MiB | {peak:.1} MiB | {end:.1} MiB | {:.1} MiB | {} | {} | {} | {} | {} | {audit_lines} | {dropped} |",
         peak - start,
         tally.total(),
         get(&tally.ok),
