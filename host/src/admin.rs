@@ -1,7 +1,7 @@
 //! Admin endpoints: roll out a policy or module, reload from disk, see what is live.
 //!
 //! Off unless an admin token is configured; every call needs it as `Authorization: Bearer`.
-//! They can listen on their own address (`--admin-listen`), away from go-auth's.
+//! They are served on the operations listener (`--ops-listen`), never on go-auth's address.
 //!
 //! - `PUT /admin/policy` (a policy document), `PUT /admin/module` (a component): a candidate;
 //!   200 with the new status when it went live, 422 with the reason when it was rejected.

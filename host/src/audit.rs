@@ -30,10 +30,10 @@ pub struct Entry<'a> {
     pub reason: &'a str,
 }
 
-/// Where audit lines go: the log queue, in the log's format, or (without a queue) `tracing`.
-#[derive(Clone, Default)]
+/// Where audit lines go: the log queue, in the log's format.
+#[derive(Clone)]
 pub struct Audit {
-    queue: Option<QueueWriter>,
+    queue: QueueWriter,
     json: bool,
 }
 
@@ -44,23 +44,19 @@ thread_local! {
 }
 
 impl Audit {
-    pub fn new(queue: Option<QueueWriter>, json: bool) -> Audit {
+    pub fn new(queue: QueueWriter, json: bool) -> Audit {
         Audit { queue, json }
+    }
+
+    /// Log lines (of any kind) dropped because the queue was full.
+    pub fn dropped(&self) -> u64 {
+        self.queue.dropped()
     }
 
     pub fn write(&self, e: &Entry<'_>) {
         if !tracing::enabled!(target: "audit", tracing::Level::INFO) {
             return;
         }
-        let Some(queue) = &self.queue else {
-            tracing::info!(
-                target: "audit",
-                endpoint = e.endpoint, subject = e.subject, subject_type = e.subject_type,
-                username = e.username, clientid = e.clientid, topic = e.topic, action = e.action,
-                decision = e.decision, rule = e.rule, reason = e.reason,
-            );
-            return;
-        };
         LINE.with_borrow_mut(|line| {
             line.clear();
             if self.json {
@@ -68,7 +64,7 @@ impl Audit {
             } else {
                 pretty_line(line, e);
             }
-            queue.push(line);
+            self.queue.push(line);
             // A burst of long lines must not leave every worker thread holding a large buffer.
             if line.capacity() > 64 << 10 {
                 *line = Vec::new();

@@ -2,8 +2,9 @@
 //! http-backend sessions. Verifying tokens and mapping them to subjects is `identity`'s.
 //!
 //! - An ACL decision is cached per (generation, token, action, topic, clientid, username),
-//!   keyed by their digest, until the token's `exp`: decisions are pure functions of those, so the cache is exact,
-//!   and a swapped policy or module (a new generation) never meets an old entry. Delivery
+//!   keyed by their digest, until the token's `exp`: decisions are pure functions of those,
+//!   so the cache is exact, and a swapped policy or module (a new generation) never meets an
+//!   old entry. Delivery
 //!   checks (`read`) repeat the same key for every message on a topic. Module faults are
 //!   never cached.
 //! - go-auth's http backend sends no token with ACL and superuser calls. A session belongs to

@@ -543,10 +543,7 @@ pub async fn handle(
 ) -> Response {
     let started = Instant::now();
     let (parts, body) = request.into_parts();
-    let parsed = match read_body(body).await {
-        Ok(body) => parse_params(&parts.headers, parts.uri.query(), &body),
-        Err(e) => Err(e),
-    };
+    let parsed = read_body(body).await.and_then(|b| parse_params(&parts.headers, parts.uri.query(), &b));
     let outcome = match parsed {
         Err(e) => Outcome::Bad(e),
         Ok(params) => {

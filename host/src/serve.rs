@@ -52,9 +52,7 @@ pub struct AppState {
     started: SystemTime,
     /// SHA-256 of the admin token, when the admin endpoints are on.
     pub admin_token: Option<[u8; 32]>,
-    /// The log queue, for its count of dropped lines.
-    log: Option<crate::logqueue::QueueWriter>,
-    /// Where audit lines go.
+    /// Where audit lines go (and the log queue's count of dropped lines).
     pub audit: crate::audit::Audit,
 }
 
@@ -96,8 +94,8 @@ pub struct ServeConfig {
     pub username_claims: Vec<String>,
     /// Bytes all caches and the session table may take together.
     pub cache_memory: u64,
-    /// The queue log lines go through, when logging is set up with one.
-    pub log: Option<crate::logqueue::QueueWriter>,
+    /// The queue log lines go through.
+    pub log: crate::logqueue::QueueWriter,
     /// Log lines are JSON (`--log-format json`): audit lines follow.
     pub log_json: bool,
 }
@@ -216,7 +214,6 @@ pub async fn build_state(cfg: &ServeConfig) -> anyhow::Result<Arc<AppState>> {
         dev_jwks,
         started: SystemTime::now(),
         admin_token,
-        log: cfg.log.clone(),
         audit: crate::audit::Audit::new(cfg.log.clone(), cfg.log_json),
     }))
 }
@@ -240,9 +237,7 @@ async fn readyz(State(st): State<Arc<AppState>>) -> Response {
 }
 
 async fn metrics_endpoint(State(st): State<Arc<AppState>>) -> String {
-    if let Some(log) = &st.log {
-        metrics::counter!("mqtt_policy_log_lines_dropped_total").absolute(log.dropped());
-    }
+    metrics::counter!("mqtt_policy_log_lines_dropped_total").absolute(st.audit.dropped());
     st.prometheus.render()
 }
 
@@ -251,13 +246,6 @@ async fn dev_jwks(State(st): State<Arc<AppState>>) -> Response {
         Some(j) => axum::Json(j.clone()).into_response(),
         None => StatusCode::NOT_FOUND.into_response(),
     }
-}
-
-/// The limits every listener's requests get: a body limit; a timeout for the operations
-/// listener (go-auth's handler bounds its own waits, see `goauth::read_body` and `verify`,
-/// so that the common request arms no timer).
-fn limited(router: Router<Arc<AppState>>) -> Router<Arc<AppState>> {
-    router.layer(RequestBodyLimitLayer::new(BODY_LIMIT))
 }
 
 /// What brokers call: go-auth's endpoints and `/healthz` (in dev mode also the dev key set).
@@ -273,8 +261,9 @@ pub fn broker_router(state: Arc<AppState>, dev: bool) -> Router {
     if dev {
         router = router.route("/dev/jwks.json", get(dev_jwks));
     }
-    // No per-request tracing span here: every decision writes its audit line.
-    limited(router).with_state(state)
+    // No per-request timer (go-auth's handler bounds its own waits: `goauth::read_body`,
+    // `goauth::verify`) and no tracing span (every decision writes its audit line).
+    router.layer(RequestBodyLimitLayer::new(BODY_LIMIT)).with_state(state)
 }
 
 /// What operators call: health, readiness, metrics, and the admin endpoints when on.
@@ -284,7 +273,8 @@ pub fn ops_router(state: Arc<AppState>) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_endpoint))
         .route("/dev/jwks.json", get(dev_jwks));
-    let router = limited(router)
+    let router = router
+        .layer(RequestBodyLimitLayer::new(BODY_LIMIT))
         .layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, REQUEST_TIMEOUT))
         // Spans name the method and path only: a query string may hold a token.
         .layer(TraceLayer::new_for_http().make_span_with(|req: &axum::http::Request<_>| {

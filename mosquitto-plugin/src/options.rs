@@ -193,13 +193,12 @@ impl Options {
                     }
                 },
             },
-            username_claims: identity::DEFAULT_USERNAME_CLAIMS.iter().map(|c| c.to_string()).collect(),
+            username_claims: match get("username_claims") {
+                Some(v) => identity::parse_username_claims(v),
+                None => identity::DEFAULT_USERNAME_CLAIMS.iter().map(|c| c.to_string()).collect(),
+            },
             authorized_parties: text("authorized_parties")?.map(|l| identity::parse_list(&l)).unwrap_or_default(),
         };
-        let mut options = options;
-        if let Some(v) = get("username_claims") {
-            options.username_claims = identity::parse_username_claims(v);
-        }
         if options.issuer.is_none()
             && options.jwks_url.is_none()
             && options.jwks_file.is_none()

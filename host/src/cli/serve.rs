@@ -164,7 +164,7 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         playground: !a.no_playground,
         username_claims: identity::parse_username_claims(&a.username_claims),
         cache_memory: cache_memory - log_budget(cache_memory),
-        log: Some(log.writer()),
+        log: log.writer(),
         log_json: a.log_format == LogFormat::Json,
     };
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
