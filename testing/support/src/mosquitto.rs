@@ -28,25 +28,52 @@ pub fn executable() -> PathBuf {
 }
 
 /// The plugin as built by `cargo build -p mosquitto-plugin` (`MQTT_POLICY_PLUGIN` names
-/// another), copied once into a world-readable directory.
+/// another), copied into a world-readable directory.
+///
+/// The copy is named after the build's size and modification time and shared by every test
+/// process that wants the same build (a temporary directory per process would outlive it: a
+/// static is never dropped, and each copy is a few hundred MB). It is written under a
+/// temporary name and renamed, so concurrent test processes never load a half-written file;
+/// copies of other builds not touched for an hour are removed.
 pub fn plugin() -> PathBuf {
-    static COPY: OnceLock<(tempfile::TempDir, PathBuf)> = OnceLock::new();
-    let (_, path) = COPY.get_or_init(|| {
+    static COPY: OnceLock<PathBuf> = OnceLock::new();
+    COPY.get_or_init(|| {
         let built = std::env::var_os("MQTT_POLICY_PLUGIN")
             .map(PathBuf::from)
             .unwrap_or_else(|| crate::target_dir().join("debug/libmqtt_policy_mosquitto.so"));
-        assert!(
-            built.exists(),
-            "{} is missing: build it with `cargo build -p mosquitto-plugin` (cargo xtask e2e does)",
-            built.display()
-        );
-        let dir = readable_dir();
-        let copy = dir.path().join("libmqtt_policy_mosquitto.so");
-        std::fs::copy(&built, &copy).unwrap();
-        std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o755)).unwrap();
-        (dir, copy)
-    });
-    path.clone()
+        let meta = std::fs::metadata(&built).unwrap_or_else(|e| {
+            panic!(
+                "{} is missing ({e}): build it with `cargo build -p mosquitto-plugin` (cargo xtask e2e does)",
+                built.display()
+            )
+        });
+        let dir = std::env::temp_dir().join("mqtt-policy-test-plugins");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let modified = meta.modified().unwrap().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        let name = format!("libmqtt_policy_mosquitto-{}-{}.so", meta.len(), modified.as_nanos());
+        let copy = dir.join(&name);
+        if !copy.exists() {
+            let partial = dir.join(format!(".{name}.{}", std::process::id()));
+            std::fs::copy(&built, &partial).unwrap();
+            std::fs::set_permissions(&partial, std::fs::Permissions::from_mode(0o755)).unwrap();
+            std::fs::rename(&partial, &copy).unwrap();
+        }
+        // Touched, so that other processes' clean-up sees it in use.
+        let now = std::time::SystemTime::now();
+        let _ = std::fs::File::options().append(true).open(&copy).and_then(|f| f.set_modified(now));
+        for entry in std::fs::read_dir(&dir).unwrap().flatten() {
+            let stale = entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .is_ok_and(|m| now.duration_since(m).unwrap_or_default() > Duration::from_secs(3600));
+            if entry.file_name() != *name && stale {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
+        copy
+    })
+    .clone()
 }
 
 fn readable_dir() -> tempfile::TempDir {
