@@ -24,17 +24,25 @@ use moka::sync::Cache;
 use policy_engine::{Action, Decision, Subject};
 use sha2::{Digest, Sha256};
 
-/// Everything an ACL decision depends on, as one SHA-256 digest: (generation, token hash,
-/// action, topic, clientid, username), each string length-prefixed so no two requests share
-/// an encoding. A lookup allocates nothing, and an entry's key is 32 bytes however long the
-/// topic; a digest collision is as infeasible as the token hash's.
+/// Everything an ACL decision depends on, as one SHA-256 digest: (generation, identity,
+/// action, topic, clientid, username), each part tagged or length-prefixed so no two requests
+/// share an encoding. A lookup allocates nothing, and an entry's key is 32 bytes however long
+/// the topic; a digest collision is as infeasible as the token hash's.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
 pub struct DecisionKey([u8; 32]);
+
+/// Whom a decision is for: the token a request carries (hashed into the key directly, one
+/// pass over it), or the hash of the token a session holds.
+#[derive(Clone, Copy)]
+pub enum Holder<'a> {
+    Token(&'a str),
+    Hash(TokenHash),
+}
 
 impl DecisionKey {
     pub fn new(
         generation: u64,
-        token: TokenHash,
+        holder: Holder<'_>,
         action: Action,
         topic: &str,
         clientid: &str,
@@ -42,7 +50,17 @@ impl DecisionKey {
     ) -> Self {
         let mut h = Sha256::new();
         h.update(generation.to_le_bytes());
-        h.update(token);
+        match holder {
+            Holder::Token(t) => {
+                h.update([0]);
+                h.update((t.len() as u64).to_le_bytes());
+                h.update(t.as_bytes());
+            }
+            Holder::Hash(hash) => {
+                h.update([1]);
+                h.update(hash);
+            }
+        }
         h.update([action as u8]);
         for s in [topic, clientid, username] {
             h.update((s.len() as u64).to_le_bytes());
@@ -52,31 +70,23 @@ impl DecisionKey {
     }
 }
 
-/// Counters for the decision cache, registered once (a lookup per request would cost more).
-struct CacheMetrics {
-    decision_hit: metrics::Counter,
-    decision_miss: metrics::Counter,
-}
-
 #[derive(Clone)]
 struct Session {
     token: TokenHash,
     verified: Arc<Verified>,
 }
 
-/// A cached decision, with the identity it was made for: a hit needs no other lookup, only a
-/// check that the token would still verify.
-#[derive(Clone)]
-struct Decided {
-    decision: Arc<Decision>,
-    subject: Arc<Subject>,
+/// A decision, with the identity it was made for: a cache hit needs no other lookup, only a
+/// check that the token would still verify. Shared whole (one reference count per hit).
+pub struct Decided {
+    pub decision: Decision,
+    pub subject: Arc<Subject>,
     verified: Arc<Verified>,
 }
 
 pub struct Auth {
     pub identities: Identities,
-    decisions: Cache<DecisionKey, (Decided, u64)>,
-    metrics: CacheMetrics,
+    decisions: Cache<DecisionKey, (Arc<Decided>, u64)>,
     /// username (proven to name the token's subject) → session, until the token's `exp`.
     sessions: Cache<String, (Session, u64)>,
 }
@@ -95,13 +105,9 @@ impl Auth {
             identities,
             decisions: Cache::builder()
                 .max_capacity(budget / 5 * 4)
-                .weigher(|_: &DecisionKey, v: &(Decided, u64)| weight(entry_bytes(&v.0.decision)))
+                .weigher(|_: &DecisionKey, v: &(Arc<Decided>, u64)| weight(entry_bytes(&v.0.decision)))
                 .expire_after(UntilExp)
                 .build(),
-            metrics: CacheMetrics {
-                decision_hit: metrics::counter!("mqtt_policy_decision_cache_total", "result" => "hit"),
-                decision_miss: metrics::counter!("mqtt_policy_decision_cache_total", "result" => "miss"),
-            },
             sessions: Cache::builder()
                 .max_capacity(budget / 5)
                 .weigher(|u: &String, _: &(Session, u64)| weight(128 + u.len()))
@@ -117,14 +123,14 @@ impl Auth {
 
     /// The cached decision for `key` and the subject it was made for, while its token would
     /// still verify (not expired, its key still trusted).
-    pub fn cached_decision(&self, key: DecisionKey) -> Option<(Arc<Decision>, Arc<Subject>)> {
+    pub fn cached_decision(&self, key: DecisionKey) -> Option<Arc<Decided>> {
         match self.decisions.get(&key) {
             Some((d, _)) if self.identities.still_valid(&d.verified) => {
-                self.metrics.decision_hit.increment(1);
-                Some((d.decision, d.subject))
+                crate::reqmetrics::cache_lookup(true);
+                Some(d)
             }
             _ => {
-                self.metrics.decision_miss.increment(1);
+                crate::reqmetrics::cache_lookup(false);
                 None
             }
         }
@@ -138,22 +144,17 @@ impl Auth {
         verified: &Arc<Verified>,
         subject: &Arc<Subject>,
         decide: impl FnOnce() -> Result<Decision, String>,
-    ) -> Arc<Decision> {
-        match decide() {
-            Ok(d) => {
-                let decision = Arc::new(d);
-                if verified.exp > now() {
-                    let entry = Decided {
-                        decision: Arc::clone(&decision),
-                        subject: Arc::clone(subject),
-                        verified: Arc::clone(verified),
-                    };
-                    self.decisions.insert(key, (entry, verified.exp));
-                }
-                decision
-            }
-            Err(why) => Arc::new(Decision { allow: false, rule: None, reason: why }),
+    ) -> Arc<Decided> {
+        let (decision, cache) = match decide() {
+            Ok(d) => (d, verified.exp > now()),
+            Err(why) => (Decision { allow: false, rule: None, reason: why }, false),
+        };
+        let decided =
+            Arc::new(Decided { decision, subject: Arc::clone(subject), verified: Arc::clone(verified) });
+        if cache {
+            self.decisions.insert(key, (Arc::clone(&decided), verified.exp));
         }
+        decided
     }
 
     /// Binds a username, already proven to name the token's subject, to the verified token,

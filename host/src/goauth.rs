@@ -10,6 +10,7 @@
 //!   denies; both satisfy go-auth's status and json response modes. `--response-mode text`
 //!   answers `ok` or the reason. A malformed request gets 400 with the reason: never 5xx.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -17,13 +18,12 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use serde_json::Value;
 
-use identity::{TokenHash, Verified, looks_like_jwt, names_subject, subject_names, token_hash};
+use identity::{TokenHash, Verified, looks_like_jwt, names_subject, subject_names};
 use policy_engine::{Action, Decision, Generation, Request, Subject};
 
 use crate::audit::Entry;
-use crate::auth::DecisionKey;
+use crate::auth::{DecisionKey, Holder};
 use crate::serve::AppState;
 use crate::serve::{BODY_LIMIT, REQUEST_TIMEOUT};
 
@@ -68,20 +68,21 @@ impl Outcome {
     }
 }
 
-/// The parameters go-auth may send, from wherever they came.
+/// The parameters go-auth may send, from wherever they came. Values borrow from the request
+/// where they need no decoding (go-auth's JSON bodies): a request allocates no copy of them.
 #[derive(Debug, Default, PartialEq, Eq)]
-pub struct Params {
-    pub username: Option<String>,
-    pub password: Option<String>,
-    pub clientid: Option<String>,
-    pub topic: Option<String>,
-    pub acc: Option<String>,
+pub struct Params<'a> {
+    pub username: Option<Cow<'a, str>>,
+    pub password: Option<Cow<'a, str>>,
+    pub clientid: Option<Cow<'a, str>>,
+    pub topic: Option<Cow<'a, str>>,
+    pub acc: Option<Cow<'a, str>>,
     /// The username is a JWT (go-auth's jwt backend): decided once per request.
     pub username_is_token: bool,
 }
 
-impl Params {
-    fn slot(&mut self, key: &str) -> Option<&mut Option<String>> {
+impl<'a> Params<'a> {
+    fn slot(&mut self, key: &str) -> Option<&mut Option<Cow<'a, str>>> {
         match key {
             "username" => Some(&mut self.username),
             "password" => Some(&mut self.password),
@@ -93,7 +94,7 @@ impl Params {
     }
 
     /// Sets a field; the same field twice with different values is malformed.
-    fn set(&mut self, key: &str, value: String) -> Result<(), String> {
+    fn set(&mut self, key: &str, value: Cow<'a, str>) -> Result<(), String> {
         let Some(slot) = self.slot(key) else { return Ok(()) };
         match slot {
             Some(old) if *old != value => Err(format!("'{key}' is given twice with different values")),
@@ -105,56 +106,180 @@ impl Params {
     }
 }
 
-fn form_pairs(bytes: &[u8], what: &str) -> Result<Vec<(String, String)>, String> {
-    serde_urlencoded::from_bytes::<Vec<(String, String)>>(bytes).map_err(|e| format!("malformed {what}: {e}"))
+/// A JSON string or number, as text (borrowed from the body when it holds no escapes).
+struct Text<'a>(Option<Cow<'a, str>>);
+
+impl<'de> serde::Deserialize<'de> for Text<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Text<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a string or a number")
+            }
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Text<'de>, E> {
+                Ok(Text(Some(Cow::Borrowed(v))))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Text<'de>, E> {
+                Ok(Text(Some(Cow::Owned(v.to_string()))))
+            }
+            fn visit_u64<E>(self, v: u64) -> Result<Text<'de>, E> {
+                Ok(Text(Some(Cow::Owned(v.to_string()))))
+            }
+            fn visit_i64<E>(self, v: i64) -> Result<Text<'de>, E> {
+                Ok(Text(Some(Cow::Owned(v.to_string()))))
+            }
+            fn visit_f64<E>(self, v: f64) -> Result<Text<'de>, E> {
+                Ok(Text(Some(Cow::Owned(v.to_string()))))
+            }
+            fn visit_unit<E>(self) -> Result<Text<'de>, E> {
+                Ok(Text(None))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// A JSON body: an object of go-auth's fields (others are ignored), or `null`.
+struct JsonBody<'a>(Params<'a>);
+
+impl<'de> serde::Deserialize<'de> for JsonBody<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::{Error, IgnoredAny, MapAccess, Visitor};
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = JsonBody<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("an object (or null)")
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, _: A) -> Result<JsonBody<'de>, A::Error> {
+                Err(A::Error::custom("the JSON body must be an object, found a list"))
+            }
+            fn visit_str<E: Error>(self, _: &str) -> Result<JsonBody<'de>, E> {
+                Err(E::custom("the JSON body must be an object, found a string"))
+            }
+            fn visit_bool<E: Error>(self, _: bool) -> Result<JsonBody<'de>, E> {
+                Err(E::custom("the JSON body must be an object, found a boolean"))
+            }
+            fn visit_f64<E: Error>(self, _: f64) -> Result<JsonBody<'de>, E> {
+                Err(E::custom("the JSON body must be an object, found a number"))
+            }
+            fn visit_i64<E: Error>(self, _: i64) -> Result<JsonBody<'de>, E> {
+                Err(E::custom("the JSON body must be an object, found a number"))
+            }
+            fn visit_u64<E: Error>(self, _: u64) -> Result<JsonBody<'de>, E> {
+                Err(E::custom("the JSON body must be an object, found a number"))
+            }
+            // go-auth's jwt backend sends `null` for user and superuser calls.
+            fn visit_unit<E>(self) -> Result<JsonBody<'de>, E> {
+                Ok(JsonBody(Params::default()))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<JsonBody<'de>, A::Error> {
+                let mut p = Params::default();
+                while let Some(Text(key)) = map.next_key::<Text<'de>>()? {
+                    let key = key.unwrap_or_default();
+                    if p.slot(&key).is_none() {
+                        map.next_value::<IgnoredAny>()?;
+                        continue;
+                    }
+                    let Text(value) = map.next_value::<Text<'de>>().map_err(|e| {
+                        A::Error::custom(format!("'{key}' must be a string or a number ({e})"))
+                    })?;
+                    if let Some(value) = value {
+                        p.set(&key, value).map_err(A::Error::custom)?;
+                    }
+                }
+                Ok(JsonBody(p))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// `application/x-www-form-urlencoded` pairs (a form body or a query string), decoded strictly:
+/// `+` is a space, `%XX` a byte, and the result must be UTF-8. Pieces without either borrow.
+fn form_pairs<'a>(
+    text: &'a [u8],
+    what: &'a str,
+) -> impl Iterator<Item = Result<(Cow<'a, str>, Cow<'a, str>), String>> {
+    fn decode<'a>(piece: &'a [u8], what: &str) -> Result<Cow<'a, str>, String> {
+        let bad_utf8 = || format!("malformed {what}: a name or value is not UTF-8");
+        if !piece.iter().any(|b| matches!(b, b'+' | b'%')) {
+            return std::str::from_utf8(piece).map(Cow::Borrowed).map_err(|_| bad_utf8());
+        }
+        let mut out = Vec::with_capacity(piece.len());
+        let mut i = 0;
+        while i < piece.len() {
+            match piece[i] {
+                b'+' => out.push(b' '),
+                b'%' => {
+                    let hex = piece.get(i + 1..i + 3).and_then(|h| std::str::from_utf8(h).ok());
+                    match hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
+                        Some(b) => out.push(b),
+                        None => {
+                            return Err(format!("malformed {what}: '%' must be followed by two hex digits"));
+                        }
+                    }
+                    i += 2;
+                }
+                b => out.push(b),
+            }
+            i += 1;
+        }
+        String::from_utf8(out).map(Cow::Owned).map_err(|_| bad_utf8())
+    }
+    text.split(|&b| b == b'&').filter(|piece| !piece.is_empty()).map(|piece| {
+        let (k, v) = match piece.iter().position(|&b| b == b'=') {
+            Some(eq) => (&piece[..eq], &piece[eq + 1..]),
+            None => (piece, &[][..]),
+        };
+        Ok((decode(k, what)?, decode(v, what)?))
+    })
 }
 
 /// Reads the parameters from the query string and the body (by its content type).
-pub fn parse_params(headers: &HeaderMap, query: Option<&str>, body: &[u8]) -> Result<Params, String> {
-    let mut p = Params::default();
+pub fn parse_params<'a>(
+    headers: &HeaderMap,
+    query: Option<&'a str>,
+    body: &'a [u8],
+) -> Result<Params<'a>, String> {
     let content_type = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .map(|v| v.split(';').next().unwrap_or("").trim().to_ascii_lowercase());
+        .map(|v| v.split(';').next().unwrap_or("").trim());
     let trimmed = body.trim_ascii();
-    let is_json = match content_type.as_deref() {
+    let is_json = match content_type {
         _ if trimmed.is_empty() => None,
-        Some("application/json") => Some(true),
-        Some("application/x-www-form-urlencoded") => Some(false),
+        Some(t) if t.eq_ignore_ascii_case("application/json") => Some(true),
+        Some(t) if t.eq_ignore_ascii_case("application/x-www-form-urlencoded") => Some(false),
         None | Some("") => Some(trimmed.first() == Some(&b'{') || trimmed == b"null"),
         Some(other) => {
             return Err(format!(
-                "unsupported content type '{other}': send application/json or application/x-www-form-urlencoded"
+                "unsupported content type '{}': send application/json or application/x-www-form-urlencoded",
+                crate::short(other)
             ));
         }
     };
-    match is_json {
-        None => {}
-        Some(true) => match serde_json::from_slice::<Value>(trimmed) {
-            // go-auth's jwt backend sends `null` for user and superuser calls.
-            Ok(Value::Null) => {}
-            Ok(Value::Object(map)) => {
-                for (k, v) in map {
-                    let s = match v {
-                        Value::String(s) => s,
-                        Value::Number(n) => n.to_string(),
-                        Value::Null => continue,
-                        other => return Err(format!("'{k}' must be a string or a number, found {other}")),
-                    };
-                    p.set(&k, s)?;
-                }
-            }
-            Ok(other) => return Err(format!("the JSON body must be an object, found {}", kind(&other))),
-            Err(e) => return Err(format!("malformed JSON body: {e}")),
-        },
+    let mut p = match is_json {
+        None => Params::default(),
+        Some(true) => {
+            let mut de = serde_json::Deserializer::from_slice(trimmed);
+            let parsed =
+                serde::Deserialize::deserialize(&mut de).and_then(|JsonBody(p)| de.end().map(|()| p));
+            parsed.map_err(|e| format!("malformed JSON body: {e}"))?
+        }
         Some(false) => {
-            for (k, v) in form_pairs(trimmed, "form body")? {
+            let mut p = Params::default();
+            for pair in form_pairs(trimmed, "form body") {
+                let (k, v) = pair?;
                 p.set(&k, v)?;
             }
+            p
         }
-    }
+    };
     if let Some(q) = query {
-        for (k, v) in form_pairs(q.as_bytes(), "query string")? {
+        for pair in form_pairs(q.as_bytes(), "query string") {
+            let (k, v) = pair?;
             p.set(&k, v)?;
         }
     }
@@ -162,21 +287,11 @@ pub fn parse_params(headers: &HeaderMap, query: Option<&str>, body: &[u8]) -> Re
     Ok(p)
 }
 
-fn kind(v: &Value) -> &'static str {
-    match v {
-        Value::Array(_) => "a list",
-        Value::String(_) => "a string",
-        Value::Number(_) => "a number",
-        Value::Bool(_) => "a boolean",
-        _ => "something else",
-    }
-}
-
 /// MOSQ_ACL_READ, MOSQ_ACL_WRITE, MOSQ_ACL_SUBSCRIBE.
 const ACC_BITS: [(u32, Action); 3] = [(4, Action::Subscribe), (2, Action::Publish), (1, Action::Read)];
 
 /// The actions an `acc` bit mask asks for, all of which must be allowed.
-pub fn parse_acc(acc: &str) -> Result<Vec<Action>, String> {
+pub fn parse_acc(acc: &str) -> Result<impl Iterator<Item = Action>, String> {
     let bad = || {
         format!(
             "'acc' must be a bit mask of 1 (read), 2 (publish) and 4 (subscribe), got {}",
@@ -187,7 +302,7 @@ pub fn parse_acc(acc: &str) -> Result<Vec<Action>, String> {
     if n == 0 || n & !7 != 0 {
         return Err(bad());
     }
-    Ok(ACC_BITS.iter().filter(|(bit, _)| n & bit != 0).map(|(_, a)| *a).collect())
+    Ok(ACC_BITS.iter().filter(move |(bit, _)| n & bit != 0).map(|(_, a)| *a))
 }
 
 /// Where the token came from.
@@ -219,7 +334,7 @@ fn find_token<'a>(headers: &'a HeaderMap, p: &'a Params) -> Result<Option<(&'a s
 }
 
 /// The username as logged and used for sessions: a JWT username (jwt backend) is never shown.
-fn username_label(p: &Params) -> &str {
+fn username_label<'a>(p: &'a Params<'_>) -> &'a str {
     match p.username.as_deref() {
         Some(_) if p.username_is_token => "<token>",
         Some(u) => u,
@@ -231,7 +346,7 @@ struct Ctx<'a> {
     state: &'a AppState,
     generation: Arc<Generation>,
     headers: &'a HeaderMap,
-    params: Params,
+    params: Params<'a>,
 }
 
 impl Ctx<'_> {
@@ -374,11 +489,11 @@ async fn acl(ctx: &Ctx<'_>) -> Outcome {
         Err(e) => return Outcome::Bad(e),
         Ok(t) => t.map(|(t, _)| t),
     };
-    // The identity: the token's hash, or the session of the (proven) username.
-    let (hash, mut found) = match token {
-        Some(t) => (token_hash(t), None),
+    // The identity: the token, or the session of the (proven) username.
+    let (holder, mut found) = match token {
+        Some(t) => (Holder::Token(t), None),
         None => match auth.session(p.username.as_deref().unwrap_or("")) {
-            Some((hash, v)) => (hash, Some(v)),
+            Some((hash, v)) => (Holder::Hash(hash), Some((hash, v))),
             None => {
                 let o = no_session(p);
                 audit(ctx, "acl", None, "acl", &o, None);
@@ -392,18 +507,18 @@ async fn acl(ctx: &Ctx<'_>) -> Outcome {
     let clientid = p.clientid.as_deref().unwrap_or("");
     let mut outcome = Outcome::Deny("no action".into());
     for action in actions {
-        let key = DecisionKey::new(ctx.generation.id, hash, action, topic, clientid, given);
-        let (decision, subject) = match auth.cached_decision(key) {
+        let key = DecisionKey::new(ctx.generation.id, holder, action, topic, clientid, given);
+        let made = match auth.cached_decision(key) {
             Some(hit) => hit,
             None => {
                 // Not decided yet: verify (or find verified) and map the token as usual.
                 let verified = match (found.take(), token) {
-                    (Some(v), _) => Ok(v),
-                    (None, Some(t)) => verify(ctx.state, t).await.map(|(_, v)| v),
+                    (Some(hv), _) => Ok(hv),
+                    (None, Some(t)) => verify(ctx.state, t).await,
                     (None, None) => Err(no_session(p)),
                 };
-                let (verified, subject) =
-                    match verified.and_then(|v| Ok((Arc::clone(&v), ctx.subject(hash, &v)?))) {
+                let (hash, verified, subject) =
+                    match verified.and_then(|(hash, v)| Ok((hash, Arc::clone(&v), ctx.subject(hash, &v)?))) {
                         Ok(t) => t,
                         Err(o) => {
                             audit(ctx, "acl", None, "acl", &o, None);
@@ -426,11 +541,11 @@ async fn acl(ctx: &Ctx<'_>) -> Outcome {
                         username: username.to_string(),
                     })
                 });
-                found = Some(verified);
-                (d, subject)
+                found = Some((hash, verified));
+                d
             }
         };
-        outcome = decided("acl", ctx, &subject, action_str(action), &decision);
+        outcome = decided("acl", ctx, &made.subject, action_str(action), &made.decision);
         if matches!(outcome, Outcome::Deny(_)) {
             break;
         }
@@ -457,47 +572,18 @@ impl Endpoint {
     pub const ALL: [Endpoint; 3] = [Endpoint::User, Endpoint::Superuser, Endpoint::Acl];
 
     fn label(self) -> &'static str {
-        match self {
-            Endpoint::User => "user",
-            Endpoint::Superuser => "superuser",
-            Endpoint::Acl => "acl",
-        }
+        crate::reqmetrics::ENDPOINTS[self as usize]
     }
 }
 
-/// Request counters and latency histograms, registered once per (endpoint, outcome).
-pub struct RequestMetrics {
-    /// `[endpoint][allow, deny, bad_request]`.
-    requests: Vec<[metrics::Counter; 3]>,
-    duration: Vec<metrics::Histogram>,
-}
-
-impl RequestMetrics {
-    pub fn register() -> RequestMetrics {
-        let requests = Endpoint::ALL
-            .iter()
-            .map(|e| {
-                ["allow", "deny", "bad_request"].map(|o| {
-                    metrics::counter!("mqtt_policy_requests_total", "endpoint" => e.label(), "outcome" => o)
-                })
-            })
-            .collect();
-        let duration = Endpoint::ALL
-            .iter()
-            .map(|e| metrics::histogram!("mqtt_policy_request_duration_seconds", "endpoint" => e.label()))
-            .collect();
-        RequestMetrics { requests, duration }
-    }
-
-    fn record(&self, e: Endpoint, o: &Outcome, took: std::time::Duration) {
-        let j = match o {
-            Outcome::Allow(_) => 0,
-            Outcome::Deny(_) => 1,
-            Outcome::Bad(_) => 2,
-        };
-        self.requests[e as usize][j].increment(1);
-        self.duration[e as usize].record(took.as_secs_f64());
-    }
+/// Counts a request and its latency (`reqmetrics`).
+fn record(e: Endpoint, o: &Outcome, took: std::time::Duration) {
+    let outcome = match o {
+        Outcome::Allow(_) => 0,
+        Outcome::Deny(_) => 1,
+        Outcome::Bad(_) => 2,
+    };
+    crate::reqmetrics::request(e as usize, outcome, took);
 }
 
 /// The request body, within [`BODY_LIMIT`] bytes and [`REQUEST_TIMEOUT`]. A body that has
@@ -543,7 +629,9 @@ pub async fn handle(
 ) -> Response {
     let started = Instant::now();
     let (parts, body) = request.into_parts();
-    let parsed = read_body(body).await.and_then(|b| parse_params(&parts.headers, parts.uri.query(), &b));
+    let body = read_body(body).await;
+    let parsed =
+        body.as_ref().map_err(Clone::clone).and_then(|b| parse_params(&parts.headers, parts.uri.query(), b));
     let outcome = match parsed {
         Err(e) => Outcome::Bad(e),
         Ok(params) => {
@@ -569,7 +657,7 @@ pub async fn handle(
             reason: r,
         });
     }
-    state.metrics.record(endpoint, &outcome, started.elapsed());
+    record(endpoint, &outcome, started.elapsed());
     outcome.into_response(state.response_mode)
 }
 
@@ -632,9 +720,38 @@ mod tests {
     }
 
     #[test]
+    fn values_borrow_from_the_request_unless_they_needed_decoding() {
+        let json = parse_params(
+            &headers(Some("application/json")),
+            None,
+            br#"{"topic":"a/b","clientid":"c\u0031","\u0075sername":"u","other":[{"x":1}]}"#,
+        )
+        .unwrap();
+        assert!(matches!(json.topic, Some(Cow::Borrowed("a/b"))));
+        assert_eq!(json.clientid.as_deref(), Some("c1"));
+        assert_eq!(json.username.as_deref(), Some("u"), "an escaped key is still the key");
+        let form = parse_params(&headers(None), Some("topic=a%2Fb+c&clientid=plain&flag"), b"").unwrap();
+        assert_eq!(form.topic.as_deref(), Some("a/b c"));
+        assert!(matches!(form.clientid, Some(Cow::Borrowed("plain"))));
+    }
+
+    #[test]
+    fn form_values_are_decoded_strictly() {
+        fn form(q: &str) -> Result<Params<'_>, String> {
+            parse_params(&headers(None), Some(q), b"")
+        }
+        assert!(form("topic=%FF").unwrap_err().contains("not UTF-8"));
+        assert!(form("topic=%4").unwrap_err().contains("two hex digits"));
+        assert!(form("topic=%zz").unwrap_err().contains("two hex digits"));
+        assert_eq!(form("topic=%E2%82%AC").unwrap().topic.as_deref(), Some("\u{20ac}"));
+        assert_eq!(form("topic=&&acc=1").unwrap().acc.as_deref(), Some("1"));
+    }
+
+    #[test]
     fn acc_is_a_bit_mask_of_known_bits() {
-        assert_eq!(parse_acc("4").unwrap(), [Action::Subscribe]);
-        assert_eq!(parse_acc("3").unwrap(), [Action::Publish, Action::Read]);
+        let actions = |acc| parse_acc(acc).unwrap().collect::<Vec<_>>();
+        assert_eq!(actions("4"), [Action::Subscribe]);
+        assert_eq!(actions("3"), [Action::Publish, Action::Read]);
         for bad in ["0", "8", "9", "-1", "x", ""] {
             assert!(parse_acc(bad).is_err(), "{bad}");
         }

@@ -15,6 +15,7 @@ pub mod goauth;
 pub mod logqueue;
 pub mod playground;
 pub mod policy_file;
+pub mod reqmetrics;
 pub mod serve;
 pub mod tls;
 

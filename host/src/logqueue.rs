@@ -8,6 +8,7 @@
 //! (`mqtt_policy_log_lines_dropped_total`, and one line saying how many once the writer
 //! catches up): a request never waits for the log. Dropping the [`LogQueue`] flushes it.
 
+use std::cell::RefCell;
 use std::io::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -107,8 +108,9 @@ fn drain(shared: &Shared, mut out: Box<dyn Write + Send>) {
         }
         let _ = out.flush();
         batch.clear();
-        // Keep the spare buffer from holding on to a burst's worth of memory.
-        batch.shrink_to(shared.budget.min(64 << 10));
+        // The spare buffer keeps its capacity (at most the budget): a busy service's queue
+        // would otherwise grow it again, copy by copy, every time.
+        batch.shrink_to(shared.budget);
         if closed {
             let rest = std::mem::take(&mut shared.lock().pending);
             let _ = out.write_all(&rest);
@@ -118,22 +120,105 @@ fn drain(shared: &Shared, mut out: Box<dyn Write + Send>) {
     }
 }
 
+/// How many bytes of lines a thread gathers before handing them to the queue at once.
+const LOCAL_BATCH: usize = 16 << 10;
+
+/// Lines a thread has gathered for one queue, not yet handed over.
+struct Local {
+    queue: Option<Arc<Shared>>,
+    buf: Vec<u8>,
+    lines: u64,
+    /// The second (as the lines were stamped) of the first line gathered.
+    since: u64,
+}
+
+impl Local {
+    fn hand_over(&mut self) {
+        if let Some(q) = &self.queue
+            && !self.buf.is_empty()
+        {
+            QueueWriter::append(q, &self.buf, self.lines);
+        }
+        self.buf.clear();
+        self.lines = 0;
+        // A long line must not leave every thread holding a large buffer.
+        if self.buf.capacity() > 4 * LOCAL_BATCH {
+            self.buf = Vec::new();
+        }
+    }
+}
+
+impl Drop for Local {
+    fn drop(&mut self) {
+        self.hand_over();
+    }
+}
+
+thread_local! {
+    static LOCAL: RefCell<Local> =
+        const { RefCell::new(Local { queue: None, buf: Vec::new(), lines: 0, since: 0 }) };
+}
+
+/// Hands the lines this thread has gathered ([`QueueWriter::push_gathered`]) to their queue.
+/// The server's runtime calls it whenever a worker thread runs out of work, so that a quiet
+/// service's lines never wait for the next request; a thread that ends hands its lines over too.
+pub fn hand_over_gathered() {
+    let _ = LOCAL.try_with(|l| {
+        if let Ok(mut l) = l.try_borrow_mut()
+            && !l.buf.is_empty()
+        {
+            l.hand_over();
+        }
+    });
+}
+
 impl QueueWriter {
     /// Queues one whole line, or counts it dropped when the queue is full.
     pub fn push(&self, line: &[u8]) {
-        let mut st = self.0.lock();
-        if st.pending.len() + line.len() > self.0.budget {
-            st.dropped += 1;
-            self.0.dropped_total.fetch_add(1, Ordering::Relaxed);
+        Self::append(&self.0, line, 1);
+    }
+
+    /// Queues `lines` whole lines at once, or counts them dropped when they do not fit.
+    fn append(shared: &Shared, bytes: &[u8], lines: u64) {
+        let mut st = shared.lock();
+        if st.pending.len() + bytes.len() > shared.budget {
+            st.dropped += lines;
+            shared.dropped_total.fetch_add(lines, Ordering::Relaxed);
         } else {
             let before = st.pending.len();
-            st.pending.extend_from_slice(line);
+            st.pending.extend_from_slice(bytes);
             // Wake the writer for a first line, and once when the queue passes its high water.
-            let wake = st.idle || (before < self.0.high_water && st.pending.len() >= self.0.high_water);
+            let wake = st.idle || (before < shared.high_water && st.pending.len() >= shared.high_water);
             drop(st);
             if wake {
-                self.0.wake.notify_one();
+                shared.wake.notify_one();
             }
+        }
+    }
+
+    /// Gathers one whole line in this thread, handing the thread's lines to the queue when
+    /// they reach [`LOCAL_BATCH`] bytes or span more than a second (`second`: the one the
+    /// line is stamped with), when the thread runs out of work ([`hand_over_gathered`]) or
+    /// ends: one lock per batch instead of one per line. Lines of one thread stay in order.
+    pub fn push_gathered(&self, line: &[u8], second: u64) {
+        let gathered = LOCAL.try_with(|l| {
+            let Ok(mut l) = l.try_borrow_mut() else { return false };
+            if !l.queue.as_ref().is_some_and(|q| Arc::ptr_eq(q, &self.0)) {
+                l.hand_over();
+                l.queue = Some(Arc::clone(&self.0));
+            }
+            if l.buf.is_empty() {
+                l.since = second;
+            }
+            l.buf.extend_from_slice(line);
+            l.lines += 1;
+            if l.buf.len() >= LOCAL_BATCH || second != l.since {
+                l.hand_over();
+            }
+            true
+        });
+        if gathered != Ok(true) {
+            self.push(line);
         }
     }
 }
@@ -220,6 +305,65 @@ mod tests {
         let numbers: Vec<u32> =
             text.lines().filter_map(|l| l.strip_prefix("line ")).map(|n| n.parse().unwrap()).collect();
         assert!(numbers.windows(2).all(|w| w[0] < w[1]), "{numbers:?}");
+    }
+
+    #[test]
+    fn gathered_lines_reach_the_queue_in_batches_on_hand_over_and_when_full() {
+        let gate = Gate { open: Arc::new((Mutex::new(true), Condvar::new())), written: Default::default() };
+        let queue = LogQueue::start(1 << 20, Box::new(gate.clone())).unwrap();
+        let w = queue.writer();
+        // Bytes queued or written; a batch the writer thread holds between the two is neither
+        // for a moment, so an expected count is waited for (5 s at most) rather than read once.
+        let count = || queue.shared.lock().pending.len() + gate.written.lock().unwrap().len();
+        let queued = |expected: usize| {
+            let deadline = std::time::Instant::now() + Duration::from_secs(5);
+            while count() != expected && std::time::Instant::now() < deadline {
+                std::thread::yield_now();
+            }
+            count()
+        };
+        // Gathered in this thread: nothing reaches the queue yet.
+        w.push_gathered(b"first\n", 7);
+        w.push_gathered(b"second\n", 7);
+        assert_eq!(queued(0), 0);
+        // Handed over when the thread runs out of work.
+        hand_over_gathered();
+        assert_eq!(queued(13), 13);
+        // Handed over when a line is stamped with a later second, the line included.
+        w.push_gathered(b"third\n", 7);
+        w.push_gathered(b"fourth\n", 8);
+        assert_eq!(queued(26), 26);
+        // Handed over at LOCAL_BATCH bytes.
+        let line = [b'x'; 99].iter().chain(b"\n").copied().collect::<Vec<u8>>();
+        for _ in 0..LOCAL_BATCH / line.len() {
+            w.push_gathered(&line, 8);
+        }
+        assert_eq!(queued(26), 26);
+        w.push_gathered(&line, 8);
+        let all = 26 + (LOCAL_BATCH / line.len() + 1) * line.len();
+        assert_eq!(queued(all), all);
+        // A thread that ends hands its lines over.
+        let w2 = w.clone();
+        std::thread::spawn(move || w2.push_gathered(b"from another thread\n", 8)).join().unwrap();
+        drop(queue);
+        let text = String::from_utf8(gate.written.lock().unwrap().clone()).unwrap();
+        assert!(text.starts_with("first\nsecond\nthird\nfourth\nxxx"), "{}", &text[..40]);
+        assert!(text.contains("from another thread\n"));
+    }
+
+    #[test]
+    fn gathered_lines_that_do_not_fit_are_counted_dropped() {
+        let gate = Gate { open: Arc::new((Mutex::new(false), Condvar::new())), written: Default::default() };
+        let queue = LogQueue::start(10, Box::new(gate.clone())).unwrap();
+        let w = queue.writer();
+        for _ in 0..3 {
+            w.push_gathered(b"12345\n", 1);
+        }
+        hand_over_gathered();
+        assert_eq!(w.dropped(), 3, "18 bytes do not fit a 10-byte queue");
+        let (open, cv) = &*gate.open;
+        *open.lock().unwrap() = true;
+        cv.notify_all();
     }
 
     #[test]

@@ -30,7 +30,7 @@ use policy_engine::{Generation, Live, Reloader, Runtime, Source};
 
 use crate::admin::token_digest;
 use crate::auth::Auth;
-use crate::goauth::{Endpoint, RequestMetrics, ResponseMode, handle};
+use crate::goauth::{Endpoint, ResponseMode, handle};
 
 /// The largest request body go-auth could need, with room to spare.
 pub const BODY_LIMIT: usize = 64 * 1024;
@@ -46,7 +46,6 @@ pub struct AppState {
     pub response_mode: ResponseMode,
     /// Claims whose value, besides the subject id, may be a client's MQTT username.
     pub username_claims: Vec<String>,
-    pub metrics: RequestMetrics,
     prometheus: PrometheusHandle,
     dev_jwks: Option<serde_json::Value>,
     started: SystemTime,
@@ -101,15 +100,7 @@ pub struct ServeConfig {
 }
 
 fn install_metrics() -> anyhow::Result<PrometheusHandle> {
-    let buckets = [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0];
-    PrometheusBuilder::new()
-        .set_buckets_for_metric(
-            metrics_exporter_prometheus::Matcher::Full("mqtt_policy_request_duration_seconds".into()),
-            &buckets,
-        )
-        .context("histogram buckets")?
-        .install_recorder()
-        .context("installing the metrics recorder")
+    PrometheusBuilder::new().install_recorder().context("installing the metrics recorder")
 }
 
 /// Builds the state: module, policy, keys. Errors here stop start-up with a clear message.
@@ -209,7 +200,6 @@ pub async fn build_state(cfg: &ServeConfig) -> anyhow::Result<Arc<AppState>> {
         auth: Auth::new(Identities::new(verifier, cfg.cache_memory / 4), cfg.cache_memory / 4 * 3),
         response_mode: cfg.response_mode,
         username_claims: cfg.username_claims.clone(),
-        metrics: RequestMetrics::register(),
         prometheus,
         dev_jwks,
         started: SystemTime::now(),
@@ -238,7 +228,9 @@ async fn readyz(State(st): State<Arc<AppState>>) -> Response {
 
 async fn metrics_endpoint(State(st): State<Arc<AppState>>) -> String {
     metrics::counter!("mqtt_policy_log_lines_dropped_total").absolute(st.audit.dropped());
-    st.prometheus.render()
+    let mut text = st.prometheus.render();
+    crate::reqmetrics::render(&mut text);
+    text
 }
 
 async fn dev_jwks(State(st): State<Arc<AppState>>) -> Response {

@@ -167,7 +167,11 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         log: log.writer(),
         log_json: a.log_format == LogFormat::Json,
     };
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    // A worker thread out of work hands the audit lines it gathered to the log queue.
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .on_thread_park(crate::logqueue::hand_over_gathered)
+        .build()?;
     rt.block_on(crate::serve::run(cfg))?;
     Ok(ExitCode::SUCCESS)
 }
