@@ -9,4 +9,8 @@ pub trait Broker: Send + Sync + 'static {
     fn log(&self, level: Level, line: &str);
     /// Publishes a retained QoS 0 message from the broker itself.
     fn publish_retained(&self, topic: &str, payload: &[u8]);
+    /// Disconnects the client with this id (an MQTT 5 client is sent DISCONNECT 0x98,
+    /// "administrative action"), with or without its will. The broker reports the disconnect
+    /// (the plugin's disconnect event) before this returns. `false`: no such client.
+    fn kick(&self, client_id: &str, with_will: bool) -> bool;
 }

@@ -13,14 +13,15 @@
 //! the identity (its decision cache is freed) and is dropped when its token has expired,
 //! or earliest-expiring first when too many are kept.
 
-use std::collections::HashMap;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
 use std::sync::Arc;
 
 use identity::{TokenHash, Verified};
 use policy_engine::{Action, Decision, Request, Subject};
 
 /// A connection as the broker identifies it: the address of its `struct mosquitto`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ClientKey(pub usize);
 
 /// Topics longer than this are decided every time rather than remembered: a flood of long
@@ -106,6 +107,9 @@ pub struct Connection {
     pub username: Box<str>,
     pub token: TokenHash,
     pub verified: Arc<Verified>,
+    /// When the token stops being good (its `exp` plus the leeway), in seconds since the
+    /// epoch: every check from then on is denied, and the connection is ended.
+    pub deadline: u64,
     pub mapped: Option<Mapped>,
     pub cache: DecisionCache,
     /// Between its CONNECT and its disconnect event.
@@ -113,6 +117,9 @@ pub struct Connection {
     /// The username the broker was given for this client in place of a token used as the
     /// username (Mosquitto logs usernames): the subject id.
     pub shown_username: Option<Box<str>>,
+    /// Admitted through MQTT 5 enhanced authentication (method `jwt`): the broker holds no
+    /// token for it (its reload re-check asks with the username alone).
+    pub enhanced: bool,
 }
 
 impl Connection {
@@ -143,6 +150,9 @@ pub struct Connections {
     by_client: HashMap<ClientKey, Connection>,
     /// Entries with `connected` set.
     connected: usize,
+    /// Connected entries by deadline, earliest first. An item whose entry has gone, left, or
+    /// moved its deadline (re-authentication) is skipped when it comes up.
+    deadlines: BinaryHeap<Reverse<(u64, ClientKey)>>,
 }
 
 impl Connections {
@@ -157,6 +167,7 @@ impl Connections {
     pub fn insert(&mut self, key: ClientKey, c: Connection) -> Option<Connection> {
         if c.connected {
             self.connected += 1;
+            self.watch(key, c.deadline);
         }
         let old = self.by_client.insert(key, c);
         self.forget(old.as_ref());
@@ -183,6 +194,41 @@ impl Connections {
             }
             c.cache = DecisionCache::new(cache_capacity);
         }
+    }
+
+    /// Watches a connected entry's (new) deadline.
+    pub fn watch(&mut self, key: ClientKey, deadline: u64) {
+        self.deadlines.push(Reverse((deadline, key)));
+        // Skipped items pile up with churn: start over from the entries when they dominate.
+        if self.deadlines.len() > 2 * self.by_client.len() + 1024 {
+            self.deadlines = self
+                .by_client
+                .iter()
+                .filter(|(_, c)| c.connected)
+                .map(|(k, c)| Reverse((c.deadline, *k)))
+                .collect();
+        }
+    }
+
+    /// The connected entries whose deadline is at or before `now` (each once), with their
+    /// client ids: the connections to end.
+    pub fn due(&mut self, now: u64) -> Vec<(ClientKey, Box<str>)> {
+        let mut due = Vec::new();
+        while let Some(Reverse((deadline, key))) = self.deadlines.peek().copied() {
+            if deadline > now {
+                break;
+            }
+            self.deadlines.pop();
+            // (A key watched twice at one deadline comes up twice in a row: once is enough.)
+            if let Some(c) = self.by_client.get(&key)
+                && c.connected
+                && c.deadline == deadline
+                && due.last().is_none_or(|(k, _)| *k != key)
+            {
+                due.push((key, c.client_id.clone()));
+            }
+        }
+        due
     }
 
     /// Drops entries whose token expired over [`EXPIRED_GRACE_SECS`] ago, then the

@@ -33,8 +33,9 @@ const TICK_EVERY_MS: std::ffi::c_long = 100;
 /// Plugin instances alive (one per listener with `per_listener_settings true`).
 static INSTANCES: AtomicUsize = AtomicUsize::new(0);
 
-const EVENTS: [(c_int, Callback); 5] = [
+const EVENTS: [(c_int, Callback); 6] = [
     (sys::MOSQ_EVT_BASIC_AUTH, on_basic_auth),
+    (sys::MOSQ_EVT_EXT_AUTH_START, on_ext_auth_start),
     (sys::MOSQ_EVT_ACL_CHECK, on_acl_check),
     (sys::MOSQ_EVT_DISCONNECT, on_disconnect),
     (sys::MOSQ_EVT_TICK, on_tick),
@@ -215,20 +216,54 @@ unsafe extern "C" fn on_basic_auth(_event: c_int, data: *mut c_void, userdata: *
             )
         };
         let client = Client { key: ClientKey(ev.client as usize), id: &id, address: &address };
-        match inst.plugin.authenticate(&client, username, password) {
-            Admission::Refused => sys::MOSQ_ERR_AUTH,
-            Admission::Admitted { rename: None } => sys::MOSQ_ERR_SUCCESS,
-            Admission::Admitted { rename: Some(name) } => {
-                let rc = std::ffi::CString::new(name)
-                    // SAFETY: the event's client, a NUL-terminated name the broker copies.
-                    .map(|n| unsafe { (inst.functions.set_username)(ev.client, n.as_ptr()) })
-                    .unwrap_or(sys::MOSQ_ERR_INVAL);
-                if rc != sys::MOSQ_ERR_SUCCESS {
-                    tracing::warn!("could not replace client {id:?}'s token username (error {rc})");
-                }
-                sys::MOSQ_ERR_SUCCESS
+        answer(inst, ev.client, &id, inst.plugin.authenticate(&client, username, password))
+    })
+}
+
+/// An admission as the broker's return code; a rename is applied to the client first.
+fn answer(inst: &Instance, client: *mut sys::Mosquitto, id: &str, admission: Admission) -> c_int {
+    match admission {
+        Admission::Refused => sys::MOSQ_ERR_AUTH,
+        Admission::NotOurs => sys::MOSQ_ERR_PLUGIN_DEFER,
+        Admission::Admitted { rename: None } => sys::MOSQ_ERR_SUCCESS,
+        Admission::Admitted { rename: Some(name) } => {
+            let rc = std::ffi::CString::new(name)
+                // SAFETY: the event's client, a NUL-terminated name the broker copies.
+                .map(|n| unsafe { (inst.functions.set_username)(client, n.as_ptr()) })
+                .unwrap_or(sys::MOSQ_ERR_INVAL);
+            if rc != sys::MOSQ_ERR_SUCCESS {
+                tracing::warn!("could not set client {id:?}'s username to its subject id (error {rc})");
             }
+            sys::MOSQ_ERR_SUCCESS
         }
+    }
+}
+
+/// MQTT 5 enhanced authentication: at CONNECT, and again for each re-authentication (AUTH
+/// with reason 0x19). No data goes back to the client (`data_out` stays NULL).
+unsafe extern "C" fn on_ext_auth_start(_event: c_int, data: *mut c_void, userdata: *mut c_void) -> c_int {
+    guard("enhanced authentication", sys::MOSQ_ERR_AUTH, || {
+        // SAFETY: registered with an Instance; the broker passes its extended-auth event.
+        let (Some(inst), Some(ev)) =
+            (unsafe { instance(userdata) }, unsafe { data.cast::<sys::EvtExtendedAuth>().as_ref() })
+        else {
+            return sys::MOSQ_ERR_AUTH;
+        };
+        // SAFETY: the client, its strings, the method and `data_in` (`data_in_len` bytes) live
+        // for the duration of the event.
+        let (id, address, username, method, token) = unsafe {
+            (
+                sys::text((inst.functions.client_id)(ev.client)),
+                sys::text((inst.functions.client_address)(ev.client)),
+                sys::bytes((inst.functions.client_username)(ev.client)),
+                sys::bytes(ev.auth_method).unwrap_or_default(),
+                (!ev.data_in.is_null()).then(|| {
+                    std::slice::from_raw_parts(ev.data_in.cast::<u8>(), usize::from(ev.data_in_len))
+                }),
+            )
+        };
+        let client = Client { key: ClientKey(ev.client as usize), id: &id, address: &address };
+        answer(inst, ev.client, &id, inst.plugin.authenticate_ext(&client, method, token, username))
     })
 }
 

@@ -27,6 +27,8 @@ pub const KNOWN: &[&str] = &[
     "log_level",
     "username_claims",
     "authorized_parties",
+    "disconnect_on_expiry",
+    "will_on_expiry",
 ];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -72,6 +74,11 @@ pub struct Options {
     pub username_claims: Vec<String>,
     /// When not empty, tokens must have been issued to one of these clients (`azp`).
     pub authorized_parties: Vec<String>,
+    /// Disconnect a client when its token expires (`exp` + leeway); otherwise it stays
+    /// connected and every check is denied until it re-authenticates or leaves.
+    pub disconnect_on_expiry: bool,
+    /// Send the will of a client disconnected at expiry.
+    pub will_on_expiry: bool,
 }
 
 fn parse_bool(name: &str, v: &str) -> Result<bool, String> {
@@ -198,6 +205,11 @@ impl Options {
                 None => identity::DEFAULT_USERNAME_CLAIMS.iter().map(|c| c.to_string()).collect(),
             },
             authorized_parties: text("authorized_parties")?.map(|l| identity::parse_list(&l)).unwrap_or_default(),
+            disconnect_on_expiry: get("disconnect_on_expiry")
+                .map(|v| parse_bool("disconnect_on_expiry", v))
+                .transpose()?
+                .unwrap_or(true),
+            will_on_expiry: get("will_on_expiry").map(|v| parse_bool("will_on_expiry", v)).transpose()?.unwrap_or(false),
         };
         if options.issuer.is_none()
             && options.jwks_url.is_none()
@@ -242,6 +254,8 @@ mod tests {
         assert_eq!(o.cache_dir, None);
         assert_eq!(o.metrics_listen, None);
         assert_eq!(o.log_level, LogLevel::Info);
+        assert!(o.disconnect_on_expiry, "an expired token's connection is ended");
+        assert!(!o.will_on_expiry, "without its will");
     }
 
     #[test]
@@ -258,6 +272,10 @@ mod tests {
             with(("decision_cache_size", "lots")).unwrap_err().starts_with("plugin_opt_decision_cache_size:")
         );
         assert!(with(("log_level", "loud")).unwrap_err().starts_with("plugin_opt_log_level:"));
+        assert!(
+            with(("disconnect_on_expiry", "2")).unwrap_err().starts_with("plugin_opt_disconnect_on_expiry:")
+        );
+        assert!(with(("will_on_expiry", "")).unwrap_err().starts_with("plugin_opt_will_on_expiry:"));
         assert!(with(("module", " ")).unwrap_err().contains("plugin_opt_module: the value is empty"));
         assert!(opts(&[("jwks_file", "/k")]).unwrap_err().contains("plugin_opt_policy is required"));
         assert!(opts(&[("policy", "/p")]).unwrap_err().contains("no way to verify tokens"));

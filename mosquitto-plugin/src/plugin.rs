@@ -45,6 +45,8 @@ pub enum Admission {
     /// Let in; with `rename`, the broker should know the client by that username instead of
     /// the token it sent as its username (so the broker's own log never shows a token).
     Admitted { rename: Option<String> },
+    /// An enhanced-authentication method other than `jwt`: for another plugin to decide.
+    NotOurs,
 }
 
 /// What the broker tells the plugin about a connecting client.
@@ -201,7 +203,134 @@ impl Plugin {
         if let Some(admitted) = self.readmit(&mut connections, client, username, password) {
             return admitted;
         }
-        let outcome = match self.try_authenticate(client, username, password) {
+        let tried = self.try_authenticate(client, username, password);
+        self.admit(&mut connections, client, tried)
+    }
+
+    /// MQTT 5 enhanced authentication with the method `jwt` (compared case-insensitively),
+    /// the token as the authentication data. At CONNECT it admits like a password would, and
+    /// a client that sent no username is known to the broker by its subject id. On a
+    /// connected client (an AUTH packet with reason 0x19, re-authenticate) it is a fresh
+    /// token: see [`Plugin::reauthenticate`].
+    pub fn authenticate_ext(
+        &self,
+        client: &Client,
+        method: &[u8],
+        data: Option<&[u8]>,
+        username: Option<&[u8]>,
+    ) -> Admission {
+        logging::flush();
+        if !method.eq_ignore_ascii_case(b"jwt") {
+            return Admission::NotOurs;
+        }
+        let mut connections = match self.connections.try_borrow_mut() {
+            Ok(c) => c,
+            Err(_) => {
+                tracing::error!("refused client {:?}: the connection table is busy (re-entered)", client.id);
+                return Admission::Refused;
+            }
+        };
+        let token = data.filter(|d| !d.is_empty());
+        if connections.get_mut(client.key).is_some_and(|c| c.connected) {
+            return self.reauthenticate(&mut connections, client, token, username);
+        }
+        let tried = match token {
+            None => Err("no token: with the authentication method jwt, send the JWT as the \
+                         authentication data"
+                .to_string()),
+            Some(t) => self.try_authenticate(client, username, Some(t)).map(|(mut c, subject)| {
+                c.enhanced = true;
+                if username.is_none() {
+                    c.username = subject.id.clone().into();
+                    c.shown_username = Some(subject.id.clone().into());
+                    if let Some(m) = c.mapped.as_mut() {
+                        m.request.username = subject.id.clone();
+                    }
+                }
+                (c, subject)
+            }),
+        };
+        self.admit(&mut connections, client, tried)
+    }
+
+    /// A connected client shows a fresh token (MQTT 5 re-authentication). It must name the
+    /// same subject as the connection's token (both mapped by the live generation); then it
+    /// replaces the connection's identity (claims, groups, scopes: the very next check is
+    /// decided with them) and its deadline. Otherwise it is refused and Mosquitto ends the
+    /// connection.
+    fn reauthenticate(
+        &self,
+        connections: &mut Connections,
+        client: &Client,
+        token: Option<&[u8]>,
+        username: Option<&[u8]>,
+    ) -> Admission {
+        let Some(conn) = connections.get_mut(client.key) else { return Admission::Refused };
+        let generation = self.live.current();
+        let tried = (|| {
+            let token = token.ok_or("no token in the AUTH packet's authentication data")?;
+            let token = std::str::from_utf8(token).map_err(|_| "the token is not UTF-8".to_string())?;
+            let (hash, verified) = self.identities.verify_now(token)?;
+            let fresh = self.identities.subject(&generation, hash, &verified)?;
+            let held = self.identities.subject(&generation, conn.token, &conn.verified)?;
+            if fresh.id != held.id || fresh.kind_str() != held.kind_str() {
+                return Err(format!(
+                    "the new token names {} {:?}, the connection is {} {:?}: a connection keeps its \
+                     identity (connect again to change it)",
+                    fresh.kind_str(),
+                    fresh.id,
+                    held.kind_str(),
+                    held.id
+                ));
+            }
+            Ok((hash, verified, fresh))
+        })();
+        let (hash, verified, subject) = match tried {
+            Ok(t) => t,
+            Err(reason) => {
+                bump(&self.stats.reauth_refused);
+                tracing::info!(
+                    "refused the re-authentication of client {:?} from {}: {reason}; the broker ends \
+                     the connection",
+                    client.id,
+                    client.address
+                );
+                return Admission::Refused;
+            }
+        };
+        // `${username}` stays a name proven to belong to the subject, by the new claims.
+        if conn.shown_username.is_none() {
+            let given = username.and_then(|u| std::str::from_utf8(u).ok()).unwrap_or("");
+            let proven = names_subject(given, &subject, &verified.claims, &self.options.username_claims);
+            conn.username = if proven { given.into() } else { "".into() };
+        }
+        conn.token = hash;
+        conn.deadline = verified.exp.saturating_add(self.options.leeway.as_secs());
+        conn.verified = verified;
+        let superuser = generation.superuser(&subject).allow;
+        conn.remap(generation.id, &subject, superuser);
+        let deadline = conn.deadline;
+        connections.watch(client.key, deadline);
+        bump(&self.stats.reauth_accepted);
+        tracing::info!(
+            "re-authenticated client {:?} as {} {:?}{}: new token good until {}",
+            client.id,
+            subject.kind_str(),
+            subject.id,
+            if superuser { " (superuser)" } else { "" },
+            deadline
+        );
+        Admission::Admitted { rename: None }
+    }
+
+    /// Records an authentication's outcome: the connection, counters and the log line.
+    fn admit(
+        &self,
+        connections: &mut Connections,
+        client: &Client,
+        tried: Result<(Connection, Arc<Subject>), String>,
+    ) -> Admission {
+        let outcome = match tried {
             Ok((mut connection, subject)) => {
                 let superuser = connection.mapped.as_ref().is_some_and(|m| m.superuser);
                 let described = format!(
@@ -243,9 +372,11 @@ impl Plugin {
 
     /// After a reload Mosquitto re-checks every client with the credentials it stored. A
     /// client that sent its token as the username now has its subject id as the username
-    /// (see [`Admission::Admitted`]) and no password: it is readmitted on the identity it
-    /// proved, while that is still valid. Only during the reload's re-check, and only for
-    /// the same, still connected client: a new connection always has to show a token.
+    /// (see [`Admission::Admitted`]) and no password, and one admitted through enhanced
+    /// authentication has no password either (Mosquitto asks through this event all the
+    /// same): it is readmitted on the identity it proved, while that is still valid. Only
+    /// during the reload's re-check, and only for the same, still connected client: a new
+    /// connection always has to show a token.
     fn readmit(
         &self,
         connections: &mut Connections,
@@ -257,8 +388,8 @@ impl Plugin {
             return None;
         }
         let conn = connections.get_mut(client.key)?;
-        let shown = conn.shown_username.as_deref()?;
-        if !conn.connected || username != Some(shown.as_bytes()) {
+        let by_name = conn.shown_username.as_deref().is_some_and(|shown| username == Some(shown.as_bytes()));
+        if !conn.connected || !(by_name || conn.enhanced) {
             return None;
         }
         if !self.identities.still_valid(&conn.verified) {
@@ -310,11 +441,13 @@ impl Plugin {
             }
             .into(),
             token: hash,
+            deadline: verified.exp.saturating_add(self.options.leeway.as_secs()),
             verified,
             mapped: None,
             cache: DecisionCache::new(self.options.decision_cache_size),
             connected: true,
             shown_username: token_as_username.then(|| subject.id.clone().into()),
+            enhanced: false,
         };
         connection.remap(generation.id, &subject, superuser);
         Ok((connection, subject))
@@ -368,7 +501,7 @@ impl Plugin {
             );
             return false;
         };
-        if conn.verified.exp <= coarse_now() {
+        if conn.deadline <= coarse_now() {
             tracing::info!(
                 "deny {} {topic:?} for client {:?}: its token has expired",
                 action_name(action),
@@ -437,6 +570,9 @@ impl Plugin {
     pub fn tick(&self) {
         logging::flush();
         self.reauthenticating.set(false);
+        if self.options.disconnect_on_expiry {
+            self.end_expired();
+        }
         if self.last_sweep.get().elapsed() >= SWEEP_EVERY {
             self.last_sweep.set(Instant::now());
             if let Ok(mut connections) = self.connections.try_borrow_mut() {
@@ -456,6 +592,26 @@ impl Plugin {
         // borrowed here.
         for (name, value) in self.stats.sys_values(&self.live) {
             self.broker.publish_retained(&format!("$SYS/broker/mqtt-policy/{name}"), value.as_bytes());
+        }
+    }
+
+    /// Disconnects the connections whose token has expired (its `exp` plus the leeway). The
+    /// broker reports each disconnect while it is being done, so nothing is borrowed then.
+    fn end_expired(&self) {
+        let due = match self.connections.try_borrow_mut() {
+            Ok(mut connections) => connections.due(coarse_now()),
+            Err(_) => return,
+        };
+        for (_, client_id) in due {
+            if self.broker.kick(&client_id, self.options.will_on_expiry) {
+                bump(&self.stats.expiry_disconnects);
+                tracing::info!(
+                    "disconnected client {client_id:?}: its token expired{}",
+                    if self.options.will_on_expiry { "" } else { " (its will is not sent)" }
+                );
+            } else {
+                tracing::debug!("client {client_id:?}, whose token expired, was already gone");
+            }
         }
     }
 

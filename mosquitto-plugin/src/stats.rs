@@ -100,6 +100,11 @@ pub struct Stats {
     pub cache_hits: AtomicU64,
     pub cache_misses: AtomicU64,
     pub check_latency: Histogram,
+    /// Connections disconnected because their token expired.
+    pub expiry_disconnects: AtomicU64,
+    /// MQTT 5 re-authentications (AUTH 0x19) accepted and refused.
+    pub reauth_accepted: AtomicU64,
+    pub reauth_refused: AtomicU64,
 }
 
 fn action_index(a: Action) -> usize {
@@ -174,6 +179,21 @@ impl Stats {
             ],
         );
         metric(
+            "mqtt_policy_expiry_disconnects_total",
+            "counter",
+            "Connections the plugin disconnected because their token expired.",
+            &[(String::new(), load(&self.expiry_disconnects))],
+        );
+        metric(
+            "mqtt_policy_reauthentications_total",
+            "counter",
+            "MQTT 5 re-authentications (AUTH, method jwt) with a fresh token.",
+            &[
+                ("{result=\"accepted\"}".into(), load(&self.reauth_accepted)),
+                ("{result=\"refused\"}".into(), load(&self.reauth_refused)),
+            ],
+        );
+        metric(
             "mqtt_policy_module_traps_total",
             "counter",
             "Policy module calls that trapped or ran out of time (each denied its request).",
@@ -222,6 +242,9 @@ impl Stats {
             ("connections/current", self.connections_current.load(Relaxed).to_string()),
             ("connections/accepted", self.connections_accepted.load(Relaxed).to_string()),
             ("connections/refused", self.connections_refused.load(Relaxed).to_string()),
+            ("connections/expired", self.expiry_disconnects.load(Relaxed).to_string()),
+            ("connections/reauthenticated", self.reauth_accepted.load(Relaxed).to_string()),
+            ("connections/reauthentication-refused", self.reauth_refused.load(Relaxed).to_string()),
             ("checks/allowed", allowed.to_string()),
             ("checks/denied", denied.to_string()),
             ("checks/faults", g.module.runtime().faults().to_string()),

@@ -18,10 +18,13 @@ pub const MOSQ_ERR_INVAL: c_int = 3;
 pub const MOSQ_ERR_AUTH: c_int = 11;
 pub const MOSQ_ERR_ACL_DENIED: c_int = 12;
 pub const MOSQ_ERR_UNKNOWN: c_int = 13;
+/// Another plugin (or the broker) decides: an enhanced-authentication method not ours.
+pub const MOSQ_ERR_PLUGIN_DEFER: c_int = 17;
 
 pub const MOSQ_EVT_RELOAD: c_int = 1;
 pub const MOSQ_EVT_ACL_CHECK: c_int = 2;
 pub const MOSQ_EVT_BASIC_AUTH: c_int = 3;
+pub const MOSQ_EVT_EXT_AUTH_START: c_int = 4;
 pub const MOSQ_EVT_TICK: c_int = 9;
 pub const MOSQ_EVT_DISCONNECT: c_int = 10;
 
@@ -86,6 +89,22 @@ pub struct EvtBasicAuth {
     pub future2: [*mut c_void; 4],
 }
 
+/// `struct mosquitto_evt_extended_auth`: MQTT 5 enhanced authentication, at CONNECT and at
+/// re-authentication (an AUTH packet with reason 0x19 fires the start event again). `data_in`
+/// may be NULL (length 0) and lives only for the event; `data_out`, when set, must come from
+/// the C allocator (the broker frees it).
+#[repr(C)]
+pub struct EvtExtendedAuth {
+    pub future: *mut c_void,
+    pub client: *mut Mosquitto,
+    pub data_in: *const c_void,
+    pub data_out: *mut c_void,
+    pub data_in_len: u16,
+    pub data_out_len: u16,
+    pub auth_method: *const c_char,
+    pub future2: [*mut c_void; 3],
+}
+
 /// `struct mosquitto_evt_tick`.
 #[repr(C)]
 pub struct EvtTick {
@@ -116,6 +135,7 @@ type CallbackUnregister = unsafe extern "C" fn(*mut PluginId, c_int, Callback, *
 type LogPrintf = unsafe extern "C" fn(c_int, *const c_char, ...);
 type ClientString = unsafe extern "C" fn(*const Mosquitto) -> *const c_char;
 type SetUsername = unsafe extern "C" fn(*mut Mosquitto, *const c_char) -> c_int;
+type KickByClientId = unsafe extern "C" fn(*const c_char, bool) -> c_int;
 type BrokerPublishCopy = unsafe extern "C" fn(
     *const c_char,
     *const c_char,
@@ -135,6 +155,8 @@ pub struct Functions {
     pub client_id: ClientString,
     pub client_address: ClientString,
     pub set_username: SetUsername,
+    pub client_username: ClientString,
+    pub kick_client_by_clientid: KickByClientId,
     pub broker_publish_copy: BrokerPublishCopy,
 }
 
@@ -171,6 +193,12 @@ impl Functions {
                 )?),
                 set_username: std::mem::transmute::<*mut c_void, SetUsername>(symbol(
                     c"mosquitto_set_username",
+                )?),
+                client_username: std::mem::transmute::<*mut c_void, ClientString>(symbol(
+                    c"mosquitto_client_username",
+                )?),
+                kick_client_by_clientid: std::mem::transmute::<*mut c_void, KickByClientId>(symbol(
+                    c"mosquitto_kick_client_by_clientid",
                 )?),
                 broker_publish_copy: std::mem::transmute::<*mut c_void, BrokerPublishCopy>(symbol(
                     c"mosquitto_broker_publish_copy",
@@ -217,6 +245,13 @@ impl Broker for RealBroker {
         let Ok(line) = CString::new(line.replace('\0', "\\0")) else { return };
         // SAFETY: a "%s" format with one NUL-terminated string argument.
         unsafe { (self.0.log_printf)(priority, c"%s".as_ptr(), line.as_ptr()) }
+    }
+
+    fn kick(&self, client_id: &str, with_will: bool) -> bool {
+        let Ok(id) = CString::new(client_id) else { return false };
+        // SAFETY: a NUL-terminated client id the broker only reads; called on the broker thread
+        // (from its tick), the only place Mosquitto allows it.
+        unsafe { (self.0.kick_client_by_clientid)(id.as_ptr(), with_will) == MOSQ_ERR_SUCCESS }
     }
 
     fn publish_retained(&self, topic: &str, payload: &[u8]) {

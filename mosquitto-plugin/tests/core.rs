@@ -10,10 +10,16 @@ use mqtt_policy_mosquitto::{Admission, Broker, Client, ClientKey, Options, Plugi
 #[derive(Default)]
 struct StandIn {
     published: Mutex<Vec<(String, String)>>,
+    /// Clients kicked: (client id, with its will).
+    kicked: Mutex<Vec<(String, bool)>>,
 }
 
 impl Broker for StandIn {
     fn log(&self, _: tracing::Level, _: &str) {}
+    fn kick(&self, client_id: &str, with_will: bool) -> bool {
+        self.kicked.lock().unwrap().push((client_id.to_string(), with_will));
+        true
+    }
     fn publish_retained(&self, topic: &str, payload: &[u8]) {
         self.published
             .lock()
@@ -46,6 +52,10 @@ fn fixture(extra: &[(&str, &str)]) -> Fixture {
 
 impl Fixture {
     fn token(&self, sub: &str, groups: &[&str]) -> String {
+        self.token_for(sub, groups, 600)
+    }
+
+    fn token_for(&self, sub: &str, groups: &[&str], ttl_secs: u64) -> String {
         let spec = TokenSpec {
             sub: Some(sub.into()),
             client_id: None,
@@ -53,9 +63,40 @@ impl Fixture {
             scopes: vec![],
             issuer: DEV_ISSUER.into(),
             audience: None,
-            ttl_secs: 600,
+            ttl_secs,
         };
         self.key.sign(&claims(&spec, identity::now()).unwrap()).unwrap()
+    }
+
+    fn connect_ext(
+        &self,
+        key: usize,
+        id: &str,
+        method: &str,
+        username: Option<&str>,
+        token: &str,
+    ) -> Admission {
+        let client = Client { key: ClientKey(key), id, address: "127.0.0.1" };
+        self.plugin.authenticate_ext(
+            &client,
+            method.as_bytes(),
+            Some(token.as_bytes()),
+            username.map(str::as_bytes),
+        )
+    }
+
+    fn kicked(&self) -> Vec<(String, bool)> {
+        self.broker.kicked.lock().unwrap().clone()
+    }
+
+    /// Ticks until `done` holds (at most 5 s: a token's `exp` has a resolution of a second).
+    fn tick_until(&self, what: &str, done: impl Fn(&Fixture) -> bool) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while !done(self) {
+            assert!(std::time::Instant::now() < deadline, "{what}: not within 5 s");
+            self.plugin.tick();
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
     }
 
     fn connect(&self, key: usize, id: &str, username: Option<&str>, password: Option<&str>) -> Admission {
@@ -171,4 +212,85 @@ fn a_fault_in_the_policy_module_denies_that_check_and_no_other() {
     assert!(!f.may(4, access::READ, "fault/loop"), "running out of time denies");
     assert!(f.may(4, access::READ, TELEMETRY), "the next check is decided normally");
     assert_eq!(f.plugin.live().current().module.runtime().faults(), 2);
+}
+
+#[test]
+fn an_expired_token_ends_its_connection_on_tick_without_its_will() {
+    let f = fixture(&[("leeway", "0")]);
+    let short = f.token_for("vera", &["viewers"], 1);
+    let long = f.token("olga", &["viewers"]);
+    f.connect(1, "short-lived", Some("vera"), Some(&short));
+    f.connect(2, "long-lived", Some("olga"), Some(&long));
+    assert!(f.may(1, access::READ, TELEMETRY));
+    f.plugin.tick();
+    assert!(f.kicked().is_empty(), "nothing is due yet");
+    f.tick_until("the short-lived token's kick", |f| !f.kicked().is_empty());
+    assert_eq!(f.kicked(), [("short-lived".to_string(), false)]);
+    // Every check from its deadline on is denied; the broker's disconnect event follows.
+    assert!(!f.may(1, access::READ, TELEMETRY));
+    f.plugin.disconnect(ClientKey(1));
+    assert!(f.may(2, access::READ, TELEMETRY));
+    f.plugin.tick();
+    assert_eq!(f.kicked().len(), 1, "each connection is ended once");
+    assert_eq!(f.plugin.stats().expiry_disconnects.load(std::sync::atomic::Ordering::Relaxed), 1);
+}
+
+#[test]
+fn with_disconnect_on_expiry_off_an_expired_connection_stays_but_is_denied() {
+    let f = fixture(&[("leeway", "0"), ("disconnect_on_expiry", "false")]);
+    let short = f.token_for("vera", &["viewers"], 1);
+    f.connect(1, "c1", Some("vera"), Some(&short));
+    assert!(f.may(1, access::READ, TELEMETRY));
+    f.tick_until("the token's expiry", |f| !f.may(1, access::READ, TELEMETRY));
+    f.plugin.tick();
+    assert!(f.kicked().is_empty());
+}
+
+#[test]
+fn the_will_goes_out_at_expiry_when_configured() {
+    let f = fixture(&[("leeway", "0"), ("will_on_expiry", "true")]);
+    let short = f.token_for("vera", &["viewers"], 1);
+    f.connect(1, "c1", Some("vera"), Some(&short));
+    f.tick_until("the kick", |f| !f.kicked().is_empty());
+    assert_eq!(f.kicked(), [("c1".to_string(), true)]);
+}
+
+#[test]
+fn enhanced_authentication_with_method_jwt_admits_and_refreshes_the_identity() {
+    let f = fixture(&[("leeway", "0")]);
+    let first_exp = identity::now() + 1;
+    let viewer = f.token_for("vera", &["viewers", "editors"], 1);
+    assert_eq!(f.connect_ext(1, "c1", "SCRAM-SHA-256", None, &viewer), Admission::NotOurs);
+    // No username: the broker is told to know the client by its subject id.
+    assert_eq!(
+        f.connect_ext(1, "c1", "JWT", None, &viewer),
+        Admission::Admitted { rename: Some("vera".into()) }
+    );
+    let twin_events = "celine/digital-twin/events/site-1/update";
+    assert!(f.may(1, access::READ, twin_events), "editors follow twin events");
+    // A fresh token for the same subject, with fewer groups, before the first one expires:
+    // the very next check is decided with it, and the first token's expiry ends nothing.
+    let fresher = f.token("vera", &["viewers"]);
+    assert_eq!(f.connect_ext(1, "c1", "jwt", None, &fresher), Admission::Admitted { rename: None });
+    assert!(!f.may(1, access::READ, twin_events), "the editors' rights went with the group");
+    assert!(f.may(1, access::READ, TELEMETRY));
+    f.tick_until("the first token's expiry", |_| identity::now() > first_exp);
+    f.plugin.tick();
+    assert!(f.kicked().is_empty(), "the refreshed connection outlives its first token");
+    assert!(f.may(1, access::READ, TELEMETRY));
+    // Another subject's token, or a broken one: refused (the broker then ends the connection).
+    let other = f.token("olga", &["viewers"]);
+    assert_eq!(f.connect_ext(1, "c1", "jwt", None, &other), Admission::Refused);
+    assert_eq!(f.connect_ext(1, "c1", "jwt", None, "not-a-token"), Admission::Refused);
+    let stats = f.plugin.stats();
+    assert_eq!(stats.reauth_accepted.load(std::sync::atomic::Ordering::Relaxed), 1);
+    assert_eq!(stats.reauth_refused.load(std::sync::atomic::Ordering::Relaxed), 2);
+    // Mosquitto's reload re-check asks through the basic-auth event with the username alone:
+    // the connection keeps its identity.
+    f.plugin.reload();
+    assert_eq!(f.connect(1, "c1", Some("vera"), None), Admission::Admitted { rename: None });
+    assert!(f.may(1, access::READ, TELEMETRY));
+    // A first CONNECT without a token is refused and says why.
+    let client = Client { key: ClientKey(2), id: "c2", address: "127.0.0.1" };
+    assert_eq!(f.plugin.authenticate_ext(&client, b"jwt", None, None), Admission::Refused);
 }

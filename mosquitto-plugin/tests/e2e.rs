@@ -18,6 +18,7 @@ use test_support::mosquitto::{Broker, Setup, write_readable};
 use test_support::{free_port, http, wait_for};
 
 mod mqtt;
+use mqtt::enhanced::{JwtClient, Seen};
 use mqtt::{Client, Event, Version, WillClient};
 
 const ISSUER: &str = "https://keycloak.test/realms/celine";
@@ -605,4 +606,144 @@ fn wills_and_retained_messages_are_decided_as_the_connection_that_left_them() {
         Client::connected(Version::V5, b.port, "alice-retain", "alice", &issuer.user("alice", &["users"]));
     assert_eq!(alice.subscribe("celine/users/alice/#"), 1);
     assert_eq!(alice.message(), ("celine/users/alice/inbox".into(), "retained for alice".into()));
+}
+
+/// Seconds since the epoch, with the fraction.
+fn now_secs() -> f64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64()
+}
+
+#[test]
+fn a_connection_ends_within_two_seconds_of_its_tokens_expiry_without_its_will() {
+    let issuer = Issuer::new();
+    let b = broker_with(&issuer, |s| s.option("leeway", "0"));
+    let admin = Client::connected(Version::V5, b.port, "adam-exp", "adam", &issuer.user("adam", &["admins"]));
+    assert_eq!(admin.subscribe("celine/digital-twin/events/#"), 1);
+    let exp = now() + 3;
+    let short = issuer.sign(&issuer.claims(Some("vera"), None, &["viewers"], &[], 3));
+    let viewer = Client::connected(Version::V5, b.port, "vera-exp", "vera", &short);
+    assert_eq!(viewer.subscribe("celine/telemetry/+/+/readings"), 1);
+    // A service with a will on a topic it may publish to, whose token expires with the viewer's.
+    let twin_token = issuer.sign(&issuer.claims(None, Some("svc-digital-twin"), &[], &["mqtt.write"], 3));
+    let _twin = WillClient::connect(
+        b.port,
+        "twin-exp",
+        "svc-digital-twin",
+        &twin_token,
+        ("celine/digital-twin/events/twin/status", "offline"),
+    );
+    b.wait_for_log_after(0, "connected client \"twin-exp\"", mqtt::WAIT);
+    // Connected and receiving until the token expires, then disconnected within 2 s.
+    admin.publish("celine/telemetry/meter/m1/readings", "before expiry");
+    assert_eq!(viewer.message().1, "before expiry");
+    let ended = loop {
+        match viewer.next() {
+            Some(Event::Closed(_)) => break now_secs(),
+            Some(_) => continue,
+            None => {
+                panic!("vera-exp was still connected {WAIT:?} after its token expired", WAIT = mqtt::WAIT)
+            }
+        }
+    };
+    assert!(ended >= exp as f64 - 0.05, "ended at {ended}, before its token expired at {exp}");
+    assert!(ended <= exp as f64 + 2.0, "ended at {ended}, over 2 s after its token expired at {exp}");
+    let line = b.wait_for_log_after(0, "disconnected client \"twin-exp\": its token expired", mqtt::WAIT);
+    assert!(line.contains("its will is not sent"), "{line}");
+    b.wait_for_log_after(0, "disconnected client \"vera-exp\": its token expired", mqtt::WAIT);
+    // The service's will never came: the admin sees the next message on that topic first.
+    let other =
+        Client::connected(Version::V311, b.port, "adam-exp-2", "adam", &issuer.user("adam", &["admins"]));
+    other.publish("celine/digital-twin/events/twin/status", "marker");
+    assert!(admin.messages_until("marker").is_empty(), "the will of an expired connection was sent");
+}
+
+#[test]
+fn a_client_that_reauthenticates_stays_connected_past_its_first_tokens_expiry() {
+    let issuer = Issuer::new();
+    let b = broker_with(&issuer, |s| s.option("leeway", "0").option("watch", "false"));
+    let admin = Client::connected(Version::V5, b.port, "adam-re", "adam", &issuer.user("adam", &["admins"]));
+    let first_exp = now() + 3;
+    let short = issuer.sign(&issuer.claims(Some("vera"), None, &["viewers"], &[], 3));
+    // No username: the broker knows the client by its subject id.
+    let mut vera = JwtClient::connect(b.port, "vera-re", None, &short).expect("admitted with method jwt");
+    let line = b.wait_for_log_after(0, "connected client \"vera-re\"", mqtt::WAIT);
+    assert!(line.contains("user \"vera\""), "{line}");
+    assert_eq!(vera.subscribe("celine/telemetry/+/+/readings"), 1);
+    vera.reauthenticate(&issuer.user("vera", &["viewers"])).expect("a fresh token for the same subject");
+    b.wait_for_log_after(0, "re-authenticated client \"vera-re\" as user \"vera\"", mqtt::WAIT);
+    // Past the first token's expiry (and the 2 s a kick may take): still connected.
+    let quiet = (first_exp as f64 + 2.5 - now_secs()).max(0.0);
+    assert_eq!(vera.next(Duration::from_secs_f64(quiet)), None, "the connection ended");
+    admin.publish("celine/telemetry/meter/m2/readings", "after the first expiry");
+    let got = vera.next(mqtt::WAIT);
+    assert_eq!(
+        got,
+        Some(Seen::Message {
+            topic: "celine/telemetry/meter/m2/readings".into(),
+            payload: "after the first expiry".into()
+        })
+    );
+    // Mosquitto re-checks every client on reload through the basic-auth event, with no
+    // password for this one: it stays.
+    let policy = b.setup.dir.path().join("policy.json");
+    write_readable(&policy, widened_policy().as_bytes());
+    let mark = b.log_mark();
+    b.hang_up();
+    b.wait_for_log_after(mark, "swapped in a new generation", SWAP_WAIT);
+    assert_eq!(vera.subscribe("celine/telemetry/#"), 1, "decided by the reloaded policy");
+    admin.publish("celine/telemetry/meter/m2/readings", "after the reload");
+    assert!(
+        matches!(vera.next(mqtt::WAIT), Some(Seen::Message { payload, .. }) if payload == "after the reload")
+    );
+}
+
+#[test]
+fn a_reauthentication_with_another_subjects_token_or_a_bad_one_ends_the_connection() {
+    let issuer = Issuer::new();
+    let b = broker(&issuer);
+    let mut vera =
+        JwtClient::connect(b.port, "vera-x", Some("vera"), &issuer.user("vera", &["viewers"])).unwrap();
+    let refused = vera.reauthenticate(&issuer.user("olga", &["viewers"]));
+    assert!(refused.is_err(), "another subject's token was accepted");
+    assert!(matches!(vera.next(mqtt::WAIT), Some(Seen::Closed(_)) | None));
+    let line = b.wait_for_log_after(0, "refused the re-authentication of client \"vera-x\"", mqtt::WAIT);
+    assert!(line.contains("names user \"olga\""), "{line}");
+    let mut erin = JwtClient::connect(b.port, "erin-x", None, &issuer.user("erin", &["editors"])).unwrap();
+    assert!(erin.reauthenticate("not.a.token").is_err(), "a broken token was accepted");
+    b.wait_for_log_after(0, "refused the re-authentication of client \"erin-x\"", mqtt::WAIT);
+    // A CONNECT with method jwt and no token is refused.
+    let refused = JwtClient::connect(b.port, "olga-x", None, "").err().unwrap_or_default();
+    assert!(refused.contains("0x87"), "{refused}");
+}
+
+#[test]
+fn a_refreshed_token_with_fewer_groups_loses_the_matching_deliveries() {
+    let issuer = Issuer::new();
+    let b = broker(&issuer);
+    let twin = Client::connected(
+        Version::V311,
+        b.port,
+        "twin-g",
+        "svc-digital-twin",
+        &issuer.service("svc-digital-twin", &["mqtt.write"]),
+    );
+    let admin = Client::connected(Version::V5, b.port, "adam-g", "adam", &issuer.user("adam", &["admins"]));
+    let mut erin =
+        JwtClient::connect(b.port, "erin-g", Some("erin"), &issuer.user("erin", &["editors", "viewers"]))
+            .unwrap();
+    assert_eq!(erin.subscribe("celine/digital-twin/events/#"), 1);
+    assert_eq!(erin.subscribe("celine/telemetry/+/+/readings"), 1);
+    twin.publish("celine/digital-twin/events/pump/p1", "as an editor");
+    assert!(
+        matches!(erin.next(mqtt::WAIT), Some(Seen::Message { payload, .. }) if payload == "as an editor")
+    );
+    erin.reauthenticate(&issuer.user("erin", &["viewers"])).expect("same subject, fewer groups");
+    // The very next delivery on the editors' topic is denied; telemetry still comes.
+    twin.publish("celine/digital-twin/events/pump/p1", "after the refresh");
+    admin.publish("celine/telemetry/meter/m3/readings", "marker");
+    assert_eq!(
+        erin.next(mqtt::WAIT),
+        Some(Seen::Message { topic: "celine/telemetry/meter/m3/readings".into(), payload: "marker".into() }),
+        "a delivery the refreshed token no longer allows came first"
+    );
 }

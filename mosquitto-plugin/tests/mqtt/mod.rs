@@ -3,6 +3,8 @@
 //! and SUBACK codes, deliveries, PUBACKs.
 #![allow(dead_code)]
 
+pub mod enhanced;
+
 use std::sync::mpsc::{Receiver, channel};
 use std::time::{Duration, Instant};
 
