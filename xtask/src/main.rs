@@ -8,6 +8,7 @@
 //! - `cargo xtask playground`: the browser playground as a static site.
 //! - `cargo xtask test`: everything CI runs (see README.md).
 //! - `cargo xtask keycloak`: the tests against a real Keycloak.
+//! - `cargo xtask fuzz --seconds N`: the cargo-fuzz targets in `fuzz/`, N seconds each.
 //! - `cargo xtask bench`: the criterion decision benchmarks, summarised as a ratio table.
 //! - `cargo xtask bench-http`: wrk against `/mqtt/acl` beside a trivial axum floor.
 //! - `cargo xtask bench-memory`: resident memory under floods of unique topics and tokens.
@@ -24,6 +25,7 @@ mod bench_broker;
 mod bench_http;
 mod bench_memory;
 mod broker;
+mod fuzz;
 mod keycloak;
 mod playground;
 
@@ -37,6 +39,7 @@ commands:
   playground         build the browser playground as a static site (target/playground)
   test               run the whole test suite (what CI runs)
   keycloak           build, then only the tests against a real Keycloak (downloaded and cached)
+  fuzz [--seconds N] every fuzz target in fuzz/ for N seconds (default 60; nightly + cargo-fuzz, installed if missing)
   bench              run the decision benchmarks and print a ratio table
   bench-http         wrk against /mqtt/acl (jwt and http modes) beside a trivial axum floor
   bench-swap         hot-swap latency, and throughput during repeated swaps vs. steady
@@ -53,6 +56,7 @@ fn main() {
         Some("keycloak") => build().and_then(|_| keycloak::tests()),
         Some("e2e") => broker::e2e(),
         Some("test") => test(),
+        Some("fuzz") => fuzz::command(&args[1..]),
         Some("bench") => bench(),
         Some("bench-http") => bench_http::bench(),
         Some("bench-swap") => bench_http::bench_swap(),
@@ -312,6 +316,7 @@ fn test() -> anyhow::Result<()> {
         "--exclude",
         "scope-convention",
     ])?;
+    fuzz::run(FUZZ_SECONDS_IN_TESTS)?;
     step("the default policy: lint and its own test cases");
     let bin = target_dir().join("debug/mqtt-policy");
     let bin = bin.to_str().context("target path is not UTF-8")?;
@@ -322,6 +327,9 @@ fn test() -> anyhow::Result<()> {
     println!("\nall suites passed in {:.0}s", started.elapsed().as_secs_f64());
     Ok(())
 }
+
+/// Seconds per fuzz target in `cargo xtask test` (a longer run: `cargo xtask fuzz`).
+const FUZZ_SECONDS_IN_TESTS: u64 = 5;
 
 fn target_dir() -> PathBuf {
     std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| root().join("target"))
