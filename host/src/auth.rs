@@ -84,7 +84,22 @@ pub struct Decided {
     verified: Arc<Verified>,
 }
 
+/// Slots in each worker thread's near cache of decisions.
+const NEAR_SLOTS: usize = 256;
+/// Larger entries (long reasons quoting long topics) stay in the shared cache only: a near
+/// cache holds at most about `NEAR_SLOTS` × this many bytes of its own.
+const NEAR_ENTRY_MAX: usize = 1024;
+
+/// A near-cache slot: the `Auth` it belongs to, the key, the decision.
+type NearSlot = Option<(u64, DecisionKey, Arc<Decided>)>;
+
+thread_local! {
+    static NEAR: std::cell::RefCell<Vec<NearSlot>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
 pub struct Auth {
+    /// Tells this instance's near-cache entries from another's (tests run several).
+    id: u64,
     pub identities: Identities,
     decisions: Cache<DecisionKey, (Arc<Decided>, u64)>,
     /// username (proven to name the token's subject) → session, until the token's `exp`.
@@ -101,7 +116,9 @@ fn entry_bytes(d: &Decision) -> usize {
 impl Auth {
     /// `budget`: bytes for the decisions and the sessions (the identities have their own).
     pub fn new(identities: Identities, budget: u64) -> Auth {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         Auth {
+            id: NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             identities,
             decisions: Cache::builder()
                 .max_capacity(budget / 5 * 4)
@@ -121,19 +138,40 @@ impl Auth {
         self.decisions.weighted_size() + self.sessions.weighted_size()
     }
 
-    /// The cached decision for `key` and the subject it was made for, while its token would
-    /// still verify (not expired, its key still trusted).
-    pub fn cached_decision(&self, key: DecisionKey) -> Option<Arc<Decided>> {
-        match self.decisions.get(&key) {
-            Some((d, _)) if self.identities.still_valid(&d.verified) => {
-                crate::reqmetrics::cache_lookup(true);
-                Some(d)
+    /// `f` of the cached decision for `key` (and the subject it was made for), while its
+    /// token would still verify (not expired, its key still trusted); `None` when there is
+    /// none.
+    ///
+    /// Each worker thread first looks in its own small direct-mapped cache of recent
+    /// decisions ([`NEAR_SLOTS`] slots, small entries only), then in the shared one. The near
+    /// cache takes no lock and touches no cache line another thread writes (a hit does not
+    /// even count a reference), which is what repeated checks of one topic (every delivery
+    /// of a stream) cost most in the shared cache; the shared cache keeps its admission
+    /// policy, so a flood of unique topics only churns the near one. Keys are exact digests
+    /// that include the generation, so a near entry is never stale; it only outlives an
+    /// eviction from the shared cache until its slot is reused.
+    pub fn with_cached<R>(&self, key: DecisionKey, f: impl FnOnce(&Decided) -> R) -> Option<R> {
+        let slot = usize::from(u16::from_le_bytes([key.0[0], key.0[1]])) % NEAR_SLOTS;
+        let answer = NEAR.with_borrow_mut(|near| {
+            if near.is_empty() {
+                near.resize(NEAR_SLOTS, None);
             }
-            _ => {
-                crate::reqmetrics::cache_lookup(false);
-                None
+            let entry = &mut near[slot];
+            let fresh = entry.as_ref().is_some_and(|(owner, k, d)| {
+                *owner == self.id && *k == key && self.identities.still_valid(&d.verified)
+            });
+            if !fresh {
+                let (d, _) =
+                    self.decisions.get(&key).filter(|(d, _)| self.identities.still_valid(&d.verified))?;
+                if entry_bytes(&d.decision) > NEAR_ENTRY_MAX {
+                    return Some(f(&d));
+                }
+                *entry = Some((self.id, key, d));
             }
-        }
+            entry.as_ref().map(|(_, _, d)| f(d))
+        });
+        crate::reqmetrics::cache_lookup(answer.is_some());
+        answer
     }
 
     /// Decides with `decide` and caches the decision until the token's `exp`. A module fault

@@ -58,7 +58,12 @@ impl Outcome {
                     .into_response()
             }
             ResponseMode::Json => {
-                (status, axum::Json(serde_json::json!({"ok": ok, "error": error}))).into_response()
+                // `{"error":"<reason>","ok":false}`, written directly (no JSON value built).
+                let mut body = Vec::with_capacity(error.len() + 32);
+                body.extend_from_slice(br#"{"error":"#);
+                let _ = serde_json::to_writer(&mut body, &error);
+                body.extend_from_slice(br#","ok":false}"#);
+                (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()
             }
             ResponseMode::Text => {
                 let body = if ok { "ok".to_string() } else { error };
@@ -508,8 +513,9 @@ async fn acl(ctx: &Ctx<'_>) -> Outcome {
     let mut outcome = Outcome::Deny("no action".into());
     for action in actions {
         let key = DecisionKey::new(ctx.generation.id, holder, action, topic, clientid, given);
-        let made = match auth.cached_decision(key) {
-            Some(hit) => hit,
+        let hit = auth.with_cached(key, |d| decided("acl", ctx, &d.subject, action_str(action), &d.decision));
+        outcome = match hit {
+            Some(o) => o,
             None => {
                 // Not decided yet: verify (or find verified) and map the token as usual.
                 let verified = match (found.take(), token) {
@@ -542,10 +548,9 @@ async fn acl(ctx: &Ctx<'_>) -> Outcome {
                     })
                 });
                 found = Some((hash, verified));
-                d
+                decided("acl", ctx, &d.subject, action_str(action), &d.decision)
             }
         };
-        outcome = decided("acl", ctx, &made.subject, action_str(action), &made.decision);
         if matches!(outcome, Outcome::Deny(_)) {
             break;
         }
