@@ -17,6 +17,7 @@
 //!   a binding lasts while its token would still verify.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use identity::tokens::weight;
 use identity::{Identities, TokenHash, UntilExp, Verified, now};
@@ -70,10 +71,11 @@ impl DecisionKey {
     }
 }
 
-#[derive(Clone)]
 struct Session {
     token: TokenHash,
     verified: Arc<Verified>,
+    /// A later bind of the username replaced this one (near caches then stop using it).
+    replaced: AtomicBool,
 }
 
 /// A decision, with the identity it was made for: a cache hit needs no other lookup, only a
@@ -92,9 +94,26 @@ const NEAR_ENTRY_MAX: usize = 1024;
 
 /// A near-cache slot: the `Auth` it belongs to, the key, the decision.
 type NearSlot = Option<(u64, DecisionKey, Arc<Decided>)>;
+/// A near session slot: the `Auth` it belongs to, the username, the binding.
+type NearSessionSlot = Option<(u64, Box<str>, Arc<Session>)>;
+
+/// Slots in each worker thread's near cache of sessions, and the longest username kept there.
+const NEAR_SESSION_SLOTS: usize = 64;
+const NEAR_USERNAME_MAX: usize = 256;
 
 thread_local! {
     static NEAR: std::cell::RefCell<Vec<NearSlot>> = const { std::cell::RefCell::new(Vec::new()) };
+    static NEAR_SESSIONS: std::cell::RefCell<Vec<NearSessionSlot>> =
+        const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// A slot for `bytes` among `slots` (FNV-1a: usernames are short, and a collision only
+/// costs a lookup in the shared table).
+fn near_slot(bytes: &[u8], slots: usize) -> usize {
+    let h = bytes
+        .iter()
+        .fold(0xcbf2_9ce4_8422_2325_u64, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x100_0000_01b3));
+    (h % slots as u64) as usize
 }
 
 pub struct Auth {
@@ -103,7 +122,7 @@ pub struct Auth {
     pub identities: Identities,
     decisions: Cache<DecisionKey, (Arc<Decided>, u64)>,
     /// username (proven to name the token's subject) → session, until the token's `exp`.
-    sessions: Cache<String, (Session, u64)>,
+    sessions: Cache<String, (Arc<Session>, u64)>,
 }
 
 /// About what an entry takes in memory (the key, the entry, the decision's strings; the
@@ -118,7 +137,7 @@ impl Auth {
     pub fn new(identities: Identities, budget: u64) -> Auth {
         static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         Auth {
-            id: NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            id: NEXT.fetch_add(1, Ordering::Relaxed),
             identities,
             decisions: Cache::builder()
                 .max_capacity(budget / 5 * 4)
@@ -127,7 +146,7 @@ impl Auth {
                 .build(),
             sessions: Cache::builder()
                 .max_capacity(budget / 5)
-                .weigher(|u: &String, _: &(Session, u64)| weight(128 + u.len()))
+                .weigher(|u: &String, _: &(Arc<Session>, u64)| weight(160 + u.len()))
                 .expire_after(UntilExp)
                 .build(),
         }
@@ -199,7 +218,15 @@ impl Auth {
     /// replacing any earlier binding (the newest token of an identity decides for it).
     pub fn bind(&self, username: &str, token: TokenHash, verified: Arc<Verified>) {
         let exp = verified.exp;
-        self.sessions.insert(username.to_string(), (Session { token, verified }, exp));
+        let new = Arc::new(Session { token, verified, replaced: AtomicBool::new(false) });
+        if let Some((old, _)) = self.sessions.get(username) {
+            old.replaced.store(true, Ordering::Release);
+        }
+        self.sessions.insert(username.to_string(), (Arc::clone(&new), exp));
+        // Two binds at once: the one the table kept decides, the other counts as replaced.
+        if self.sessions.get(username).is_some_and(|(kept, _)| !Arc::ptr_eq(&kept, &new)) {
+            new.replaced.store(true, Ordering::Release);
+        }
     }
 
     /// The live binding of a username.
@@ -207,6 +234,35 @@ impl Auth {
         let (s, _) = self.sessions.get(username)?;
         // A session lasts while its token would still verify: not expired, key still published.
         self.identities.still_valid(&s.verified).then(|| (s.token, Arc::clone(&s.verified)))
+    }
+
+    /// The hash of the token a username is bound to, for a decision key: from this thread's
+    /// near cache of sessions while no later bind replaced the binding, else from the table
+    /// (then checked to still verify). A near hit does not re-check the token: the decision
+    /// found by the key does ([`Auth::with_cached`]), and a miss decides through
+    /// [`Auth::session`], which checks it.
+    pub fn session_token(&self, username: &str) -> Option<TokenHash> {
+        let slot = near_slot(username.as_bytes(), NEAR_SESSION_SLOTS);
+        NEAR_SESSIONS.with_borrow_mut(|near| {
+            if near.is_empty() {
+                near.resize_with(NEAR_SESSION_SLOTS, || None);
+            }
+            let entry = &mut near[slot];
+            if let Some((owner, name, s)) = entry.as_ref()
+                && *owner == self.id
+                && **name == *username
+                && !s.replaced.load(Ordering::Acquire)
+            {
+                return Some(s.token);
+            }
+            let (s, _) =
+                self.sessions.get(username).filter(|(s, _)| self.identities.still_valid(&s.verified))?;
+            let token = s.token;
+            if username.len() <= NEAR_USERNAME_MAX {
+                *entry = Some((self.id, username.into(), s));
+            }
+            Some(token)
+        })
     }
 
     /// Lets the caches drop what expired; returns how many sessions remain.

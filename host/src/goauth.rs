@@ -495,10 +495,11 @@ async fn acl(ctx: &Ctx<'_>) -> Outcome {
         Ok(t) => t.map(|(t, _)| t),
     };
     // The identity: the token, or the session of the (proven) username.
-    let (holder, mut found) = match token {
+    let username = p.username.as_deref().unwrap_or("");
+    let (mut holder, mut found) = match token {
         Some(t) => (Holder::Token(t), None),
-        None => match auth.session(p.username.as_deref().unwrap_or("")) {
-            Some((hash, v)) => (Holder::Hash(hash), Some((hash, v))),
+        None => match auth.session_token(username) {
+            Some(hash) => (Holder::Hash(hash), None),
             None => {
                 let o = no_session(p);
                 audit(ctx, "acl", None, "acl", &o, None);
@@ -521,7 +522,7 @@ async fn acl(ctx: &Ctx<'_>) -> Outcome {
                 let verified = match (found.take(), token) {
                     (Some(hv), _) => Ok(hv),
                     (None, Some(t)) => verify(ctx.state, t).await,
-                    (None, None) => Err(no_session(p)),
+                    (None, None) => auth.session(username).ok_or_else(|| no_session(p)),
                 };
                 let (hash, verified, subject) =
                     match verified.and_then(|(hash, v)| Ok((hash, Arc::clone(&v), ctx.subject(hash, &v)?))) {
@@ -531,6 +532,15 @@ async fn acl(ctx: &Ctx<'_>) -> Outcome {
                             return o;
                         }
                     };
+                // The username was bound anew since the key was made: decide, and remember,
+                // for the token bound now.
+                let key = match holder {
+                    Holder::Hash(h) if h != hash => {
+                        holder = Holder::Hash(hash);
+                        DecisionKey::new(ctx.generation.id, holder, action, topic, clientid, given)
+                    }
+                    _ => key,
+                };
                 // `${username}` is only ever a name proven to belong to the subject.
                 let username = if names_subject(given, &subject, &verified.claims, &ctx.state.username_claims)
                 {

@@ -157,6 +157,46 @@ fn with_go_auths_cache_no_client_is_decided_as_someone_else() {
 }
 
 #[test]
+fn the_newest_token_of_an_identity_decides_for_its_username_at_once() {
+    // The viewer reconnects with a refreshed token that lost the viewers group: from that user
+    // call on, every ACL call for the username is decided with the new token, on whichever
+    // worker thread it lands (each keeps near caches of sessions and decisions).
+    let s = Server::rsa(&[]);
+    let before = sign("rsa-a.pem", "key-a", &viewer_claims());
+    let mut narrower = viewer_claims();
+    narrower["groups"] = json!([]);
+    narrower["jti"] = json!("refreshed");
+    let after = sign("rsa-a.pem", "key-a", &narrower);
+    let user = |token: &str| {
+        form_call(&s, "/mqtt/user", &[("username", "vera"), ("password", token), ("clientid", "v")])
+    };
+    let read = || {
+        form_call(
+            &s,
+            "/mqtt/acl",
+            &[
+                ("acc", "1"),
+                ("clientid", "v"),
+                ("topic", "celine/telemetry/meter/m1/readings"),
+                ("username", "vera"),
+            ],
+        )
+    };
+    assert!(user(&before).allowed());
+    for _ in 0..20 {
+        assert!(read().allowed(), "the viewer reads telemetry");
+    }
+    assert!(user(&after).allowed());
+    for i in 0..20 {
+        let r = read();
+        assert!(!r.allowed(), "call {i} after the rebind was decided with the old token: {}", r.body);
+    }
+    // And back: the newest binding again decides.
+    assert!(user(&before).allowed());
+    assert!(read().allowed());
+}
+
+#[test]
 fn superuser_through_either_backend() {
     let s = Server::rsa(&[]);
     let admin = sign("rsa-a.pem", "key-a", &admin_claims());
