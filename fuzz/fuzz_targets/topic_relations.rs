@@ -6,21 +6,9 @@
 use libfuzzer_sys::fuzz_target;
 use policy_core::topic::{contains, matches, overlaps, split, subscription_filter, validate_filter, validate_name};
 
-fn reference_match(filter: &str, topic: &str) -> bool {
-    fn go(f: &[&str], t: &[&str]) -> bool {
-        match (f.first(), t.first()) {
-            (Some(&"#"), _) => true,
-            (None, None) => true,
-            (None, Some(_)) | (Some(_), None) => false,
-            (Some(&"+"), Some(_)) => go(&f[1..], &t[1..]),
-            (Some(a), Some(b)) => a == b && go(&f[1..], &t[1..]),
-        }
-    }
-    if (filter.starts_with('+') || filter.starts_with('#')) && topic.starts_with('$') {
-        return false;
-    }
-    go(&split(filter), &split(topic))
-}
+#[path = "../../policy-core/tests/reference/mod.rs"]
+mod reference;
+use reference::reference_match;
 
 fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else { return };

@@ -11,6 +11,7 @@
 //! On or off with the log filter, as before: `MQTT_POLICY_LOG=info,audit=off` turns them off.
 
 use std::cell::RefCell;
+use std::fmt::Write as _;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::logqueue::QueueWriter;
@@ -134,7 +135,7 @@ fn timestamp(out: &mut Vec<u8>, now: Duration) {
             text.clear();
             let (y, m, d) = civil_from_days((secs / 86_400) as i64);
             let t = secs % 86_400;
-            *text = format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}", t / 3600, t / 60 % 60, t % 60);
+            let _ = write!(text, "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}", t / 3600, t / 60 % 60, t % 60);
         }
         out.extend_from_slice(text.as_bytes());
     });

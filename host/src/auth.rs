@@ -17,7 +17,7 @@
 //!   a binding lasts while its token would still verify.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use identity::tokens::weight;
 use identity::{Identities, TokenHash, UntilExp, Verified, now};
@@ -135,7 +135,7 @@ fn entry_bytes(d: &Decision) -> usize {
 impl Auth {
     /// `budget`: bytes for the decisions and the sessions (the identities have their own).
     pub fn new(identities: Identities, budget: u64) -> Auth {
-        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        static NEXT: AtomicU64 = AtomicU64::new(0);
         Auth {
             id: NEXT.fetch_add(1, Ordering::Relaxed),
             identities,

@@ -109,6 +109,15 @@ impl<'a> Params<'a> {
             }
         }
     }
+
+    /// Sets the fields of a form body or a query string.
+    fn set_form(&mut self, text: &'a [u8], what: &'a str) -> Result<(), String> {
+        for pair in form_pairs(text, what) {
+            let (k, v) = pair?;
+            self.set(&k, v)?;
+        }
+        Ok(())
+    }
 }
 
 /// A JSON string or number, as text (borrowed from the body when it holds no escapes).
@@ -260,7 +269,7 @@ pub fn parse_params<'a>(
         None | Some("") => Some(trimmed.first() == Some(&b'{') || trimmed == b"null"),
         Some(other) => {
             return Err(format!(
-                "unsupported content type '{}': send application/json or application/x-www-form-urlencoded",
+                "unsupported content type {}: send application/json or application/x-www-form-urlencoded",
                 crate::short(other)
             ));
         }
@@ -275,18 +284,12 @@ pub fn parse_params<'a>(
         }
         Some(false) => {
             let mut p = Params::default();
-            for pair in form_pairs(trimmed, "form body") {
-                let (k, v) = pair?;
-                p.set(&k, v)?;
-            }
+            p.set_form(trimmed, "form body")?;
             p
         }
     };
     if let Some(q) = query {
-        for pair in form_pairs(q.as_bytes(), "query string") {
-            let (k, v) = pair?;
-            p.set(&k, v)?;
-        }
+        p.set_form(q.as_bytes(), "query string")?;
     }
     p.username_is_token = p.username.as_deref().is_some_and(looks_like_jwt);
     Ok(p)
@@ -509,7 +512,7 @@ async fn acl(ctx: &Ctx<'_>) -> Outcome {
     };
     // Decisions are keyed by the username as given (a JWT username counts as none): whether it
     // names the subject is a function of the token, so the key stays exact.
-    let given = if p.username_is_token { "" } else { p.username.as_deref().unwrap_or("") };
+    let given = if p.username_is_token { "" } else { username };
     let clientid = p.clientid.as_deref().unwrap_or("");
     let mut outcome = Outcome::Deny("no action".into());
     for action in actions {
@@ -542,8 +545,7 @@ async fn acl(ctx: &Ctx<'_>) -> Outcome {
                     _ => key,
                 };
                 // `${username}` is only ever a name proven to belong to the subject.
-                let username = if names_subject(given, &subject, &verified.claims, &ctx.state.username_claims)
-                {
+                let proven = if names_subject(given, &subject, &verified.claims, &ctx.state.username_claims) {
                     given
                 } else {
                     ""
@@ -554,7 +556,7 @@ async fn acl(ctx: &Ctx<'_>) -> Outcome {
                         topic: topic.to_string(),
                         action,
                         clientid: clientid.to_string(),
-                        username: username.to_string(),
+                        username: proven.to_string(),
                     })
                 });
                 found = Some((hash, verified));

@@ -40,6 +40,24 @@ impl Shared {
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
+
+    /// Queues `lines` whole lines at once, or counts them dropped when they do not fit.
+    fn append(&self, bytes: &[u8], lines: u64) {
+        let mut st = self.lock();
+        if st.pending.len() + bytes.len() > self.budget {
+            st.dropped += lines;
+            self.dropped_total.fetch_add(lines, Ordering::Relaxed);
+        } else {
+            let before = st.pending.len();
+            st.pending.extend_from_slice(bytes);
+            // Wake the writer for a first line, and once when the queue passes its high water.
+            let wake = st.idle || (before < self.high_water && st.pending.len() >= self.high_water);
+            drop(st);
+            if wake {
+                self.wake.notify_one();
+            }
+        }
+    }
 }
 
 /// The queue and its writer thread; dropping it writes what is queued and stops the thread.
@@ -69,13 +87,6 @@ impl LogQueue {
 
     pub fn writer(&self) -> QueueWriter {
         QueueWriter(Arc::clone(&self.shared))
-    }
-}
-
-impl QueueWriter {
-    /// Lines dropped since start because the queue was full.
-    pub fn dropped(&self) -> u64 {
-        self.0.dropped_total.load(Ordering::Relaxed)
     }
 }
 
@@ -137,7 +148,7 @@ impl Local {
         if let Some(q) = &self.queue
             && !self.buf.is_empty()
         {
-            QueueWriter::append(q, &self.buf, self.lines);
+            q.append(&self.buf, self.lines);
         }
         self.buf.clear();
         self.lines = 0;
@@ -173,27 +184,14 @@ pub fn hand_over_gathered() {
 }
 
 impl QueueWriter {
-    /// Queues one whole line, or counts it dropped when the queue is full.
-    pub fn push(&self, line: &[u8]) {
-        Self::append(&self.0, line, 1);
+    /// Lines dropped since start because the queue was full.
+    pub fn dropped(&self) -> u64 {
+        self.0.dropped_total.load(Ordering::Relaxed)
     }
 
-    /// Queues `lines` whole lines at once, or counts them dropped when they do not fit.
-    fn append(shared: &Shared, bytes: &[u8], lines: u64) {
-        let mut st = shared.lock();
-        if st.pending.len() + bytes.len() > shared.budget {
-            st.dropped += lines;
-            shared.dropped_total.fetch_add(lines, Ordering::Relaxed);
-        } else {
-            let before = st.pending.len();
-            st.pending.extend_from_slice(bytes);
-            // Wake the writer for a first line, and once when the queue passes its high water.
-            let wake = st.idle || (before < shared.high_water && st.pending.len() >= shared.high_water);
-            drop(st);
-            if wake {
-                shared.wake.notify_one();
-            }
-        }
+    /// Queues one whole line, or counts it dropped when the queue is full.
+    pub fn push(&self, line: &[u8]) {
+        self.0.append(line, 1);
     }
 
     /// Gathers one whole line in this thread, handing the thread's lines to the queue when

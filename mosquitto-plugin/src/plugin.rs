@@ -14,7 +14,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use identity::devkey::{DEV_ISSUER, DevKey};
-use identity::{Identities, KeySource, Verifier, VerifierConfig, looks_like_jwt, names_subject, now};
+use identity::{
+    Identities, KeySource, Verified, Verifier, VerifierConfig, looks_like_jwt, names_subject, now,
+};
 use policy_engine::{Action, Decision, Live, Reloader, Runtime, Source, Subject};
 
 use crate::background::Background;
@@ -193,17 +195,11 @@ impl Plugin {
         password: Option<&[u8]>,
     ) -> Admission {
         logging::flush();
-        let mut connections = match self.connections.try_borrow_mut() {
-            Ok(c) => c,
-            Err(_) => {
-                tracing::error!("refused client {:?}: the connection table is busy (re-entered)", client.id);
-                return Admission::Refused;
-            }
-        };
+        let Some(mut connections) = self.table(client) else { return Admission::Refused };
         if let Some(admitted) = self.readmit(&mut connections, client, username, password) {
             return admitted;
         }
-        let tried = self.try_authenticate(client, username, password);
+        let tried = self.try_authenticate(client, username, password, false);
         self.admit(&mut connections, client, tried)
     }
 
@@ -223,13 +219,7 @@ impl Plugin {
         if !method.eq_ignore_ascii_case(b"jwt") {
             return Admission::NotOurs;
         }
-        let mut connections = match self.connections.try_borrow_mut() {
-            Ok(c) => c,
-            Err(_) => {
-                tracing::error!("refused client {:?}: the connection table is busy (re-entered)", client.id);
-                return Admission::Refused;
-            }
-        };
+        let Some(mut connections) = self.table(client) else { return Admission::Refused };
         let token = data.filter(|d| !d.is_empty());
         if connections.get_mut(client.key).is_some_and(|c| c.connected) {
             return self.reauthenticate(&mut connections, client, token, username);
@@ -238,19 +228,24 @@ impl Plugin {
             None => Err("no token: with the authentication method jwt, send the JWT as the \
                          authentication data"
                 .to_string()),
-            Some(t) => self.try_authenticate(client, username, Some(t)).map(|(mut c, subject)| {
-                c.enhanced = true;
-                if username.is_none() {
-                    c.username = subject.id.clone().into();
-                    c.shown_username = Some(subject.id.clone().into());
-                    if let Some(m) = c.mapped.as_mut() {
-                        m.request.username = subject.id.clone();
-                    }
-                }
-                (c, subject)
-            }),
+            Some(t) => self.try_authenticate(client, username, Some(t), true),
         };
         self.admit(&mut connections, client, tried)
+    }
+
+    /// The connection table, for an authentication; `None` (refused, and logged) if it is
+    /// already borrowed, which only a re-entered callback could do.
+    fn table(&self, client: &Client) -> Option<std::cell::RefMut<'_, Connections>> {
+        let table = self.connections.try_borrow_mut().ok();
+        if table.is_none() {
+            tracing::error!("refused client {:?}: the connection table is busy (re-entered)", client.id);
+        }
+        table
+    }
+
+    /// When a token stops being good: its `exp` plus the leeway.
+    fn deadline(&self, v: &Verified) -> u64 {
+        v.exp.saturating_add(self.options.leeway.as_secs())
     }
 
     /// A connected client shows a fresh token (MQTT 5 re-authentication). It must name the
@@ -305,7 +300,7 @@ impl Plugin {
             conn.username = if proven { given.into() } else { "".into() };
         }
         conn.token = hash;
-        conn.deadline = verified.exp.saturating_add(self.options.leeway.as_secs());
+        conn.deadline = self.deadline(&verified);
         conn.verified = verified;
         let superuser = generation.superuser(&subject).allow;
         conn.remap(generation.id, &subject, superuser);
@@ -403,11 +398,14 @@ impl Plugin {
         Some(Admission::Admitted { rename: None })
     }
 
+    /// Verifies the token (the password, else a JWT username; with `enhanced`, the password
+    /// is the authentication data) and builds the connection it admits.
     fn try_authenticate(
         &self,
         client: &Client,
         username: Option<&[u8]>,
         password: Option<&[u8]>,
+        enhanced: bool,
     ) -> Result<(Connection, Arc<Subject>), String> {
         let username = username
             .map(std::str::from_utf8)
@@ -427,13 +425,14 @@ impl Plugin {
         let generation = self.live.current();
         let subject = self.identities.subject(&generation, hash, &verified)?;
         let superuser = generation.superuser(&subject).allow;
-        // A token sent as the username: the broker will know the client by its subject id.
-        let token_as_username = password.is_none();
+        // A token sent as the username, or enhanced authentication without one: the broker
+        // will know the client by its subject id.
+        let renamed = password.is_none() || (enhanced && username.is_none());
         let mut connection = Connection {
             client_id: client.id.into(),
             // `${username}` is only ever a name proven to belong to the subject.
             username: match username {
-                _ if token_as_username => subject.id.clone(),
+                _ if renamed => subject.id.clone(),
                 Some(u) if names_subject(u, &subject, &verified.claims, &self.options.username_claims) => {
                     u.to_string()
                 }
@@ -441,13 +440,13 @@ impl Plugin {
             }
             .into(),
             token: hash,
-            deadline: verified.exp.saturating_add(self.options.leeway.as_secs()),
+            deadline: self.deadline(&verified),
             verified,
             mapped: None,
             cache: DecisionCache::new(self.options.decision_cache_size),
             connected: true,
-            shown_username: token_as_username.then(|| subject.id.clone().into()),
-            enhanced: false,
+            shown_username: renamed.then(|| subject.id.clone().into()),
+            enhanced,
         };
         connection.remap(generation.id, &subject, superuser);
         Ok((connection, subject))
