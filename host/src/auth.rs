@@ -25,25 +25,17 @@ use moka::sync::Cache;
 use policy_engine::{Action, Decision, Subject};
 use sha2::{Digest, Sha256};
 
-/// Everything an ACL decision depends on, as one SHA-256 digest: (generation, identity,
-/// action, topic, clientid, username), each part tagged or length-prefixed so no two requests
-/// share an encoding. A lookup allocates nothing, and an entry's key is 32 bytes however long
-/// the topic; a digest collision is as infeasible as the token hash's.
+/// Everything an ACL decision depends on, as one SHA-256 digest: (generation, the token's
+/// hash, action, topic, clientid, username), each part tagged or length-prefixed so no two
+/// requests share an encoding. A lookup allocates nothing, and an entry's key is 32 bytes
+/// however long the topic; a digest collision is as infeasible as the token hash's.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
 pub struct DecisionKey([u8; 32]);
-
-/// Whom a decision is for: the token a request carries (hashed into the key directly, one
-/// pass over it), or the hash of the token a session holds.
-#[derive(Clone, Copy)]
-pub enum Holder<'a> {
-    Token(&'a str),
-    Hash(TokenHash),
-}
 
 impl DecisionKey {
     pub fn new(
         generation: u64,
-        holder: Holder<'_>,
+        token: TokenHash,
         action: Action,
         topic: &str,
         clientid: &str,
@@ -51,17 +43,7 @@ impl DecisionKey {
     ) -> Self {
         let mut h = Sha256::new();
         h.update(generation.to_le_bytes());
-        match holder {
-            Holder::Token(t) => {
-                h.update([0]);
-                h.update((t.len() as u64).to_le_bytes());
-                h.update(t.as_bytes());
-            }
-            Holder::Hash(hash) => {
-                h.update([1]);
-                h.update(hash);
-            }
-        }
+        h.update(token);
         h.update([action as u8]);
         for s in [topic, clientid, username] {
             h.update((s.len() as u64).to_le_bytes());
@@ -69,6 +51,43 @@ impl DecisionKey {
         }
         DecisionKey(h.finalize().into())
     }
+}
+
+/// Slots in each worker thread's memo of token hashes, and the longest token kept there.
+const TOKEN_MEMO_SLOTS: usize = 16;
+const TOKEN_MEMO_MAX: usize = 4096;
+
+/// A token-memo slot: the token and its hash.
+type TokenMemoSlot = Option<(Box<str>, TokenHash)>;
+
+thread_local! {
+    static TOKEN_MEMO: std::cell::RefCell<Vec<TokenMemoSlot>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// The SHA-256 of a token ([`identity::token_hash`]), remembered per worker thread for the
+/// last few tokens: a client with a bearer token sends the same one on every check, and
+/// hashing a Keycloak token (about 1 KB) was the largest cost of a cached decision. The slot
+/// comes from the token's last bytes (its signature, which differs between tokens); a hit
+/// needs the whole token to be equal, so the hash is always the token's own.
+pub fn token_hash(token: &str) -> TokenHash {
+    if token.len() > TOKEN_MEMO_MAX {
+        return identity::token_hash(token);
+    }
+    let tail = &token.as_bytes()[token.len().saturating_sub(8)..];
+    let slot = near_slot(tail, TOKEN_MEMO_SLOTS);
+    TOKEN_MEMO.with_borrow_mut(|memo| {
+        if memo.is_empty() {
+            memo.resize_with(TOKEN_MEMO_SLOTS, || None);
+        }
+        match &memo[slot] {
+            Some((t, hash)) if **t == *token => *hash,
+            _ => {
+                let hash = identity::token_hash(token);
+                memo[slot] = Some((token.into(), hash));
+                hash
+            }
+        }
+    })
 }
 
 struct Session {
@@ -270,5 +289,24 @@ impl Auth {
         self.sessions.run_pending_tasks();
         self.decisions.run_pending_tasks();
         self.sessions.entry_count()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_token_memo_gives_each_token_its_own_hash() {
+        // Tokens that share their last bytes meet in one slot: each must still get its own
+        // hash, whichever was remembered before it.
+        let tokens: Vec<String> = (0..40).map(|i| format!("header.payload-{i}.same-signature")).collect();
+        for round in 0..3 {
+            for t in &tokens {
+                assert_eq!(token_hash(t), identity::token_hash(t), "round {round}, token {t}");
+            }
+        }
+        let long = "x".repeat(TOKEN_MEMO_MAX + 1);
+        assert_eq!(token_hash(&long), identity::token_hash(&long));
     }
 }

@@ -23,7 +23,7 @@ use identity::{TokenHash, Verified, looks_like_jwt, names_subject, subject_names
 use policy_engine::{Action, Decision, Generation, Request, Subject};
 
 use crate::audit::Entry;
-use crate::auth::{DecisionKey, Holder};
+use crate::auth::DecisionKey;
 use crate::serve::AppState;
 use crate::serve::{BODY_LIMIT, REQUEST_TIMEOUT};
 
@@ -497,12 +497,12 @@ async fn acl(ctx: &Ctx<'_>) -> Outcome {
         Err(e) => return Outcome::Bad(e),
         Ok(t) => t.map(|(t, _)| t),
     };
-    // The identity: the token, or the session of the (proven) username.
+    // The identity: the token's hash, or that of the session of the (proven) username.
     let username = p.username.as_deref().unwrap_or("");
     let (mut holder, mut found) = match token {
-        Some(t) => (Holder::Token(t), None),
+        Some(t) => (crate::auth::token_hash(t), None),
         None => match auth.session_token(username) {
-            Some(hash) => (Holder::Hash(hash), None),
+            Some(hash) => (hash, None),
             None => {
                 let o = no_session(p);
                 audit(ctx, "acl", None, "acl", &o, None);
@@ -537,12 +537,11 @@ async fn acl(ctx: &Ctx<'_>) -> Outcome {
                     };
                 // The username was bound anew since the key was made: decide, and remember,
                 // for the token bound now.
-                let key = match holder {
-                    Holder::Hash(h) if h != hash => {
-                        holder = Holder::Hash(hash);
-                        DecisionKey::new(ctx.generation.id, holder, action, topic, clientid, given)
-                    }
-                    _ => key,
+                let key = if holder != hash {
+                    holder = hash;
+                    DecisionKey::new(ctx.generation.id, holder, action, topic, clientid, given)
+                } else {
+                    key
                 };
                 // `${username}` is only ever a name proven to belong to the subject.
                 let proven = if names_subject(given, &subject, &verified.claims, &ctx.state.username_claims) {
