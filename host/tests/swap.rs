@@ -1,6 +1,7 @@
 //! Hot swap on a running server: new policies and modules go live without a restart and
 //! without a wrong or failed answer; bad candidates never replace a good policy.
 
+use std::io::Write;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -187,7 +188,7 @@ fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
 }
 
 #[test]
-fn a_changed_policy_file_or_sighup_reloads_and_a_broken_file_is_refused() {
+fn a_changed_policy_file_or_sighup_reloads_and_a_half_written_file_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("policy.json");
     std::fs::write(&file, default_policy().to_string()).unwrap();
@@ -204,20 +205,27 @@ fn a_changed_policy_file_or_sighup_reloads_and_a_broken_file_is_refused() {
     assert!(bearer_call(&s, "/mqtt/acl", &viewer, HEALTH_READ).allowed());
     let g1 = status(&s)["generation"].as_u64().unwrap();
 
-    // A broken file is refused; the last good policy keeps answering.
-    std::fs::write(&file, "{\"celine\": ").unwrap();
-    wait_for("the broken file to be rejected", || !status(&s)["last_rejected"].is_null());
+    // A file caught half-written (an editor or a copy still writing it) is refused; the last
+    // good policy keeps answering; the finished file then goes live by itself.
+    let whole = default_policy().to_string();
+    let (first, rest) = whole.split_at(whole.len() / 2);
+    std::fs::write(&file, first).unwrap();
+    wait_for("the half-written file to be rejected", || !status(&s)["last_rejected"].is_null());
     assert_eq!(status(&s)["generation"].as_u64().unwrap(), g1);
     assert!(bearer_call(&s, "/mqtt/acl", &viewer, HEALTH_READ).allowed());
+    std::fs::OpenOptions::new().append(true).open(&file).unwrap().write_all(rest.as_bytes()).unwrap();
+    wait_for("the finished file to go live", || status(&s)["generation"].as_u64().unwrap() > g1);
+    assert!(!bearer_call(&s, "/mqtt/acl", &viewer, HEALTH_READ).allowed());
+    let g2 = status(&s)["generation"].as_u64().unwrap();
 
-    // SIGHUP re-reads the files (here: the default policy again, written as a new file).
+    // SIGHUP re-reads the files (here: the health policy again, written as a new file).
     let replacement = dir.path().join("policy.json.new");
-    std::fs::write(&replacement, default_policy().to_string()).unwrap();
+    std::fs::write(&replacement, policy_with_health().to_string()).unwrap();
     std::fs::rename(&replacement, &file).unwrap();
     let hup = Command::new("kill").args(["-HUP", &s.child.id().to_string()]).status().unwrap();
     assert!(hup.success());
-    wait_for("the reload", || status(&s)["generation"].as_u64().unwrap() > g1);
-    assert!(!bearer_call(&s, "/mqtt/acl", &viewer, HEALTH_READ).allowed());
+    wait_for("the reload", || status(&s)["generation"].as_u64().unwrap() > g2);
+    assert!(bearer_call(&s, "/mqtt/acl", &viewer, HEALTH_READ).allowed());
 }
 
 /// Several clients keep asking while the policy and the module are swapped again and again:

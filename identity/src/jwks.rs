@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use anyhow::{Context, bail};
+use anyhow::{Context, anyhow, bail};
 use arc_swap::ArcSwap;
 use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, JwkSet, KeyAlgorithm};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
@@ -23,6 +23,19 @@ use serde_json::Value;
 
 /// The key set is refreshed this often in any case.
 pub const PERIODIC_REFRESH: Duration = Duration::from_secs(300);
+
+/// The longest a token by an unknown key waits for the key set to be fetched again (it may
+/// be a rotated-in key): go-auth gives up on a backend call after 5 s, so the answer, a
+/// refusal if the fetch is slower, must come before. The fetch itself goes on in the
+/// background (up to [`FETCH_TIMEOUT`]) and serves the next tokens.
+pub const KEY_WAIT: Duration = Duration::from_secs(3);
+
+/// A key-set fetch (connect, answer and body) is given up after this long.
+pub const FETCH_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The largest key set accepted. A real one is a few KB (Keycloak's: two to four keys); an
+/// endless or enormous answer is refused while it arrives, never held whole.
+pub const MAX_KEY_SET_BYTES: usize = 1 << 20;
 
 /// Where the trusted keys come from.
 #[derive(Debug, Clone)]
@@ -103,6 +116,21 @@ pub struct Verifier {
     /// Posted by `verify_now` when a token names a key the set lacks; the refresher task
     /// answers it (rate-limited).
     refresh_wanted: tokio::sync::Notify,
+    /// When the fetch that tokens by unknown keys wait for began, while it runs.
+    awaited_since: Mutex<Option<Instant>>,
+    /// Counts the fetches tokens waited for, as they end.
+    awaited_done: tokio::sync::watch::Sender<u64>,
+}
+
+/// Ends an awaited fetch however its task ends (even cancelled with its runtime), so that a
+/// later unknown key starts a new one.
+struct AwaitedFetch(Arc<Verifier>);
+
+impl Drop for AwaitedFetch {
+    fn drop(&mut self) {
+        *self.0.awaited_since.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        self.0.awaited_done.send_modify(|n| *n += 1);
+    }
 }
 
 /// Seconds since the epoch.
@@ -155,7 +183,8 @@ fn algorithms_for(jwk: &Jwk) -> Vec<Algorithm> {
 impl Verifier {
     pub fn new(config: VerifierConfig) -> anyhow::Result<Verifier> {
         let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(10))
+            .connect_timeout(KEY_WAIT)
+            .timeout(FETCH_TIMEOUT)
             .build()
             .context("building the HTTP client for key sets")?;
         Ok(Verifier {
@@ -169,16 +198,37 @@ impl Verifier {
             last_refresh: Mutex::new(None),
             refresh_lock: tokio::sync::Mutex::new(()),
             refresh_wanted: tokio::sync::Notify::new(),
+            awaited_since: Mutex::new(None),
+            awaited_done: tokio::sync::watch::Sender::new(0),
         })
     }
 
+    /// A JSON document of at most [`MAX_KEY_SET_BYTES`] from `url`.
     async fn fetch_json(&self, url: &str) -> anyhow::Result<Value> {
-        let resp = self.http.get(url).send().await.with_context(|| format!("GET {url}"))?;
+        let mut resp = self.http.get(url).send().await.with_context(|| format!("GET {url}"))?;
         let status = resp.status();
         if !status.is_success() {
             bail!("GET {url}: HTTP {status}");
         }
-        resp.json().await.with_context(|| format!("GET {url}: not JSON"))
+        let too_large = || {
+            anyhow!(
+                "GET {url}: the answer is larger than {} KiB, which no key set is",
+                MAX_KEY_SET_BYTES >> 10
+            )
+        };
+        if resp.content_length().is_some_and(|n| n > MAX_KEY_SET_BYTES as u64) {
+            return Err(too_large());
+        }
+        let mut body = Vec::new();
+        while let Some(chunk) =
+            resp.chunk().await.with_context(|| format!("GET {url}: reading the answer"))?
+        {
+            if body.len() + chunk.len() > MAX_KEY_SET_BYTES {
+                return Err(too_large());
+            }
+            body.extend_from_slice(&chunk);
+        }
+        serde_json::from_slice(&body).map_err(|e| anyhow!("GET {url}: not JSON ({e})"))
     }
 
     async fn fetch_keys(&self) -> anyhow::Result<JwkSet> {
@@ -211,10 +261,28 @@ impl Verifier {
         Ok(JwkSet { keys })
     }
 
-    /// Reloads the key set now. On failure the previous keys stay in use.
+    /// Reloads the key set now. On failure the previous keys stay in use; the caller reports
+    /// the error (the background refreshes log their own, [`Verifier::refresh_logged`]).
     pub async fn refresh(&self) -> anyhow::Result<usize> {
         let _one_at_a_time = self.refresh_lock.lock().await;
         self.refresh_locked().await
+    }
+
+    /// Refreshes and logs the outcome once per change: a failure when it differs from the
+    /// last one (a provider down for an hour is one line, not one per attempt or request),
+    /// and the first success after failures.
+    async fn refresh_logged(&self) {
+        let before = self.state.load().last_error.clone();
+        match self.refresh_locked().await {
+            Ok(n) if before.is_some() => tracing::info!(keys = n, "key set refresh works again"),
+            Ok(_) => {}
+            Err(e) => {
+                let error = format!("{e:#}");
+                if before.as_deref() != Some(error.as_str()) {
+                    tracing::warn!(%error, "key set refresh failed; keeping the previous keys (logged again when the error changes)");
+                }
+            }
+        }
     }
 
     async fn refresh_locked(&self) -> anyhow::Result<usize> {
@@ -256,12 +324,34 @@ impl Verifier {
     async fn refresh_rate_limited(&self) {
         // Decide under the lock: two tokens with an unknown key id at once make one fetch.
         let _one_at_a_time = self.refresh_lock.lock().await;
-        if !self.refresh_due() {
-            return;
+        if self.refresh_due() {
+            self.refresh_logged().await;
         }
-        if let Err(e) = self.refresh_locked().await {
-            tracing::warn!(error = %format!("{e:#}"), "key set refresh failed; keeping the previous keys");
-        }
+    }
+
+    /// Waits, at most until [`KEY_WAIT`] after it began, for a fetch of the key set: the
+    /// running one, or a new one when due. The fetch runs in its own task, so a token that
+    /// stops waiting does not cancel it.
+    async fn await_refresh(self: &Arc<Self>) {
+        let mut done = self.awaited_done.subscribe();
+        let began = {
+            let mut since = self.awaited_since.lock().unwrap_or_else(|p| p.into_inner());
+            match *since {
+                Some(t) => t,
+                None if !self.refresh_due() => return,
+                None => {
+                    let now = Instant::now();
+                    *since = Some(now);
+                    let fetch = AwaitedFetch(Arc::clone(self));
+                    tokio::spawn(async move {
+                        fetch.0.refresh_rate_limited().await;
+                        drop(fetch);
+                    });
+                    now
+                }
+            }
+        };
+        let _ = tokio::time::timeout_at((began + KEY_WAIT).into(), done.changed()).await;
     }
 
     fn refresh_due(&self) -> bool {
@@ -354,10 +444,11 @@ impl Verifier {
 
     /// Verifies a token: signature, algorithm, `exp`, `nbf`, `iss`, `aud`. A key id the set
     /// does not hold may be a rotated-in key: this waits for a (rate-limited) refresh first.
-    pub async fn verify(&self, token: &str) -> Result<Verified, Refused> {
+    /// The wait is bounded by [`KEY_WAIT`].
+    pub async fn verify(self: &Arc<Self>, token: &str) -> Result<Verified, Refused> {
         let header = header_of(token)?;
         if !is_hmac(header.alg) && self.candidate_keys(&header).is_empty() {
-            self.refresh_rate_limited().await;
+            self.await_refresh().await;
         }
         self.verify_with(token, &header)
     }
@@ -410,10 +501,15 @@ impl Verifier {
     fn verify_with_known(&self, token: &str, header: &jsonwebtoken::Header) -> Result<Verified, Refused> {
         let candidates = self.candidate_keys(header);
         if candidates.is_empty() {
-            return Err(Refused(match &header.kid {
+            let mut why = match &header.kid {
                 Some(kid) => format!("unknown signing key (kid {:?})", truncate(kid)),
                 None => "unknown signing key (the token has no kid and no key is configured)".into(),
-            }));
+            };
+            if let Some(e) = &self.state.load().last_error {
+                why.push_str("; the key set could not be fetched again: ");
+                why.push_str(e);
+            }
+            return Err(Refused(why));
         }
         let mut last = Refused(format!("no key accepts algorithm {:?}", header.alg));
         for jwk in &candidates {
@@ -446,9 +542,8 @@ impl Verifier {
             loop {
                 tokio::select! {
                     _ = tick.tick() => {
-                        if let Err(e) = me.refresh().await {
-                            tracing::warn!(error = %format!("{e:#}"), "periodic key set refresh failed; keeping the previous keys");
-                        }
+                        let _one_at_a_time = me.refresh_lock.lock().await;
+                        me.refresh_logged().await;
                     }
                     _ = me.refresh_wanted.notified() => me.refresh_rate_limited().await,
                 }

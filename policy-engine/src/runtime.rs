@@ -19,6 +19,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use anyhow::{Context, anyhow};
+use sha2::{Digest, Sha256};
 use wasmtime::component::{Component, Linker, ResourceAny};
 use wasmtime::{Config, Engine, Store, StoreLimits, StoreLimitsBuilder};
 
@@ -133,15 +134,21 @@ impl Runtime {
         // Read into memory rather than `deserialize_file`'s mmap: a cache file truncated under
         // a live mapping would crash the host (SIGBUS); a copy cannot.
         if let Some(path) = &cached
-            && let Ok(code) = std::fs::read(path)
+            && let Ok(file) = std::fs::read(path)
         {
-            // SAFETY: the file was written by `Component::serialize` in this directory, named
-            // by the hash of the source component and this host's version; wasmtime also
-            // checks the engine's compatibility and refuses otherwise.
-            match unsafe { Component::deserialize(&self.engine, &code) } {
-                Ok(c) => return Ok(c),
-                Err(e) => {
-                    tracing::warn!(path = %path.display(), error = %e, "ignoring an unusable compiled-module cache entry")
+            match checked_code(&file) {
+                // SAFETY: the code was written by `Component::serialize` in this directory,
+                // named by the hash of the source component and this host's version, and is
+                // byte for byte what was written (its SHA-256 matches); wasmtime also checks
+                // the engine's compatibility and refuses otherwise.
+                Ok(code) => match unsafe { Component::deserialize(&self.engine, code) } {
+                    Ok(c) => return Ok(c),
+                    Err(e) => {
+                        tracing::warn!(path = %path.display(), error = %e, "ignoring an unusable compiled-module cache entry")
+                    }
+                },
+                Err(why) => {
+                    tracing::warn!(path = %path.display(), "ignoring a damaged compiled-module cache entry: {why}")
                 }
             }
         }
@@ -166,13 +173,32 @@ impl Drop for Runtime {
     }
 }
 
+/// A cache entry is the SHA-256 of the compiled code, then the code. Compiled code is run as
+/// it is, unchecked, so a damaged file (a flipped bit, a torn write, a full disk) must be
+/// refused before wasmtime sees it, not executed. (The digest guards against damage, not
+/// against someone who can write the state directory: keep it writable by the service only.)
 fn write_cache(path: &Path, component: &Component) -> anyhow::Result<()> {
-    let bytes = component.serialize().map_err(|e| anyhow!("{e}"))?;
+    let code = component.serialize().map_err(|e| anyhow!("{e}"))?;
     std::fs::create_dir_all(path.parent().unwrap())?;
     let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, bytes)?;
+    let mut file = Vec::with_capacity(32 + code.len());
+    file.extend_from_slice(&Sha256::digest(&code));
+    file.extend_from_slice(&code);
+    std::fs::write(&tmp, file)?;
     std::fs::rename(&tmp, path)?;
     Ok(())
+}
+
+/// The code of a cache entry whose digest matches it.
+fn checked_code(file: &[u8]) -> Result<&[u8], &'static str> {
+    if file.len() < 32 {
+        return Err("shorter than its checksum");
+    }
+    let (digest, code) = file.split_at(32);
+    if Sha256::digest(code)[..] != *digest {
+        return Err("its checksum does not match (damaged or torn); compiling again");
+    }
+    Ok(code)
 }
 
 /// A compiled policy module, ready to instantiate.

@@ -99,6 +99,23 @@ fn compiled_modules_are_cached_in_the_state_directory() {
             .allow
     );
     assert!(std::fs::metadata(&cached[0]).unwrap().len() > 1000, "rewritten");
+    // Damage that keeps the file's shape (one flipped bit in the compiled code, a torn
+    // write): wasmtime would run such code as it is; the entry's checksum refuses it first.
+    let good = std::fs::read(&cached[0]).unwrap();
+    for damaged in [
+        {
+            let mut d = good.clone();
+            d[good.len() / 2] ^= 0x10;
+            d
+        },
+        good[..good.len() - 100].to_vec(),
+    ] {
+        std::fs::write(&cached[0], &damaged).unwrap();
+        let module = Runtime::new(Some(dir.path().to_path_buf())).unwrap().module(&bytes).unwrap();
+        let generation = Generation::new(module, include_str!("../../policies/celine.json")).unwrap();
+        assert!(generation.check(&read(TELEMETRY)).allow);
+        assert_ne!(std::fs::read(&cached[0]).unwrap(), damaged, "the damaged entry was compiled again");
+    }
 }
 
 #[test]

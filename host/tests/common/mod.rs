@@ -31,6 +31,15 @@ pub struct Server {
 impl Server {
     /// Starts `mqtt-policy serve` with `args` on 127.0.0.1:0 and waits for its "listening" line.
     pub fn start(args: &[&str]) -> Server {
+        Server::spawn(args, "warn", Stdio::inherit())
+    }
+
+    /// As [`Server::start`], logging at `info` into the file `log`.
+    pub fn start_logged(args: &[&str], log: &std::path::Path) -> Server {
+        Server::spawn(args, "info", Stdio::from(std::fs::File::create(log).unwrap()))
+    }
+
+    fn spawn(args: &[&str], level: &str, stderr: Stdio) -> Server {
         let state = tempfile::tempdir().unwrap();
         let mut child = Command::new(env!("CARGO_BIN_EXE_mqtt-policy"))
             .current_dir(test_support::repository())
@@ -38,10 +47,10 @@ impl Server {
             .args(["--listen", "127.0.0.1:0", "--ops-listen", "127.0.0.1:0", "--state-dir"])
             .arg(state.path())
             .args(args)
-            .env("MQTT_POLICY_LOG", "warn")
+            .env("MQTT_POLICY_LOG", level)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(stderr)
             .spawn()
             .expect("start mqtt-policy serve");
         let stdout = child.stdout.take().unwrap();
