@@ -383,15 +383,25 @@ impl Verifier {
         v.leeway = self.config.leeway.as_secs();
         v.validate_exp = true;
         v.validate_nbf = true;
-        v.set_required_spec_claims(&["exp"]);
+        // jsonwebtoken checks `iss` and `aud` only when the token has them: a configured issuer
+        // or audience must also make the claim required, or a token without it would pass
+        // (found by fuzzing, `fuzz/fuzz_targets/jwt_verify.rs`).
+        let mut required = vec!["exp"];
         match &self.config.issuer {
-            Some(iss) => v.set_issuer(&[iss]),
+            Some(iss) => {
+                v.set_issuer(&[iss]);
+                required.push("iss");
+            }
             None => v.iss = None,
         }
         match &self.config.audience {
-            Some(aud) => v.set_audience(&[aud]),
+            Some(aud) => {
+                v.set_audience(&[aud]);
+                required.push("aud");
+            }
             None => v.validate_aud = false,
         }
+        v.set_required_spec_claims(&required);
         v
     }
 
@@ -579,18 +589,4 @@ fn describe(e: &jsonwebtoken::errors::Error) -> String {
         K::Json(_) | K::Utf8(_) => "not a JWT (bad JSON)".into(),
         other => format!("{other:?}"),
     }
-}
-
-/// Does this string look like a JWT (three base64url parts, a JSON header with `alg`)?
-pub fn looks_like_jwt(s: &str) -> bool {
-    use base64::Engine;
-    let mut parts = s.split('.');
-    let (Some(h), Some(_), Some(_), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
-        return false;
-    };
-    base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(h.trim_end_matches('='))
-        .ok()
-        .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
-        .is_some_and(|v| v.get("alg").is_some())
 }

@@ -16,11 +16,16 @@
 //! Not here: what a subject may do (the policy module, through `policy-engine`), and how a
 //! front end finds the token in its requests. Tokens are never logged or kept in clear.
 
+#[cfg(feature = "engine")]
 pub mod devkey;
 pub mod jwks;
+#[cfg(feature = "engine")]
 pub mod names;
+#[cfg(feature = "engine")]
 pub mod tokens;
 
-pub use jwks::{KeySource, Refused, Verified, Verifier, VerifierConfig, looks_like_jwt, now};
+pub use jwks::{KeySource, Refused, Verified, Verifier, VerifierConfig, now};
+#[cfg(feature = "engine")]
 pub use names::{DEFAULT_USERNAME_CLAIMS, names_subject, parse_list, parse_username_claims, subject_names};
+#[cfg(feature = "engine")]
 pub use tokens::{Identities, TokenHash, UntilExp, token_hash};

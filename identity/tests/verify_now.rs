@@ -114,6 +114,40 @@ async fn only_access_tokens_and_only_for_authorized_parties() {
     assert!(e.contains("no client (no azp)"), "{e}");
 }
 
+/// Found by fuzzing (`fuzz/fuzz_targets/jwt_verify.rs`): a configured issuer or audience was
+/// only compared when the token had the claim, so a token without it passed.
+#[tokio::test]
+async fn a_configured_issuer_or_audience_is_required_not_only_compared() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = DevKey::load_or_create(dir.path()).unwrap();
+    let without = |claim: &str| {
+        let mut c = alice(60);
+        c["aud"] = serde_json::json!("mqtt-broker");
+        c.as_object_mut().unwrap().remove(claim);
+        key.sign(&c).unwrap()
+    };
+    let v = Arc::new(
+        Verifier::new(VerifierConfig {
+            source: KeySource::None,
+            issuer: Some(DEV_ISSUER.into()),
+            audience: Some("mqtt-broker".into()),
+            leeway: Duration::from_secs(0),
+            extra_keys: vec![key.jwk().unwrap()],
+            hmac_secret: None,
+            min_refresh: Duration::from_secs(10),
+            authorized_parties: vec![],
+        })
+        .unwrap(),
+    );
+    v.refresh().await.unwrap();
+    let ids = Identities::new(v, 1 << 20);
+    assert!(ids.verify_now(&without("none-of-them")).is_ok(), "iss and aud present and right");
+    for claim in ["iss", "aud"] {
+        let e = ids.verify_now(&without(claim)).unwrap_err();
+        assert!(e.contains(claim), "without {claim}: {e}");
+    }
+}
+
 #[tokio::test]
 async fn failed_refreshes_keep_the_keys_once() {
     let dir = tempfile::tempdir().unwrap();

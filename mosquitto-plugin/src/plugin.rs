@@ -13,10 +13,9 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use goauth_wire::looks_like_jwt;
 use identity::devkey::{DEV_ISSUER, DevKey};
-use identity::{
-    Identities, KeySource, Verified, Verifier, VerifierConfig, looks_like_jwt, names_subject, now,
-};
+use identity::{Identities, KeySource, Verified, Verifier, VerifierConfig, names_subject, now};
 use policy_engine::{Action, Decision, Live, Reloader, Runtime, Source, Subject};
 
 use crate::background::Background;
