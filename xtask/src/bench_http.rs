@@ -70,7 +70,7 @@ fn http(addr: &str, path: &str, headers: &[(&str, &str)], body: &str) -> anyhow:
     request(addr, "POST", path, headers, body.as_bytes())
 }
 
-fn request(
+pub(crate) fn request(
     addr: &str,
     method: &str,
     path: &str,
@@ -509,7 +509,7 @@ pub fn bench_swap() -> anyhow::Result<()> {
 
 /// The default policy with one more rule (viewers may read service health) at the end: a
 /// second valid document, without a JSON dependency in xtask.
-fn with_extra_rule(base: &str) -> String {
+pub(crate) fn with_extra_rule(base: &str) -> String {
     let rule = r#"{"id": "health-viewers", "subjects": {"groups": ["viewers"]}, "topics": ["celine/system/health/+"], "actions": ["subscribe", "read"]}"#;
     let end = base.rfind("]\n      }\n    },\n    \"roles\"").expect("the default policy's rules list");
     format!("{},\n{rule}\n{}", base[..end].trim_end(), &base[end..])

@@ -33,13 +33,13 @@ const SLACK_MIB: u64 = 48;
 const TOPIC_FILLER: usize = 60_000;
 
 /// A keep-alive HTTP/1.1 connection, enough for this benchmark's requests.
-struct Conn {
+pub(crate) struct Conn {
     reader: BufReader<TcpStream>,
     addr: String,
 }
 
 impl Conn {
-    fn open(addr: &str) -> anyhow::Result<Conn> {
+    pub(crate) fn open(addr: &str) -> anyhow::Result<Conn> {
         let s = TcpStream::connect(addr)?;
         s.set_read_timeout(Some(Duration::from_secs(30)))?;
         s.set_nodelay(true)?;
@@ -47,7 +47,7 @@ impl Conn {
     }
 
     /// Sends a POST and returns the status (the body is read and discarded).
-    fn post(&mut self, path: &str, headers: &[(&str, &str)], body: &[u8]) -> anyhow::Result<u16> {
+    pub(crate) fn post(&mut self, path: &str, headers: &[(&str, &str)], body: &[u8]) -> anyhow::Result<u16> {
         let mut head =
             format!("POST {path} HTTP/1.1\r\nHost: {}\r\nContent-Length: {}\r\n", self.addr, body.len());
         for (k, v) in headers {
@@ -82,7 +82,7 @@ impl Conn {
     }
 }
 
-fn rss_mib(pid: u32) -> anyhow::Result<f64> {
+pub(crate) fn rss_mib(pid: u32) -> anyhow::Result<f64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
     let kib: f64 = status
         .lines()

@@ -28,6 +28,7 @@ mod broker;
 mod fuzz;
 mod keycloak;
 mod playground;
+mod soak;
 
 const USAGE: &str = "usage: cargo xtask <command>
 
@@ -45,6 +46,9 @@ commands:
   bench-swap         hot-swap latency, and throughput during repeated swaps vs. steady
   bench-memory       the service's memory under floods of unique 60 KB topics and tokens (RSS flat?)
   bench-broker       deliveries/s through Mosquitto with the plugin vs. no auth and acl_file, QoS 0/1
+  soak [--minutes M | --seconds S]
+                     the service under mixed load while policies swap and keys rotate (default 10 min):
+                     no 5xx, no wrong decision (checked against policy-core), no failed swap, flat RSS
   sync-conformance   copy shared/conformance/decisions.jsonl into corpus/conformance.jsonl";
 
 fn main() {
@@ -61,6 +65,7 @@ fn main() {
         Some("bench-http") => bench_http::bench(),
         Some("bench-swap") => bench_http::bench_swap(),
         Some("bench-memory") => bench_memory::bench(),
+        Some("soak") => soak::command(&args[1..]),
         Some("bench-broker") => bench_broker::bench(),
         Some("sync-conformance") => sync_conformance(),
         Some("-h" | "--help" | "help") | None => {
@@ -317,6 +322,7 @@ fn test() -> anyhow::Result<()> {
         "scope-convention",
     ])?;
     fuzz::run(FUZZ_SECONDS_IN_TESTS)?;
+    soak::run(&target_dir().join("debug/mqtt-policy"), SOAK_IN_TESTS)?;
     step("the default policy: lint and its own test cases");
     let bin = target_dir().join("debug/mqtt-policy");
     let bin = bin.to_str().context("target path is not UTF-8")?;
@@ -330,6 +336,8 @@ fn test() -> anyhow::Result<()> {
 
 /// Seconds per fuzz target in `cargo xtask test` (a longer run: `cargo xtask fuzz`).
 const FUZZ_SECONDS_IN_TESTS: u64 = 5;
+/// The soak's length in `cargo xtask test` (a longer run: `cargo xtask soak`).
+const SOAK_IN_TESTS: std::time::Duration = std::time::Duration::from_secs(30);
 
 fn target_dir() -> PathBuf {
     std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| root().join("target"))
