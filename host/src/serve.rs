@@ -115,9 +115,29 @@ pub async fn build_state(cfg: &ServeConfig) -> anyhow::Result<Arc<AppState>> {
     }
     // First: metric handles registered before the recorder exists would be no-ops.
     let prometheus = install_metrics()?;
-    std::fs::create_dir_all(&cfg.state_dir)
-        .with_context(|| format!("creating the state directory {}", cfg.state_dir.display()))?;
-    let runtime = Runtime::new(Some(cfg.state_dir.join("cache")))?;
+    // The state directory holds the compiled-module cache (and in dev mode the dev key). A
+    // read-only or unusable one costs the cache, not the service: modules are compiled at
+    // each start instead.
+    let cache_dir = match std::fs::create_dir_all(&cfg.state_dir) {
+        Ok(()) => Some(cfg.state_dir.join("cache")),
+        Err(e) if !cfg.dev => {
+            tracing::warn!(
+                state_dir = %cfg.state_dir.display(),
+                error = %e,
+                "the state directory cannot be created: compiled modules are not cached (each start compiles them)"
+            );
+            None
+        }
+        Err(e) => {
+            return Err(e).with_context(|| {
+                format!(
+                    "creating the state directory {} (dev mode keeps its key there)",
+                    cfg.state_dir.display()
+                )
+            });
+        }
+    };
+    let runtime = Runtime::new(cache_dir)?;
     let module_source = match &cfg.module {
         Some(p) => Source::File(p.clone()),
         None => Source::BuiltIn,

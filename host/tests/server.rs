@@ -2,7 +2,7 @@
 //! requests shaped exactly as go-auth sends them (shared/docs/go-auth-protocol.md), and the
 //! JWT failure matrix. Each test starts its own server and stops it (by PID) when done.
 
-use std::process::Command;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
@@ -544,6 +544,41 @@ fn keys_come_from_oidc_discovery_on_the_issuer() {
     // The issuer is also the expected `iss`.
     let r = bearer_call(&s, "/mqtt/user", &sign("rsa-a.pem", "key-a", &viewer_claims()), "null");
     assert!(r.json()["error"].as_str().unwrap().contains("wrong issuer"), "{}", r.body);
+}
+
+#[test]
+fn an_unusable_state_directory_costs_the_compiled_module_cache_not_the_service() {
+    // A state directory that cannot be created: here beneath a regular file. A read-only or
+    // full disk fails the same way (and root, which runs these tests, ignores permission bits).
+    let dir = tempfile::tempdir().unwrap();
+    let blocker = dir.path().join("a-file");
+    std::fs::write(&blocker, "x").unwrap();
+    let state = blocker.join("state");
+    let log = dir.path().join("log");
+    let jwks = fixtures().join("jwks-a.json");
+    let s = Server::start_in(&state, &["--jwks-file", jwks.to_str().unwrap(), "--issuer", ISSUER], &log);
+    let token = sign("rsa-a.pem", "key-a", &viewer_claims());
+    let body = r#"{"clientid":"c","topic":"celine/telemetry/m/1/readings","acc":1}"#;
+    assert!(bearer_call(&s, "/mqtt/acl", &token, body).allowed());
+    assert_eq!(send(client().get(s.ops("/readyz"))).status, 200);
+    let warned = |text: &str| text.matches("the state directory cannot be created").count();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while warned(&std::fs::read_to_string(&log).unwrap()) == 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(warned(&std::fs::read_to_string(&log).unwrap()), 1, "logged once");
+    drop(s);
+
+    // Dev mode keeps its signing key there: without it, it cannot start, and says why.
+    let out = Command::new(env!("CARGO_BIN_EXE_mqtt-policy"))
+        .args(["serve", "--dev", "--listen", "127.0.0.1:0", "--ops-listen", "127.0.0.1:0", "--state-dir"])
+        .arg(&state)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("creating the state directory") && stderr.contains("dev mode"), "{stderr}");
 }
 
 #[test]

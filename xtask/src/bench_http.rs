@@ -20,7 +20,7 @@ use crate::{root, step, target_dir};
 const DURATION: u32 = 3;
 /// Interleaved rounds per scenario (floor, audit on, audit off, each `DURATION` s): the table
 /// reports each ratio's median round, and the spread of the audit-on ratio.
-const ROUNDS: usize = 5;
+const ROUNDS: usize = 7;
 const CONCURRENCY: [u32; 2] = [16, 64];
 
 /// A server started by a benchmark, stopped (by PID) when dropped.

@@ -31,21 +31,26 @@ pub struct Server {
 impl Server {
     /// Starts `mqtt-policy serve` with `args` on 127.0.0.1:0 and waits for its "listening" line.
     pub fn start(args: &[&str]) -> Server {
-        Server::spawn(args, "warn", Stdio::inherit())
+        Server::spawn(args, "warn", Stdio::inherit(), None)
     }
 
     /// As [`Server::start`], logging at `info` into the file `log`.
     pub fn start_logged(args: &[&str], log: &std::path::Path) -> Server {
-        Server::spawn(args, "info", Stdio::from(std::fs::File::create(log).unwrap()))
+        Server::spawn(args, "info", Stdio::from(std::fs::File::create(log).unwrap()), None)
     }
 
-    fn spawn(args: &[&str], level: &str, stderr: Stdio) -> Server {
+    /// As [`Server::start_logged`], with `state_dir` as the state directory.
+    pub fn start_in(state_dir: &std::path::Path, args: &[&str], log: &std::path::Path) -> Server {
+        Server::spawn(args, "info", Stdio::from(std::fs::File::create(log).unwrap()), Some(state_dir))
+    }
+
+    fn spawn(args: &[&str], level: &str, stderr: Stdio, state_dir: Option<&std::path::Path>) -> Server {
         let state = tempfile::tempdir().unwrap();
         let mut child = Command::new(env!("CARGO_BIN_EXE_mqtt-policy"))
             .current_dir(test_support::repository())
             .arg("serve")
             .args(["--listen", "127.0.0.1:0", "--ops-listen", "127.0.0.1:0", "--state-dir"])
-            .arg(state.path())
+            .arg(state_dir.unwrap_or(state.path()))
             .args(args)
             .env("MQTT_POLICY_LOG", level)
             .stdin(Stdio::null())
