@@ -22,6 +22,9 @@ fn nightly(args: &[&str]) -> Command {
     c.args(["run", "nightly", "cargo"]).args(args).current_dir(root());
     // The fuzz targets build with their own flags, apart from the project's target directory.
     c.env("CARGO_TARGET_DIR", target_dir().join("fuzz")).env_remove("RUSTFLAGS");
+    // The plugin's target embeds the policy module as the plugin does; policy-engine's build
+    // script would look for it under that other target directory.
+    c.env("MQTT_POLICY_MODULE_WASM", crate::module_path());
     c
 }
 
@@ -69,12 +72,19 @@ pub fn run(seconds: u64) -> anyhow::Result<Vec<Report>> {
             .with_context(|| format!("cannot run cargo fuzz for {target}"))?;
         let log = String::from_utf8_lossy(&out.stderr);
         if !out.status.success() {
-            let tail: Vec<&str> = log.lines().rev().take(40).collect::<Vec<_>>().into_iter().rev().collect();
+            let lines: Vec<&str> = log.lines().collect();
+            // What went wrong comes first (a panic's message, the sanitizer's report), then
+            // many lines of stacks: show the first, and the end.
+            let first = lines
+                .iter()
+                .position(|l| l.contains("panicked at") || l.contains("ERROR: ") || l.starts_with("error"))
+                .map(|i| lines[i..lines.len().min(i + 12)].join("\n"))
+                .unwrap_or_default();
+            let tail = lines[lines.len().saturating_sub(25)..].join("\n");
             bail!(
-                "fuzz target {target} failed (a crash or a build error):\n{}\n\nThe failing input is in \
+                "fuzz target {target} failed (a crash or a build error):\n{first}\n…\n{tail}\n\nThe failing input is in \
                  fuzz/artifacts/{target}/: reproduce with `cargo +nightly fuzz run {target} <that file>` \
-                 (from the repository root) and make it a regression test.",
-                tail.join("\n")
+                 (from the repository root) and make it a regression test."
             );
         }
         let done = log.lines().rev().find(|l| l.contains("DONE"));
@@ -102,6 +112,10 @@ pub fn command(args: &[String]) -> anyhow::Result<()> {
         }
         _ => bail!("usage: cargo xtask fuzz [--seconds N]"),
     };
+    // The plugin's target embeds the policy module, as the plugin does.
+    crate::ensure_wasm_target()?;
+    step("policy module: policy-wasm for wasm32-unknown-unknown (the plugin's target embeds it)");
+    crate::build_component("policy-wasm", "policy.wasm")?;
     let reports = run(seconds)?;
     println!("\n| target | seconds | executions | coverage (edges) | crashes |\n|---|---|---|---|---|");
     for r in reports {
