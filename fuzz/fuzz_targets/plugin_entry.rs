@@ -16,7 +16,7 @@
 
 use std::sync::Arc;
 
-use identity::devkey::{DEV_ISSUER, DevKey, TokenSpec, claims};
+use identity::devkey::{DevKey, TokenSpec, claims};
 use libfuzzer_sys::fuzz_target;
 use mqtt_policy_mosquitto::{Admission, Broker, Client, ClientKey, Options, Plugin};
 
@@ -56,16 +56,8 @@ fn world() -> World {
     let plugin = Plugin::start(Options::parse(&pairs).unwrap(), Arc::new(StandIn)).unwrap();
     let key = DevKey::load_or_create(state.path()).unwrap();
     let mint = |sub: &str, groups: &[&str], ttl_secs: u64, back: u64| {
-        let spec = TokenSpec {
-            sub: Some(sub.into()),
-            client_id: None,
-            groups: groups.iter().map(|g| g.to_string()).collect(),
-            scopes: vec![],
-            issuer: DEV_ISSUER.into(),
-            audience: None,
-            ttl_secs,
-        };
-        key.sign(&claims(&spec, identity::now() - back).unwrap()).unwrap()
+        key.sign(&claims(&TokenSpec::dev_user(sub, groups, ttl_secs), identity::now() - back).unwrap())
+            .unwrap()
     };
     let tokens = vec![
         mint("vera", &["viewers"], 3600, 0),

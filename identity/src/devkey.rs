@@ -110,6 +110,21 @@ pub struct TokenSpec {
     pub ttl_secs: u64,
 }
 
+impl TokenSpec {
+    /// A user of the dev issuer, in `groups`, for `ttl_secs` (what tests and fuzzing mint).
+    pub fn dev_user(sub: &str, groups: &[&str], ttl_secs: u64) -> TokenSpec {
+        TokenSpec {
+            sub: Some(sub.into()),
+            client_id: None,
+            groups: groups.iter().map(|g| g.to_string()).collect(),
+            scopes: vec![],
+            issuer: DEV_ISSUER.into(),
+            audience: None,
+            ttl_secs,
+        }
+    }
+}
+
 /// Claims shaped like Keycloak's: a service token (client credentials) when `client_id` is
 /// given, else a user token with `groups` (leading `/`) and `realm_access.roles`.
 pub fn claims(spec: &TokenSpec, now: u64) -> anyhow::Result<Value> {

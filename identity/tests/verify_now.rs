@@ -10,16 +10,7 @@ use identity::{Identities, KeySource, Verifier, VerifierConfig, now};
 
 /// A viewer's claims, as `mqtt-policy token --dev` makes them.
 fn alice(ttl_secs: u64) -> serde_json::Value {
-    let spec = TokenSpec {
-        sub: Some("alice".into()),
-        client_id: None,
-        groups: vec!["viewers".into()],
-        scopes: vec![],
-        issuer: DEV_ISSUER.into(),
-        audience: None,
-        ttl_secs,
-    };
-    claims(&spec, now()).unwrap()
+    claims(&TokenSpec::dev_user("alice", &["viewers"], ttl_secs), now()).unwrap()
 }
 
 fn token(key: &DevKey, ttl_secs: u64) -> String {

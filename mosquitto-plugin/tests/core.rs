@@ -4,7 +4,7 @@
 
 use std::sync::{Arc, Mutex};
 
-use identity::devkey::{DEV_ISSUER, DevKey, TokenSpec, claims};
+use identity::devkey::{DevKey, TokenSpec, claims};
 use mqtt_policy_mosquitto::{Admission, Broker, Client, ClientKey, Options, Plugin, access};
 
 #[derive(Default)]
@@ -56,16 +56,7 @@ impl Fixture {
     }
 
     fn token_for(&self, sub: &str, groups: &[&str], ttl_secs: u64) -> String {
-        let spec = TokenSpec {
-            sub: Some(sub.into()),
-            client_id: None,
-            groups: groups.iter().map(|g| g.to_string()).collect(),
-            scopes: vec![],
-            issuer: DEV_ISSUER.into(),
-            audience: None,
-            ttl_secs,
-        };
-        self.key.sign(&claims(&spec, identity::now()).unwrap()).unwrap()
+        self.key.sign(&claims(&TokenSpec::dev_user(sub, groups, ttl_secs), identity::now()).unwrap()).unwrap()
     }
 
     fn connect_ext(

@@ -519,16 +519,7 @@ fn an_unwritable_module_cache_costs_a_compile_and_the_broker_stops_cleanly() {
 fn dev_mode_trusts_the_dev_key_in_its_state_directory() {
     let state = tempfile::tempdir().unwrap();
     let key = DevKey::load_or_create(state.path()).unwrap();
-    let spec = TokenSpec {
-        sub: Some("dana".into()),
-        client_id: None,
-        groups: vec!["viewers".into()],
-        scopes: vec![],
-        issuer: identity::devkey::DEV_ISSUER.into(),
-        audience: None,
-        ttl_secs: 600,
-    };
-    let token = key.sign(&claims(&spec, now()).unwrap()).unwrap();
+    let token = key.sign(&claims(&TokenSpec::dev_user("dana", &["viewers"], 600), now()).unwrap()).unwrap();
     let setup = Setup::new();
     let policy = setup.file("policy.json", POLICY);
     // The dev key is private (0600, root's): the broker keeps root's rights to read it.
