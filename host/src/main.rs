@@ -30,6 +30,10 @@ enum Command {
     Lint(cli::lint::Args),
     /// Run policy test cases. Exit 1 if any fails.
     Test(cli::test::Args),
+    /// Which requests change decision if NEW replaces OLD. Exit 0 none, 1 some, 2 load error.
+    Diff(cli::diff::Args),
+    /// A subject's effective permissions per action, with deny carve-outs, as a topic tree.
+    WhoCan(cli::who_can::Args),
 }
 
 fn main() -> ExitCode {
@@ -41,6 +45,8 @@ fn main() -> ExitCode {
         Command::Eval(a) => cli::eval::run(a),
         Command::Lint(a) => cli::lint::run(a),
         Command::Test(a) => cli::test::run(a),
+        Command::Diff(a) => cli::diff::run(a),
+        Command::WhoCan(a) => cli::who_can::run(a),
     };
     match result {
         Ok(code) => code,

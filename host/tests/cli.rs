@@ -324,3 +324,124 @@ fn compare(case: &Value, got: &Value) -> Result<(), String> {
     }
     Ok(())
 }
+
+/// The default policy with one rule narrowed and the viewers' `read` taken away.
+fn edited_default(dir: &std::path::Path) -> PathBuf {
+    let mut doc: Value =
+        serde_json::from_str(&std::fs::read_to_string(root().join("policies/celine.json")).unwrap()).unwrap();
+    doc["celine"]["roles"]["group_permissions"]["viewers"] = serde_json::json!(["subscribe"]);
+    let rules = doc["celine"]["mqtt"]["acl"]["rules"].as_array_mut().unwrap();
+    rules.push(serde_json::json!({"id": "no-system", "subjects": {"groups": ["admins"]},
+        "topics": ["celine/system/#"], "actions": ["publish"], "effect": "deny"}));
+    let path = dir.join("new.json");
+    std::fs::write(&path, doc.to_string()).unwrap();
+    path
+}
+
+fn eval_with(policy: &std::path::Path, line: &str) -> Value {
+    let mut c = mqtt_policy();
+    c.args(["eval", "--policy"]).arg(policy);
+    let o = run_with_stdin(c, &format!("{line}\n"));
+    serde_json::from_str(stdout(&o).trim()).unwrap()
+}
+
+#[test]
+fn diff_lists_changes_that_replay_through_eval_and_exits_by_outcome() {
+    let dir = tempfile::tempdir().unwrap();
+    let new = edited_default(dir.path());
+    let old = root().join("policies/celine.json");
+
+    let same = mqtt_policy().args(["diff", "policies/celine.json", "policies/celine.json"]).output().unwrap();
+    assert_eq!(same.status.code(), Some(0), "{}", stderr(&same));
+    assert!(stdout(&same).starts_with("no decision changes"), "{}", stdout(&same));
+
+    let o = mqtt_policy().arg("diff").arg(&old).arg(&new).arg("--json").output().unwrap();
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    let changes: Vec<Value> = serde_json::from_str(&stdout(&o)).expect("a bare JSON array");
+    assert!(
+        changes.iter().any(|c| c["request"]["action"] == "read" && c["old"]["rule"] == "telemetry-viewers")
+    );
+    assert!(changes.iter().any(|c| c["request"]["action"] == "publish" && c["new"]["rule"] == "no-system"));
+    for c in &changes {
+        assert_ne!(c["old"]["allow"], c["new"]["allow"], "only real changes: {c}");
+        let line = c["request"].to_string();
+        for (policy, side) in [(&old, "old"), (&new, "new")] {
+            let got = eval_with(policy, &line);
+            assert_eq!(got["allow"], c[side]["allow"], "{line} against {side}");
+            assert_eq!(got["rule"], c[side]["rule"], "{line} against {side}");
+        }
+    }
+
+    let human = mqtt_policy().arg("diff").arg(&old).arg(&new).output().unwrap();
+    assert_eq!(human.status.code(), Some(1));
+    let text = stdout(&human);
+    assert!(
+        text.contains("LOST  allowed by rule 'telemetry-viewers' → denied: missing capability"),
+        "{text}"
+    );
+    assert!(text.contains("LOST  allowed by rule 'admins-all' → denied by rule 'no-system'"), "{text}");
+    assert!(text.contains("--action publish --topic 'celine/system"), "replayable arguments: {text}");
+
+    let broken = dir.path().join("broken.json");
+    std::fs::write(&broken, r#"{"celine":{"mqtt":{"acl":{"rules":[{"topics":["a/#/b"],"actions":"*"}]}}}}"#)
+        .unwrap();
+    let o = mqtt_policy().arg("diff").arg(&old).arg(&broken).output().unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("rules[0].topics[0]"), "{}", stderr(&o));
+}
+
+#[test]
+fn diff_also_decides_the_policy_test_cases() {
+    let dir = tempfile::tempdir().unwrap();
+    let new = edited_default(dir.path());
+    let o = mqtt_policy()
+        .args(["diff", "policies/celine.json"])
+        .arg(&new)
+        .args(["--json", "--tests", "policies/tests"])
+        .output()
+        .unwrap();
+    let changes: Vec<Value> = serde_json::from_str(&stdout(&o)).unwrap();
+    // A case from policies/tests: a viewer reading meter readings, under its own subject id.
+    assert!(
+        changes.iter().any(|c| c["request"]["subject"]["id"] == "u1" && c["request"]["action"] == "read"),
+        "{changes:?}"
+    );
+}
+
+#[test]
+fn who_can_shows_grants_carve_outs_and_refused_actions() {
+    let o = mqtt_policy().args(["who-can", "--subject", VIEWER]).output().unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let text = stdout(&o);
+    assert!(
+        text.contains("subscribe:\n  allow celine/telemetry/+/+/readings  (rule telemetry-viewers)"),
+        "{text}"
+    );
+    assert!(text.contains("publish: nothing (missing capability 'publish'"), "{text}");
+    assert!(text.contains("superuser: no"), "{text}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("p.json");
+    std::fs::write(
+        &p,
+        r##"{"celine":{"mqtt":{"acl":{"rules":[
+            {"id":"own","subjects":{},"topics":["users/${username}/#"],"actions":["publish"]},
+            {"id":"no-secrets","subjects":{},"topics":["users/+/secrets"],"actions":["publish"],"effect":"deny"}]}}}}"##,
+    )
+    .unwrap();
+    let o = mqtt_policy()
+        .args(["who-can", "--policy"])
+        .arg(&p)
+        .args(["--subject", VIEWER, "--username", "alice", "--json"])
+        .output()
+        .unwrap();
+    let v: Value = serde_json::from_str(&stdout(&o)).unwrap();
+    let publish = &v["effective"]["actions"][2];
+    assert_eq!(publish["allow"][0]["pattern"], "users/alice/#");
+    assert_eq!(publish["allow"][0]["except"][0]["pattern"], "users/+/secrets");
+    assert_eq!(publish["allow"][0]["void"], false);
+
+    let o = mqtt_policy().args(["who-can", "--subject", r#"{"id":"x"}"#]).output().unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("--subject: missing required field 'type'"), "{}", stderr(&o));
+}

@@ -29,6 +29,8 @@ extern crate alloc;
 
 mod claims;
 mod decide;
+mod diff;
+mod effective;
 mod index;
 mod json;
 mod lint;
@@ -43,6 +45,8 @@ pub mod topic;
 
 pub use claims::{subject_from_claims, subject_from_claims_json};
 pub use decide::{Explanation, PatternHit, Query, RuleTrace};
+pub use diff::{Change, Count, Diff, Group, MAX_SUBJECTS, Side, compare, diff, witnesses};
+pub use effective::{ActionGrants, Carve, Effective, Grant, Node, Values};
 pub use json::{Json, Path, quote};
 pub use lint::lint;
 pub use loader::closest;

@@ -72,6 +72,27 @@ pub struct EvalRequest {
     pub username: String,
 }
 
+/// Written in `mqtt-policy eval`'s input format: `subject`, `action`, `topic` (not for the
+/// superuser question), and `clientid` and `username` when they are not empty.
+impl Serialize for EvalRequest {
+    fn serialize<S: serde::Serializer>(&self, ser: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut m = ser.serialize_map(None)?;
+        m.serialize_entry("subject", &self.subject)?;
+        m.serialize_entry("action", self.ask.as_str())?;
+        if self.ask != Ask::Superuser {
+            m.serialize_entry("topic", &self.topic)?;
+        }
+        if !self.clientid.is_empty() {
+            m.serialize_entry("clientid", &self.clientid)?;
+        }
+        if !self.username.is_empty() {
+            m.serialize_entry("username", &self.username)?;
+        }
+        m.end()
+    }
+}
+
 impl EvalRequest {
     /// The ACL query, or `None` for the superuser question.
     pub fn query(&self) -> Option<Query<'_>> {

@@ -1,11 +1,13 @@
 //! One module per subcommand.
 
 pub mod check;
+pub mod diff;
 pub mod eval;
 pub mod lint;
 pub mod serve;
 pub mod test;
 pub mod token;
+pub mod who_can;
 
 use std::path::PathBuf;
 

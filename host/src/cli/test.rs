@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context, bail};
-use policy_core::{parse_cases, run_cases, uncovered_rules};
+use policy_core::{TestCase, parse_cases, run_cases, uncovered_rules};
 
 use super::PolicyArg;
 use crate::policy_file;
@@ -47,21 +47,30 @@ fn case_files(args: &[PathBuf]) -> anyhow::Result<Vec<PathBuf>> {
     Ok(files)
 }
 
-pub fn run(a: Args) -> anyhow::Result<ExitCode> {
-    let (source, policy) = policy_file::load(a.policy.policy.as_deref())?;
-    let files = case_files(&a.cases)?;
-    let (mut passed, mut failed) = (0usize, 0usize);
-    let mut all_results = Vec::new();
-    for file in &files {
+/// The test cases of the files and directories named (default `policies/tests`), per file;
+/// a file that does not parse prints its diagnostics and is an error.
+pub fn read_cases(args: &[PathBuf]) -> anyhow::Result<Vec<(PathBuf, Vec<TestCase>)>> {
+    let mut out = Vec::new();
+    for file in case_files(args)? {
         let text =
-            std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
-        let cases = match parse_cases(&text) {
-            Ok(c) => c,
+            std::fs::read_to_string(&file).with_context(|| format!("cannot read {}", file.display()))?;
+        match parse_cases(&text) {
+            Ok(c) => out.push((file, c)),
             Err(diags) => {
                 policy_file::print_diagnostics(&policy_file::Source::File(file.clone()), &diags);
                 bail!("{} is not a valid test-case file", file.display());
             }
-        };
+        }
+    }
+    Ok(out)
+}
+
+pub fn run(a: Args) -> anyhow::Result<ExitCode> {
+    let (source, policy) = policy_file::load(a.policy.policy.as_deref())?;
+    let (mut passed, mut failed) = (0usize, 0usize);
+    let mut all_results = Vec::new();
+    for (file, cases) in read_cases(&a.cases)? {
+        let file = &file;
         println!("{}  ({} cases against {source})", display(file), cases.len());
         let results = run_cases(&policy, &cases);
         for r in &results {

@@ -1,0 +1,126 @@
+//! `mqtt-policy who-can`: a subject's effective permissions, per action, as a topic tree.
+
+use std::process::ExitCode;
+
+use policy_core::{ActionGrants, Json, Node, Values, parse_subject, subject_from_claims};
+
+use super::PolicyArg;
+use crate::policy_file;
+
+#[derive(clap::Args, Debug)]
+#[command(group = clap::ArgGroup::new("who").required(true).args(["subject", "claims"]))]
+pub struct Args {
+    #[command(flatten)]
+    pub policy: PolicyArg,
+    /// The subject as JSON: {"id": "u1", "type": "user", "groups": ["viewers"], "scopes": []}
+    #[arg(long, value_name = "JSON")]
+    pub subject: Option<String>,
+    /// A token's claims as JSON, mapped to a subject as for Keycloak tokens (no signature check)
+    #[arg(long, value_name = "JSON")]
+    pub claims: Option<String>,
+    /// Fill ${username} with this MQTT username [default: show the placeholder]
+    #[arg(long)]
+    pub username: Option<String>,
+    /// Fill ${clientid} with this MQTT client id [default: show the placeholder]
+    #[arg(long)]
+    pub clientid: Option<String>,
+    /// Print the effective permissions as JSON
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn run(a: Args) -> anyhow::Result<ExitCode> {
+    let subject = match (&a.subject, &a.claims) {
+        (Some(s), _) => {
+            Json::parse(s).and_then(|j| parse_subject(&j)).map_err(|e| anyhow::anyhow!("--subject: {e}"))?
+        }
+        (None, Some(c)) => Json::parse(c)
+            .and_then(|j| subject_from_claims(&j))
+            .map_err(|e| anyhow::anyhow!("--claims: {e}"))?,
+        (None, None) => unreachable!("clap requires one of --subject and --claims"),
+    };
+    let (source, policy) = policy_file::load(a.policy.policy.as_deref())?;
+    let values = Values { username: a.username.as_deref(), clientid: a.clientid.as_deref() };
+    let e = policy.effective(&subject, values);
+    let superuser = policy.superuser(&subject);
+    if a.json {
+        println!("{}", serde_json::json!({"subject": subject, "superuser": superuser, "effective": e}));
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!(
+        "{} {} groups=[{}] scopes=[{}] in {source}",
+        subject.kind.as_str(),
+        policy_core::quote(&subject.id),
+        subject.groups.join(", "),
+        subject.scopes.join(", ")
+    );
+    match &e.capabilities {
+        Some(c) => println!("capabilities: [{}] (from roles)", c.join(", ")),
+        None => println!("capabilities: (no roles in the policy: rules alone decide)"),
+    }
+    println!(
+        "superuser: {} ({}; go-auth then skips every ACL check)",
+        if superuser.allow { "yes" } else { "no" },
+        superuser.reason
+    );
+    for g in &e.actions {
+        print_action(g);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_action(g: &ActionGrants) {
+    println!();
+    if let Some(why) = &g.refused {
+        println!("{}: nothing ({why})", g.action);
+        return;
+    }
+    if g.allow.is_empty() {
+        println!("{}: nothing (no rule allows it to this subject)", g.action);
+    } else {
+        println!("{}:", g.action);
+    }
+    for grant in &g.allow {
+        let mut line = format!("  allow {}  (rule {})", grant.pattern, grant.rule);
+        if grant.void {
+            line.push_str("  VOID: a deny rule covers all of it");
+        }
+        if !grant.needs.is_empty() {
+            line.push_str(&format!("  when {} is usable", grant.needs.join(" and ")));
+        }
+        println!("{line}");
+        for c in &grant.except {
+            println!("    except {}  (rule {})", c.pattern, c.rule);
+        }
+    }
+    if !g.tree.is_empty() {
+        println!("  tree:");
+        for n in &g.tree {
+            print_node(n, String::new(), 2);
+        }
+    }
+}
+
+/// One line per level that a rule names, chains of unnamed single levels joined: `celine/dt/#`.
+fn print_node(n: &Node, prefix: String, depth: usize) {
+    let path = format!("{prefix}{}", n.level);
+    if n.allow.is_empty() && n.deny.is_empty() && n.children.len() == 1 {
+        return print_node(&n.children[0], format!("{path}/"), depth);
+    }
+    let mut marks = Vec::new();
+    if !n.allow.is_empty() {
+        marks.push(format!("allow ({})", n.allow.join(", ")));
+    }
+    if !n.deny.is_empty() {
+        marks.push(format!("DENY ({})", n.deny.join(", ")));
+    }
+    let indent = "  ".repeat(depth);
+    if marks.is_empty() {
+        println!("{indent}{path}/");
+    } else {
+        println!("{indent}{path}  {}", marks.join("  "));
+    }
+    for c in &n.children {
+        print_node(c, String::new(), depth + 1);
+    }
+}

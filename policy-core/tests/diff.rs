@@ -1,0 +1,301 @@
+//! Property tests of `diff`: every change it reports is real, and a single-rule edit (add,
+//! remove, widen, narrow, flip the effect, edit the roles) that changes any decision in a
+//! brute-force universe of requests is found.
+
+use policy_core::{Ask, EvalRequest, Policy, Subject, SubjectType, diff};
+use proptest::prelude::*;
+use serde_json::{Value, json};
+
+const GROUPS: [&str; 2] = ["g1", "g2"];
+const SCOPE_PATTERNS: [&str; 3] = ["a.*", "a.x", "b"];
+const SCOPE_KEYS: [&str; 2] = ["a.x", "b"];
+const PERMS: [&str; 4] = ["subscribe", "read", "publish", "superuser"];
+
+fn level() -> impl Strategy<Value = &'static str> {
+    prop::sample::select(&["a", "b", "+", "+", "${username}", "${clientid}", "${subject.id}", "$s"][..])
+}
+
+fn pattern() -> impl Strategy<Value = String> {
+    (prop::collection::vec(level(), 0..3), any::<bool>())
+        .prop_map(|(mut l, hash)| {
+            if hash || l.is_empty() {
+                l.push("#");
+            }
+            l.join("/")
+        })
+        .prop_filter("a '$' level only first", |p| !p.contains("/$s"))
+}
+
+fn some_of(items: &'static [&'static str]) -> impl Strategy<Value = Option<Vec<&'static str>>> {
+    prop::option::of(prop::sample::subsequence(items, 1..=items.len()))
+}
+
+fn rule() -> impl Strategy<Value = Value> {
+    (
+        (some_of(&["user", "service"]), some_of(&["u1"]), some_of(&GROUPS), some_of(&SCOPE_PATTERNS)),
+        prop_oneof![4 => prop::collection::vec(pattern(), 1..3).prop_map(|p| json!(p)), 1 => Just(json!("*"))],
+        prop_oneof![3 => some_of(&["subscribe", "read", "publish"]).prop_map(|a| match a {
+            Some(a) => json!(a),
+            None => json!("*"),
+        })],
+        any::<bool>(),
+    )
+        .prop_map(|((types, ids, groups, scopes), topics, actions, deny)| {
+            let mut subjects = serde_json::Map::new();
+            for (k, v) in [("types", types), ("ids", ids), ("groups", groups), ("scopes", scopes)] {
+                if let Some(v) = v {
+                    subjects.insert(k.into(), json!(v));
+                }
+            }
+            json!({"subjects": subjects, "topics": topics, "actions": actions,
+                   "effect": if deny { "deny" } else { "allow" }})
+        })
+}
+
+fn roles() -> impl Strategy<Value = Option<Value>> {
+    prop::option::of(
+        (
+            prop::collection::vec(prop::sample::subsequence(&PERMS[..], 0..=4), 2),
+            prop::collection::vec(prop::sample::subsequence(&PERMS[..], 0..=4), 2),
+        )
+            .prop_map(|(g, s)| {
+                json!({
+                    "group_permissions": {GROUPS[0]: g[0], GROUPS[1]: g[1]},
+                    "scope_permissions": {SCOPE_KEYS[0]: s[0], SCOPE_KEYS[1]: s[1]},
+                })
+            }),
+    )
+}
+
+#[derive(Debug, Clone)]
+enum Edit {
+    Add(Value),
+    Remove(usize),
+    Widen(usize, usize),
+    Narrow(usize, usize),
+    Flip(usize),
+    Roles(usize, usize),
+    ToggleRoles,
+}
+
+fn edit() -> impl Strategy<Value = Edit> {
+    prop_oneof![
+        rule().prop_map(Edit::Add),
+        any::<usize>().prop_map(Edit::Remove),
+        (any::<usize>(), any::<usize>()).prop_map(|(r, l)| Edit::Widen(r, l)),
+        (any::<usize>(), any::<usize>()).prop_map(|(r, l)| Edit::Narrow(r, l)),
+        any::<usize>().prop_map(Edit::Flip),
+        (any::<usize>(), any::<usize>()).prop_map(|(k, p)| Edit::Roles(k, p)),
+        Just(Edit::ToggleRoles),
+    ]
+}
+
+/// Replaces level `at` (modulo) of the rule's first pattern by `f(level)`.
+fn edit_level(rule: &mut Value, at: usize, f: impl Fn(&str) -> &'static str) {
+    let Some(p) = rule["topics"].get(0).and_then(Value::as_str) else { return };
+    let mut levels: Vec<String> = p.split('/').map(String::from).collect();
+    let i = at % levels.len();
+    levels[i] = f(&levels[i]).into();
+    if levels[i] == "#" {
+        levels.truncate(i + 1);
+    }
+    if levels[0] == "$s" || levels.iter().skip(1).any(|l| l == "$s") {
+        return;
+    }
+    rule["topics"][0] = json!(levels.join("/"));
+}
+
+fn apply(doc: &Value, e: &Edit) -> Value {
+    let mut d = doc.clone();
+    let rules = d["celine"]["mqtt"]["acl"]["rules"].as_array_mut().unwrap();
+    let n = rules.len();
+    match e {
+        Edit::Add(r) => rules.push(r.clone()),
+        Edit::Remove(i) if n > 0 => {
+            rules.remove(i % n);
+        }
+        Edit::Widen(i, l) if n > 0 => edit_level(&mut rules[i % n], *l, |old| match old {
+            "+" | "#" => "#",
+            _ => "+",
+        }),
+        Edit::Narrow(i, l) if n > 0 => edit_level(&mut rules[i % n], *l, |old| match old {
+            "#" => "+",
+            "+" => "a",
+            _ => "b",
+        }),
+        Edit::Flip(i) if n > 0 => {
+            let r = &mut rules[i % n];
+            r["effect"] = json!(if r["effect"] == "deny" { "allow" } else { "deny" });
+        }
+        Edit::Roles(k, p) => {
+            if let Some(roles) = d["celine"].get_mut("roles") {
+                let (table, key) = match k % 4 {
+                    0 | 1 => ("group_permissions", GROUPS[k % 2]),
+                    _ => ("scope_permissions", SCOPE_KEYS[k % 2]),
+                };
+                let perms = roles[table][key].as_array_mut().unwrap();
+                let perm = json!(PERMS[p % 4]);
+                match perms.iter().position(|x| *x == perm) {
+                    Some(at) => {
+                        perms.remove(at);
+                    }
+                    None => perms.push(perm),
+                }
+            }
+        }
+        Edit::ToggleRoles => {
+            let celine = d["celine"].as_object_mut().unwrap();
+            if celine.remove("roles").is_none() {
+                celine.insert("roles".into(), json!({"group_permissions": {"g1": ["publish", "subscribe"]}}));
+            }
+        }
+        _ => {}
+    }
+    d
+}
+
+fn document(rules: Vec<Value>, roles: Option<Value>) -> Value {
+    let mut celine = json!({"mqtt": {"acl": {"rules": rules}}});
+    if let Some(r) = roles {
+        celine["roles"] = r;
+    }
+    json!({ "celine": celine })
+}
+
+fn load(doc: &Value) -> Policy {
+    Policy::load(&doc.to_string()).unwrap_or_else(|e| panic!("{doc}: {e:?}"))
+}
+
+fn subsets(items: &[&str]) -> Vec<Vec<String>> {
+    (0..1usize << items.len())
+        .map(|m| {
+            items.iter().enumerate().filter(|(i, _)| m & (1 << i) != 0).map(|(_, s)| s.to_string()).collect()
+        })
+        .collect()
+}
+
+/// Every request of a small universe: subjects over the vocabulary and a stranger,
+/// names and filters over the literal levels and a fresh one, three usernames.
+fn universe() -> &'static [EvalRequest] {
+    static UNIVERSE: std::sync::OnceLock<Vec<EvalRequest>> = std::sync::OnceLock::new();
+    UNIVERSE.get_or_init(build_universe)
+}
+
+fn build_universe() -> Vec<EvalRequest> {
+    let mut subjects = Vec::new();
+    for kind in [SubjectType::User, SubjectType::Service] {
+        for id in ["u1", "zz"] {
+            for groups in subsets(&GROUPS) {
+                for scopes in subsets(&["a.x", "a.y", "b"]) {
+                    subjects.push(Subject { id: id.into(), kind, groups: groups.clone(), scopes });
+                }
+            }
+        }
+    }
+    let words = ["a", "b", "zz", "u1", "c1"];
+    let mut names: Vec<String> = vec!["$s".into(), "$s/a".into()];
+    let mut filters: Vec<String> = vec!["#".into(), "+".into(), "$s/#".into(), "a/#".into(), "+/#".into()];
+    for a in words {
+        names.push(a.into());
+        for b in words {
+            names.push(format!("{a}/{b}"));
+            names.push(format!("{a}/{b}/zz"));
+        }
+    }
+    for a in ["a", "u1", "+"] {
+        for b in ["a", "zz", "+", "#"] {
+            filters.push(format!("{a}/{b}"));
+            if b != "#" {
+                filters.push(format!("{a}/{b}/#"));
+            }
+        }
+    }
+    let mut out = Vec::new();
+    for s in &subjects {
+        for username in ["u1", "zz", ""] {
+            let mut req = |ask: Ask, topic: &str| {
+                out.push(EvalRequest {
+                    subject: s.clone(),
+                    ask,
+                    topic: topic.into(),
+                    clientid: "c1".into(),
+                    username: username.into(),
+                })
+            };
+            for t in &names {
+                req(Ask::Publish, t);
+                req(Ask::Read, t);
+                req(Ask::Subscribe, t);
+            }
+            for f in &filters {
+                req(Ask::Subscribe, f);
+            }
+            if username == "u1" {
+                req(Ask::Superuser, "");
+            }
+        }
+    }
+    out
+}
+
+proptest! {
+    // 128 cases here (about 30 s in a debug build); PROPTEST_CASES=N for a longer hunt.
+    #![proptest_config(ProptestConfig {
+        cases: std::env::var("PROPTEST_CASES").ok().and_then(|n| n.parse().ok()).unwrap_or(128),
+        ..ProptestConfig::default()
+    })]
+
+    #[test]
+    fn diff_reports_only_real_changes_and_finds_single_edits(
+        rules in prop::collection::vec(rule(), 0..5),
+        roles in roles(),
+        e in edit(),
+    ) {
+        let before = document(rules, roles);
+        let after = apply(&before, &e);
+        let (old, new) = (load(&before), load(&after));
+        let d = diff(&old, &new, &[]);
+        for c in &d.changes {
+            prop_assert_eq!(&old.evaluate(&c.request), &c.old);
+            prop_assert_eq!(&new.evaluate(&c.request), &c.new);
+            prop_assert_ne!(c.old.allow, c.new.allow);
+        }
+        let missed = universe().iter().find(|r| old.evaluate(r).allow != new.evaluate(r).allow);
+        if let Some(r) = missed {
+            prop_assert!(
+                !d.is_empty(),
+                "{:?} changes {} (old {:?}, new {:?}) but diff found nothing in {} witnesses\nold: {}\nnew: {}",
+                e, serde_json::to_string(r).unwrap(), old.evaluate(r), new.evaluate(r), d.probed, before, after
+            );
+        }
+    }
+}
+
+#[test]
+fn the_default_policy_against_itself_changes_nothing_and_a_removed_rule_is_found() {
+    let text =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../policies/celine.json")).unwrap();
+    let doc: Value = serde_json::from_str(&text).unwrap();
+    let p = load(&doc);
+    assert!(diff(&p, &p, &[]).is_empty());
+    let rules = doc["celine"]["mqtt"]["acl"]["rules"].as_array().unwrap();
+    let mut unchanged = Vec::new();
+    for (i, rule) in rules.iter().enumerate() {
+        let after = apply(&doc, &Edit::Remove(i));
+        let q = load(&after);
+        let d = diff(&p, &q, &[]);
+        let id = rule["id"].as_str().unwrap_or("?");
+        if d.is_empty() {
+            unchanged.push(id);
+        } else {
+            assert!(d.changes.iter().any(|c| c.old.rule.as_deref() == Some(id)), "removing {id}");
+        }
+        for c in &d.changes {
+            assert_eq!(p.evaluate(&c.request), c.old);
+            assert_eq!(q.evaluate(&c.request), c.new);
+        }
+    }
+    // Every rule decides something of its own except one: dt-namespace-publish allows the
+    // same subjects everything dt-events-publish does (and more).
+    assert_eq!(unchanged, ["dt-events-publish"]);
+}
