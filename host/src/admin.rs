@@ -4,16 +4,21 @@
 //! They are served on the operations listener (`--ops-listen`), never on go-auth's address.
 //!
 //! - `PUT /admin/policy` (a policy document), `PUT /admin/module` (a component): a candidate;
-//!   200 with the new status when it went live, 422 with the reason when it was rejected.
+//!   200 with the new status when it went live (its `last_swap.diff` says what changed), 422
+//!   with the reason when it was rejected. With `?dry_run=true`: built, tested and compared
+//!   with the live generation, never swapped in; 200 with `{"dry_run": true, "diff": ...}`,
+//!   or 422 with why it would be rejected.
 //! - `POST /admin/reload`: re-read the module and policy files (as `SIGHUP` does).
 //! - `GET /admin/status`: generation, module and policy (source, hash, version, rules),
-//!   when it was loaded, how many swaps, the last rejected candidate and why.
+//!   when it was loaded, how many swaps, the last swap and what it changed (a diff summary:
+//!   counts per action, the first witnesses), the last rejected candidate and why.
 
 use std::sync::Arc;
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{Request, State};
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Query, Request, State};
 use axum::http::{StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -71,15 +76,62 @@ async fn answer(st: &AppState, candidate: Candidate) -> Response {
     }
 }
 
-async fn put_policy(State(st): State<Arc<AppState>>, body: Bytes) -> Response {
-    match String::from_utf8(body.to_vec()) {
-        Ok(text) => answer(&st, Candidate::Policy { text, source: Source::Uploaded }).await,
-        Err(_) => error(StatusCode::BAD_REQUEST, "a policy document is UTF-8 JSON"),
+/// `?dry_run=true`: build, test and diff the candidate, but do not swap it in.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Upload {
+    #[serde(default)]
+    dry_run: bool,
+}
+
+fn upload_params(q: Result<Query<Upload>, QueryRejection>) -> Result<Upload, Response> {
+    q.map(|Query(u)| u).map_err(|e| {
+        error(StatusCode::BAD_REQUEST, format!("{}: the only parameter is dry_run=true|false", e.body_text()))
+    })
+}
+
+async fn dry_run(st: &AppState, candidate: Candidate) -> Response {
+    let live = Arc::clone(&st.live);
+    let Ok(tried) = tokio::task::spawn_blocking(move || live.dry_run(candidate)).await else {
+        return error(StatusCode::INTERNAL_SERVER_ERROR, "the candidate build failed unexpectedly");
+    };
+    match tried {
+        Ok(report) => (StatusCode::OK, axum::Json(report)).into_response(),
+        Err(r) => (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            axum::Json(json!({"dry_run": true, "rejected": r, "live": st.live.status()})),
+        )
+            .into_response(),
     }
 }
 
-async fn put_module(State(st): State<Arc<AppState>>, body: Bytes) -> Response {
-    answer(&st, Candidate::Module { bytes: body.to_vec(), source: Source::Uploaded }).await
+async fn put_policy(
+    State(st): State<Arc<AppState>>,
+    q: Result<Query<Upload>, QueryRejection>,
+    body: Bytes,
+) -> Response {
+    let upload = match upload_params(q) {
+        Ok(u) => u,
+        Err(r) => return r,
+    };
+    let Ok(text) = String::from_utf8(body.to_vec()) else {
+        return error(StatusCode::BAD_REQUEST, "a policy document is UTF-8 JSON");
+    };
+    let candidate = Candidate::Policy { text, source: Source::Uploaded };
+    if upload.dry_run { dry_run(&st, candidate).await } else { answer(&st, candidate).await }
+}
+
+async fn put_module(
+    State(st): State<Arc<AppState>>,
+    q: Result<Query<Upload>, QueryRejection>,
+    body: Bytes,
+) -> Response {
+    let upload = match upload_params(q) {
+        Ok(u) => u,
+        Err(r) => return r,
+    };
+    let candidate = Candidate::Module { bytes: body.to_vec(), source: Source::Uploaded };
+    if upload.dry_run { dry_run(&st, candidate).await } else { answer(&st, candidate).await }
 }
 
 async fn reload(State(st): State<Arc<AppState>>) -> Response {

@@ -179,6 +179,66 @@ fn a_policy_swap_and_a_module_swap_change_decisions_without_a_restart() {
     assert_eq!(status(&s)["swaps"], 2);
 }
 
+#[test]
+fn a_dry_run_reports_the_diff_without_swapping_and_every_swap_reports_its_diff() {
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("admin-token");
+    std::fs::write(&token_file, ADMIN_TOKEN).unwrap();
+    let log = dir.path().join("log");
+    let s = Server::start_logged(&["--dev", "--admin-token-file", token_file.to_str().unwrap()], &log);
+    let viewer = dev_token(&s, &["--sub", "vera", "--groups", "viewers"]);
+    let before = status(&s);
+    let candidate = policy_with_health().to_string().into_bytes();
+
+    let r = admin(&s, reqwest::Method::PUT, "/admin/policy?dry_run=true", candidate.clone());
+    assert_eq!(r.status, 200, "{}", r.body);
+    let dry = r.json();
+    assert_eq!(dry["dry_run"], true);
+    assert_eq!(dry["tested"], true, "the candidate went through the policy test cases");
+    let diff = &dry["diff"];
+    assert!(diff["counts"]["read"]["gained"].as_u64().unwrap() > 0, "{dry}");
+    assert!(diff["counts"]["subscribe"]["gained"].as_u64().unwrap() > 0, "{dry}");
+    assert_eq!(diff["counts"]["publish"], Value::Null, "nothing about publishing changes: {dry}");
+    let first = &diff["first"][0];
+    assert_eq!(first["old"]["allow"], false);
+    assert_eq!(first["new"]["rule"], "health-viewers", "{dry}");
+    assert!(first["request"]["subject"]["groups"].as_array().unwrap().contains(&json!("viewers")));
+    // Nothing went live.
+    let after = status(&s);
+    assert_eq!(
+        (after["generation"].clone(), after["swaps"].clone()),
+        (before["generation"].clone(), json!(0))
+    );
+    assert!(!bearer_call(&s, "/mqtt/acl", &viewer, HEALTH_READ).allowed());
+
+    // A candidate that would be rejected: 422, and not counted as a rejection.
+    let r = admin(&s, reqwest::Method::PUT, "/admin/policy?dry_run=true", b"{".to_vec());
+    assert_eq!(r.status, 422, "{}", r.body);
+    assert_eq!(r.json()["dry_run"], true);
+    assert!(r.json()["rejected"]["reason"].as_str().unwrap().contains("invalid JSON"), "{}", r.body);
+    assert_eq!(status(&s)["rejections"], 0);
+    let r = admin(&s, reqwest::Method::PUT, "/admin/policy?dry_run=maybe", candidate.clone());
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert!(r.json()["error"].as_str().unwrap().contains("dry_run=true|false"), "{}", r.body);
+
+    // The swap itself reports the same diff, in its answer, the status and the log.
+    let r = admin(&s, reqwest::Method::PUT, "/admin/policy", candidate);
+    assert_eq!(r.status, 200, "{}", r.body);
+    let last = &r.json()["last_swap"];
+    assert_eq!(last["previous"], before["generation"]);
+    assert_eq!(last["candidate"], "policy (uploaded)");
+    assert_eq!(last["diff"]["counts"], diff["counts"]);
+    assert_eq!(last["diff"]["first"], diff["first"]);
+    assert_eq!(status(&s)["last_swap"], *last);
+    assert!(bearer_call(&s, "/mqtt/acl", &viewer, HEALTH_READ).allowed());
+    wait_for("the diff in the log", || {
+        let text = std::fs::read_to_string(&log).unwrap();
+        text.contains("what the new generation changes") && text.contains("celine/system/health/")
+    });
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(!text.contains(&viewer), "never log a token");
+}
+
 fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(20);
     while !done() {

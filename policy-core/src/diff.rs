@@ -251,6 +251,24 @@ pub fn witnesses(old: &Policy, new: &Policy, extra: &[EvalRequest]) -> Vec<EvalR
     out.list
 }
 
+/// Witnesses for every rule of one policy, each rule alone (with the capability variants and
+/// the superuser question for each role): for comparing two policy *modules* on the same
+/// document, where any rule may now mean something else. Linear in the rules.
+pub fn witnesses_of(p: &Policy) -> Vec<EvalRequest> {
+    let vocab = Vocab::of(&[p]);
+    let mut out = Witnesses { seen: BTreeSet::new(), list: Vec::new() };
+    let w = Builder { old: p, new: p, vocab: &vocab };
+    for r in &p.rules {
+        w.rule_alone(r, None, &mut out);
+    }
+    if let Some(roles) = &p.roles {
+        for k in RoleKey::all(roles) {
+            w.superuser_witness(&k, &mut out);
+        }
+    }
+    out.list
+}
+
 /// A rule's meaning, as a comparable key (not its id, description or position).
 fn meaning(r: &Rule) -> String {
     format!("{:?}", (&r.subjects, &r.topics, &r.actions, r.effect))

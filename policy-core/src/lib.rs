@@ -45,7 +45,7 @@ pub mod topic;
 
 pub use claims::{subject_from_claims, subject_from_claims_json};
 pub use decide::{Explanation, PatternHit, Query, RuleTrace};
-pub use diff::{Change, Count, Diff, Group, MAX_SUBJECTS, Side, compare, diff, witnesses};
+pub use diff::{Change, Count, Diff, Group, MAX_SUBJECTS, Side, compare, diff, witnesses, witnesses_of};
 pub use effective::{ActionGrants, Carve, Effective, Grant, Node, Values};
 pub use json::{Json, Path, quote};
 pub use lint::lint;

@@ -19,6 +19,22 @@ fn case_files(path: &Path) -> Result<Vec<PathBuf>, String> {
     Ok(files)
 }
 
+/// Asks `generation` (its module) what `policy_core::Policy::evaluate` answers natively.
+pub fn decide(generation: &Generation, r: &policy_core::EvalRequest) -> policy_core::Decision {
+    let subject = Subject::from(r.subject.clone());
+    let d = match r.ask.action() {
+        None => generation.superuser(&subject),
+        Some(a) => generation.check(&Request {
+            subject,
+            topic: r.topic.clone(),
+            action: Action::from(a),
+            clientid: r.clientid.clone(),
+            username: r.username.clone(),
+        }),
+    };
+    policy_core::Decision { allow: d.allow, rule: d.rule, reason: d.reason }
+}
+
 /// Runs the test cases under `path` through `generation`; `Ok` is how many passed (all).
 pub fn run_cases(generation: &Generation, path: &Path) -> Result<usize, String> {
     let mut failures = Vec::new();
@@ -32,19 +48,7 @@ pub fn run_cases(generation: &Generation, path: &Path) -> Result<usize, String> 
         })?;
         for case in &cases {
             total += 1;
-            let r = &case.request;
-            let subject = Subject::from(r.subject.clone());
-            let d = match r.ask.action() {
-                None => generation.superuser(&subject),
-                Some(a) => generation.check(&Request {
-                    subject,
-                    topic: r.topic.clone(),
-                    action: Action::from(a),
-                    clientid: r.clientid.clone(),
-                    username: r.username.clone(),
-                }),
-            };
-            let d = policy_core::Decision { allow: d.allow, rule: d.rule, reason: d.reason };
+            let d = decide(generation, &case.request);
             if let Some(why) = policy_core::judge(case, d).failure {
                 failures.push(format!("{}: {why}", case.name));
             }

@@ -18,6 +18,7 @@
 
 pub mod cases;
 pub mod reload;
+pub mod report;
 pub mod runtime;
 pub mod swap;
 

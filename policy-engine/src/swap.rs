@@ -74,6 +74,19 @@ struct Status {
     swaps: u64,
     rejections: u64,
     last_rejected: Option<Rejection>,
+    /// The last swap and what it changed (`report::swap_diff`).
+    last_swap: Option<serde_json::Value>,
+}
+
+/// A candidate's inputs, read.
+struct Prepared {
+    label: String,
+    module: Result<Arc<[u8]>, String>,
+    module_source: Source,
+    policy: Result<Arc<str>, String>,
+    policy_source: Source,
+    /// The live policy it is compared with.
+    old_policy: Arc<str>,
 }
 
 /// The live generation and everything needed to build the next one.
@@ -171,6 +184,7 @@ impl Live {
                 swaps: 0,
                 rejections: 0,
                 last_rejected: None,
+                last_swap: None,
             }),
             serial: Mutex::new(()),
         }))
@@ -199,6 +213,63 @@ impl Live {
             .collect()
     }
 
+    /// The inputs a candidate would go live with: its label, module and policy (or why they
+    /// cannot be read), and their sources.
+    fn prepare(&self, candidate: Candidate) -> Prepared {
+        let i = self.inputs.lock().unwrap();
+        let mut p = Prepared {
+            label: String::new(),
+            module: Ok(Arc::clone(&i.module)),
+            module_source: i.module_source.clone(),
+            policy: Ok(Arc::clone(&i.policy)),
+            policy_source: i.policy_source.clone(),
+            old_policy: Arc::clone(&i.policy),
+        };
+        p.label = match candidate {
+            Candidate::Module { bytes, source } => {
+                let label = format!("module ({source})");
+                (p.module, p.module_source) = (Ok(bytes.into()), source);
+                label
+            }
+            Candidate::Policy { text, source } => {
+                let label = format!("policy ({source})");
+                (p.policy, p.policy_source) = (Ok(text.into()), source);
+                label
+            }
+            Candidate::Reload => {
+                if matches!(i.module_source, Source::File(_)) {
+                    p.module = read_module(&i.module_source).map(Arc::from);
+                }
+                if matches!(i.policy_source, Source::File(_)) {
+                    p.policy = read_policy(&i.policy_source).map(Arc::from);
+                }
+                "reload".to_string()
+            }
+        };
+        p
+    }
+
+    /// Nothing would change (a reload of unchanged files, a repeated upload).
+    fn unchanged(&self, p: &Prepared) -> bool {
+        let i = self.inputs.lock().unwrap();
+        matches!((&p.module, &p.policy), (Ok(m), Ok(pol)) if **m == *i.module && **pol == *i.policy)
+            && p.module_source == i.module_source
+            && p.policy_source == i.policy_source
+    }
+
+    /// Builds the prepared candidate against the live generation: the generation, the test
+    /// cases it passed, and what it would change.
+    fn build_prepared(&self, p: &Prepared) -> Result<(Arc<Generation>, usize, serde_json::Value), String> {
+        let (m, pol) = match (&p.module, &p.policy) {
+            (Ok(m), Ok(pol)) => (m, pol),
+            (Err(e), _) | (_, Err(e)) => return Err(e.clone()),
+        };
+        let current = self.current();
+        let (generation, passed) = build(&self.runtime, Some(&current), m, pol, self.tests.as_deref())?;
+        let diff = crate::report::swap_diff(&current, &p.old_policy, &generation, pol);
+        Ok((generation, passed, diff))
+    }
+
     /// Builds, tests and (if it passes) swaps in a candidate. Returns the new generation, or
     /// why the candidate was rejected (the live generation is then untouched).
     ///
@@ -207,58 +278,18 @@ impl Live {
     pub fn propose(&self, candidate: Candidate) -> Result<Arc<Generation>, Rejection> {
         let _one_at_a_time = self.serial.lock().unwrap_or_else(|p| p.into_inner());
         let started = Instant::now();
-        let (label, module, module_source, policy, policy_source) = {
-            let i = self.inputs.lock().unwrap();
-            let (mut m, mut ms, mut p, mut ps) = (
-                Ok(Arc::clone(&i.module)),
-                i.module_source.clone(),
-                Ok(Arc::clone(&i.policy)),
-                i.policy_source.clone(),
-            );
-            let label = match candidate {
-                Candidate::Module { bytes, source } => {
-                    let label = format!("module ({source})");
-                    (m, ms) = (Ok(bytes.into()), source);
-                    label
-                }
-                Candidate::Policy { text, source } => {
-                    let label = format!("policy ({source})");
-                    (p, ps) = (Ok(text.into()), source);
-                    label
-                }
-                Candidate::Reload => {
-                    if matches!(i.module_source, Source::File(_)) {
-                        m = read_module(&i.module_source).map(Arc::from);
-                    }
-                    if matches!(i.policy_source, Source::File(_)) {
-                        p = read_policy(&i.policy_source).map(Arc::from);
-                    }
-                    "reload".to_string()
-                }
-            };
-            (label, m, ms, p, ps)
-        };
-        // Nothing changed (a reload of unchanged files, a repeated upload): keep the live
-        // generation and its warm caches.
-        if let (Ok(m), Ok(p)) = (&module, &policy) {
-            let i = self.inputs.lock().unwrap();
-            if **m == *i.module
-                && **p == *i.policy
-                && module_source == i.module_source
-                && policy_source == i.policy_source
-            {
-                tracing::info!(candidate = %label, "nothing changed; the live generation stays");
-                return Ok(self.current());
-            }
+        let prepared = self.prepare(candidate);
+        let label = prepared.label.clone();
+        // Nothing changed: keep the live generation and its warm caches.
+        if self.unchanged(&prepared) {
+            tracing::info!(candidate = %label, "nothing changed; the live generation stays");
+            return Ok(self.current());
         }
-        let built = match (module, policy) {
-            (Ok(m), Ok(p)) => build(&self.runtime, Some(&self.current()), &m, &p, self.tests.as_deref())
-                .map(|(g, passed)| (g, passed, m, p)),
-            (Err(e), _) | (_, Err(e)) => Err(e),
-        };
-        match built {
-            Ok((generation, passed, m, p)) => {
+        match self.build_prepared(&prepared) {
+            Ok((generation, passed, diff)) => {
                 let previous = self.current.swap(Arc::clone(&generation));
+                let Prepared { module, module_source, policy, policy_source, .. } = prepared;
+                let (Ok(m), Ok(p)) = (module, policy) else { unreachable!("built from readable inputs") };
                 {
                     let mut i = self.inputs.lock().unwrap();
                     *i = Inputs { module: m, module_source, policy: p, policy_source };
@@ -266,6 +297,13 @@ impl Live {
                     s.loaded_at = SystemTime::now();
                     s.swaps += 1;
                     s.cases_passed = passed;
+                    s.last_swap = Some(serde_json::json!({
+                        "at": secs(s.loaded_at),
+                        "candidate": label,
+                        "generation": generation.id,
+                        "previous": previous.id,
+                        "diff": diff,
+                    }));
                 }
                 report_tested(&generation, passed);
                 metrics::counter!("mqtt_policy_swaps_total", "result" => "applied").increment(1);
@@ -276,6 +314,7 @@ impl Live {
                     rules = generation.rule_count, took_ms = started.elapsed().as_millis() as u64,
                     "swapped in a new generation"
                 );
+                log_diff(&generation, &diff);
                 Ok(generation)
             }
             Err(reason) => {
@@ -288,6 +327,34 @@ impl Live {
                 metrics::counter!("mqtt_policy_swaps_total", "result" => "rejected").increment(1);
                 tracing::warn!(candidate = %rejection.candidate, reason = %rejection.reason, "rejected a candidate; the live policy is unchanged");
                 Err(rejection)
+            }
+        }
+    }
+
+    /// Everything [`Live::propose`] does short of the swap: the candidate is compiled, loaded
+    /// and tested, and what it would change is returned. Nothing is swapped, counted or
+    /// remembered; a candidate that would be rejected is returned as the rejection.
+    pub fn dry_run(&self, candidate: Candidate) -> Result<serde_json::Value, Rejection> {
+        let _one_at_a_time = self.serial.lock().unwrap_or_else(|p| p.into_inner());
+        let prepared = self.prepare(candidate);
+        let live = self.current().id;
+        if self.unchanged(&prepared) {
+            return Ok(serde_json::json!({
+                "dry_run": true, "candidate": prepared.label, "live_generation": live, "unchanged": true,
+                "diff": {"changes": 0, "probed": 0, "counts": {}, "first": []},
+            }));
+        }
+        match self.build_prepared(&prepared) {
+            Ok((_, passed, diff)) => {
+                tracing::info!(candidate = %prepared.label, changes = %crate::report::counts_line(&diff), "dry run: the candidate would go live");
+                Ok(serde_json::json!({
+                    "dry_run": true, "candidate": prepared.label, "live_generation": live, "unchanged": false,
+                    "cases_passed": passed, "tested": passed > 0, "diff": diff,
+                }))
+            }
+            Err(reason) => {
+                tracing::info!(candidate = %prepared.label, reason = %reason, "dry run: the candidate would be rejected");
+                Err(Rejection { at: secs(SystemTime::now()), candidate: prepared.label, reason })
             }
         }
     }
@@ -314,6 +381,7 @@ impl Live {
             "swaps": s.swaps,
             "rejections": s.rejections,
             "last_rejected": s.last_rejected,
+            "last_swap": s.last_swap,
         })
     }
 }
@@ -339,6 +407,37 @@ fn build(
         None => 0,
     };
     Ok((generation, passed))
+}
+
+/// What a swap changed, in the log: counts per action and the first witnesses.
+fn log_diff(generation: &Generation, diff: &serde_json::Value) {
+    let first: Vec<String> = diff["first"]
+        .as_array()
+        .map(|cs| {
+            cs.iter()
+                .map(|c| {
+                    let r = &c["request"];
+                    format!(
+                        "{} {} by {} {} ({} -> {})",
+                        r["action"].as_str().unwrap_or("?"),
+                        r["topic"].as_str().unwrap_or(""),
+                        r["subject"]["type"].as_str().unwrap_or("?"),
+                        r["subject"]["id"].as_str().unwrap_or("?"),
+                        if c["old"]["allow"] == true { "allow" } else { "deny" },
+                        if c["new"]["allow"] == true { "allow" } else { "deny" },
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    tracing::info!(
+        generation = generation.id,
+        changes = diff["changes"].as_u64().unwrap_or(0),
+        probed = diff["probed"].as_u64().unwrap_or(0),
+        counts = %crate::report::counts_line(diff),
+        first = %first.join("; "),
+        "what the new generation changes (witnessed decisions; GET /admin/status has them)"
+    );
 }
 
 /// Says so, in the log and a metric, when a generation goes live that no test case checked.
