@@ -84,10 +84,8 @@ struct Upload {
     dry_run: bool,
 }
 
-fn upload_params(q: Result<Query<Upload>, QueryRejection>) -> Result<Upload, Response> {
-    q.map(|Query(u)| u).map_err(|e| {
-        error(StatusCode::BAD_REQUEST, format!("{}: the only parameter is dry_run=true|false", e.body_text()))
-    })
+fn upload_params(q: Result<Query<Upload>, QueryRejection>) -> Result<Upload, String> {
+    q.map(|Query(u)| u).map_err(|e| format!("{}: the only parameter is dry_run=true|false", e.body_text()))
 }
 
 async fn dry_run(st: &AppState, candidate: Candidate) -> Response {
@@ -112,7 +110,7 @@ async fn put_policy(
 ) -> Response {
     let upload = match upload_params(q) {
         Ok(u) => u,
-        Err(r) => return r,
+        Err(why) => return error(StatusCode::BAD_REQUEST, why),
     };
     let Ok(text) = String::from_utf8(body.to_vec()) else {
         return error(StatusCode::BAD_REQUEST, "a policy document is UTF-8 JSON");
@@ -128,7 +126,7 @@ async fn put_module(
 ) -> Response {
     let upload = match upload_params(q) {
         Ok(u) => u,
-        Err(r) => return r,
+        Err(why) => return error(StatusCode::BAD_REQUEST, why),
     };
     let candidate = Candidate::Module { bytes: body.to_vec(), source: Source::Uploaded };
     if upload.dry_run { dry_run(&st, candidate).await } else { answer(&st, candidate).await }
