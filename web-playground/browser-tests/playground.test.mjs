@@ -189,6 +189,56 @@ describe('the playground served by the host', () => {
     for (const p of [page, other, broken]) await p.context().close();
   });
 
+  it('compares the edited policy with the default and loads a witness as the request', async () => {
+    const page = await open(browser, host.url);
+    await page.locator('#compare-run').click();
+    await page.waitForFunction(() => Number(document.body.dataset.compares || 0) >= 1);
+    assert.match(await page.locator('#compare-summary').textContent(), /^No decision changes/);
+    // Viewers lose their telemetry: the change is listed, grouped by the rules on each side.
+    const edited = defaultPolicy.replace('celine/telemetry/+/+/readings', 'celine/telemetry/+/+/summaries');
+    const before = await page.evaluate(() => Number(document.body.dataset.compares));
+    await setPolicy(page, edited);
+    await page.waitForFunction((n) => Number(document.body.dataset.compares) > n, before);
+    assert.match(await page.locator('#compare-summary').textContent(), /requests change decision/);
+    const lost = page.locator('.change-group.lost h3', { hasText: "allowed by rule 'telemetry-viewers'" }).first();
+    assert.match(await lost.textContent(), /^LOST: allowed by rule 'telemetry-viewers' → denied: no rule allows/);
+    const gained = page.locator('.change-group.gained h3').first();
+    assert.match(await gained.textContent(), /^GAINED: denied: no rule allows → allowed by rule 'telemetry-viewers'/);
+    // A witness becomes the request: the form shows it and the edited policy decides it.
+    const witness = lost.locator('xpath=..').locator('button.witness').first();
+    const label = await witness.textContent();
+    await witness.click();
+    await expectVerdict(page, 'DENY');
+    const topic = await page.getByLabel('Topic', { exact: true }).inputValue();
+    assert.ok(label.includes(topic), `${label} vs ${topic}`);
+    assert.match(topic, /^celine\/telemetry\/[^/]+\/[^/]+\/readings$/);
+    assert.match(await page.getByLabel('Groups', { exact: true }).inputValue(), /viewers/);
+    // A document to compare with that does not load says why.
+    await page.locator('#compare-with summary').click();
+    await page.locator('#compare-policy').fill('{"celine": {}}');
+    await page.waitForFunction(() => /does not load/.test(document.getElementById('compare-summary').textContent));
+    assert.match(await page.locator('#compare-errors').textContent(), /mqtt/);
+    assert.deepEqual(page.problems, []);
+    await page.context().close();
+  });
+
+  it("shows the subject's effective permissions as a topic tree", async () => {
+    const page = await open(browser, host.url);
+    await expectVerdict(page, 'ALLOW');
+    const subscribe = page.locator('.eff-action[data-action=subscribe]');
+    assert.match(await subscribe.locator('.grant').first().textContent(),
+      /^allow celine\/telemetry\/\+\/\+\/readings \(rule telemetry-viewers\)/);
+    assert.match(await subscribe.locator('ul.tree').first().textContent(), /celine.*telemetry.*readings allow \(telemetry-viewers\)/s);
+    assert.match(await page.locator('.eff-action[data-action=publish]').textContent(), /nothing: missing capability 'publish'/);
+    assert.match(await page.locator('#effective-summary').textContent(), /^Superuser: no/);
+    // The view follows the form: an admin may do everything.
+    await page.getByLabel('Groups', { exact: true }).fill('admins');
+    await page.waitForFunction(() => /^Superuser: yes/.test(document.getElementById('effective-summary').textContent));
+    assert.match(await page.locator('.eff-action[data-action=publish] .grant').first().textContent(), /^allow # \(rule admins-all\)/);
+    assert.deepEqual(page.problems, []);
+    await page.context().close();
+  });
+
   it('is usable with the keyboard: labelled controls, and Tab leaves the editor', async () => {
     const page = await open(browser, host.url);
     await page.locator('#policy').focus();

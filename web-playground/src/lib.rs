@@ -191,6 +191,72 @@ impl Playground {
     }
 }
 
+/// How many changes of one group the page is given (the count says how many there are).
+pub const CHANGES_PER_GROUP: usize = 50;
+
+#[wasm_bindgen]
+impl Playground {
+    /// What changes if the loaded document replaces `other` (the "compare with" document):
+    /// `{ok, probed, changes, counts: {action: {gained, lost}}, groups: [{old, new, count,
+    /// changes: [{request, old, new}]}]}` (at most [`CHANGES_PER_GROUP`] per group), or
+    /// `{ok: false, error, errors}` when either document does not load.
+    pub fn diff(&self, other: &str) -> String {
+        let Some(policy) = &self.policy else {
+            return error("the policy does not load; fix its errors first");
+        };
+        let old = match Policy::load(other) {
+            Ok(p) => p,
+            Err(errors) => {
+                let errors: Vec<Located> = errors.into_iter().map(|d| locate_diagnostic(other, d)).collect();
+                return json!({"ok": false, "error": "the document to compare with does not load", "errors": errors})
+                    .to_string();
+            }
+        };
+        let d = policy_core::diff(&old, policy, &[]);
+        let counts: serde_json::Map<String, Value> =
+            d.counts().into_iter().map(|(a, c)| (a.to_string(), json!(c))).collect();
+        let groups: Vec<Value> = d
+            .groups()
+            .into_iter()
+            .map(|g| {
+                let shown: Vec<&policy_core::Change> = g.changes.iter().take(CHANGES_PER_GROUP).collect();
+                json!({"old": g.old, "new": g.new, "old_text": g.old.describe(), "new_text": g.new.describe(),
+                       "count": g.changes.len(), "changes": shown})
+            })
+            .collect();
+        json!({"ok": true, "probed": d.probed, "changes": d.changes.len(), "counts": counts, "groups": groups})
+            .to_string()
+    }
+
+    /// A subject's effective permissions under the loaded document. `request` is an eval
+    /// line's subject part: `{"subject"| "claims", "username"?, "clientid"?}` (an empty or
+    /// missing username or client id leaves its placeholder as written). Returns `{ok,
+    /// subject, superuser, capabilities, actions: [{action, refused, allow: [{pattern, rule,
+    /// except, void, needs}], tree}]}` or `{ok: false, error}`.
+    pub fn effective(&self, request: &str) -> String {
+        let Some(policy) = &self.policy else {
+            return error("the policy does not load; fix its errors first");
+        };
+        let mut v = match serde_json::from_str::<Value>(request) {
+            Ok(v @ Value::Object(_)) => v,
+            _ => return error("expected a JSON object with 'subject' or 'claims'"),
+        };
+        v["action"] = json!("superuser");
+        let r = match policy_core::parse_request_json(&v.to_string()) {
+            Ok(r) => r,
+            Err(e) => return error(e),
+        };
+        fn given(s: &str) -> Option<&str> {
+            (!s.is_empty()).then_some(s)
+        }
+        let values = policy_core::Values { username: given(&r.username), clientid: given(&r.clientid) };
+        let e = policy.effective(&r.subject, values);
+        json!({"ok": true, "subject": r.subject, "superuser": policy.superuser(&r.subject),
+               "capabilities": e.capabilities, "actions": e.actions})
+        .to_string()
+    }
+}
+
 /// Maps token claims (a JSON object) to the subject the policy sees (semantics.md §4).
 /// Returns `{ok, subject}` or `{ok: false, error}`.
 #[wasm_bindgen]

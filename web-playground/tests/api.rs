@@ -180,3 +180,43 @@ fn the_conformance_corpus_gives_its_answers_through_this_api() {
     }
     assert!(n >= 100, "{n} cases");
 }
+
+#[test]
+fn diff_compares_the_loaded_document_with_another_and_groups_the_changes() {
+    let mut doc: Value = serde_json::from_str(POLICY).unwrap();
+    doc["celine"]["roles"]["group_permissions"]["viewers"] = json!(["subscribe"]);
+    let mut pg = Playground::new();
+    assert_eq!(parse(pg.load(&doc.to_string()))["ok"], true);
+    let r = parse(pg.diff(POLICY));
+    assert_eq!(r["ok"], true, "{r}");
+    assert_eq!(r["counts"]["read"]["lost"], r["changes"], "only reads change: {r}");
+    let g = &r["groups"][0];
+    assert_eq!(g["old"]["rule"], "telemetry-viewers");
+    assert_eq!(g["new_text"], "denied: missing capability");
+    let change = &g["changes"][0];
+    // A witness is an eval line: the page can load it as the request, and the engine agrees.
+    let again = parse(pg.check(&change["request"].to_string()));
+    assert_eq!(again["decision"], change["new"]);
+    assert_eq!(parse(loaded().check(&change["request"].to_string()))["decision"], change["old"]);
+
+    assert_eq!(parse(loaded().diff(POLICY))["changes"], 0);
+    let bad = parse(loaded().diff(r#"{"celine": {}}"#));
+    assert_eq!(bad["ok"], false);
+    assert!(bad["errors"][0]["message"].as_str().unwrap().contains("mqtt"), "{bad}");
+}
+
+#[test]
+fn effective_lists_grants_with_carve_outs_per_action() {
+    let pg = loaded();
+    let r = parse(pg.effective(r#"{"subject": {"id": "u1", "type": "user", "groups": ["viewers"]}}"#));
+    assert_eq!(r["ok"], true, "{r}");
+    assert_eq!(r["superuser"]["allow"], false);
+    let sub = &r["actions"][0];
+    assert_eq!(sub["action"], "subscribe");
+    assert_eq!(sub["allow"][0]["rule"], "telemetry-viewers");
+    assert_eq!(sub["tree"][0]["level"], "celine");
+    assert!(r["actions"][2]["refused"].as_str().unwrap().contains("missing capability 'publish'"));
+    let bad = parse(pg.effective(r#"{"subject": {"id": "u1"}}"#));
+    assert_eq!(bad["ok"], false);
+    assert!(bad["error"].as_str().unwrap().contains("type"), "{bad}");
+}

@@ -11,6 +11,7 @@ const state = {
   results: null,      // the last run's results, by row
   loaded: null,       // the last load's answer
   decision: null,     // the last check's answer
+  compared: false,    // compare after every edit once the person asked for it
 };
 
 // ---------------------------------------------------------------- small helpers
@@ -116,6 +117,7 @@ function loadPolicy() {
   $('diag-count').textContent = diags.length ? `(${errors} errors, ${warnings} warnings)` : '';
   check();
   runTests();
+  if (state.compared) compare();
   // How many loads happened: lets a test wait for the one its edit caused.
   document.body.dataset.loads = String(Number(document.body.dataset.loads || 0) + 1);
 }
@@ -206,7 +208,102 @@ function check() {
   $('patterns').replaceChildren(...(pats.length ? pats : [el('li', { class: 'na' }, answer.ask === 'superuser' ? 'not asked for superuser' : 'none')]));
   $('trace').replaceChildren(...answer.rules.map((t) => el('tr', {},
     el('td', {}, t.rule), el('td', {}, t.effect), el('td', {}, t.applies ? 'yes' : 'no'), el('td', {}, t.why_not || ''))));
+  drawEffective(request);
   drawHighlights();
+}
+
+// ---------------------------------------------------------------- effective permissions
+
+function treeList(nodes) {
+  return el('ul', { class: 'tree' }, ...nodes.map((n) => {
+    const marks = [];
+    if (n.allow.length) marks.push(el('span', { class: 'allow' }, ` allow (${n.allow.join(', ')})`));
+    if (n.deny.length) marks.push(el('span', { class: 'deny' }, ` deny (${n.deny.join(', ')})`));
+    return el('li', {}, el('code', {}, n.level), ...marks, n.children.length ? treeList(n.children) : '');
+  }));
+}
+
+function drawEffective(request) {
+  const box = $('effective');
+  const who = { clientid: request.clientid, username: request.username };
+  if (request.subject) who.subject = request.subject; else who.claims = request.claims;
+  const e = call((r) => engine.pg.effective(r), JSON.stringify(who));
+  if (!e.ok) { $('effective-summary').textContent = e.error; box.replaceChildren(); return; }
+  const su = e.superuser;
+  $('effective-summary').textContent = (su.allow ? `Superuser: yes, ${su.reason}` : `Superuser: no: ${su.reason.replace(/^not a superuser: /, '')}`) +
+    ' (go-auth skips ACL checks for superusers). Placeholders without a value in the form stay as written.';
+  box.replaceChildren(...e.actions.map((a) => {
+    const body = [];
+    if (a.refused) body.push(el('p', { class: 'na' }, `nothing: ${a.refused}`));
+    else if (!a.allow.length) body.push(el('p', { class: 'na' }, 'nothing: no rule allows it to this subject'));
+    for (const g of a.allow) {
+      body.push(el('p', { class: g.void ? 'grant void' : 'grant' }, 'allow ', el('code', {}, g.pattern), ` (rule ${g.rule})`,
+        g.void ? ' — void: a deny rule covers all of it' : '',
+        g.needs.length ? ` — when ${g.needs.join(' and ')} is usable` : '',
+        ...g.except.map((c) => el('span', { class: 'except' }, ' except ', el('code', {}, c.pattern), ` (rule ${c.rule})`))));
+    }
+    if (a.tree.length) body.push(treeList(a.tree));
+    return el('section', { class: 'eff-action', 'data-action': a.action }, el('h4', {}, a.action), ...body);
+  }));
+}
+
+// ---------------------------------------------------------------- compare with another document
+
+function describeWitness(r) {
+  const s = r.subject;
+  const who = `${s.type} ${s.id}${s.groups.length ? ` groups [${s.groups.join(', ')}]` : ''}${s.scopes.length ? ` scopes [${s.scopes.join(' ')}]` : ''}`;
+  return r.action === 'superuser' ? `superuser? ${who}` : `${r.action} ${r.topic} as ${who}`;
+}
+
+// Puts a request (an eval line with a subject) into the form and decides it.
+function loadRequest(r) {
+  $('mode-subject').checked = true;
+  setMode();
+  $('subject-type').value = r.subject.type;
+  $('subject-id').value = r.subject.id;
+  $('subject-groups').value = r.subject.groups.join(', ');
+  $('subject-scopes').value = r.subject.scopes.join(' ');
+  $('action').value = r.action;
+  $('topic').value = r.topic ?? '';
+  $('clientid').value = r.clientid ?? '';
+  $('username').value = r.username ?? '';
+  check();
+  $('request').scrollIntoView();
+}
+
+function compare() {
+  const summary = $('compare-summary');
+  const groups = $('compare-groups');
+  $('compare-errors').replaceChildren();
+  groups.replaceChildren();
+  summary.className = 'summary';
+  if (!state.loaded || !state.loaded.ok) { summary.textContent = 'The edited policy does not load: nothing to compare.'; return; }
+  const d = call((t) => engine.pg.diff(t), $('compare-policy').value);
+  if (!d.ok) {
+    summary.textContent = d.error;
+    summary.className = 'summary fail';
+    $('compare-errors').replaceChildren(...(d.errors || []).map((x) => el('li', { class: x.severity },
+      el('strong', {}, x.severity), ' ', el('span', { class: 'path' }, x.path || '(document)'), `: ${x.message}`)));
+    return;
+  }
+  if (!d.changes) {
+    summary.textContent = `No decision changes (${d.probed} requests tried).`;
+  } else {
+    const counts = Object.entries(d.counts).map(([a, c]) => `${a}: ${c.gained} gained, ${c.lost} lost`).join('; ');
+    summary.textContent = `${d.changes} requests change decision (${d.probed} tried). ${counts}`;
+    summary.className = 'summary fail';
+  }
+  groups.replaceChildren(...d.groups.map((g) => el('div', { class: `change-group ${g.new.allow ? 'gained' : 'lost'}` },
+    el('h3', {}, `${g.new.allow ? 'GAINED' : 'LOST'}: ${g.old_text} → ${g.new_text} (${g.count})`),
+    el('ul', {}, ...g.changes.map((c) => el('li', {}, el('button', {
+      type: 'button', class: 'witness', title: 'Load this request', onclick: () => loadRequest(c.request),
+    }, describeWitness(c.request))))))));
+  document.body.dataset.compares = String(Number(document.body.dataset.compares || 0) + 1);
+}
+
+function startComparing() {
+  state.compared = true;
+  compare();
 }
 
 // ---------------------------------------------------------------- test cases
@@ -419,12 +516,28 @@ async function main() {
     if (f) importCases(await f.text(), f.name);
     e.target.value = '';
   });
+  $('compare-run').addEventListener('click', startComparing);
+  $('compare-default').addEventListener('click', async () => {
+    $('compare-policy').value = await fetchText('default-policy.json');
+    $('compare-source').textContent = 'the default policy';
+    startComparing();
+  });
+  $('compare-file').addEventListener('change', async (e) => {
+    const f = e.target.files[0];
+    if (f) { $('compare-policy').value = await f.text(); $('compare-source').textContent = f.name; startComparing(); }
+    e.target.value = '';
+  });
+  $('compare-policy').addEventListener('input', debounce(() => {
+    $('compare-source').textContent = 'the pasted document';
+    if (state.compared) compare();
+  }, 200));
   $('share').addEventListener('click', () => share().catch((e) => banner(`Could not make a link: ${e.message}`)));
   window.addEventListener('hashchange', async () => {
     try { const s = await restore(location.hash); if (s) { apply(s); loadPolicy(); } }
     catch (e) { banner(`The link's state could not be read (${e.message}).`); }
   });
 
+  $('compare-policy').value = await fetchText('default-policy.json');
   loadPolicy();
   // For the browser tests and for people at the console: the engine itself.
   window.playground = { evaluate: (policy, request) => call(evaluate, policy, request), importCases };
