@@ -1,5 +1,6 @@
 //! Decision latency: the default policy and generated CELINE-like policies of 10, 1,000 and
-//! 10,000 rules, publish/read and subscribe separately.
+//! 10,000 rules, publish/read and subscribe separately; loading; and `diff` with one rule
+//! changed.
 //!
 //! Run: `cargo bench -p policy-core --bench decision` (results: BENCHMARKS.md).
 
@@ -204,13 +205,51 @@ fn decisions(c: &mut Criterion) {
 }
 
 fn load(c: &mut Criterion) {
-    let text = generated_policy(10_000);
-    c.bench_function("load/rules-10000", |b| b.iter(|| Policy::load(black_box(&text)).unwrap()));
+    for n in [1_000, 10_000] {
+        let text = generated_policy(n);
+        c.bench_function(&format!("load/rules-{n}"), |b| b.iter(|| Policy::load(black_box(&text)).unwrap()));
+    }
+}
+
+/// `diff` of a document against itself with one rule changed: in the default policy the
+/// viewers' telemetry narrowed (`+/readings` to `+/summaries`); in generated ones the viewer
+/// rule nearest the middle narrowed the same way, and (the worst case: a rule that meets
+/// every other) the admin rule's `#` narrowed to `celine/#`.
+fn diffs(c: &mut Criterion) {
+    let narrow = |text: &str, pattern: &str| {
+        let edited = text.replacen(pattern, &pattern.replace("/readings", "/summaries"), 1);
+        assert_ne!(edited, text, "{pattern} is in the document");
+        edited
+    };
+    let default = include_str!("../../policies/celine.json");
+    let mut pairs =
+        vec![("default".to_string(), default.to_string(), narrow(default, "celine/telemetry/+/+/readings"))];
+    for n in [1_000, 10_000] {
+        let text = generated_policy(n);
+        let mid = n / 2 / 10 * 10 + 4;
+        let one = narrow(&text, &format!("celine/telemetry/site-{mid}/+/readings"));
+        let wide = text.replacen(r##""topics":["#"]"##, r##""topics":["celine/#"]"##, 1);
+        assert_ne!(wide, text);
+        pairs.push((format!("rules-{n}"), text.clone(), one));
+        pairs.push((format!("rules-{n}-wide"), text, wide));
+    }
+    let mut g = c.benchmark_group("diff");
+    g.sample_size(10);
+    for (name, old, new) in &pairs {
+        let (old, new) = (Policy::load(old).unwrap(), Policy::load(new).unwrap());
+        let d = policy_core::diff(&old, &new, &[]);
+        assert!(!d.is_empty(), "{name}: the edit changes decisions");
+        eprintln!("diff {name}: {} changes in {} witnesses", d.changes.len(), d.probed);
+        g.bench_function(name.as_str(), |b| {
+            b.iter(|| policy_core::diff(black_box(&old), black_box(&new), &[]))
+        });
+    }
+    g.finish();
 }
 
 criterion_group! {
     name = benches;
     config = Criterion::default().warm_up_time(Duration::from_millis(500)).measurement_time(Duration::from_secs(2)).sample_size(50);
-    targets = decisions, load
+    targets = decisions, load, diffs
 }
 criterion_main!(benches);

@@ -430,6 +430,13 @@ fn log_diff(generation: &Generation, diff: &serde_json::Value) {
                 .collect()
         })
         .unwrap_or_default();
+    let (mut gained, mut lost) = (0, 0);
+    for c in diff["counts"].as_object().into_iter().flat_map(|m| m.values()) {
+        gained += c["gained"].as_u64().unwrap_or(0);
+        lost += c["lost"].as_u64().unwrap_or(0);
+    }
+    metrics::gauge!("mqtt_policy_last_swap_changes", "direction" => "gained").set(gained as f64);
+    metrics::gauge!("mqtt_policy_last_swap_changes", "direction" => "lost").set(lost as f64);
     tracing::info!(
         generation = generation.id,
         changes = diff["changes"].as_u64().unwrap_or(0),

@@ -371,6 +371,17 @@ fn bench() -> anyhow::Result<()> {
     }
     let load = median("load_rules-10000", "")?;
     println!("\nloading (parse, validate, index) a 10,000-rule document: {:.1} ms", load / 1e6);
+    println!("\n| diff, one rule changed | time | / loading one document of that size |");
+    println!("|---|---|---|");
+    let ms = |ns: f64| format!("{:.2} ms", ns / 1e6);
+    println!("| default policy (viewers' telemetry narrowed) | {} | - |", ms(median("diff", "default")?));
+    for n in ["1000", "10000"] {
+        let load = median(&format!("load_rules-{n}"), "")?;
+        for (case, label) in [("", "a viewer rule narrowed"), ("-wide", "the admin rule `#` narrowed")] {
+            let d = median("diff", &format!("rules-{n}{case}"))?;
+            println!("| {n} rules, {label} | {} | {:.1}x |", ms(d), d / load);
+        }
+    }
     Ok(())
 }
 

@@ -58,11 +58,10 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         Some(c) => println!("capabilities: [{}] (from roles)", c.join(", ")),
         None => println!("capabilities: (no roles in the policy: rules alone decide)"),
     }
-    println!(
-        "superuser: {} ({}; go-auth then skips every ACL check)",
-        if superuser.allow { "yes" } else { "no" },
-        superuser.reason
-    );
+    match superuser.reason.strip_prefix("not a superuser: ") {
+        Some(why) => println!("superuser: no ({why})"),
+        None => println!("superuser: yes ({}; go-auth skips every ACL check for it)", superuser.reason),
+    }
     for g in &e.actions {
         print_action(g);
     }
