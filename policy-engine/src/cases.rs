@@ -35,6 +35,19 @@ pub fn decide(generation: &Generation, r: &policy_core::EvalRequest) -> policy_c
     policy_core::Decision { allow: d.allow, rule: d.rule, reason: d.reason }
 }
 
+/// The requests of the test cases under `path`, for the swap report's diff. Files that do not
+/// read or parse are left out: the pipeline has already run (and judged) them.
+pub fn case_requests(path: &Path) -> Vec<policy_core::EvalRequest> {
+    let files = case_files(path).unwrap_or_default();
+    files
+        .iter()
+        .filter_map(|f| std::fs::read_to_string(f).ok())
+        .filter_map(|text| policy_core::parse_cases(&text).ok())
+        .flatten()
+        .map(|c| c.request)
+        .collect()
+}
+
 /// Runs the test cases under `path` through `generation`; `Ok` is how many passed (all).
 pub fn run_cases(generation: &Generation, path: &Path) -> Result<usize, String> {
     let mut failures = Vec::new();

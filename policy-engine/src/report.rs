@@ -1,5 +1,6 @@
 //! What a swap changes: the candidate against the live generation, as `policy_core::diff`
-//! reports it, but decided by both generations' *modules* (a new module may decide the same
+//! reports it (the policy test cases' requests included), but decided by both generations'
+//! *modules* (a new module may decide the same
 //! document differently). Logged at every swap, kept for `GET /admin/status`, and returned
 //! by a dry run.
 
@@ -17,7 +18,13 @@ pub const FIRST: usize = 5;
 /// The summary of what `new` changes against `old`: `{"changes", "probed", "counts",
 /// "first", "took_ms"}`, or `{"available": false, "reason"}` when a document does not load
 /// natively (a module with a format of its own).
-pub fn swap_diff(old: &Generation, old_text: &str, new: &Generation, new_text: &str) -> Value {
+pub fn swap_diff(
+    old: &Generation,
+    old_text: &str,
+    new: &Generation,
+    new_text: &str,
+    extra: &[EvalRequest],
+) -> Value {
     let started = Instant::now();
     let (old_doc, new_doc) = match (Policy::load(old_text), Policy::load(new_text)) {
         (Ok(o), Ok(n)) => (o, n),
@@ -26,7 +33,7 @@ pub fn swap_diff(old: &Generation, old_text: &str, new: &Generation, new_text: &
             return json!({"available": false, "reason": format!("the diff reads documents natively: {first}")});
         }
     };
-    let mut probes: Vec<EvalRequest> = witnesses(&old_doc, &new_doc, &[]);
+    let mut probes: Vec<EvalRequest> = witnesses(&old_doc, &new_doc, extra);
     if old.module.hash != new.module.hash {
         // Another module: any rule may now decide differently.
         probes.extend(witnesses_of(&new_doc));

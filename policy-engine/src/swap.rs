@@ -266,7 +266,8 @@ impl Live {
         };
         let current = self.current();
         let (generation, passed) = build(&self.runtime, Some(&current), m, pol, self.tests.as_deref())?;
-        let diff = crate::report::swap_diff(&current, &p.old_policy, &generation, pol);
+        let cases = self.tests.as_deref().map(crate::cases::case_requests).unwrap_or_default();
+        let diff = crate::report::swap_diff(&current, &p.old_policy, &generation, pol, &cases);
         Ok((generation, passed, diff))
     }
 

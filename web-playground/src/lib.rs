@@ -196,11 +196,13 @@ pub const CHANGES_PER_GROUP: usize = 50;
 
 #[wasm_bindgen]
 impl Playground {
-    /// What changes if the loaded document replaces `other` (the "compare with" document):
-    /// `{ok, probed, changes, counts: {action: {gained, lost}}, groups: [{old, new, count,
-    /// changes: [{request, old, new}]}]}` (at most [`CHANGES_PER_GROUP`] per group), or
-    /// `{ok: false, error, errors}` when either document does not load.
-    pub fn diff(&self, other: &str) -> String {
+    /// What changes if the loaded document replaces `other` (the "compare with" document),
+    /// the requests of `cases` (the test table, in the `policies/tests` format; empty or
+    /// unparsable: none) decided too: `{ok, probed, changes, counts: {action: {gained,
+    /// lost}}, groups: [{old, new, count, changes: [{request, old, new}]}]}` (at most
+    /// [`CHANGES_PER_GROUP`] per group), or `{ok: false, error, errors}` when either document
+    /// does not load.
+    pub fn diff(&self, other: &str, cases: &str) -> String {
         let Some(policy) = &self.policy else {
             return error("the policy does not load; fix its errors first");
         };
@@ -212,7 +214,9 @@ impl Playground {
                     .to_string();
             }
         };
-        let d = policy_core::diff(&old, policy, &[]);
+        let extra: Vec<policy_core::EvalRequest> =
+            policy_core::parse_cases(cases).unwrap_or_default().into_iter().map(|c| c.request).collect();
+        let d = policy_core::diff(&old, policy, &extra);
         let counts: serde_json::Map<String, Value> =
             d.counts().into_iter().map(|(a, c)| (a.to_string(), json!(c))).collect();
         let groups: Vec<Value> = d

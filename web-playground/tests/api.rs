@@ -187,7 +187,7 @@ fn diff_compares_the_loaded_document_with_another_and_groups_the_changes() {
     doc["celine"]["roles"]["group_permissions"]["viewers"] = json!(["subscribe"]);
     let mut pg = Playground::new();
     assert_eq!(parse(pg.load(&doc.to_string()))["ok"], true);
-    let r = parse(pg.diff(POLICY));
+    let r = parse(pg.diff(POLICY, ""));
     assert_eq!(r["ok"], true, "{r}");
     assert_eq!(r["counts"]["read"]["lost"], r["changes"], "only reads change: {r}");
     let g = &r["groups"][0];
@@ -199,8 +199,18 @@ fn diff_compares_the_loaded_document_with_another_and_groups_the_changes() {
     assert_eq!(again["decision"], change["new"]);
     assert_eq!(parse(loaded().check(&change["request"].to_string()))["decision"], change["old"]);
 
-    assert_eq!(parse(loaded().diff(POLICY))["changes"], 0);
-    let bad = parse(loaded().diff(r#"{"celine": {}}"#));
+    assert_eq!(parse(loaded().diff(POLICY, ""))["changes"], 0);
+    // The test table's requests are decided too: its viewer (id u1) shows up.
+    let with_cases = parse(pg.diff(POLICY, CASES));
+    let ids: Vec<&Value> = with_cases["groups"][0]["changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| &c["request"]["subject"]["id"])
+        .collect();
+    assert!(ids.contains(&&json!("u1")), "{with_cases}");
+    assert!(with_cases["probed"].as_u64() > r["probed"].as_u64());
+    let bad = parse(loaded().diff(r#"{"celine": {}}"#, ""));
     assert_eq!(bad["ok"], false);
     assert!(bad["errors"][0]["message"].as_str().unwrap().contains("mqtt"), "{bad}");
 }

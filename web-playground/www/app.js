@@ -278,7 +278,7 @@ function compare() {
   groups.replaceChildren();
   summary.className = 'summary';
   if (!state.loaded || !state.loaded.ok) { summary.textContent = 'The edited policy does not load: nothing to compare.'; return; }
-  const d = call((t) => engine.pg.diff(t), $('compare-policy').value);
+  const d = call((t, c) => engine.pg.diff(t, c), $('compare-policy').value, JSON.stringify({ cases: state.cases }));
   if (!d.ok) {
     summary.textContent = d.error;
     summary.className = 'summary fail';
