@@ -103,20 +103,24 @@ async fn dry_run(st: &AppState, candidate: Candidate) -> Response {
     }
 }
 
+/// A candidate swapped in, or with `?dry_run=true` only built, tested and diffed.
+async fn submit(st: &AppState, q: Result<Query<Upload>, QueryRejection>, candidate: Candidate) -> Response {
+    match upload_params(q) {
+        Err(why) => error(StatusCode::BAD_REQUEST, why),
+        Ok(Upload { dry_run: true }) => dry_run(st, candidate).await,
+        Ok(_) => answer(st, candidate).await,
+    }
+}
+
 async fn put_policy(
     State(st): State<Arc<AppState>>,
     q: Result<Query<Upload>, QueryRejection>,
     body: Bytes,
 ) -> Response {
-    let upload = match upload_params(q) {
-        Ok(u) => u,
-        Err(why) => return error(StatusCode::BAD_REQUEST, why),
-    };
     let Ok(text) = String::from_utf8(body.to_vec()) else {
         return error(StatusCode::BAD_REQUEST, "a policy document is UTF-8 JSON");
     };
-    let candidate = Candidate::Policy { text, source: Source::Uploaded };
-    if upload.dry_run { dry_run(&st, candidate).await } else { answer(&st, candidate).await }
+    submit(&st, q, Candidate::Policy { text, source: Source::Uploaded }).await
 }
 
 async fn put_module(
@@ -124,12 +128,7 @@ async fn put_module(
     q: Result<Query<Upload>, QueryRejection>,
     body: Bytes,
 ) -> Response {
-    let upload = match upload_params(q) {
-        Ok(u) => u,
-        Err(why) => return error(StatusCode::BAD_REQUEST, why),
-    };
-    let candidate = Candidate::Module { bytes: body.to_vec(), source: Source::Uploaded };
-    if upload.dry_run { dry_run(&st, candidate).await } else { answer(&st, candidate).await }
+    submit(&st, q, Candidate::Module { bytes: body.to_vec(), source: Source::Uploaded }).await
 }
 
 async fn reload(State(st): State<Arc<AppState>>) -> Response {

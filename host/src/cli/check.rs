@@ -3,22 +3,17 @@
 use std::process::ExitCode;
 
 use anyhow::{Context, bail};
-use policy_core::{Ask, EvalRequest, Json, Policy, parse_subject, subject_from_claims};
+use policy_core::{Ask, EvalRequest, Policy};
 
-use super::{PolicyArg, decision_json};
+use super::{PolicyArg, SubjectArg, decision_json};
 use crate::policy_file;
 
 #[derive(clap::Args, Debug)]
-#[command(group = clap::ArgGroup::new("who").required(true).args(["subject", "claims"]))]
 pub struct Args {
     #[command(flatten)]
     pub policy: PolicyArg,
-    /// The subject as JSON: {"id": "u1", "type": "user", "groups": ["viewers"], "scopes": []}
-    #[arg(long, value_name = "JSON")]
-    pub subject: Option<String>,
-    /// A token's claims as JSON, mapped to a subject as for Keycloak tokens (no signature check)
-    #[arg(long, value_name = "JSON")]
-    pub claims: Option<String>,
+    #[command(flatten)]
+    pub who: SubjectArg,
     /// Topic name (publish, read) or filter (subscribe); not used for superuser
     #[arg(long, value_name = "TOPIC")]
     pub topic: Option<String>,
@@ -38,15 +33,7 @@ pub struct Args {
 
 pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     let ask = Ask::parse(&a.action).context("unknown action")?;
-    let subject = match (&a.subject, &a.claims) {
-        (Some(s), _) => {
-            Json::parse(s).and_then(|j| parse_subject(&j)).map_err(|e| anyhow::anyhow!("--subject: {e}"))?
-        }
-        (None, Some(c)) => Json::parse(c)
-            .and_then(|j| subject_from_claims(&j))
-            .map_err(|e| anyhow::anyhow!("--claims: {e}"))?,
-        (None, None) => unreachable!("clap requires one of --subject and --claims"),
-    };
+    let subject = a.who.subject()?;
     let topic = match (a.topic, ask) {
         (Some(t), _) => t,
         (None, Ask::Superuser) => String::new(),

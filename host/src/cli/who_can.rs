@@ -2,22 +2,17 @@
 
 use std::process::ExitCode;
 
-use policy_core::{ActionGrants, Json, Node, Values, parse_subject, subject_from_claims};
+use policy_core::{ActionGrants, Node, Values};
 
-use super::PolicyArg;
+use super::{PolicyArg, SubjectArg};
 use crate::policy_file;
 
 #[derive(clap::Args, Debug)]
-#[command(group = clap::ArgGroup::new("who").required(true).args(["subject", "claims"]))]
 pub struct Args {
     #[command(flatten)]
     pub policy: PolicyArg,
-    /// The subject as JSON: {"id": "u1", "type": "user", "groups": ["viewers"], "scopes": []}
-    #[arg(long, value_name = "JSON")]
-    pub subject: Option<String>,
-    /// A token's claims as JSON, mapped to a subject as for Keycloak tokens (no signature check)
-    #[arg(long, value_name = "JSON")]
-    pub claims: Option<String>,
+    #[command(flatten)]
+    pub who: SubjectArg,
     /// Fill ${username} with this MQTT username [default: show the placeholder]
     #[arg(long)]
     pub username: Option<String>,
@@ -30,15 +25,7 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> anyhow::Result<ExitCode> {
-    let subject = match (&a.subject, &a.claims) {
-        (Some(s), _) => {
-            Json::parse(s).and_then(|j| parse_subject(&j)).map_err(|e| anyhow::anyhow!("--subject: {e}"))?
-        }
-        (None, Some(c)) => Json::parse(c)
-            .and_then(|j| subject_from_claims(&j))
-            .map_err(|e| anyhow::anyhow!("--claims: {e}"))?,
-        (None, None) => unreachable!("clap requires one of --subject and --claims"),
-    };
+    let subject = a.who.subject()?;
     let (source, policy) = policy_file::load(a.policy.policy.as_deref())?;
     let values = Values { username: a.username.as_deref(), clientid: a.clientid.as_deref() };
     let e = policy.effective(&subject, values);
