@@ -68,11 +68,9 @@ async fn answer(st: &AppState, candidate: Candidate) -> Response {
         return error(StatusCode::INTERNAL_SERVER_ERROR, "the candidate build failed unexpectedly");
     };
     match proposed {
-        Ok(_) => (StatusCode::OK, axum::Json(st.live.status())).into_response(),
-        Err(r) => {
-            (StatusCode::UNPROCESSABLE_ENTITY, axum::Json(json!({"rejected": r, "live": st.live.status()})))
-                .into_response()
-        }
+        Ok(_) => (StatusCode::OK, axum::Json(st.status())).into_response(),
+        Err(r) => (StatusCode::UNPROCESSABLE_ENTITY, axum::Json(json!({"rejected": r, "live": st.status()})))
+            .into_response(),
     }
 }
 
@@ -97,7 +95,7 @@ async fn dry_run(st: &AppState, candidate: Candidate) -> Response {
         Ok(report) => (StatusCode::OK, axum::Json(report)).into_response(),
         Err(r) => (
             StatusCode::UNPROCESSABLE_ENTITY,
-            axum::Json(json!({"dry_run": true, "rejected": r, "live": st.live.status()})),
+            axum::Json(json!({"dry_run": true, "rejected": r, "live": st.status()})),
         )
             .into_response(),
     }
@@ -136,7 +134,7 @@ async fn reload(State(st): State<Arc<AppState>>) -> Response {
 }
 
 async fn status(State(st): State<Arc<AppState>>) -> Response {
-    axum::Json(st.live.status()).into_response()
+    axum::Json(st.status()).into_response()
 }
 
 pub fn router(state: Arc<AppState>) -> Router {

@@ -10,6 +10,7 @@
 pub mod admin;
 pub mod audit;
 pub mod auth;
+pub mod bundles;
 pub mod cli;
 pub mod goauth;
 pub mod logqueue;

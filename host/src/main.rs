@@ -34,6 +34,8 @@ enum Command {
     Diff(cli::diff::Args),
     /// A subject's effective permissions per action, with deny carve-outs, as a topic tree.
     WhoCan(cli::who_can::Args),
+    /// Write a policy, a module and their test cases as one bundle (for --policy-url).
+    Bundle(cli::bundle::Args),
 }
 
 fn main() -> ExitCode {
@@ -47,6 +49,7 @@ fn main() -> ExitCode {
         Command::Test(a) => cli::test::run(a),
         Command::Diff(a) => cli::diff::run(a),
         Command::WhoCan(a) => cli::who_can::run(a),
+        Command::Bundle(a) => cli::bundle::run(a),
     };
     match result {
         Ok(code) => code,

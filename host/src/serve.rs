@@ -53,12 +53,25 @@ pub struct AppState {
     pub admin_token: Option<[u8; 32]>,
     /// Where audit lines go (and the log queue's count of dropped lines).
     pub audit: crate::audit::Audit,
+    /// SHA-256 of the bundle token, when `GET /bundle` is on.
+    pub bundle_token: Option<[u8; 32]>,
+    /// What pulling `--policy-url` did last, when it is pulled.
+    pub pull: Option<Arc<std::sync::Mutex<crate::bundles::PullStatus>>>,
 }
 
 impl AppState {
     /// The live generation (module + policy). Requests take it once and finish on it.
     pub fn generation(&self) -> Arc<Generation> {
         self.live.current()
+    }
+
+    /// The live generation's status, and what pulling bundles did last (`bundle_pull`).
+    pub fn status(&self) -> serde_json::Value {
+        let mut s = self.live.status();
+        if let Some(p) = &self.pull {
+            s["bundle_pull"] = p.lock().unwrap().json();
+        }
+        s
     }
 }
 
@@ -97,6 +110,11 @@ pub struct ServeConfig {
     pub log: crate::logqueue::QueueWriter,
     /// Log lines are JSON (`--log-format json`): audit lines follow.
     pub log_json: bool,
+    /// Pull bundles from here (`--policy-url`) every `policy_poll`.
+    pub policy_url: Option<String>,
+    pub policy_poll: Duration,
+    /// Serves `GET /bundle` with it, and sends it when pulling.
+    pub bundle_token: Option<String>,
 }
 
 fn install_metrics() -> anyhow::Result<PrometheusHandle> {
@@ -137,17 +155,42 @@ pub async fn build_state(cfg: &ServeConfig) -> anyhow::Result<Arc<AppState>> {
             });
         }
     };
+    let usable_state = cache_dir.is_some();
     let runtime = Runtime::new(cache_dir)?;
-    let module_source = match &cfg.module {
-        Some(p) => Source::File(p.clone()),
-        None => Source::BuiltIn,
+    if cfg.policy_url.is_some() && (cfg.policy.is_some() || cfg.module.is_some()) {
+        bail!("--policy-url brings the policy and the module: do not also name --policy or --module");
+    }
+    // Uploads (and pulled bundles) are kept in the state directory and restored at start,
+    // unless a file is named explicitly.
+    let kept = cfg.state_dir.join("live");
+    let mut notes = Vec::new();
+    let mut choose = |named: &Option<PathBuf>, name: &str, what: &str, fallback: Source| match (
+        named,
+        usable_state.then(|| Live::kept(&kept, name)).flatten(),
+    ) {
+        (Some(p), Some(k)) => {
+            notes.push(format!(
+                "the {what} named on the command line ({}) wins over the upload kept in {}",
+                p.display(),
+                k.display()
+            ));
+            Source::File(p.clone())
+        }
+        (Some(p), None) => Source::File(p.clone()),
+        (None, Some(k)) => {
+            notes.push(format!(
+                "the {what} was restored from the last upload or bundle, kept in {}",
+                k.display()
+            ));
+            Source::Restored(k)
+        }
+        (None, None) => fallback,
     };
+    let module_source = choose(&cfg.module, "module.wasm", "module", Source::BuiltIn);
     let default_policy = Path::new(crate::policy_file::DEFAULT_POLICY);
-    let policy_source = match &cfg.policy {
-        Some(p) => Source::File(p.clone()),
-        None if default_policy.exists() => Source::File(default_policy.to_path_buf()),
-        None => Source::BuiltIn,
-    };
+    let default_policy =
+        if default_policy.exists() { Source::File(default_policy.to_path_buf()) } else { Source::BuiltIn };
+    let policy_source = choose(&cfg.policy, "policy.json", "policy", default_policy);
     // The default policy's own test cases guard it; a policy named explicitly is guarded by
     // the cases named explicitly (--tests).
     let default_tests = Path::new("policies/tests");
@@ -157,6 +200,13 @@ pub async fn build_state(cfg: &ServeConfig) -> anyhow::Result<Arc<AppState>> {
         _ => None,
     };
     let live = Live::start(runtime, module_source, policy_source, tests)?;
+    for n in notes {
+        tracing::warn!("{n}");
+        live.note(n);
+    }
+    if usable_state {
+        live.keep_uploads_in(kept);
+    }
     let reloader =
         Reloader::start(Arc::clone(&live), true).context("watching the module and policy files")?;
 
@@ -225,6 +275,12 @@ pub async fn build_state(cfg: &ServeConfig) -> anyhow::Result<Arc<AppState>> {
         started: SystemTime::now(),
         admin_token,
         audit: crate::audit::Audit::new(cfg.log.clone(), cfg.log_json),
+        bundle_token: match &cfg.bundle_token {
+            Some(t) if t.len() < 16 => bail!("the bundle token must be at least 16 characters"),
+            Some(t) => Some(token_digest(t)),
+            None => None,
+        },
+        pull: cfg.policy_url.as_ref().map(|_| Default::default()),
     }))
 }
 
@@ -235,7 +291,7 @@ async fn healthz() -> &'static str {
 async fn readyz(State(st): State<Arc<AppState>>) -> Response {
     let verifier = &st.auth.identities.verifier;
     let keys = verifier.readiness();
-    let mut body = st.live.status();
+    let mut body = st.status();
     body["ready"] = json!(keys.is_ok());
     body["keys"] = match &keys {
         Ok(n) => json!({"count": n, "last_error": verifier.last_error()}),
@@ -284,6 +340,7 @@ pub fn ops_router(state: Arc<AppState>) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_endpoint))
+        .route("/bundle", get(crate::bundles::get_bundle))
         .route("/dev/jwks.json", get(dev_jwks));
     let router = router
         .layer(RequestBodyLimitLayer::new(BODY_LIMIT))
@@ -325,6 +382,15 @@ pub async fn run(cfg: ServeConfig) -> anyhow::Result<()> {
         None => None,
     };
     let state = build_state(&cfg).await?;
+    if let (Some(url), Some(pull)) = (&cfg.policy_url, &state.pull) {
+        crate::bundles::spawn_puller(
+            Arc::clone(&state.live),
+            url.clone(),
+            cfg.bundle_token.clone(),
+            cfg.policy_poll,
+            Arc::clone(pull),
+        )?;
+    }
     let sweeper = Arc::clone(&state);
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(60));

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use crate::runtime::{Action, Generation, Request, Subject};
 
 /// The `*.json` test-case files under `path` (a file, or a directory), sorted.
-fn case_files(path: &Path) -> Result<Vec<PathBuf>, String> {
+pub(crate) fn case_files(path: &Path) -> Result<Vec<PathBuf>, String> {
     if path.is_file() {
         return Ok(vec![path.to_path_buf()]);
     }
@@ -50,27 +50,50 @@ pub fn case_requests(path: &Path) -> Vec<policy_core::EvalRequest> {
 
 /// Runs the test cases under `path` through `generation`; `Ok` is how many passed (all).
 pub fn run_cases(generation: &Generation, path: &Path) -> Result<usize, String> {
-    let mut failures = Vec::new();
-    let mut total = 0;
+    let mut tally = Tally::default();
     for file in case_files(path)? {
         let text =
             std::fs::read_to_string(&file).map_err(|e| format!("cannot read {}: {e}", file.display()))?;
-        let cases = policy_core::parse_cases(&text).map_err(|ds| {
+        tally.run(generation, &file.display().to_string(), &text)?;
+    }
+    tally.result()
+}
+
+/// Runs the test cases of one `policies/tests` document (a bundle's) through `generation`.
+pub fn run_cases_text(generation: &Generation, name: &str, text: &str) -> Result<usize, String> {
+    let mut tally = Tally::default();
+    tally.run(generation, name, text)?;
+    tally.result()
+}
+
+#[derive(Default)]
+struct Tally {
+    total: usize,
+    failures: Vec<String>,
+}
+
+impl Tally {
+    fn run(&mut self, generation: &Generation, name: &str, text: &str) -> Result<(), String> {
+        let cases = policy_core::parse_cases(text).map_err(|ds| {
             let first = ds.first().map(|d| format!("{}: {}", d.path, d.message)).unwrap_or_default();
-            format!("{} is not a valid test-case file: {first}", file.display())
+            format!("{name} is not a valid test-case file: {first}")
         })?;
         for case in &cases {
-            total += 1;
+            self.total += 1;
             let d = decide(generation, &case.request);
             if let Some(why) = policy_core::judge(case, d).failure {
-                failures.push(format!("{}: {why}", case.name));
+                self.failures.push(format!("{}: {why}", case.name));
             }
         }
+        Ok(())
     }
-    if failures.is_empty() {
-        return Ok(total);
+
+    fn result(mut self) -> Result<usize, String> {
+        if self.failures.is_empty() {
+            return Ok(self.total);
+        }
+        let n = self.failures.len();
+        self.failures.truncate(5);
+        Err(format!("{n} of {} policy test cases fail: {}", self.total, self.failures.join("; ")))
     }
-    let n = failures.len();
-    failures.truncate(5);
-    Err(format!("{n} of {total} policy test cases fail: {}", failures.join("; ")))
 }

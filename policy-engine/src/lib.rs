@@ -16,6 +16,7 @@
 //! (`policy-core`, inside the module). Nothing here is async or needs a runtime: a decision is
 //! a plain function call, which is what a broker's event loop can afford.
 
+pub mod bundle;
 pub mod cases;
 pub mod reload;
 pub mod report;

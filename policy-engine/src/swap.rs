@@ -25,6 +25,10 @@ pub enum Source {
     BuiltIn,
     File(PathBuf),
     Uploaded,
+    /// An upload (or a pulled bundle) kept in the state directory, restored at start.
+    Restored(PathBuf),
+    /// A bundle pulled from this URL.
+    Bundle(String),
 }
 
 impl std::fmt::Display for Source {
@@ -33,6 +37,8 @@ impl std::fmt::Display for Source {
             Source::BuiltIn => f.write_str("built-in"),
             Source::File(p) => write!(f, "{}", p.display()),
             Source::Uploaded => f.write_str("uploaded"),
+            Source::Restored(p) => write!(f, "restored from {}", p.display()),
+            Source::Bundle(url) => write!(f, "bundle {url}"),
         }
     }
 }
@@ -49,6 +55,12 @@ pub enum Candidate {
     },
     /// Re-read the module and policy files (watched files, `SIGHUP`, `POST /admin/reload`).
     Reload,
+    /// A pulled bundle: module, policy and the bundle's own test cases (run besides the
+    /// local ones).
+    Bundle {
+        contents: crate::bundle::Contents,
+        source: Source,
+    },
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -65,6 +77,8 @@ struct Inputs {
     module_source: Source,
     policy: Arc<str>,
     policy_source: Source,
+    /// The test cases of the bundle the live generation came from, if it did.
+    bundle_tests: Option<Arc<str>>,
 }
 
 struct Status {
@@ -87,6 +101,8 @@ struct Prepared {
     policy_source: Source,
     /// The live policy it is compared with.
     old_policy: Arc<str>,
+    /// A bundle's own test cases.
+    bundle_tests: Option<Arc<str>>,
 }
 
 /// The live generation and everything needed to build the next one.
@@ -99,6 +115,10 @@ pub struct Live {
     status: Mutex<Status>,
     /// Candidates are built one at a time.
     serial: Mutex<()>,
+    /// Where uploaded and pulled candidates are kept once live, to survive a restart.
+    keep: std::sync::OnceLock<PathBuf>,
+    /// Things an operator should know about how this started (shown in the status).
+    notes: Mutex<Vec<String>>,
 }
 
 fn secs(t: SystemTime) -> u64 {
@@ -111,7 +131,8 @@ fn read_module(source: &Source) -> Result<Vec<u8>, String> {
         Source::BuiltIn => embedded_module().map(<[u8]>::to_vec).ok_or_else(|| {
             "this binary has no built-in policy module (build it with `cargo xtask build`)".into()
         }),
-        Source::Uploaded => Err("an uploaded module cannot be re-read".into()),
+        Source::Restored(p) => std::fs::read(p).map_err(|e| format!("cannot read {}: {e}", p.display())),
+        Source::Uploaded | Source::Bundle(_) => Err("an uploaded or pulled module cannot be re-read".into()),
     }
 }
 
@@ -121,7 +142,10 @@ fn read_policy(source: &Source) -> Result<String, String> {
             std::fs::read_to_string(p).map_err(|e| format!("cannot read {}: {e}", p.display()))
         }
         Source::BuiltIn => Ok(crate::BUILT_IN_POLICY.to_string()),
-        Source::Uploaded => Err("an uploaded policy cannot be re-read".into()),
+        Source::Restored(p) => {
+            std::fs::read_to_string(p).map_err(|e| format!("cannot read {}: {e}", p.display()))
+        }
+        Source::Uploaded | Source::Bundle(_) => Err("an uploaded or pulled policy cannot be re-read".into()),
     }
 }
 
@@ -158,7 +182,7 @@ impl Live {
     ) -> anyhow::Result<Arc<Live>> {
         let module = read_module(&module_source).map_err(anyhow::Error::msg)?;
         let policy = read_policy(&policy_source).map_err(anyhow::Error::msg)?;
-        let (generation, passed) = build(&runtime, None, &module, &policy, tests.as_deref())
+        let (generation, passed) = build(&runtime, None, &module, &policy, tests.as_deref(), None)
             .map_err(|reason| anyhow::anyhow!("module {module_source}, policy {policy_source}: {reason}"))?;
         if let (Some(t), 0) = (&tests, passed) {
             anyhow::bail!(
@@ -176,6 +200,7 @@ impl Live {
                 module_source,
                 policy: policy.into(),
                 policy_source,
+                bundle_tests: None,
             }),
             tests,
             status: Mutex::new(Status {
@@ -187,6 +212,8 @@ impl Live {
                 last_swap: None,
             }),
             serial: Mutex::new(()),
+            keep: std::sync::OnceLock::new(),
+            notes: Mutex::new(Vec::new()),
         }))
     }
 
@@ -224,6 +251,7 @@ impl Live {
             policy: Ok(Arc::clone(&i.policy)),
             policy_source: i.policy_source.clone(),
             old_policy: Arc::clone(&i.policy),
+            bundle_tests: None,
         };
         p.label = match candidate {
             Candidate::Module { bytes, source } => {
@@ -245,6 +273,13 @@ impl Live {
                 }
                 "reload".to_string()
             }
+            Candidate::Bundle { contents, source } => {
+                let label = format!("{source}");
+                (p.module, p.module_source) = (Ok(contents.module.into()), source.clone());
+                (p.policy, p.policy_source) = (Ok(contents.policy.into()), source);
+                p.bundle_tests = contents.tests.map(Arc::from);
+                label
+            }
         };
         p
     }
@@ -265,7 +300,8 @@ impl Live {
             (Err(e), _) | (_, Err(e)) => return Err(e.clone()),
         };
         let current = self.current();
-        let (generation, passed) = build(&self.runtime, Some(&current), m, pol, self.tests.as_deref())?;
+        let (generation, passed) =
+            build(&self.runtime, Some(&current), m, pol, self.tests.as_deref(), p.bundle_tests.as_deref())?;
         let cases = self.tests.as_deref().map(crate::cases::case_requests).unwrap_or_default();
         let diff = crate::report::swap_diff(&current, &p.old_policy, &generation, pol, &cases);
         Ok((generation, passed, diff))
@@ -289,11 +325,12 @@ impl Live {
         match self.build_prepared(&prepared) {
             Ok((generation, passed, diff)) => {
                 let previous = self.current.swap(Arc::clone(&generation));
-                let Prepared { module, module_source, policy, policy_source, .. } = prepared;
+                let Prepared { module, module_source, policy, policy_source, bundle_tests, .. } = prepared;
                 let (Ok(m), Ok(p)) = (module, policy) else { unreachable!("built from readable inputs") };
                 {
                     let mut i = self.inputs.lock().unwrap();
-                    *i = Inputs { module: m, module_source, policy: p, policy_source };
+                    *i = Inputs { module: m, module_source, policy: p, policy_source, bundle_tests };
+                    self.persist(&i);
                     let mut s = self.status.lock().unwrap();
                     s.loaded_at = SystemTime::now();
                     s.swaps += 1;
@@ -360,6 +397,69 @@ impl Live {
         }
     }
 
+    /// Keeps uploaded and pulled candidates in `dir` once they are live (`policy.json`,
+    /// `module.wasm`), so that a restart restores them; a later swap from a file or the
+    /// built-in default removes what it replaces. Call once, after `start`.
+    pub fn keep_uploads_in(&self, dir: PathBuf) {
+        let _ = self.keep.set(dir);
+    }
+
+    /// Where a kept upload of the policy (`policy.json`) or the module (`module.wasm`) is.
+    pub fn kept(dir: &Path, name: &str) -> Option<PathBuf> {
+        let p = dir.join(name);
+        p.is_file().then_some(p)
+    }
+
+    /// Something to show in the status's `notes` (how the live inputs were chosen at start).
+    pub fn note(&self, text: impl Into<String>) {
+        self.notes.lock().unwrap().push(text.into());
+    }
+
+    fn persist(&self, i: &Inputs) {
+        let Some(dir) = self.keep.get() else { return };
+        let kept = |s: &Source| matches!(s, Source::Uploaded | Source::Bundle(_) | Source::Restored(_));
+        let mut result = std::fs::create_dir_all(dir);
+        for (name, source, bytes) in [
+            ("policy.json", &i.policy_source, Some(i.policy.as_bytes())),
+            ("module.wasm", &i.module_source, Some(&i.module[..])),
+        ] {
+            let path = dir.join(name);
+            if matches!(source, Source::Restored(p) if *p == path) {
+                continue; // restored from there: already kept
+            }
+            result = result.and_then(|()| match (kept(source), bytes) {
+                (true, Some(b)) => write_atomically(&path, b),
+                _ => match std::fs::remove_file(&path) {
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+                    _ => Ok(()),
+                },
+            });
+        }
+        if let Err(e) = result {
+            tracing::warn!(dir = %dir.display(), error = %e, "cannot keep the live upload in the state directory: a restart will not restore it");
+        }
+    }
+
+    /// The live generation's policy, module and test cases (the local ones and, if it came
+    /// from a bundle, the bundle's) as a bundle.
+    pub fn bundle(&self) -> Result<crate::bundle::Bundle, String> {
+        let (policy, module, bundle_tests) = {
+            let i = self.inputs.lock().unwrap();
+            (Arc::clone(&i.policy), Arc::clone(&i.module), i.bundle_tests.clone())
+        };
+        let mut cases = Vec::new();
+        if let Some(t) = &self.tests {
+            let local = crate::bundle::gather_cases(t)?;
+            cases.extend(local["cases"].as_array().cloned().unwrap_or_default());
+        }
+        if let Some(t) = bundle_tests {
+            let theirs: serde_json::Value = serde_json::from_str(&t).map_err(|e| e.to_string())?;
+            cases.extend(theirs["cases"].as_array().cloned().unwrap_or_default());
+        }
+        let tests = (!cases.is_empty()).then(|| serde_json::json!({ "cases": cases }));
+        Ok(crate::bundle::Bundle::new(&policy, &module, tests))
+    }
+
     /// Swaps applied and candidates rejected since start.
     pub fn swap_counts(&self) -> (u64, u64) {
         let s = self.status.lock().unwrap();
@@ -383,6 +483,7 @@ impl Live {
             "rejections": s.rejections,
             "last_rejected": s.last_rejected,
             "last_swap": s.last_swap,
+            "notes": *self.notes.lock().unwrap(),
         })
     }
 }
@@ -396,6 +497,7 @@ fn build(
     module: &[u8],
     policy: &str,
     tests: Option<&Path>,
+    bundle_tests: Option<&str>,
 ) -> Result<(Arc<Generation>, usize), String> {
     let hash = crate::hash_of(module);
     let module = match current {
@@ -403,11 +505,21 @@ fn build(
         _ => runtime.module(module).map_err(|e| format!("{e:#}"))?,
     };
     let generation = Generation::new(module, policy).map_err(|e| describe_load_error(&e))?;
-    let passed = match tests {
+    let mut passed = match tests {
         Some(t) => run_cases(&generation, t)?,
         None => 0,
     };
+    if let Some(text) = bundle_tests {
+        passed += crate::cases::run_cases_text(&generation, "the bundle's test cases", text)?;
+    }
     Ok((generation, passed))
+}
+
+/// Writes `bytes` to `path` through a temporary file and a rename: never half a file.
+fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, bytes)?;
+    std::fs::rename(&tmp, path)
 }
 
 /// What a swap changed, in the log: counts per action and the first witnesses.

@@ -99,6 +99,18 @@ pub struct Args {
     #[arg(long, env = "MQTT_POLICY_CACHE_MEMORY", default_value_t = 64, value_name = "MIB",
           value_parser = clap::value_parser!(u64).range(1..=65_536))]
     pub cache_memory: u64,
+    /// Pull the policy, the module and their test cases as a bundle from this URL (another
+    /// service's GET /bundle, or a file written by `mqtt-policy bundle` on any web server)
+    #[arg(long, env = "MQTT_POLICY_POLICY_URL", value_name = "URL")]
+    pub policy_url: Option<String>,
+    /// How often to pull --policy-url, in seconds (a conditional request: cheap when unchanged)
+    #[arg(long, env = "MQTT_POLICY_POLICY_POLL", default_value_t = 10, value_name = "SECONDS",
+          value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub policy_poll: u64,
+    /// Serve GET /bundle on the operations listener to holders of the token in this file, and
+    /// send it when pulling --policy-url (also MQTT_POLICY_BUNDLE_TOKEN)
+    #[arg(long, env = "MQTT_POLICY_BUNDLE_TOKEN_FILE", value_name = "FILE")]
+    pub bundle_token_file: Option<PathBuf>,
     /// Do not serve the browser playground at /playground/
     #[arg(long, env = "MQTT_POLICY_NO_PLAYGROUND")]
     pub no_playground: bool,
@@ -128,20 +140,26 @@ fn log_budget(cache_memory: u64) -> u64 {
     (cache_memory / 16).max(64 << 10)
 }
 
-pub fn run(a: Args) -> anyhow::Result<ExitCode> {
-    let cache_memory = a.cache_memory << 20;
-    // Held to the end: dropping it writes out what is queued.
-    let log = init_logging(a.log_format, log_budget(cache_memory) as usize)?;
-    let admin_token = match (&a.admin_token_file, std::env::var("MQTT_POLICY_ADMIN_TOKEN").ok()) {
+/// A secret from `file`, else from the variable `env`, trimmed; `None` when neither is given.
+fn secret(file: &Option<PathBuf>, env: &str, what: &str) -> anyhow::Result<Option<String>> {
+    Ok(match (file, std::env::var(env).ok()) {
         (Some(f), _) => Some(
             std::fs::read_to_string(f)
-                .map_err(|e| anyhow::anyhow!("reading the admin token {}: {e}", f.display()))?
+                .map_err(|e| anyhow::anyhow!("reading {what} {}: {e}", f.display()))?
                 .trim()
                 .to_string(),
         ),
         (None, Some(t)) if !t.trim().is_empty() => Some(t.trim().to_string()),
         _ => None,
-    };
+    })
+}
+
+pub fn run(a: Args) -> anyhow::Result<ExitCode> {
+    let cache_memory = a.cache_memory << 20;
+    // Held to the end: dropping it writes out what is queued.
+    let log = init_logging(a.log_format, log_budget(cache_memory) as usize)?;
+    let admin_token = secret(&a.admin_token_file, "MQTT_POLICY_ADMIN_TOKEN", "the admin token")?;
+    let bundle_token = secret(&a.bundle_token_file, "MQTT_POLICY_BUNDLE_TOKEN", "the bundle token")?;
     let cfg = ServeConfig {
         listen: a.listen,
         policy: a.policy,
@@ -166,6 +184,9 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         cache_memory: cache_memory - log_budget(cache_memory),
         log: log.writer(),
         log_json: a.log_format == LogFormat::Json,
+        policy_url: a.policy_url,
+        policy_poll: std::time::Duration::from_secs(a.policy_poll),
+        bundle_token,
     };
     // A worker thread out of work hands the audit lines it gathered to the log queue.
     let rt = tokio::runtime::Builder::new_multi_thread()

@@ -1,0 +1,88 @@
+//! `mqtt-policy bundle`: a policy, a module and their test cases in one file, for
+//! `serve --policy-url` and the plugin's `policy_url` to pull from any static web server or
+//! object store.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, bail};
+use policy_core::{parse_cases, run_cases};
+use policy_engine::bundle::{Bundle, gather_cases};
+
+use super::PolicyArg;
+use crate::policy_file;
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    #[command(flatten)]
+    pub policy: PolicyArg,
+    /// Policy module (a WebAssembly component) [default: the built-in one]
+    #[arg(long, value_name = "FILE")]
+    pub module: Option<PathBuf>,
+    /// Test cases to ship with it (a file or a directory of *.json) [default: policies/tests
+    /// with the default policy]
+    #[arg(long, value_name = "PATH")]
+    pub tests: Option<PathBuf>,
+    /// Write the bundle here (through a temporary file and a rename) instead of to stdout
+    #[arg(long, short, value_name = "FILE")]
+    pub output: Option<PathBuf>,
+}
+
+pub fn run(a: Args) -> anyhow::Result<ExitCode> {
+    let (source, text) = policy_file::read(a.policy.policy.as_deref())?;
+    let policy = match policy_core::Policy::load(&text) {
+        Ok(p) => p,
+        Err(diags) => {
+            policy_file::print_diagnostics(&source, &diags);
+            bail!("{source} did not load: no bundle written");
+        }
+    };
+    let module = match &a.module {
+        Some(p) => std::fs::read(p).with_context(|| format!("cannot read the module {}", p.display()))?,
+        None => policy_engine::embedded_module()
+            .context("this binary has no built-in policy module: name one with --module")?
+            .to_vec(),
+    };
+    let tests = match (&a.tests, &a.policy.policy) {
+        (Some(t), _) => Some(t.clone()),
+        (None, None) if std::path::Path::new("policies/tests").is_dir() => {
+            Some(PathBuf::from("policies/tests"))
+        }
+        _ => None,
+    };
+    let cases = match &tests {
+        Some(t) => Some(gather_cases(t).map_err(anyhow::Error::msg)?),
+        None => None,
+    };
+    // A bundle whose own cases fail would be refused by every puller: say so now.
+    if let Some(c) = &cases {
+        let parsed = parse_cases(&c.to_string()).map_err(|d| anyhow::anyhow!("the test cases: {d:?}"))?;
+        let failed: Vec<String> = run_cases(&policy, &parsed)
+            .into_iter()
+            .filter_map(|r| r.failure.map(|f| format!("{}: {f}", r.name)))
+            .collect();
+        if !failed.is_empty() {
+            for f in &failed {
+                eprintln!("FAIL  {f}");
+            }
+            eprintln!(
+                "{} of {} test cases fail against {source}: no bundle written",
+                failed.len(),
+                parsed.len()
+            );
+            return Ok(ExitCode::from(1));
+        }
+    }
+    let bundle = Bundle::new(&text, &module, cases);
+    let json = serde_json::to_string(&bundle)?;
+    match &a.output {
+        Some(out) => {
+            let tmp = out.with_extension("tmp");
+            std::fs::write(&tmp, &json).with_context(|| format!("cannot write {}", tmp.display()))?;
+            std::fs::rename(&tmp, out).with_context(|| format!("cannot write {}", out.display()))?;
+            eprintln!("wrote {} (ETag {}, {} bytes)", out.display(), bundle.etag(), json.len());
+        }
+        None => println!("{json}"),
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,195 @@
+//! Several service replicas, one policy: an upload on one reaches the others through
+//! `GET /bundle` and `--policy-url`, a bundle that fails a replica's own pipeline is refused
+//! there (the last good policy stays), and uploads survive a restart.
+
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+mod common;
+use common::*;
+
+const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
+const BUNDLE_TOKEN: &str = "test-bundle-token-0123456789";
+const HEALTH_READ: &str = r#"{"clientid":"c1","topic":"celine/system/health/pipelines","acc":1}"#;
+
+/// The default policy plus a rule letting viewers read service health.
+fn policy_with_health() -> Value {
+    let mut p: Value = serde_json::from_str(include_str!("../../policies/celine.json")).unwrap();
+    p["celine"]["mqtt"]["acl"]["rules"].as_array_mut().unwrap().push(json!({
+        "id": "health-viewers", "subjects": {"groups": ["viewers"]},
+        "topics": ["celine/system/health/+"], "actions": ["subscribe", "read"]}));
+    p
+}
+
+struct Secrets {
+    dir: tempfile::TempDir,
+}
+
+impl Secrets {
+    fn new() -> Secrets {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("admin-token"), ADMIN_TOKEN).unwrap();
+        std::fs::write(dir.path().join("bundle-token"), BUNDLE_TOKEN).unwrap();
+        Secrets { dir }
+    }
+    fn path(&self, name: &str) -> String {
+        self.dir.path().join(name).to_str().unwrap().to_string()
+    }
+}
+
+fn keys() -> Vec<String> {
+    let jwks = fixtures().join("jwks-a.json");
+    vec!["--jwks-file".into(), jwks.to_str().unwrap().into(), "--issuer".into(), ISSUER.into()]
+}
+
+fn start(args: &[String]) -> Server {
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    Server::start(&args)
+}
+
+fn admin_put(s: &Server, path: &str, body: &Value) -> Reply {
+    send(client().put(s.ops(path)).bearer_auth(ADMIN_TOKEN).body(body.to_string()))
+}
+
+fn status(s: &Server) -> Value {
+    send(client().get(s.ops("/admin/status")).bearer_auth(ADMIN_TOKEN)).json()
+}
+
+fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn an_upload_on_one_replica_reaches_the_others_and_a_refused_bundle_leaves_the_last_good_one() {
+    let secrets = Secrets::new();
+    let mut a_args = keys();
+    a_args.extend(
+        [
+            "--admin-token-file",
+            &secrets.path("admin-token"),
+            "--bundle-token-file",
+            &secrets.path("bundle-token"),
+        ]
+        .map(String::from),
+    );
+    let a = start(&a_args);
+    let url = a.ops("/bundle");
+    let follower = |extra: &[String]| {
+        let mut args = keys();
+        args.extend(
+            [
+                "--policy-url",
+                &url,
+                "--policy-poll",
+                "1",
+                "--bundle-token-file",
+                &secrets.path("bundle-token"),
+                "--admin-token-file",
+                &secrets.path("admin-token"),
+            ]
+            .map(String::from),
+        );
+        args.extend_from_slice(extra);
+        start(&args)
+    };
+    let b = follower(&[]);
+    // C guards itself with a case of its own: viewers never read service health.
+    let strict = secrets.dir.path().join("strict.json");
+    std::fs::write(
+        &strict,
+        json!({"cases": [{"name": "viewers do not read health",
+        "subject": {"id": "u1", "type": "user", "groups": ["viewers"]}, "action": "read",
+        "topic": "celine/system/health/pipelines", "expect": "deny"}]})
+        .to_string(),
+    )
+    .unwrap();
+    let c = follower(&["--tests".into(), strict.to_str().unwrap().into()]);
+
+    // Publishing needs the bundle token; the answer has an ETag and honours If-None-Match.
+    assert_eq!(send(client().get(&url)).status, 401);
+    assert_eq!(send(client().get(&url).bearer_auth("wrong-token-0123456789")).status, 401);
+    assert_eq!(send(client().get(b.ops("/bundle")).bearer_auth(BUNDLE_TOKEN)).status, 200, "B publishes too");
+    let resp = client().get(&url).bearer_auth(BUNDLE_TOKEN).send().unwrap();
+    let etag = resp.headers()["etag"].to_str().unwrap().to_string();
+    let bundle: Value = resp.json().unwrap();
+    assert_eq!(bundle["format"], "mqtt-policy-bundle/1");
+    assert!(bundle["tests"]["cases"].as_array().unwrap().len() > 10, "A's test cases travel with it");
+    let again = client().get(&url).bearer_auth(BUNDLE_TOKEN).header("If-None-Match", &etag).send().unwrap();
+    assert_eq!(again.status(), 304);
+
+    let viewer = sign("rsa-a.pem", "key-a", &viewer_claims());
+    for s in [&a, &b, &c] {
+        assert!(!bearer_call(s, "/mqtt/acl", &viewer, HEALTH_READ).allowed());
+    }
+    let r = admin_put(&a, "/admin/policy", &policy_with_health());
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(bearer_call(&a, "/mqtt/acl", &viewer, HEALTH_READ).allowed());
+    wait_for("B to pull the upload", || bearer_call(&b, "/mqtt/acl", &viewer, HEALTH_READ).allowed());
+    let st = status(&b);
+    assert_eq!(st["policy"]["source"], format!("bundle {url}"));
+    assert_eq!(st["policy"]["hash"], status(&a)["policy"]["hash"]);
+    assert!(st["bundle_pull"]["last_error"].is_null(), "{st}");
+    assert_eq!(
+        st["last_swap"]["diff"]["counts"]["read"]["gained"].as_u64().map(|n| n > 0),
+        Some(true),
+        "{st}"
+    );
+
+    // C refuses the bundle its own case fails, says why, and keeps deciding as before.
+    wait_for("C to refuse the bundle", || status(&c)["bundle_pull"]["last_error"].is_string());
+    let st = status(&c);
+    let why = st["bundle_pull"]["last_error"].as_str().unwrap();
+    assert!(why.contains("viewers do not read health"), "{why}");
+    assert_eq!(st["rejections"], 1);
+    assert!(!bearer_call(&c, "/mqtt/acl", &viewer, HEALTH_READ).allowed());
+
+    // The next upload (the default again) reaches both, in order.
+    let default: Value = serde_json::from_str(include_str!("../../policies/celine.json")).unwrap();
+    assert_eq!(admin_put(&a, "/admin/policy", &default).status, 200);
+    wait_for("B to follow back", || !bearer_call(&b, "/mqtt/acl", &viewer, HEALTH_READ).allowed());
+    wait_for("C to take the good bundle", || status(&c)["bundle_pull"]["last_error"].is_null());
+    // B's first pull adopted A's (same) policy as its source, then both uploads, in order.
+    assert_eq!(status(&b)["swaps"], 3, "B went through every generation");
+    assert_eq!(status(&c)["policy"]["hash"], status(&a)["policy"]["hash"]);
+}
+
+#[test]
+fn a_replica_restarted_keeps_its_upload_unless_a_policy_file_is_named() {
+    let secrets = Secrets::new();
+    let state = tempfile::tempdir().unwrap();
+    let log = secrets.dir.path().join("log");
+    let mut args = keys();
+    args.extend(["--admin-token-file", &secrets.path("admin-token")].map(String::from));
+    let viewer = sign("rsa-a.pem", "key-a", &viewer_claims());
+    let run = |extra: &[&str]| {
+        let mut all: Vec<&str> = args.iter().map(String::as_str).collect();
+        all.extend_from_slice(extra);
+        Server::start_in(state.path(), &all, &log)
+    };
+
+    let s = run(&[]);
+    assert_eq!(admin_put(&s, "/admin/policy", &policy_with_health()).status, 200);
+    drop(s);
+
+    let s = run(&[]);
+    assert!(bearer_call(&s, "/mqtt/acl", &viewer, HEALTH_READ).allowed(), "the upload survived the restart");
+    let st = status(&s);
+    let kept = state.path().join("live/policy.json");
+    assert_eq!(st["policy"]["source"], format!("restored from {}", kept.display()));
+    assert!(st["notes"][0].as_str().unwrap().contains("restored from the last upload"), "{st}");
+    drop(s);
+
+    let s = run(&["--policy", "policies/celine.json"]);
+    assert!(!bearer_call(&s, "/mqtt/acl", &viewer, HEALTH_READ).allowed(), "a named file wins");
+    let st = status(&s);
+    assert!(st["notes"][0].as_str().unwrap().contains("wins over the upload kept in"), "{st}");
+    drop(s);
+    // Naming a file once does not throw the upload away.
+    let s = run(&[]);
+    assert!(bearer_call(&s, "/mqtt/acl", &viewer, HEALTH_READ).allowed());
+}
