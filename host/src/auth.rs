@@ -95,6 +95,15 @@ struct Session {
     verified: Arc<Verified>,
     /// A later bind of the username replaced this one (near caches then stop using it).
     replaced: AtomicBool,
+    /// Kept only until then (seconds since the epoch) when it is a copy of a binding shared
+    /// through the session store; `u64::MAX` otherwise (the token's `exp` still ends it).
+    until: u64,
+}
+
+impl Session {
+    fn current(&self) -> bool {
+        !self.replaced.load(Ordering::Acquire) && (self.until == u64::MAX || now() < self.until)
+    }
 }
 
 /// A decision, with the identity it was made for: a cache hit needs no other lookup, only a
@@ -236,8 +245,14 @@ impl Auth {
     /// Binds a username, already proven to name the token's subject, to the verified token,
     /// replacing any earlier binding (the newest token of an identity decides for it).
     pub fn bind(&self, username: &str, token: TokenHash, verified: Arc<Verified>) {
-        let exp = verified.exp;
-        let new = Arc::new(Session { token, verified, replaced: AtomicBool::new(false) });
+        self.bind_until(username, token, verified, u64::MAX);
+    }
+
+    /// As [`Auth::bind`], kept here only until `until` (seconds since the epoch; at most the
+    /// token's `exp`): a binding shared through the session store is read again after that.
+    pub fn bind_until(&self, username: &str, token: TokenHash, verified: Arc<Verified>, until: u64) {
+        let exp = until.min(verified.exp);
+        let new = Arc::new(Session { token, verified, replaced: AtomicBool::new(false), until });
         if let Some((old, _)) = self.sessions.get(username) {
             old.replaced.store(true, Ordering::Release);
         }
@@ -270,7 +285,7 @@ impl Auth {
             if let Some((owner, name, s)) = entry.as_ref()
                 && *owner == self.id
                 && **name == *username
-                && !s.replaced.load(Ordering::Acquire)
+                && s.current()
             {
                 return Some(s.token);
             }

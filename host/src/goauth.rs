@@ -190,7 +190,20 @@ async fn user(ctx: &Ctx<'_>) -> Outcome {
             audit(ctx, "user", Some(&subject), "connect", &o, None);
             return o;
         }
-        ctx.state.auth.bind(username, hash, Arc::clone(&v));
+        match &ctx.state.sessions {
+            None => ctx.state.auth.bind(username, hash, Arc::clone(&v)),
+            Some(shared) => {
+                // Shared first: a binding the other replicas cannot see would deny half the
+                // client's checks, so the CONNECT is refused instead.
+                if let Err(e) = shared.put(username, hash, &v).await {
+                    let o = Outcome::Deny(format!("the session could not be recorded: {e}"));
+                    audit(ctx, "user", Some(&subject), "connect", &o, None);
+                    return o;
+                }
+                let until = identity::now() + crate::sessions::LOCAL_TTL.as_secs();
+                ctx.state.auth.bind_until(username, hash, Arc::clone(&v), until);
+            }
+        }
     }
     let o = Outcome::Allow(format!("authenticated {} '{}'", subject.kind_str(), subject.id));
     audit(ctx, "user", Some(&subject), "connect", &o, None);
@@ -205,15 +218,37 @@ fn no_session(p: &Params) -> Outcome {
     ))
 }
 
+/// The session of a (proven) username: this replica's, else the shared store's (then kept
+/// here for `sessions::LOCAL_TTL`).
+async fn session(ctx: &Ctx<'_>) -> Result<(TokenHash, Arc<Verified>), Outcome> {
+    let username = ctx.params.username.as_deref().unwrap_or("");
+    if let Some(s) = ctx.state.auth.session(username) {
+        return Ok(s);
+    }
+    let Some(shared) = &ctx.state.sessions else { return Err(no_session(&ctx.params)) };
+    match shared.get(username).await {
+        Ok(Some((hash, v))) => {
+            let v = Arc::new(v);
+            if !ctx.state.auth.identities.still_valid(&v) {
+                return Err(no_session(&ctx.params));
+            }
+            let until = identity::now() + crate::sessions::LOCAL_TTL.as_secs();
+            ctx.state.auth.bind_until(username, hash, Arc::clone(&v), until);
+            Ok((hash, v))
+        }
+        Ok(None) => Err(no_session(&ctx.params)),
+        Err(e) => Err(Outcome::Deny(format!(
+            "no session for username {} on this replica, and {e}",
+            crate::short(username_label(&ctx.params))
+        ))),
+    }
+}
+
 /// The identity a call speaks for: its token, else the session of its (proven) username.
 async fn who(ctx: &Ctx<'_>) -> Result<(TokenHash, Arc<Verified>), Outcome> {
     match ctx.verified_token().await? {
         Some((hash, v, _)) => Ok((hash, v)),
-        None => ctx
-            .state
-            .auth
-            .session(ctx.params.username.as_deref().unwrap_or(""))
-            .ok_or_else(|| no_session(&ctx.params)),
+        None => session(ctx).await,
     }
 }
 
@@ -253,11 +288,13 @@ async fn acl(ctx: &Ctx<'_>) -> Outcome {
         Some(t) => (crate::auth::token_hash(t), None),
         None => match auth.session_token(username) {
             Some(hash) => (hash, None),
-            None => {
-                let o = no_session(p);
-                audit(ctx, "acl", None, "acl", &o, None);
-                return o;
-            }
+            None => match session(ctx).await {
+                Ok((hash, v)) => (hash, Some((hash, v))),
+                Err(o) => {
+                    audit(ctx, "acl", None, "acl", &o, None);
+                    return o;
+                }
+            },
         },
     };
     // Decisions are keyed by the username as given (a JWT username counts as none): whether it
@@ -275,7 +312,7 @@ async fn acl(ctx: &Ctx<'_>) -> Outcome {
                 let verified = match (found.take(), token) {
                     (Some(hv), _) => Ok(hv),
                     (None, Some(t)) => verify(ctx.state, t).await,
-                    (None, None) => auth.session(username).ok_or_else(|| no_session(p)),
+                    (None, None) => session(ctx).await,
                 };
                 let (hash, verified, subject) =
                     match verified.and_then(|(hash, v)| Ok((hash, Arc::clone(&v), ctx.subject(hash, &v)?))) {

@@ -18,6 +18,7 @@ pub mod playground;
 pub mod policy_file;
 pub mod reqmetrics;
 pub mod serve;
+pub mod sessions;
 pub mod tls;
 
 /// A user-supplied string for a message: quoted, escaped, length-capped (no forged log lines).

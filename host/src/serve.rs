@@ -57,6 +57,8 @@ pub struct AppState {
     pub bundle_token: Option<[u8; 32]>,
     /// What pulling `--policy-url` did last, when it is pulled.
     pub pull: Option<Arc<std::sync::Mutex<crate::bundles::PullStatus>>>,
+    /// Shared http-backend sessions (`--sessions redis://...`); `None`: this process only.
+    pub sessions: Option<Arc<crate::sessions::RedisSessions>>,
 }
 
 impl AppState {
@@ -65,12 +67,17 @@ impl AppState {
         self.live.current()
     }
 
-    /// The live generation's status, and what pulling bundles did last (`bundle_pull`).
+    /// The live generation's status, what pulling bundles did last (`bundle_pull`), and the
+    /// shared session store (`sessions`).
     pub fn status(&self) -> serde_json::Value {
         let mut s = self.live.status();
         if let Some(p) = &self.pull {
             s["bundle_pull"] = p.lock().unwrap().json();
         }
+        s["sessions"] = match &self.sessions {
+            Some(r) => r.status(),
+            None => json!({"backend": "memory"}),
+        };
         s
     }
 }
@@ -115,6 +122,8 @@ pub struct ServeConfig {
     pub policy_poll: Duration,
     /// Serves `GET /bundle` with it, and sends it when pulling.
     pub bundle_token: Option<String>,
+    /// `redis://...`: keep http-backend sessions there (shared by replicas).
+    pub sessions: Option<String>,
 }
 
 fn install_metrics() -> anyhow::Result<PrometheusHandle> {
@@ -281,6 +290,14 @@ pub async fn build_state(cfg: &ServeConfig) -> anyhow::Result<Arc<AppState>> {
             None => None,
         },
         pull: cfg.policy_url.as_ref().map(|_| Default::default()),
+        sessions: match &cfg.sessions {
+            Some(url) => {
+                let store = crate::sessions::RedisSessions::new(url)?;
+                store.spawn_checker();
+                Some(store)
+            }
+            None => None,
+        },
     }))
 }
 
@@ -292,13 +309,14 @@ async fn readyz(State(st): State<Arc<AppState>>) -> Response {
     let verifier = &st.auth.identities.verifier;
     let keys = verifier.readiness();
     let mut body = st.status();
-    body["ready"] = json!(keys.is_ok());
+    let sessions_ok = st.sessions.as_ref().is_none_or(|r| r.reachable());
+    body["ready"] = json!(keys.is_ok() && sessions_ok);
     body["keys"] = match &keys {
         Ok(n) => json!({"count": n, "last_error": verifier.last_error()}),
         Err(e) => json!({"error": e}),
     };
     body["uptime_seconds"] = json!(st.started.elapsed().map(|d| d.as_secs()).unwrap_or(0));
-    let status = if keys.is_ok() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let status = if keys.is_ok() && sessions_ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     (status, axum::Json(body)).into_response()
 }
 

@@ -193,3 +193,72 @@ fn a_replica_restarted_keeps_its_upload_unless_a_policy_file_is_named() {
     let s = run(&[]);
     assert!(bearer_call(&s, "/mqtt/acl", &viewer, HEALTH_READ).allowed());
 }
+
+fn user_call(s: &Server, username: &str, token: &str) -> Reply {
+    json_call(
+        s,
+        reqwest::Method::POST,
+        "/mqtt/user",
+        &json!({"username": username, "password": token, "clientid": "c1"}),
+    )
+}
+
+/// An ACL call as go-auth's http backend makes it: the username, no token.
+fn acl_call(s: &Server, username: &str) -> Reply {
+    json_call(
+        s,
+        reqwest::Method::POST,
+        "/mqtt/acl",
+        &json!({"username": username, "clientid": "c1", "topic": "celine/telemetry/meter/m1/readings", "acc": 1}),
+    )
+}
+
+fn readyz(s: &Server) -> (u16, Value) {
+    let r = send(client().get(s.ops("/readyz")));
+    (r.status, r.json())
+}
+
+#[test]
+fn replicas_share_http_backend_sessions_through_redis_and_survive_it_going_away() {
+    let mut redis = test_support::redis::Redis::start();
+    let url = redis.url();
+    let shared = |s: &str| {
+        let mut args = keys();
+        args.extend(["--sessions".to_string(), s.to_string()]);
+        start(&args)
+    };
+    let (a, b) = (shared(&url), shared(&url));
+    let alone = start(&keys());
+    let viewer = sign("rsa-a.pem", "key-a", &viewer_claims());
+
+    // The user call on A; the ACL and superuser calls on B decide as one service would.
+    assert!(user_call(&a, "vera", &viewer).allowed());
+    assert!(acl_call(&b, "vera").allowed(), "B finds the session A recorded");
+    let su = json_call(&b, reqwest::Method::POST, "/mqtt/superuser", &json!({"username": "vera"}));
+    assert_eq!(su.status, 403);
+    assert!(su.json()["error"].as_str().unwrap().contains("not a superuser"), "{}", su.body);
+    let r = acl_call(&alone, "vera");
+    assert!(!r.allowed() && r.body.contains("no token and no session"), "without --sessions: {}", r.body);
+    assert_eq!(
+        readyz(&b).1["sessions"],
+        json!({"backend": "redis", "url": url, "reachable": true, "error": null})
+    );
+
+    // Redis goes away: no new binding can be shared (the CONNECT is refused), a replica says
+    // so at /readyz, and once its short-lived copy is gone it denies with the reason.
+    redis.stop();
+    let r = user_call(&a, "vera", &viewer);
+    assert!(!r.allowed() && r.body.contains("the session could not be recorded"), "{}", r.body);
+    wait_for("B's readiness to report Redis", || readyz(&b).0 == 503);
+    assert_eq!(readyz(&b).1["sessions"]["reachable"], false);
+    wait_for("B's copy of the session to lapse", || {
+        let r = acl_call(&b, "vera");
+        !r.allowed() && r.body.contains("is unreachable")
+    });
+
+    // Redis comes back (empty: no persistence here): the replicas recover by themselves.
+    redis.restart();
+    wait_for("B's readiness to recover", || readyz(&b).0 == 200);
+    assert!(user_call(&a, "vera", &viewer).allowed());
+    assert!(acl_call(&b, "vera").allowed());
+}

@@ -39,6 +39,11 @@ pub fn ensure(packages: &[&str], present: &[&str], why: &str) -> anyhow::Result<
     Ok(())
 }
 
+/// Redis, for the shared-session tests (`serve --sessions redis://...`).
+pub fn ensure_redis() -> anyhow::Result<()> {
+    ensure(&["redis-server"], &["/usr/bin/redis-server"], "the shared-session tests")
+}
+
 /// Mosquitto, its clients and its plugin headers (the plugin's C declarations follow them).
 pub fn ensure_mosquitto() -> anyhow::Result<()> {
     ensure(

@@ -310,6 +310,7 @@ fn test() -> anyhow::Result<()> {
     step("clippy (warnings are errors)");
     cargo(&["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"])?;
     apt::ensure_mosquitto()?;
+    apt::ensure_redis()?;
     step("unit, property, conformance, CLI, server and broker-plugin tests");
     cargo(&[
         "test",

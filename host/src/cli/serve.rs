@@ -111,6 +111,10 @@ pub struct Args {
     /// send it when pulling --policy-url (also MQTT_POLICY_BUNDLE_TOKEN)
     #[arg(long, env = "MQTT_POLICY_BUNDLE_TOKEN_FILE", value_name = "FILE")]
     pub bundle_token_file: Option<PathBuf>,
+    /// Keep http-backend sessions in Redis (redis://[:password@]host:port[/db]) so that
+    /// replicas share them [default: in this process's memory]
+    #[arg(long, env = "MQTT_POLICY_SESSIONS", value_name = "URL")]
+    pub sessions: Option<String>,
     /// Do not serve the browser playground at /playground/
     #[arg(long, env = "MQTT_POLICY_NO_PLAYGROUND")]
     pub no_playground: bool,
@@ -187,6 +191,7 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         policy_url: a.policy_url,
         policy_poll: std::time::Duration::from_secs(a.policy_poll),
         bundle_token,
+        sessions: a.sessions,
     };
     // A worker thread out of work hands the audit lines it gathered to the log queue.
     let rt = tokio::runtime::Builder::new_multi_thread()

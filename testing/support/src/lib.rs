@@ -1,6 +1,6 @@
 //! Real servers for the project's tests, each on a free loopback port and stopped (by its
-//! PID) when dropped: Mosquitto with the project's plugin ([`mosquitto`]) and Keycloak
-//! ([`keycloak`]). A missing program fails the test with how to get it; nothing is skipped.
+//! PID) when dropped: Mosquitto with the project's plugin ([`mosquitto`]), Keycloak
+//! ([`keycloak`]) and Redis ([`redis`]). A missing program fails the test with how to get it; nothing is skipped.
 
 use std::net::TcpListener;
 use std::path::PathBuf;
@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 pub mod keycloak;
 pub mod mosquitto;
+pub mod redis;
 
 /// The repository's root: the nearest folder holding `Cargo.lock` above the running test's
 /// package. Found at run time (`cargo test` sets `CARGO_MANIFEST_DIR`), since one target
