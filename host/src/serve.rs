@@ -56,7 +56,7 @@ pub struct AppState {
     /// SHA-256 of the bundle token, when `GET /bundle` is on.
     pub bundle_token: Option<[u8; 32]>,
     /// What pulling `--policy-url` did last, when it is pulled.
-    pub pull: Option<Arc<std::sync::Mutex<crate::bundles::PullStatus>>>,
+    pub pull: Option<Arc<std::sync::Mutex<policy_engine::pull::PullStatus>>>,
     /// Shared http-backend sessions (`--sessions redis://...`); `None`: this process only.
     pub sessions: Option<Arc<crate::sessions::RedisSessions>>,
 }
@@ -401,13 +401,14 @@ pub async fn run(cfg: ServeConfig) -> anyhow::Result<()> {
     };
     let state = build_state(&cfg).await?;
     if let (Some(url), Some(pull)) = (&cfg.policy_url, &state.pull) {
-        crate::bundles::spawn_puller(
+        policy_engine::pull::spawn_puller(
             Arc::clone(&state.live),
             url.clone(),
             cfg.bundle_token.clone(),
             cfg.policy_poll,
             Arc::clone(pull),
-        )?;
+        )
+        .map_err(anyhow::Error::msg)?;
     }
     let sweeper = Arc::clone(&state);
     tokio::spawn(async move {

@@ -262,3 +262,47 @@ fn replicas_share_http_backend_sessions_through_redis_and_survive_it_going_away(
     assert!(user_call(&a, "vera", &viewer).allowed());
     assert!(acl_call(&b, "vera").allowed());
 }
+
+#[test]
+fn a_broker_running_the_plugin_pulls_an_upload_made_on_a_service_replica() {
+    use test_support::mosquitto::{Broker, Setup};
+    let secrets = Secrets::new();
+    let mut a_args = keys();
+    a_args.extend(
+        [
+            "--admin-token-file",
+            &secrets.path("admin-token"),
+            "--bundle-token-file",
+            &secrets.path("bundle-token"),
+        ]
+        .map(String::from),
+    );
+    let a = start(&a_args);
+    let setup = Setup::new();
+    let policy = setup.file("policy.json", include_str!("../../policies/celine.json"));
+    let jwks = setup.file("jwks.json", std::fs::read(fixtures().join("jwks-a.json")).unwrap());
+    let token = setup.file("bundle-token", BUNDLE_TOKEN);
+    let broker = Broker::start(
+        setup
+            .option("policy", policy.display().to_string())
+            .option("jwks_file", jwks.display().to_string())
+            .option("issuer", ISSUER)
+            .option("policy_url", a.ops("/bundle"))
+            .option("policy_poll", "1")
+            .option("bundle_token_file", token.display().to_string()),
+    );
+    let mark = broker.log_mark();
+    let r = admin_put(&a, "/admin/policy", &policy_with_health());
+    assert_eq!(r.status, 200, "{}", r.body);
+    let hash = r.json()["policy"]["hash"].as_str().unwrap()[..16].to_string();
+    let line = broker.wait_for_log_after(mark, &format!("policy_hash={hash}"), Duration::from_secs(30));
+    assert!(line.contains("swapped in a new generation"), "{line}");
+    let generation = line.split(" generation=").nth(1).and_then(|g| g.split(' ').next()).unwrap().to_string();
+    // The broker's own report of what changed: viewers gained reads of service health.
+    let line = broker.wait_for_log_after(
+        mark,
+        &format!("has them) generation={generation} "),
+        Duration::from_secs(10),
+    );
+    assert!(line.contains("counts=read ") && line.contains("celine/system/health/"), "{line}");
+}

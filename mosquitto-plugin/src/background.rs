@@ -41,6 +41,20 @@ impl Background {
         self.runtime().block_on(f)
     }
 
+    /// Pulls bundles from `url` every `every` (`policy_engine::pull`).
+    pub fn spawn_puller(
+        &self,
+        live: &Arc<policy_engine::Live>,
+        url: &str,
+        token: Option<String>,
+        every: std::time::Duration,
+    ) -> anyhow::Result<()> {
+        let _in_runtime = self.runtime().enter();
+        let status = Arc::new(std::sync::Mutex::new(policy_engine::pull::PullStatus::default()));
+        policy_engine::pull::spawn_puller(Arc::clone(live), url.to_string(), token, every, status)
+            .map_err(anyhow::Error::msg)
+    }
+
     /// Periodic key refreshes, and a refresh when a CONNECT names an unknown key id.
     pub fn spawn_key_refresher(&self, verifier: &Arc<Verifier>) {
         let _in_runtime = self.runtime().enter();

@@ -29,6 +29,9 @@ pub const KNOWN: &[&str] = &[
     "authorized_parties",
     "disconnect_on_expiry",
     "will_on_expiry",
+    "policy_url",
+    "policy_poll",
+    "bundle_token_file",
 ];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -79,6 +82,14 @@ pub struct Options {
     pub disconnect_on_expiry: bool,
     /// Send the will of a client disconnected at expiry.
     pub will_on_expiry: bool,
+    /// Pull the policy, module and test cases as a bundle from here (a service's `GET
+    /// /bundle`, or a file written by `mqtt-policy bundle` on any web server); `policy`
+    /// decides until the first pull succeeds.
+    pub policy_url: Option<String>,
+    /// How often to pull `policy_url`.
+    pub policy_poll: Duration,
+    /// Sent as a Bearer token when pulling.
+    pub bundle_token_file: Option<PathBuf>,
 }
 
 fn parse_bool(name: &str, v: &str) -> Result<bool, String> {
@@ -210,6 +221,13 @@ impl Options {
                 .transpose()?
                 .unwrap_or(true),
             will_on_expiry: get("will_on_expiry").map(|v| parse_bool("will_on_expiry", v)).transpose()?.unwrap_or(false),
+            policy_url: url("policy_url")?,
+            policy_poll: match get("policy_poll").map(|v| parse_secs("policy_poll", v, 86_400)).transpose()? {
+                Some(d) if d.is_zero() => return Err("plugin_opt_policy_poll: at least 1 second".into()),
+                Some(d) => d,
+                None => Duration::from_secs(10),
+            },
+            bundle_token_file: path("bundle_token_file")?,
         };
         if options.issuer.is_none()
             && options.jwks_url.is_none()
@@ -256,6 +274,7 @@ mod tests {
         assert_eq!(o.log_level, LogLevel::Info);
         assert!(o.disconnect_on_expiry, "an expired token's connection is ended");
         assert!(!o.will_on_expiry, "without its will");
+        assert_eq!((o.policy_url, o.policy_poll), (None, Duration::from_secs(10)));
     }
 
     #[test]
@@ -276,6 +295,9 @@ mod tests {
             with(("disconnect_on_expiry", "2")).unwrap_err().starts_with("plugin_opt_disconnect_on_expiry:")
         );
         assert!(with(("will_on_expiry", "")).unwrap_err().starts_with("plugin_opt_will_on_expiry:"));
+        assert!(with(("policy_url", "ftp://x/b.json")).unwrap_err().starts_with("plugin_opt_policy_url:"));
+        assert!(with(("policy_poll", "0")).unwrap_err().contains("plugin_opt_policy_poll: at least 1 second"));
+        assert_eq!(with(("policy_poll", "3")).unwrap().policy_poll, Duration::from_secs(3));
         assert!(with(("module", " ")).unwrap_err().contains("plugin_opt_module: the value is empty"));
         assert!(opts(&[("jwks_file", "/k")]).unwrap_err().contains("plugin_opt_policy is required"));
         assert!(opts(&[("policy", "/p")]).unwrap_err().contains("no way to verify tokens"));

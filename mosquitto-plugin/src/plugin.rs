@@ -145,6 +145,19 @@ impl Plugin {
             ),
         }
         background.spawn_key_refresher(&verifier);
+        if let Some(url) = &options.policy_url {
+            let token = match &options.bundle_token_file {
+                Some(f) => Some(
+                    std::fs::read_to_string(f)
+                        .with_context(|| format!("plugin_opt_bundle_token_file {}", f.display()))?
+                        .trim()
+                        .to_string(),
+                ),
+                None => None,
+            };
+            background.spawn_puller(&live, url, token, options.policy_poll)?;
+            tracing::info!("pulling policy bundles from {url} every {}s", options.policy_poll.as_secs());
+        }
         let stats = Arc::new(Stats::default());
         if let Some(addr) = options.metrics_listen {
             let bound = background.serve_metrics(addr, Arc::clone(&stats), Arc::clone(&live))?;

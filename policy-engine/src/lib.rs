@@ -18,6 +18,8 @@
 
 pub mod bundle;
 pub mod cases;
+#[cfg(feature = "pull")]
+pub mod pull;
 pub mod reload;
 pub mod report;
 pub mod runtime;
