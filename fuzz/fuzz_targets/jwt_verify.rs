@@ -37,6 +37,7 @@ static VERIFIER: LazyLock<Verifier> = LazyLock::new(|| {
         hmac_secret: Some(SECRET.to_vec()),
         min_refresh: Duration::from_secs(3600),
         authorized_parties: vec![PARTY.into()],
+        refresh_every: identity::jwks::PERIODIC_REFRESH,
     })
     .unwrap()
 });

@@ -97,6 +97,8 @@ pub struct ServeConfig {
     pub state_dir: PathBuf,
     pub hmac_secret_file: Option<PathBuf>,
     pub jwks_min_refresh: Duration,
+    /// The key set is re-read this often: the bound on trusting a withdrawn key.
+    pub jwks_refresh: Duration,
     /// When not empty, tokens must have been issued to one of these clients (`azp`).
     pub authorized_parties: Vec<String>,
     /// Policy test cases every candidate must pass.
@@ -248,6 +250,7 @@ pub async fn build_state(cfg: &ServeConfig) -> anyhow::Result<Arc<AppState>> {
         hmac_secret,
         min_refresh: cfg.jwks_min_refresh,
         authorized_parties: cfg.authorized_parties.clone(),
+        refresh_every: cfg.jwks_refresh,
     };
     if let (false, Some(why)) = (cfg.dev, config.unrestricted()) {
         tracing::warn!("{why}: --audience or --authorized-party");

@@ -306,3 +306,102 @@ fn a_broker_running_the_plugin_pulls_an_upload_made_on_a_service_replica() {
     );
     assert!(line.contains("counts=read ") && line.contains("celine/system/health/"), "{line}");
 }
+
+/// A key-set endpoint whose answer the test changes; stopped when dropped.
+struct KeySet {
+    url: String,
+    body: std::sync::Arc<std::sync::Mutex<String>>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    addr: std::net::SocketAddr,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl KeySet {
+    fn serve(body: String) -> KeySet {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let body = std::sync::Arc::new(std::sync::Mutex::new(body));
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (served, stopping) = (body.clone(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                if stopping.load(std::sync::atomic::Ordering::SeqCst) {
+                    return;
+                }
+                let Ok(mut conn) = conn else { continue };
+                let mut request = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match conn.read(&mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => request.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let body = served.lock().unwrap().clone();
+                let _ = write!(
+                    conn,
+                    "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+            }
+        });
+        KeySet { url: format!("http://{addr}/keys"), body, stop, addr, thread: Some(thread) }
+    }
+
+    fn set(&self, body: String) {
+        *self.body.lock().unwrap() = body;
+    }
+}
+
+impl Drop for KeySet {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        let _ = std::net::TcpStream::connect(self.addr);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+#[test]
+fn a_key_withdrawn_by_the_identity_provider_is_distrusted_by_every_replica_within_the_refresh_bound() {
+    let set = |files: &[&str]| {
+        let mut keys = Vec::new();
+        for f in files {
+            let v: Value = serde_json::from_slice(&std::fs::read(fixtures().join(f)).unwrap()).unwrap();
+            keys.extend(v["keys"].as_array().unwrap().iter().cloned());
+        }
+        json!({ "keys": keys }).to_string()
+    };
+    let idp = KeySet::serve(set(&["jwks-a.json", "jwks-b.json"]));
+    const REFRESH: u64 = 2;
+    let replica = || {
+        start(
+            &["--jwks-url", &idp.url, "--issuer", ISSUER, "--jwks-refresh", &REFRESH.to_string()]
+                .map(String::from),
+        )
+    };
+    let replicas = [replica(), replica()];
+    let by_a = sign("rsa-a.pem", "key-a", &viewer_claims());
+    let by_b = sign("rsa-b.pem", "key-b", &viewer_claims());
+    const READ: &str = r#"{"clientid":"c1","topic":"celine/telemetry/meter/m1/readings","acc":1}"#;
+    for r in &replicas {
+        assert!(bearer_call(r, "/mqtt/acl", &by_a, READ).allowed());
+        assert!(bearer_call(r, "/mqtt/acl", &by_b, READ).allowed());
+    }
+    // Key a is withdrawn: cached verifications and decisions made with it end everywhere
+    // within the refresh interval plus one fetch.
+    idp.set(set(&["jwks-b.json"]));
+    let withdrawn = Instant::now();
+    for r in &replicas {
+        wait_for("the withdrawn key to be distrusted", || {
+            !bearer_call(r, "/mqtt/acl", &by_a, READ).allowed()
+        });
+    }
+    let took = withdrawn.elapsed();
+    assert!(took <= Duration::from_secs(REFRESH + 10), "took {took:?}");
+    for r in &replicas {
+        assert!(bearer_call(r, "/mqtt/acl", &by_b, READ).allowed(), "the other key stays trusted");
+    }
+}

@@ -64,6 +64,10 @@ pub struct VerifierConfig {
     pub min_refresh: Duration,
     /// When not empty, a token's `azp` (the client it was issued to) must be one of these.
     pub authorized_parties: Vec<String>,
+    /// The key set is re-read this often ([`PERIODIC_REFRESH`] by default): a key the
+    /// identity provider withdrew stops being trusted, by new and by cached verifications,
+    /// at most this long (plus one fetch, at most [`FETCH_TIMEOUT`]) after it is gone.
+    pub refresh_every: Duration,
 }
 
 impl VerifierConfig {
@@ -542,12 +546,12 @@ impl Verifier {
     }
 
     /// Refreshes the key set on the current tokio runtime until it shuts down: every
-    /// [`PERIODIC_REFRESH`] (a JWKS file is re-read too, so a rotated file is picked up), and
+    /// `refresh_every` (a JWKS file is re-read too, so a rotated file is picked up), and
     /// when `verify_now` met an unknown key id (at most once per `min_refresh`).
     pub fn spawn_refresher(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
         let me = Arc::clone(self);
         tokio::spawn(async move {
-            let mut tick = tokio::time::interval(PERIODIC_REFRESH);
+            let mut tick = tokio::time::interval(me.config.refresh_every.max(Duration::from_secs(1)));
             tick.tick().await;
             loop {
                 tokio::select! {

@@ -32,6 +32,7 @@ fn verifier_for(trusted: &DevKey, source: KeySource, authorized_parties: Vec<Str
             hmac_secret: None,
             min_refresh: Duration::from_secs(10),
             authorized_parties,
+            refresh_every: identity::jwks::PERIODIC_REFRESH,
         })
         .unwrap(),
     )
@@ -127,6 +128,7 @@ async fn a_configured_issuer_or_audience_is_required_not_only_compared() {
             hmac_secret: None,
             min_refresh: Duration::from_secs(10),
             authorized_parties: vec![],
+            refresh_every: identity::jwks::PERIODIC_REFRESH,
         })
         .unwrap(),
     );

@@ -18,6 +18,7 @@ pub const KNOWN: &[&str] = &[
     "jwks_file",
     "leeway",
     "jwks_min_refresh",
+    "jwks_refresh",
     "dev_state_dir",
     "cache_dir",
     "watch",
@@ -57,6 +58,8 @@ pub struct Options {
     pub jwks_file: Option<PathBuf>,
     pub leeway: Duration,
     pub jwks_min_refresh: Duration,
+    /// The key set is re-read this often: a withdrawn key stops being trusted within it.
+    pub jwks_refresh: Duration,
     /// Trust the dev signing key kept in this directory (as `mqtt-policy serve --dev`).
     pub dev_state_dir: Option<PathBuf>,
     /// Where compiled modules are cached; none by default (Mosquitto's user rarely has a
@@ -170,6 +173,11 @@ impl Options {
                 .map(|v| parse_secs("jwks_min_refresh", v, 86_400))
                 .transpose()?
                 .unwrap_or(Duration::from_secs(10)),
+            jwks_refresh: match get("jwks_refresh").map(|v| parse_secs("jwks_refresh", v, 86_400)).transpose()? {
+                Some(d) if d.is_zero() => return Err("plugin_opt_jwks_refresh: at least 1 second".into()),
+                Some(d) => d,
+                None => identity::jwks::PERIODIC_REFRESH,
+            },
             dev_state_dir: path("dev_state_dir")?,
             cache_dir: path("cache_dir")?,
             watch: get("watch").map(|v| parse_bool("watch", v)).transpose()?.unwrap_or(true),
@@ -296,7 +304,9 @@ mod tests {
         );
         assert!(with(("will_on_expiry", "")).unwrap_err().starts_with("plugin_opt_will_on_expiry:"));
         assert!(with(("policy_url", "ftp://x/b.json")).unwrap_err().starts_with("plugin_opt_policy_url:"));
-        assert!(with(("policy_poll", "0")).unwrap_err().contains("plugin_opt_policy_poll: at least 1 second"));
+        assert!(
+            with(("policy_poll", "0")).unwrap_err().contains("plugin_opt_policy_poll: at least 1 second")
+        );
         assert_eq!(with(("policy_poll", "3")).unwrap().policy_poll, Duration::from_secs(3));
         assert!(with(("module", " ")).unwrap_err().contains("plugin_opt_module: the value is empty"));
         assert!(opts(&[("jwks_file", "/k")]).unwrap_err().contains("plugin_opt_policy is required"));

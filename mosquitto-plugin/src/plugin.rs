@@ -126,6 +126,7 @@ impl Plugin {
             hmac_secret: None,
             min_refresh: options.jwks_min_refresh,
             authorized_parties: options.authorized_parties.clone(),
+            refresh_every: options.jwks_refresh,
         };
         if let (None, Some(why)) = (&dev_key, config.unrestricted()) {
             tracing::warn!("{why}: plugin_opt_audience or plugin_opt_authorized_parties");

@@ -81,6 +81,12 @@ pub struct Args {
     /// An unknown key id refreshes the key set at most this often, in seconds
     #[arg(long, env = "MQTT_POLICY_JWKS_MIN_REFRESH", default_value_t = 10, value_name = "SECONDS")]
     pub jwks_min_refresh: u64,
+    /// Re-read the key set this often, in seconds: a key withdrawn by the identity provider
+    /// stops being trusted by every replica (and every cached verification or session) within
+    /// this time plus one fetch (at most 10 s)
+    #[arg(long, env = "MQTT_POLICY_JWKS_REFRESH", default_value_t = 300, value_name = "SECONDS",
+          value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub jwks_refresh: u64,
     /// Development only: also accept HS256/384/512 tokens signed with the secret in this file
     #[arg(long, env = "MQTT_POLICY_HMAC_SECRET_FILE", value_name = "FILE")]
     pub hmac_secret_file: Option<PathBuf>,
@@ -178,6 +184,7 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         state_dir: a.state_dir.unwrap_or_else(identity::devkey::default_state_dir),
         hmac_secret_file: a.hmac_secret_file,
         jwks_min_refresh: std::time::Duration::from_secs(a.jwks_min_refresh),
+        jwks_refresh: std::time::Duration::from_secs(a.jwks_refresh),
         authorized_parties: identity::parse_list(&a.authorized_parties.join(",")),
         tests: a.tests,
         admin_token,
