@@ -28,11 +28,10 @@ fn verifier(keys: Vec<jsonwebtoken::jwk::Jwk>) -> Verifier {
         authorized_parties: vec![],
         refresh_every: PERIODIC_REFRESH,
     })
-    .map(|v| {
+    .inspect(|v| {
         // The key set (here only the extra keys) is installed by a refresh.
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         rt.block_on(v.refresh()).unwrap();
-        v
     })
     .unwrap()
 }
