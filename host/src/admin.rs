@@ -38,6 +38,17 @@ pub fn token_digest(token: &str) -> [u8; 32] {
     Sha256::digest(token.trim().as_bytes()).into()
 }
 
+/// Whether the request's `Authorization: Bearer` token is the one whose digest is `want`.
+/// Digests are compared: equal-length values, and nothing learnt about the token from timing.
+pub fn bearer_is(headers: &axum::http::HeaderMap, want: &[u8; 32]) -> bool {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(token_digest)
+        .is_some_and(|given| given == *want)
+}
+
 fn error(status: StatusCode, message: impl Into<String>) -> Response {
     (status, axum::Json(json!({"error": message.into()}))).into_response()
 }
@@ -46,14 +57,7 @@ async fn require_token(State(st): State<Arc<AppState>>, req: Request, next: Next
     let Some(want) = st.admin_token else {
         return error(StatusCode::NOT_FOUND, "the admin endpoints are off");
     };
-    let given = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(token_digest);
-    // Comparing digests: equal-length values, and nothing learnt about the token from timing.
-    if given != Some(want) {
+    if !bearer_is(req.headers(), &want) {
         tracing::warn!(path = %req.uri().path(), "admin call without a valid admin token");
         return error(StatusCode::UNAUTHORIZED, "an admin token is required: Authorization: Bearer <token>");
     }

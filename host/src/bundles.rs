@@ -21,13 +21,7 @@ pub async fn get_bundle(State(st): State<Arc<AppState>>, req: Request) -> Respon
     let Some(want) = st.bundle_token else {
         return error(StatusCode::NOT_FOUND, "publishing bundles is off: start with --bundle-token-file");
     };
-    let given = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(crate::admin::token_digest);
-    if given != Some(want) {
+    if !crate::admin::bearer_is(req.headers(), &want) {
         tracing::warn!("GET /bundle without the bundle token");
         return error(
             StatusCode::UNAUTHORIZED,

@@ -48,6 +48,21 @@ fn start(args: &[String]) -> Server {
     Server::start(&args)
 }
 
+/// A replica taking admin uploads and publishing its live generation at `GET /bundle`.
+fn source(secrets: &Secrets) -> Server {
+    let mut args = keys();
+    args.extend(
+        [
+            "--admin-token-file",
+            &secrets.path("admin-token"),
+            "--bundle-token-file",
+            &secrets.path("bundle-token"),
+        ]
+        .map(String::from),
+    );
+    start(&args)
+}
+
 fn admin_put(s: &Server, path: &str, body: &Value) -> Reply {
     send(client().put(s.ops(path)).bearer_auth(ADMIN_TOKEN).body(body.to_string()))
 }
@@ -67,17 +82,7 @@ fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
 #[test]
 fn an_upload_on_one_replica_reaches_the_others_and_a_refused_bundle_leaves_the_last_good_one() {
     let secrets = Secrets::new();
-    let mut a_args = keys();
-    a_args.extend(
-        [
-            "--admin-token-file",
-            &secrets.path("admin-token"),
-            "--bundle-token-file",
-            &secrets.path("bundle-token"),
-        ]
-        .map(String::from),
-    );
-    let a = start(&a_args);
+    let a = source(&secrets);
     let url = a.ops("/bundle");
     let follower = |extra: &[String]| {
         let mut args = keys();
@@ -227,13 +232,15 @@ fn replicas_share_http_backend_sessions_through_redis_and_survive_it_going_away(
         args.extend(["--sessions".to_string(), s.to_string()]);
         start(&args)
     };
-    let (a, b) = (shared(&url), shared(&url));
+    let (a, b, c) = (shared(&url), shared(&url), shared(&url));
     let alone = start(&keys());
     let viewer = sign("rsa-a.pem", "key-a", &viewer_claims());
 
     // The user call on A; the ACL and superuser calls on B decide as one service would.
     assert!(user_call(&a, "vera", &viewer).allowed());
-    assert!(acl_call(&b, "vera").allowed(), "B finds the session A recorded");
+    for (i, r) in [&b, &c, &b, &c].into_iter().enumerate() {
+        assert!(acl_call(r, "vera").allowed(), "call {i}: the other replicas find the session A recorded");
+    }
     let su = json_call(&b, reqwest::Method::POST, "/mqtt/superuser", &json!({"username": "vera"}));
     assert_eq!(su.status, 403);
     assert!(su.json()["error"].as_str().unwrap().contains("not a superuser"), "{}", su.body);
@@ -267,17 +274,7 @@ fn replicas_share_http_backend_sessions_through_redis_and_survive_it_going_away(
 fn a_broker_running_the_plugin_pulls_an_upload_made_on_a_service_replica() {
     use test_support::mosquitto::{Broker, Setup};
     let secrets = Secrets::new();
-    let mut a_args = keys();
-    a_args.extend(
-        [
-            "--admin-token-file",
-            &secrets.path("admin-token"),
-            "--bundle-token-file",
-            &secrets.path("bundle-token"),
-        ]
-        .map(String::from),
-    );
-    let a = start(&a_args);
+    let a = source(&secrets);
     let setup = Setup::new();
     let policy = setup.file("policy.json", include_str!("../../policies/celine.json"));
     let jwks = setup.file("jwks.json", std::fs::read(fixtures().join("jwks-a.json")).unwrap());

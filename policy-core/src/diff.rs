@@ -18,7 +18,8 @@
 //!   [`MAX_SUBJECTS`] per pair), each also with each group or scope that `roles` grants the
 //!   action through (one at a time). Topics are built from the meet of both patterns (the
 //!   topics both match): `+` and `#` each given a fresh level, `#` also as the empty tail
-//!   (`a/#` covers `a`), placeholders filled with the request's values (and a placeholder
+//!   (`a/#` covers `a`), two levels, and more levels than any pattern of either document
+//!   has, placeholders filled with the request's values (and a placeholder
 //!   meeting a literal binds the value: `users/${username}` against `users/alice` asks as
 //!   `alice`), and for subscribe the meet itself as a filter. `"topics": "*"` also yields a
 //!   `$`-topic.
@@ -298,15 +299,20 @@ struct Vocab {
     scope_suffix: String,
     clientid: String,
     username: String,
+    /// The most levels any pattern of either document has: a `#` tail one level deeper than
+    /// that is beyond what any `+` pattern can cover.
+    depth: usize,
 }
 
 impl Vocab {
     fn of(policies: &[&Policy]) -> Vocab {
         let mut named: BTreeSet<&str> = BTreeSet::new();
+        let mut depth = 0;
         for p in policies {
             for r in &p.rules {
                 if let Sel::List(ps) = &r.topics {
                     for pat in ps {
+                        depth = depth.max(pat.levels.len());
                         for l in &pat.levels {
                             if let Level::Lit(s) = l {
                                 named.insert(s);
@@ -348,6 +354,7 @@ impl Vocab {
             scope_suffix: fresh("anything"),
             clientid: fresh("client-1"),
             username: fresh("user-1"),
+            depth,
         }
     }
 }
@@ -547,21 +554,68 @@ impl Meet {
                 M::Lit(a.clone())
             }
             (Var(p), Plus) | (Plus, Var(p)) => M::Var(*p),
-            (Var(p), Var(q)) if p == q => M::Var(*p),
             (Var(p), Var(q)) => {
-                let (lo, hi) = if p < q { (*p, *q) } else { (*q, *p) };
-                self.bind(hi, Value::Same(lo))?;
-                M::Var(lo)
+                self.bind(*p, Value::Same(*q))?;
+                M::Var(self.root(*p))
             }
             (Hash, _) | (_, Hash) => unreachable!("handled by Meet::of"),
         })
     }
 
-    fn bind(&mut self, p: Placeholder, v: Value) -> Option<()> {
+    /// The placeholder standing for `p`'s class of equal placeholders (`Same` always names a
+    /// root).
+    fn root(&self, p: Placeholder) -> Placeholder {
         match self.values.get(&p) {
-            Some(old) if *old != v => None,
-            _ => {
-                self.values.insert(p, v);
+            Some(Value::Same(q)) => *q,
+            _ => p,
+        }
+    }
+
+    /// The literal `p` must be, if the meet fixed one.
+    fn literal(&self, p: Placeholder) -> Option<&String> {
+        match self.values.get(&self.root(p)) {
+            Some(Value::Is(v)) => Some(v),
+            _ => None,
+        }
+    }
+
+    /// Whether `p` must equal the subject's id.
+    fn is_subject_id(&self, p: Placeholder) -> bool {
+        self.root(p) == self.root(Placeholder::SubjectId)
+    }
+
+    /// Records that `p` is `v` (a literal, or equal to another placeholder); `None` when that
+    /// contradicts what the meet already fixed.
+    fn bind(&mut self, p: Placeholder, v: Value) -> Option<()> {
+        let r = self.root(p);
+        match v {
+            Value::Is(x) => match self.values.get(&r) {
+                Some(Value::Is(y)) if *y != x => None,
+                _ => {
+                    self.values.insert(r, Value::Is(x));
+                    Some(())
+                }
+            },
+            Value::Same(q) => {
+                let rq = self.root(q);
+                if r == rq {
+                    return Some(());
+                }
+                let (lo, hi) = if r < rq { (r, rq) } else { (rq, r) };
+                if let Some(Value::Is(x)) = self.values.get(&hi).cloned() {
+                    match self.values.get(&lo) {
+                        Some(Value::Is(y)) if *y != x => return None,
+                        _ => {
+                            self.values.insert(lo, Value::Is(x));
+                        }
+                    }
+                }
+                self.values.insert(hi, Value::Same(lo));
+                for v in self.values.values_mut() {
+                    if *v == Value::Same(hi) {
+                        *v = Value::Same(lo);
+                    }
+                }
                 Some(())
             }
         }
@@ -609,7 +663,7 @@ impl Builder<'_> {
     fn build(&self, need: &Need, meet: &Meet, acts: &[Action], key: Option<&RoleKey>, out: &mut Witnesses) {
         // A `${subject.id}` bound to a literal fixes the subject's id.
         let mut need = need.clone();
-        if let Some(Value::Is(id)) = meet.values.get(&Placeholder::SubjectId) {
+        if let Some(id) = meet.literal(Placeholder::SubjectId) {
             match &need.ids {
                 Some(ids) if !ids.contains(id) => return,
                 _ => need.ids = Some(vec![id.clone()]),
@@ -664,7 +718,8 @@ impl Builder<'_> {
         let fresh = self.vocab.level.as_str();
         let Some(levels) = &meet.levels else {
             let dollar = format!("${fresh}");
-            let mut out = vec![String::from(fresh), format!("{fresh}/{fresh}"), dollar.clone()];
+            let deep = alloc::vec![fresh; self.vocab.depth.max(2) + 1].join("/");
+            let mut out = vec![String::from(fresh), format!("{fresh}/{fresh}"), deep, dollar.clone()];
             if action == Action::Subscribe {
                 out.push(String::from("#"));
                 out.push(format!("{dollar}/#"));
@@ -672,30 +727,31 @@ impl Builder<'_> {
             return out.into_iter().map(|t| (t, self.default_filled(s))).collect();
         };
         let value = |p: Placeholder, unusable: Option<Placeholder>| -> String {
-            let mut p = p;
-            if let Some(Value::Same(q)) = meet.values.get(&p) {
-                p = *q;
-            }
+            let p = meet.root(p);
             if unusable == Some(p) {
                 return String::new();
             }
-            match (meet.values.get(&p), p) {
-                (Some(Value::Is(v)), _) => v.clone(),
-                (_, Placeholder::SubjectId) => s.id.clone(),
-                (_, Placeholder::Username) => self.default_username(s),
-                (_, Placeholder::ClientId) => self.vocab.clientid.clone(),
+            if let Some(v) = meet.literal(p) {
+                return v.clone();
+            }
+            if meet.is_subject_id(p) {
+                return s.id.clone();
+            }
+            match p {
+                Placeholder::SubjectId => s.id.clone(),
+                Placeholder::Username => self.default_username(s),
+                Placeholder::ClientId => self.vocab.clientid.clone(),
             }
         };
         // Placeholder values as requested, and (for a placeholder the meet leaves free) as
         // an unusable empty value: an allow pattern then matches nothing, a deny pattern `+`.
         let mut variants: Vec<Option<Placeholder>> = vec![None];
         for l in levels {
-            if let M::Var(p) = l
-                && *p != Placeholder::SubjectId
-                && !meet.values.contains_key(p)
-                && !variants.contains(&Some(*p))
-            {
-                variants.push(Some(*p));
+            if let M::Var(p) = l {
+                let p = meet.root(*p);
+                if !meet.is_subject_id(p) && meet.literal(p).is_none() && !variants.contains(&Some(p)) {
+                    variants.push(Some(p));
+                }
             }
         }
         let mut out = Vec::new();
@@ -716,8 +772,8 @@ impl Builder<'_> {
                     M::Hash => return None,
                 })
             };
-            // `#` as the empty tail (`a/#` covers `a`), one level and two (a `+`-pattern
-            // elsewhere may cover one depth and not another).
+            // `#` as the empty tail (`a/#` covers `a`), one level, two, and deeper than any
+            // pattern reaches (a `+`-pattern elsewhere may cover one depth and not another).
             let name_of = |tail: usize| -> String {
                 let mut parts: Vec<String> = levels.iter().filter_map(|l| word(l, false)).collect();
                 parts.extend((0..tail).map(|_| String::from(fresh)));
@@ -725,8 +781,10 @@ impl Builder<'_> {
             };
             let mut topics = vec![name_of(0)];
             if levels.last() == Some(&M::Hash) {
-                topics.push(name_of(1));
-                topics.push(name_of(2));
+                let deepest = (self.vocab.depth + 1).saturating_sub(levels.len() - 1).max(3);
+                for tail in [1, 2, deepest] {
+                    topics.push(name_of(tail));
+                }
             }
             if action == Action::Subscribe {
                 let filter: Vec<String> = levels
