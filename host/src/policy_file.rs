@@ -7,6 +7,18 @@ use policy_core::{Diagnostic, Policy};
 
 /// The default policy, relative to the working directory (the repository root).
 pub const DEFAULT_POLICY: &str = "policies/celine.json";
+/// The default policy's test cases.
+pub const DEFAULT_TESTS: &str = "policies/tests";
+
+/// The test cases that guard a policy: those named (`--tests`); else, for the default policy
+/// (no `--policy`), its own cases when they are there; else none.
+pub fn tests_for(tests: Option<&Path>, policy: Option<&Path>) -> Option<PathBuf> {
+    match (tests, policy) {
+        (Some(t), _) => Some(t.to_path_buf()),
+        (None, None) if Path::new(DEFAULT_TESTS).is_dir() => Some(PathBuf::from(DEFAULT_TESTS)),
+        _ => None,
+    }
+}
 
 /// Where a policy document came from, for messages.
 #[derive(Debug, Clone)]

@@ -197,19 +197,14 @@ pub async fn build_state(cfg: &ServeConfig) -> anyhow::Result<Arc<AppState>> {
         }
         (None, None) => fallback,
     };
-    let module_source = choose(&cfg.module, "module.wasm", "module", Source::BuiltIn);
+    let module_source = choose(&cfg.module, policy_engine::KEPT_MODULE, "module", Source::BuiltIn);
     let default_policy = Path::new(crate::policy_file::DEFAULT_POLICY);
     let default_policy =
         if default_policy.exists() { Source::File(default_policy.to_path_buf()) } else { Source::BuiltIn };
-    let policy_source = choose(&cfg.policy, "policy.json", "policy", default_policy);
+    let policy_source = choose(&cfg.policy, policy_engine::KEPT_POLICY, "policy", default_policy);
     // The default policy's own test cases guard it; a policy named explicitly is guarded by
     // the cases named explicitly (--tests).
-    let default_tests = Path::new("policies/tests");
-    let tests = match (&cfg.tests, &cfg.policy) {
-        (Some(t), _) => Some(t.clone()),
-        (None, None) if default_tests.is_dir() => Some(default_tests.to_path_buf()),
-        _ => None,
-    };
+    let tests = crate::policy_file::tests_for(cfg.tests.as_deref(), cfg.policy.as_deref());
     let live = Live::start(runtime, module_source, policy_source, tests)?;
     for n in notes {
         tracing::warn!("{n}");

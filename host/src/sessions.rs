@@ -44,7 +44,9 @@ pub struct RedisSessions {
     client: redis::Client,
     /// `redis://host:port/db`, without a password: for logs and `/readyz`.
     label: String,
-    conn: tokio::sync::Mutex<Option<ConnectionManager>>,
+    /// Made on first use (retried on the next use until it succeeds); it reconnects by itself
+    /// afterwards.
+    conn: tokio::sync::OnceCell<ConnectionManager>,
     /// The last error, `None` while Redis answers.
     error: Mutex<Option<String>>,
 }
@@ -56,29 +58,26 @@ impl RedisSessions {
         Ok(Arc::new(RedisSessions {
             client,
             label: redact(url),
-            conn: tokio::sync::Mutex::new(None),
+            conn: tokio::sync::OnceCell::new(),
             error: Mutex::new(None),
         }))
     }
 
     async fn connection(&self) -> Result<ConnectionManager, String> {
-        let mut slot = self.conn.lock().await;
-        if let Some(c) = slot.as_ref() {
-            return Ok(c.clone());
-        }
-        let config = redis::aio::ConnectionManagerConfig::new()
-            .set_connection_timeout(OP_TIMEOUT)
-            .set_response_timeout(OP_TIMEOUT)
-            .set_number_of_retries(1);
-        let made = tokio::time::timeout(
-            OP_TIMEOUT * 2,
-            ConnectionManager::new_with_config(self.client.clone(), config),
-        )
-        .await
-        .map_err(|_| "connecting timed out".to_string())?
-        .map_err(|e| e.to_string())?;
-        *slot = Some(made.clone());
-        Ok(made)
+        let made = self.conn.get_or_try_init(|| async {
+            let config = redis::aio::ConnectionManagerConfig::new()
+                .set_connection_timeout(OP_TIMEOUT)
+                .set_response_timeout(OP_TIMEOUT)
+                .set_number_of_retries(1);
+            tokio::time::timeout(
+                OP_TIMEOUT * 2,
+                ConnectionManager::new_with_config(self.client.clone(), config),
+            )
+            .await
+            .map_err(|_| "connecting timed out".to_string())?
+            .map_err(|e| e.to_string())
+        });
+        made.await.cloned()
     }
 
     /// Runs one command, bounded in time; records (and logs once per change) whether Redis

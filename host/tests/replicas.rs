@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 
 mod common;
+use common::idp::{Idp, key_set};
 use common::*;
 
 const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
@@ -71,12 +72,8 @@ fn status(s: &Server) -> Value {
     send(client().get(s.ops("/admin/status")).bearer_auth(ADMIN_TOKEN)).json()
 }
 
-fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+fn wait_for(what: &str, done: impl FnMut() -> bool) {
+    test_support::wait_for(what, Duration::from_secs(30), done);
 }
 
 #[test]
@@ -304,74 +301,9 @@ fn a_broker_running_the_plugin_pulls_an_upload_made_on_a_service_replica() {
     assert!(line.contains("counts=read ") && line.contains("celine/system/health/"), "{line}");
 }
 
-/// A key-set endpoint whose answer the test changes; stopped when dropped.
-struct KeySet {
-    url: String,
-    body: std::sync::Arc<std::sync::Mutex<String>>,
-    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    addr: std::net::SocketAddr,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl KeySet {
-    fn serve(body: String) -> KeySet {
-        use std::io::{Read, Write};
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = listener.local_addr().unwrap();
-        let body = std::sync::Arc::new(std::sync::Mutex::new(body));
-        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let (served, stopping) = (body.clone(), stop.clone());
-        let thread = std::thread::spawn(move || {
-            for conn in listener.incoming() {
-                if stopping.load(std::sync::atomic::Ordering::SeqCst) {
-                    return;
-                }
-                let Ok(mut conn) = conn else { continue };
-                let mut request = Vec::new();
-                let mut buf = [0u8; 1024];
-                while !request.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match conn.read(&mut buf) {
-                        Ok(0) | Err(_) => break,
-                        Ok(n) => request.extend_from_slice(&buf[..n]),
-                    }
-                }
-                let body = served.lock().unwrap().clone();
-                let _ = write!(
-                    conn,
-                    "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                    body.len()
-                );
-            }
-        });
-        KeySet { url: format!("http://{addr}/keys"), body, stop, addr, thread: Some(thread) }
-    }
-
-    fn set(&self, body: String) {
-        *self.body.lock().unwrap() = body;
-    }
-}
-
-impl Drop for KeySet {
-    fn drop(&mut self) {
-        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
-        let _ = std::net::TcpStream::connect(self.addr);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
 #[test]
 fn a_key_withdrawn_by_the_identity_provider_is_distrusted_by_every_replica_within_the_refresh_bound() {
-    let set = |files: &[&str]| {
-        let mut keys = Vec::new();
-        for f in files {
-            let v: Value = serde_json::from_slice(&std::fs::read(fixtures().join(f)).unwrap()).unwrap();
-            keys.extend(v["keys"].as_array().unwrap().iter().cloned());
-        }
-        json!({ "keys": keys }).to_string()
-    };
-    let idp = KeySet::serve(set(&["jwks-a.json", "jwks-b.json"]));
+    let idp = Idp::start(&key_set(&["jwks-a.json", "jwks-b.json"]));
     const REFRESH: u64 = 2;
     let replica = || {
         start(
@@ -389,7 +321,7 @@ fn a_key_withdrawn_by_the_identity_provider_is_distrusted_by_every_replica_withi
     }
     // Key a is withdrawn: cached verifications and decisions made with it end everywhere
     // within the refresh interval plus one fetch.
-    idp.set(set(&["jwks-b.json"]));
+    idp.set_keys(&key_set(&["jwks-b.json"]));
     let withdrawn = Instant::now();
     for r in &replicas {
         wait_for("the withdrawn key to be distrusted", || {

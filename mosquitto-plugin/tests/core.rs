@@ -55,6 +55,8 @@ impl Fixture {
         self.token_for(sub, groups, 600)
     }
 
+    /// A token that expires `ttl_secs` after the current whole second: short-lived tokens here
+    /// take 2, which leaves at least one whole second of validity (1 may leave a millisecond).
     fn token_for(&self, sub: &str, groups: &[&str], ttl_secs: u64) -> String {
         self.key.sign(&claims(&TokenSpec::dev_user(sub, groups, ttl_secs), identity::now()).unwrap()).unwrap()
     }
@@ -208,7 +210,7 @@ fn a_fault_in_the_policy_module_denies_that_check_and_no_other() {
 #[test]
 fn an_expired_token_ends_its_connection_on_tick_without_its_will() {
     let f = fixture(&[("leeway", "0")]);
-    let short = f.token_for("vera", &["viewers"], 1);
+    let short = f.token_for("vera", &["viewers"], 2);
     let long = f.token("olga", &["viewers"]);
     f.connect(1, "short-lived", Some("vera"), Some(&short));
     f.connect(2, "long-lived", Some("olga"), Some(&long));
@@ -229,7 +231,7 @@ fn an_expired_token_ends_its_connection_on_tick_without_its_will() {
 #[test]
 fn with_disconnect_on_expiry_off_an_expired_connection_stays_but_is_denied() {
     let f = fixture(&[("leeway", "0"), ("disconnect_on_expiry", "false")]);
-    let short = f.token_for("vera", &["viewers"], 1);
+    let short = f.token_for("vera", &["viewers"], 2);
     f.connect(1, "c1", Some("vera"), Some(&short));
     assert!(f.may(1, access::READ, TELEMETRY));
     f.tick_until("the token's expiry", |f| !f.may(1, access::READ, TELEMETRY));
@@ -240,7 +242,7 @@ fn with_disconnect_on_expiry_off_an_expired_connection_stays_but_is_denied() {
 #[test]
 fn the_will_goes_out_at_expiry_when_configured() {
     let f = fixture(&[("leeway", "0"), ("will_on_expiry", "true")]);
-    let short = f.token_for("vera", &["viewers"], 1);
+    let short = f.token_for("vera", &["viewers"], 2);
     f.connect(1, "c1", Some("vera"), Some(&short));
     f.tick_until("the kick", |f| !f.kicked().is_empty());
     assert_eq!(f.kicked(), [("c1".to_string(), true)]);
@@ -249,8 +251,8 @@ fn the_will_goes_out_at_expiry_when_configured() {
 #[test]
 fn enhanced_authentication_with_method_jwt_admits_and_refreshes_the_identity() {
     let f = fixture(&[("leeway", "0")]);
-    let first_exp = identity::now() + 1;
-    let viewer = f.token_for("vera", &["viewers", "editors"], 1);
+    let first_exp = identity::now() + 2;
+    let viewer = f.token_for("vera", &["viewers", "editors"], 2);
     assert_eq!(f.connect_ext(1, "c1", "SCRAM-SHA-256", None, &viewer), Admission::NotOurs);
     // No username: the broker is told to know the client by its subject id.
     assert_eq!(

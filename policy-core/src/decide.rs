@@ -64,6 +64,11 @@ fn topic_applies(pattern: &Pattern, effect: Effect, action: Action, t: &Target, 
     }
 }
 
+/// Why the role layer refuses `action` (semantics.md §3, step 2).
+pub(crate) fn missing_capability(action: Action) -> String {
+    format!("missing capability {}: none of the subject's groups or scopes grants it", quote(action.as_str()))
+}
+
 fn describe(effect: Effect, action: Action) -> &'static str {
     match (effect, action) {
         (_, Action::Publish | Action::Read) => "matches",
@@ -83,10 +88,7 @@ impl Policy {
         if let Some(caps) = self.capabilities(q.subject)
             && !caps.has(q.action.permission())
         {
-            return Err(Decision::deny(format!(
-                "missing capability {}: none of the subject's groups or scopes grants it",
-                quote(q.action.as_str())
-            )));
+            return Err(Decision::deny(missing_capability(q.action)));
         }
         Ok(target)
     }

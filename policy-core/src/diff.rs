@@ -218,7 +218,7 @@ fn order(r: &EvalRequest) -> (u8, &str, &str, &str, &str, &str) {
 pub fn witnesses(old: &Policy, new: &Policy, extra: &[EvalRequest]) -> Vec<EvalRequest> {
     let vocab = Vocab::of(&[old, new]);
     let mut out = Witnesses { seen: BTreeSet::new(), list: Vec::new() };
-    let w = Builder { old, new, vocab: &vocab };
+    let w = Builder::new(old, new, &vocab);
 
     // Rules by meaning: the ones in only one document are the focus.
     let mut unmatched: BTreeMap<String, Vec<usize>> = BTreeMap::new();
@@ -258,7 +258,7 @@ pub fn witnesses(old: &Policy, new: &Policy, extra: &[EvalRequest]) -> Vec<EvalR
 pub fn witnesses_of(p: &Policy) -> Vec<EvalRequest> {
     let vocab = Vocab::of(&[p]);
     let mut out = Witnesses { seen: BTreeSet::new(), list: Vec::new() };
-    let w = Builder { old: p, new: p, vocab: &vocab };
+    let w = Builder::new(p, p, &vocab);
     for r in &p.rules {
         w.rule_alone(r, None, &mut out);
     }
@@ -476,31 +476,11 @@ fn choices<T>(
     combos
 }
 
-/// One level of the meet of two patterns.
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum M {
-    Lit(String),
-    Plus,
-    Hash,
-    Var(Placeholder),
-}
-
-impl From<&Level> for M {
-    fn from(l: &Level) -> M {
-        match l {
-            Level::Lit(s) => M::Lit(s.clone()),
-            Level::Plus => M::Plus,
-            Level::Hash => M::Hash,
-            Level::Var(p) => M::Var(*p),
-        }
-    }
-}
-
 /// The topics two patterns both cover: levels (`None`: every topic, `"topics": "*"`), and
 /// the placeholder values it needs (a value, or "the same as another placeholder").
 #[derive(Debug, Clone, Default)]
 struct Meet {
-    levels: Option<Vec<M>>,
+    levels: Option<Vec<Level>>,
     values: BTreeMap<Placeholder, Value>,
 }
 
@@ -528,7 +508,7 @@ impl Meet {
                     if i == 0 && matches!(rest.first(), Some(Level::Lit(s)) if s.starts_with('$')) {
                         return None;
                     }
-                    out.extend(rest.iter().map(M::from));
+                    out.extend(rest.iter().cloned());
                     break;
                 }
                 (None, Some(_)) | (Some(_), None) => return None,
@@ -540,23 +520,23 @@ impl Meet {
         Some(m)
     }
 
-    fn level(&mut self, x: &Level, y: &Level, first: bool) -> Option<M> {
+    fn level(&mut self, x: &Level, y: &Level, first: bool) -> Option<Level> {
         use Level::*;
         Some(match (x, y) {
-            (Lit(a), Lit(b)) => (a == b).then(|| M::Lit(a.clone()))?,
-            (Lit(a), Plus) | (Plus, Lit(a)) => (!(first && a.starts_with('$'))).then(|| M::Lit(a.clone()))?,
-            (Plus, Plus) => M::Plus,
+            (Lit(a), Lit(b)) => (a == b).then(|| Lit(a.clone()))?,
+            (Lit(a), Plus) | (Plus, Lit(a)) => (!(first && a.starts_with('$'))).then(|| Lit(a.clone()))?,
+            (Plus, Plus) => Plus,
             (Var(p), Lit(a)) | (Lit(a), Var(p)) => {
                 if !substitutable(a) {
                     return None;
                 }
                 self.bind(*p, Value::Is(a.clone()))?;
-                M::Lit(a.clone())
+                Lit(a.clone())
             }
-            (Var(p), Plus) | (Plus, Var(p)) => M::Var(*p),
+            (Var(p), Plus) | (Plus, Var(p)) => Var(*p),
             (Var(p), Var(q)) => {
                 self.bind(*p, Value::Same(*q))?;
-                M::Var(self.root(*p))
+                Var(self.root(*p))
             }
             (Hash, _) | (_, Hash) => unreachable!("handled by Meet::of"),
         })
@@ -623,6 +603,7 @@ impl Meet {
 }
 
 /// The request values a witness uses for the placeholders.
+#[derive(Clone)]
 struct Filled {
     username: String,
     clientid: String,
@@ -632,14 +613,33 @@ struct Builder<'a> {
     old: &'a Policy,
     new: &'a Policy,
     vocab: &'a Vocab,
+    /// Per action (`Action::index`): the groups and scopes that grant it in either document
+    /// (at most eight), for subjects the role layer would refuse.
+    granting: [Vec<RoleKey>; 3],
 }
 
-impl Builder<'_> {
+impl<'a> Builder<'a> {
+    fn new(old: &'a Policy, new: &'a Policy, vocab: &'a Vocab) -> Builder<'a> {
+        let granting = Action::ALL.map(|action| {
+            let mut keys: Vec<RoleKey> = Vec::new();
+            for roles in [&old.roles, &new.roles].into_iter().flatten() {
+                for k in RoleKey::all(roles) {
+                    if k.grants(roles).has(action.permission()) && !keys.contains(&k) {
+                        keys.push(k);
+                    }
+                }
+            }
+            keys.truncate(8);
+            keys
+        });
+        Builder { old, new, vocab, granting }
+    }
+
     fn rule_alone(&self, rule: &Rule, need_key: Option<&RoleKey>, out: &mut Witnesses) {
-        let patterns = patterns_of(rule);
-        for p in &patterns {
-            if let Some(m) = Meet::of(*p, *p) {
-                self.build(&Need::of(&rule.subjects), &m, &actions(&rule.actions), need_key, out);
+        let (need, acts) = (Need::of(&rule.subjects), actions(&rule.actions));
+        for p in patterns_of(rule) {
+            if let Some(m) = Meet::of(p, p) {
+                self.build(&need, &m, &acts, need_key, out);
             }
         }
     }
@@ -701,15 +701,7 @@ impl Builder<'_> {
         if !lacks(self.old) && !lacks(self.new) {
             return out;
         }
-        let mut keys: Vec<RoleKey> = Vec::new();
-        for roles in [&self.old.roles, &self.new.roles].into_iter().flatten() {
-            for k in RoleKey::all(roles) {
-                if k.grants(roles).has(action.permission()) && !keys.contains(&k) {
-                    keys.push(k);
-                }
-            }
-        }
-        out.extend(keys.into_iter().take(8).map(|k| k.given_to(s.clone())));
+        out.extend(self.granting[action.index()].iter().map(|k| k.given_to(s.clone())));
         out
     }
 
@@ -724,7 +716,7 @@ impl Builder<'_> {
                 out.push(String::from("#"));
                 out.push(format!("{dollar}/#"));
             }
-            return out.into_iter().map(|t| (t, self.default_filled(s))).collect();
+            return out.into_iter().map(|t| (t, self.default_filled())).collect();
         };
         let value = |p: Placeholder, unusable: Option<Placeholder>| -> String {
             let p = meet.root(p);
@@ -739,7 +731,7 @@ impl Builder<'_> {
             }
             match p {
                 Placeholder::SubjectId => s.id.clone(),
-                Placeholder::Username => self.default_username(s),
+                Placeholder::Username => self.vocab.username.clone(),
                 Placeholder::ClientId => self.vocab.clientid.clone(),
             }
         };
@@ -747,7 +739,7 @@ impl Builder<'_> {
         // an unusable empty value: an allow pattern then matches nothing, a deny pattern `+`.
         let mut variants: Vec<Option<Placeholder>> = vec![None];
         for l in levels {
-            if let M::Var(p) = l {
+            if let Level::Var(p) = l {
                 let p = meet.root(*p);
                 if !meet.is_subject_id(p) && meet.literal(p).is_none() && !variants.contains(&Some(p)) {
                     variants.push(Some(p));
@@ -760,16 +752,16 @@ impl Builder<'_> {
                 username: value(Placeholder::Username, unusable),
                 clientid: value(Placeholder::ClientId, unusable),
             };
-            let word = |l: &M, wild: bool| -> Option<String> {
+            let word = |l: &Level, wild: bool| -> Option<String> {
                 Some(match l {
-                    M::Lit(s) => s.clone(),
-                    M::Plus if wild => String::from("+"),
-                    M::Plus => String::from(fresh),
-                    M::Var(p) => {
+                    Level::Lit(s) => s.clone(),
+                    Level::Plus if wild => String::from("+"),
+                    Level::Plus => String::from(fresh),
+                    Level::Var(p) => {
                         let v = value(*p, unusable);
                         if substitutable(&v) { v } else { String::from(fresh) }
                     }
-                    M::Hash => return None,
+                    Level::Hash => return None,
                 })
             };
             // `#` as the empty tail (`a/#` covers `a`), one level, two, and deeper than any
@@ -780,7 +772,7 @@ impl Builder<'_> {
                 if parts.is_empty() { String::from(fresh) } else { parts.join("/") }
             };
             let mut topics = vec![name_of(0)];
-            if levels.last() == Some(&M::Hash) {
+            if levels.last() == Some(&Level::Hash) {
                 let deepest = (self.vocab.depth + 1).saturating_sub(levels.len() - 1).max(3);
                 for tail in [1, 2, deepest] {
                     topics.push(name_of(tail));
@@ -790,44 +782,34 @@ impl Builder<'_> {
                 let filter: Vec<String> = levels
                     .iter()
                     .map(|l| match l {
-                        M::Hash => String::from("#"),
+                        Level::Hash => String::from("#"),
                         l => word(l, true).unwrap_or_default(),
                     })
                     .collect();
                 topics.push(filter.join("/"));
             }
-            for t in topics {
-                out.push((
-                    t,
-                    Filled { username: filled.username.clone(), clientid: filled.clientid.clone() },
-                ));
-            }
+            out.extend(topics.into_iter().map(|t| (t, filled.clone())));
         }
         out
     }
 
-    /// A username no rule names and unlike the subject's id: where a username and an id
-    /// must be equal for a change to show, the meet of the two patterns says so.
-    fn default_username(&self, _s: &Subject) -> String {
-        self.vocab.username.clone()
-    }
-
-    fn default_filled(&self, s: &Subject) -> Filled {
-        Filled { username: self.default_username(s), clientid: self.vocab.clientid.clone() }
+    /// The values of placeholders the meet leaves free: a username no rule names and unlike
+    /// the subject's id (where a username and an id must be equal for a change to show, the
+    /// meet of the two patterns says so), and a client id no rule names.
+    fn default_filled(&self) -> Filled {
+        Filled { username: self.vocab.username.clone(), clientid: self.vocab.clientid.clone() }
     }
 
     /// Witnesses for differences in `roles`.
     fn roles(&self, rules: &[&Rule], out: &mut Witnesses) {
-        let empty = Roles::default();
         let (old, new) = match (&self.old.roles, &self.new.roles) {
             (None, None) => return,
-            (Some(_), None) | (None, Some(_)) => {
+            (Some(present), None) | (None, Some(present)) => {
                 // The capability layer switched on or off: every allow rule, with subjects
                 // that hold no role (and, through `with_capability`, with each role).
                 for r in rules.iter().filter(|r| r.effect == Effect::Allow) {
                     self.rule_alone(r, None, out);
                 }
-                let present = self.old.roles.as_ref().or(self.new.roles.as_ref()).unwrap_or(&empty);
                 for k in RoleKey::all(present) {
                     self.superuser_witness(&k, out);
                 }

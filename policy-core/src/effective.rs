@@ -6,17 +6,15 @@
 //! and it overlaps no carve-out. A grant whose whole pattern lies inside a carve-out is
 //! marked `void`: it allows nothing.
 
-use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
 
 use serde::Serialize;
 
-use crate::json::quote;
 use crate::model::{Action, Permission, Subject};
 use crate::pattern::{Level, Placeholder, substitutable};
 use crate::policy::{Effect, Policy, Sel};
-use crate::topic::{self, Tok};
+use crate::topic;
 
 /// A subject's effective permissions.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -84,11 +82,9 @@ struct Resolved {
 }
 
 impl Resolved {
-    fn toks(&self) -> Option<Vec<Tok<'_>>> {
-        use topic::Levels;
-        let levels = self.levels.as_ref()?;
-        let split: Vec<&str> = levels.iter().map(String::as_str).collect();
-        Some((0..split.len()).map(|i| split[..].at(i)).collect())
+    /// The levels as a topic filter (`None`: every topic).
+    fn toks(&self) -> Option<Vec<&str>> {
+        self.levels.as_ref().map(|l| l.iter().map(String::as_str).collect())
     }
 
     /// Every topic `self` covers is covered by `outer`.
@@ -121,10 +117,7 @@ impl Policy {
                 {
                     return ActionGrants {
                         action,
-                        refused: Some(format!(
-                            "missing capability {}: none of the subject's groups or scopes grants it",
-                            quote(action.as_str())
-                        )),
+                        refused: Some(crate::decide::missing_capability(action)),
                         allow: Vec::new(),
                         tree: Vec::new(),
                     };

@@ -3,6 +3,8 @@
 
 use std::path::{Path, PathBuf};
 
+use policy_core::EvalRequest;
+
 use crate::runtime::{Action, Generation, Request, Subject};
 
 /// The `*.json` test-case files under `path` (a file, or a directory), sorted.
@@ -20,7 +22,7 @@ pub(crate) fn case_files(path: &Path) -> Result<Vec<PathBuf>, String> {
 }
 
 /// Asks `generation` (its module) what `policy_core::Policy::evaluate` answers natively.
-pub fn decide(generation: &Generation, r: &policy_core::EvalRequest) -> policy_core::Decision {
+pub fn decide(generation: &Generation, r: &EvalRequest) -> policy_core::Decision {
     let subject = Subject::from(r.subject.clone());
     let d = match r.ask.action() {
         None => generation.superuser(&subject),
@@ -35,21 +37,9 @@ pub fn decide(generation: &Generation, r: &policy_core::EvalRequest) -> policy_c
     policy_core::Decision { allow: d.allow, rule: d.rule, reason: d.reason }
 }
 
-/// The requests of the test cases under `path`, for the swap report's diff. Files that do not
-/// read or parse are left out: the pipeline has already run (and judged) them.
-pub fn case_requests(path: &Path) -> Vec<policy_core::EvalRequest> {
-    let files = case_files(path).unwrap_or_default();
-    files
-        .iter()
-        .filter_map(|f| std::fs::read_to_string(f).ok())
-        .filter_map(|text| policy_core::parse_cases(&text).ok())
-        .flatten()
-        .map(|c| c.request)
-        .collect()
-}
-
-/// Runs the test cases under `path` through `generation`; `Ok` is how many passed (all).
-pub fn run_cases(generation: &Generation, path: &Path) -> Result<usize, String> {
+/// Runs the test cases under `path` through `generation`; `Ok` is their requests, all of
+/// which passed (the swap report decides them again with the live generation).
+pub fn run_cases(generation: &Generation, path: &Path) -> Result<Vec<EvalRequest>, String> {
     let mut tally = Tally::default();
     for file in case_files(path)? {
         let text =
@@ -60,7 +50,7 @@ pub fn run_cases(generation: &Generation, path: &Path) -> Result<usize, String> 
 }
 
 /// Runs the test cases of one `policies/tests` document (a bundle's) through `generation`.
-pub fn run_cases_text(generation: &Generation, name: &str, text: &str) -> Result<usize, String> {
+pub fn run_cases_text(generation: &Generation, name: &str, text: &str) -> Result<Vec<EvalRequest>, String> {
     let mut tally = Tally::default();
     tally.run(generation, name, text)?;
     tally.result()
@@ -68,7 +58,7 @@ pub fn run_cases_text(generation: &Generation, name: &str, text: &str) -> Result
 
 #[derive(Default)]
 struct Tally {
-    total: usize,
+    passed: Vec<EvalRequest>,
     failures: Vec<String>,
 }
 
@@ -78,22 +68,23 @@ impl Tally {
             let first = ds.first().map(|d| format!("{}: {}", d.path, d.message)).unwrap_or_default();
             format!("{name} is not a valid test-case file: {first}")
         })?;
-        for case in &cases {
-            self.total += 1;
+        for case in cases {
             let d = decide(generation, &case.request);
-            if let Some(why) = policy_core::judge(case, d).failure {
-                self.failures.push(format!("{}: {why}", case.name));
+            match policy_core::judge(&case, d).failure {
+                Some(why) => self.failures.push(format!("{}: {why}", case.name)),
+                None => self.passed.push(case.request),
             }
         }
         Ok(())
     }
 
-    fn result(mut self) -> Result<usize, String> {
+    fn result(mut self) -> Result<Vec<EvalRequest>, String> {
         if self.failures.is_empty() {
-            return Ok(self.total);
+            return Ok(self.passed);
         }
         let n = self.failures.len();
+        let total = n + self.passed.len();
         self.failures.truncate(5);
-        Err(format!("{n} of {} policy test cases fail: {}", self.total, self.failures.join("; ")))
+        Err(format!("{n} of {total} policy test cases fail: {}", self.failures.join("; ")))
     }
 }

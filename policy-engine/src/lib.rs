@@ -30,10 +30,17 @@ pub use runtime::{
     Action, Decision, Diagnostic, Generation, LoadError, Module, Request, Runtime, Subject, SubjectType,
     embedded_module,
 };
-pub use swap::{Candidate, Live, Rejection, Source};
+pub use swap::{Candidate, KEPT_MODULE, KEPT_POLICY, Live, Rejection, Source};
 
 /// The default policy as shipped (`policies/celine.json`), for when no file is named.
 pub const BUILT_IN_POLICY: &str = include_str!("../../policies/celine.json");
+
+/// Writes `bytes` to `path` through a temporary file and a rename: never half a file.
+pub fn write_atomically(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, bytes)?;
+    std::fs::rename(&tmp, path)
+}
 
 /// Lower-case hex of `bytes`.
 pub fn hex(bytes: &[u8]) -> String {

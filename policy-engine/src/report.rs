@@ -1,8 +1,7 @@
 //! What a swap changes: the candidate against the live generation, as `policy_core::diff`
 //! reports it (the policy test cases' requests included), but decided by both generations'
-//! *modules* (a new module may decide the same
-//! document differently). Logged at every swap, kept for `GET /admin/status`, and returned
-//! by a dry run.
+//! *modules* (a new module may decide the same document differently). Logged at every swap,
+//! kept for `GET /admin/status`, and returned by a dry run.
 
 use std::time::Instant;
 

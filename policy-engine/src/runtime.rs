@@ -180,12 +180,10 @@ impl Drop for Runtime {
 fn write_cache(path: &Path, component: &Component) -> anyhow::Result<()> {
     let code = component.serialize().map_err(|e| anyhow!("{e}"))?;
     std::fs::create_dir_all(path.parent().unwrap())?;
-    let tmp = path.with_extension("tmp");
     let mut file = Vec::with_capacity(32 + code.len());
     file.extend_from_slice(&Sha256::digest(&code));
     file.extend_from_slice(&code);
-    std::fs::write(&tmp, file)?;
-    std::fs::rename(&tmp, path)?;
+    crate::write_atomically(path, &file)?;
     Ok(())
 }
 

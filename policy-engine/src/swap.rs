@@ -43,6 +43,10 @@ impl std::fmt::Display for Source {
     }
 }
 
+/// The file names of a kept upload in the directory given to [`Live::keep_uploads_in`].
+pub const KEPT_POLICY: &str = "policy.json";
+pub const KEPT_MODULE: &str = "module.wasm";
+
 /// A proposed change.
 pub enum Candidate {
     Module {
@@ -183,6 +187,7 @@ impl Live {
         let module = read_module(&module_source).map_err(anyhow::Error::msg)?;
         let policy = read_policy(&policy_source).map_err(anyhow::Error::msg)?;
         let (generation, passed) = build(&runtime, None, &module, &policy, tests.as_deref(), None)
+            .map(|(g, p)| (g, p.count))
             .map_err(|reason| anyhow::anyhow!("module {module_source}, policy {policy_source}: {reason}"))?;
         if let (Some(t), 0) = (&tests, passed) {
             anyhow::bail!(
@@ -302,9 +307,8 @@ impl Live {
         let current = self.current();
         let (generation, passed) =
             build(&self.runtime, Some(&current), m, pol, self.tests.as_deref(), p.bundle_tests.as_deref())?;
-        let cases = self.tests.as_deref().map(crate::cases::case_requests).unwrap_or_default();
-        let diff = crate::report::swap_diff(&current, &p.old_policy, &generation, pol, &cases);
-        Ok((generation, passed, diff))
+        let diff = crate::report::swap_diff(&current, &p.old_policy, &generation, pol, &passed.local);
+        Ok((generation, passed.count, diff))
     }
 
     /// Builds, tests and (if it passes) swaps in a candidate. Returns the new generation, or
@@ -404,7 +408,8 @@ impl Live {
         let _ = self.keep.set(dir);
     }
 
-    /// Where a kept upload of the policy (`policy.json`) or the module (`module.wasm`) is.
+    /// Where a kept upload of the policy ([`KEPT_POLICY`]) or the module ([`KEPT_MODULE`])
+    /// is, if there is one.
     pub fn kept(dir: &Path, name: &str) -> Option<PathBuf> {
         let p = dir.join(name);
         p.is_file().then_some(p)
@@ -420,15 +425,15 @@ impl Live {
         let kept = |s: &Source| matches!(s, Source::Uploaded | Source::Bundle(_) | Source::Restored(_));
         let mut result = std::fs::create_dir_all(dir);
         for (name, source, bytes) in [
-            ("policy.json", &i.policy_source, Some(i.policy.as_bytes())),
-            ("module.wasm", &i.module_source, Some(&i.module[..])),
+            (KEPT_POLICY, &i.policy_source, Some(i.policy.as_bytes())),
+            (KEPT_MODULE, &i.module_source, Some(&i.module[..])),
         ] {
             let path = dir.join(name);
             if matches!(source, Source::Restored(p) if *p == path) {
                 continue; // restored from there: already kept
             }
             result = result.and_then(|()| match (kept(source), bytes) {
-                (true, Some(b)) => write_atomically(&path, b),
+                (true, Some(b)) => crate::write_atomically(&path, b),
                 _ => match std::fs::remove_file(&path) {
                     Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
                     _ => Ok(()),
@@ -498,28 +503,29 @@ fn build(
     policy: &str,
     tests: Option<&Path>,
     bundle_tests: Option<&str>,
-) -> Result<(Arc<Generation>, usize), String> {
+) -> Result<(Arc<Generation>, Passed), String> {
     let hash = crate::hash_of(module);
     let module = match current {
         Some(g) if g.module.hash == hash => Arc::clone(&g.module),
         _ => runtime.module(module).map_err(|e| format!("{e:#}"))?,
     };
     let generation = Generation::new(module, policy).map_err(|e| describe_load_error(&e))?;
-    let mut passed = match tests {
+    let local = match tests {
         Some(t) => run_cases(&generation, t)?,
+        None => Vec::new(),
+    };
+    let bundle = match bundle_tests {
+        Some(text) => crate::cases::run_cases_text(&generation, "the bundle's test cases", text)?.len(),
         None => 0,
     };
-    if let Some(text) = bundle_tests {
-        passed += crate::cases::run_cases_text(&generation, "the bundle's test cases", text)?;
-    }
-    Ok((generation, passed))
+    Ok((generation, Passed { count: local.len() + bundle, local }))
 }
 
-/// Writes `bytes` to `path` through a temporary file and a rename: never half a file.
-fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, bytes)?;
-    std::fs::rename(&tmp, path)
+/// The test cases a candidate passed: how many, and the requests of the local ones (the
+/// swap report decides those again; a bundle's own cases are not among them).
+struct Passed {
+    count: usize,
+    local: Vec<policy_core::EvalRequest>,
 }
 
 /// What a swap changed, in the log: counts per action and the first witnesses.

@@ -43,13 +43,7 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
             .context("this binary has no built-in policy module: name one with --module")?
             .to_vec(),
     };
-    let tests = match (&a.tests, &a.policy.policy) {
-        (Some(t), _) => Some(t.clone()),
-        (None, None) if std::path::Path::new("policies/tests").is_dir() => {
-            Some(PathBuf::from("policies/tests"))
-        }
-        _ => None,
-    };
+    let tests = policy_file::tests_for(a.tests.as_deref(), a.policy.policy.as_deref());
     let cases = match &tests {
         Some(t) => Some(gather_cases(t).map_err(anyhow::Error::msg)?),
         None => None,
@@ -77,9 +71,8 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     let json = serde_json::to_string(&bundle)?;
     match &a.output {
         Some(out) => {
-            let tmp = out.with_extension("tmp");
-            std::fs::write(&tmp, &json).with_context(|| format!("cannot write {}", tmp.display()))?;
-            std::fs::rename(&tmp, out).with_context(|| format!("cannot write {}", out.display()))?;
+            policy_engine::write_atomically(out, json.as_bytes())
+                .with_context(|| format!("cannot write {}", out.display()))?;
             eprintln!("wrote {} (ETag {}, {} bytes)", out.display(), bundle.etag(), json.len());
         }
         None => println!("{json}"),

@@ -23,7 +23,7 @@ pub struct Args {
 
 /// The `*.json` files named, directories expanded (sorted), so runs are reproducible.
 fn case_files(args: &[PathBuf]) -> anyhow::Result<Vec<PathBuf>> {
-    let default = [PathBuf::from("policies/tests")];
+    let default = [PathBuf::from(policy_file::DEFAULT_TESTS)];
     let args = if args.is_empty() { &default[..] } else { args };
     let mut files = Vec::new();
     for a in args {

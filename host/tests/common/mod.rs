@@ -2,6 +2,8 @@
 //! (stopped by PID on drop), fixture keys and tokens, and go-auth-shaped requests.
 #![allow(dead_code)]
 
+pub mod idp;
+
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
