@@ -75,7 +75,12 @@ impl<'de> serde::Deserialize<'de> for Text<'de> {
                 Ok(Text(Some(Cow::Owned(v.to_string()))))
             }
             fn visit_u64<E>(self, v: u64) -> Result<Text<'de>, E> {
-                Ok(Text(Some(Cow::Owned(v.to_string()))))
+                // go-auth's `acc` (1 to 4, as a number): no allocation for it.
+                const DIGITS: [&str; 10] = ["0", "1", "2", "3", "4", "5", "6", "7", "8", "9"];
+                Ok(Text(Some(match usize::try_from(v).ok().and_then(|i| DIGITS.get(i)) {
+                    Some(d) => Cow::Borrowed(*d),
+                    None => Cow::Owned(v.to_string()),
+                })))
             }
             fn visit_i64<E>(self, v: i64) -> Result<Text<'de>, E> {
                 Ok(Text(Some(Cow::Owned(v.to_string()))))

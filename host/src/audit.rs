@@ -38,7 +38,6 @@ pub struct Audit {
 }
 
 thread_local! {
-    static LINE: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
     /// The formatted date and time of the last second a line was stamped with.
     static STAMP: RefCell<(u64, String)> = const { RefCell::new((u64::MAX, String::new())) };
 }
@@ -58,17 +57,12 @@ impl Audit {
             return;
         }
         let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
-        LINE.with_borrow_mut(|line| {
-            line.clear();
-            if self.json {
+        let json = self.json;
+        self.queue.gather(now.as_secs(), |line| {
+            if json {
                 json_line(line, e, now);
             } else {
                 pretty_line(line, e, now);
-            }
-            self.queue.push_gathered(line, now.as_secs());
-            // A burst of long lines must not leave every worker thread holding a large buffer.
-            if line.capacity() > 64 << 10 {
-                *line = Vec::new();
             }
         });
     }
@@ -96,12 +90,14 @@ fn pretty_line(line: &mut Vec<u8>, e: &Entry<'_>, now: Duration) {
         line.push(b' ');
         line.extend_from_slice(name.as_bytes());
         line.push(b'=');
+        // Every byte is looked at (no early exit), which the compiler turns into a few wide
+        // comparisons: values are short, and nearly all are plain ASCII.
+        let ascii_plain =
+            value.bytes().fold(true, |ok, b| ok & (b > b' ') & (b < 0x7f) & (b != b'"') & (b != b'='));
         let plain = !value.is_empty()
-            && if value.is_ascii() {
-                value.bytes().all(|b| b.is_ascii_graphic() && b != b'"' && b != b'=')
-            } else {
-                value.chars().all(|c| !c.is_whitespace() && !c.is_control() && c != '"' && c != '=')
-            };
+            && (ascii_plain
+                || !value.is_ascii()
+                    && value.chars().all(|c| !c.is_whitespace() && !c.is_control() && c != '"' && c != '='));
         if plain {
             line.extend_from_slice(value.as_bytes());
         } else {

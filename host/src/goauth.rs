@@ -14,9 +14,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use axum::body::Bytes;
-use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode, header};
-use axum::response::{IntoResponse, Response};
+use axum::http::{HeaderMap, Response, StatusCode};
+use hyper::body::Incoming;
 
 use goauth_wire::{Params, TokenFrom, find_token, parse_params};
 use identity::{TokenHash, Verified, names_subject, subject_names};
@@ -24,6 +23,7 @@ use policy_engine::{Action, Decision, Generation, Request, Subject};
 
 use crate::audit::Entry;
 use crate::auth::DecisionKey;
+use crate::front::{Out, answer};
 use crate::serve::AppState;
 use crate::serve::{BODY_LIMIT, REQUEST_TIMEOUT};
 
@@ -42,20 +42,22 @@ pub enum Outcome {
     Deny(String),
     /// The request itself is malformed (400).
     Bad(String),
+    /// The request body is larger than [`BODY_LIMIT`] (413).
+    TooLarge(String),
 }
 
 impl Outcome {
-    fn into_response(self, mode: ResponseMode) -> Response {
+    fn into_response(self, mode: ResponseMode) -> Response<Out> {
         let (status, ok, error) = match self {
             Outcome::Allow(_) => (StatusCode::OK, true, String::new()),
             Outcome::Deny(r) => (StatusCode::FORBIDDEN, false, r),
             Outcome::Bad(r) => (StatusCode::BAD_REQUEST, false, r),
+            Outcome::TooLarge(r) => (StatusCode::PAYLOAD_TOO_LARGE, false, r),
         };
         match mode {
             // The common answer, written once.
             ResponseMode::Json if ok => {
-                (status, [(header::CONTENT_TYPE, "application/json")], r#"{"error":"","ok":true}"#)
-                    .into_response()
+                answer(status, "application/json", Bytes::from_static(br#"{"error":"","ok":true}"#))
             }
             ResponseMode::Json => {
                 // `{"error":"<reason>","ok":false}`, written directly (no JSON value built).
@@ -63,11 +65,11 @@ impl Outcome {
                 body.extend_from_slice(br#"{"error":"#);
                 let _ = serde_json::to_writer(&mut body, &error);
                 body.extend_from_slice(br#","ok":false}"#);
-                (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()
+                answer(status, "application/json", body.into())
             }
             ResponseMode::Text => {
-                let body = if ok { "ok".to_string() } else { error };
-                (status, [(header::CONTENT_TYPE, "text/plain; charset=utf-8")], body).into_response()
+                let body = if ok { Bytes::from_static(b"ok") } else { error.into() };
+                answer(status, "text/plain; charset=utf-8", body)
             }
         }
     }
@@ -131,7 +133,7 @@ fn audit(
 ) {
     let (allow, reason) = match outcome {
         Outcome::Allow(r) => (true, r.as_str()),
-        Outcome::Deny(r) | Outcome::Bad(r) => (false, r.as_str()),
+        Outcome::Deny(r) | Outcome::Bad(r) | Outcome::TooLarge(r) => (false, r.as_str()),
     };
     audit_line(ctx, endpoint, subject, action, (allow, reason), rule);
 }
@@ -195,7 +197,7 @@ async fn user(ctx: &Ctx<'_>) -> Outcome {
             Some(shared) => {
                 // Shared first: a binding the other replicas cannot see would deny half the
                 // client's checks, so the CONNECT is refused instead.
-                if let Err(e) = shared.put(username, hash, &v).await {
+                if let Err(e) = Box::pin(shared.put(username, hash, &v)).await {
                     let o = Outcome::Deny(format!("the session could not be recorded: {e}"));
                     audit(ctx, "user", Some(&subject), "connect", &o, None);
                     return o;
@@ -226,7 +228,8 @@ async fn session(ctx: &Ctx<'_>) -> Result<(TokenHash, Arc<Verified>), Outcome> {
         return Ok(s);
     }
     let Some(shared) = &ctx.state.sessions else { return Err(no_session(&ctx.params)) };
-    match shared.get(username).await {
+    // Boxed, as are the other waits off the cached path: every request's future stays small.
+    match Box::pin(shared.get(username)).await {
         Ok(Some((hash, v))) => {
             let v = Arc::new(v);
             if !ctx.state.auth.identities.still_valid(&v) {
@@ -384,36 +387,65 @@ fn record(e: Endpoint, o: &Outcome, took: std::time::Duration) {
     let outcome = match o {
         Outcome::Allow(_) => 0,
         Outcome::Deny(_) => 1,
-        Outcome::Bad(_) => 2,
+        Outcome::Bad(_) | Outcome::TooLarge(_) => 2,
     };
     crate::reqmetrics::request(e as usize, outcome, took);
 }
 
 /// The request body, within [`BODY_LIMIT`] bytes and [`REQUEST_TIMEOUT`]. A body that has
-/// arrived with its headers (go-auth's always have) is taken without arming a timer.
-async fn read_body(body: axum::body::Body) -> Result<Bytes, String> {
+/// arrived with its headers (go-auth's always have) is taken as it is: no timer, no copy.
+async fn read_body(headers: &HeaderMap, body: Incoming) -> Result<Bytes, Outcome> {
     use std::task::Poll;
-    let mut read = std::pin::pin!(axum::body::to_bytes(body, BODY_LIMIT));
-    let first = std::future::poll_fn(|cx| Poll::Ready(read.as_mut().poll(cx))).await;
-    let read = match first {
+    let declared =
+        headers.get(axum::http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > BODY_LIMIT as u64) {
+        return Err(too_large());
+    }
+    let mut read = std::pin::pin!(collect(body));
+    match std::future::poll_fn(|cx| Poll::Ready(read.as_mut().poll(cx))).await {
         Poll::Ready(r) => r,
         Poll::Pending => match tokio::time::timeout(REQUEST_TIMEOUT, read).await {
             Ok(r) => r,
-            Err(_) => {
-                return Err(format!(
-                    "the request body did not arrive within {} s",
-                    REQUEST_TIMEOUT.as_secs()
-                ));
-            }
+            Err(_) => Err(Outcome::Bad(format!(
+                "the request body did not arrive within {} s",
+                REQUEST_TIMEOUT.as_secs()
+            ))),
         },
-    };
-    read.map_err(|e| format!("the request body could not be read: {e} (at most {BODY_LIMIT} bytes)"))
+    }
+}
+
+fn too_large() -> Outcome {
+    Outcome::TooLarge(format!("the request body is larger than {BODY_LIMIT} bytes"))
+}
+
+/// The body's data frames, joined (a body in one frame is not copied).
+async fn collect(mut body: Incoming) -> Result<Bytes, Outcome> {
+    use http_body_util::BodyExt;
+    let mut first: Option<Bytes> = None;
+    let mut joined: Vec<u8> = Vec::new();
+    let mut len = 0;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| Outcome::Bad(format!("the request body could not be read: {e}")))?;
+        let Ok(data) = frame.into_data() else { continue };
+        len += data.len();
+        if len > BODY_LIMIT {
+            return Err(too_large());
+        }
+        match first.take() {
+            None if joined.is_empty() => first = Some(data),
+            earlier => {
+                joined.extend_from_slice(earlier.as_deref().unwrap_or_default());
+                joined.extend_from_slice(&data);
+            }
+        }
+    }
+    Ok(first.unwrap_or_else(|| joined.into()))
 }
 
 /// Verifies a token (or finds it verified); a key refresh it waits for is bounded by
 /// [`REQUEST_TIMEOUT`], well beyond go-auth's own 5 s.
 async fn verify(state: &AppState, token: &str) -> Result<(TokenHash, Arc<Verified>), Outcome> {
-    match tokio::time::timeout(REQUEST_TIMEOUT, state.auth.identities.verify(token)).await {
+    match Box::pin(tokio::time::timeout(REQUEST_TIMEOUT, state.auth.identities.verify(token))).await {
         Ok(r) => r.map_err(Outcome::Deny),
         Err(_) => Err(Outcome::Deny(format!(
             "token refused: its signing key could not be fetched within {} s",
@@ -427,26 +459,26 @@ async fn verify(state: &AppState, token: &str) -> Result<(TokenHash, Arc<Verifie
 /// It takes the request whole: extracting headers and URI separately would copy them.
 pub async fn handle(
     endpoint: Endpoint,
-    State(state): State<Arc<AppState>>,
-    request: axum::extract::Request,
-) -> Response {
+    state: &AppState,
+    request: axum::http::Request<Incoming>,
+) -> Response<Out> {
     let started = Instant::now();
     let (parts, body) = request.into_parts();
-    let body = read_body(body).await;
-    let parsed =
-        body.as_ref().map_err(Clone::clone).and_then(|b| parse_params(&parts.headers, parts.uri.query(), b));
-    let outcome = match parsed {
-        Err(e) => Outcome::Bad(e),
-        Ok(params) => {
-            let ctx = Ctx { state: &state, generation: state.generation(), headers: &parts.headers, params };
-            match endpoint {
-                Endpoint::User => user(&ctx).await,
-                Endpoint::Superuser => superuser(&ctx).await,
-                Endpoint::Acl => acl(&ctx).await,
+    let outcome = match read_body(&parts.headers, body).await {
+        Err(o) => o,
+        Ok(b) => match parse_params(&parts.headers, parts.uri.query(), &b) {
+            Err(e) => Outcome::Bad(e),
+            Ok(params) => {
+                let ctx = Ctx { state, generation: state.generation(), headers: &parts.headers, params };
+                match endpoint {
+                    Endpoint::User => Box::pin(user(&ctx)).await,
+                    Endpoint::Superuser => Box::pin(superuser(&ctx)).await,
+                    Endpoint::Acl => acl(&ctx).await,
+                }
             }
-        }
+        },
     };
-    if let Outcome::Bad(r) = &outcome {
+    if let Outcome::Bad(r) | Outcome::TooLarge(r) = &outcome {
         state.audit.write(&Entry {
             endpoint: endpoint.label(),
             subject: "-",

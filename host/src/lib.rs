@@ -12,6 +12,7 @@ pub mod audit;
 pub mod auth;
 pub mod bundles;
 pub mod cli;
+pub mod front;
 pub mod goauth;
 pub mod logqueue;
 pub mod playground;

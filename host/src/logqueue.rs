@@ -199,6 +199,13 @@ impl QueueWriter {
     /// line is stamped with), when the thread runs out of work ([`hand_over_gathered`]) or
     /// ends: one lock per batch instead of one per line. Lines of one thread stay in order.
     pub fn push_gathered(&self, line: &[u8], second: u64) {
+        self.gather(second, |buf| buf.extend_from_slice(line));
+    }
+
+    /// [`push_gathered`](Self::push_gathered), the line written by `write` straight into the
+    /// thread's gathered lines (no copy of it is made on the way).
+    pub fn gather(&self, second: u64, write: impl FnOnce(&mut Vec<u8>)) {
+        let mut write = Some(write);
         let gathered = LOCAL.try_with(|l| {
             let Ok(mut l) = l.try_borrow_mut() else { return false };
             if !l.queue.as_ref().is_some_and(|q| Arc::ptr_eq(q, &self.0)) {
@@ -208,15 +215,22 @@ impl QueueWriter {
             if l.buf.is_empty() {
                 l.since = second;
             }
-            l.buf.extend_from_slice(line);
+            if let Some(w) = write.take() {
+                w(&mut l.buf);
+            }
             l.lines += 1;
             if l.buf.len() >= LOCAL_BATCH || second != l.since {
                 l.hand_over();
             }
             true
         });
-        if gathered != Ok(true) {
-            self.push(line);
+        // No thread-local state (a thread being torn down): queue the line on its own.
+        if gathered != Ok(true)
+            && let Some(w) = write.take()
+        {
+            let mut line = Vec::new();
+            w(&mut line);
+            self.push(&line);
         }
     }
 }

@@ -17,7 +17,7 @@ use axum::Router;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, on};
+use axum::routing::get;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use serde_json::json;
 use tower_http::limit::RequestBodyLimitLayer;
@@ -30,7 +30,7 @@ use policy_engine::{Generation, Live, Reloader, Runtime, Source};
 
 use crate::admin::token_digest;
 use crate::auth::Auth;
-use crate::goauth::{Endpoint, ResponseMode, handle};
+use crate::goauth::ResponseMode;
 
 /// The largest request body go-auth could need, with room to spare.
 pub const BODY_LIMIT: usize = 64 * 1024;
@@ -332,21 +332,13 @@ async fn dev_jwks(State(st): State<Arc<AppState>>) -> Response {
     }
 }
 
-/// What brokers call: go-auth's endpoints and `/healthz` (in dev mode also the dev key set).
+/// What brokers call besides go-auth's endpoints (which `front.rs` serves itself):
+/// `/healthz`, and in dev mode the dev key set.
 pub fn broker_router(state: Arc<AppState>, dev: bool) -> Router {
-    use axum::routing::MethodFilter;
-    let methods = MethodFilter::GET.or(MethodFilter::POST).or(MethodFilter::PUT);
-    let ep = |e: Endpoint| move |s, r| handle(e, s, r);
-    let mut router = Router::new()
-        .route("/mqtt/user", on(methods, ep(Endpoint::User)))
-        .route("/mqtt/superuser", on(methods, ep(Endpoint::Superuser)))
-        .route("/mqtt/acl", on(methods, ep(Endpoint::Acl)))
-        .route("/healthz", get(healthz));
+    let mut router = Router::new().route("/healthz", get(healthz));
     if dev {
         router = router.route("/dev/jwks.json", get(dev_jwks));
     }
-    // No per-request timer (go-auth's handler bounds its own waits: `goauth::read_body`,
-    // `goauth::verify`) and no tracing span (every decision writes its audit line).
     router.layer(RequestBodyLimitLayer::new(BODY_LIMIT)).with_state(state)
 }
 
@@ -397,7 +389,8 @@ pub async fn run(cfg: ServeConfig) -> anyhow::Result<()> {
         Some((cert, key)) => Some(crate::tls::Certificates::load(cert, key)?),
         None => None,
     };
-    let state = build_state(&cfg).await?;
+    // The state lives as long as the process: the broker-facing listener borrows it for good.
+    let state: &'static Arc<AppState> = Box::leak(Box::new(build_state(&cfg).await?));
     if let (Some(url), Some(pull)) = (&cfg.policy_url, &state.pull) {
         policy_engine::pull::spawn_puller(
             Arc::clone(&state.live),
@@ -408,7 +401,7 @@ pub async fn run(cfg: ServeConfig) -> anyhow::Result<()> {
         )
         .map_err(anyhow::Error::msg)?;
     }
-    let sweeper = Arc::clone(&state);
+    let sweeper = Arc::clone(state);
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(60));
         loop {
@@ -418,7 +411,7 @@ pub async fn run(cfg: ServeConfig) -> anyhow::Result<()> {
             metrics::gauge!("mqtt_policy_cache_bytes").set(sweeper.auth.cached_bytes() as f64);
         }
     });
-    spawn_sighup(&state, certs.clone());
+    spawn_sighup(state, certs.clone());
     let listener = tokio::net::TcpListener::bind(cfg.listen)
         .await
         .with_context(|| format!("cannot listen on {} (--listen)", cfg.listen))?;
@@ -431,7 +424,7 @@ pub async fn run(cfg: ServeConfig) -> anyhow::Result<()> {
     if cfg.playground && !playground {
         tracing::warn!("this binary was built without the playground (`cargo xtask build` adds it)");
     }
-    let mut ops = ops_router(Arc::clone(&state));
+    let mut ops = ops_router(Arc::clone(state));
     if playground {
         ops = ops.merge(crate::playground::router());
     }
@@ -445,7 +438,7 @@ pub async fn run(cfg: ServeConfig) -> anyhow::Result<()> {
     let scheme = if certs.is_some() { "https" } else { "http" };
     println!("mqtt-policy listening on {scheme}://{addr}");
     // Dev mode keeps the playground where the README shows it, beside go-auth's endpoints.
-    let mut app = broker_router(state, cfg.dev);
+    let mut app = broker_router(Arc::clone(state), cfg.dev);
     if playground && cfg.dev {
         app = app.merge(crate::playground::router());
         println!("mqtt-policy playground at {scheme}://{addr}/playground/");
@@ -466,11 +459,9 @@ pub async fn run(cfg: ServeConfig) -> anyhow::Result<()> {
                 }
             });
             let tls = crate::tls::TlsListener::start(listener, crate::tls::server_config(certs)?)?;
-            axum::serve(tls, app).with_graceful_shutdown(shutdown_signal()).await.context("serving")?
+            crate::front::serve(tls, state, app, shutdown_signal()).await
         }
-        None => {
-            axum::serve(listener, app).with_graceful_shutdown(shutdown_signal()).await.context("serving")?
-        }
+        None => crate::front::serve(listener, state, app, shutdown_signal()).await,
     }
     tracing::info!("stopped");
     Ok(())

@@ -679,3 +679,98 @@ fn untested_policies_say_so_and_an_empty_tests_path_is_refused() {
     assert_eq!(status["tested"], json!(true), "{status}");
     assert!(status["cases_passed"].as_u64().unwrap() >= 38, "{status}");
 }
+
+/// How many bytes the kernel holds unread for the server's end of a loopback connection
+/// (`/proc/net/tcp`: local port `server`, remote port `client`), if it has one.
+fn unread_by_server(server: u16, client: u16) -> Option<u64> {
+    let table = std::fs::read_to_string("/proc/net/tcp").expect("read /proc/net/tcp");
+    table.lines().skip(1).find_map(|line| {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        let port = |addr: &str| u16::from_str_radix(addr.rsplit(':').next()?, 16).ok();
+        if port(f.get(1)?)? != server || port(f.get(2)?)? != client {
+            return None;
+        }
+        u64::from_str_radix(f.get(4)?.split(':').nth(1)?, 16).ok()
+    })
+}
+
+/// Reads one HTTP/1.1 response (status and body, by its Content-Length) from a connection.
+fn read_response(conn: &mut std::net::TcpStream) -> (u16, String, String) {
+    use std::io::Read;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let n = conn.read(&mut buf).expect("read the response");
+        assert!(n > 0, "the connection closed before a whole response: {}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&buf[..n]);
+        let text = String::from_utf8_lossy(&got).to_string();
+        if let Some((head, body)) = text.split_once("\r\n\r\n") {
+            let len: usize = head
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse().unwrap())
+                })
+                .expect("a Content-Length");
+            if body.len() >= len {
+                let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+                return (status, head.to_ascii_lowercase(), body[..len].to_string());
+            }
+        }
+    }
+}
+
+#[test]
+fn shutdown_answers_the_request_in_flight_and_closes_idle_connections() {
+    use std::io::{Read, Write};
+    use std::net::TcpStream;
+    let mut s = Server::rsa(&[]);
+    let addr = s.url("").trim_start_matches("http://").trim_end_matches('/').to_string();
+    let port: u16 = addr.rsplit(':').next().unwrap().parse().unwrap();
+    let token = sign("rsa-a.pem", "key-a", &viewer_claims());
+    let body =
+        json!({"acc": 1, "clientid": "c1", "topic": "celine/telemetry/meter/meter-001/readings"}).to_string();
+    let head = format!(
+        "POST /mqtt/acl HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    // A keep-alive connection left idle after one answer, as go-auth's pool leaves them.
+    let mut idle = TcpStream::connect(&addr).unwrap();
+    idle.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    idle.write_all(format!("{head}{body}").as_bytes()).unwrap();
+    assert_eq!(read_response(&mut idle).0, 200);
+    // A request in flight: its headers and half its body sent, and read by the server.
+    let mut slow = TcpStream::connect(&addr).unwrap();
+    slow.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let (first, rest) = body.split_at(body.len() / 2);
+    slow.write_all(format!("{head}{first}").as_bytes()).unwrap();
+    let client_port = slow.local_addr().unwrap().port();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while unread_by_server(port, client_port) != Some(0) {
+        assert!(Instant::now() < deadline, "the server did not read the request's first half");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+
+    let term = Command::new("kill").args(["-TERM", &s.child.id().to_string()]).status().unwrap();
+    assert!(term.success());
+    // The idle connection is closed: end of stream, no answer.
+    let mut end = [0u8; 64];
+    assert_eq!(idle.read(&mut end).expect("the idle connection closes"), 0);
+    assert!(s.child.try_wait().unwrap().is_none(), "it exited with a request in flight");
+    // The request in flight is answered, on a connection that then closes.
+    slow.write_all(rest.as_bytes()).unwrap();
+    let (status, head, answer) = read_response(&mut slow);
+    assert_eq!((status, answer.as_str()), (200, r#"{"error":"","ok":true}"#));
+    assert!(head.contains("connection: close"), "{head}");
+    assert_eq!(slow.read(&mut end).unwrap(), 0);
+    // Then the process ends, successfully.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = s.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "serve did not exit after SIGTERM");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "{status:?}");
+}
