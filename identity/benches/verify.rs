@@ -44,7 +44,11 @@ fn verify(c: &mut Criterion) {
     let es256 = key.sign(&identity::devkey::claims(&spec, now()).unwrap()).unwrap();
     let es = verifier(vec![key.jwk().unwrap()]);
 
-    let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../host/tests/fixtures");
+    // The package folder at run time: one target directory may serve two checkouts.
+    let package = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| env!("CARGO_MANIFEST_DIR").into());
+    let fixtures = package.join("../host/tests/fixtures");
     let set: JwkSet = serde_json::from_slice(&std::fs::read(fixtures.join("jwks-a.json")).unwrap()).unwrap();
     let pem = std::fs::read(fixtures.join("rsa-a.pem")).unwrap();
     let mut header = Header::new(Algorithm::RS256);
