@@ -39,12 +39,15 @@ struct World {
 
 fn world() -> World {
     let state = tempfile::tempdir().unwrap();
-    let policy = concat!(env!("CARGO_MANIFEST_DIR"), "/../policies/celine.json");
+    // The default policy, embedded: a path compiled in would name whichever checkout built
+    // the target (CI's clone and a working copy share one target directory).
+    let policy = state.path().join("celine.json");
+    std::fs::write(&policy, include_str!("../../policies/celine.json")).unwrap();
     // Compiling the module takes seconds with the sanitizers: keep the compiled code between
     // runs (the cache is checked and keyed by the module's hash).
     let cache = std::env::temp_dir().join("mqtt-policy-fuzz-module-cache");
     let pairs: Vec<(String, String)> = [
-        ("policy", policy),
+        ("policy", policy.to_str().unwrap()),
         ("dev_state_dir", state.path().to_str().unwrap()),
         ("cache_dir", cache.to_str().unwrap()),
         ("watch", "false"),
