@@ -428,8 +428,18 @@ pub async fn run(cfg: ServeConfig) -> anyhow::Result<()> {
     if playground {
         ops = ops.merge(crate::playground::router());
     }
+    // One signal (and one log line) stops both listeners.
+    let (stopping, stopped) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
-        if let Err(e) = axum::serve(ops_listener, ops).with_graceful_shutdown(shutdown_signal()).await {
+        shutdown_signal().await;
+        let _ = stopping.send(true);
+    });
+    let until_stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let (ops_stop, stop) = (until_stopped(stopped.clone()), until_stopped(stopped));
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(ops_listener, ops).with_graceful_shutdown(ops_stop).await {
             tracing::error!(error = %e, "the operations listener stopped");
         }
     });
@@ -459,9 +469,9 @@ pub async fn run(cfg: ServeConfig) -> anyhow::Result<()> {
                 }
             });
             let tls = crate::tls::TlsListener::start(listener, crate::tls::server_config(certs)?)?;
-            crate::front::serve(tls, state, app, shutdown_signal()).await
+            crate::front::serve(tls, state, app, stop).await
         }
-        None => crate::front::serve(listener, state, app, shutdown_signal()).await,
+        None => crate::front::serve(listener, state, app, stop).await,
     }
     tracing::info!("stopped");
     Ok(())
