@@ -140,7 +140,7 @@ impl RedisSessions {
         Ok(Some((token, Verified { claims: s.claims, exp: s.exp, key: s.key.map(Arc::new), bytes })))
     }
 
-    /// `null` while Redis answers, else the last error: for `/readyz`.
+    /// The store, whether Redis answers and its last error: for `/readyz` and `/admin/status`.
     pub fn status(&self) -> Value {
         let error = self.error.lock().unwrap().clone();
         serde_json::json!({"backend": "redis", "url": self.label, "reachable": error.is_none(), "error": error})

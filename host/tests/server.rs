@@ -745,11 +745,9 @@ fn shutdown_answers_the_request_in_flight_and_closes_idle_connections() {
     let (first, rest) = body.split_at(body.len() / 2);
     slow.write_all(format!("{head}{first}").as_bytes()).unwrap();
     let client_port = slow.local_addr().unwrap().port();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while unread_by_server(port, client_port) != Some(0) {
-        assert!(Instant::now() < deadline, "the server did not read the request's first half");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    test_support::wait_for("the server to read the request's first half", Duration::from_secs(10), || {
+        unread_by_server(port, client_port) == Some(0)
+    });
 
     let term = Command::new("kill").args(["-TERM", &s.child.id().to_string()]).status().unwrap();
     assert!(term.success());
@@ -764,13 +762,10 @@ fn shutdown_answers_the_request_in_flight_and_closes_idle_connections() {
     assert!(head.contains("connection: close"), "{head}");
     assert_eq!(slow.read(&mut end).unwrap(), 0);
     // Then the process ends, successfully.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let status = loop {
-        if let Some(status) = s.child.try_wait().unwrap() {
-            break status;
-        }
-        assert!(Instant::now() < deadline, "serve did not exit after SIGTERM");
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    assert!(status.success(), "{status:?}");
+    let mut status = None;
+    test_support::wait_for("serve to exit after SIGTERM", Duration::from_secs(20), || {
+        status = s.child.try_wait().unwrap();
+        status.is_some()
+    });
+    assert!(status.is_some_and(|s| s.success()), "{status:?}");
 }

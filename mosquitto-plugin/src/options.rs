@@ -113,6 +113,14 @@ fn parse_secs(name: &str, v: &str, max: u64) -> Result<Duration, String> {
     }
 }
 
+/// How often something recurring happens: 1 to 86,400 seconds (never 0).
+fn period(name: &str, v: &str) -> Result<Duration, String> {
+    match parse_secs(name, v, 86_400)? {
+        d if d.is_zero() => Err(format!("plugin_opt_{name}: at least 1 second")),
+        d => Ok(d),
+    }
+}
+
 fn non_empty(name: &str, v: &str) -> Result<String, String> {
     if v.trim().is_empty() {
         return Err(format!("plugin_opt_{name}: the value is empty"));
@@ -173,11 +181,10 @@ impl Options {
                 .map(|v| parse_secs("jwks_min_refresh", v, 86_400))
                 .transpose()?
                 .unwrap_or(Duration::from_secs(10)),
-            jwks_refresh: match get("jwks_refresh").map(|v| parse_secs("jwks_refresh", v, 86_400)).transpose()? {
-                Some(d) if d.is_zero() => return Err("plugin_opt_jwks_refresh: at least 1 second".into()),
-                Some(d) => d,
-                None => identity::jwks::PERIODIC_REFRESH,
-            },
+            jwks_refresh: get("jwks_refresh")
+                .map(|v| period("jwks_refresh", v))
+                .transpose()?
+                .unwrap_or(identity::jwks::PERIODIC_REFRESH),
             dev_state_dir: path("dev_state_dir")?,
             cache_dir: path("cache_dir")?,
             watch: get("watch").map(|v| parse_bool("watch", v)).transpose()?.unwrap_or(true),
@@ -230,11 +237,10 @@ impl Options {
                 .unwrap_or(true),
             will_on_expiry: get("will_on_expiry").map(|v| parse_bool("will_on_expiry", v)).transpose()?.unwrap_or(false),
             policy_url: url("policy_url")?,
-            policy_poll: match get("policy_poll").map(|v| parse_secs("policy_poll", v, 86_400)).transpose()? {
-                Some(d) if d.is_zero() => return Err("plugin_opt_policy_poll: at least 1 second".into()),
-                Some(d) => d,
-                None => Duration::from_secs(10),
-            },
+            policy_poll: get("policy_poll")
+                .map(|v| period("policy_poll", v))
+                .transpose()?
+                .unwrap_or(Duration::from_secs(10)),
             bundle_token_file: path("bundle_token_file")?,
         };
         if options.issuer.is_none()

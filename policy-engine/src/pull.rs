@@ -5,7 +5,7 @@
 //! failed pull is logged once per change of error, and its recovery once.
 
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use serde_json::{Value, json};
 
@@ -16,7 +16,7 @@ use crate::{Candidate, Live, Source};
 pub const MAX_BUNDLE_BYTES: usize = 48 << 20;
 
 fn secs_now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    crate::swap::secs(SystemTime::now())
 }
 
 /// What the puller did last, for `/readyz` and `/admin/status`.

@@ -125,7 +125,7 @@ pub struct Live {
     notes: Mutex<Vec<String>>,
 }
 
-fn secs(t: SystemTime) -> u64 {
+pub(crate) fn secs(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
@@ -422,19 +422,18 @@ impl Live {
 
     fn persist(&self, i: &Inputs) {
         let Some(dir) = self.keep.get() else { return };
-        let kept = |s: &Source| matches!(s, Source::Uploaded | Source::Bundle(_) | Source::Restored(_));
         let mut result = std::fs::create_dir_all(dir);
         for (name, source, bytes) in [
-            (KEPT_POLICY, &i.policy_source, Some(i.policy.as_bytes())),
-            (KEPT_MODULE, &i.module_source, Some(&i.module[..])),
+            (KEPT_POLICY, &i.policy_source, i.policy.as_bytes()),
+            (KEPT_MODULE, &i.module_source, &i.module[..]),
         ] {
             let path = dir.join(name);
-            if matches!(source, Source::Restored(p) if *p == path) {
-                continue; // restored from there: already kept
-            }
-            result = result.and_then(|()| match (kept(source), bytes) {
-                (true, Some(b)) => crate::write_atomically(&path, b),
-                _ => match std::fs::remove_file(&path) {
+            result = result.and_then(|()| match source {
+                Source::Restored(p) if *p == path => Ok(()), // restored from there: already kept
+                Source::Uploaded | Source::Bundle(_) | Source::Restored(_) => {
+                    crate::write_atomically(&path, bytes)
+                }
+                Source::File(_) | Source::BuiltIn => match std::fs::remove_file(&path) {
                     Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
                     _ => Ok(()),
                 },
