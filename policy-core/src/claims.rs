@@ -46,7 +46,7 @@ pub fn subject_from_claims(claims: &Json) -> Result<Subject, String> {
             SubjectType::Service => {
                 "the token names no service: it has none of client_id, clientId, azp, preferred_username or sub"
             }
-            SubjectType::User => "the token names no user: it has neither sub nor preferred_username",
+            _ => "the token names no user: it has neither sub nor preferred_username",
         }));
     };
 

@@ -413,7 +413,7 @@ impl Need {
     /// group per group field and one scope per scope field, reusing a choice that already
     /// satisfies a later field. At most [`MAX_SUBJECTS`].
     fn subjects(&self, v: &Vocab) -> Vec<Subject> {
-        let types = self.types.clone().unwrap_or_else(|| vec![SubjectType::User, SubjectType::Service]);
+        let types = self.types.clone().unwrap_or_else(|| SubjectType::ALL.to_vec());
         let ids = self.ids.clone().unwrap_or_else(|| vec![v.id.clone()]);
         let groups = choices(&self.groups, |g, have: &Vec<String>| have.contains(g), |g| g.clone());
         let scopes = choices(
@@ -841,7 +841,7 @@ impl<'a> Builder<'a> {
     }
 
     fn superuser_witness(&self, k: &RoleKey, out: &mut Witnesses) {
-        for kind in [SubjectType::User, SubjectType::Service] {
+        for kind in SubjectType::ALL {
             let s = Subject { id: self.vocab.id.clone(), kind, groups: Vec::new(), scopes: Vec::new() };
             out.push(EvalRequest {
                 subject: k.given_to(s),

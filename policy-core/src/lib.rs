@@ -27,6 +27,7 @@
 
 extern crate alloc;
 
+mod certificates;
 mod claims;
 mod decide;
 mod diff;
@@ -43,6 +44,7 @@ mod request;
 mod testcase;
 pub mod topic;
 
+pub use certificates::{CertificateEntry, Certificates, NamePattern};
 pub use claims::{subject_from_claims, subject_from_claims_json};
 pub use decide::{Explanation, PatternHit, Query, RuleTrace};
 pub use diff::{Change, Count, Diff, Group, MAX_SUBJECTS, Side, compare, diff, witnesses, witnesses_of};

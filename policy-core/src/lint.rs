@@ -1,6 +1,7 @@
 //! Lint: a loadable policy can still say something its author did not mean. Warnings for
 //! rules that never apply (empty lists), allow rules no subject can use given the roles, allow
-//! rules a deny rule fully shadows, and repeated patterns or names.
+//! rules a deny rule fully shadows, repeated patterns or names, and (with a certificates
+//! section) allow rules that name ids without saying whose.
 
 use alloc::format;
 use alloc::string::String;
@@ -45,6 +46,9 @@ impl Policy {
             repeats(rule, &path, &mut out);
             if rule.effect == Effect::Allow {
                 client_chosen(rule, &path, &mut out);
+                if self.certificates.is_some() {
+                    ids_without_types(rule, &path, &mut out);
+                }
                 if let Some(roles) = &self.roles {
                     unusable_actions(rule, roles, &path, &mut out);
                 }
@@ -60,6 +64,21 @@ impl Policy {
             }
         }
         out.0
+    }
+}
+
+/// With certificate clients, a device's id is its certificate's name, chosen by whoever runs
+/// the CA: an allow rule that names ids for tokens' subjects also grants a certificate of
+/// the same name, unless it says which types it means.
+fn ids_without_types(rule: &Rule, path: &Path, out: &mut Out) {
+    if matches!(rule.subjects.ids, Some(Sel::List(_))) && rule.subjects.types.is_none() {
+        out.warn(
+            &path.key("subjects"),
+            String::from(
+                "names ids without types: a certificate of the same name (a device, see the certificates \
+                 section) is granted this too; add \"types\"",
+            ),
+        );
     }
 }
 
@@ -267,7 +286,7 @@ fn subjects_within(inner: &Subjects, outer: &Subjects) -> bool {
         &inner.types,
         &outer.types,
         |t, o| o.contains(t),
-        |o| o.contains(&crate::model::SubjectType::User) && o.contains(&crate::model::SubjectType::Service),
+        |o| crate::model::SubjectType::ALL.iter().all(|t| o.contains(t)),
     ) && field(&inner.ids, &outer.ids, |x, o| o.contains(x), |_| false)
         && field(&inner.groups, &outer.groups, |x, o| o.contains(x), |_| false)
         && field(&inner.scopes, &outer.scopes, |x: &ScopePattern, o| o.iter().any(|p| x.within(p)), |_| false)
@@ -283,6 +302,22 @@ mod tests {
     }
 
     const ROLES: &str = r#","roles":{"group_permissions":{"viewers":["subscribe","read"],"admins":["publish"]},"scope_permissions":{"mqtt.write":["publish"]}}"#;
+
+    #[test]
+    fn with_certificates_ids_without_types_are_flagged() {
+        let doc = |section: &str| {
+            alloc::format!(
+                r#"{{"celine":{{"mqtt":{{"acl":{{"rules":[{{"subjects":{{"ids":["svc-a"]}},"topics":["a"],"actions":"*"}},
+                {{"subjects":{{"ids":["svc-b"],"types":["service"]}},"topics":["b"],"actions":"*"}}]}}{section}}}}}}}"#
+            )
+        };
+        let w: Vec<String> = lint(&doc(r#","certificates":[{"names":["*"],"groups":[]}]"#))
+            .iter()
+            .map(|d| d.path.clone())
+            .collect();
+        assert_eq!(w, ["celine.mqtt.acl.rules[0].subjects"]);
+        assert!(lint(&doc("")).is_empty(), "without certificate clients an id is a token's subject's");
+    }
 
     #[test]
     fn empty_lists_are_flagged() {

@@ -9,6 +9,7 @@ use alloc::format;
 use alloc::string::{String, ToString};
 use alloc::vec::Vec;
 
+use crate::certificates::Certificates;
 use crate::json::{Json, Path, quote};
 use crate::model::{Action, Diagnostic, Permission, Permissions, Severity, SubjectType};
 use crate::pattern::Pattern;
@@ -28,7 +29,9 @@ impl Policy {
         let mut l = Loader::default();
         let parsed = l.document(doc);
         match parsed {
-            Some((rules, roles)) if l.errors.is_empty() => Ok(Policy::new(rules, roles)),
+            Some((rules, roles, certificates)) if l.errors.is_empty() => {
+                Ok(Policy::new(rules, roles, certificates))
+            }
             _ => Err(l.errors),
         }
     }
@@ -70,6 +73,9 @@ fn distance(a: &str, b: &str) -> usize {
 pub fn closest<'a>(word: &str, known: &[&'a str]) -> Option<&'a str> {
     known.iter().filter(|c| distance(word, c) <= 2).min_by_key(|c| distance(word, c)).copied()
 }
+
+/// The subject types a document may name.
+pub(crate) const SUBJECT_TYPES: [&str; 3] = ["user", "service", "device"];
 
 pub(crate) fn one_of(options: &[&str]) -> String {
     let quoted: Vec<String> = options.iter().map(|o| quote(o)).collect();
@@ -179,7 +185,7 @@ impl Loader {
         }
     }
 
-    fn document(&mut self, doc: &Json) -> Option<(Vec<Rule>, Option<Roles>)> {
+    fn document(&mut self, doc: &Json) -> Option<(Vec<Rule>, Option<Roles>, Option<Certificates>)> {
         let root = Path::root();
         let top = self.object(doc, &root, &["celine"])?;
         let celine_path = root.key("celine");
@@ -195,7 +201,9 @@ impl Loader {
             self.error(&celine_path, "missing required field 'mqtt'".to_string());
             return None;
         };
-        let mqtt = self.object(mqtt, &mqtt_path, &["acl"])?;
+        let mqtt = self.object(mqtt, &mqtt_path, &["acl", "certificates"])?;
+        let certificates =
+            mqtt.get("certificates").map(|c| self.certificates(c, &mqtt_path.key("certificates")));
         let acl_path = mqtt_path.key("acl");
         let Some(acl) = mqtt.get("acl") else {
             self.error(&mqtt_path, "missing required field 'acl'".to_string());
@@ -216,7 +224,7 @@ impl Loader {
             }
         }
         self.unique_ids(rules, &rules_path);
-        Some((out, roles.flatten()))
+        Some((out, roles.flatten(), certificates.flatten()))
     }
 
     fn unique_ids(&mut self, rules: &[Json], rules_path: &Path) {
@@ -358,7 +366,10 @@ impl Loader {
             out.types = self.selector(t, &path.key("types"), |l, s, p| {
                 let t = SubjectType::parse(s);
                 if t.is_none() {
-                    l.error(p, format!("unknown subject type {} (expected 'user' or 'service')", quote(s)));
+                    l.error(
+                        p,
+                        format!("unknown subject type {} (expected {})", quote(s), one_of(&SUBJECT_TYPES)),
+                    );
                 }
                 t
             });

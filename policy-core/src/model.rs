@@ -117,13 +117,18 @@ impl Permissions {
 pub enum SubjectType {
     User,
     Service,
+    /// A client known by its TLS certificate (never made from token claims).
+    Device,
 }
 
 impl SubjectType {
+    pub const ALL: [SubjectType; 3] = [SubjectType::User, SubjectType::Service, SubjectType::Device];
+
     pub fn parse(s: &str) -> Option<SubjectType> {
         match s {
             "user" => Some(SubjectType::User),
             "service" => Some(SubjectType::Service),
+            "device" => Some(SubjectType::Device),
             _ => None,
         }
     }
@@ -131,6 +136,7 @@ impl SubjectType {
         match self {
             SubjectType::User => "user",
             SubjectType::Service => "service",
+            SubjectType::Device => "device",
         }
     }
 }

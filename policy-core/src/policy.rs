@@ -5,6 +5,7 @@ use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
 
+use crate::certificates::Certificates;
 use crate::index::Index;
 use crate::model::{Action, Permission, Permissions, Subject, SubjectType};
 use crate::pattern::Pattern;
@@ -202,13 +203,31 @@ impl Roles {
 pub struct Policy {
     pub(crate) rules: Vec<Rule>,
     pub(crate) roles: Option<Roles>,
+    pub(crate) certificates: Option<Certificates>,
     pub(crate) index: Index,
 }
 
 impl Policy {
-    pub(crate) fn new(rules: Vec<Rule>, roles: Option<Roles>) -> Policy {
+    pub(crate) fn new(rules: Vec<Rule>, roles: Option<Roles>, certificates: Option<Certificates>) -> Policy {
         let index = Index::build(&rules);
-        Policy { rules, roles, index }
+        Policy { rules, roles, certificates, index }
+    }
+
+    /// The `certificates` section, when the document has one.
+    pub fn certificates(&self) -> Option<&Certificates> {
+        self.certificates.as_ref()
+    }
+
+    /// The subject of a client known by its certificate name (semantics.md §4b), as a
+    /// subject of type `kind`; `Err` says why the name is no client of this policy.
+    pub fn certificate_subject(&self, name: &str, kind: SubjectType) -> Result<Subject, String> {
+        match &self.certificates {
+            Some(c) => c.subject(name, kind),
+            None => Err(format!(
+                "the policy has no certificates section, so the certificate name {} is no client of it",
+                crate::json::quote(name)
+            )),
+        }
     }
 
     pub fn rules(&self) -> &[Rule] {

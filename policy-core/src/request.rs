@@ -230,7 +230,11 @@ fn read_subject(l: &mut Loader, v: &Json, path: &Path) -> Option<Subject> {
             if k.is_none() {
                 l.error(
                     &path.key("type"),
-                    format!("unknown subject type {} (expected 'user' or 'service')", quote(s)),
+                    format!(
+                        "unknown subject type {} (expected {})",
+                        quote(s),
+                        crate::loader::one_of(&crate::loader::SUBJECT_TYPES)
+                    ),
                 );
             }
             k

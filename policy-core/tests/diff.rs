@@ -32,7 +32,7 @@ fn some_of(items: &'static [&'static str]) -> impl Strategy<Value = Option<Vec<&
 
 fn rule() -> impl Strategy<Value = Value> {
     (
-        (some_of(&["user", "service"]), some_of(&["u1"]), some_of(&GROUPS), some_of(&SCOPE_PATTERNS)),
+        (some_of(&["user", "service", "device"]), some_of(&["u1"]), some_of(&GROUPS), some_of(&SCOPE_PATTERNS)),
         prop_oneof![4 => prop::collection::vec(pattern(), 1..3).prop_map(|p| json!(p)), 1 => Just(json!("*"))],
         prop_oneof![3 => some_of(&["subscribe", "read", "publish"]).prop_map(|a| match a {
             Some(a) => json!(a),
@@ -183,7 +183,7 @@ fn universe() -> &'static [EvalRequest] {
 
 fn build_universe() -> Vec<EvalRequest> {
     let mut subjects = Vec::new();
-    for kind in [SubjectType::User, SubjectType::Service] {
+    for kind in SubjectType::ALL {
         for id in ["u1", "zz"] {
             for groups in subsets(&GROUPS) {
                 for scopes in subsets(&["a.x", "a.y", "b"]) {

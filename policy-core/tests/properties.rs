@@ -124,7 +124,7 @@ fn pattern_strategy() -> impl Strategy<Value = String> {
 fn rule_strategy() -> impl Strategy<Value = serde_json::Value> {
     let list = |items: &'static [&'static str]| prop::collection::vec(prop::sample::select(items), 0..3);
     (
-        prop::option::weighted(0.3, list(&["user", "service"])),
+        prop::option::weighted(0.3, list(&["user", "service", "device"])),
         prop::option::weighted(0.2, list(&["u1", "u2", "a"])),
         prop::option::weighted(0.3, list(&["viewers", "admins"])),
         prop::option::weighted(0.2, list(&["mqtt.read", "mqtt.*", "x"])),
@@ -151,13 +151,13 @@ fn rule_strategy() -> impl Strategy<Value = serde_json::Value> {
 fn subject_strategy() -> impl Strategy<Value = Subject> {
     (
         prop::sample::select(&["u1", "u2", "a", "$x", "a/b"][..]),
-        any::<bool>(),
+        prop::sample::select(&SubjectType::ALL[..]),
         prop::collection::vec(prop::sample::select(&["viewers", "admins", "other"][..]), 0..3),
         prop::collection::vec(prop::sample::select(&["mqtt.read", "mqtt.write", "x", "mqtt"][..]), 0..3),
     )
-        .prop_map(|(id, service, groups, scopes)| Subject {
+        .prop_map(|(id, kind, groups, scopes)| Subject {
             id: id.into(),
-            kind: if service { SubjectType::Service } else { SubjectType::User },
+            kind,
             groups: groups.into_iter().map(String::from).collect(),
             scopes: scopes.into_iter().map(String::from).collect(),
         })

@@ -30,16 +30,16 @@ pub struct Module;
 /// A loaded policy, held by the host as a resource handle.
 pub struct LoadedPolicy(pub policy_core::Policy);
 
-pub fn to_core_subject(s: Subject) -> policy_core::Subject {
-    policy_core::Subject {
-        id: s.id,
-        kind: match s.type_ {
-            SubjectType::User => policy_core::SubjectType::User,
-            SubjectType::Service => policy_core::SubjectType::Service,
-        },
-        groups: s.groups,
-        scopes: s.scopes,
+pub fn to_core_type(t: SubjectType) -> policy_core::SubjectType {
+    match t {
+        SubjectType::User => policy_core::SubjectType::User,
+        SubjectType::Service => policy_core::SubjectType::Service,
+        SubjectType::Device => policy_core::SubjectType::Device,
     }
+}
+
+pub fn to_core_subject(s: Subject) -> policy_core::Subject {
+    policy_core::Subject { id: s.id, kind: to_core_type(s.type_), groups: s.groups, scopes: s.scopes }
 }
 
 pub fn from_core_subject(s: policy_core::Subject) -> Subject {
@@ -48,6 +48,7 @@ pub fn from_core_subject(s: policy_core::Subject) -> Subject {
         type_: match s.kind {
             policy_core::SubjectType::User => SubjectType::User,
             policy_core::SubjectType::Service => SubjectType::Service,
+            policy_core::SubjectType::Device => SubjectType::Device,
         },
         groups: s.groups,
         scopes: s.scopes,
@@ -95,6 +96,10 @@ impl GuestPolicy for LoadedPolicy {
 
     fn rule_count(&self) -> u32 {
         u32::try_from(self.0.rules().len()).unwrap_or(u32::MAX)
+    }
+
+    fn certificate_subject(&self, name: String, kind: SubjectType) -> Result<Subject, String> {
+        self.0.certificate_subject(&name, to_core_type(kind)).map(from_core_subject)
     }
 }
 

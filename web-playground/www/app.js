@@ -449,7 +449,7 @@ function apply(s) {
   $('mode-subject').checked = true;
   setMode();
   const subj = s.subject || {};
-  $('subject-type').value = subj.type === 'service' ? 'service' : 'user';
+  $('subject-type').value = ['service', 'device'].includes(subj.type) ? subj.type : 'user';
   $('subject-id').value = subj.id || '';
   $('subject-groups').value = (subj.groups || []).join(', ');
   $('subject-scopes').value = (subj.scopes || []).join(' ');

@@ -12,7 +12,7 @@
 //! it out with `PUT /admin/module`.
 
 use policy_wasm::LoadedPolicy;
-use policy_wasm::celine::mqtt_policy::types::{Action, Decision, Diagnostic, Request, Subject};
+use policy_wasm::celine::mqtt_policy::types::{Action, Decision, Diagnostic, Request, Subject, SubjectType};
 use policy_wasm::exports::celine::mqtt_policy::engine::{Guest, GuestPolicy, Policy as PolicyHandle};
 
 pub struct ScopeConvention;
@@ -80,6 +80,10 @@ impl GuestPolicy for Convention {
 
     fn rule_count(&self) -> u32 {
         self.0.rule_count()
+    }
+
+    fn certificate_subject(&self, name: String, kind: SubjectType) -> Result<Subject, String> {
+        self.0.certificate_subject(name, kind)
     }
 }
 

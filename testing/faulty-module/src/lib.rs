@@ -1,16 +1,21 @@
 //! A policy module for tests only: it decides like the real one (`policy-wasm`), except on
 //! topics that ask it to misbehave, so the host's limits can be seen to work:
 //!
-//! - `fault/loop`: never returns (the host's epoch deadline must stop it);
+//! - `fault/loop`: never returns (the host's time limit must stop it);
+//! - `fault/slow`: returns after a few milliseconds of work (a thread starved of CPU, as in a
+//!   throttled container, must still get its answer);
 //! - `fault/panic`: panics (a trap);
 //! - `fault/oom`: asks for 1 GiB of memory, beyond the host's limit;
 //! - a policy document containing `"trap-on-load"`: panics while loading.
 
 use policy_wasm::LoadedPolicy;
-use policy_wasm::celine::mqtt_policy::types::{Decision, Diagnostic, Request, Subject};
+use policy_wasm::celine::mqtt_policy::types::{Decision, Diagnostic, Request, Subject, SubjectType};
 use policy_wasm::exports::celine::mqtt_policy::engine::{Guest, GuestPolicy, Policy as PolicyHandle};
 
 pub struct FaultyModule;
+
+/// `fault/slow`'s work: about 15 ms of CPU (longer than a scheduler slice).
+const SLOW_ITERATIONS: u64 = 30_000_000;
 
 pub struct Faulty(LoadedPolicy);
 
@@ -25,6 +30,12 @@ impl GuestPolicy for Faulty {
             "fault/loop" => {
                 let mut n: u64 = 0;
                 loop {
+                    n = std::hint::black_box(n.wrapping_add(1));
+                }
+            }
+            "fault/slow" => {
+                let mut n: u64 = 0;
+                for _ in 0..SLOW_ITERATIONS {
                     n = std::hint::black_box(n.wrapping_add(1));
                 }
             }
@@ -46,6 +57,10 @@ impl GuestPolicy for Faulty {
 
     fn rule_count(&self) -> u32 {
         self.0.rule_count()
+    }
+
+    fn certificate_subject(&self, name: String, kind: SubjectType) -> Result<Subject, String> {
+        self.0.certificate_subject(name, kind)
     }
 }
 
