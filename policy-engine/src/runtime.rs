@@ -8,20 +8,29 @@
 //! - A [`Generation`] is a module with one policy document loaded, and a pool of instances.
 //!   A `Store` serves one call at a time, so each worker owns a store, an instance and the
 //!   loaded `policy` resource; idle workers wait in the pool.
-//! - Every call is bounded: an epoch deadline (time) and a memory limit. A trap or timeout
-//!   denies that request with a reason, drops the instance (a trapped instance cannot be
-//!   entered again), and is counted in `mqtt_policy_module_traps_total`.
+//! - Every call is bounded: in time and in memory. Time is counted in the calling thread's CPU
+//!   time, not on the wall: a call first gets [`CALL_TICKS`] epoch ticks, then (checked at
+//!   each further tick) [`CALL_CPU`] of CPU time of its own. A thread that is descheduled
+//!   (a throttled container, a busy machine) loses no budget, while a guest that spins is
+//!   stopped within about a tenth of a second. A trap or timeout denies that request with a
+//!   reason, drops the instance (a trapped instance cannot be entered again), and is counted
+//!   in `mqtt_policy_module_traps_total`.
+//! - Instances are built when a generation is made, and afterwards by the runtime's builder
+//!   thread, never on a thread that said it must not wait ([`must_not_wait`]: the broker's):
+//!   there, an empty pool denies the request and asks for another instance.
 
+use std::cell::Cell;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex, Weak};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
 use anyhow::{Context, anyhow};
 use sha2::{Digest, Sha256};
 use wasmtime::component::{Component, Linker, ResourceAny};
-use wasmtime::{Config, Engine, Store, StoreLimits, StoreLimitsBuilder};
+use wasmtime::{Config, Engine, Store, StoreLimits, StoreLimitsBuilder, UpdateDeadline};
 
 pub use crate::hash_of;
 
@@ -35,16 +44,79 @@ pub use celine::mqtt_policy::types::{Action, Decision, Diagnostic, Request, Subj
 
 /// How often the epoch advances.
 pub const TICK: Duration = Duration::from_millis(5);
-/// A decision may take this many ticks (≈50 ms; a real one takes microseconds).
-const CALL_TICKS: u64 = 10;
-/// Loading a document may take this many ticks (≈10 s; 10,000 rules take well under 1 s).
+/// A decision runs this many ticks (≈50 ms of wall time; a real one takes microseconds)
+/// before its CPU time is looked at.
+pub const CALL_TICKS: u64 = 10;
+/// After that, a decision may use this much CPU time of its own.
+pub const CALL_CPU: Duration = Duration::from_millis(50);
+/// Loading a document: ticks before its CPU time is looked at (≈10 s), then the CPU time it
+/// may use (10,000 rules take well under 1 s).
 const LOAD_TICKS: u64 = 2_000;
+const LOAD_CPU: Duration = Duration::from_secs(10);
 /// Linear memory per instance.
 pub const MEMORY_LIMIT: usize = 256 << 20;
 
-/// The per-store state: only the resource limits (the module imports nothing).
+/// The per-store state: the resource limits (the module imports nothing) and the time
+/// budget of the call in progress.
 pub struct HostState {
     limits: StoreLimits,
+    budget: Budget,
+}
+
+/// A call's time budget: CPU time of the calling thread, counted from the call's first
+/// epoch deadline.
+#[derive(Clone, Copy)]
+struct Budget {
+    cpu: Duration,
+    /// The thread's CPU time at the first deadline of this call.
+    mark: Option<Duration>,
+}
+
+impl Budget {
+    fn new(cpu: Duration) -> Budget {
+        Budget { cpu, mark: None }
+    }
+
+    /// At an epoch deadline, with the thread's CPU time (`None`: no CPU clock): go on for
+    /// another `ticks`, or stop the call.
+    fn at_deadline(&mut self, now: Option<Duration>, ticks: u64) -> UpdateDeadline {
+        // Without a CPU clock, the first deadline (wall time) ends the call.
+        let Some(now) = now else { return UpdateDeadline::Interrupt };
+        match self.mark {
+            None => {
+                self.mark = Some(now);
+                UpdateDeadline::Continue(ticks)
+            }
+            Some(mark) if now.saturating_sub(mark) >= self.cpu => UpdateDeadline::Interrupt,
+            Some(_) => UpdateDeadline::Continue(ticks),
+        }
+    }
+}
+
+/// The CPU time the calling thread has used, if the platform can tell.
+fn thread_cpu_time() -> Option<Duration> {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime writes the timespec it is given.
+    if unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) } != 0 {
+        return None;
+    }
+    Some(Duration::new(u64::try_from(ts.tv_sec).ok()?, u32::try_from(ts.tv_nsec).ok()?))
+}
+
+fn set_budget(store: &mut Store<HostState>, ticks: u64, cpu: Duration) {
+    store.set_epoch_deadline(ticks);
+    store.data_mut().budget = Budget::new(cpu);
+}
+
+thread_local! {
+    static MUST_NOT_WAIT: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Marks the calling thread as one that must never wait for an instance to be built (the
+/// broker's event loop): calls from it find an idle instance or are denied, and the builder
+/// thread makes another.
+pub fn must_not_wait() {
+    MUST_NOT_WAIT.with(|m| m.set(true));
 }
 
 pub struct Runtime {
@@ -54,6 +126,9 @@ pub struct Runtime {
     faults: AtomicU64,
     stop: Arc<AtomicBool>,
     ticker: Mutex<Option<JoinHandle<()>>>,
+    /// Generations whose pool wants another instance, for the builder thread.
+    builds: Mutex<Option<mpsc::Sender<Weak<Generation>>>>,
+    builder: Mutex<Option<JoinHandle<()>>>,
 }
 
 impl Runtime {
@@ -83,13 +158,34 @@ impl Runtime {
                 }
             })
             .context("starting the epoch ticker")?;
+        let (builds, wanted) = mpsc::channel::<Weak<Generation>>();
+        let builder = std::thread::Builder::new()
+            .name("wasm-builder".into())
+            .spawn(move || {
+                // Ends when the runtime drops the sender.
+                for generation in wanted {
+                    if let Some(g) = generation.upgrade() {
+                        g.refill();
+                    }
+                }
+            })
+            .context("starting the instance builder")?;
         Ok(Arc::new(Runtime {
             engine,
             cache_dir,
             faults: AtomicU64::new(0),
             stop,
             ticker: Mutex::new(Some(handle)),
+            builds: Mutex::new(Some(builds)),
+            builder: Mutex::new(Some(builder)),
         }))
+    }
+
+    /// Asks the builder thread for another instance of `generation`.
+    fn want_instance(&self, generation: Weak<Generation>) {
+        if let Some(tx) = self.builds.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
+            let _ = tx.send(generation);
+        }
     }
 
     /// Guest calls that trapped or ran out of time since the runtime started.
@@ -99,9 +195,13 @@ impl Runtime {
 
     fn new_store(&self) -> Store<HostState> {
         let limits = StoreLimitsBuilder::new().memory_size(MEMORY_LIMIT).instances(4).build();
-        let mut store = Store::new(&self.engine, HostState { limits });
+        let mut store = Store::new(&self.engine, HostState { limits, budget: Budget::new(CALL_CPU) });
         store.limiter(|s| &mut s.limits);
-        store.epoch_deadline_trap();
+        store.epoch_deadline_callback(|mut ctx| {
+            let now = thread_cpu_time();
+            // Loads and calls both check again every CALL_TICKS once their first deadline passed.
+            Ok(ctx.data_mut().budget.at_deadline(now, CALL_TICKS))
+        });
         store
     }
 
@@ -117,7 +217,7 @@ impl Runtime {
             .map_err(|e| anyhow!("the module does not implement the policy-module world: {e}"))?;
         // Ask the module who it is: this also proves it instantiates and answers.
         let mut store = self.new_store();
-        store.set_epoch_deadline(CALL_TICKS);
+        set_budget(&mut store, CALL_TICKS, CALL_CPU);
         let inst = pre.instantiate(&mut store).map_err(|e| anyhow!("instantiating the module: {e}"))?;
         let version = inst
             .celine_mqtt_policy_engine()
@@ -169,6 +269,15 @@ impl Drop for Runtime {
         if let Some(t) = self.ticker.get_mut().ok().and_then(Option::take) {
             t.thread().unpark();
             let _ = t.join();
+        }
+        // Dropping the sender ends the builder's loop.
+        drop(self.builds.get_mut().ok().and_then(Option::take));
+        if let Some(b) = self.builder.get_mut().ok().and_then(Option::take) {
+            // The builder may hold the last reference to a generation, which holds this
+            // runtime: then this drop runs on the builder thread itself, which must not join.
+            if b.thread().id() != std::thread::current().id() {
+                let _ = b.join();
+            }
         }
     }
 }
@@ -251,6 +360,11 @@ pub struct Generation {
     document: Arc<str>,
     idle: Mutex<Vec<Worker>>,
     max_idle: usize,
+    /// The pool size the builder thread keeps up: one instance per core.
+    warm: usize,
+    /// A build is asked for or running (one at a time per generation).
+    building: AtomicBool,
+    me: Weak<Generation>,
 }
 
 /// What a guest call ended in, when it did not return.
@@ -266,37 +380,64 @@ impl Generation {
     /// Instantiates the module and loads the document into it. A document the module refuses
     /// is a [`LoadError`] with its diagnostics.
     pub fn new(module: Arc<Module>, document: &str) -> anyhow::Result<Arc<Generation>> {
-        let mut generation = Generation {
+        // One warm instance per core, built now (at start-up or while a candidate is built)
+        // rather than by the first concurrent requests: loading a large document into a new
+        // instance takes milliseconds.
+        let warm = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
+        let mut built = Generation {
             id: GENERATIONS.fetch_add(1, Ordering::Relaxed),
             module,
             policy_hash: hash_of(document.as_bytes()),
             rule_count: 0,
             document: Arc::from(document),
             idle: Mutex::new(Vec::new()),
-            max_idle: std::thread::available_parallelism().map(|n| n.get() * 4).unwrap_or(8),
+            max_idle: warm * 4,
+            warm,
+            building: AtomicBool::new(false),
+            me: Weak::new(),
         };
-        let mut worker = generation.new_worker()?;
+        let mut worker = built.new_worker()?;
         let engine = worker.instance.celine_mqtt_policy_engine();
-        worker.store.set_epoch_deadline(CALL_TICKS);
-        generation.rule_count = engine
+        set_budget(&mut worker.store, CALL_TICKS, CALL_CPU);
+        built.rule_count = engine
             .policy()
             .call_rule_count(&mut worker.store, worker.policy)
             .map_err(|e| anyhow!(fault(e)))?;
-        generation.idle.get_mut().unwrap().push(worker);
-        // One warm instance per core, built now (at start-up or while a candidate is built)
-        // rather than by the first concurrent requests: loading a large document into a new
-        // instance takes milliseconds.
-        let warm = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
+        let mut workers = vec![worker];
         for _ in 1..warm {
-            let w = generation.new_worker()?;
-            generation.idle.get_mut().unwrap().push(w);
+            workers.push(built.new_worker()?);
         }
-        Ok(Arc::new(generation))
+        *built.idle.get_mut().unwrap() = workers;
+        Ok(Arc::new_cyclic(|me| {
+            built.me = me.clone();
+            built
+        }))
+    }
+
+    /// Builds instances until the pool holds `warm` (the builder thread's work).
+    fn refill(&self) {
+        while self.idle.lock().unwrap().len() < self.warm {
+            match self.new_worker() {
+                Ok(w) => self.idle.lock().unwrap().push(w),
+                Err(e) => {
+                    tracing::error!(generation = self.id, error = %format!("{e:#}"), "building a policy module instance failed");
+                    break;
+                }
+            }
+        }
+        self.building.store(false, Ordering::Release);
+    }
+
+    /// Asks the builder thread to fill the pool up again, unless it already is.
+    fn want_instances(&self) {
+        if !self.building.swap(true, Ordering::AcqRel) {
+            self.module.runtime.want_instance(self.me.clone());
+        }
     }
 
     fn new_worker(&self) -> anyhow::Result<Worker> {
         let mut store = self.module.runtime.new_store();
-        store.set_epoch_deadline(LOAD_TICKS);
+        set_budget(&mut store, LOAD_TICKS, LOAD_CPU);
         let instance = self
             .module
             .pre
@@ -319,9 +460,13 @@ impl Generation {
         let worker = self.idle.lock().unwrap().pop();
         let mut worker = match worker {
             Some(w) => w,
+            None if MUST_NOT_WAIT.with(Cell::get) => {
+                self.want_instances();
+                return Err("no policy module instance is ready (another is being built)".into());
+            }
             None => self.new_worker().map_err(|e| format!("{e:#}"))?,
         };
-        worker.store.set_epoch_deadline(CALL_TICKS);
+        set_budget(&mut worker.store, CALL_TICKS, CALL_CPU);
         match f(&mut worker.store, &worker.instance, worker.policy) {
             Ok(v) => {
                 let mut idle = self.idle.lock().unwrap();
@@ -335,6 +480,7 @@ impl Generation {
                 metrics::counter!("mqtt_policy_module_traps_total").increment(1);
                 let why = fault(e);
                 tracing::error!(generation = self.id, module = %self.module.hash, error = %why, "policy module fault; instance replaced");
+                self.want_instances();
                 Err(why)
             }
         }
@@ -365,18 +511,34 @@ impl Generation {
             inst.celine_mqtt_policy_engine().call_subject_from_claims(store, claims_json)
         })?
     }
+
+    /// The subject of a client known by its certificate name, as a subject of type `kind`,
+    /// through the module (the document's `certificates` section): `Ok(Ok(subject))`, or
+    /// `Ok(Err(why))` when the name is no client of the policy. `Err` is a module fault: the
+    /// module could not say (callers fail closed, and remember nothing).
+    pub fn certificate_subject(
+        &self,
+        name: &str,
+        kind: SubjectType,
+    ) -> Result<Result<Subject, String>, String> {
+        self.with_worker(|store, inst, policy| {
+            inst.celine_mqtt_policy_engine().policy().call_certificate_subject(store, policy, name, kind)
+        })
+    }
 }
 
 impl From<policy_core::Subject> for Subject {
     fn from(s: policy_core::Subject) -> Subject {
-        Subject {
-            id: s.id,
-            type_: match s.kind {
-                policy_core::SubjectType::User => SubjectType::User,
-                policy_core::SubjectType::Service => SubjectType::Service,
-            },
-            groups: s.groups,
-            scopes: s.scopes,
+        Subject { id: s.id, type_: s.kind.into(), groups: s.groups, scopes: s.scopes }
+    }
+}
+
+impl From<policy_core::SubjectType> for SubjectType {
+    fn from(t: policy_core::SubjectType) -> SubjectType {
+        match t {
+            policy_core::SubjectType::User => SubjectType::User,
+            policy_core::SubjectType::Service => SubjectType::Service,
+            policy_core::SubjectType::Device => SubjectType::Device,
         }
     }
 }
@@ -391,12 +553,23 @@ impl From<policy_core::Action> for Action {
     }
 }
 
-impl Subject {
-    pub fn kind_str(&self) -> &'static str {
-        match self.type_ {
+impl SubjectType {
+    pub fn as_str(self) -> &'static str {
+        match self {
             SubjectType::User => "user",
             SubjectType::Service => "service",
+            SubjectType::Device => "device",
         }
+    }
+
+    pub fn parse(s: &str) -> Option<SubjectType> {
+        [SubjectType::User, SubjectType::Service, SubjectType::Device].into_iter().find(|t| t.as_str() == s)
+    }
+}
+
+impl Subject {
+    pub fn kind_str(&self) -> &'static str {
+        self.type_.as_str()
     }
 }
 
@@ -409,5 +582,69 @@ pub fn embedded_module() -> Option<&'static [u8]> {
     #[cfg(not(embedded_module))]
     {
         None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const POLICY: &str = include_str!("../../policies/celine.json");
+
+    fn viewer_reads(topic: &str) -> Request {
+        Request {
+            subject: Subject {
+                id: "u1".into(),
+                type_: SubjectType::User,
+                groups: vec!["viewers".into()],
+                scopes: vec![],
+            },
+            topic: topic.into(),
+            action: Action::Read,
+            clientid: "c".into(),
+            username: String::new(),
+        }
+    }
+
+    #[test]
+    fn a_thread_that_must_not_wait_is_denied_rather_than_made_to_build_an_instance() {
+        let bytes = embedded_module()
+            .expect("this test needs the built-in policy module: run `cargo xtask build` first");
+        let generation = Generation::new(Runtime::new(None).unwrap().module(bytes).unwrap(), POLICY).unwrap();
+        let topic = "celine/telemetry/meter/m1/readings";
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                must_not_wait();
+                generation.idle.lock().unwrap().clear();
+                let refused = generation.try_check(&viewer_reads(topic)).unwrap_err();
+                assert!(refused.contains("no policy module instance is ready"), "{refused}");
+                // The builder thread fills the pool up again.
+                let deadline = std::time::Instant::now() + Duration::from_secs(30);
+                while generation.idle.lock().unwrap().len() < generation.warm {
+                    assert!(std::time::Instant::now() < deadline, "the pool was not refilled");
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                assert!(generation.try_check(&viewer_reads(topic)).unwrap().allow);
+            });
+        });
+        // Other threads still build what they need themselves.
+        generation.idle.lock().unwrap().clear();
+        assert!(generation.try_check(&viewer_reads(topic)).unwrap().allow);
+    }
+
+    #[test]
+    fn the_budget_counts_cpu_time_from_the_first_deadline() {
+        let ms = Duration::from_millis;
+        let mut b = Budget::new(ms(50));
+        let first = b.at_deadline(Some(ms(1_000)), 10);
+        assert!(matches!(first, UpdateDeadline::Continue(10)), "the first deadline marks");
+        assert!(matches!(b.at_deadline(Some(ms(1_049)), 10), UpdateDeadline::Continue(10)));
+        assert!(matches!(b.at_deadline(Some(ms(1_050)), 10), UpdateDeadline::Interrupt));
+        let mut no_clock = Budget::new(ms(50));
+        assert!(
+            matches!(no_clock.at_deadline(None, 10), UpdateDeadline::Interrupt),
+            "wall time bounds it then"
+        );
+        assert!(thread_cpu_time().is_some(), "this platform has a thread CPU clock");
     }
 }

@@ -67,6 +67,56 @@ fn a_looping_panicking_or_hungry_guest_costs_one_denied_request() {
     }
 }
 
+/// A call that needs a few milliseconds of CPU gets its answer even when its thread is
+/// starved of CPU, as in a throttled container: the time limit counts the thread's own CPU
+/// time, so waiting for a core costs nothing. (Wall-clock deadlines denied it.)
+#[test]
+fn a_thread_starved_of_cpu_still_gets_its_answer() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::time::{Duration, Instant};
+
+    let generation = Generation::new(faulty(), include_str!("../../policies/celine.json")).unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
+    // Every busy thread is spinning before the starved one starts.
+    let ready = Arc::new(std::sync::Barrier::new(cores * 2 + 1));
+    let hogs: Vec<_> = (0..cores * 2)
+        .map(|_| {
+            let (stop, ready) = (Arc::clone(&stop), Arc::clone(&ready));
+            std::thread::spawn(move || {
+                ready.wait();
+                let mut n: u64 = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    n = std::hint::black_box(n.wrapping_add(1));
+                }
+            })
+        })
+        .collect();
+    ready.wait();
+    let starved = std::thread::spawn(move || {
+        // The lowest priority for this thread alone: the busy threads take nearly every core.
+        // SAFETY: setpriority on the calling thread's id changes only its nice value.
+        let rc = unsafe {
+            libc::setpriority(libc::PRIO_PROCESS, libc::syscall(libc::SYS_gettid) as libc::id_t, 19)
+        };
+        assert_eq!(rc, 0, "setpriority failed");
+        let started = Instant::now();
+        let d = generation.check(&read("fault/slow"));
+        (d, started.elapsed())
+    });
+    let (decision, took) = starved.join().unwrap();
+    stop.store(true, Ordering::Relaxed);
+    for h in hogs {
+        h.join().unwrap();
+    }
+    assert!(
+        took > Duration::from_millis(100),
+        "the call was not starved (it took {took:?}): this test shows nothing on this machine"
+    );
+    assert!(!decision.reason.contains("ran out of time"), "{took:?}: {}", decision.reason);
+    assert!(decision.reason.contains("no rule allows"), "{}", decision.reason);
+}
+
 #[test]
 fn a_guest_that_traps_while_loading_is_refused() {
     let err = Generation::new(faulty(), r#"{"celine":{"mqtt":{"acl":{"rules":[]}}},"x":"trap-on-load"}"#)
