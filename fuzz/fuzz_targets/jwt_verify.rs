@@ -38,6 +38,7 @@ static VERIFIER: LazyLock<Verifier> = LazyLock::new(|| {
         min_refresh: Duration::from_secs(3600),
         authorized_parties: vec![PARTY.into()],
         refresh_every: identity::jwks::PERIODIC_REFRESH,
+        plain_http: Default::default(),
     })
     .unwrap()
 });

@@ -26,6 +26,7 @@ fn verifier(keys: Vec<jsonwebtoken::jwk::Jwk>) -> Verifier {
         hmac_secret: None,
         min_refresh: Duration::from_secs(10),
         authorized_parties: vec![],
+        plain_http: Default::default(),
         refresh_every: PERIODIC_REFRESH,
     })
     .inspect(|v| {

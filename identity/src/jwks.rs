@@ -33,6 +33,9 @@ pub const KEY_WAIT: Duration = Duration::from_secs(3);
 /// A key-set fetch (connect, answer and body) is given up after this long.
 pub const FETCH_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Redirects a key-set or discovery fetch follows at most.
+const MAX_REDIRECTS: usize = 5;
+
 /// The largest key set accepted. A real one is a few KB (Keycloak's: two to four keys); an
 /// endless or enormous answer is refused while it arrives, never held whole.
 pub const MAX_KEY_SET_BYTES: usize = 1 << 20;
@@ -68,9 +71,58 @@ pub struct VerifierConfig {
     /// identity provider withdrew stops being trusted, by new and by cached verifications,
     /// at most this long (plus one fetch, at most [`FETCH_TIMEOUT`]) after it is gone.
     pub refresh_every: Duration,
+    /// Key sets and discovery over plain `http://` from hosts other than loopback: only in
+    /// dev mode or on the operator's explicit word for a private network. Otherwise anyone on
+    /// the path could hand out the keys that decide who is who.
+    pub plain_http: PlainHttp,
+}
+
+/// Where key sets and OIDC discovery may be fetched over plain `http://`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PlainHttp {
+    /// From loopback addresses only (`127.0.0.0/8`, `::1`, `localhost`).
+    #[default]
+    LoopbackOnly,
+    /// From any host: dev mode, or the operator's opt-in for a private network.
+    Allowed,
+}
+
+/// Is `url` one the verifier may fetch keys or discovery from? `https://` always; `http://`
+/// from loopback, or anywhere with [`PlainHttp::Allowed`]. `what` names it in the error.
+pub fn check_transport(url: &str, plain: PlainHttp, what: &str) -> Result<(), String> {
+    let parsed = reqwest::Url::parse(url).map_err(|e| format!("{what} {url:?} is not a URL: {e}"))?;
+    match parsed.scheme() {
+        "https" => Ok(()),
+        "http" if plain == PlainHttp::Allowed || is_loopback(&parsed) => Ok(()),
+        "http" => Err(format!(
+            "{what} {url} is plain http:// to a host that is not loopback: anyone on the path could \
+             replace the signing keys. Use https://, or (on a private network only) turn on the \
+             private-network opt-in (--private-network-http, plugin_opt_private_network_http true)"
+        )),
+        other => Err(format!("{what} {url}: expected an https:// URL, not {other}://")),
+    }
+}
+
+fn is_loopback(url: &reqwest::Url) -> bool {
+    match url.host() {
+        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        None => false,
+    }
 }
 
 impl VerifierConfig {
+    /// The URLs this configuration fetches keys or discovery from, checked against
+    /// [`check_transport`].
+    pub fn check_transport(&self) -> Result<(), String> {
+        match &self.source {
+            KeySource::Url(u) => check_transport(u, self.plain_http, "the key set URL"),
+            KeySource::Discovery(iss) => check_transport(iss, self.plain_http, "the issuer (OIDC discovery)"),
+            KeySource::None | KeySource::File(_) => Ok(()),
+        }
+    }
+
     /// Why any client's tokens from the trusted keys would be accepted, if they would be (no
     /// audience and no authorized parties): for a start-up warning.
     pub fn unrestricted(&self) -> Option<String> {
@@ -186,9 +238,23 @@ fn algorithms_for(jwk: &Jwk) -> Vec<Algorithm> {
 
 impl Verifier {
     pub fn new(config: VerifierConfig) -> anyhow::Result<Verifier> {
+        config.check_transport().map_err(|e| anyhow!(e))?;
+        // A redirect is held to the same rule as the URL it came from: an https:// key set
+        // that redirects to plain http:// elsewhere is refused, not followed.
+        let plain = config.plain_http;
+        let redirects = reqwest::redirect::Policy::custom(move |attempt| {
+            if attempt.previous().len() >= MAX_REDIRECTS {
+                return attempt.error(format!("more than {MAX_REDIRECTS} redirects"));
+            }
+            match check_transport(attempt.url().as_str(), plain, "a redirect to") {
+                Ok(()) => attempt.follow(),
+                Err(e) => attempt.error(e),
+            }
+        });
         let http = reqwest::Client::builder()
             .connect_timeout(KEY_WAIT)
             .timeout(FETCH_TIMEOUT)
+            .redirect(redirects)
             .build()
             .context("building the HTTP client for key sets")?;
         Ok(Verifier {
@@ -250,6 +316,8 @@ impl Verifier {
                 let jwks_uri = doc["jwks_uri"]
                     .as_str()
                     .with_context(|| format!("{url}: no jwks_uri in the discovery document"))?;
+                check_transport(jwks_uri, self.config.plain_http, "the discovery document's jwks_uri")
+                    .map_err(|e| anyhow!(e))?;
                 self.fetch_json(jwks_uri).await?
             }
         };
@@ -592,5 +660,30 @@ fn describe(e: &jsonwebtoken::errors::Error) -> String {
         K::Base64(_) => "not a JWT (bad base64)".into(),
         K::Json(_) | K::Utf8(_) => "not a JWT (bad JSON)".into(),
         other => format!("{other:?}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_travel_over_tls_or_loopback_unless_the_operator_says_otherwise() {
+        use PlainHttp::*;
+        for ok in [
+            "https://idp.example/realms/c",
+            "http://127.0.0.1:8080/realms/c",
+            "http://[::1]/jwks",
+            "http://localhost/jwks",
+        ] {
+            assert!(check_transport(ok, LoopbackOnly, "the key set URL").is_ok(), "{ok}");
+        }
+        let e = check_transport("http://keycloak:8080/realms/c", LoopbackOnly, "the issuer").unwrap_err();
+        assert!(e.starts_with("the issuer http://keycloak:8080/realms/c is plain http://"), "{e}");
+        assert!(e.contains("--private-network-http"), "{e}");
+        assert!(check_transport("http://keycloak:8080/realms/c", Allowed, "the issuer").is_ok());
+        assert!(check_transport("http://127.1.2.3/jwks", LoopbackOnly, "x").is_ok(), "all of 127/8");
+        assert!(check_transport("ftp://idp/jwks", Allowed, "x").unwrap_err().contains("not ftp://"));
+        assert!(check_transport("not a url", Allowed, "x").unwrap_err().contains("is not a URL"));
     }
 }

@@ -24,8 +24,8 @@ pub mod names;
 #[cfg(feature = "engine")]
 pub mod tokens;
 
-pub use jwks::{KeySource, Refused, Verified, Verifier, VerifierConfig, now};
+pub use jwks::{KeySource, PlainHttp, Refused, Verified, Verifier, VerifierConfig, check_transport, now};
 #[cfg(feature = "engine")]
-pub use names::{DEFAULT_USERNAME_CLAIMS, names_subject, parse_list, parse_username_claims, subject_names};
+pub use names::{DEFAULT_USERNAME_CLAIMS, names_subject, parse_names, parse_username_claims, subject_names};
 #[cfg(feature = "engine")]
 pub use tokens::{Identities, TokenHash, UntilExp, token_hash};

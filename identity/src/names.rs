@@ -13,14 +13,24 @@ use serde_json::Value;
 /// The claims whose values may be used as a subject's username (besides its id).
 pub const DEFAULT_USERNAME_CLAIMS: &[&str] = &["preferred_username"];
 
-/// A comma-separated list of names (claims, client ids), blanks dropped.
-pub fn parse_list(list: &str) -> Vec<String> {
-    list.split(',').map(str::trim).filter(|c| !c.is_empty()).map(str::to_string).collect()
+/// A configured comma-separated list of names (claims, client ids), blanks dropped. A list
+/// that names nothing (`""`, `","`) is refused: an option that restricts or widens must not
+/// silently do neither.
+pub fn parse_names(list: &str) -> Result<Vec<String>, String> {
+    let names: Vec<String> =
+        list.split(',').map(str::trim).filter(|c| !c.is_empty()).map(str::to_string).collect();
+    if names.is_empty() {
+        return Err(format!("{:?} names nothing: give at least one name (comma-separated)", list));
+    }
+    Ok(names)
 }
 
 /// A configured list of claim names: comma-separated, or `none` (the subject id only).
-pub fn parse_username_claims(list: &str) -> Vec<String> {
-    if list.trim() == "none" { vec![] } else { parse_list(list) }
+pub fn parse_username_claims(list: &str) -> Result<Vec<String>, String> {
+    if list.trim() == "none" {
+        return Ok(vec![]);
+    }
+    parse_names(list).map_err(|e| format!("{e}, or `none` for the subject id only"))
 }
 
 /// Does `username` name this subject (its id, or one of `claims_named` in the token)?

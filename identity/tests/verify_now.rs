@@ -32,6 +32,7 @@ fn verifier_for(trusted: &DevKey, source: KeySource, authorized_parties: Vec<Str
             hmac_secret: None,
             min_refresh: Duration::from_secs(10),
             authorized_parties,
+            plain_http: Default::default(),
             refresh_every: identity::jwks::PERIODIC_REFRESH,
         })
         .unwrap(),
@@ -128,6 +129,7 @@ async fn a_configured_issuer_or_audience_is_required_not_only_compared() {
             hmac_secret: None,
             min_refresh: Duration::from_secs(10),
             authorized_parties: vec![],
+            plain_http: Default::default(),
             refresh_every: identity::jwks::PERIODIC_REFRESH,
         })
         .unwrap(),
@@ -153,4 +155,24 @@ async fn failed_refreshes_keep_the_keys_once() {
     }
     assert_eq!(v.readiness(), Ok(1), "the dev key is trusted once, not once per failed refresh");
     assert!(v.last_error().unwrap().contains("jwks.json"));
+}
+
+/// A key set on loopback that redirects to plain http:// elsewhere: not followed.
+#[tokio::test]
+async fn a_redirect_to_plain_http_elsewhere_is_not_followed() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/jwks.json", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let mut buf = [0u8; 2048];
+            let _ = std::io::Read::read(&mut stream, &mut buf);
+            let answer = "HTTP/1.1 302 Found\r\nlocation: http://keys.example.net/jwks.json\r\ncontent-length: 0\r\nconnection: close\r\n\r\n";
+            let _ = std::io::Write::write_all(&mut stream, answer.as_bytes());
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let v = verifier(&DevKey::load_or_create(dir.path()).unwrap(), KeySource::Url(url));
+    let e = format!("{:#}", v.refresh().await.unwrap_err());
+    assert!(e.contains("http://keys.example.net/jwks.json is plain http://"), "{e}");
 }

@@ -1,16 +1,29 @@
 //! Pulling bundles: `--policy-url` in the server, `plugin_opt_policy_url` in the broker
-//! plugin. Every `every` seconds a conditional GET (`If-None-Match`); a new bundle becomes a
-//! candidate of the test-gated pipeline ([`Live::propose`]), on a blocking thread. A bundle
-//! that is refused stays refused until the URL serves another one (its ETag is kept); a
-//! failed pull is logged once per change of error, and its recovery once.
+//! plugin. Every `every` seconds a conditional GET (`If-None-Match`); a new bundle must be
+//! signed by one of the trusted keys ([`Trust`]), then becomes a candidate of the test-gated
+//! pipeline ([`Live::propose`]), on a blocking thread. A bundle that is refused (untrusted,
+//! or failing the pipeline) stays refused until the URL serves another one (its ETag is
+//! kept), and the live generation stays; a failed pull is logged once per change of error,
+//! and its recovery once.
 
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use serde_json::{Value, json};
 
-use crate::bundle::{Bundle, Contents};
+use crate::bundle::{Bundle, Contents, TrustedKeys};
 use crate::{Candidate, Live, Source};
+
+/// Which bundles a puller takes.
+#[derive(Debug, Clone)]
+pub enum Trust {
+    /// Only bundles signed by one of these keys.
+    Signed(TrustedKeys),
+    /// Any bundle, signed or not: the operator chose it explicitly, knowing that whoever can
+    /// answer for the URL then decides the policy.
+    InsecureUnsigned,
+}
 
 /// The largest bundle a pull accepts (a module may be 32 MiB, as base64 a third more).
 pub const MAX_BUNDLE_BYTES: usize = 48 << 20;
@@ -29,19 +42,23 @@ pub struct PullStatus {
     pub last_change_at: Option<u64>,
     pub etag: Option<String>,
     pub last_error: Option<String>,
+    /// Pulls by result: `unchanged`, `updated`, `rejected` (the test-gated pipeline refused
+    /// it), `untrusted` (not signed by a trusted key), `failed` (not fetched or not a bundle).
+    pub results: BTreeMap<&'static str, u64>,
 }
 
 impl PullStatus {
     pub fn json(&self) -> Value {
         json!({"url": self.url, "every_seconds": self.every_seconds, "pulls": self.pulls,
                "last_pull_at": self.last_pull_at, "last_change_at": self.last_change_at,
-               "etag": self.etag, "last_error": self.last_error})
+               "etag": self.etag, "last_error": self.last_error, "results": self.results})
     }
 }
 
 enum Pulled {
     Unchanged,
-    New(Box<Contents>, String),
+    /// A bundle, and the ETag its server sent, if any.
+    New(Box<Contents>, Option<String>),
 }
 
 async fn pull_once(
@@ -76,8 +93,19 @@ async fn pull_once(
         body.extend_from_slice(&chunk);
     }
     let contents = Bundle::read(&body).map_err(|e| format!("{url}: {e}"))?;
-    let etag = served_etag.unwrap_or_else(|| contents.etag.clone());
-    Ok(Pulled::New(Box::new(contents), etag))
+    Ok(Pulled::New(Box::new(contents), served_etag))
+}
+
+/// A signed bundle issued before the newest one taken is an old one replayed (to roll the
+/// policy back): refused.
+fn not_older(contents: &Contents, newest_issued: Option<u64>) -> Result<(), String> {
+    match (newest_issued, contents.issued_at) {
+        (Some(newest), Some(issued)) if issued < newest => Err(format!(
+            "it was issued at {issued}, before the bundle already taken ({newest}): an old bundle served \
+             again is not taken back"
+        )),
+        _ => Ok(()),
+    }
 }
 
 /// Pulls `url` now and every `every` until the runtime it is spawned on ends (call it within
@@ -87,6 +115,7 @@ pub fn spawn_puller(
     url: String,
     token: Option<String>,
     every: Duration,
+    trust: Trust,
     status: Arc<Mutex<PullStatus>>,
 ) -> Result<(), String> {
     let client = reqwest::Client::builder()
@@ -102,24 +131,45 @@ pub fn spawn_puller(
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut etag: Option<String> = None;
+        // The server's ETag of the last bundle taken: asked with If-None-Match. (Not that of
+        // a refused one: a forged answer must not be able to hide the next good bundle.)
+        let mut taken: Option<String> = None;
+        // The last bundle seen, taken or refused, by its content: a server that ignores
+        // If-None-Match serves it again, which is no news.
+        let mut seen: Option<String> = None;
+        // When the newest bundle taken was issued: an older one is a replay.
+        let mut newest_issued: Option<u64> = None;
+        // The last new bundle was refused (its error stands while the URL serves it).
+        let mut refused = false;
         loop {
             tick.tick().await;
-            let pulled = pull_once(&client, &url, token.as_deref(), etag.as_deref()).await;
+            let pulled = pull_once(&client, &url, token.as_deref(), taken.as_deref()).await;
             let (result, error) = match pulled {
                 Ok(Pulled::Unchanged) => ("unchanged", None),
-                Ok(Pulled::New(contents, new_etag)) => {
-                    etag = Some(new_etag);
+                Ok(Pulled::New(contents, _)) if seen.as_ref() == Some(&contents.etag) => ("unchanged", None),
+                Ok(Pulled::New(contents, served)) => 'new: {
+                    seen = Some(contents.etag.clone());
+                    if let Trust::Signed(keys) = &trust {
+                        if let Err(why) =
+                            keys.verify(&contents).and_then(|_| not_older(&contents, newest_issued))
+                        {
+                            break 'new ("untrusted", Some(format!("the bundle was refused: {why}")));
+                        }
+                    }
+                    let issued = contents.issued_at;
+                    let content_etag = contents.etag.clone();
                     let live = Arc::clone(&live);
                     let source = Source::Bundle(url.clone());
                     let proposed = tokio::task::spawn_blocking(move || {
-                        live.propose(Candidate::Bundle { contents: *contents, source })
+                        live.propose(Candidate::Bundle { contents, source })
                     })
                     .await;
                     match proposed {
                         Ok(Ok(g)) => {
                             tracing::info!(url = %url, generation = g.id, "pulled a bundle; it is live");
                             status.lock().unwrap().last_change_at = Some(secs_now());
+                            taken = Some(served.unwrap_or(content_etag));
+                            newest_issued = newest_issued.max(issued);
                             ("updated", None)
                         }
                         Ok(Err(r)) => ("rejected", Some(format!("the bundle was refused: {}", r.reason))),
@@ -131,9 +181,18 @@ pub fn spawn_puller(
             metrics::counter!("mqtt_policy_bundle_pulls_total", "result" => result).increment(1);
             let mut s = status.lock().unwrap();
             s.pulls += 1;
+            *s.results.entry(result).or_default() += 1;
             s.last_pull_at = Some(secs_now());
-            s.etag.clone_from(&etag);
-            if s.last_error != error {
+            s.etag.clone_from(&seen);
+            // A refused bundle is news each time (a new ETag each time); a failing fetch only
+            // when its error changes.
+            if result == "unchanged" && refused {
+                // The last new bundle was refused and is still what the URL serves.
+            } else if let (Some(e), "untrusted" | "rejected") = (&error, result) {
+                tracing::warn!(url = %url, error = %e, result, "a pulled policy bundle was refused; the live policy stays");
+                s.last_error = error;
+                refused = true;
+            } else if s.last_error != error {
                 match &error {
                     Some(e) => {
                         tracing::warn!(url = %url, error = %e, "pulling the policy bundle failed; the live policy stays")
@@ -144,6 +203,9 @@ pub fn spawn_puller(
                     None => {}
                 }
                 s.last_error = error;
+            }
+            if matches!(result, "updated" | "failed") {
+                refused = false;
             }
         }
     });

@@ -62,7 +62,7 @@ pub enum Candidate {
     /// A pulled bundle: module, policy and the bundle's own test cases (run besides the
     /// local ones).
     Bundle {
-        contents: crate::bundle::Contents,
+        contents: Box<crate::bundle::Contents>,
         source: Source,
     },
 }
@@ -279,6 +279,7 @@ impl Live {
                 "reload".to_string()
             }
             Candidate::Bundle { contents, source } => {
+                let contents = *contents;
                 let label = format!("{source}");
                 (p.module, p.module_source) = (Ok(contents.module.into()), source.clone());
                 (p.policy, p.policy_source) = (Ok(contents.policy.into()), source);
@@ -462,6 +463,12 @@ impl Live {
         }
         let tests = (!cases.is_empty()).then(|| serde_json::json!({ "cases": cases }));
         Ok(crate::bundle::Bundle::new(&policy, &module, tests))
+    }
+
+    /// When the live generation went live, in seconds since the epoch (what a bundle of it
+    /// is signed as issued at).
+    pub fn live_since(&self) -> u64 {
+        secs(self.status.lock().unwrap().loaded_at)
     }
 
     /// Swaps applied and candidates rejected since start.

@@ -96,6 +96,23 @@ fn the_module_decides_the_whole_corpus_as_the_core_does() {
 }
 
 #[test]
+fn certificate_names_map_to_the_same_subjects() {
+    let doc = r#"{"celine": {"mqtt": {"acl": {"rules": []}, "certificates": [
+        {"names": ["meter-*"], "groups": ["meters"]}, {"names": ["meter-7", "gw"], "groups": ["special", "meters"]},
+        {"names": ["*"], "groups": ["any"]}]}}}"#;
+    let generation = Generation::new(module(), doc).unwrap();
+    let native = Policy::load(doc).unwrap();
+    for name in ["meter-1", "meter-7", "gw", "meter", "", "x/y", "$SYS", "meter-\u{0}"] {
+        for kind in policy_core::SubjectType::ALL {
+            let want = native.certificate_subject(name, kind).map(Subject::from);
+            assert_eq!(generation.certificate_subject(name, kind.into()), Ok(want), "{name:?} as {kind:?}");
+        }
+    }
+    let none = Generation::new(module(), r#"{"celine": {"mqtt": {"acl": {"rules": []}}}}"#).unwrap();
+    assert!(none.certificate_subject("meter-1", policy_engine::SubjectType::Device).unwrap().is_err());
+}
+
+#[test]
 fn lint_and_claims_errors_match() {
     let module = module();
     let generation =
@@ -109,16 +126,16 @@ fn lint_and_claims_errors_match() {
 fn subject_strategy() -> impl Strategy<Value = policy_core::Subject> {
     (
         prop::sample::select(&["u1", "svc-pipelines", "svc-digital-twin", "user-789", "$x", "a/b"][..]),
-        any::<bool>(),
+        prop::sample::select(&policy_core::SubjectType::ALL[..]),
         prop::collection::vec(prop::sample::select(&["viewers", "admins", "editors", "x"][..]), 0..3),
         prop::collection::vec(
             prop::sample::select(&["mqtt.read", "mqtt.write", "mqtt.admin", "y"][..]),
             0..3,
         ),
     )
-        .prop_map(|(id, service, groups, scopes)| policy_core::Subject {
+        .prop_map(|(id, kind, groups, scopes)| policy_core::Subject {
             id: id.into(),
-            kind: if service { policy_core::SubjectType::Service } else { policy_core::SubjectType::User },
+            kind,
             groups: groups.into_iter().map(String::from).collect(),
             scopes: scopes.into_iter().map(String::from).collect(),
         })

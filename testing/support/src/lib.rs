@@ -63,3 +63,40 @@ pub fn wait_for(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// The test-only bundle signing keys (`testing/support/keys/`): the operator's private key
+/// and its public half, and another public key that signed nothing.
+pub fn bundle_keys() -> (PathBuf, PathBuf, PathBuf) {
+    let dir = repository().join("testing/support/keys");
+    (dir.join("bundle-signing.pem"), dir.join("bundle-signing.pub.pem"), dir.join("other.pub.pem"))
+}
+
+/// A fresh Ed25519 key pair made by `openssl` exactly as the documentation tells operators
+/// (`openssl genpkey -algorithm ed25519`, `openssl pkey -pubout`): private and public PEM
+/// files in `dir`, named after `name`.
+pub fn openssl_ed25519(dir: &std::path::Path, name: &str) -> (PathBuf, PathBuf) {
+    let (private, public) = (dir.join(format!("{name}.pem")), dir.join(format!("{name}.pub.pem")));
+    let run = |args: &[&std::ffi::OsStr]| {
+        let out = std::process::Command::new("openssl")
+            .args(args)
+            .output()
+            .unwrap_or_else(|e| panic!("openssl is needed to make test keys ({e}): apt-get install openssl"));
+        assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    run(&[
+        "genpkey".as_ref(),
+        "-algorithm".as_ref(),
+        "ed25519".as_ref(),
+        "-out".as_ref(),
+        private.as_os_str(),
+    ]);
+    run(&[
+        "pkey".as_ref(),
+        "-in".as_ref(),
+        private.as_os_str(),
+        "-pubout".as_ref(),
+        "-out".as_ref(),
+        public.as_os_str(),
+    ]);
+    (private, public)
+}
