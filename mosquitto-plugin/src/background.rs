@@ -48,10 +48,11 @@ impl Background {
         url: &str,
         token: Option<String>,
         every: std::time::Duration,
+        trust: policy_engine::pull::Trust,
+        status: Arc<std::sync::Mutex<policy_engine::pull::PullStatus>>,
     ) -> anyhow::Result<()> {
         let _in_runtime = self.runtime().enter();
-        let status = Arc::new(std::sync::Mutex::new(policy_engine::pull::PullStatus::default()));
-        policy_engine::pull::spawn_puller(Arc::clone(live), url.to_string(), token, every, status)
+        policy_engine::pull::spawn_puller(Arc::clone(live), url.to_string(), token, every, trust, status)
             .map_err(anyhow::Error::msg)
     }
 

@@ -1,17 +1,15 @@
-//! Who each connection is, from its CONNECT until it goes away, and the decisions it has
+//! Who each client is, from the moment the plugin learns it (its CONNECT, or for a client the
+//! plugin did not admit, its first check) until it goes away, and the decisions it has
 //! already been given.
 //!
-//! The broker has no per-client user data for plugins, so connections are kept here, keyed by
-//! the address of the broker's client structure. An entry is made by a successful
-//! authentication; every new connection authenticates first (Mosquitto asks the plugin at
-//! every CONNECT, anonymous ones included), so a client id taken over, or an address reused,
-//! gets the new connection's identity, never the old one's.
-//!
-//! An entry outlives the disconnect event: Mosquitto still asks about a client after it
-//! (its will message is checked as a publish when it is sent, and messages queued for an
-//! offline persistent session are checked as deliveries). A disconnected entry keeps only
-//! the identity (its decision cache is freed) and is dropped when its token has expired,
-//! or earliest-expiring first when too many are kept.
+//! Entries are keyed by the address of the broker's client structure and kept with a
+//! [`Binding`] (see `client.rs` for why and the rules that make it hold). An entry outlives
+//! the disconnect event, because Mosquitto still asks about a client after it: its will is
+//! checked as a publish right after the event, and messages queued for an offline persistent
+//! session are checked as deliveries. A disconnected entry keeps only the identity (its
+//! decision cache is freed). It goes at the next tick when its session surely ended with its
+//! connection, when its token has expired (nothing it could ask would be allowed), when the
+//! address turns out to hold another client, or, oldest first, when too many are kept.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
@@ -20,9 +18,8 @@ use std::sync::Arc;
 use identity::{TokenHash, Verified};
 use policy_engine::{Action, Decision, Request, Subject};
 
-/// A connection as the broker identifies it: the address of its `struct mosquitto`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct ClientKey(pub usize);
+use crate::client::Binding;
+pub use crate::client::ClientKey;
 
 /// Topics longer than this are decided every time rather than remembered: a flood of long
 /// unique topics must not grow the broker.
@@ -30,9 +27,6 @@ pub const MAX_CACHED_TOPIC: usize = 256;
 
 /// Disconnected entries kept at most (each holds an identity, no decisions).
 pub const MAX_DISCONNECTED: usize = 50_000;
-
-/// An entry whose token expired this long ago is dropped.
-pub const EXPIRED_GRACE_SECS: u64 = 60;
 
 /// Decisions already made for one connection under one generation, by topic and action.
 /// Bounded: when full it starts over (a miss costs one module call, never a wrong answer).
@@ -90,7 +84,7 @@ impl DecisionCache {
     }
 }
 
-/// The subject a connection's token maps to under one policy generation.
+/// The subject a connection's identity maps to under one policy generation.
 pub struct Mapped {
     pub generation: u64,
     pub superuser: bool,
@@ -99,27 +93,95 @@ pub struct Mapped {
     pub request: Request,
 }
 
-/// One authenticated connection.
+/// How a client proved who it is.
+pub enum Identity {
+    /// A token, at its CONNECT (password, username, or MQTT 5 enhanced authentication).
+    Token {
+        hash: TokenHash,
+        verified: Arc<Verified>,
+        /// The username `${username}` may be proven from: the one the client sent, or the
+        /// subject id it was renamed to. (Proven again under every generation: a new policy
+        /// may make it a certificate name.)
+        given: Box<str>,
+        /// The username the broker was given for this client in place of a token used as
+        /// the username (Mosquitto logs usernames): the subject id.
+        shown_username: Option<Box<str>>,
+        /// Admitted through MQTT 5 enhanced authentication (method `jwt`): the broker holds
+        /// no token for it (its reload re-check asks with the username alone).
+        enhanced: bool,
+    },
+    /// A TLS certificate the broker verified, its name the client's username (a listener
+    /// with `use_identity_as_username` or `use_subject_as_username`).
+    Certificate { name: Box<str> },
+    /// A client this plugin did not admit and cannot name: every check is denied with this
+    /// reason. Forgotten after [`UNKNOWN_KEPT_SECS`] (seconds since the epoch it was met).
+    Unknown { reason: Box<str>, since: u64 },
+}
+
+/// How long a client that could not be named is remembered (it only spares log lines and
+/// work; the broker may free it without an event, when its session expires).
+pub const UNKNOWN_KEPT_SECS: u64 = 600;
+
+/// Denial log lines a client may cause in a burst, and how many more per second after it.
+pub const LOG_BURST: u32 = 10;
+
+/// A token bucket for one client's denial log lines: a client that floods a denied topic
+/// costs one broker log line a second, and the lines it did not get are counted.
+#[derive(Debug, Clone, Copy)]
+pub struct LogBudget {
+    tokens: u32,
+    at: u64,
+    /// Lines not written since the last one that was.
+    pub suppressed: u64,
+}
+
+impl Default for LogBudget {
+    fn default() -> LogBudget {
+        LogBudget { tokens: LOG_BURST, at: 0, suppressed: 0 }
+    }
+}
+
+impl LogBudget {
+    /// May a line be written now (`now` in seconds)? Returns the lines suppressed before it
+    /// (to be said in it), or `None` when this one is suppressed too.
+    pub fn take(&mut self, now: u64) -> Option<u64> {
+        if now > self.at {
+            let refill = u32::try_from(now - self.at).unwrap_or(u32::MAX);
+            self.tokens = self.tokens.saturating_add(refill).min(LOG_BURST);
+            self.at = now;
+        }
+        if self.tokens == 0 {
+            self.suppressed += 1;
+            return None;
+        }
+        self.tokens -= 1;
+        Some(std::mem::take(&mut self.suppressed))
+    }
+}
+
+/// One client the plugin knows.
 pub struct Connection {
     pub client_id: Box<str>,
-    /// The MQTT username, only when it was proven to name the token's subject (its id or
-    /// `preferred_username`); otherwise empty, so `${username}` can never be borrowed.
+    /// The MQTT username for `${username}`, only when it was proven to name the subject (a
+    /// token's subject id or `preferred_username`, or the certificate's name); otherwise
+    /// empty, so `${username}` can never be borrowed.
     pub username: Box<str>,
-    pub token: TokenHash,
-    pub verified: Arc<Verified>,
-    /// When the token stops being good (its `exp` plus the leeway), in seconds since the
-    /// epoch: every check from then on is denied, and the connection is ended.
+    pub identity: Identity,
+    pub binding: Binding,
+    /// When the identity stops being good (a token's `exp` plus the leeway), in seconds
+    /// since the epoch: every check from then on is denied, and the connection is ended.
+    /// `u64::MAX` for certificates (the broker checked their validity at the handshake).
     pub deadline: u64,
     pub mapped: Option<Mapped>,
     pub cache: DecisionCache,
     /// Between its CONNECT and its disconnect event.
     pub connected: bool,
-    /// The username the broker was given for this client in place of a token used as the
-    /// username (Mosquitto logs usernames): the subject id.
-    pub shown_username: Option<Box<str>>,
-    /// Admitted through MQTT 5 enhanced authentication (method `jwt`): the broker holds no
-    /// token for it (its reload re-check asks with the username alone).
-    pub enhanced: bool,
+    /// Admitted by this plugin in the CONNECT under way (Mosquitto 2.1's connect event
+    /// confirms it).
+    pub connecting: bool,
+    /// The number of its last disconnect (see [`Connections::disconnected`]).
+    pub left: u64,
+    pub log: LogBudget,
 }
 
 impl Connection {
@@ -143,6 +205,13 @@ impl Connection {
             },
         })
     }
+
+    pub fn token(&self) -> Option<(TokenHash, &Arc<Verified>)> {
+        match &self.identity {
+            Identity::Token { hash, verified, .. } => Some((*hash, verified)),
+            _ => None,
+        }
+    }
 }
 
 #[derive(Default)]
@@ -153,6 +222,14 @@ pub struct Connections {
     /// Connected entries by deadline, earliest first. An item whose entry has gone, left, or
     /// moved its deadline (re-authentication) is skipped when it comes up.
     deadlines: BinaryHeap<Reverse<(u64, ClientKey)>>,
+    /// Disconnected entries whose session surely ended with their connection: they go at
+    /// the next tick (their will has been checked by then).
+    ending: Vec<ClientKey>,
+    /// Disconnected entries in the order they left (an item whose entry has gone or come
+    /// back is skipped): the oldest go first when too many are kept.
+    left: std::collections::VecDeque<(ClientKey, u64)>,
+    /// Disconnects so far: tells an entry's disconnect apart from a later one's.
+    disconnects: u64,
 }
 
 impl Connections {
@@ -162,12 +239,14 @@ impl Connections {
         }
     }
 
-    /// Records a connection's identity, replacing whatever the key held. Returns the entry
+    /// Records a client's identity, replacing whatever the key held. Returns the entry
     /// replaced.
     pub fn insert(&mut self, key: ClientKey, c: Connection) -> Option<Connection> {
         if c.connected {
             self.connected += 1;
-            self.watch(key, c.deadline);
+            if c.deadline != u64::MAX {
+                self.watch(key, c.deadline);
+            }
         }
         let old = self.by_client.insert(key, c);
         self.forget(old.as_ref());
@@ -185,15 +264,41 @@ impl Connections {
     }
 
     /// The client's connection ended: keep the identity for the checks that may still come
-    /// (will, queued deliveries), free its decisions.
-    pub fn disconnected(&mut self, key: ClientKey, cache_capacity: usize) {
-        if let Some(c) = self.by_client.get_mut(&key) {
-            if c.connected {
-                c.connected = false;
-                self.connected -= 1;
-            }
-            c.cache = DecisionCache::new(cache_capacity);
+    /// (will, queued deliveries), free its decisions. A second disconnect of a disconnected
+    /// entry is another client at the same address: the entry goes. Returns whether the
+    /// entry was kept.
+    pub fn disconnected(&mut self, key: ClientKey, cache_capacity: usize) -> bool {
+        let Some(c) = self.by_client.get_mut(&key) else { return false };
+        if !c.connected {
+            self.remove(key);
+            return false;
         }
+        c.connected = false;
+        c.connecting = false;
+        c.cache = DecisionCache::new(cache_capacity);
+        self.connected -= 1;
+        self.disconnects += 1;
+        c.left = self.disconnects;
+        if c.binding.ends_with_connection() {
+            self.ending.push(key);
+        }
+        self.left.push_back((key, self.disconnects));
+        true
+    }
+
+    /// Records the identity of a client met at its will, right after its disconnect: kept
+    /// for that check only (it goes at the next tick).
+    pub fn insert_leaving(&mut self, key: ClientKey, mut c: Connection) {
+        c.connected = false;
+        self.remove(key);
+        self.by_client.insert(key, c);
+        self.ending.push(key);
+    }
+
+    /// A disconnected entry's session ends (Mosquitto 2.1's disconnect event after its
+    /// offline one, or its session expiring): it goes at the next tick.
+    pub fn ending(&mut self, key: ClientKey) {
+        self.ending.push(key);
     }
 
     /// Watches a connected entry's (new) deadline.
@@ -204,7 +309,7 @@ impl Connections {
             self.deadlines = self
                 .by_client
                 .iter()
-                .filter(|(_, c)| c.connected)
+                .filter(|(_, c)| c.connected && c.deadline != u64::MAX)
                 .map(|(k, c)| Reverse((c.deadline, *k)))
                 .collect();
         }
@@ -231,32 +336,46 @@ impl Connections {
         due
     }
 
-    /// Drops entries whose token expired over [`EXPIRED_GRACE_SECS`] ago, then the
-    /// earliest-expiring disconnected ones beyond [`MAX_DISCONNECTED`]. Returns how many went.
-    pub fn sweep(&mut self, now: u64) -> usize {
-        let expired: Vec<ClientKey> = self
-            .by_client
-            .iter()
-            .filter(|(_, c)| c.verified.exp + EXPIRED_GRACE_SECS <= now)
-            .map(|(k, _)| *k)
-            .collect();
-        for k in &expired {
-            self.remove(*k);
-        }
-        let excess = (self.by_client.len() - self.connected).saturating_sub(MAX_DISCONNECTED);
-        if excess > 0 {
-            let mut oldest: Vec<(u64, ClientKey)> = self
-                .by_client
-                .iter()
-                .filter(|(_, c)| !c.connected)
-                .map(|(k, c)| (c.verified.exp, *k))
-                .collect();
-            oldest.sort_unstable_by_key(|(exp, _)| *exp);
-            for (_, k) in &oldest[..excess] {
-                self.remove(*k);
+    /// Drops the disconnected entries that can no longer be asked about: those whose session
+    /// ended, and (when `now` is given) those whose deadline has passed; then the oldest
+    /// disconnected ones beyond [`MAX_DISCONNECTED`]. A connected entry is never dropped
+    /// here: its client may still act (re-authenticate, or be ended at its deadline).
+    /// Returns how many went.
+    pub fn sweep(&mut self, now: Option<u64>) -> usize {
+        let before = self.by_client.len();
+        for key in std::mem::take(&mut self.ending) {
+            if self.by_client.get(&key).is_some_and(|c| !c.connected) {
+                self.remove(key);
             }
         }
-        expired.len() + excess
+        if let Some(now) = now {
+            let mut forgotten = 0;
+            self.by_client.retain(|_, c| {
+                let keep = match c.identity {
+                    Identity::Unknown { since, .. } => since + UNKNOWN_KEPT_SECS > now,
+                    _ => c.connected || c.deadline > now,
+                };
+                forgotten += usize::from(!keep && c.connected);
+                keep
+            });
+            self.connected -= forgotten;
+        }
+        let mut excess = (self.by_client.len() - self.connected).saturating_sub(MAX_DISCONNECTED);
+        while excess > 0 {
+            let Some((key, n)) = self.left.pop_front() else { break };
+            // (An item for an entry that came back, or left again later, is not its turn.)
+            if self.by_client.get(&key).is_some_and(|c| !c.connected && c.left == n) {
+                self.remove(key);
+                excess -= 1;
+            }
+        }
+        // Stale items (entries gone or back) pile up with churn: keep only live ones.
+        if self.left.len() > 2 * (self.by_client.len() - self.connected) + 1024 {
+            let live: std::collections::HashSet<ClientKey> =
+                self.by_client.iter().filter(|(_, c)| !c.connected).map(|(k, _)| *k).collect();
+            self.left.retain(|(k, _)| live.contains(k));
+        }
+        before - self.by_client.len()
     }
 
     /// Entries between their CONNECT and their disconnect event.
@@ -302,5 +421,82 @@ mod tests {
         let mut off = DecisionCache::new(0);
         off.put(Action::Read, "a", d(true));
         assert!(off.is_empty());
+    }
+
+    fn entry(id: &str, deadline: u64) -> Connection {
+        let client = crate::client::PlainClient::new(0, id, None);
+        Connection {
+            client_id: id.into(),
+            username: "".into(),
+            identity: Identity::Token {
+                hash: [0; 32],
+                verified: Arc::new(Verified {
+                    claims: serde_json::Value::Null,
+                    exp: deadline,
+                    key: None,
+                    bytes: 0,
+                }),
+                given: "".into(),
+                shown_username: None,
+                enhanced: false,
+            },
+            binding: Binding::of(&client),
+            deadline,
+            mapped: None,
+            cache: DecisionCache::new(4),
+            connected: true,
+            connecting: false,
+            left: 0,
+            log: LogBudget::default(),
+        }
+    }
+
+    /// A connection whose token expired long ago (a leeway over a minute, or
+    /// `disconnect_on_expiry false`) keeps its entry: its checks are denied, and a fresh token
+    /// (re-authentication) is judged against the identity it holds, not taken for a CONNECT.
+    #[test]
+    fn the_sweep_keeps_every_connected_entry_and_drops_what_can_no_longer_be_asked() {
+        let mut table = Connections::default();
+        let mut persistent = entry("persistent", 100);
+        persistent.binding = {
+            let mut c = crate::client::PlainClient::new(0, "persistent", None);
+            c.clean = false;
+            Binding::of(&c)
+        };
+        table.insert(ClientKey(1), entry("connected", 100));
+        table.insert(ClientKey(2), persistent);
+        table.insert(ClientKey(3), entry("clean", 10_000));
+        table.disconnected(ClientKey(2), 4);
+        table.disconnected(ClientKey(3), 4);
+        assert_eq!(table.sweep(None), 1, "the clean session ended with its connection");
+        assert!(table.get_mut(ClientKey(3)).is_none());
+        assert_eq!(table.sweep(Some(1_000_000)), 1, "the offline session's token has expired");
+        assert!(table.get_mut(ClientKey(1)).is_some(), "a connected client may still act");
+        assert!(table.get_mut(ClientKey(2)).is_none());
+        assert!(!table.disconnected(ClientKey(9), 4), "nothing to keep for an unknown client");
+        table.disconnected(ClientKey(1), 4);
+        assert!(!table.disconnected(ClientKey(1), 4), "a second disconnect is another client's");
+        assert!(table.is_empty());
+        // A client that could not be named is forgotten after a while, connected or not.
+        let mut unknown = entry("unknown", u64::MAX);
+        unknown.identity = Identity::Unknown { reason: "no token".into(), since: 1_000 };
+        table.insert(ClientKey(4), unknown);
+        assert_eq!(table.sweep(Some(1_000 + UNKNOWN_KEPT_SECS - 1)), 0);
+        assert_eq!(table.sweep(Some(1_000 + UNKNOWN_KEPT_SECS)), 1);
+        assert_eq!((table.len(), table.connected()), (0, 0));
+    }
+
+    #[test]
+    fn a_flood_of_denials_writes_a_line_a_second_and_counts_the_rest() {
+        let mut b = LogBudget::default();
+        for _ in 0..LOG_BURST {
+            assert_eq!(b.take(100), Some(0));
+        }
+        for _ in 0..5 {
+            assert_eq!(b.take(100), None);
+        }
+        assert_eq!(b.take(101), Some(5), "the next line says how many were not written");
+        assert_eq!(b.take(101), None);
+        assert_eq!(b.suppressed, 1);
     }
 }

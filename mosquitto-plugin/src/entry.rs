@@ -14,10 +14,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use tracing::Level;
 
 use crate::broker::Broker;
-use crate::connections::ClientKey;
+use crate::client::{BrokerClient, CertificateNames, ClientKey};
 use crate::logging;
 use crate::options::Options;
-use crate::plugin::{Admission, Client, Plugin};
+use crate::plugin::{Admission, Plugin};
 use crate::sys::{self, Callback, Functions, MosquittoOpt, PluginId, RealBroker};
 
 /// What `mosquitto_plugin_init` hands the broker as userdata.
@@ -25,6 +25,78 @@ struct Instance {
     id: *mut PluginId,
     functions: Functions,
     plugin: Plugin,
+    /// The broker has Mosquitto 2.1's connect and offline events (registered).
+    sessions_reported: bool,
+}
+
+/// A client as the broker's accessor functions describe it, during one event.
+struct EventClient<'a> {
+    functions: &'a Functions,
+    client: *mut sys::Mosquitto,
+}
+
+impl EventClient<'_> {
+    fn text(
+        &self,
+        f: unsafe extern "C" fn(*const sys::Mosquitto) -> *const std::ffi::c_char,
+    ) -> Option<&[u8]> {
+        // SAFETY: the client lives for the duration of the event, and the strings the broker
+        // returns for it as long as nothing changes them (the plugin only reads them).
+        unsafe { sys::bytes(f(self.client)) }
+    }
+}
+
+impl BrokerClient for EventClient<'_> {
+    fn key(&self) -> ClientKey {
+        ClientKey(self.client as usize)
+    }
+    fn id(&self) -> &[u8] {
+        self.text(self.functions.client_id).unwrap_or_default()
+    }
+    fn username(&self) -> Option<&[u8]> {
+        self.text(self.functions.client_username)
+    }
+    fn address(&self) -> &[u8] {
+        self.text(self.functions.client_address).unwrap_or_default()
+    }
+    fn protocol_version(&self) -> i32 {
+        // SAFETY: the event's client.
+        unsafe { (self.functions.client_protocol_version)(self.client) }
+    }
+    fn clean_start(&self) -> bool {
+        // SAFETY: the event's client.
+        unsafe { (self.functions.client_clean_session)(self.client) }
+    }
+    fn has_certificate(&self) -> bool {
+        let Some(tls) = &self.functions.tls else { return false };
+        // SAFETY: the event's client; the reference the broker hands out is released here.
+        unsafe {
+            let cert = (self.functions.client_certificate)(self.client);
+            if cert.is_null() {
+                return false;
+            }
+            tls.release(cert);
+            true
+        }
+    }
+    fn certificate_names(&self) -> Option<CertificateNames> {
+        let tls = self.functions.tls.as_ref()?;
+        // SAFETY: the event's client; the certificate is read, then released once.
+        unsafe {
+            let cert = (self.functions.client_certificate)(self.client);
+            if cert.is_null() {
+                return None;
+            }
+            let names = tls.names(cert);
+            tls.release(cert);
+            Some(names)
+        }
+    }
+    fn set_username(&self, name: &str) -> bool {
+        let Ok(name) = std::ffi::CString::new(name) else { return false };
+        // SAFETY: the event's client, a NUL-terminated name the broker copies.
+        unsafe { (self.functions.set_username)(self.client, name.as_ptr()) == sys::MOSQ_ERR_SUCCESS }
+    }
 }
 
 /// Asked of Mosquitto 2.1 between ticks, in milliseconds.
@@ -41,6 +113,11 @@ const EVENTS: [(c_int, Callback); 6] = [
     (sys::MOSQ_EVT_TICK, on_tick),
     (sys::MOSQ_EVT_RELOAD, on_reload),
 ];
+
+/// Mosquitto 2.1's session events, registered when the broker has them (2.0 answers "not
+/// supported"): with them the plugin knows every CONNECT, its own or not.
+const SESSION_EVENTS: [(c_int, Callback); 2] =
+    [(sys::MOSQ_EVT_CONNECT, on_connect), (sys::MOSQ_EVT_CLIENT_OFFLINE, on_client_offline)];
 
 /// Runs `f`; a panic becomes `on_panic` and a log line.
 fn guard(what: &str, on_panic: c_int, f: impl FnOnce() -> c_int) -> c_int {
@@ -116,11 +193,19 @@ pub unsafe extern "C" fn mosquitto_plugin_init(
             Err(e) => return fail(sys::MOSQ_ERR_INVAL, &e),
         };
         logging::start(Arc::clone(&broker) as Arc<dyn Broker>, options.log_level);
+        if options.certificate_subject_type.is_some() && functions.tls.is_none() {
+            return fail(
+                sys::MOSQ_ERR_INVAL,
+                "plugin_opt_certificate_subject_type: this broker has no OpenSSL functions (built without \
+                 TLS?), so certificates cannot be read",
+            );
+        }
         let plugin = match Plugin::start(options, broker.clone()) {
             Ok(p) => p,
             Err(e) => return fail(sys::MOSQ_ERR_UNKNOWN, &format!("{e:#}")),
         };
-        let state = Box::into_raw(Box::new(Instance { id: identifier, functions, plugin }));
+        let state =
+            Box::into_raw(Box::new(Instance { id: identifier, functions, plugin, sessions_reported: false }));
         for (i, (event, callback)) in EVENTS.iter().enumerate() {
             // SAFETY: registering our callbacks with our identifier; `state` outlives them
             // (cleanup unregisters before freeing it).
@@ -141,6 +226,33 @@ pub unsafe extern "C" fn mosquitto_plugin_init(
                 );
             }
         }
+        // Both of 2.1's session events, or neither: one without the other would misread the
+        // disconnect event.
+        // SAFETY: as above; `state` outlives the callbacks.
+        let registered: Vec<bool> = SESSION_EVENTS
+            .iter()
+            .map(|(event, callback)| unsafe {
+                (functions.callback_register)(identifier, *event, *callback, std::ptr::null(), state.cast())
+                    == sys::MOSQ_ERR_SUCCESS
+            })
+            .collect();
+        let sessions_reported = registered.iter().all(|r| *r);
+        if !sessions_reported {
+            for ((event, callback), _) in SESSION_EVENTS.iter().zip(&registered).filter(|(_, r)| **r) {
+                // SAFETY: unregistering what was just registered.
+                unsafe { (functions.callback_unregister)(identifier, *event, *callback, std::ptr::null()) };
+            }
+        }
+        // SAFETY: `state` is ours until the broker holds it as userdata.
+        unsafe { (*state).sessions_reported = sessions_reported };
+        tracing::info!(
+            "client sessions: {}",
+            if sessions_reported {
+                "Mosquitto 2.1's connect and offline events tell every CONNECT apart"
+            } else {
+                "this broker has no connect event (Mosquitto 2.0): identities are bound to what the broker says about each client"
+            }
+        );
         INSTANCES.fetch_add(1, Ordering::SeqCst);
         // SAFETY: the broker gives a valid place for our userdata.
         unsafe { *userdata = state.cast() };
@@ -162,9 +274,11 @@ pub unsafe extern "C" fn mosquitto_plugin_cleanup(
         }
         // SAFETY: init made it with Box::into_raw; the broker calls cleanup once.
         let state = unsafe { Box::from_raw(userdata.cast::<Instance>()) };
-        for (event, callback) in EVENTS {
+        let session_events: &[(c_int, Callback)] =
+            if state.sessions_reported { &SESSION_EVENTS } else { &[] };
+        for (event, callback) in EVENTS.iter().chain(session_events) {
             // SAFETY: unregistering what init registered.
-            unsafe { (state.functions.callback_unregister)(state.id, event, callback, std::ptr::null()) };
+            unsafe { (state.functions.callback_unregister)(state.id, *event, *callback, std::ptr::null()) };
         }
         tracing::info!("stopping");
         // Joins the plugin's threads: nothing of it may run once the library is unloaded.
@@ -206,36 +320,19 @@ unsafe extern "C" fn on_basic_auth(_event: c_int, data: *mut c_void, userdata: *
         else {
             return sys::MOSQ_ERR_AUTH;
         };
-        // SAFETY: the client and its strings live for the duration of the event.
-        let (id, address, username, password) = unsafe {
-            (
-                sys::text((inst.functions.client_id)(ev.client)),
-                sys::text((inst.functions.client_address)(ev.client)),
-                sys::bytes(ev.username),
-                sys::bytes(ev.password),
-            )
-        };
-        let client = Client { key: ClientKey(ev.client as usize), id: &id, address: &address };
-        answer(inst, ev.client, &id, inst.plugin.authenticate(&client, username, password))
+        // SAFETY: the username and password live for the duration of the event.
+        let (username, password) = unsafe { (sys::bytes(ev.username), sys::bytes(ev.password)) };
+        let client = EventClient { functions: &inst.functions, client: ev.client };
+        answer(inst.plugin.authenticate(&client, username, password))
     })
 }
 
-/// An admission as the broker's return code; a rename is applied to the client first.
-fn answer(inst: &Instance, client: *mut sys::Mosquitto, id: &str, admission: Admission) -> c_int {
+/// An admission as the broker's return code (a rename was applied by the plugin).
+fn answer(admission: Admission) -> c_int {
     match admission {
         Admission::Refused => sys::MOSQ_ERR_AUTH,
         Admission::NotOurs => sys::MOSQ_ERR_PLUGIN_DEFER,
-        Admission::Admitted { rename: None } => sys::MOSQ_ERR_SUCCESS,
-        Admission::Admitted { rename: Some(name) } => {
-            let rc = std::ffi::CString::new(name)
-                // SAFETY: the event's client, a NUL-terminated name the broker copies.
-                .map(|n| unsafe { (inst.functions.set_username)(client, n.as_ptr()) })
-                .unwrap_or(sys::MOSQ_ERR_INVAL);
-            if rc != sys::MOSQ_ERR_SUCCESS {
-                tracing::warn!("could not set client {id:?}'s username to its subject id (error {rc})");
-            }
-            sys::MOSQ_ERR_SUCCESS
-        }
+        Admission::Admitted { .. } => sys::MOSQ_ERR_SUCCESS,
     }
 }
 
@@ -249,21 +346,19 @@ unsafe extern "C" fn on_ext_auth_start(_event: c_int, data: *mut c_void, userdat
         else {
             return sys::MOSQ_ERR_AUTH;
         };
-        // SAFETY: the client, its strings, the method and `data_in` (`data_in_len` bytes) live
-        // for the duration of the event.
-        let (id, address, username, method, token) = unsafe {
+        // SAFETY: the method and `data_in` (`data_in_len` bytes) live for the duration of the
+        // event.
+        let (method, token) = unsafe {
             (
-                sys::text((inst.functions.client_id)(ev.client)),
-                sys::text((inst.functions.client_address)(ev.client)),
-                sys::bytes((inst.functions.client_username)(ev.client)),
                 sys::bytes(ev.auth_method).unwrap_or_default(),
                 (!ev.data_in.is_null()).then(|| {
                     std::slice::from_raw_parts(ev.data_in.cast::<u8>(), usize::from(ev.data_in_len))
                 }),
             )
         };
-        let client = Client { key: ClientKey(ev.client as usize), id: &id, address: &address };
-        answer(inst, ev.client, &id, inst.plugin.authenticate_ext(&client, method, token, username))
+        let client = EventClient { functions: &inst.functions, client: ev.client };
+        let username = client.username();
+        answer(inst.plugin.authenticate_ext(&client, method, token, username))
     })
 }
 
@@ -277,7 +372,8 @@ unsafe extern "C" fn on_acl_check(_event: c_int, data: *mut c_void, userdata: *m
         };
         // SAFETY: the topic lives for the duration of the event.
         let topic = unsafe { sys::bytes(ev.topic) }.unwrap_or_default();
-        if inst.plugin.check(ClientKey(ev.client as usize), ev.access, topic) {
+        let client = EventClient { functions: &inst.functions, client: ev.client };
+        if inst.plugin.check(&client, ev.access, topic) {
             sys::MOSQ_ERR_SUCCESS
         } else {
             sys::MOSQ_ERR_ACL_DENIED
@@ -291,7 +387,37 @@ unsafe extern "C" fn on_disconnect(_event: c_int, data: *mut c_void, userdata: *
         if let (Some(inst), Some(ev)) =
             (unsafe { instance(userdata) }, unsafe { data.cast::<sys::EvtDisconnect>().as_ref() })
         {
-            inst.plugin.disconnect(ClientKey(ev.client as usize));
+            let key = ClientKey(ev.client as usize);
+            // On 2.1 the disconnect event means the session ends (an offline one is reported
+            // as such); on 2.0 it is every disconnect.
+            if inst.sessions_reported { inst.plugin.session_ended(key) } else { inst.plugin.disconnect(key) }
+        }
+        sys::MOSQ_ERR_SUCCESS
+    })
+}
+
+/// Mosquitto 2.1: a client finished connecting.
+unsafe extern "C" fn on_connect(_event: c_int, data: *mut c_void, userdata: *mut c_void) -> c_int {
+    guard("connect", sys::MOSQ_ERR_SUCCESS, || {
+        // SAFETY: registered with an Instance; the broker passes its connect event.
+        if let (Some(inst), Some(ev)) =
+            (unsafe { instance(userdata) }, unsafe { data.cast::<sys::EvtConnect>().as_ref() })
+        {
+            inst.plugin.connected(&EventClient { functions: &inst.functions, client: ev.client });
+        }
+        sys::MOSQ_ERR_SUCCESS
+    })
+}
+
+/// Mosquitto 2.1: a client went offline; its session stays.
+unsafe extern "C" fn on_client_offline(_event: c_int, data: *mut c_void, userdata: *mut c_void) -> c_int {
+    guard("offline", sys::MOSQ_ERR_SUCCESS, || {
+        // SAFETY: registered with an Instance; the offline event has the disconnect event's
+        // layout.
+        if let (Some(inst), Some(ev)) =
+            (unsafe { instance(userdata) }, unsafe { data.cast::<sys::EvtDisconnect>().as_ref() })
+        {
+            inst.plugin.offline(ClientKey(ev.client as usize));
         }
         sys::MOSQ_ERR_SUCCESS
     })

@@ -10,7 +10,8 @@
 //! - `entry`: the exported symbols and one trampoline per event, each under
 //!   `catch_unwind`, turning pointers into safe values;
 //! - `plugin`: the safe core (CONNECT, ACL checks, disconnect, tick, reload), over
-//!   `connections` (who each connection is, its decision cache), `stats` (counters, latency,
+//!   `client` (what the broker says about a client, and the binding that keeps an identity
+//!   with the client that proved it), `connections` (who each client is, its decision cache), `stats` (counters, latency,
 //!   Prometheus and `$SYS`), `logging` (into Mosquitto's log) and `background` (key refresh
 //!   and metrics off the broker thread).
 //!
@@ -19,6 +20,7 @@
 
 pub mod background;
 pub mod broker;
+pub mod client;
 pub mod connections;
 pub mod entry;
 pub mod logging;
@@ -28,6 +30,6 @@ pub mod stats;
 pub mod sys;
 
 pub use broker::Broker;
-pub use connections::ClientKey;
+pub use client::{BrokerClient, CertificateNames, ClientKey, PlainClient};
 pub use options::Options;
-pub use plugin::{Admission, Client, Plugin, access};
+pub use plugin::{Admission, Plugin, access};

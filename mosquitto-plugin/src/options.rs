@@ -33,7 +33,25 @@ pub const KNOWN: &[&str] = &[
     "policy_url",
     "policy_poll",
     "bundle_token_file",
+    "bundle_public_key",
+    "insecure_unsigned_bundles",
+    "private_network_http",
+    "certificate_subject_type",
+    "certificate_name",
 ];
+
+/// The options that may be given more than once.
+const REPEATABLE: &[&str] = &["bundle_public_key"];
+
+/// Which name of a client's certificate the broker made its username: as the listener's
+/// `use_identity_as_username` (the first common name) or `use_subject_as_username` (the
+/// subject, RFC 2253).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum CertificateName {
+    #[default]
+    CommonName,
+    Subject,
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum LogLevel {
@@ -93,6 +111,20 @@ pub struct Options {
     pub policy_poll: Duration,
     /// Sent as a Bearer token when pulling.
     pub bundle_token_file: Option<PathBuf>,
+    /// Ed25519 public keys (PEM) one of which must have signed a pulled bundle; several for a
+    /// rotation.
+    pub bundle_public_keys: Vec<PathBuf>,
+    /// Take pulled bundles unsigned (an explicit choice, logged at start).
+    pub insecure_unsigned_bundles: bool,
+    /// Fetch key sets and OIDC discovery over plain `http://` from any host, not only
+    /// loopback (a private network; logged at start).
+    pub private_network_http: bool,
+    /// Decide clients known by their TLS certificate (not admitted by this plugin, their
+    /// username the certificate's name) as subjects of this type; without it they are denied
+    /// every check. Only `device`: users and services come from tokens.
+    pub certificate_subject_type: Option<policy_engine::SubjectType>,
+    /// Which name of the certificate is the client's (as the listener makes the username).
+    pub certificate_name: CertificateName,
 }
 
 fn parse_bool(name: &str, v: &str) -> Result<bool, String> {
@@ -143,7 +175,7 @@ impl Options {
                     KNOWN.join(", ")
                 ));
             }
-            if seen.contains(&k.as_str()) {
+            if seen.contains(&k.as_str()) && !REPEATABLE.contains(&k.as_str()) {
                 return Err(format!("plugin_opt_{k} is given twice"));
             }
             seen.push(k);
@@ -156,6 +188,8 @@ impl Options {
              plugin_opt_policy /etc/mosquitto/celine.json"
                 .to_string()
         })?;
+        let flag =
+            |name: &str| get(name).map(|v| parse_bool(name, v)).transpose().map(Option::unwrap_or_default);
         let url = |name: &str| -> Result<Option<String>, String> {
             let v = text(name)?;
             if let Some(u) = &v
@@ -227,10 +261,14 @@ impl Options {
                 },
             },
             username_claims: match get("username_claims") {
-                Some(v) => identity::parse_username_claims(v),
+                Some(v) => identity::parse_username_claims(v)
+                    .map_err(|e| format!("plugin_opt_username_claims: {e}"))?,
                 None => identity::DEFAULT_USERNAME_CLAIMS.iter().map(|c| c.to_string()).collect(),
             },
-            authorized_parties: text("authorized_parties")?.map(|l| identity::parse_list(&l)).unwrap_or_default(),
+            authorized_parties: match get("authorized_parties") {
+                Some(v) => identity::parse_names(v).map_err(|e| format!("plugin_opt_authorized_parties: {e}"))?,
+                None => Vec::new(),
+            },
             disconnect_on_expiry: get("disconnect_on_expiry")
                 .map(|v| parse_bool("disconnect_on_expiry", v))
                 .transpose()?
@@ -242,7 +280,36 @@ impl Options {
                 .transpose()?
                 .unwrap_or(Duration::from_secs(10)),
             bundle_token_file: path("bundle_token_file")?,
+            bundle_public_keys: pairs
+                .iter()
+                .filter(|(k, _)| k == "bundle_public_key")
+                .map(|(_, v)| non_empty("bundle_public_key", v).map(PathBuf::from))
+                .collect::<Result<_, _>>()?,
+            insecure_unsigned_bundles: flag("insecure_unsigned_bundles")?,
+            private_network_http: flag("private_network_http")?,
+            certificate_subject_type: text("certificate_subject_type")?
+                .map(|t| match policy_engine::SubjectType::parse(&t) {
+                    Some(policy_engine::SubjectType::Device) => Ok(policy_engine::SubjectType::Device),
+                    _ => Err(format!(
+                        "plugin_opt_certificate_subject_type: expected device (users and services come only \
+                         from tokens, so a certificate can never be decided as one), got {}",
+                        policy_core::quote(&t)
+                    )),
+                })
+                .transpose()?,
+            certificate_name: match text("certificate_name")?.as_deref() {
+                None | Some("common_name") => CertificateName::CommonName,
+                Some("subject") => CertificateName::Subject,
+                Some(other) => {
+                    return Err(format!(
+                        "plugin_opt_certificate_name: expected common_name (use_identity_as_username) or \
+                         subject (use_subject_as_username), got {}",
+                        policy_core::quote(other)
+                    ));
+                }
+            },
         };
+        options.refuse_conflicts()?;
         if options.issuer.is_none()
             && options.jwks_url.is_none()
             && options.jwks_file.is_none()
@@ -255,6 +322,67 @@ impl Options {
             );
         }
         Ok(options)
+    }
+
+    /// Options that contradict each other, or would silently weaken a check, stop the start
+    /// with both named.
+    fn refuse_conflicts(&self) -> Result<(), String> {
+        let both = |a: &str, b: &str, why: &str| Err(format!("plugin_opt_{a} and plugin_opt_{b}: {why}"));
+        if self.jwks_file.is_some() && self.jwks_url.is_some() {
+            return both(
+                "jwks_file",
+                "jwks_url",
+                "give one key source, not two (which would win is not obvious)",
+            );
+        }
+        if self.dev_state_dir.is_some() && self.issuer.is_some() {
+            return both(
+                "dev_state_dir",
+                "issuer",
+                "the dev key trusts tokens it signs itself and its own issuer; do not mix it with a real \
+                 identity provider",
+            );
+        }
+        match (&self.policy_url, self.bundle_public_keys.is_empty(), self.insecure_unsigned_bundles) {
+            (Some(_), true, false) => {
+                return Err("plugin_opt_policy_url needs plugin_opt_bundle_public_key (the operator's Ed25519 \
+                            public key, PEM): without it, anyone who can answer for the URL would decide this \
+                            broker's policy. To take unsigned bundles anyway, set \
+                            plugin_opt_insecure_unsigned_bundles true"
+                    .into());
+            }
+            (_, false, true) => {
+                return both(
+                    "bundle_public_key",
+                    "insecure_unsigned_bundles",
+                    "a public key requires signed bundles; the other takes unsigned ones",
+                );
+            }
+            (None, false, _) => {
+                return both(
+                    "bundle_public_key",
+                    "policy_url",
+                    "a public key without a URL verifies nothing",
+                );
+            }
+            (None, true, true) => {
+                return both("insecure_unsigned_bundles", "policy_url", "nothing is pulled without a URL");
+            }
+            _ => {}
+        }
+        for (name, url) in [("jwks_url", &self.jwks_url), ("issuer", &self.issuer)] {
+            if let Some(u) = url
+                && (name == "jwks_url" || (self.jwks_url.is_none() && self.jwks_file.is_none()))
+            {
+                let plain = if self.private_network_http || self.dev_state_dir.is_some() {
+                    identity::PlainHttp::Allowed
+                } else {
+                    identity::PlainHttp::LoopbackOnly
+                };
+                identity::check_transport(u, plain, &format!("plugin_opt_{name}"))?;
+            }
+        }
+        Ok(())
     }
 }
 
@@ -317,6 +445,74 @@ mod tests {
         assert!(with(("module", " ")).unwrap_err().contains("plugin_opt_module: the value is empty"));
         assert!(opts(&[("jwks_file", "/k")]).unwrap_err().contains("plugin_opt_policy is required"));
         assert!(opts(&[("policy", "/p")]).unwrap_err().contains("no way to verify tokens"));
+    }
+
+    #[test]
+    fn options_that_contradict_or_weaken_a_check_are_refused_naming_both() {
+        let both = |pairs: &[(&str, &str)], a: &str, b: &str| {
+            let e = opts(pairs).unwrap_err();
+            assert!(e.contains(&format!("plugin_opt_{a}")) && e.contains(&format!("plugin_opt_{b}")), "{e}");
+        };
+        both(
+            &[("policy", "/p"), ("jwks_file", "/k"), ("jwks_url", "https://idp/jwks")],
+            "jwks_file",
+            "jwks_url",
+        );
+        both(
+            &[("policy", "/p"), ("dev_state_dir", "/d"), ("issuer", "https://idp/realms/x")],
+            "dev_state_dir",
+            "issuer",
+        );
+        let public = ("bundle_public_key", "/etc/op.pub.pem");
+        both(
+            &[BASE[0], BASE[1], public, ("insecure_unsigned_bundles", "true"), ("policy_url", "https://s/b")],
+            "bundle_public_key",
+            "insecure_unsigned_bundles",
+        );
+        both(&[BASE[0], BASE[1], public], "bundle_public_key", "policy_url");
+        let e = with(("policy_url", "https://s/bundle")).unwrap_err();
+        assert!(e.contains("needs plugin_opt_bundle_public_key"), "{e}");
+        let o = opts(&[
+            BASE[0],
+            BASE[1],
+            ("policy_url", "https://s/b"),
+            public,
+            ("bundle_public_key", "/etc/new.pub.pem"),
+        ])
+        .unwrap();
+        assert_eq!(o.bundle_public_keys.len(), 2, "a rotation names two keys");
+        assert!(
+            opts(&[BASE[0], BASE[1], ("policy_url", "https://s/b"), ("insecure_unsigned_bundles", "yes")])
+                .is_ok()
+        );
+        for (name, empty) in
+            [("username_claims", ""), ("username_claims", ","), ("authorized_parties", " , ")]
+        {
+            let e = with((name, empty)).unwrap_err();
+            assert!(e.starts_with(&format!("plugin_opt_{name}:")) && e.contains("names nothing"), "{e}");
+        }
+        let e = opts(&[("policy", "/p"), ("issuer", "http://keycloak.internal/realms/celine")]).unwrap_err();
+        assert!(e.contains("plain http://"), "{e}");
+        assert!(
+            opts(&[("policy", "/p"), ("issuer", "http://127.0.0.1:8080/realms/celine")]).is_ok(),
+            "loopback"
+        );
+        assert!(
+            opts(&[
+                ("policy", "/p"),
+                ("issuer", "http://keycloak:8080/realms/celine"),
+                ("private_network_http", "true")
+            ])
+            .is_ok()
+        );
+        assert!(with(("certificate_subject_type", "devices")).unwrap_err().contains("expected device"));
+        assert!(with(("certificate_subject_type", "user")).unwrap_err().contains("only from tokens"));
+        assert!(with(("certificate_name", "cn")).unwrap_err().starts_with("plugin_opt_certificate_name:"));
+        assert_eq!(with(("certificate_name", "subject")).unwrap().certificate_name, CertificateName::Subject);
+        assert_eq!(
+            with(("certificate_subject_type", "device")).unwrap().certificate_subject_type,
+            Some(policy_engine::SubjectType::Device)
+        );
     }
 
     #[test]

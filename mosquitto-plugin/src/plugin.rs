@@ -4,8 +4,15 @@
 //!
 //! Everything here runs on the broker thread, so nothing here waits: a CONNECT verifies the
 //! token with the keys already held, and a check is a lookup in the connection's decision
-//! cache or one call into the policy module. Building candidates, refreshing keys and
-//! serving metrics happen on background threads.
+//! cache or one call into the policy module (never an instance build: the broker thread is
+//! marked with `policy_engine::runtime::must_not_wait`). Building candidates, refreshing
+//! keys and serving metrics happen on background threads.
+//!
+//! Who a check is for comes from the connection table (`connections.rs`), kept bound to the
+//! clients that proved each identity (`client.rs`). A client this plugin did not admit (a
+//! certificate listener, another plugin, another enhanced-authentication method) is decided
+//! as the subject its certificate names, when `plugin_opt_certificate_subject_type` is set
+//! and the policy's `certificates` section names it, and is denied every check otherwise.
 
 use std::cell::{Cell, RefCell};
 use std::sync::Arc;
@@ -15,14 +22,16 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use goauth_wire::looks_like_jwt;
 use identity::devkey::{DEV_ISSUER, DevKey};
-use identity::{Identities, KeySource, Verified, Verifier, VerifierConfig, names_subject, now};
-use policy_engine::{Action, Decision, Live, Reloader, Runtime, Source, Subject};
+use identity::{Identities, KeySource, PlainHttp, Verified, Verifier, VerifierConfig, names_subject, now};
+use policy_engine::pull::{PullStatus, Trust};
+use policy_engine::{Action, Decision, Generation, Live, Reloader, Runtime, Source, Subject};
 
 use crate::background::Background;
 use crate::broker::Broker;
-use crate::connections::{ClientKey, Connection, Connections, DecisionCache};
+use crate::client::{Binding, BrokerClient, ClientKey};
+use crate::connections::{Connection, Connections, DecisionCache, Identity, LogBudget};
 use crate::logging;
-use crate::options::Options;
+use crate::options::{CertificateName, Options};
 use crate::stats::{Stats, bump};
 
 /// How long the first key load may take at start-up before the broker starts without keys
@@ -43,18 +52,11 @@ const SWEEP_EVERY: Duration = Duration::from_secs(10);
 pub enum Admission {
     /// CONNACK "not authorised".
     Refused,
-    /// Let in; with `rename`, the broker should know the client by that username instead of
-    /// the token it sent as its username (so the broker's own log never shows a token).
+    /// Let in; with `rename`, the broker now knows the client by that username instead of the
+    /// token it sent as its username (so the broker's own log never shows a token).
     Admitted { rename: Option<String> },
     /// An enhanced-authentication method other than `jwt`: for another plugin to decide.
     NotOurs,
-}
-
-/// What the broker tells the plugin about a connecting client.
-pub struct Client<'a> {
-    pub key: ClientKey,
-    pub id: &'a str,
-    pub address: &'a str,
 }
 
 /// Mosquitto's access bits (`MOSQ_ACL_*`).
@@ -77,11 +79,28 @@ pub struct Plugin {
     stats: Arc<Stats>,
     last_sys: Cell<Option<Instant>>,
     last_sweep: Cell<Instant>,
-    /// From Mosquitto's reload event until the next tick or check: the broker re-checks every
-    /// client's stored credentials (see `readmit`).
+    /// From Mosquitto's reload event until the next tick: the broker re-checks every client's
+    /// stored credentials (see `readmit`). The re-check runs in one go right after the event
+    /// and the tick comes later in the same loop; checks in between (log lines published to
+    /// `$SYS`) do not end it. (A broker built with websockets services them in between too: a
+    /// CONNECT then may be taken for a re-check, which readmits only an entry whose whole
+    /// binding matches, and leaves a disconnected one disconnected: it gets no subscription.)
     reauthenticating: Cell<bool>,
+    /// The client whose disconnect event was the last event: Mosquitto checks its will as a
+    /// publish right after the event, before any other event. Any other event ends it.
+    will_window: Cell<Option<ClientKey>>,
     /// Checks so far (which ones are timed).
     checks: Cell<u64>,
+}
+
+/// Whether a kept identity belongs to the client a check is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Bound {
+    Yes,
+    /// Another client's (or a stale one's): it goes.
+    No,
+    /// Its own, but not for this: the check is denied, the identity kept.
+    NotNow,
 }
 
 fn action_name(a: Action) -> &'static str {
@@ -92,15 +111,36 @@ fn action_name(a: Action) -> &'static str {
     }
 }
 
+/// The key source and verifier configuration the options describe.
+fn verifier_config(options: &Options, dev_key: Option<&DevKey>) -> anyhow::Result<VerifierConfig> {
+    let source = match (&options.jwks_file, &options.jwks_url, &options.issuer) {
+        (Some(f), _, _) => KeySource::File(f.clone()),
+        (None, Some(u), _) => KeySource::Url(u.clone()),
+        (None, None, Some(iss)) => KeySource::Discovery(iss.clone()),
+        (None, None, None) => KeySource::None,
+    };
+    Ok(VerifierConfig {
+        source,
+        issuer: options.issuer.clone().or_else(|| dev_key.map(|_| DEV_ISSUER.to_string())),
+        audience: options.audience.clone(),
+        leeway: options.leeway,
+        extra_keys: dev_key.map(|k| k.jwk()).transpose()?.into_iter().collect(),
+        hmac_secret: None,
+        min_refresh: options.jwks_min_refresh,
+        authorized_parties: options.authorized_parties.clone(),
+        refresh_every: options.jwks_refresh,
+        plain_http: if options.private_network_http || dev_key.is_some() {
+            PlainHttp::Allowed
+        } else {
+            PlainHttp::LoopbackOnly
+        },
+    })
+}
+
 impl Plugin {
     /// Loads the policy through the test-gated pipeline, loads the keys, starts the
     /// background work. An error stops the broker's start with its message.
     pub fn start(options: Options, broker: Arc<dyn Broker>) -> anyhow::Result<Plugin> {
-        let runtime = Runtime::new(options.cache_dir.clone())?;
-        let module_source = options.module.clone().map(Source::File).unwrap_or(Source::BuiltIn);
-        let live =
-            Live::start(runtime, module_source, Source::File(options.policy.clone()), options.tests.clone())?;
-
         let dev_key = match &options.dev_state_dir {
             Some(dir) => Some(DevKey::load_or_create(dir).with_context(|| {
                 format!(
@@ -110,28 +150,38 @@ impl Plugin {
             })?),
             None => None,
         };
-        let source = match (&options.jwks_file, &options.jwks_url, &options.issuer) {
-            (Some(f), _, _) => KeySource::File(f.clone()),
-            (None, Some(u), _) => KeySource::Url(u.clone()),
-            (None, None, Some(iss)) if dev_key.is_none() => KeySource::Discovery(iss.clone()),
-            _ => KeySource::None,
-        };
-        let file_source = matches!(source, KeySource::File(_));
-        let config = VerifierConfig {
-            source,
-            issuer: options.issuer.clone().or_else(|| dev_key.as_ref().map(|_| DEV_ISSUER.to_string())),
-            audience: options.audience.clone(),
-            leeway: options.leeway,
-            extra_keys: dev_key.as_ref().map(|k| k.jwk()).transpose()?.into_iter().collect(),
-            hmac_secret: None,
-            min_refresh: options.jwks_min_refresh,
-            authorized_parties: options.authorized_parties.clone(),
-            refresh_every: options.jwks_refresh,
-        };
+        let config = verifier_config(&options, dev_key.as_ref())?;
+        let file_source = matches!(config.source, KeySource::File(_));
         if let (None, Some(why)) = (&dev_key, config.unrestricted()) {
             tracing::warn!("{why}: plugin_opt_audience or plugin_opt_authorized_parties");
         }
+        if options.private_network_http {
+            tracing::warn!(
+                "plugin_opt_private_network_http: key sets and OIDC discovery are fetched over plain \
+                 http:// from any host; anyone on that network path can replace the signing keys"
+            );
+        }
+        let trust = match (&options.policy_url, options.insecure_unsigned_bundles) {
+            (Some(_), true) => {
+                tracing::warn!(
+                    "plugin_opt_insecure_unsigned_bundles: bundles are taken unsigned; whoever can answer \
+                     for plugin_opt_policy_url decides this broker's policy"
+                );
+                Some(Trust::InsecureUnsigned)
+            }
+            (Some(_), false) => Some(Trust::Signed(
+                policy_engine::bundle::TrustedKeys::read(&options.bundle_public_keys)
+                    .map_err(|e| anyhow::anyhow!("plugin_opt_bundle_public_key: {e}"))?,
+            )),
+            (None, _) => None,
+        };
         let verifier = Arc::new(Verifier::new(config)?);
+
+        let runtime = Runtime::new(options.cache_dir.clone())?;
+        let module_source = options.module.clone().map(Source::File).unwrap_or(Source::BuiltIn);
+        let live =
+            Live::start(runtime, module_source, Source::File(options.policy.clone()), options.tests.clone())?;
+
         let background = Background::start()?;
         match background.block_on(async { tokio::time::timeout(FIRST_KEY_LOAD, verifier.refresh()).await }) {
             Ok(Ok(n)) => tracing::info!("signing keys loaded: {n}"),
@@ -146,7 +196,8 @@ impl Plugin {
             ),
         }
         background.spawn_key_refresher(&verifier);
-        if let Some(url) = &options.policy_url {
+        let stats = Arc::new(Stats::default());
+        if let (Some(url), Some(trust)) = (&options.policy_url, trust) {
             let token = match &options.bundle_token_file {
                 Some(f) => Some(
                     std::fs::read_to_string(f)
@@ -156,24 +207,39 @@ impl Plugin {
                 ),
                 None => None,
             };
-            background.spawn_puller(&live, url, token, options.policy_poll)?;
-            tracing::info!("pulling policy bundles from {url} every {}s", options.policy_poll.as_secs());
+            let signed_by = match &trust {
+                Trust::Signed(keys) => format!("signed by {}", keys.ids().join(" or ")),
+                Trust::InsecureUnsigned => "unsigned bundles accepted".into(),
+            };
+            let status = Arc::new(std::sync::Mutex::new(PullStatus::default()));
+            background.spawn_puller(&live, url, token, options.policy_poll, trust, Arc::clone(&status))?;
+            let _ = stats.pull.set(status);
+            tracing::info!(
+                "pulling policy bundles from {url} every {}s ({signed_by})",
+                options.policy_poll.as_secs()
+            );
         }
-        let stats = Arc::new(Stats::default());
         if let Some(addr) = options.metrics_listen {
             let bound = background.serve_metrics(addr, Arc::clone(&stats), Arc::clone(&live))?;
             tracing::info!("metrics at http://{bound}/metrics");
         }
         let reloader = Reloader::start(Arc::clone(&live), options.watch)?;
+        // From now on the broker's thread decides with the instances it finds ready and never
+        // builds one (the start-up pipeline above could).
+        policy_engine::runtime::must_not_wait();
         let g = live.current();
         tracing::info!(
-            "ready: policy {} ({} rules, generation {}), module {} ({}), test cases {}",
+            "ready: policy {} ({} rules, generation {}), module {} ({}), test cases {}, certificate clients {}",
             options.policy.display(),
             g.rule_count,
             g.id,
             g.module.version,
             &g.module.hash[..16],
             options.tests.as_ref().map(|t| t.display().to_string()).unwrap_or_else(|| "none".into()),
+            match options.certificate_subject_type {
+                Some(t) => format!("decided as {} subjects (the policy's certificates section)", t.as_str()),
+                None => "denied (plugin_opt_certificate_subject_type is not set)".into(),
+            }
         );
         Ok(Plugin {
             reloader: Some(reloader),
@@ -187,6 +253,7 @@ impl Plugin {
             last_sys: Cell::new(None),
             last_sweep: Cell::new(Instant::now()),
             reauthenticating: Cell::new(false),
+            will_window: Cell::new(None),
             checks: Cell::new(0),
         })
     }
@@ -199,15 +266,22 @@ impl Plugin {
         &self.stats
     }
 
+    /// Every event but a disconnect's will check ends the will window; log lines queued on
+    /// other threads are written first.
+    fn event(&self) {
+        logging::flush();
+        self.will_window.set(None);
+    }
+
     /// CONNECT with a username and password (either may be absent). Refused answers CONNACK
     /// "not authorised". Either way the reason is logged, never the token.
     pub fn authenticate(
         &self,
-        client: &Client,
+        client: &dyn BrokerClient,
         username: Option<&[u8]>,
         password: Option<&[u8]>,
     ) -> Admission {
-        logging::flush();
+        self.event();
         let Some(mut connections) = self.table(client) else { return Admission::Refused };
         if let Some(admitted) = self.readmit(&mut connections, client, username, password) {
             return admitted;
@@ -220,21 +294,33 @@ impl Plugin {
     /// the token as the authentication data. At CONNECT it admits like a password would, and
     /// a client that sent no username is known to the broker by its subject id. On a
     /// connected client (an AUTH packet with reason 0x19, re-authenticate) it is a fresh
-    /// token: see [`Plugin::reauthenticate`].
+    /// token: see [`Plugin::reauthenticate`]. Another method is not ours: whatever the
+    /// client's address held is forgotten (this CONNECT is another client's).
     pub fn authenticate_ext(
         &self,
-        client: &Client,
+        client: &dyn BrokerClient,
         method: &[u8],
         data: Option<&[u8]>,
         username: Option<&[u8]>,
     ) -> Admission {
-        logging::flush();
-        if !method.eq_ignore_ascii_case(b"jwt") {
+        self.event();
+        let Some(mut connections) = self.table(client) else { return Admission::Refused };
+        let key = client.key();
+        let token = data.filter(|d| !d.is_empty());
+        let ours = method.eq_ignore_ascii_case(b"jwt");
+        // Only a client that proved a token here re-authenticates with one.
+        let reauthentication = connections.get_mut(key).is_some_and(|c| {
+            c.connected && matches!(c.identity, Identity::Token { .. }) && c.binding.still_names(client)
+        });
+        if !ours {
+            // Mosquitto requires a re-authentication to use the CONNECT's method, so this is
+            // a CONNECT: the address now belongs to a client this plugin does not know.
+            if !reauthentication && connections.remove(key).is_some() {
+                self.stats.connections_current.store(connections.connected() as u64, Relaxed);
+            }
             return Admission::NotOurs;
         }
-        let Some(mut connections) = self.table(client) else { return Admission::Refused };
-        let token = data.filter(|d| !d.is_empty());
-        if connections.get_mut(client.key).is_some_and(|c| c.connected) {
+        if reauthentication {
             return self.reauthenticate(&mut connections, client, token, username);
         }
         let tried = match token {
@@ -248,10 +334,13 @@ impl Plugin {
 
     /// The connection table, for an authentication; `None` (refused, and logged) if it is
     /// already borrowed, which only a re-entered callback could do.
-    fn table(&self, client: &Client) -> Option<std::cell::RefMut<'_, Connections>> {
+    fn table(&self, client: &dyn BrokerClient) -> Option<std::cell::RefMut<'_, Connections>> {
         let table = self.connections.try_borrow_mut().ok();
         if table.is_none() {
-            tracing::error!("refused client {:?}: the connection table is busy (re-entered)", client.id);
+            tracing::error!(
+                "refused client {:?}: the connection table is busy (re-entered)",
+                client.id_text()
+            );
         }
         table
     }
@@ -259,6 +348,42 @@ impl Plugin {
     /// When a token stops being good: its `exp` plus the leeway.
     fn deadline(&self, v: &Verified) -> u64 {
         v.exp.saturating_add(self.options.leeway.as_secs())
+    }
+
+    /// Is `name` a certificate name (the policy's certificates section, when certificate
+    /// clients are on)? Such a name never stands for a token's subject: the two namespaces
+    /// stay apart.
+    fn is_certificate_name(&self, generation: &Generation, name: &str) -> bool {
+        // A module that cannot say (a fault) counts as yes: the name is then not proven.
+        self.options
+            .certificate_subject_type
+            .is_some_and(|kind| !matches!(generation.certificate_subject(name, kind), Ok(Err(_))))
+    }
+
+    /// `${username}` for an identity under `generation`: a token's proven username, a
+    /// certificate's name.
+    fn username_for(&self, generation: &Generation, identity: &Identity, subject: &Subject) -> Box<str> {
+        match identity {
+            Identity::Token { given, verified, .. } => {
+                self.proven_username(generation, given, subject, verified)
+            }
+            Identity::Certificate { name } => name.clone(),
+            Identity::Unknown { .. } => "".into(),
+        }
+    }
+
+    /// `${username}` for a token's subject: the username when it is proven to name the
+    /// subject and is not a certificate name; otherwise empty.
+    fn proven_username(
+        &self,
+        generation: &Generation,
+        given: &str,
+        subject: &Subject,
+        v: &Verified,
+    ) -> Box<str> {
+        let proven = names_subject(given, subject, &v.claims, &self.options.username_claims)
+            && !self.is_certificate_name(generation, given);
+        if proven { given.into() } else { "".into() }
     }
 
     /// A connected client shows a fresh token (MQTT 5 re-authentication). It must name the
@@ -269,18 +394,23 @@ impl Plugin {
     fn reauthenticate(
         &self,
         connections: &mut Connections,
-        client: &Client,
+        client: &dyn BrokerClient,
         token: Option<&[u8]>,
         username: Option<&[u8]>,
     ) -> Admission {
-        let Some(conn) = connections.get_mut(client.key) else { return Admission::Refused };
+        let key = client.key();
+        let Some(conn) = connections.get_mut(key) else { return Admission::Refused };
         let generation = self.live.current();
         let tried = (|| {
+            let Identity::Token { hash: held_hash, verified: held, shown_username, .. } = &conn.identity
+            else {
+                return Err("this connection did not prove itself with a token".to_string());
+            };
             let token = token.ok_or("no token in the AUTH packet's authentication data")?;
             let token = std::str::from_utf8(token).map_err(|_| "the token is not UTF-8".to_string())?;
             let (hash, verified) = self.identities.verify_now(token)?;
             let fresh = self.identities.subject(&generation, hash, &verified)?;
-            let held = self.identities.subject(&generation, conn.token, &conn.verified)?;
+            let held = self.identities.subject(&generation, *held_hash, held)?;
             if fresh.id != held.id || fresh.kind_str() != held.kind_str() {
                 return Err(format!(
                     "the new token names {} {:?}, the connection is {} {:?}: a connection keeps its \
@@ -291,38 +421,39 @@ impl Plugin {
                     held.id
                 ));
             }
-            Ok((hash, verified, fresh))
+            Ok((hash, verified, fresh, shown_username.is_none()))
         })();
-        let (hash, verified, subject) = match tried {
+        let (hash, verified, subject, as_sent) = match tried {
             Ok(t) => t,
             Err(reason) => {
                 bump(&self.stats.reauth_refused);
                 tracing::info!(
                     "refused the re-authentication of client {:?} from {}: {reason}; the broker ends \
                      the connection",
-                    client.id,
-                    client.address
+                    client.id_text(),
+                    client.address_text()
                 );
                 return Admission::Refused;
             }
         };
-        // `${username}` stays a name proven to belong to the subject, by the new claims.
-        if conn.shown_username.is_none() {
-            let given = username.and_then(|u| std::str::from_utf8(u).ok()).unwrap_or("");
-            let proven = names_subject(given, &subject, &verified.claims, &self.options.username_claims);
-            conn.username = if proven { given.into() } else { "".into() };
+        if let Identity::Token { hash: h, verified: v, given, .. } = &mut conn.identity {
+            *h = hash;
+            conn.deadline = self.deadline(&verified);
+            *v = verified;
+            if as_sent {
+                *given = username.and_then(|u| std::str::from_utf8(u).ok()).unwrap_or("").into();
+            }
         }
-        conn.token = hash;
-        conn.deadline = self.deadline(&verified);
-        conn.verified = verified;
+        // `${username}` stays a name proven to belong to the subject, by the new claims.
+        conn.username = self.username_for(&generation, &conn.identity, &subject);
         let superuser = generation.superuser(&subject).allow;
         conn.remap(generation.id, &subject, superuser);
         let deadline = conn.deadline;
-        connections.watch(client.key, deadline);
+        connections.watch(key, deadline);
         bump(&self.stats.reauth_accepted);
         tracing::info!(
             "re-authenticated client {:?} as {} {:?}{}: new token good until {}",
-            client.id,
+            client.id_text(),
             subject.kind_str(),
             subject.id,
             if superuser { " (superuser)" } else { "" },
@@ -331,20 +462,37 @@ impl Plugin {
         Admission::Admitted { rename: None }
     }
 
-    /// Records an authentication's outcome: the connection, counters and the log line.
+    /// Records an authentication's outcome: the connection (renaming the client when its
+    /// token was its username), counters and the log line.
     fn admit(
         &self,
         connections: &mut Connections,
-        client: &Client,
+        client: &dyn BrokerClient,
         tried: Result<(Connection, Arc<Subject>), String>,
     ) -> Admission {
+        let key = client.key();
+        let tried = tried.and_then(|(mut connection, subject)| {
+            // A token sent as the username: the broker must show the subject id instead, or
+            // its own log would show the token. If it cannot, the client does not get in.
+            if let Identity::Token { shown_username: Some(name), .. } = &connection.identity {
+                let same = client.username() == Some(name.as_bytes());
+                if !same && !client.set_username(name) {
+                    return Err(format!(
+                        "the broker refused to show the client as {name:?} in place of the token it sent \
+                         as its username"
+                    ));
+                }
+                connection.binding.renamed(name);
+            }
+            Ok((connection, subject))
+        });
         let outcome = match tried {
             Ok((mut connection, subject)) => {
                 let superuser = connection.mapped.as_ref().is_some_and(|m| m.superuser);
                 let described = format!(
                     "client {:?} from {} as {} {:?}{}",
-                    client.id,
-                    client.address,
+                    client.id_text(),
+                    client.address_text(),
                     subject.kind_str(),
                     subject.id,
                     if superuser { " (superuser)" } else { "" }
@@ -352,25 +500,36 @@ impl Plugin {
                 // Mosquitto re-authenticates every client after a reload: the same token on
                 // the same client is not news, and a kept session stays disconnected. (Outside
                 // a reload, the same address is a new connection, even with the same token.)
-                let again = connections
-                    .get_mut(client.key)
-                    .filter(|c| self.reauthenticating.get() && c.token == connection.token);
+                let again = connections.get_mut(key).filter(|c| {
+                    self.reauthenticating.get()
+                        && c.token().map(|t| t.0) == connection.token().map(|t| t.0)
+                        && c.binding.describes(client)
+                });
+                let rename = match &connection.identity {
+                    Identity::Token { shown_username, .. } => shown_username.as_deref().map(str::to_string),
+                    _ => None,
+                };
                 if let Some(old) = again {
                     connection.connected = old.connected;
+                    connection.connecting = old.connecting;
+                    connection.binding = old.binding.clone();
                     tracing::debug!("re-authenticated {described}");
                 } else {
                     tracing::info!("connected {described}");
                     bump(&self.stats.connections_accepted);
                 }
-                let rename = connection.shown_username.as_deref().map(str::to_string);
-                connections.insert(client.key, connection);
+                connections.insert(key, connection);
                 Admission::Admitted { rename }
             }
             Err(reason) => {
                 // An address reused by a refused client keeps nothing of an earlier one.
-                connections.remove(client.key);
+                connections.remove(key);
                 bump(&self.stats.connections_refused);
-                tracing::info!("refused client {:?} from {}: {reason}", client.id, client.address);
+                tracing::info!(
+                    "refused client {:?} from {}: {reason}",
+                    client.id_text(),
+                    client.address_text()
+                );
                 Admission::Refused
             }
         };
@@ -378,36 +537,37 @@ impl Plugin {
         outcome
     }
 
-    /// After a reload Mosquitto re-checks every client with the credentials it stored. A
-    /// client that sent its token as the username now has its subject id as the username
-    /// (see [`Admission::Admitted`]) and no password, and one admitted through enhanced
-    /// authentication has no password either (Mosquitto asks through this event all the
-    /// same): it is readmitted on the identity it proved, while that is still valid. Only
-    /// during the reload's re-check, and only for the same, still connected client: a new
-    /// connection always has to show a token.
+    /// After a reload Mosquitto re-checks every client with the credentials it stored, the
+    /// offline persistent sessions too. A client that sent its token as the username now has
+    /// its subject id as the username (see [`Admission::Admitted`]) and no password, and one
+    /// admitted through enhanced authentication has no password either (Mosquitto asks
+    /// through this event all the same): it is readmitted on the identity it proved, while
+    /// that is still valid. Only during the reload's re-check, and only for the client that
+    /// proved it: a new connection always has to show a token.
     fn readmit(
         &self,
         connections: &mut Connections,
-        client: &Client,
+        client: &dyn BrokerClient,
         username: Option<&[u8]>,
         password: Option<&[u8]>,
     ) -> Option<Admission> {
         if !self.reauthenticating.get() || password.is_some() {
             return None;
         }
-        let conn = connections.get_mut(client.key)?;
-        let by_name = conn.shown_username.as_deref().is_some_and(|shown| username == Some(shown.as_bytes()));
-        if !conn.connected || !(by_name || conn.enhanced) {
+        let conn = connections.get_mut(client.key())?;
+        let Identity::Token { verified, shown_username, enhanced, .. } = &conn.identity else { return None };
+        let by_name = shown_username.as_deref().is_some_and(|shown| username == Some(shown.as_bytes()));
+        if !(by_name || *enhanced) || !conn.binding.describes(client) {
             return None;
         }
-        if !self.identities.still_valid(&conn.verified) {
+        if !self.identities.still_valid(verified) {
             tracing::info!(
                 "refused client {:?} on reload: its token expired or its key was withdrawn",
-                client.id
+                client.id_text()
             );
             return Some(Admission::Refused);
         }
-        tracing::debug!("re-authenticated client {:?} on the token it presented", client.id);
+        tracing::debug!("re-authenticated client {:?} on the token it presented", client.id_text());
         Some(Admission::Admitted { rename: None })
     }
 
@@ -415,7 +575,7 @@ impl Plugin {
     /// is the authentication data) and builds the connection it admits.
     fn try_authenticate(
         &self,
-        client: &Client,
+        client: &dyn BrokerClient,
         username: Option<&[u8]>,
         password: Option<&[u8]>,
         enhanced: bool,
@@ -441,25 +601,26 @@ impl Plugin {
         // A token sent as the username, or enhanced authentication without one: the broker
         // will know the client by its subject id.
         let renamed = password.is_none() || (enhanced && username.is_none());
+        let identity = Identity::Token {
+            hash,
+            given: if renamed { subject.id.as_str() } else { username.unwrap_or("") }.into(),
+            shown_username: renamed.then(|| subject.id.as_str().into()),
+            enhanced,
+            verified: Arc::clone(&verified),
+        };
         let mut connection = Connection {
-            client_id: client.id.into(),
+            client_id: client.id_text().into(),
             // `${username}` is only ever a name proven to belong to the subject.
-            username: match username {
-                _ if renamed => subject.id.clone(),
-                Some(u) if names_subject(u, &subject, &verified.claims, &self.options.username_claims) => {
-                    u.to_string()
-                }
-                _ => String::new(),
-            }
-            .into(),
-            token: hash,
+            username: self.username_for(&generation, &identity, &subject),
             deadline: self.deadline(&verified),
-            verified,
+            identity,
+            binding: Binding::of(client),
             mapped: None,
             cache: DecisionCache::new(self.options.decision_cache_size),
             connected: true,
-            shown_username: renamed.then(|| subject.id.clone().into()),
-            enhanced,
+            connecting: true,
+            left: 0,
+            log: LogBudget::default(),
         };
         connection.remap(generation.id, &subject, superuser);
         Ok((connection, subject))
@@ -467,9 +628,10 @@ impl Plugin {
 
     /// An ACL check: `true` allows. `access` is Mosquitto's bit (read = delivery, write =
     /// publish or will, subscribe, unsubscribe); `topic` a name, or a filter for subscribe.
-    pub fn check(&self, client: ClientKey, access: i32, topic: &[u8]) -> bool {
+    pub fn check(&self, client: &dyn BrokerClient, access: i32, topic: &[u8]) -> bool {
+        // Only the check right after a disconnect event may be that client's will.
+        let will = self.will_window.take() == Some(client.key());
         logging::flush();
-        self.reauthenticating.set(false);
         // One check in LATENCY_SAMPLE is timed: reading the clock twice costs about as much
         // as a cached decision.
         let n = self.checks.get().wrapping_add(1);
@@ -486,7 +648,7 @@ impl Plugin {
                 return false;
             }
         };
-        let allow = self.decide(client, action, topic);
+        let allow = self.decide(client, action, topic, will);
         self.stats.decided(action, allow);
         if let Some(t) = started {
             self.stats.check_latency.record(t.elapsed());
@@ -494,7 +656,7 @@ impl Plugin {
         allow
     }
 
-    fn decide(&self, key: ClientKey, action: Action, topic: &[u8]) -> bool {
+    fn decide(&self, client: &dyn BrokerClient, action: Action, topic: &[u8], will: bool) -> bool {
         let Ok(topic) = std::str::from_utf8(topic) else {
             tracing::info!("deny {}: the topic is not UTF-8", action_name(action));
             return false;
@@ -506,94 +668,283 @@ impl Plugin {
             );
             return false;
         };
-        let Some(conn) = connections.get_mut(key) else {
-            tracing::info!(
-                "deny {} {topic:?}: this connection has no verified identity",
-                action_name(action)
-            );
-            return false;
-        };
-        if conn.deadline <= coarse_now() {
-            tracing::info!(
-                "deny {} {topic:?} for client {:?}: its token has expired",
-                action_name(action),
-                conn.client_id
-            );
+        let key = client.key();
+        let generation = self.live.peek();
+        let bound = connections.get_mut(key).map_or(Bound::No, |c| self.still_bound(c, client, action, will));
+        if bound == Bound::NotNow {
+            if let Some(Connection { log, client_id, .. }) = connections.get_mut(key) {
+                self.log_denial(
+                    log,
+                    format_args!(
+                        "deny {} {topic:?} for client {client_id:?}: it left, and a client that left publishes \
+                         only its will",
+                        action_name(action)
+                    ),
+                );
+            }
             return false;
         }
-        let generation = self.live.peek();
-        if conn.mapped_for(generation.id).is_none() {
-            // A new generation: its module maps the claims again, and earlier decisions go.
-            match self.identities.subject(&generation, conn.token, &conn.verified) {
+        if bound == Bound::No {
+            if connections.remove(key).is_some() {
+                bump(&self.stats.stale_entries);
+                tracing::debug!(
+                    "client {:?}: the identity kept for its address belonged to an earlier client",
+                    client.id_text()
+                );
+            }
+            let newcomer = self.unadmitted(client);
+            if will {
+                // Met at its will, right after its disconnect: its structure goes soon.
+                connections.insert_leaving(key, newcomer);
+            } else {
+                connections.insert(key, newcomer);
+            }
+            self.stats.connections_current.store(connections.connected() as u64, Relaxed);
+        }
+        let Some(conn) = connections.get_mut(key) else { return false };
+        let refused = if let Identity::Unknown { reason, .. } = &conn.identity {
+            Some(reason.to_string())
+        } else if conn.deadline <= coarse_now() {
+            Some("its token has expired".to_string())
+        } else if conn.mapped_for(generation.id).is_none() {
+            // A new generation: its module maps the identity again, and earlier decisions go.
+            match self.subject_of(&generation, &conn.identity) {
                 Ok(s) => {
                     let superuser = generation.superuser(&s).allow;
+                    conn.username = self.username_for(&generation, &conn.identity, &s);
                     conn.remap(generation.id, &s, superuser);
+                    None
                 }
                 Err(reason) => {
                     conn.mapped = None;
-                    tracing::info!(
-                        "deny {} {topic:?} for client {:?}: {reason}",
-                        action_name(action),
-                        conn.client_id
-                    );
-                    return false;
+                    Some(reason)
                 }
             }
+        } else {
+            None
+        };
+        if let Some(reason) = refused {
+            let Connection { log, client_id, .. } = conn;
+            self.log_denial(
+                log,
+                format_args!("deny {} {topic:?} for client {client_id:?}: {reason}", action_name(action)),
+            );
+            return false;
         }
-        let Connection { mapped: Some(mapped), cache, client_id, .. } = conn else { return false };
+        let Connection { mapped: Some(mapped), cache, client_id, log, .. } = conn else { return false };
         if mapped.superuser {
             tracing::debug!("allow {} {topic:?} for client {client_id:?}: superuser", action_name(action));
             return true;
         }
-        if let Some(d) = cache.get(action, topic) {
-            bump(&self.stats.cache_hits);
-            audit(action, topic, &mapped.request.subject, client_id, d);
-            return d.allow;
-        }
-        bump(&self.stats.cache_misses);
-        mapped.request.topic.clear();
-        mapped.request.topic.push_str(topic);
-        mapped.request.action = action;
-        let decision = match generation.try_check(&mapped.request) {
-            Ok(d) => {
-                let d = Arc::new(d);
-                cache.put(action, topic, Arc::clone(&d));
-                d
+        let decision = match cache.get(action, topic) {
+            Some(d) => {
+                bump(&self.stats.cache_hits);
+                Arc::clone(d)
             }
-            // A module fault denies this request and is not remembered.
-            Err(fault) => Arc::new(Decision { allow: false, rule: None, reason: fault }),
+            None => {
+                bump(&self.stats.cache_misses);
+                mapped.request.topic.clear();
+                mapped.request.topic.push_str(topic);
+                mapped.request.action = action;
+                match generation.try_check(&mapped.request) {
+                    Ok(d) => {
+                        let d = Arc::new(d);
+                        cache.put(action, topic, Arc::clone(&d));
+                        d
+                    }
+                    // A module fault denies this request and is not remembered.
+                    Err(fault) => Arc::new(Decision { allow: false, rule: None, reason: fault }),
+                }
+            }
         };
-        audit(action, topic, &mapped.request.subject, client_id, &decision);
+        if decision.allow {
+            audit_allow(action, topic, &mapped.request.subject, client_id, &decision);
+        } else if let Some(suppressed) = log.take(coarse_now()) {
+            audit_deny(action, topic, &mapped.request.subject, client_id, &decision, suppressed);
+        } else {
+            bump(&self.stats.log_lines_suppressed);
+        }
         decision.allow
     }
 
+    /// Does the entry kept for this client's address still belong to this client? A
+    /// connected entry does while the broker's client id and username for it are unchanged;
+    /// a disconnected one only when everything the broker says matches, and never for a
+    /// subscribe (an offline session does not subscribe). A disconnected entry publishes only
+    /// its will, right after its disconnect: any other publish is refused, the entry kept.
+    fn still_bound(&self, c: &Connection, client: &dyn BrokerClient, action: Action, will: bool) -> Bound {
+        let bound = if c.connected {
+            c.binding.still_names(client)
+        } else {
+            action != Action::Subscribe && c.binding.describes(client)
+        };
+        match bound {
+            false => Bound::No,
+            true if !c.connected && action == Action::Publish && !will => Bound::NotNow,
+            true => Bound::Yes,
+        }
+    }
+
+    /// The subject an identity maps to under `generation`.
+    fn subject_of(&self, generation: &Arc<Generation>, identity: &Identity) -> Result<Subject, String> {
+        match identity {
+            Identity::Token { hash, verified, .. } => {
+                self.identities.subject(generation, *hash, verified).map(|s| (*s).clone())
+            }
+            Identity::Certificate { name } => match self.options.certificate_subject_type {
+                Some(kind) => generation.certificate_subject(name, kind).and_then(|named| named),
+                None => {
+                    Err("certificate clients are not decided (plugin_opt_certificate_subject_type)".into())
+                }
+            },
+            Identity::Unknown { reason, .. } => Err(reason.to_string()),
+        }
+    }
+
+    /// The identity of a client that reached a check without this plugin having admitted it:
+    /// the subject its certificate names, or none (every check denied, saying why).
+    fn unadmitted(&self, client: &dyn BrokerClient) -> Connection {
+        let named = self.certificate_name(client);
+        let username: Box<str> = named.as_deref().unwrap_or("").into();
+        let identity = match named {
+            Ok(name) => {
+                bump(&self.stats.certificate_clients);
+                tracing::info!(
+                    "client {:?} from {} is known by its certificate as {:?}",
+                    client.id_text(),
+                    client.address_text(),
+                    name
+                );
+                Identity::Certificate { name: name.into() }
+            }
+            Err(reason) => {
+                bump(&self.stats.unknown_clients);
+                tracing::info!(
+                    "client {:?} from {} was not admitted by this plugin: {reason}; its checks are denied",
+                    client.id_text(),
+                    client.address_text()
+                );
+                Identity::Unknown { reason: reason.into(), since: coarse_now() }
+            }
+        };
+        Connection {
+            client_id: client.id_text().into(),
+            username,
+            identity,
+            binding: Binding::of(client),
+            deadline: u64::MAX,
+            mapped: None,
+            cache: DecisionCache::new(self.options.decision_cache_size),
+            connected: true,
+            connecting: false,
+            left: 0,
+            log: LogBudget::default(),
+        }
+    }
+
+    /// The name the broker took from the client's verified certificate as its username, when
+    /// certificate clients are decided.
+    fn certificate_name(&self, client: &dyn BrokerClient) -> Result<String, String> {
+        if self.options.certificate_subject_type.is_none() {
+            return Err("it showed no token to this plugin (a certificate listener, another plugin or \
+                        another authentication method); to decide clients known by their certificate, \
+                        set plugin_opt_certificate_subject_type"
+                .into());
+        }
+        let Some(names) = client.certificate_names() else {
+            return Err("it showed no token to this plugin and no certificate".into());
+        };
+        let username = client.username().and_then(|u| std::str::from_utf8(u).ok()).unwrap_or("");
+        if username.is_empty() {
+            return Err("its username is empty, so the broker did not take it from its certificate".into());
+        }
+        // One form only, as the listener makes it: a common name that reads like another
+        // certificate's subject must not stand for it.
+        let (name, form) = match self.options.certificate_name {
+            CertificateName::CommonName => (names.common_name, "common name (use_identity_as_username)"),
+            CertificateName::Subject => (names.subject, "subject (use_subject_as_username)"),
+        };
+        if name.as_deref() == Some(username) {
+            return Ok(username.to_string());
+        }
+        Err(format!(
+            "its username {username:?} is not its certificate's {form}, the form plugin_opt_certificate_name names"
+        ))
+    }
+
+    /// Writes a denial line within the client's log budget, counting the ones it does not.
+    fn log_denial(&self, log: &mut LogBudget, line: std::fmt::Arguments<'_>) {
+        match log.take(coarse_now()) {
+            Some(0) => tracing::info!("{line}"),
+            Some(n) => tracing::info!("{line} ({n} similar lines of this client not written)"),
+            None => bump(&self.stats.log_lines_suppressed),
+        }
+    }
+
     /// The client's connection ended. Its identity stays for the checks that may follow (its
-    /// will, messages queued for its persistent session) until its token expires.
+    /// will right away, messages queued for its persistent session) until its token expires.
     pub fn disconnect(&self, key: ClientKey) {
-        logging::flush();
+        self.event();
         if let Ok(mut connections) = self.connections.try_borrow_mut() {
             connections.disconnected(key, self.options.decision_cache_size);
             self.stats.connections_current.store(connections.connected() as u64, Relaxed);
         }
+        // Its will comes next, whether or not the plugin knew the client.
+        self.will_window.set(Some(key));
     }
 
-    /// The broker's periodic event: send queued log lines, drop expired identities, publish
-    /// `$SYS` counters when due.
+    /// Mosquitto 2.1: the client's session ends now (its disconnect event; an offline
+    /// persistent session gets [`Plugin::offline`] instead). Its will is checked right after;
+    /// the entry goes at the next tick.
+    pub fn session_ended(&self, key: ClientKey) {
+        self.disconnect(key);
+        if let Ok(mut connections) = self.connections.try_borrow_mut() {
+            connections.ending(key);
+        }
+    }
+
+    /// Mosquitto 2.1: the client went offline and its session stays.
+    pub fn offline(&self, key: ClientKey) {
+        self.disconnect(key);
+    }
+
+    /// Mosquitto 2.1: a client finished connecting. Unless this plugin admitted it in this
+    /// CONNECT, whatever its address held belongs to someone else.
+    pub fn connected(&self, client: &dyn BrokerClient) {
+        self.event();
+        let Ok(mut connections) = self.connections.try_borrow_mut() else { return };
+        let key = client.key();
+        match connections.get_mut(key) {
+            Some(c) if c.connecting && c.binding.still_names(client) => c.connecting = false,
+            Some(_) => {
+                connections.remove(key);
+                bump(&self.stats.stale_entries);
+                self.stats.connections_current.store(connections.connected() as u64, Relaxed);
+            }
+            None => {}
+        }
+    }
+
+    /// The broker's periodic event: send queued log lines, end expired connections, drop
+    /// identities that can no longer be asked about, publish `$SYS` counters when due.
     pub fn tick(&self) {
-        logging::flush();
+        self.event();
         self.reauthenticating.set(false);
         if self.options.disconnect_on_expiry {
             self.end_expired();
         }
-        if self.last_sweep.get().elapsed() >= SWEEP_EVERY {
-            self.last_sweep.set(Instant::now());
-            if let Ok(mut connections) = self.connections.try_borrow_mut() {
-                let dropped = connections.sweep(now());
-                if dropped > 0 {
-                    tracing::debug!("dropped {dropped} identities whose tokens expired");
-                }
-                self.stats.connections_current.store(connections.connected() as u64, Relaxed);
+        let full = self.last_sweep.get().elapsed() >= SWEEP_EVERY;
+        if let Ok(mut connections) = self.connections.try_borrow_mut() {
+            // Sessions that ended go at every tick (their will has been checked); expired
+            // and surplus identities every SWEEP_EVERY.
+            let dropped = connections.sweep(full.then(coarse_now));
+            if dropped > 0 {
+                tracing::debug!("dropped {dropped} identities that can no longer be asked about");
             }
+            self.stats.connections_current.store(connections.connected() as u64, Relaxed);
+        }
+        if full {
+            self.last_sweep.set(Instant::now());
         }
         let interval = self.options.sys_interval;
         if interval.is_zero() || self.last_sys.get().is_some_and(|t| t.elapsed() < interval) {
@@ -625,11 +976,13 @@ impl Plugin {
                 tracing::debug!("client {client_id:?}, whose token expired, was already gone");
             }
         }
+        // The kicks' wills were checked during the kicks.
+        self.will_window.set(None);
     }
 
     /// Mosquitto's reload (`SIGHUP`): re-read the policy and module files in the background.
     pub fn reload(&self) {
-        logging::flush();
+        self.event();
         self.reauthenticating.set(true);
         if let Some(r) = &self.reloader {
             r.request("Mosquitto reload (SIGHUP)");
@@ -656,24 +1009,38 @@ fn coarse_now() -> u64 {
     u64::try_from(ts.tv_sec).unwrap_or(0)
 }
 
-/// One audit line per denial (information), per allow at debug level.
-fn audit(action: Action, topic: &str, subject: &Subject, client_id: &str, d: &Decision) {
-    let rule = d.rule.as_deref().unwrap_or("-");
-    if d.allow {
-        tracing::debug!(
-            "allow {} {topic:?} for {} {:?} (client {client_id:?}): rule {rule}: {}",
-            action_name(action),
-            subject.kind_str(),
-            subject.id,
-            d.reason
-        );
+/// An allowed check, at debug level.
+fn audit_allow(action: Action, topic: &str, subject: &Subject, client_id: &str, d: &Decision) {
+    tracing::debug!(
+        "allow {} {topic:?} for {} {:?} (client {client_id:?}): rule {}: {}",
+        action_name(action),
+        subject.kind_str(),
+        subject.id,
+        d.rule.as_deref().unwrap_or("-"),
+        d.reason
+    );
+}
+
+/// A denied check, at information level (within the client's log budget).
+fn audit_deny(
+    action: Action,
+    topic: &str,
+    subject: &Subject,
+    client_id: &str,
+    d: &Decision,
+    suppressed: u64,
+) {
+    let more = if suppressed > 0 {
+        format!(" ({suppressed} similar lines of this client not written)")
     } else {
-        tracing::info!(
-            "deny {} {topic:?} for {} {:?} (client {client_id:?}): rule {rule}: {}",
-            action_name(action),
-            subject.kind_str(),
-            subject.id,
-            d.reason
-        );
-    }
+        String::new()
+    };
+    tracing::info!(
+        "deny {} {topic:?} for {} {:?} (client {client_id:?}): rule {}: {}{more}",
+        action_name(action),
+        subject.kind_str(),
+        subject.id,
+        d.rule.as_deref().unwrap_or("-"),
+        d.reason
+    );
 }

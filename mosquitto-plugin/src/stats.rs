@@ -105,6 +105,15 @@ pub struct Stats {
     /// MQTT 5 re-authentications (AUTH 0x19) accepted and refused.
     pub reauth_accepted: AtomicU64,
     pub reauth_refused: AtomicU64,
+    /// Clients this plugin did not admit, known by their certificate, and not known at all.
+    pub certificate_clients: AtomicU64,
+    pub unknown_clients: AtomicU64,
+    /// Identities kept for an address that turned out to hold another client.
+    pub stale_entries: AtomicU64,
+    /// Denial log lines not written (a client over its log budget).
+    pub log_lines_suppressed: AtomicU64,
+    /// What pulling bundles did, when the plugin pulls them.
+    pub pull: std::sync::OnceLock<std::sync::Arc<std::sync::Mutex<policy_engine::pull::PullStatus>>>,
 }
 
 fn action_index(a: Action) -> usize {
@@ -193,6 +202,42 @@ impl Stats {
                 ("{result=\"refused\"}".into(), load(&self.reauth_refused)),
             ],
         );
+        metric(
+            "mqtt_policy_unadmitted_clients_total",
+            "counter",
+            "Clients this plugin did not admit (a certificate listener, another plugin): known by their certificate, or not known (every check denied).",
+            &[
+                ("{identity=\"certificate\"}".into(), load(&self.certificate_clients)),
+                ("{identity=\"none\"}".into(), load(&self.unknown_clients)),
+            ],
+        );
+        metric(
+            "mqtt_policy_stale_identities_total",
+            "counter",
+            "Identities kept for a client's address that were found to belong to an earlier client and dropped.",
+            &[(String::new(), load(&self.stale_entries))],
+        );
+        metric(
+            "mqtt_policy_denial_log_lines_suppressed_total",
+            "counter",
+            "Denial log lines not written because a client was over its budget (10, then 1 a second).",
+            &[(String::new(), load(&self.log_lines_suppressed))],
+        );
+        if let Some(pull) = self.pull.get() {
+            let rows: Vec<(String, u64)> = pull
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .results
+                .iter()
+                .map(|(r, n)| (format!("{{result=\"{r}\"}}"), *n))
+                .collect();
+            metric(
+                "mqtt_policy_bundle_pulls_total",
+                "counter",
+                "Bundle pulls by result (untrusted: not signed by a trusted key; rejected: failed the test gate).",
+                &rows,
+            );
+        }
         metric(
             "mqtt_policy_module_traps_total",
             "counter",

@@ -27,6 +27,11 @@ pub const MOSQ_EVT_BASIC_AUTH: c_int = 3;
 pub const MOSQ_EVT_EXT_AUTH_START: c_int = 4;
 pub const MOSQ_EVT_TICK: c_int = 9;
 pub const MOSQ_EVT_DISCONNECT: c_int = 10;
+/// Mosquitto 2.1: a client finished connecting.
+pub const MOSQ_EVT_CONNECT: c_int = 11;
+/// Mosquitto 2.1: a client went offline and its session stays (its disconnect event then
+/// means the session ends).
+pub const MOSQ_EVT_CLIENT_OFFLINE: c_int = 28;
 
 pub const MOSQ_LOG_INFO: c_int = 1 << 0;
 pub const MOSQ_LOG_WARNING: c_int = 1 << 2;
@@ -125,6 +130,14 @@ pub struct EvtDisconnect {
     pub future2: [*mut c_void; 4],
 }
 
+/// `struct mosquitto_evt_connect` (Mosquitto 2.1).
+#[repr(C)]
+pub struct EvtConnect {
+    pub future: *mut c_void,
+    pub client: *mut Mosquitto,
+    pub future2: [*mut c_void; 4],
+}
+
 /// `MOSQ_FUNC_generic_callback`.
 pub type Callback =
     unsafe extern "C" fn(event: c_int, event_data: *mut c_void, userdata: *mut c_void) -> c_int;
@@ -134,6 +147,9 @@ type CallbackRegister =
 type CallbackUnregister = unsafe extern "C" fn(*mut PluginId, c_int, Callback, *const c_void) -> c_int;
 type LogPrintf = unsafe extern "C" fn(c_int, *const c_char, ...);
 type ClientString = unsafe extern "C" fn(*const Mosquitto) -> *const c_char;
+type ClientBool = unsafe extern "C" fn(*const Mosquitto) -> bool;
+type ClientInt = unsafe extern "C" fn(*const Mosquitto) -> c_int;
+type ClientPointer = unsafe extern "C" fn(*const Mosquitto) -> *mut c_void;
 type SetUsername = unsafe extern "C" fn(*mut Mosquitto, *const c_char) -> c_int;
 type KickByClientId = unsafe extern "C" fn(*const c_char, bool) -> c_int;
 type BrokerPublishCopy = unsafe extern "C" fn(
@@ -158,6 +174,167 @@ pub struct Functions {
     pub client_username: ClientString,
     pub kick_client_by_clientid: KickByClientId,
     pub broker_publish_copy: BrokerPublishCopy,
+    pub client_clean_session: ClientBool,
+    pub client_protocol_version: ClientInt,
+    /// The client's TLS certificate (an OpenSSL `X509 *` with a reference the caller frees),
+    /// or NULL.
+    pub client_certificate: ClientPointer,
+    /// OpenSSL's functions, when the broker has them (built with TLS).
+    pub tls: Option<Tls>,
+}
+
+type X509Free = unsafe extern "C" fn(*mut c_void);
+type X509GetSubjectName = unsafe extern "C" fn(*const c_void) -> *mut c_void;
+type NameIndexByNid = unsafe extern "C" fn(*const c_void, c_int, c_int) -> c_int;
+type NameGetEntry = unsafe extern "C" fn(*const c_void, c_int) -> *mut c_void;
+type EntryGetData = unsafe extern "C" fn(*const c_void) -> *mut c_void;
+type StringGet0Data = unsafe extern "C" fn(*const c_void) -> *const u8;
+type StringLength = unsafe extern "C" fn(*const c_void) -> c_int;
+type BioSMem = unsafe extern "C" fn() -> *const c_void;
+type BioNew = unsafe extern "C" fn(*const c_void) -> *mut c_void;
+type BioFree = unsafe extern "C" fn(*mut c_void) -> c_int;
+type BioCtrl = unsafe extern "C" fn(*mut c_void, c_int, c_long, *mut c_void) -> c_long;
+type NamePrintEx = unsafe extern "C" fn(*mut c_void, *const c_void, c_int, std::ffi::c_ulong) -> c_int;
+
+/// `NID_commonName`.
+const NID_COMMON_NAME: c_int = 13;
+/// `BIO_CTRL_INFO` (what `BIO_get_mem_data` asks).
+const BIO_CTRL_INFO: c_int = 3;
+/// `XN_FLAG_RFC2253`: how Mosquitto prints a subject for `use_subject_as_username`.
+const XN_FLAG_RFC2253: std::ffi::c_ulong = 0x0111_0317;
+
+/// The OpenSSL functions Mosquitto itself uses to turn a client's certificate into its
+/// username, so the plugin can tell whether the username is the certificate's name.
+#[derive(Clone, Copy)]
+pub struct Tls {
+    x509_free: X509Free,
+    get_subject_name: X509GetSubjectName,
+    name_index_by_nid: NameIndexByNid,
+    name_get_entry: NameGetEntry,
+    entry_get_data: EntryGetData,
+    string_get0_data: StringGet0Data,
+    string_length: StringLength,
+    bio_s_mem: BioSMem,
+    bio_new: BioNew,
+    bio_free: BioFree,
+    bio_ctrl: BioCtrl,
+    name_print_ex: NamePrintEx,
+}
+
+impl Tls {
+    fn resolve() -> Result<Tls, String> {
+        // The broker's own OpenSSL, not a copy another library carries: its certificates
+        // are freed with its `X509_free`.
+        let free = symbol(c"X509_free")?;
+        let mut info = libc::Dl_info {
+            dli_fname: std::ptr::null(),
+            dli_fbase: std::ptr::null_mut(),
+            dli_sname: std::ptr::null(),
+            dli_saddr: std::ptr::null_mut(),
+        };
+        // SAFETY: dladdr only fills `info` for an address of the process.
+        let found = unsafe { libc::dladdr(free, &mut info) } != 0 && !info.dli_fname.is_null();
+        // SAFETY: dladdr set `dli_fname` to the NUL-terminated path of a loaded object.
+        let from =
+            if found { unsafe { CStr::from_ptr(info.dli_fname) }.to_string_lossy() } else { "?".into() };
+        if !from.contains("libcrypto") {
+            return Err(format!(
+                "OpenSSL's X509_free comes from {from}, not the shared libcrypto a broker links"
+            ));
+        }
+        // SAFETY: each symbol is the OpenSSL function of that name (1.1 and 3.x), whose C
+        // signature is the function pointer type it is turned into.
+        unsafe {
+            Ok(Tls {
+                x509_free: std::mem::transmute::<*mut c_void, X509Free>(symbol(c"X509_free")?),
+                get_subject_name: std::mem::transmute::<*mut c_void, X509GetSubjectName>(symbol(
+                    c"X509_get_subject_name",
+                )?),
+                name_index_by_nid: std::mem::transmute::<*mut c_void, NameIndexByNid>(symbol(
+                    c"X509_NAME_get_index_by_NID",
+                )?),
+                name_get_entry: std::mem::transmute::<*mut c_void, NameGetEntry>(symbol(
+                    c"X509_NAME_get_entry",
+                )?),
+                entry_get_data: std::mem::transmute::<*mut c_void, EntryGetData>(symbol(
+                    c"X509_NAME_ENTRY_get_data",
+                )?),
+                string_get0_data: std::mem::transmute::<*mut c_void, StringGet0Data>(symbol(
+                    c"ASN1_STRING_get0_data",
+                )?),
+                string_length: std::mem::transmute::<*mut c_void, StringLength>(symbol(
+                    c"ASN1_STRING_length",
+                )?),
+                bio_s_mem: std::mem::transmute::<*mut c_void, BioSMem>(symbol(c"BIO_s_mem")?),
+                bio_new: std::mem::transmute::<*mut c_void, BioNew>(symbol(c"BIO_new")?),
+                bio_free: std::mem::transmute::<*mut c_void, BioFree>(symbol(c"BIO_free")?),
+                bio_ctrl: std::mem::transmute::<*mut c_void, BioCtrl>(symbol(c"BIO_ctrl")?),
+                name_print_ex: std::mem::transmute::<*mut c_void, NamePrintEx>(symbol(
+                    c"X509_NAME_print_ex",
+                )?),
+            })
+        }
+    }
+
+    /// Releases the reference `mosquitto_client_certificate` gave.
+    ///
+    /// # Safety
+    /// `cert` is a certificate from `mosquitto_client_certificate`, released once.
+    pub unsafe fn release(&self, cert: *mut c_void) {
+        // SAFETY: the caller's contract.
+        unsafe { (self.x509_free)(cert) }
+    }
+
+    /// The certificate's first common name and its subject in RFC 2253 form, computed as
+    /// Mosquitto computes `use_identity_as_username` and `use_subject_as_username`.
+    ///
+    /// # Safety
+    /// `cert` is a live certificate (`X509 *`).
+    pub unsafe fn names(&self, cert: *mut c_void) -> crate::client::CertificateNames {
+        // SAFETY: every pointer comes from OpenSSL for this certificate and is checked for
+        // NULL before use; the BIO is freed on every path.
+        unsafe {
+            let name = (self.get_subject_name)(cert);
+            if name.is_null() {
+                return crate::client::CertificateNames::default();
+            }
+            let common_name = (|| {
+                let i = (self.name_index_by_nid)(name, NID_COMMON_NAME, -1);
+                if i < 0 {
+                    return None;
+                }
+                let entry = (self.name_get_entry)(name, i);
+                let data = if entry.is_null() { std::ptr::null_mut() } else { (self.entry_get_data)(entry) };
+                if data.is_null() {
+                    return None;
+                }
+                let (bytes, len) = ((self.string_get0_data)(data), (self.string_length)(data));
+                let len = usize::try_from(len).ok()?;
+                if bytes.is_null() {
+                    return None;
+                }
+                let raw = std::slice::from_raw_parts(bytes, len);
+                // Mosquitto refuses a name with a NUL inside; such a name is no one's here.
+                (!raw.contains(&0)).then(|| String::from_utf8(raw.to_vec()).ok()).flatten()
+            })();
+            let subject = (|| {
+                let bio = (self.bio_new)((self.bio_s_mem)());
+                if bio.is_null() {
+                    return None;
+                }
+                (self.name_print_ex)(bio, name, 0, XN_FLAG_RFC2253);
+                let mut data: *mut u8 = std::ptr::null_mut();
+                let len = (self.bio_ctrl)(bio, BIO_CTRL_INFO, 0, (&mut data as *mut *mut u8).cast());
+                let text = usize::try_from(len)
+                    .ok()
+                    .filter(|_| !data.is_null())
+                    .and_then(|len| String::from_utf8(std::slice::from_raw_parts(data, len).to_vec()).ok());
+                (self.bio_free)(bio);
+                text
+            })();
+            crate::client::CertificateNames { common_name, subject }
+        }
+    }
 }
 
 /// The address of a symbol of the running process, or why it is missing.
@@ -203,28 +380,25 @@ impl Functions {
                 broker_publish_copy: std::mem::transmute::<*mut c_void, BrokerPublishCopy>(symbol(
                     c"mosquitto_broker_publish_copy",
                 )?),
+                client_clean_session: std::mem::transmute::<*mut c_void, ClientBool>(symbol(
+                    c"mosquitto_client_clean_session",
+                )?),
+                client_protocol_version: std::mem::transmute::<*mut c_void, ClientInt>(symbol(
+                    c"mosquitto_client_protocol_version",
+                )?),
+                client_certificate: std::mem::transmute::<*mut c_void, ClientPointer>(symbol(
+                    c"mosquitto_client_certificate",
+                )?),
+                tls: Tls::resolve().ok(),
             })
         }
     }
 }
 
-/// A C string the broker gave, as text (lossily: client ids and addresses are for logs and
-/// keys, and the broker has checked them already); NULL is empty.
-///
-/// # Safety
-/// `p` is NULL or a NUL-terminated string that outlives the returned value.
-pub unsafe fn text<'a>(p: *const c_char) -> std::borrow::Cow<'a, str> {
-    if p.is_null() {
-        return std::borrow::Cow::Borrowed("");
-    }
-    // SAFETY: the caller's contract.
-    unsafe { CStr::from_ptr(p) }.to_string_lossy()
-}
-
 /// A C string the broker gave, as bytes; NULL is `None`.
 ///
 /// # Safety
-/// As [`text`].
+/// `p` is NULL or a NUL-terminated string that outlives the returned value.
 pub unsafe fn bytes<'a>(p: *const c_char) -> Option<&'a [u8]> {
     // SAFETY: the caller's contract.
     (!p.is_null()).then(|| unsafe { CStr::from_ptr(p) }.to_bytes())

@@ -2,10 +2,11 @@
 //! a connection is allowed after CONNECT, after a disconnect, when its address is reused, and
 //! across Mosquitto's reload re-check.
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use identity::devkey::{DevKey, TokenSpec, claims};
-use mqtt_policy_mosquitto::{Admission, Broker, Client, ClientKey, Options, Plugin, access};
+use mqtt_policy_mosquitto::{Admission, Broker, ClientKey, Options, PlainClient, Plugin, access};
 
 #[derive(Default)]
 struct StandIn {
@@ -32,6 +33,8 @@ struct Fixture {
     plugin: Plugin,
     key: DevKey,
     broker: Arc<StandIn>,
+    /// The client each address holds now, as the broker would describe it.
+    clients: std::cell::RefCell<HashMap<usize, PlainClient>>,
     _state: tempfile::TempDir,
 }
 
@@ -47,7 +50,7 @@ fn fixture(extra: &[(&str, &str)]) -> Fixture {
     let broker = Arc::new(StandIn::default());
     let plugin = Plugin::start(Options::parse(&pairs).unwrap(), broker.clone()).unwrap();
     let key = DevKey::load_or_create(state.path()).unwrap();
-    Fixture { plugin, key, broker, _state: state }
+    Fixture { plugin, key, broker, clients: Default::default(), _state: state }
 }
 
 impl Fixture {
@@ -61,6 +64,8 @@ impl Fixture {
         self.key.sign(&claims(&TokenSpec::dev_user(sub, groups, ttl_secs), identity::now()).unwrap()).unwrap()
     }
 
+    /// An MQTT 5 CONNECT with enhanced authentication, or (on a connected client with the
+    /// same id) a re-authentication.
     fn connect_ext(
         &self,
         key: usize,
@@ -69,13 +74,51 @@ impl Fixture {
         username: Option<&str>,
         token: &str,
     ) -> Admission {
-        let client = Client { key: ClientKey(key), id, address: "127.0.0.1" };
-        self.plugin.authenticate_ext(
+        self.auth_ext(key, id, method, username, Some(token))
+    }
+
+    fn auth_ext(
+        &self,
+        key: usize,
+        id: &str,
+        method: &str,
+        username: Option<&str>,
+        token: Option<&str>,
+    ) -> Admission {
+        let client = self.client_for(key, id, username, 5);
+        let admitted = self.plugin.authenticate_ext(
             &client,
             method.as_bytes(),
-            Some(token.as_bytes()),
+            token.map(str::as_bytes),
             username.map(str::as_bytes),
-        )
+        );
+        // The broker keeps what the plugin renamed the client to.
+        if client.renamed.get().is_some() {
+            self.clients.borrow_mut().insert(key, client);
+        }
+        admitted
+    }
+
+    /// The client at `key`: the one there if it has this id (a re-authentication, a reload
+    /// re-check), else a new one.
+    fn client_for(&self, key: usize, id: &str, username: Option<&str>, protocol: i32) -> PlainClient {
+        let mut clients = self.clients.borrow_mut();
+        let c = clients.entry(key).or_insert_with(|| PlainClient::new(key, id, username));
+        if c.id != id {
+            *c = PlainClient::new(key, id, username);
+        }
+        c.protocol = protocol;
+        c.clone()
+    }
+
+    /// A new client at `key` (the address of a freed one) that this plugin never sees
+    /// connect: a certificate listener's, or another plugin's.
+    fn arrives_unseen(&self, client: PlainClient) {
+        self.clients.borrow_mut().insert(client.key.0, client);
+    }
+
+    fn disconnect(&self, key: usize) {
+        self.plugin.disconnect(ClientKey(key));
     }
 
     fn kicked(&self) -> Vec<(String, bool)> {
@@ -92,13 +135,28 @@ impl Fixture {
         }
     }
 
+    /// A CONNECT with a username and password: a new client at `key`.
     fn connect(&self, key: usize, id: &str, username: Option<&str>, password: Option<&str>) -> Admission {
-        let client = Client { key: ClientKey(key), id, address: "127.0.0.1" };
-        self.plugin.authenticate(&client, username.map(str::as_bytes), password.map(str::as_bytes))
+        let client = PlainClient::new(key, id, username);
+        let admitted =
+            self.plugin.authenticate(&client, username.map(str::as_bytes), password.map(str::as_bytes));
+        // The broker keeps what the plugin renamed the client to.
+        self.clients.borrow_mut().insert(key, client);
+        admitted
+    }
+
+    /// Mosquitto's reload re-check of the client at `key`, with what the broker stored.
+    fn recheck(&self, key: usize, password: Option<&str>) -> Admission {
+        let client = self.clients.borrow()[&key].clone();
+        let username = client.username.clone();
+        let username = client.renamed.get().cloned().or(username);
+        self.plugin.authenticate(&client, username.as_deref().map(str::as_bytes), password.map(str::as_bytes))
     }
 
     fn may(&self, key: usize, access: i32, topic: &str) -> bool {
-        self.plugin.check(ClientKey(key), access, topic.as_bytes())
+        let client =
+            self.clients.borrow().get(&key).cloned().unwrap_or_else(|| PlainClient::new(key, "", None));
+        self.plugin.check(&client, access, topic.as_bytes())
     }
 }
 
@@ -161,19 +219,46 @@ fn a_token_sent_as_the_username_is_renamed_and_readmitted_only_on_reload() {
     );
     assert!(f.may(5, access::READ, TELEMETRY));
     // Outside a reload, showing the new name without a token gets nothing.
-    assert_eq!(f.connect(5, "c5", Some("vera"), None), Admission::Refused);
+    assert_eq!(f.recheck(5, None), Admission::Refused);
     f.connect(5, "c5", Some(&viewer), None);
     // Mosquitto's reload re-check: the stored username is now "vera", no password.
     f.plugin.reload();
-    assert_eq!(f.connect(5, "c5", Some("vera"), None), Admission::Admitted { rename: None });
+    assert_eq!(f.recheck(5, None), Admission::Admitted { rename: None });
+    // A check in the middle of the re-check (a log line published to $SYS) does not end it.
     assert!(f.may(5, access::READ, TELEMETRY));
-    // The re-check window closes with the next check: a new connection must show a token.
-    assert_eq!(f.connect(5, "c5", Some("vera"), None), Admission::Refused);
-    // A disconnected client is not readmitted by name, even during a reload.
     f.connect(6, "c6", Some(&viewer), None);
-    f.plugin.disconnect(ClientKey(6));
     f.plugin.reload();
-    assert_eq!(f.connect(6, "c6", Some("vera"), None), Admission::Refused);
+    assert!(f.may(5, access::READ, TELEMETRY));
+    assert_eq!(f.recheck(6, None), Admission::Admitted { rename: None });
+    // The re-check window closes with the next tick: a new connection must show a token.
+    f.plugin.tick();
+    assert_eq!(f.recheck(5, None), Admission::Refused);
+}
+
+#[test]
+fn a_reload_readmits_offline_persistent_sessions_on_the_identity_they_proved() {
+    let f = fixture(&[("leeway", "0")]);
+    let viewer = f.token("vera", &["viewers"]);
+    let short_exp = identity::now() + 2;
+    let short = f.token_for("olga", &["viewers"], 2);
+    for (key, id, token) in [(1, "persistent-vera", &viewer), (2, "persistent-olga", &short)] {
+        let mut c = PlainClient::new(key, id, None);
+        c.clean = false;
+        f.arrives_unseen(c.clone());
+        assert!(matches!(
+            f.plugin.authenticate(&c, Some(token.as_bytes()), None),
+            Admission::Admitted { .. }
+        ));
+        f.arrives_unseen(c);
+        f.disconnect(key);
+    }
+    f.plugin.tick();
+    f.plugin.reload();
+    assert_eq!(f.recheck(1, None), Admission::Admitted { rename: None }, "offline, still valid");
+    assert!(f.may(1, access::READ, TELEMETRY), "its queued deliveries are still decided as vera");
+    f.tick_until("the short token's expiry", |_| identity::now() > short_exp);
+    f.plugin.reload();
+    assert_eq!(f.recheck(2, None), Admission::Refused, "an expired token is not readmitted");
 }
 
 #[test]
@@ -281,9 +366,184 @@ fn enhanced_authentication_with_method_jwt_admits_and_refreshes_the_identity() {
     // Mosquitto's reload re-check asks through the basic-auth event with the username alone:
     // the connection keeps its identity.
     f.plugin.reload();
-    assert_eq!(f.connect(1, "c1", Some("vera"), None), Admission::Admitted { rename: None });
+    assert_eq!(f.recheck(1, None), Admission::Admitted { rename: None });
     assert!(f.may(1, access::READ, TELEMETRY));
     // A first CONNECT without a token is refused and says why.
-    let client = Client { key: ClientKey(2), id: "c2", address: "127.0.0.1" };
-    assert_eq!(f.plugin.authenticate_ext(&client, b"jwt", None, None), Admission::Refused);
+    assert_eq!(f.auth_ext(2, "c2", "jwt", None, None), Admission::Refused);
+}
+
+/// A freed client's address reused by a client this plugin never saw connect (a certificate
+/// listener's, another plugin's): it never gets the identity kept for that address.
+#[test]
+fn a_client_that_was_never_admitted_never_inherits_an_identity() {
+    let f = fixture(&[]);
+    let admin = f.token("adam", &["admins"]);
+    // A clean session: gone at the next tick, as Mosquitto frees its client after it.
+    assert!(matches!(f.connect(1, "admin-1", Some("adam"), Some(&admin)), Admission::Admitted { .. }));
+    assert!(f.may(1, access::SUBSCRIBE, "#"));
+    f.disconnect(1);
+    f.plugin.tick();
+    f.arrives_unseen(PlainClient::new(1, "admin-1", Some("adam")));
+    for (a, t) in [(access::SUBSCRIBE, "#"), (access::READ, TELEMETRY), (access::WRITE, TELEMETRY)] {
+        assert!(!f.may(1, a, t), "{a} {t}: the newcomer took the admin's client id and name, nothing more");
+    }
+    // A persistent session stays for its queued deliveries, bound to what the broker says
+    // about the client that proved it.
+    let mut persistent = PlainClient::new(2, "admin-2", Some("adam"));
+    persistent.clean = false;
+    f.arrives_unseen(persistent.clone());
+    assert!(matches!(
+        f.plugin.authenticate(&persistent, Some(b"adam"), Some(admin.as_bytes())),
+        Admission::Admitted { .. }
+    ));
+    f.disconnect(2);
+    f.plugin.tick();
+    assert!(f.may(2, access::READ, TELEMETRY), "queued deliveries of the offline session");
+    // Its session expires (no event) and a certificate client arrives at the address with the
+    // same client id and a certificate named like the admin.
+    let mut impostor = PlainClient::with_certificate(2, "admin-2", "adam");
+    impostor.clean = false;
+    f.arrives_unseen(impostor);
+    for (a, t) in [
+        (access::SUBSCRIBE, "#"),
+        (access::READ, TELEMETRY),
+        (access::WRITE, TELEMETRY),
+        (access::SUBSCRIBE, "$SYS/#"),
+    ] {
+        assert!(!f.may(2, a, t), "{a} {t}");
+    }
+    // The same without a certificate (another plugin let it in): a subscription or a publish
+    // shows it is not the offline session.
+    let mut persistent = PlainClient::new(3, "admin-3", Some("adam"));
+    persistent.clean = false;
+    f.arrives_unseen(persistent.clone());
+    f.plugin.authenticate(&persistent, Some(b"adam"), Some(admin.as_bytes()));
+    f.disconnect(3);
+    f.plugin.tick();
+    f.arrives_unseen(persistent);
+    assert!(!f.may(3, access::WRITE, TELEMETRY), "a publish by an offline session is no will");
+    assert!(!f.may(3, access::SUBSCRIBE, "#"));
+    assert!(!f.may(3, access::READ, TELEMETRY), "and once found out, nothing is left");
+    assert!(f.plugin.stats().unknown_clients.load(std::sync::atomic::Ordering::Relaxed) >= 3);
+}
+
+#[test]
+fn a_will_is_the_publish_right_after_the_disconnect_and_nothing_later() {
+    let f = fixture(&[]);
+    // A service whose rules let it publish twin events (not a superuser).
+    let spec = TokenSpec {
+        client_id: Some("svc-digital-twin".into()),
+        scopes: vec!["mqtt.write".into()],
+        ..TokenSpec::dev_user("x", &[], 600)
+    };
+    let twin = f.key.sign(&claims(&spec, identity::now()).unwrap()).unwrap();
+    let will = "celine/digital-twin/events/twin-1/status";
+    let mut persistent = PlainClient::new(1, "twin-1", Some("svc-digital-twin"));
+    persistent.clean = false;
+    f.arrives_unseen(persistent.clone());
+    f.plugin.authenticate(&persistent, Some(b"svc-digital-twin"), Some(twin.as_bytes()));
+    assert!(f.may(1, access::WRITE, will), "connected, it publishes");
+    f.disconnect(1);
+    assert!(f.may(1, access::WRITE, will), "its will, checked right after the disconnect");
+    assert!(!f.may(1, access::WRITE, will), "a second publish is no will");
+    f.disconnect(1);
+    f.plugin.tick();
+    assert!(!f.may(1, access::WRITE, will), "nor one after another event");
+    // A client this plugin never knew, met first at its will: decided for that check, then gone.
+    let off = fixture(&[("certificate_subject_type", "device")]);
+    off.arrives_unseen(PlainClient::with_certificate(2, "m2", "meter-2"));
+    off.disconnect(2);
+    assert!(off.may(2, access::WRITE, "celine/telemetry/meter/meter-2/readings"), "the will of meter-2");
+    off.plugin.tick();
+    let mut later = PlainClient::new(2, "m2", Some("meter-2"));
+    later.certificate = None;
+    off.arrives_unseen(later);
+    assert!(
+        !off.may(2, access::WRITE, "celine/telemetry/meter/meter-2/readings"),
+        "the next client at its address is not meter-2"
+    );
+}
+
+#[test]
+fn certificate_clients_are_their_certificates_subject_only_when_configured() {
+    let off = fixture(&[]);
+    off.arrives_unseen(PlainClient::with_certificate(1, "meter-1", "meter-1"));
+    assert!(!off.may(1, access::WRITE, "celine/telemetry/meter/meter-1/readings"), "off by default");
+
+    let f = fixture(&[("certificate_subject_type", "device")]);
+    f.arrives_unseen(PlainClient::with_certificate(1, "m1", "meter-1"));
+    assert!(f.may(1, access::WRITE, "celine/telemetry/meter/meter-1/readings"), "its own readings");
+    assert!(!f.may(1, access::WRITE, "celine/telemetry/meter/meter-2/readings"), "not another meter's");
+    assert!(f.may(1, access::SUBSCRIBE, "celine/commands/meter-1/#"));
+    for (a, t) in [(access::SUBSCRIBE, "celine/#"), (access::SUBSCRIBE, "$SYS/#"), (access::READ, TELEMETRY)]
+    {
+        assert!(!f.may(1, a, t), "{a} {t}");
+    }
+    // A name outside the policy's certificates section is no client of the policy, and a
+    // username that is not the certificate's name is not taken from it.
+    f.arrives_unseen(PlainClient::with_certificate(2, "adam", "adam"));
+    assert!(!f.may(2, access::SUBSCRIBE, "#"));
+    let mut other = PlainClient::with_certificate(3, "m3", "meter-3");
+    other.username = Some("meter-1".into());
+    f.arrives_unseen(other);
+    assert!(!f.may(3, access::WRITE, "celine/telemetry/meter/meter-1/readings"));
+    // The subject form of the name is another listener setting's, not taken with this one.
+    let mut by_subject = PlainClient::with_certificate(4, "g1", "gateway-1");
+    by_subject.username = Some("CN=gateway-1".into());
+    f.arrives_unseen(by_subject.clone());
+    assert!(!f.may(4, access::WRITE, "celine/telemetry/meter/CN=gateway-1/readings"));
+    let subjects = fixture(&[("certificate_subject_type", "device"), ("certificate_name", "subject")]);
+    subjects.arrives_unseen(by_subject);
+    assert!(subjects.may(4, access::WRITE, "celine/telemetry/meter/CN=gateway-1/readings"));
+    assert!(!subjects.may(4, access::WRITE, "celine/telemetry/meter/gateway-1/readings"));
+    // A token's username that is a certificate name never stands for the token's subject:
+    // `${username}` stays empty for it.
+    let user = f.token("meter-9", &["viewers"]);
+    f.connect(5, "c5", Some("meter-9"), Some(&user));
+    assert!(!f.may(5, access::READ, "celine/names/meter-9/inbox"));
+    let user = f.token("nora", &["viewers"]);
+    f.connect(6, "c6", Some("nora"), Some(&user));
+    assert!(f.may(6, access::READ, "celine/names/nora/inbox"), "an ordinary proven username does");
+}
+
+#[test]
+fn a_client_flooding_denied_topics_costs_a_log_line_a_second() {
+    let f = fixture(&[]);
+    let viewer = f.token("vera", &["viewers"]);
+    f.connect(1, "c1", Some("vera"), Some(&viewer));
+    for _ in 0..100 {
+        assert!(!f.may(1, access::WRITE, TELEMETRY));
+    }
+    let suppressed = f.plugin.stats().log_lines_suppressed.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(suppressed >= 89, "{suppressed} of 100 denial lines suppressed");
+}
+
+#[test]
+fn a_client_the_broker_cannot_rename_is_refused() {
+    let f = fixture(&[]);
+    let viewer = f.token("vera", &["viewers"]);
+    let mut stubborn = PlainClient::new(1, "c1", Some(&viewer));
+    stubborn.renames = false;
+    assert_eq!(f.plugin.authenticate(&stubborn, Some(viewer.as_bytes()), None), Admission::Refused);
+    assert!(!f.may(1, access::READ, TELEMETRY));
+}
+
+/// Mosquitto 2.1 reports every CONNECT: one this plugin did not just admit clears the address.
+#[test]
+fn on_mosquitto_2_1_a_connect_that_is_not_ours_clears_the_address() {
+    let f = fixture(&[]);
+    let admin = f.token("adam", &["admins"]);
+    let mut persistent = PlainClient::new(1, "admin-1", Some("adam"));
+    persistent.clean = false;
+    persistent.protocol = 5;
+    f.arrives_unseen(persistent.clone());
+    f.plugin.authenticate(&persistent, Some(b"adam"), Some(admin.as_bytes()));
+    f.plugin.connected(&persistent);
+    assert!(f.may(1, access::SUBSCRIBE, "#"), "its own connect event confirms it");
+    f.plugin.offline(ClientKey(1));
+    f.plugin.tick();
+    assert!(f.may(1, access::READ, TELEMETRY), "offline: its session stays");
+    // The session expires; another client connects at the address, identical to the broker.
+    f.plugin.connected(&persistent);
+    assert!(!f.may(1, access::READ, TELEMETRY));
 }

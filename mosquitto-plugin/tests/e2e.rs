@@ -13,85 +13,15 @@ use std::time::Duration;
 
 use identity::devkey::{DevKey, TokenSpec, claims};
 use identity::now;
-use serde_json::{Value, json};
+use serde_json::json;
 use test_support::mosquitto::{Broker, Setup, write_readable};
 use test_support::{free_port, http, wait_for};
 
+mod common;
 mod mqtt;
+use common::{Issuer, POLICY, SWAP_WAIT, broker, broker_with};
 use mqtt::enhanced::{JwtClient, Seen};
 use mqtt::{Client, Event, Version, WillClient};
-
-const ISSUER: &str = "https://keycloak.test/realms/celine";
-const POLICY: &str = include_str!("e2e/policy.json");
-const CASES: &str = include_str!("e2e/cases.json");
-const SWAP_WAIT: Duration = Duration::from_secs(30);
-
-/// Signs tokens the broker trusts (its JWKS file holds this key's public half).
-struct Issuer {
-    key: DevKey,
-    _dir: tempfile::TempDir,
-}
-
-impl Issuer {
-    fn new() -> Issuer {
-        let dir = tempfile::tempdir().unwrap();
-        Issuer { key: DevKey::load_or_create(dir.path()).unwrap(), _dir: dir }
-    }
-
-    fn jwks(&self) -> String {
-        json!({"keys": [self.key.jwk().unwrap()]}).to_string()
-    }
-
-    fn sign(&self, claims: &Value) -> String {
-        self.key.sign(claims).unwrap()
-    }
-
-    fn claims(
-        &self,
-        sub: Option<&str>,
-        client: Option<&str>,
-        groups: &[&str],
-        scopes: &[&str],
-        ttl: u64,
-    ) -> Value {
-        let spec = TokenSpec {
-            sub: sub.map(str::to_string),
-            client_id: client.map(str::to_string),
-            groups: groups.iter().map(|g| g.to_string()).collect(),
-            scopes: scopes.iter().map(|s| s.to_string()).collect(),
-            issuer: ISSUER.into(),
-            audience: None,
-            ttl_secs: ttl,
-        };
-        claims(&spec, now()).unwrap()
-    }
-
-    fn user(&self, sub: &str, groups: &[&str]) -> String {
-        self.sign(&self.claims(Some(sub), None, groups, &[], 600))
-    }
-
-    fn service(&self, client: &str, scopes: &[&str]) -> String {
-        self.sign(&self.claims(None, Some(client), &[], scopes, 600))
-    }
-}
-
-/// A broker with the e2e policy, its test cases and `issuer`'s key; `more` adds to it.
-fn broker_with(issuer: &Issuer, more: impl FnOnce(Setup) -> Setup) -> Broker {
-    let setup = Setup::new();
-    let policy = setup.file("policy.json", POLICY);
-    let cases = setup.file("cases.json", CASES);
-    let jwks = setup.file("jwks.json", issuer.jwks());
-    let setup = setup
-        .option("policy", policy.display().to_string())
-        .option("tests", cases.display().to_string())
-        .option("jwks_file", jwks.display().to_string())
-        .option("issuer", ISSUER);
-    Broker::start(more(setup))
-}
-
-fn broker(issuer: &Issuer) -> Broker {
-    broker_with(issuer, |s| s)
-}
 
 #[test]
 fn a_twin_event_reaches_entitled_subscribers_and_a_viewers_publish_reaches_nobody() {

@@ -5,6 +5,7 @@
 
 pub mod enhanced;
 
+use std::sync::Arc;
 use std::sync::mpsc::{Receiver, channel};
 use std::time::{Duration, Instant};
 
@@ -88,11 +89,39 @@ impl Client {
     /// Connects with `username` (empty: none is sent) and `password`; returns the client
     /// and whether the broker accepted it.
     pub fn connect(version: Version, port: u16, id: &str, username: &str, password: &str) -> (Client, Event) {
+        Client::connect_over(version, port, id, Some((username, password)), None)
+    }
+
+    /// Connects over TLS with `tls` (its client certificate, if any) and no credentials.
+    pub fn connect_tls(
+        version: Version,
+        port: u16,
+        id: &str,
+        tls: Arc<rustls::ClientConfig>,
+    ) -> (Client, Event) {
+        Client::connect_over(version, port, id, None, Some(tls))
+    }
+
+    fn connect_over(
+        version: Version,
+        port: u16,
+        id: &str,
+        credentials: Option<(&str, &str)>,
+        tls: Option<Arc<rustls::ClientConfig>>,
+    ) -> (Client, Event) {
         let (tx, events) = channel();
+        let transport =
+            tls.map(|c| rumqttc::Transport::tls_with_config(rumqttc::TlsConfiguration::Rustls(c)));
         let handle = match version {
             Version::V311 => {
                 let mut o = rumqttc::MqttOptions::new(id, "127.0.0.1", port);
-                o.set_keep_alive(Duration::from_secs(30)).set_credentials(username, password);
+                o.set_keep_alive(Duration::from_secs(30));
+                if let Some((username, password)) = credentials {
+                    o.set_credentials(username, password);
+                }
+                if let Some(t) = transport {
+                    o.set_transport(t);
+                }
                 let (client, mut connection) = rumqttc::Client::new(o, 64);
                 std::thread::spawn(move || {
                     use rumqttc::{ConnectionError, Event as E, Packet as P};
@@ -131,7 +160,13 @@ impl Client {
             }
             Version::V5 => {
                 let mut o = rumqttc::v5::MqttOptions::new(id, "127.0.0.1", port);
-                o.set_keep_alive(Duration::from_secs(30)).set_credentials(username, password);
+                o.set_keep_alive(Duration::from_secs(30));
+                if let Some((username, password)) = credentials {
+                    o.set_credentials(username, password);
+                }
+                if let Some(t) = transport {
+                    o.set_transport(t);
+                }
                 let (client, mut connection) = rumqttc::v5::Client::new(o, 64);
                 std::thread::spawn(move || {
                     use rumqttc::v5::mqttbytes::v5::{ConnectReturnCode, Packet as P};
