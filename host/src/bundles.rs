@@ -1,5 +1,6 @@
 //! Policy distribution between replicas and brokers: `GET /bundle` publishes the live
-//! generation (policy, module, test cases) on the operations listener. Pulling one
+//! generation (policy, module, test cases) on the operations listener, signed with
+//! `--bundle-signing-key` when given (pullers refuse unsigned bundles unless told otherwise). Pulling one
 //! (`--policy-url`, from another service or any static HTTP server or object store holding a
 //! file written by `mqtt-policy bundle`) is `policy_engine::pull`, shared with the plugin.
 
@@ -30,7 +31,12 @@ pub async fn get_bundle(State(st): State<Arc<AppState>>, req: Request) -> Respon
     }
     let live = Arc::clone(&st.live);
     let bundle = match tokio::task::spawn_blocking(move || live.bundle()).await {
-        Ok(Ok(b)) => b,
+        Ok(Ok(mut b)) => {
+            if let Some(key) = &st.bundle_signing_key {
+                b.sign(key, st.live.live_since());
+            }
+            b
+        }
         Ok(Err(e)) => {
             return error(StatusCode::INTERNAL_SERVER_ERROR, format!("cannot make the bundle: {e}"));
         }

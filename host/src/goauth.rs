@@ -6,6 +6,12 @@
 //! - The token is the Bearer header, else `password` or `username` when it is a JWT, else (ACL
 //!   and superuser) the session a successful user call bound to the username, which it proved
 //!   to name the token's subject (see `auth.rs`).
+//! - A client Mosquitto admitted by its TLS certificate (`use_identity_as_username`) reaches
+//!   go-auth without a user call; its ACL and superuser calls carry the certificate's name as
+//!   the username (http backend) or as the Bearer value (jwt backend). With
+//!   `--certificate-subject-type`, a name the policy's `certificates` section accepts is
+//!   decided as that certificate's subject; such names are never bound to a token (a user
+//!   call with one is refused), so a certificate and a token never stand for each other.
 //! - Answers: 200 `{"ok":true,"error":""}` allows, 403 `{"ok":false,"error":"<reason>"}`
 //!   denies; both satisfy go-auth's status and json response modes. `--response-mode text`
 //!   answers `ok` or the reason. A malformed request gets 400 with the reason: never 5xx.
@@ -17,7 +23,7 @@ use axum::body::Bytes;
 use axum::http::{HeaderMap, Response, StatusCode};
 use hyper::body::Incoming;
 
-use goauth_wire::{Params, TokenFrom, find_token, parse_params};
+use goauth_wire::{Params, TokenFrom, find_token, looks_like_jwt, parse_params};
 use identity::{TokenHash, Verified, names_subject, subject_names};
 use policy_engine::{Action, Decision, Generation, Request, Subject};
 
@@ -121,6 +127,69 @@ impl Ctx<'_> {
     fn subject(&self, hash: TokenHash, v: &Verified) -> Result<Arc<Subject>, Outcome> {
         self.state.auth.identities.subject(&self.generation, hash, v).map_err(Outcome::Deny)
     }
+
+    /// Is `name` a certificate name (certificate clients on, and the policy's certificates
+    /// section accepts it)? Its subject if so. `Err`: the module could not say (a fault),
+    /// which is never remembered.
+    fn certificate_subject(&self, name: &str) -> Result<Option<Arc<Subject>>, String> {
+        let Some(kind) = self.state.certificate_subject_type else { return Ok(None) };
+        let key = (self.generation.id, Box::<str>::from(name));
+        if let Some(known) = self.state.certificate_names.get(&key) {
+            return Ok(known);
+        }
+        let named = self.generation.certificate_subject(name, kind)?.ok().map(Arc::new);
+        self.state.certificate_names.insert(key, named.clone());
+        Ok(named)
+    }
+
+    /// The subject of a call for a client known by its certificate: the Bearer value that is
+    /// no JWT (jwt backend), else the username of a call without a token (http backend),
+    /// when it is a certificate name. A username that names both a certificate and a token's
+    /// session (the policy made it a certificate name after the session was bound) is refused.
+    fn certificate_client(&self) -> Result<Option<Arc<Subject>>, Outcome> {
+        if self.state.certificate_subject_type.is_none() {
+            return Ok(None);
+        }
+        let (name, from_username) = match self.headers.get(axum::http::header::AUTHORIZATION) {
+            Some(h) => {
+                let Some((scheme, value)) = h.to_str().ok().and_then(|h| h.split_once(' ')) else {
+                    return Ok(None);
+                };
+                let value = value.trim();
+                if !scheme.eq_ignore_ascii_case("bearer") || looks_like_jwt(value) {
+                    return Ok(None);
+                }
+                (value, false)
+            }
+            None if self.params.password.is_none() && !self.params.username_is_token => {
+                let Some(u) = self.params.username.as_deref() else { return Ok(None) };
+                (u, true)
+            }
+            None => return Ok(None),
+        };
+        let subject = self.certificate_subject(name).map_err(Outcome::Deny)?;
+        if subject.is_some() && from_username && self.state.auth.session_token(name).is_some() {
+            return Err(Outcome::Deny(format!(
+                "the username {} is a certificate name and also a token holder's session: refused until \
+                 the session ends",
+                crate::short(name)
+            )));
+        }
+        Ok(subject)
+    }
+
+    /// `${username}` for a token's subject: the given username when it names the subject and
+    /// is no certificate name; otherwise empty.
+    fn proven_username<'u>(&self, given: &'u str, subject: &Subject, v: &Verified) -> &'u str {
+        // A module that cannot say whether it is a certificate name (a fault): not proven.
+        if names_subject(given, subject, &v.claims, &self.state.username_claims)
+            && matches!(self.certificate_subject(given), Ok(None))
+        {
+            given
+        } else {
+            ""
+        }
+    }
 }
 
 fn audit(
@@ -180,6 +249,25 @@ async fn user(ctx: &Ctx<'_>) -> Outcome {
     if from == TokenFrom::Password {
         let username = ctx.params.username.as_deref().unwrap_or("");
         let claims = &ctx.state.username_claims;
+        let reserved = match ctx.certificate_subject(username) {
+            Ok(named) => named
+                .is_some()
+                .then(|| "is a certificate name (the policy's certificates section)".to_string()),
+            Err(fault) => Some(format!("could not be told apart from a certificate name ({fault})")),
+        };
+        if let Some(why) = reserved {
+            let o = Outcome::Deny(format!(
+                "the MQTT username {} {why}: a token cannot stand for it; connect with the username {}",
+                crate::short(username),
+                subject_names(&subject, &v.claims, claims)
+                    .iter()
+                    .map(|n| crate::short(n))
+                    .collect::<Vec<_>>()
+                    .join(" or ")
+            ));
+            audit(ctx, "user", Some(&subject), "connect", &o, None);
+            return o;
+        }
         if !names_subject(username, &subject, &v.claims, claims) {
             let names: Vec<String> =
                 subject_names(&subject, &v.claims, claims).iter().map(|n| crate::short(n)).collect();
@@ -256,6 +344,14 @@ async fn who(ctx: &Ctx<'_>) -> Result<(TokenHash, Arc<Verified>), Outcome> {
 }
 
 async fn superuser(ctx: &Ctx<'_>) -> Outcome {
+    match ctx.certificate_client() {
+        Ok(Some(s)) => return decided("superuser", ctx, &s, "superuser", &ctx.generation.superuser(&s)),
+        Ok(None) => {}
+        Err(o) => {
+            audit(ctx, "superuser", None, "superuser", &o, None);
+            return o;
+        }
+    }
     // go-auth's http backend sends only the username here: found through its session, proven
     // at the user call to belong to the token.
     match who(ctx).await.and_then(|(hash, v)| ctx.subject(hash, &v)) {
@@ -280,6 +376,14 @@ async fn acl(ctx: &Ctx<'_>) -> Outcome {
         Some(Err(e)) => return Outcome::Bad(e),
         Some(Ok(a)) => a,
     };
+    match ctx.certificate_client() {
+        Ok(Some(subject)) => return certificate_acl(ctx, &subject, topic, actions),
+        Ok(None) => {}
+        Err(o) => {
+            audit(ctx, "acl", None, "acl", &o, None);
+            return o;
+        }
+    }
     let auth = &ctx.state.auth;
     let token = match find_token(ctx.headers, p) {
         Err(e) => return Outcome::Bad(e),
@@ -334,11 +438,7 @@ async fn acl(ctx: &Ctx<'_>) -> Outcome {
                     key
                 };
                 // `${username}` is only ever a name proven to belong to the subject.
-                let proven = if names_subject(given, &subject, &verified.claims, &ctx.state.username_claims) {
-                    given
-                } else {
-                    ""
-                };
+                let proven = ctx.proven_username(given, &subject, &verified);
                 let d = auth.decide(key, &verified, &subject, || {
                     ctx.generation.try_check(&Request {
                         subject: (*subject).clone(),
@@ -352,6 +452,32 @@ async fn acl(ctx: &Ctx<'_>) -> Outcome {
                 decided("acl", ctx, &d.subject, action_str(action), &d.decision)
             }
         };
+        if matches!(outcome, Outcome::Deny(_)) {
+            break;
+        }
+    }
+    outcome
+}
+
+/// An ACL call for a client known by its certificate: each action decided by the module
+/// (not cached: go-auth's own cache is the place for that), `${username}` the certificate's
+/// name.
+fn certificate_acl(
+    ctx: &Ctx<'_>,
+    subject: &Subject,
+    topic: &str,
+    actions: impl Iterator<Item = Action>,
+) -> Outcome {
+    let mut outcome = Outcome::Deny("no action".into());
+    for action in actions {
+        let d = ctx.generation.check(&Request {
+            subject: subject.clone(),
+            topic: topic.to_string(),
+            action,
+            clientid: ctx.params.clientid.as_deref().unwrap_or("").to_string(),
+            username: subject.id.clone(),
+        });
+        outcome = decided("acl", ctx, subject, action_str(action), &d);
         if matches!(outcome, Outcome::Deny(_)) {
             break;
         }

@@ -36,6 +36,8 @@ use crate::goauth::ResponseMode;
 pub const BODY_LIMIT: usize = 64 * 1024;
 /// A request that takes longer is answered 408.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// Names remembered as certificate names or not (with `--certificate-subject-type`).
+const CERTIFICATE_NAMES: u64 = 10_000;
 
 /// Everything a request needs.
 pub struct AppState {
@@ -59,6 +61,14 @@ pub struct AppState {
     pub pull: Option<Arc<std::sync::Mutex<policy_engine::pull::PullStatus>>>,
     /// Shared http-backend sessions (`--sessions redis://...`); `None`: this process only.
     pub sessions: Option<Arc<crate::sessions::RedisSessions>>,
+    /// Signs what `GET /bundle` serves, when given.
+    pub bundle_signing_key: Option<policy_engine::bundle::SigningKey>,
+    /// Clients known by their certificate are decided as subjects of this type (names in
+    /// the policy's certificates section); `None`: they are denied.
+    pub certificate_subject_type: Option<policy_engine::SubjectType>,
+    /// Which names are certificate names under which generation, and their subjects: asked
+    /// of every token-less call (every http-backend ACL call), so remembered.
+    pub certificate_names: moka::sync::Cache<(u64, Box<str>), Option<Arc<policy_engine::Subject>>>,
 }
 
 impl AppState {
@@ -126,6 +136,14 @@ pub struct ServeConfig {
     pub bundle_token: Option<String>,
     /// `redis://...`: keep http-backend sessions there (shared by replicas).
     pub sessions: Option<String>,
+    /// Fetch key sets and discovery over plain `http://` from any host.
+    pub private_network_http: bool,
+    /// Which pulled bundles are taken (with `policy_url`).
+    pub bundle_trust: Option<policy_engine::pull::Trust>,
+    /// Signs what `GET /bundle` serves.
+    pub bundle_signing_key: Option<policy_engine::bundle::SigningKey>,
+    /// Decide clients known by their certificate as subjects of this type.
+    pub certificate_subject_type: Option<policy_engine::SubjectType>,
 }
 
 fn install_metrics() -> anyhow::Result<PrometheusHandle> {
@@ -246,9 +264,26 @@ pub async fn build_state(cfg: &ServeConfig) -> anyhow::Result<Arc<AppState>> {
         min_refresh: cfg.jwks_min_refresh,
         authorized_parties: cfg.authorized_parties.clone(),
         refresh_every: cfg.jwks_refresh,
+        plain_http: if cfg.dev || cfg.private_network_http {
+            identity::PlainHttp::Allowed
+        } else {
+            identity::PlainHttp::LoopbackOnly
+        },
     };
     if let (false, Some(why)) = (cfg.dev, config.unrestricted()) {
         tracing::warn!("{why}: --audience or --authorized-party");
+    }
+    if cfg.private_network_http {
+        tracing::warn!(
+            "--private-network-http: key sets and OIDC discovery are fetched over plain http:// from any \
+             host; anyone on that network path can replace the signing keys"
+        );
+    }
+    if matches!(cfg.bundle_trust, Some(policy_engine::pull::Trust::InsecureUnsigned)) {
+        tracing::warn!(
+            "--insecure-unsigned-bundles: pulled bundles are taken unsigned; whoever can answer for \
+             --policy-url decides this service's policy"
+        );
     }
     let verifier = Arc::new(Verifier::new(config)?);
     match verifier.refresh().await {
@@ -288,6 +323,9 @@ pub async fn build_state(cfg: &ServeConfig) -> anyhow::Result<Arc<AppState>> {
             None => None,
         },
         pull: cfg.policy_url.as_ref().map(|_| Default::default()),
+        bundle_signing_key: cfg.bundle_signing_key.clone(),
+        certificate_subject_type: cfg.certificate_subject_type,
+        certificate_names: moka::sync::Cache::new(CERTIFICATE_NAMES),
         sessions: match &cfg.sessions {
             Some(url) => {
                 let store = crate::sessions::RedisSessions::new(url)?;
@@ -391,12 +429,13 @@ pub async fn run(cfg: ServeConfig) -> anyhow::Result<()> {
     };
     // The state lives as long as the process: the broker-facing listener borrows it for good.
     let state: &'static Arc<AppState> = Box::leak(Box::new(build_state(&cfg).await?));
-    if let (Some(url), Some(pull)) = (&cfg.policy_url, &state.pull) {
+    if let (Some(url), Some(pull), Some(trust)) = (&cfg.policy_url, &state.pull, &cfg.bundle_trust) {
         policy_engine::pull::spawn_puller(
             Arc::clone(&state.live),
             url.clone(),
             cfg.bundle_token.clone(),
             cfg.policy_poll,
+            trust.clone(),
             Arc::clone(pull),
         )
         .map_err(anyhow::Error::msg)?;

@@ -1,6 +1,7 @@
 //! Several service replicas, one policy: an upload on one reaches the others through
-//! `GET /bundle` and `--policy-url`, a bundle that fails a replica's own pipeline is refused
-//! there (the last good policy stays), and uploads survive a restart.
+//! `GET /bundle` (signed with the operator's key) and `--policy-url`, a bundle that fails a
+//! replica's own pipeline, or that no trusted key signed, is refused there (the last good
+//! policy stays), and uploads survive a restart.
 
 use std::time::{Duration, Instant};
 
@@ -49,19 +50,29 @@ fn start(args: &[String]) -> Server {
     Server::start(&args)
 }
 
-/// A replica taking admin uploads and publishing its live generation at `GET /bundle`.
+/// A replica taking admin uploads and publishing its live generation at `GET /bundle`,
+/// signed with the operator's key.
 fn source(secrets: &Secrets) -> Server {
     let mut args = keys();
+    let (signing, _, _) = test_support::bundle_keys();
     args.extend(
         [
             "--admin-token-file",
             &secrets.path("admin-token"),
             "--bundle-token-file",
             &secrets.path("bundle-token"),
+            "--bundle-signing-key",
+            signing.to_str().unwrap(),
         ]
         .map(String::from),
     );
     start(&args)
+}
+
+/// `--bundle-public-key` with the operator's public key.
+fn trusting_the_operator() -> [String; 2] {
+    let (_, public, _) = test_support::bundle_keys();
+    ["--bundle-public-key".into(), public.to_str().unwrap().into()]
 }
 
 fn admin_put(s: &Server, path: &str, body: &Value) -> Reply {
@@ -96,6 +107,7 @@ fn an_upload_on_one_replica_reaches_the_others_and_a_refused_bundle_leaves_the_l
             ]
             .map(String::from),
         );
+        args.extend(trusting_the_operator());
         args.extend_from_slice(extra);
         start(&args)
     };
@@ -276,6 +288,7 @@ fn a_broker_running_the_plugin_pulls_an_upload_made_on_a_service_replica() {
     let policy = setup.file("policy.json", include_str!("../../policies/celine.json"));
     let jwks = setup.file("jwks.json", std::fs::read(fixtures().join("jwks-a.json")).unwrap());
     let token = setup.file("bundle-token", BUNDLE_TOKEN);
+    let public = setup.file("operator.pub.pem", std::fs::read(test_support::bundle_keys().1).unwrap());
     let broker = Broker::start(
         setup
             .option("policy", policy.display().to_string())
@@ -283,7 +296,8 @@ fn a_broker_running_the_plugin_pulls_an_upload_made_on_a_service_replica() {
             .option("issuer", ISSUER)
             .option("policy_url", a.ops("/bundle"))
             .option("policy_poll", "1")
-            .option("bundle_token_file", token.display().to_string()),
+            .option("bundle_token_file", token.display().to_string())
+            .option("bundle_public_key", public.display().to_string()),
     );
     let mark = broker.log_mark();
     let r = admin_put(&a, "/admin/policy", &policy_with_health());
@@ -333,4 +347,222 @@ fn a_key_withdrawn_by_the_identity_provider_is_distrusted_by_every_replica_withi
     for r in &replicas {
         assert!(bearer_call(r, "/mqtt/acl", &by_b, READ).allowed(), "the other key stays trusted");
     }
+}
+
+/// A plain HTTP server for one file whose contents the test changes: a static web server or
+/// object store (no ETag).
+struct StaticFile {
+    url: String,
+    body: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+}
+
+impl StaticFile {
+    fn start() -> StaticFile {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/bundle.json", listener.local_addr().unwrap());
+        let body = std::sync::Arc::new(std::sync::Mutex::new(b"{}".to_vec()));
+        let served = std::sync::Arc::clone(&body);
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { continue };
+                let mut buf = [0u8; 4096];
+                let _ = std::io::Read::read(&mut stream, &mut buf);
+                let body = served.lock().unwrap().clone();
+                let head = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                    body.len()
+                );
+                let _ = std::io::Write::write_all(&mut stream, head.as_bytes());
+                let _ = std::io::Write::write_all(&mut stream, &body);
+            }
+        });
+        StaticFile { url, body }
+    }
+
+    fn serve(&self, bytes: Vec<u8>) {
+        *self.body.lock().unwrap() = bytes;
+    }
+}
+
+/// `mqtt-policy bundle` with `args`; panics with its output if it fails.
+fn bundle_cli(args: &[&str]) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_mqtt-policy"))
+        .current_dir(test_support::repository())
+        .arg("bundle")
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "mqtt-policy bundle {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+fn pulls(s: &Server) -> (u64, u64) {
+    let p = status(s)["bundle_pull"].clone();
+    (p["pulls"].as_u64().unwrap_or(0), p["results"]["untrusted"].as_u64().unwrap_or(0))
+}
+
+#[test]
+fn unsigned_wrongly_signed_and_tampered_bundles_are_refused_and_a_signed_one_goes_live_within_a_poll() {
+    let secrets = Secrets::new();
+    let dir = secrets.dir.path();
+    // The operator's key and another, made as the documentation says.
+    let (operator, operator_pub) = test_support::openssl_ed25519(dir, "operator");
+    let (stranger, _) = test_support::openssl_ed25519(dir, "stranger");
+    let policy = dir.join("health.json");
+    std::fs::write(&policy, policy_with_health().to_string()).unwrap();
+    let path = |name: &str| dir.join(name).to_str().unwrap().to_string();
+    let p = policy.to_str().unwrap();
+    bundle_cli(&["--policy", p, "-o", &path("unsigned.json")]);
+    bundle_cli(&[
+        "--sign",
+        operator.to_str().unwrap(),
+        "--from",
+        &path("unsigned.json"),
+        "-o",
+        &path("signed.json"),
+    ]);
+    bundle_cli(&["--policy", p, "--sign", stranger.to_str().unwrap(), "-o", &path("stranger.json")]);
+    // Tampered in transit: every viewer reads everything, the policy's hash made to match;
+    // the signature still covers the old hash.
+    let mut tampered: Value = serde_json::from_slice(&std::fs::read(path("signed.json")).unwrap()).unwrap();
+    let mut wide = policy_with_health();
+    wide["celine"]["mqtt"]["acl"]["rules"].as_array_mut().unwrap().push(json!({
+        "subjects": {"groups": ["viewers"]}, "topics": ["#"], "actions": "*"}));
+    let wide = wide.to_string();
+    tampered["policy_sha256"] = json!(sha256_hex(wide.as_bytes()));
+    tampered["policy"] = json!(wide);
+
+    let file = StaticFile::start();
+    let log = dir.join("replica.log");
+    let mut args = keys();
+    args.extend(
+        ["--policy-url", &file.url, "--policy-poll", "1", "--admin-token-file", &secrets.path("admin-token")]
+            .map(String::from),
+    );
+    args.extend(["--bundle-public-key".to_string(), operator_pub.to_str().unwrap().to_string()]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let replica = Server::start_logged(&args, &log);
+    let hash = status(&replica)["policy"]["hash"].clone();
+    let viewer = sign("rsa-a.pem", "key-a", &viewer_claims());
+
+    let cases = [
+        ("unsigned", std::fs::read(path("unsigned.json")).unwrap(), "is not signed"),
+        ("signed by another key", std::fs::read(path("stranger.json")).unwrap(), "not by a trusted key"),
+        ("tampered", tampered.to_string().into_bytes(), "not by a trusted key"),
+    ];
+    for (n, (what, bytes, why)) in cases.into_iter().enumerate() {
+        file.serve(bytes);
+        wait_for(&format!("the {what} bundle's refusal"), || pulls(&replica).1 > n as u64);
+        let st = status(&replica);
+        let error = st["bundle_pull"]["last_error"].as_str().unwrap_or_default().to_string();
+        assert!(error.contains(why), "{what}: {error}");
+        assert_eq!(st["policy"]["hash"], hash, "{what}: the live policy changed");
+        assert!(!bearer_call(&replica, "/mqtt/acl", &viewer, HEALTH_READ).allowed(), "{what}");
+    }
+    let metrics = send(client().get(replica.ops("/metrics"))).body;
+    assert!(metrics.contains("mqtt_policy_bundle_pulls_total{result=\"untrusted\"} 3"), "{metrics}");
+    // (Log lines reach the file through the service's log queue, a moment later.)
+    let refusals =
+        || std::fs::read_to_string(&log).unwrap().matches("a pulled policy bundle was refused").count();
+    wait_for("three refusal lines", || refusals() >= 3);
+    assert_eq!(refusals(), 3, "one line per refused bundle");
+
+    // The operator's signed bundle: taken by the next pull.
+    let before = pulls(&replica).0;
+    file.serve(std::fs::read(path("signed.json")).unwrap());
+    wait_for("the signed bundle", || bearer_call(&replica, "/mqtt/acl", &viewer, HEALTH_READ).allowed());
+    let after = pulls(&replica).0;
+    assert!(after <= before + 2, "it took {} pulls", after - before);
+    assert!(status(&replica)["bundle_pull"]["last_error"].is_null());
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[test]
+fn a_puller_without_a_public_key_refuses_to_start_unless_told_to_take_unsigned_bundles() {
+    let state = tempfile::tempdir().unwrap();
+    let jwks = fixtures().join("jwks-a.json");
+    let file = ["--jwks-file", jwks.to_str().unwrap()];
+    let run = |extra: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_mqtt-policy"))
+            .current_dir(test_support::repository())
+            .args(["serve", "--listen", "127.0.0.1:0", "--ops-listen", "127.0.0.1:0", "--state-dir"])
+            .arg(state.path())
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let out = run(&[&file[..], &["--policy-url", "http://127.0.0.1:9/bundle.json"]].concat());
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--policy-url needs --bundle-public-key"), "{err}");
+    let (_, public, _) = test_support::bundle_keys();
+    let out =
+        run(&[&file[..], &["--bundle-public-key", public.to_str().unwrap(), "--insecure-unsigned-bundles"]]
+            .concat());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("cannot be used with"), "{err}");
+    let out = run(&["--jwks-url", "http://keys.example.net/jwks.json"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("plain http://"), "{err}");
+}
+
+#[test]
+fn a_broker_refuses_unsigned_wrongly_signed_and_tampered_bundles_and_takes_a_signed_one() {
+    use test_support::mosquitto::{Broker, Setup};
+    let dir = tempfile::tempdir().unwrap();
+    let (operator, _, _) = test_support::bundle_keys();
+    let (stranger, _) = test_support::openssl_ed25519(dir.path(), "stranger");
+    let policy = dir.path().join("health.json");
+    std::fs::write(&policy, policy_with_health().to_string()).unwrap();
+    let path = |name: &str| dir.path().join(name).to_str().unwrap().to_string();
+    let p = policy.to_str().unwrap();
+    bundle_cli(&["--policy", p, "-o", &path("unsigned.json")]);
+    bundle_cli(&["--policy", p, "--sign", stranger.to_str().unwrap(), "-o", &path("stranger.json")]);
+    bundle_cli(&["--policy", p, "--sign", operator.to_str().unwrap(), "-o", &path("signed.json")]);
+    let mut tampered: Value = serde_json::from_slice(&std::fs::read(path("signed.json")).unwrap()).unwrap();
+    let wide = policy_with_health().to_string().replace("celine/system/health/+", "#");
+    tampered["policy_sha256"] = json!(sha256_hex(wide.as_bytes()));
+    tampered["policy"] = json!(wide);
+
+    let file = StaticFile::start();
+    let setup = Setup::new();
+    let default = setup.file("policy.json", include_str!("../../policies/celine.json"));
+    let jwks = setup.file("jwks.json", std::fs::read(fixtures().join("jwks-a.json")).unwrap());
+    let public = setup.file("operator.pub.pem", std::fs::read(test_support::bundle_keys().1).unwrap());
+    let metrics = test_support::free_port();
+    let broker = Broker::start(
+        setup
+            .option("policy", default.display().to_string())
+            .option("jwks_file", jwks.display().to_string())
+            .option("issuer", ISSUER)
+            .option("policy_url", &file.url)
+            .option("policy_poll", "1")
+            .option("bundle_public_key", public.display().to_string())
+            .option("metrics_listen", format!("127.0.0.1:{metrics}")),
+    );
+    let scrape = || send(client().get(format!("http://127.0.0.1:{metrics}/metrics"))).body;
+    for (n, (what, bytes, why)) in [
+        ("unsigned", std::fs::read(path("unsigned.json")).unwrap(), "is not signed"),
+        ("signed by another key", std::fs::read(path("stranger.json")).unwrap(), "not by a trusted key"),
+        ("tampered", tampered.to_string().into_bytes(), "not by a trusted key"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let mark = broker.log_mark();
+        file.serve(bytes);
+        let line =
+            broker.wait_for_log_after(mark, "a pulled policy bundle was refused", Duration::from_secs(30));
+        assert!(line.contains(why), "{what}: {line}");
+        let counted = format!("mqtt_policy_bundle_pulls_total{{result=\"untrusted\"}} {}", n + 1);
+        wait_for(&format!("the {what} bundle counted"), || scrape().contains(&counted));
+    }
+    assert!(!broker.log().contains("swapped in a new generation"), "a refused bundle went live");
+    let mark = broker.log_mark();
+    file.serve(std::fs::read(path("signed.json")).unwrap());
+    let line = broker.wait_for_log_after(mark, "swapped in a new generation", Duration::from_secs(30));
+    assert!(line.contains(&format!("bundle {}", file.url)), "{line}");
 }

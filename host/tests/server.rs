@@ -498,6 +498,31 @@ fn without_any_key_source_serve_refuses_to_start() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("no way to verify tokens"));
 }
 
+/// Flags that contradict each other or would silently weaken a check stop `serve` before it
+/// starts, naming them.
+#[test]
+fn contradicting_or_weakening_flags_are_refused_by_name() {
+    let state = tempfile::tempdir().unwrap();
+    let jwks = fixtures().join("jwks-a.json");
+    let refused = |args: &[&str], says: &str| {
+        let out = Command::new(env!("CARGO_BIN_EXE_mqtt-policy"))
+            .args(["serve", "--listen", "127.0.0.1:0", "--ops-listen", "127.0.0.1:0", "--state-dir"])
+            .arg(state.path())
+            .args(args)
+            .env_remove("MQTT_POLICY_DEV")
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && err.contains(says), "{args:?}: {err}");
+    };
+    let file = jwks.to_str().unwrap();
+    refused(&["--jwks-file", file, "--jwks-url", "https://idp/jwks"], "cannot be used with");
+    refused(&["--dev", "--issuer", "https://idp/realms/celine"], "cannot be used with");
+    refused(&["--jwks-file", file, "--authorized-party", ","], "--authorized-party: \",\" names nothing");
+    refused(&["--jwks-file", file, "--username-claims", ""], "--username-claims");
+    refused(&["--issuer", "http://keycloak.internal/realms/celine"], "plain http://");
+}
+
 /// A stand-in identity provider on a free loopback port: OIDC discovery and a key set, as
 /// Keycloak serves them under `/realms/celine`. Answers until the test ends.
 fn fake_idp() -> String {
@@ -768,4 +793,60 @@ fn shutdown_answers_the_request_in_flight_and_closes_idle_connections() {
         status.is_some()
     });
     assert!(status.is_some_and(|s| s.success()), "{status:?}");
+}
+
+/// The default policy with a certificates section: meters publish their own readings.
+fn policy_with_meters(dir: &std::path::Path) -> std::path::PathBuf {
+    let mut p: Value = serde_json::from_str(include_str!("../../policies/celine.json")).unwrap();
+    p["celine"]["mqtt"]["certificates"] = json!([{"names": ["meter-*"], "groups": ["meters"]}]);
+    p["celine"]["mqtt"]["acl"]["rules"].as_array_mut().unwrap().push(json!({
+        "id": "meters-own-readings", "subjects": {"types": ["device"], "groups": ["meters"]},
+        "topics": ["celine/telemetry/meter/${username}/readings"], "actions": ["publish"]}));
+    p["celine"]["roles"]["group_permissions"]["meters"] = json!(["publish"]);
+    let path = dir.join("meters.json");
+    std::fs::write(&path, p.to_string()).unwrap();
+    path
+}
+
+/// go-auth sends a client Mosquitto admitted by its certificate with the certificate's name
+/// where a token would be: the username (http backend) or the Bearer value (jwt backend).
+#[test]
+fn certificate_clients_through_go_auth_are_their_certificates_subject_and_never_a_tokens() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = policy_with_meters(dir.path());
+    let jwks = fixtures().join("jwks-a.json");
+    let args =
+        ["--jwks-file", jwks.to_str().unwrap(), "--issuer", ISSUER, "--policy", policy.to_str().unwrap()];
+    let s = Server::start(&[&args[..], &["--certificate-subject-type", "device"]].concat());
+    let own = json!({"username": "meter-1", "clientid": "m1", "topic": "celine/telemetry/meter/meter-1/readings", "acc": 2});
+    let other = json!({"username": "meter-1", "clientid": "m1", "topic": "celine/telemetry/meter/meter-2/readings", "acc": 2});
+    assert!(json_call(&s, reqwest::Method::POST, "/mqtt/acl", &own).allowed());
+    let r = json_call(&s, reqwest::Method::POST, "/mqtt/acl", &other);
+    assert!(!r.allowed() && r.body.contains("no rule allows"), "{}", r.body);
+    assert!(
+        !json_call(&s, reqwest::Method::POST, "/mqtt/superuser", &json!({"username": "meter-1"})).allowed()
+    );
+    // The jwt backend: the certificate name as the Bearer value.
+    let body = r#"{"clientid":"m1","topic":"celine/telemetry/meter/meter-1/readings","acc":2}"#;
+    assert!(bearer_call(&s, "/mqtt/acl", "meter-1", body).allowed());
+    // A name outside the section is nobody: no token, no session.
+    let stranger = json!({"username": "gateway-7", "clientid": "g7", "topic": "celine/telemetry/meter/gateway-7/readings", "acc": 2});
+    assert!(!json_call(&s, reqwest::Method::POST, "/mqtt/acl", &stranger).allowed());
+    // A token whose subject is called like a certificate cannot bind that name as a session.
+    let mut claims = viewer_claims();
+    claims["sub"] = json!("meter-9");
+    let token = sign("rsa-a.pem", "key-a", &claims);
+    let r = json_call(
+        &s,
+        reqwest::Method::POST,
+        "/mqtt/user",
+        &json!({"username": "meter-9", "password": token, "clientid": "m9"}),
+    );
+    assert!(!r.allowed() && r.body.contains("is a certificate name"), "{}", r.body);
+    drop(s);
+
+    // Without the flag, such calls are denied like any call without a token.
+    let s = Server::start(&args);
+    let r = json_call(&s, reqwest::Method::POST, "/mqtt/acl", &own);
+    assert!(!r.allowed() && r.body.contains("no token and no session"), "{}", r.body);
 }

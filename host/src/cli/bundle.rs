@@ -1,13 +1,15 @@
 //! `mqtt-policy bundle`: a policy, a module and their test cases in one file, for
 //! `serve --policy-url` and the plugin's `policy_url` to pull from any static web server or
-//! object store.
+//! object store; `--sign KEY` signs it with the operator's Ed25519 key (pullers take only
+//! bundles signed by a key they trust), `--from FILE` signs an existing bundle instead of
+//! building one.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context, bail};
 use policy_core::{parse_cases, run_cases};
-use policy_engine::bundle::{Bundle, gather_cases};
+use policy_engine::bundle::{Bundle, SigningKey, gather_cases};
 
 use super::PolicyArg;
 use crate::policy_file;
@@ -26,9 +28,45 @@ pub struct Args {
     /// Write the bundle here (through a temporary file and a rename) instead of to stdout
     #[arg(long, short, value_name = "FILE")]
     pub output: Option<PathBuf>,
+    /// Sign the bundle with this Ed25519 private key (PKCS#8 PEM, as `openssl genpkey
+    /// -algorithm ed25519` writes it)
+    #[arg(long, value_name = "KEY")]
+    pub sign: Option<PathBuf>,
+    /// Sign this existing bundle (its hashes checked first) instead of building one
+    #[arg(long, value_name = "FILE", requires = "sign", conflicts_with_all = ["module", "tests"])]
+    pub from: Option<PathBuf>,
+}
+
+fn write(bundle: &Bundle, output: Option<&std::path::Path>) -> anyhow::Result<ExitCode> {
+    let json = serde_json::to_string(bundle)?;
+    match output {
+        Some(out) => {
+            policy_engine::write_atomically(out, json.as_bytes())
+                .with_context(|| format!("cannot write {}", out.display()))?;
+            let signed = match &bundle.signature {
+                Some(s) => format!(", signed by key {}", s.key_id),
+                None => String::new(),
+            };
+            eprintln!("wrote {} (ETag {}, {} bytes{signed})", out.display(), bundle.etag(), json.len());
+        }
+        None => println!("{json}"),
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 pub fn run(a: Args) -> anyhow::Result<ExitCode> {
+    let key =
+        a.sign.as_deref().map(SigningKey::read).transpose().map_err(|e| anyhow::anyhow!("--sign: {e}"))?;
+    if let (Some(from), Some(key)) = (&a.from, &key) {
+        if a.policy.policy.is_some() {
+            bail!("--from signs an existing bundle: do not also name --policy");
+        }
+        let bytes = std::fs::read(from).with_context(|| format!("cannot read {}", from.display()))?;
+        Bundle::read(&bytes).map_err(|e| anyhow::anyhow!("{}: {e}", from.display()))?;
+        let mut bundle: Bundle = serde_json::from_slice(&bytes)?;
+        bundle.sign(key, identity::now());
+        return write(&bundle, a.output.as_deref());
+    }
     let (source, text) = policy_file::read(a.policy.policy.as_deref())?;
     let policy = match policy_core::Policy::load(&text) {
         Ok(p) => p,
@@ -67,15 +105,9 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::from(1));
         }
     }
-    let bundle = Bundle::new(&text, &module, cases);
-    let json = serde_json::to_string(&bundle)?;
-    match &a.output {
-        Some(out) => {
-            policy_engine::write_atomically(out, json.as_bytes())
-                .with_context(|| format!("cannot write {}", out.display()))?;
-            eprintln!("wrote {} (ETag {}, {} bytes)", out.display(), bundle.etag(), json.len());
-        }
-        None => println!("{json}"),
+    let mut bundle = Bundle::new(&text, &module, cases);
+    if let Some(key) = &key {
+        bundle.sign(key, identity::now());
     }
-    Ok(ExitCode::SUCCESS)
+    write(&bundle, a.output.as_deref())
 }

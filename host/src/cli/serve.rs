@@ -41,11 +41,15 @@ pub struct Args {
     )]
     pub authorized_parties: Vec<String>,
     /// Key set URL (JWKS)
-    #[arg(long, env = "MQTT_POLICY_JWKS_URL", value_name = "URL")]
+    #[arg(long, env = "MQTT_POLICY_JWKS_URL", value_name = "URL", conflicts_with = "jwks_file")]
     pub jwks_url: Option<String>,
     /// Key set file (JWKS), re-read periodically
     #[arg(long, env = "MQTT_POLICY_JWKS_FILE", value_name = "FILE")]
     pub jwks_file: Option<PathBuf>,
+    /// Private networks only: fetch key sets and OIDC discovery over plain http:// from hosts
+    /// other than loopback (logged at start; dev mode allows it anyway)
+    #[arg(long, env = "MQTT_POLICY_PRIVATE_NETWORK_HTTP")]
+    pub private_network_http: bool,
     /// Clock skew allowed on exp and nbf, in seconds
     #[arg(long, env = "MQTT_POLICY_LEEWAY", default_value_t = 30, value_name = "SECONDS")]
     pub leeway: u64,
@@ -54,7 +58,7 @@ pub struct Args {
     pub response_mode: ResponseMode,
     /// Development: trust a local signing key (see `mqtt-policy token --dev`) and serve its
     /// JWKS at /dev/jwks.json
-    #[arg(long, env = "MQTT_POLICY_DEV")]
+    #[arg(long, env = "MQTT_POLICY_DEV", conflicts_with = "issuer")]
     pub dev: bool,
     /// Where the dev key and the compiled-module cache live
     /// [default: $XDG_STATE_HOME/mqtt-policy or ~/.local/state/mqtt-policy]
@@ -117,6 +121,31 @@ pub struct Args {
     /// send it when pulling --policy-url (also MQTT_POLICY_BUNDLE_TOKEN)
     #[arg(long, env = "MQTT_POLICY_BUNDLE_TOKEN_FILE", value_name = "FILE")]
     pub bundle_token_file: Option<PathBuf>,
+    /// Sign the bundles served at GET /bundle with this Ed25519 private key (PKCS#8 PEM, as
+    /// `openssl genpkey -algorithm ed25519` writes it)
+    #[arg(long, env = "MQTT_POLICY_BUNDLE_SIGNING_KEY", value_name = "FILE")]
+    pub bundle_signing_key: Option<PathBuf>,
+    /// Take a pulled bundle only when this Ed25519 public key (PEM, as `openssl pkey -pubout`
+    /// writes it) signed it; repeat for a rotation (any of them will do)
+    #[arg(
+        long = "bundle-public-key",
+        env = "MQTT_POLICY_BUNDLE_PUBLIC_KEYS",
+        value_delimiter = ',',
+        value_name = "FILE",
+        conflicts_with = "insecure_unsigned_bundles"
+    )]
+    pub bundle_public_keys: Vec<PathBuf>,
+    /// Take pulled bundles unsigned: whoever can answer for --policy-url then decides the
+    /// policy (logged at start)
+    #[arg(long, env = "MQTT_POLICY_INSECURE_UNSIGNED_BUNDLES")]
+    pub insecure_unsigned_bundles: bool,
+    /// Decide clients known by their TLS certificate as subjects of this type (only device:
+    /// users and services come from tokens): go-auth sends their certificate's name as the
+    /// username (http backend) or the Bearer value (jwt backend), and names in the policy's
+    /// certificates section are taken as such (never as a token holder's username)
+    #[arg(long, env = "MQTT_POLICY_CERTIFICATE_SUBJECT_TYPE", value_name = "TYPE",
+          value_parser = ["device"])]
+    pub certificate_subject_type: Option<String>,
     /// Keep http-backend sessions in Redis (redis://[:password@]host:port[/db]) so that
     /// replicas share them [default: in this process's memory]
     #[arg(long, env = "MQTT_POLICY_SESSIONS", value_name = "URL")]
@@ -164,8 +193,49 @@ fn secret(file: &Option<PathBuf>, env: &str, what: &str) -> anyhow::Result<Optio
     })
 }
 
+/// The pulled bundles `serve` takes, from its flags: refused before anything starts when
+/// `--policy-url` has neither keys nor the explicit opt-out.
+fn bundle_trust(a: &Args) -> anyhow::Result<Option<policy_engine::pull::Trust>> {
+    use policy_engine::pull::Trust;
+    match (&a.policy_url, a.bundle_public_keys.is_empty(), a.insecure_unsigned_bundles) {
+        (None, false, _) => {
+            anyhow::bail!("--bundle-public-key without --policy-url: there is nothing to verify")
+        }
+        (None, true, true) => {
+            anyhow::bail!("--insecure-unsigned-bundles without --policy-url: nothing is pulled")
+        }
+        (None, true, false) => Ok(None),
+        (Some(_), true, false) => anyhow::bail!(
+            "--policy-url needs --bundle-public-key (the operator's Ed25519 public key, PEM): without it, \
+             anyone who can answer for the URL would decide this service's policy. To take unsigned \
+             bundles anyway, give --insecure-unsigned-bundles"
+        ),
+        (Some(_), _, true) => Ok(Some(Trust::InsecureUnsigned)),
+        (Some(_), false, false) => Ok(Some(Trust::Signed(
+            policy_engine::bundle::TrustedKeys::read(&a.bundle_public_keys)
+                .map_err(|e| anyhow::anyhow!("--bundle-public-key: {e}"))?,
+        ))),
+    }
+}
+
 pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     let cache_memory = a.cache_memory << 20;
+    let authorized_parties = match a.authorized_parties.is_empty() {
+        true => Vec::new(),
+        false => identity::parse_names(&a.authorized_parties.join(","))
+            .map_err(|e| anyhow::anyhow!("--authorized-party: {e}"))?,
+    };
+    let username_claims = identity::parse_username_claims(&a.username_claims)
+        .map_err(|e| anyhow::anyhow!("--username-claims: {e}"))?;
+    let bundle_trust = bundle_trust(&a)?;
+    let bundle_signing_key = a
+        .bundle_signing_key
+        .as_deref()
+        .map(policy_engine::bundle::SigningKey::read)
+        .transpose()
+        .map_err(|e| anyhow::anyhow!("--bundle-signing-key: {e}"))?;
+    let certificate_subject_type =
+        a.certificate_subject_type.as_deref().and_then(policy_engine::SubjectType::parse);
     // Held to the end: dropping it writes out what is queued.
     let log = init_logging(a.log_format, log_budget(cache_memory) as usize)?;
     let admin_token = secret(&a.admin_token_file, "MQTT_POLICY_ADMIN_TOKEN", "the admin token")?;
@@ -185,13 +255,17 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         hmac_secret_file: a.hmac_secret_file,
         jwks_min_refresh: std::time::Duration::from_secs(a.jwks_min_refresh),
         jwks_refresh: std::time::Duration::from_secs(a.jwks_refresh),
-        authorized_parties: identity::parse_list(&a.authorized_parties.join(",")),
+        authorized_parties,
         tests: a.tests,
         admin_token,
         ops_listen: a.ops_listen,
         tls: a.tls_cert.zip(a.tls_key),
         playground: !a.no_playground,
-        username_claims: identity::parse_username_claims(&a.username_claims),
+        username_claims,
+        private_network_http: a.private_network_http,
+        bundle_trust,
+        bundle_signing_key,
+        certificate_subject_type,
         cache_memory: cache_memory - log_budget(cache_memory),
         log: log.writer(),
         log_json: a.log_format == LogFormat::Json,
