@@ -149,12 +149,11 @@ pub fn spawn_puller(
                 Ok(Pulled::New(contents, _)) if seen.as_ref() == Some(&contents.etag) => ("unchanged", None),
                 Ok(Pulled::New(contents, served)) => 'new: {
                     seen = Some(contents.etag.clone());
-                    if let Trust::Signed(keys) = &trust {
-                        if let Err(why) =
+                    if let Trust::Signed(keys) = &trust
+                        && let Err(why) =
                             keys.verify(&contents).and_then(|_| not_older(&contents, newest_issued))
-                        {
-                            break 'new ("untrusted", Some(format!("the bundle was refused: {why}")));
-                        }
+                    {
+                        break 'new ("untrusted", Some(format!("the bundle was refused: {why}")));
                     }
                     let issued = contents.issued_at;
                     let content_etag = contents.etag.clone();
