@@ -1,5 +1,5 @@
 //! The three endpoints mosquitto-go-auth calls: `/mqtt/user`, `/mqtt/superuser`, `/mqtt/acl`
-//! (shared/docs/go-auth-protocol.md), for its `http` and `jwt` (remote) backends.
+//! (docs/go-auth-protocol.md), for its `http` and `jwt` (remote) backends.
 //!
 //! - Parameters come from a JSON body (go-auth's json mode; `null` from the jwt backend),
 //!   a form body (form mode), and the query string, whatever the method (POST, GET, PUT).

@@ -1,5 +1,5 @@
 //! `mqtt-policy serve` as mosquitto-go-auth sees it: the real binary on a free loopback port,
-//! requests shaped exactly as go-auth sends them (shared/docs/go-auth-protocol.md), and the
+//! requests shaped exactly as go-auth sends them (docs/go-auth-protocol.md), and the
 //! JWT failure matrix. Each test starts its own server and stops it (by PID) when done.
 
 use std::process::{Command, Stdio};

@@ -4,7 +4,7 @@
 //! swap (`policy-engine`) and the same token verification (`identity`) as the HTTP service.
 //!
 //! Load it with `plugin /path/to/libmqtt_policy_mosquitto.so` and `plugin_opt_<name>` lines
-//! (see `options.rs` and the README). The layers, from the broker inwards:
+//! (see `options.rs` and docs/plugin.md). The layers, from the broker inwards:
 //!
 //! - `sys`: the C declarations (structs, constants, the broker's functions found by name);
 //! - `entry`: the exported symbols and one trampoline per event, each under

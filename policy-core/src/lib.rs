@@ -1,6 +1,6 @@
 //! `policy-core`: what every MQTT authorization decision of the CELINE policy service means.
 //!
-//! This crate owns the semantics (`shared/docs/semantics.md`, normative): MQTT topic names and
+//! This crate owns the semantics (`docs/semantics.md`, normative): MQTT topic names and
 //! filters (matching, containment, overlap, `$share/`), the strict policy-document loader,
 //! the capability layer and rule evaluation with deny-overrides, superuser, explanations,
 //! claims-to-subject for Keycloak tokens, lint, and policy test cases.

@@ -1,8 +1,7 @@
 //! Runs every decision case in `corpus/*.jsonl` through the library.
 //!
-//! The corpus is data (format: `corpus/README.md`); `conformance.jsonl` is a verbatim copy of
-//! `shared/conformance/decisions.jsonl` and must pass in every build. The host's tests run
-//! the same files through `mqtt-policy eval`.
+//! The corpus is data (format: `corpus/README.md`); `conformance.jsonl` holds the cases every
+//! build must pass. The host's tests run the same files through `mqtt-policy eval`.
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;

@@ -73,7 +73,7 @@ pub fn start_dev_broker(bin: &Path) -> anyhow::Result<(Child, u16)> {
     if crate::apt::is_root() {
         // The plugin and the dev key live in root's home, which Mosquitto's own user cannot
         // read: the dev broker keeps root's rights. (A real installation puts them where the
-        // mosquitto user can read them; see the README.)
+        // mosquitto user can read them; see docs/plugin.md.)
         conf.push_str("user root\n");
     }
     let conf_path = dir.join("mosquitto.conf");

@@ -6,13 +6,14 @@
 //!   and the Mosquitto plugin.
 //! - `cargo xtask e2e`: the plugin inside a real Mosquitto with real MQTT clients.
 //! - `cargo xtask playground`: the browser playground as a static site.
-//! - `cargo xtask test`: everything CI runs (see README.md).
+//! - `cargo xtask test`: everything CI runs (see CONTRIBUTING.md).
 //! - `cargo xtask keycloak`: the tests against a real Keycloak.
 //! - `cargo xtask fuzz --seconds N`: the cargo-fuzz targets in `fuzz/`, N seconds each.
 //! - `cargo xtask bench`: the criterion decision benchmarks, summarised as a ratio table.
 //! - `cargo xtask bench-http`: wrk against `/mqtt/acl` beside a trivial axum floor.
 //! - `cargo xtask bench-memory`: resident memory under floods of unique topics and tokens.
-//! - `cargo xtask sync-conformance`: refresh `corpus/conformance.jsonl` from `shared/`.
+//! - `cargo xtask sync-conformance`: a maintainer's tool: refresh `corpus/conformance.jsonl` from
+//!   an upstream conformance folder beside the checkout, when there is one.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -49,7 +50,7 @@ commands:
   soak [--minutes M | --seconds S]
                      the service under mixed load while policies swap and keys rotate (default 10 min):
                      no 5xx, no wrong decision (checked against policy-core), no failed swap, flat RSS
-  sync-conformance   copy shared/conformance/decisions.jsonl into corpus/conformance.jsonl";
+  sync-conformance   (maintainers) copy an upstream conformance/decisions.jsonl into corpus/";
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -134,7 +135,9 @@ fn cargo_env(args: &[&str], env: &[(&str, &std::ffi::OsStr)]) -> anyhow::Result<
     run_env(&cargo_program(), &all, env)
 }
 
-/// `shared/conformance/decisions.jsonl`, when the shared folder sits beside the checkout.
+/// The upstream conformance cases (`conformance/decisions.jsonl` in `MQTT_POLICY_SHARED_DIR`,
+/// else in `../shared`), when a maintainer has them beside the checkout. Nothing needs them:
+/// the project's corpus is its own, committed.
 fn shared_corpus() -> Option<PathBuf> {
     let dir = std::env::var_os("MQTT_POLICY_SHARED_DIR")
         .map(PathBuf::from)
@@ -146,9 +149,9 @@ fn shared_corpus() -> Option<PathBuf> {
 const CORPUS_COPY: &str = "corpus/conformance.jsonl";
 
 fn check_conformance_copy() -> anyhow::Result<()> {
-    step("conformance corpus: is corpus/conformance.jsonl the shared one?");
+    step("conformance corpus: is corpus/conformance.jsonl the upstream one (when a maintainer has it)?");
     let Some(shared) = shared_corpus() else {
-        println!("   shared/ is not beside this checkout; using the committed copy");
+        println!("   no upstream conformance folder beside this checkout; the committed corpus stands");
         return Ok(());
     };
     let ours = std::fs::read(root().join(CORPUS_COPY)).context(CORPUS_COPY)?;
@@ -165,7 +168,7 @@ fn check_conformance_copy() -> anyhow::Result<()> {
 
 fn sync_conformance() -> anyhow::Result<()> {
     let shared = shared_corpus().context(
-        "shared/conformance/decisions.jsonl not found beside the checkout (set MQTT_POLICY_SHARED_DIR)",
+        "no upstream conformance/decisions.jsonl beside the checkout (MQTT_POLICY_SHARED_DIR names its folder)",
     )?;
     std::fs::copy(&shared, root().join(CORPUS_COPY))?;
     println!("copied {} to {CORPUS_COPY}", shared.display());
