@@ -19,35 +19,19 @@ use axum::Router;
 use axum::body::Bytes;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, Request, State};
-use axum::http::{StatusCode, header};
+use axum::http::StatusCode;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use serde_json::json;
-use sha2::{Digest, Sha256};
 use tower_http::limit::RequestBodyLimitLayer;
 
 use policy_engine::{Candidate, Source};
 
-use crate::serve::AppState;
+use crate::state::{AppState, bearer_is};
 
 /// A module upload may be this large.
 pub const ADMIN_BODY_LIMIT: usize = 32 << 20;
-
-pub fn token_digest(token: &str) -> [u8; 32] {
-    Sha256::digest(token.trim().as_bytes()).into()
-}
-
-/// Whether the request's `Authorization: Bearer` token is the one whose digest is `want`.
-/// Digests are compared: equal-length values, and nothing learnt about the token from timing.
-pub fn bearer_is(headers: &axum::http::HeaderMap, want: &[u8; 32]) -> bool {
-    headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(token_digest)
-        .is_some_and(|given| given == *want)
-}
 
 fn error(status: StatusCode, message: impl Into<String>) -> Response {
     (status, axum::Json(json!({"error": message.into()}))).into_response()

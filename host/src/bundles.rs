@@ -11,7 +11,7 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
-use crate::serve::AppState;
+use crate::state::{AppState, bearer_is};
 
 fn error(status: StatusCode, message: impl Into<String>) -> Response {
     (status, axum::Json(json!({"error": message.into()}))).into_response()
@@ -22,7 +22,7 @@ pub async fn get_bundle(State(st): State<Arc<AppState>>, req: Request) -> Respon
     let Some(want) = st.bundle_token else {
         return error(StatusCode::NOT_FOUND, "publishing bundles is off: start with --bundle-token-file");
     };
-    if !crate::admin::bearer_is(req.headers(), &want) {
+    if !bearer_is(req.headers(), &want) {
         tracing::warn!("GET /bundle without the bundle token");
         return error(
             StatusCode::UNAUTHORIZED,

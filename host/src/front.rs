@@ -21,59 +21,17 @@ use std::time::Duration;
 use axum::Router;
 use axum::body::Bytes;
 use axum::http::{HeaderValue, Method, Request, Response, StatusCode, header};
-use http_body::{Frame, SizeHint};
+
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use tower::ServiceExt;
 
 use crate::goauth::{self, Endpoint};
-use crate::serve::AppState;
+use crate::respond::{Out, answer};
+use crate::state::AppState;
 
 /// The longest shutdown waits for open connections to finish their requests.
 pub const DRAIN_FOR: Duration = Duration::from_secs(15);
-
-/// A response body: bytes known in full (go-auth's answers), or whatever the router made.
-pub enum Out {
-    Full(Option<Bytes>),
-    Routed(axum::body::Body),
-}
-
-impl http_body::Body for Out {
-    type Data = Bytes;
-    type Error = axum::Error;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
-        match self.get_mut() {
-            Out::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
-            Out::Routed(b) => Pin::new(b).poll_frame(cx),
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        match self {
-            Out::Full(b) => b.is_none(),
-            Out::Routed(b) => b.is_end_stream(),
-        }
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        match self {
-            Out::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
-            Out::Routed(b) => b.size_hint(),
-        }
-    }
-}
-
-/// A complete answer: status, content type, body.
-pub fn answer(status: StatusCode, content_type: &'static str, body: Bytes) -> Response<Out> {
-    let mut r = Response::new(Out::Full(Some(body)));
-    *r.status_mut() = status;
-    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
-    r
-}
 
 /// Which of go-auth's endpoints a path names.
 fn endpoint(path: &str) -> Option<Endpoint> {

@@ -29,18 +29,8 @@ use policy_engine::{Action, Decision, Generation, Request, Subject};
 
 use crate::audit::Entry;
 use crate::auth::DecisionKey;
-use crate::front::{Out, answer};
-use crate::serve::AppState;
-use crate::serve::{BODY_LIMIT, REQUEST_TIMEOUT};
-
-/// How answers are written (go-auth's `*_response_mode`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum ResponseMode {
-    /// 200/403 with `{"ok": bool, "error": str}`: for go-auth's `status` and `json` modes.
-    Json,
-    /// 200 `ok`, or 403 with the reason as plain text: for go-auth's `text` mode.
-    Text,
-}
+use crate::respond::{Out, ResponseMode, answer};
+use crate::state::{AppState, BODY_LIMIT, REQUEST_TIMEOUT};
 
 /// What a request came to.
 pub enum Outcome {

@@ -1,13 +1,15 @@
 //! `mqtt-policy`: the CELINE MQTT policy service's command-line tool and server.
 //!
-//! Every subcommand works on the same policy documents the server loads and decides through
-//! `policy-core`; this crate only reads files, parses arguments and prints.
+//! Every subcommand works on the same policy documents the server loads; this crate only
+//! reads files, parses arguments and prints. Exit status: 0 success (or allow), 1 a deny, a
+//! failed test or a change found (per subcommand), 2 a usage, input or configuration error,
+//! 3 `serve` failing after it started.
 
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use mqtt_policy::{EXIT_USAGE, cli};
+use mqtt_policy::{EXIT_FAILED, EXIT_USAGE, Failed, cli};
 
 #[derive(Parser)]
 #[command(name = "mqtt-policy", version, about = "MQTT authorization for Mosquitto + go-auth: check, test and lint CELINE policies", long_about = None)]
@@ -55,7 +57,9 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             eprintln!("mqtt-policy: {e:#}");
-            ExitCode::from(EXIT_USAGE)
+            // A usage, input or configuration error is 2; a command that failed after it
+            // started (`serve` once it serves) is 3.
+            ExitCode::from(if e.is::<Failed>() { EXIT_FAILED } else { EXIT_USAGE })
         }
     }
 }

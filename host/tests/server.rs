@@ -498,6 +498,25 @@ fn without_any_key_source_serve_refuses_to_start() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("no way to verify tokens"));
 }
 
+/// A configuration `serve` refuses is a usage error (2); failing once it runs is another (3).
+#[test]
+fn serve_failing_after_start_up_exits_3_not_the_usage_errors_2() {
+    let state = tempfile::tempdir().unwrap();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let jwks = fixtures().join("jwks-a.json");
+    let out = Command::new(env!("CARGO_BIN_EXE_mqtt-policy"))
+        .current_dir(test_support::repository())
+        .args(["serve", "--listen", &addr, "--ops-listen", "127.0.0.1:0", "--jwks-file", jwks.to_str().unwrap()])
+        .arg("--state-dir")
+        .arg(state.path())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    assert!(err.contains("cannot listen on"), "{err}");
+}
+
 /// Flags that contradict each other or would silently weaken a check stop `serve` before it
 /// starts, naming them.
 #[test]

@@ -1001,12 +1001,8 @@ impl Drop for Plugin {
 /// Seconds since the epoch from the coarse real-time clock (a few ms of resolution, read
 /// without a system call and cheaper than the precise one): what an `exp` comparison needs.
 fn coarse_now() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: clock_gettime writes the timespec it is given.
-    if unsafe { libc::clock_gettime(libc::CLOCK_REALTIME_COARSE, &mut ts) } != 0 {
-        return now();
-    }
-    u64::try_from(ts.tv_sec).unwrap_or(0)
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::RealtimeCoarse);
+    u64::try_from(t.tv_sec).unwrap_or_else(|_| now())
 }
 
 /// An allowed check, at debug level.

@@ -7,6 +7,9 @@
 //! without them (its tests call the safe code with a stand-in broker) and a broker that lacks
 //! one is told which, instead of failing to load the library.
 
+// The FFI edge: one of the two files where `unsafe` is allowed (see the workspace lints).
+#![allow(unsafe_code)]
+
 use std::ffi::{CStr, CString, c_char, c_int, c_long, c_void};
 
 use tracing::Level;

@@ -428,8 +428,7 @@ fn an_unwritable_module_cache_costs_a_compile_and_the_broker_stops_cleanly() {
     let viewer =
         Client::connected(Version::V311, b.port, "vera-c", "vera", &issuer.user("vera", &["viewers"]));
     assert_eq!(viewer.subscribe("celine/telemetry/+/+/readings"), 1);
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } == 0 {
+    if rustix::process::geteuid().is_root() {
         // Started as root: Mosquitto dropped to its own user before loading the plugin.
         let status = std::fs::read_to_string(format!("/proc/{}/status", b.pid())).unwrap();
         let uid = status.lines().find(|l| l.starts_with("Uid:")).unwrap().to_string();

@@ -94,12 +94,9 @@ fn a_thread_starved_of_cpu_still_gets_its_answer() {
         .collect();
     ready.wait();
     let starved = std::thread::spawn(move || {
-        // The lowest priority for this thread alone: the busy threads take nearly every core.
-        // SAFETY: setpriority on the calling thread's id changes only its nice value.
-        let rc = unsafe {
-            libc::setpriority(libc::PRIO_PROCESS, libc::syscall(libc::SYS_gettid) as libc::id_t, 19)
-        };
-        assert_eq!(rc, 0, "setpriority failed");
+        // The lowest priority for this thread alone (a thread id is a pid to the scheduler):
+        // the busy threads take nearly every core.
+        rustix::process::setpriority_process(Some(rustix::thread::gettid()), 19).expect("setpriority");
         let started = Instant::now();
         let d = generation.check(&read("fault/slow"));
         (d, started.elapsed())

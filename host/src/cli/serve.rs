@@ -4,9 +4,9 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use crate::goauth::ResponseMode;
 use crate::logqueue::LogQueue;
-use crate::serve::ServeConfig;
+use crate::respond::ResponseMode;
+use crate::state::ServeConfig;
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LogFormat {

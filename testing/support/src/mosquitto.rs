@@ -281,16 +281,22 @@ impl Broker {
         }
     }
 
+    /// Signals our own child by its PID.
+    fn signal(&self, signal: rustix::process::Signal) {
+        let pid = i32::try_from(self.child.id()).ok().and_then(rustix::process::Pid::from_raw);
+        if let Some(pid) = pid {
+            let _ = rustix::process::kill_process(pid, signal);
+        }
+    }
+
     /// Sends `SIGHUP` (Mosquitto reloads its configuration and tells the plugin).
     pub fn hang_up(&self) {
-        // SAFETY: signalling our own child by its PID.
-        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGHUP) };
+        self.signal(rustix::process::Signal::HUP);
     }
 
     /// Stops the broker the way a service manager does (`SIGTERM`) and returns how it ended.
     pub fn terminate(&mut self) -> ExitStatus {
-        // SAFETY: signalling our own child by its PID.
-        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
+        self.signal(rustix::process::Signal::TERM);
         let started = Instant::now();
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
