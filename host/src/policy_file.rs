@@ -60,12 +60,15 @@ pub fn print_diagnostics(source: &Source, diags: &[Diagnostic]) {
 /// as one error.
 pub fn load(arg: Option<&Path>) -> anyhow::Result<(Source, Policy)> {
     let (source, text) = read(arg)?;
-    match Policy::load(&text) {
-        Ok(p) => Ok((source, p)),
-        Err(diags) => {
-            print_diagnostics(&source, &diags);
-            let n = diags.len();
-            bail!("{source} did not load: {n} error{}", if n == 1 { "" } else { "s" })
-        }
-    }
+    let policy = parse(&source, &text)?;
+    Ok((source, policy))
+}
+
+/// Loads a document's text natively; load errors are printed and returned as one error.
+pub fn parse(source: &Source, text: &str) -> anyhow::Result<Policy> {
+    Policy::load(text).or_else(|diags| {
+        print_diagnostics(source, &diags);
+        let n = diags.len();
+        bail!("{source} did not load: {n} error{}", if n == 1 { "" } else { "s" })
+    })
 }

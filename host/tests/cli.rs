@@ -445,3 +445,78 @@ fn who_can_shows_grants_carve_outs_and_refused_actions() {
     assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains("--subject: missing required field 'type'"), "{}", stderr(&o));
 }
+
+/// `examples/scope-convention`, built by `cargo xtask build`: a module that changes the
+/// logic (a matching OAuth scope grants what the document alone would not).
+fn scope_convention() -> PathBuf {
+    let p = test_support::target_dir().join("policy-module/scope-convention.wasm");
+    assert!(p.exists(), "{} is missing: run `cargo xtask build` first", p.display());
+    p
+}
+
+/// One case the scope convention decides otherwise than the document alone: a user with the
+/// scope `digital-twin.events.read` reads twin events.
+fn convention_case(dir: &std::path::Path) -> PathBuf {
+    let case = serde_json::json!({"cases": [{"name": "the twin-events scope reads twin events",
+        "subject": {"id": "u-9", "type": "user", "groups": [], "scopes": ["digital-twin.events.read"]},
+        "action": "read", "topic": "celine/digital-twin/events/pump/p1",
+        "expect": "allow", "expect_rule": "scope-convention"}]});
+    let path = dir.join("convention.json");
+    std::fs::write(&path, case.to_string()).unwrap();
+    path
+}
+
+/// A module that changes the logic answers the same in `mqtt-policy test` (and `check`,
+/// `eval`) as behind the swap gate (`serve --module M --tests T` starts only if T passes
+/// through M).
+#[test]
+fn a_logic_changing_module_decides_the_same_in_the_cli_and_in_the_swap_gate() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases = convention_case(dir.path());
+    let module = scope_convention();
+    let (m, c) = (module.to_str().unwrap(), cases.to_str().unwrap());
+    let with = mqtt_policy().args(["test", "--module", m, c]).output().unwrap();
+    assert_eq!(with.status.code(), Some(0), "{}{}", stdout(&with), stderr(&with));
+    let without = mqtt_policy().args(["test", c]).output().unwrap();
+    assert_eq!(without.status.code(), Some(1), "the built-in module denies it: {}", stdout(&without));
+    let check = mqtt_policy()
+        .args(["check", "--module", m, "--action", "read", "--topic", "celine/digital-twin/events/pump/p1"])
+        .args(["--subject", r#"{"id":"u-9","type":"user","scopes":["digital-twin.events.read"]}"#])
+        .output()
+        .unwrap();
+    assert_eq!(check.status.code(), Some(0), "{}", stdout(&check));
+    assert!(stdout(&check).contains("the module") && stdout(&check).contains("decides otherwise"), "{}", stdout(&check));
+    let line = r#"{"subject":{"id":"u-9","type":"user","scopes":["digital-twin.events.read"]},"action":"read","topic":"celine/digital-twin/events/pump/p1"}"#;
+    let mut eval = mqtt_policy();
+    eval.args(["eval", "--module", m]);
+    let answer: Value = serde_json::from_str(stdout(&run_with_stdin(eval, line)).trim()).unwrap();
+    assert_eq!((answer["allow"].as_bool(), answer["rule"].as_str()), (Some(true), Some("scope-convention")));
+
+    // The swap gate: a service starts on this module and these cases, and refuses the
+    // built-in module with them, as `test` said.
+    let state = tempfile::tempdir().unwrap();
+    let jwks = root().join("host/tests/fixtures/jwks-a.json");
+    let serve = |module: Option<&str>| {
+        let mut cmd = mqtt_policy();
+        cmd.args(["serve", "--listen", "127.0.0.1:0", "--ops-listen", "127.0.0.1:0"])
+            .args(["--jwks-file", jwks.to_str().unwrap(), "--tests", c, "--state-dir"])
+            .arg(state.path());
+        if let Some(m) = module {
+            cmd.args(["--module", m]);
+        }
+        cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap()
+    };
+    let mut refused = serve(None);
+    let status = refused.wait().unwrap();
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut refused.stderr.take().unwrap(), &mut err).unwrap();
+    assert_eq!(status.code(), Some(2), "{err}");
+    assert!(err.contains("the twin-events scope reads twin events"), "{err}");
+    let mut started = serve(Some(m));
+    let mut first = String::new();
+    let mut out = std::io::BufReader::new(started.stdout.take().unwrap());
+    std::io::BufRead::read_line(&mut out, &mut first).unwrap();
+    assert!(first.starts_with("mqtt-policy ops listening on"), "it did not start: {first}");
+    started.kill().unwrap();
+    started.wait().unwrap();
+}

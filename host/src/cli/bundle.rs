@@ -8,19 +8,18 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context, bail};
-use policy_core::{parse_cases, run_cases};
+use policy_core::{judge, parse_cases};
 use policy_engine::bundle::{Bundle, SigningKey, gather_cases};
 
-use super::PolicyArg;
+use super::{ModuleArg, PolicyArg, decide};
 use crate::policy_file;
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
     #[command(flatten)]
     pub policy: PolicyArg,
-    /// Policy module (a WebAssembly component) [default: the built-in one]
-    #[arg(long, value_name = "FILE")]
-    pub module: Option<PathBuf>,
+    #[command(flatten)]
+    pub module: ModuleArg,
     /// Test cases to ship with it (a file or a directory of *.json) [default: policies/tests
     /// with the default policy]
     #[arg(long, value_name = "PATH")]
@@ -33,7 +32,7 @@ pub struct Args {
     #[arg(long, value_name = "KEY")]
     pub sign: Option<PathBuf>,
     /// Sign this existing bundle (its hashes checked first) instead of building one
-    #[arg(long, value_name = "FILE", requires = "sign", conflicts_with_all = ["module", "tests"])]
+    #[arg(long, value_name = "FILE", requires = "sign", conflicts_with = "tests")]
     pub from: Option<PathBuf>,
 }
 
@@ -58,8 +57,8 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     let key =
         a.sign.as_deref().map(SigningKey::read).transpose().map_err(|e| anyhow::anyhow!("--sign: {e}"))?;
     if let (Some(from), Some(key)) = (&a.from, &key) {
-        if a.policy.policy.is_some() {
-            bail!("--from signs an existing bundle: do not also name --policy");
+        if a.policy.policy.is_some() || a.module.module.is_some() {
+            bail!("--from signs an existing bundle: do not also name --policy or --module");
         }
         let bytes = std::fs::read(from).with_context(|| format!("cannot read {}", from.display()))?;
         Bundle::read(&bytes).map_err(|e| anyhow::anyhow!("{}: {e}", from.display()))?;
@@ -67,20 +66,9 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         bundle.sign(key, identity::now());
         return write(&bundle, a.output.as_deref());
     }
-    let (source, text) = policy_file::read(a.policy.policy.as_deref())?;
-    let policy = match policy_core::Policy::load(&text) {
-        Ok(p) => p,
-        Err(diags) => {
-            policy_file::print_diagnostics(&source, &diags);
-            bail!("{source} did not load: no bundle written");
-        }
-    };
-    let module = match &a.module {
-        Some(p) => std::fs::read(p).with_context(|| format!("cannot read the module {}", p.display()))?,
-        None => policy_engine::embedded_module()
-            .context("this binary has no built-in policy module: name one with --module")?
-            .to_vec(),
-    };
+    let ev = a.module.evaluator(a.policy.policy.as_deref()).context("no bundle written")?;
+    let (source, text) = (&ev.source, &ev.text);
+    let module = a.module.bytes()?.0;
     let tests = policy_file::tests_for(a.tests.as_deref(), a.policy.policy.as_deref());
     let cases = match &tests {
         Some(t) => Some(gather_cases(t).map_err(anyhow::Error::msg)?),
@@ -88,10 +76,14 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     };
     // A bundle whose own cases fail would be refused by every puller: say so now.
     if let Some(c) = &cases {
-        let parsed = parse_cases(&c.to_string()).map_err(|d| anyhow::anyhow!("the test cases: {d:?}"))?;
-        let failed: Vec<String> = run_cases(&policy, &parsed)
-            .into_iter()
-            .filter_map(|r| r.failure.map(|f| format!("{}: {f}", r.name)))
+        let parsed = parse_cases(&c.to_string()).map_err(|diags| {
+            policy_file::print_diagnostics(source, &diags);
+            anyhow::anyhow!("the test cases do not parse: no bundle written")
+        })?;
+        // Decided by the bundle's own module, as every puller's gate will.
+        let failed: Vec<String> = parsed
+            .iter()
+            .filter_map(|c| judge(c, decide(&ev.generation, &c.request)).failure.map(|f| format!("{}: {f}", c.name)))
             .collect();
         if !failed.is_empty() {
             for f in &failed {
@@ -105,7 +97,7 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::from(1));
         }
     }
-    let mut bundle = Bundle::new(&text, &module, cases);
+    let mut bundle = Bundle::new(text, &module, cases);
     if let Some(key) = &key {
         bundle.sign(key, identity::now());
     }

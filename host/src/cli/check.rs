@@ -1,17 +1,19 @@
-//! `mqtt-policy check`: one decision, explained.
+//! `mqtt-policy check`: one decision, made by the policy module (`--module`), explained rule by
+//! rule as the document reads.
 
 use std::process::ExitCode;
 
 use anyhow::{Context, bail};
 use policy_core::{Ask, EvalRequest, Policy};
 
-use super::{PolicyArg, SubjectArg, decision_json};
-use crate::policy_file;
+use super::{ModuleArg, PolicyArg, SubjectArg, decide, decision_json};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
     #[command(flatten)]
     pub policy: PolicyArg,
+    #[command(flatten)]
+    pub module: ModuleArg,
     #[command(flatten)]
     pub who: SubjectArg,
     /// Topic name (publish, read) or filter (subscribe); not used for superuser
@@ -39,19 +41,35 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         (None, Ask::Superuser) => String::new(),
         (None, _) => bail!("--topic is required for --action {}", ask.as_str()),
     };
-    let (_, policy) = policy_file::load(a.policy.policy.as_deref())?;
+    let ev = a.module.evaluator(a.policy.policy.as_deref())?;
+    let policy = &ev.policy;
     let req = EvalRequest { subject, ask, topic, clientid: a.clientid, username: a.username };
-    let decision = policy.evaluate(&req);
+    let decision = decide(&ev.generation, &req);
     let explanation = req.query().map(|q| policy.explain(&q));
+    // A module that changes the logic may answer otherwise than the document reads.
+    let reading = policy.evaluate(&req);
+    let differs = reading.allow != decision.allow || reading.rule != decision.rule;
 
     if a.json {
         let mut out = decision_json(&decision, &req.subject);
         if let Some(e) = &explanation {
             out["explanation"] = serde_json::to_value(e)?;
         }
+        if differs {
+            out["document_reads"] = serde_json::to_value(&reading)?;
+        }
         println!("{out}");
     } else {
-        print_human(&policy, &req, &decision, explanation.as_ref());
+        print_human(policy, &req, &decision, explanation.as_ref());
+        if differs {
+            println!(
+                "  note: the module ({}) decides otherwise than the document reads ({}: {}); the rules \
+                 above are the document's reading",
+                ev.generation.module.version,
+                if reading.allow { "allow" } else { "deny" },
+                reading.reason
+            );
+        }
     }
     Ok(ExitCode::from(if decision.allow { 0 } else { 1 }))
 }

@@ -1,4 +1,6 @@
-//! `mqtt-policy diff OLD NEW`: which requests change decision if NEW replaces OLD.
+//! `mqtt-policy diff OLD NEW`: which requests change decision if NEW replaces OLD, each
+//! witness decided by the policy module (`--module`) with both documents, as a swap report
+//! decides them.
 //!
 //! Exit 0 when no witnessed decision changes, 1 when some do, 2 when a document (or a
 //! test-case file) does not load. `--json` prints a bare JSON array of changes, each
@@ -8,10 +10,10 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use policy_core::{Change, EvalRequest, diff};
+use policy_core::{Change, EvalRequest, compare, witnesses, witnesses_of};
 
 use super::test::read_cases;
-use crate::policy_file;
+use super::{ModuleArg, decide};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -30,17 +32,24 @@ pub struct Args {
     /// Witnesses shown per group of changes (human output)
     #[arg(long, value_name = "N", default_value_t = 5)]
     pub show: usize,
+    #[command(flatten)]
+    pub module: ModuleArg,
 }
 
 pub fn run(a: Args) -> anyhow::Result<ExitCode> {
-    let (_, old) = policy_file::load(Some(&a.old))?;
-    let (_, new) = policy_file::load(Some(&a.new))?;
+    let old = a.module.evaluator(Some(&a.old))?;
+    let new = a.module.evaluator(Some(&a.new))?;
     let extra: Vec<EvalRequest> = if a.tests.is_empty() {
         Vec::new()
     } else {
         read_cases(&a.tests)?.into_iter().flat_map(|(_, cases)| cases).map(|c| c.request).collect()
     };
-    let d = diff(&old, &new, &extra);
+    let mut probes = witnesses(&old.policy, &new.policy, &extra);
+    if !new.built_in {
+        // A module of its own logic: any rule may decide otherwise than the document reads.
+        probes.extend(witnesses_of(&new.policy));
+    }
+    let d = compare(probes, |r| decide(&old.generation, r), |r| decide(&new.generation, r));
     if a.json {
         println!("{}", serde_json::to_string(&d.changes)?);
     } else {

@@ -1,4 +1,5 @@
-//! `mqtt-policy eval`: JSON lines in, one JSON decision per line out.
+//! `mqtt-policy eval`: JSON lines in, one JSON decision per line out, each decided by the
+//! policy module (`--module`).
 //!
 //! The interface the conformance corpus runs through. A line that cannot be parsed yields
 //! `{"error": "..."}` and processing goes on; a policy that does not load exits 2 before
@@ -7,28 +8,33 @@
 use std::io::{BufRead, Write};
 use std::process::ExitCode;
 
-use policy_core::{Policy, parse_request_json};
+use policy_core::{Decision, EvalRequest, parse_request_json};
 
-use super::{PolicyArg, decision_json};
-use crate::policy_file;
+use super::{ModuleArg, PolicyArg, decide, decision_json};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
     #[command(flatten)]
     pub policy: PolicyArg,
+    #[command(flatten)]
+    pub module: ModuleArg,
 }
 
 pub fn run(a: Args) -> anyhow::Result<ExitCode> {
-    let (_, policy) = policy_file::load(a.policy.policy.as_deref())?;
+    let ev = a.module.evaluator(a.policy.policy.as_deref())?;
     let stdin = std::io::stdin().lock();
     let mut stdout = std::io::stdout().lock();
-    eval_lines(&policy, stdin, &mut stdout)?;
+    eval_lines(|r| decide(&ev.generation, r), stdin, &mut stdout)?;
     Ok(ExitCode::SUCCESS)
 }
 
 /// Answers each input line with one output line, flushing as it goes so that a caller can
 /// hold a conversation over a pipe.
-pub fn eval_lines(policy: &Policy, mut input: impl BufRead, out: &mut impl Write) -> std::io::Result<()> {
+pub fn eval_lines(
+    decide: impl Fn(&EvalRequest) -> Decision,
+    mut input: impl BufRead,
+    out: &mut impl Write,
+) -> std::io::Result<()> {
     let mut buf = Vec::new();
     loop {
         buf.clear();
@@ -41,7 +47,7 @@ pub fn eval_lines(policy: &Policy, mut input: impl BufRead, out: &mut impl Write
                 serde_json::json!({ "error": "empty line: expected a JSON request" })
             }
             Ok(line) => match parse_request_json(line.trim_end_matches(['\n', '\r'])) {
-                Ok(req) => decision_json(&policy.evaluate(&req), &req.subject),
+                Ok(req) => decision_json(&decide(&req), &req.subject),
                 Err(e) => serde_json::json!({ "error": e }),
             },
         };

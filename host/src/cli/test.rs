@@ -1,18 +1,21 @@
-//! `mqtt-policy test`: run policy test cases and report pass/fail per case.
+//! `mqtt-policy test`: run policy test cases and report pass/fail per case, each decided by
+//! the policy module (`--module`), as the swap gate decides them.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context, bail};
-use policy_core::{TestCase, parse_cases, run_cases, uncovered_rules};
+use policy_core::{TestCase, judge, parse_cases, uncovered_rules};
 
-use super::PolicyArg;
+use super::{ModuleArg, PolicyArg, decide};
 use crate::policy_file;
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
     #[command(flatten)]
     pub policy: PolicyArg,
+    #[command(flatten)]
+    pub module: ModuleArg,
     /// Test-case files or directories of *.json files [default: policies/tests]
     #[arg(value_name = "CASES")]
     pub cases: Vec<PathBuf>,
@@ -66,13 +69,14 @@ pub fn read_cases(args: &[PathBuf]) -> anyhow::Result<Vec<(PathBuf, Vec<TestCase
 }
 
 pub fn run(a: Args) -> anyhow::Result<ExitCode> {
-    let (source, policy) = policy_file::load(a.policy.policy.as_deref())?;
+    let ev = a.module.evaluator(a.policy.policy.as_deref())?;
+    let source = &ev.source;
     let (mut passed, mut failed) = (0usize, 0usize);
     let mut all_results = Vec::new();
     for (file, cases) in read_cases(&a.cases)? {
         let file = &file;
         println!("{}  ({} cases against {source})", display(file), cases.len());
-        let results = run_cases(&policy, &cases);
+        let results: Vec<_> = cases.iter().map(|c| judge(c, decide(&ev.generation, &c.request))).collect();
         for r in &results {
             match &r.failure {
                 None => {
@@ -89,7 +93,7 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         }
         all_results.extend(results);
     }
-    let uncovered = uncovered_rules(&policy, &all_results);
+    let uncovered = uncovered_rules(&ev.policy, &all_results);
     if !uncovered.is_empty() {
         println!("note: no case is decided by {}", uncovered.join(", "));
     }

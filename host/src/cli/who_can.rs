@@ -4,13 +4,14 @@ use std::process::ExitCode;
 
 use policy_core::{ActionGrants, Node, Values};
 
-use super::{PolicyArg, SubjectArg};
-use crate::policy_file;
+use super::{ModuleArg, PolicyArg, SubjectArg, decide};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
     #[command(flatten)]
     pub policy: PolicyArg,
+    #[command(flatten)]
+    pub module: ModuleArg,
     #[command(flatten)]
     pub who: SubjectArg,
     /// Fill ${username} with this MQTT username [default: show the placeholder]
@@ -26,10 +27,26 @@ pub struct Args {
 
 pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     let subject = a.who.subject()?;
-    let (source, policy) = policy_file::load(a.policy.policy.as_deref())?;
+    let ev = a.module.evaluator(a.policy.policy.as_deref())?;
+    let (source, policy) = (&ev.source, &ev.policy);
     let values = Values { username: a.username.as_deref(), clientid: a.clientid.as_deref() };
     let e = policy.effective(&subject, values);
-    let superuser = policy.superuser(&subject);
+    // The module answers the superuser question; the grants are the document's reading.
+    let ask = policy_core::EvalRequest {
+        subject: subject.clone(),
+        ask: policy_core::Ask::Superuser,
+        topic: String::new(),
+        clientid: String::new(),
+        username: String::new(),
+    };
+    let superuser = decide(&ev.generation, &ask);
+    if !ev.built_in {
+        eprintln!(
+            "note: {} is not the built-in module: the grants below are how the document reads; \
+             `mqtt-policy check --module` decides a request through it",
+            ev.generation.module.version
+        );
+    }
     if a.json {
         println!("{}", serde_json::json!({"subject": subject, "superuser": superuser, "effective": e}));
         return Ok(ExitCode::SUCCESS);
