@@ -69,7 +69,8 @@ fn world() -> World {
     let cache = std::env::temp_dir().join("mqtt-policy-fuzz-module-cache");
     let pairs: Vec<(String, String)> = [
         ("policy", policy.to_str().unwrap()),
-        ("dev_state_dir", state.path().to_str().unwrap()),
+        ("dev", "true"),
+        ("state_dir", state.path().to_str().unwrap()),
         ("cache_dir", cache.to_str().unwrap()),
         ("watch", "false"),
         ("log_level", "error"),

@@ -8,7 +8,6 @@
 use std::borrow::Cow;
 
 use http::{HeaderMap, header};
-use serde_json::Value;
 
 /// The parameters go-auth may send, from wherever they came. Values borrow from the request
 /// where they need no decoding (go-auth's JSON bodies): a request allocates no copy of them.
@@ -237,14 +236,10 @@ pub fn parse_params<'a>(
     Ok(p)
 }
 
-/// Where the token came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TokenFrom {
-    Bearer,
-    Password,
-    Username,
-}
+pub use identity::{TokenFrom, looks_like_jwt};
 
+/// The token a call carries: the Bearer header, else the password or the username by the
+/// rule every front end follows ([`identity::token_in`]).
 pub fn find_token<'a>(headers: &'a HeaderMap, p: &'a Params) -> Result<Option<(&'a str, TokenFrom)>, String> {
     if let Some(h) = headers.get(header::AUTHORIZATION) {
         let h = h.to_str().map_err(|_| "the Authorization header is not ASCII".to_string())?;
@@ -259,27 +254,7 @@ pub fn find_token<'a>(headers: &'a HeaderMap, p: &'a Params) -> Result<Option<(&
         }
         return Ok(Some((token.trim(), TokenFrom::Bearer)));
     }
-    if let Some(pw) = p.password.as_deref().filter(|s| looks_like_jwt(s)) {
-        return Ok(Some((pw, TokenFrom::Password)));
-    }
-    if let Some(u) = p.username.as_deref().filter(|_| p.username_is_token) {
-        return Ok(Some((u, TokenFrom::Username)));
-    }
-    Ok(None)
-}
-
-/// Does this string look like a JWT (three base64url parts, a JSON header with `alg`)?
-pub fn looks_like_jwt(s: &str) -> bool {
-    use base64::Engine;
-    let mut parts = s.split('.');
-    let (Some(h), Some(_), Some(_), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
-        return false;
-    };
-    base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(h.trim_end_matches('='))
-        .ok()
-        .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
-        .is_some_and(|v| v.get("alg").is_some())
+    Ok(identity::token_in(p.password.as_deref(), p.username.as_deref()))
 }
 
 #[cfg(test)]

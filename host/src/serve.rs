@@ -15,8 +15,8 @@ use anyhow::Context;
 
 use identity::devkey::DEV_ISSUER;
 
-use crate::ops::{broker_router, ops_router};
 use crate::Failed;
+use crate::ops::{broker_router, ops_router};
 use crate::state::{AppState, ServeConfig, build_state};
 
 async fn shutdown_signal() {

@@ -485,7 +485,11 @@ fn a_logic_changing_module_decides_the_same_in_the_cli_and_in_the_swap_gate() {
         .output()
         .unwrap();
     assert_eq!(check.status.code(), Some(0), "{}", stdout(&check));
-    assert!(stdout(&check).contains("the module") && stdout(&check).contains("decides otherwise"), "{}", stdout(&check));
+    assert!(
+        stdout(&check).contains("the module") && stdout(&check).contains("decides otherwise"),
+        "{}",
+        stdout(&check)
+    );
     let line = r#"{"subject":{"id":"u-9","type":"user","scopes":["digital-twin.events.read"]},"action":"read","topic":"celine/digital-twin/events/pump/p1"}"#;
     let mut eval = mqtt_policy();
     eval.args(["eval", "--module", m]);

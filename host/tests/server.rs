@@ -507,7 +507,15 @@ fn serve_failing_after_start_up_exits_3_not_the_usage_errors_2() {
     let jwks = fixtures().join("jwks-a.json");
     let out = Command::new(env!("CARGO_BIN_EXE_mqtt-policy"))
         .current_dir(test_support::repository())
-        .args(["serve", "--listen", &addr, "--ops-listen", "127.0.0.1:0", "--jwks-file", jwks.to_str().unwrap()])
+        .args([
+            "serve",
+            "--listen",
+            &addr,
+            "--ops-listen",
+            "127.0.0.1:0",
+            "--jwks-file",
+            jwks.to_str().unwrap(),
+        ])
         .arg("--state-dir")
         .arg(state.path())
         .output()

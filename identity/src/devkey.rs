@@ -4,7 +4,7 @@
 //! The key (ES256, P-256) is created on first use in the state directory and kept there
 //! (`dev-signing-key.pem`, mode 0600). `serve --dev` trusts it and publishes its public half at
 //! `/dev/jwks.json`; `mqtt-policy token --dev` signs with it; the Mosquitto plugin trusts it
-//! with `plugin_opt_dev_state_dir`. Never use it in production.
+//! with `plugin_opt_dev true` (and `plugin_opt_state_dir`). Never use it in production.
 
 use std::path::{Path, PathBuf};
 

@@ -9,6 +9,8 @@
 //! - [`tokens`]: verified tokens cached by hash until their `exp` (and only while their key is
 //!   still trusted), and the subject each maps to, cached per policy generation because the
 //!   policy module owns the claims → subject mapping.
+//! - [`location`]: where a client's token is among the credentials it sent (one rule for
+//!   every front end).
 //! - [`names`]: which MQTT usernames name a token's subject (sessions keyed by username,
 //!   `${username}` in rules).
 //! - [`devkey`]: dev mode's local signing key and Keycloak-shaped tokens.
@@ -19,12 +21,14 @@
 #[cfg(feature = "engine")]
 pub mod devkey;
 pub mod jwks;
+pub mod location;
 #[cfg(feature = "engine")]
 pub mod names;
 #[cfg(feature = "engine")]
 pub mod tokens;
 
 pub use jwks::{KeySource, PlainHttp, Refused, Verified, Verifier, VerifierConfig, check_transport, now};
+pub use location::{TokenFrom, looks_like_jwt, token_in};
 #[cfg(feature = "engine")]
 pub use names::{DEFAULT_USERNAME_CLAIMS, names_subject, parse_names, parse_username_claims, subject_names};
 #[cfg(feature = "engine")]

@@ -84,6 +84,19 @@ impl DecisionCache {
     }
 }
 
+/// The authorizer's view of a connection's cache: the request's subject, client id and
+/// username are the connection's, and the cache is emptied whenever the connection is mapped
+/// under a new generation ([`Connection::remap`]), so topic and action are the whole key.
+impl authorizer::DecisionCache for DecisionCache {
+    fn get(&mut self, _generation: u64, request: &Request) -> Option<Arc<Decision>> {
+        DecisionCache::get(self, request.action, &request.topic).cloned()
+    }
+
+    fn put(&mut self, _generation: u64, request: &Request, decision: &Arc<Decision>) {
+        DecisionCache::put(self, request.action, &request.topic, Arc::clone(decision));
+    }
+}
+
 /// The subject a connection's identity maps to under one policy generation.
 pub struct Mapped {
     pub generation: u64,
@@ -109,6 +122,8 @@ pub enum Identity {
         /// Admitted through MQTT 5 enhanced authentication (method `jwt`): the broker holds
         /// no token for it (its reload re-check asks with the username alone).
         enhanced: bool,
+        /// The username it sent was a JWT (records show `<token>` for it, never the token).
+        token_as_username: bool,
     },
     /// A TLS certificate the broker verified, its name the client's username (a listener
     /// with `use_identity_as_username` or `use_subject_as_username`).
@@ -116,6 +131,21 @@ pub enum Identity {
     /// A client this plugin did not admit and cannot name: every check is denied with this
     /// reason. Forgotten after [`UNKNOWN_KEPT_SECS`] (seconds since the epoch it was met).
     Unknown { reason: Box<str>, since: u64 },
+}
+
+impl Identity {
+    /// The username the client connected with, as a decision record shows it: `<token>` when
+    /// it sent its token as the username (never the token), as the HTTP service shows it.
+    pub fn username_label(&self) -> &str {
+        match self {
+            Identity::Token { token_as_username: true, .. } => "<token>",
+            // Enhanced authentication without a username: known by its subject id.
+            Identity::Token { shown_username: Some(_), .. } => "",
+            Identity::Token { given, .. } => given,
+            Identity::Certificate { name } => name,
+            Identity::Unknown { .. } => "",
+        }
+    }
 }
 
 /// How long a client that could not be named is remembered (it only spares log lines and
@@ -439,6 +469,7 @@ mod tests {
                 given: "".into(),
                 shown_username: None,
                 enhanced: false,
+                token_as_username: false,
             },
             binding: Binding::of(&client),
             deadline,

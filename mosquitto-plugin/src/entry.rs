@@ -196,7 +196,7 @@ pub unsafe extern "C" fn mosquitto_plugin_init(
             Err(e) => return fail(sys::MOSQ_ERR_INVAL, &e),
         };
         logging::start(Arc::clone(&broker) as Arc<dyn Broker>, options.log_level);
-        if options.certificate_subject_type.is_some() && functions.tls.is_none() {
+        if options.keys.certificate_subject_type().is_some() && functions.tls.is_none() {
             return fail(
                 sys::MOSQ_ERR_INVAL,
                 "plugin_opt_certificate_subject_type: this broker has no OpenSSL functions (built without \

@@ -20,16 +20,16 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use goauth_wire::looks_like_jwt;
-use identity::devkey::{DEV_ISSUER, DevKey};
-use identity::{Identities, KeySource, PlainHttp, Verified, Verifier, VerifierConfig, names_subject, now};
+use authorizer::{Authorizer, DecisionRecord, Spelling, action_name};
+use identity::devkey::DevKey;
+use identity::{Identities, KeySource, Verified, Verifier, now};
 use policy_engine::pull::{PullStatus, Trust};
-use policy_engine::{Action, Decision, Generation, Live, Reloader, Runtime, Source, Subject};
+use policy_engine::{Action, Generation, Live, Reloader, Runtime, Source, Subject};
 
 use crate::background::Background;
 use crate::broker::Broker;
 use crate::client::{Binding, BrokerClient, ClientKey};
-use crate::connections::{Connection, Connections, DecisionCache, Identity, LogBudget};
+use crate::connections::{Connection, Connections, DecisionCache, Identity, LOG_BURST, LogBudget};
 use crate::logging;
 use crate::options::{CertificateName, Options};
 use crate::stats::{Stats, bump};
@@ -40,9 +40,6 @@ const FIRST_KEY_LOAD: Duration = Duration::from_secs(10);
 
 /// Bytes for the verified tokens kept for reconnects (and their subjects).
 const TOKEN_CACHE: u64 = 16 << 20;
-
-/// One check in this many is timed for `mqtt_policy_check_duration_seconds`.
-pub const LATENCY_SAMPLE: u64 = 8;
 
 /// How often expired and surplus identities are dropped (on the broker's tick).
 const SWEEP_EVERY: Duration = Duration::from_secs(10);
@@ -73,8 +70,8 @@ pub struct Plugin {
     background: Option<Background>,
     options: Options,
     broker: Arc<dyn Broker>,
-    live: Arc<Live>,
-    identities: Arc<Identities>,
+    /// The engine, the identities, and the rules the plugin shares with the service.
+    authorizer: Authorizer,
     connections: RefCell<Connections>,
     stats: Arc<Stats>,
     last_sys: Cell<Option<Instant>>,
@@ -89,8 +86,6 @@ pub struct Plugin {
     /// The client whose disconnect event was the last event: Mosquitto checks its will as a
     /// publish right after the event, before any other event. Any other event ends it.
     will_window: Cell<Option<ClientKey>>,
-    /// Checks so far (which ones are timed).
-    checks: Cell<u64>,
 }
 
 /// Whether a kept identity belongs to the client a check is for.
@@ -103,84 +98,42 @@ enum Bound {
     NotNow,
 }
 
-fn action_name(a: Action) -> &'static str {
-    match a {
-        Action::Subscribe => "subscribe",
-        Action::Read => "read",
-        Action::Publish => "publish",
-    }
-}
-
-/// The key source and verifier configuration the options describe.
-fn verifier_config(options: &Options, dev_key: Option<&DevKey>) -> anyhow::Result<VerifierConfig> {
-    let source = match (&options.jwks_file, &options.jwks_url, &options.issuer) {
-        (Some(f), _, _) => KeySource::File(f.clone()),
-        (None, Some(u), _) => KeySource::Url(u.clone()),
-        (None, None, Some(iss)) => KeySource::Discovery(iss.clone()),
-        (None, None, None) => KeySource::None,
-    };
-    Ok(VerifierConfig {
-        source,
-        issuer: options.issuer.clone().or_else(|| dev_key.map(|_| DEV_ISSUER.to_string())),
-        audience: options.audience.clone(),
-        leeway: options.leeway,
-        extra_keys: dev_key.map(|k| k.jwk()).transpose()?.into_iter().collect(),
-        hmac_secret: None,
-        min_refresh: options.jwks_min_refresh,
-        authorized_parties: options.authorized_parties.clone(),
-        refresh_every: options.jwks_refresh,
-        plain_http: if options.private_network_http || dev_key.is_some() {
-            PlainHttp::Allowed
-        } else {
-            PlainHttp::LoopbackOnly
-        },
-    })
-}
-
 impl Plugin {
     /// Loads the policy through the test-gated pipeline, loads the keys, starts the
     /// background work. An error stops the broker's start with its message.
     pub fn start(options: Options, broker: Arc<dyn Broker>) -> anyhow::Result<Plugin> {
-        let dev_key = match &options.dev_state_dir {
-            Some(dir) => Some(DevKey::load_or_create(dir).with_context(|| {
+        for d in &options.deprecations {
+            tracing::warn!("{d}");
+        }
+        let dev_key = match (&options.state_dir, options.dev) {
+            (Some(dir), true) => Some(DevKey::load_or_create(dir).with_context(|| {
                 format!(
-                    "plugin_opt_dev_state_dir {}: the dev signing key cannot be read or created",
+                    "plugin_opt_state_dir {}: the dev signing key cannot be read or created",
                     dir.display()
                 )
             })?),
-            None => None,
+            _ => None,
         };
-        let config = verifier_config(&options, dev_key.as_ref())?;
+        let config = options.keys.verifier_config(dev_key.as_ref())?;
         let file_source = matches!(config.source, KeySource::File(_));
-        if let (None, Some(why)) = (&dev_key, config.unrestricted()) {
-            tracing::warn!("{why}: plugin_opt_audience or plugin_opt_authorized_parties");
+        for w in options.keys.warnings(&config, options.dev, Spelling::PluginOption) {
+            tracing::warn!("{w}");
         }
-        if options.private_network_http {
-            tracing::warn!(
-                "plugin_opt_private_network_http: key sets and OIDC discovery are fetched over plain \
-                 http:// from any host; anyone on that network path can replace the signing keys"
-            );
+        for w in options.policy.warnings(Spelling::PluginOption) {
+            tracing::warn!("{w}");
         }
-        let trust = match (&options.policy_url, options.insecure_unsigned_bundles) {
-            (Some(_), true) => {
-                tracing::warn!(
-                    "plugin_opt_insecure_unsigned_bundles: bundles are taken unsigned; whoever can answer \
-                     for plugin_opt_policy_url decides this broker's policy"
-                );
-                Some(Trust::InsecureUnsigned)
-            }
-            (Some(_), false) => Some(Trust::Signed(
-                policy_engine::bundle::TrustedKeys::read(&options.bundle_public_keys)
-                    .map_err(|e| anyhow::anyhow!("plugin_opt_bundle_public_key: {e}"))?,
-            )),
-            (None, _) => None,
-        };
+        let trust = options.policy.trust(Spelling::PluginOption)?;
         let verifier = Arc::new(Verifier::new(config)?);
 
-        let runtime = Runtime::new(options.cache_dir.clone())?;
-        let module_source = options.module.clone().map(Source::File).unwrap_or(Source::BuiltIn);
-        let live =
-            Live::start(runtime, module_source, Source::File(options.policy.clone()), options.tests.clone())?;
+        let runtime = Runtime::new(options.module_cache())?;
+        let module_source = options.policy.module.clone().map(Source::File).unwrap_or(Source::BuiltIn);
+        let policy_file = options.policy.policy.clone().context("plugin_opt_policy is required")?;
+        let live = Live::start(
+            runtime,
+            module_source,
+            Source::File(policy_file.clone()),
+            options.policy.tests.clone(),
+        )?;
 
         let background = Background::start()?;
         match background.block_on(async { tokio::time::timeout(FIRST_KEY_LOAD, verifier.refresh()).await }) {
@@ -196,8 +149,13 @@ impl Plugin {
             ),
         }
         background.spawn_key_refresher(&verifier);
-        let stats = Arc::new(Stats::default());
-        if let (Some(url), Some(trust)) = (&options.policy_url, trust) {
+        let authorizer = Authorizer::new(
+            Arc::clone(&live),
+            Arc::new(Identities::new(verifier, TOKEN_CACHE)),
+            &options.keys,
+        );
+        let stats = Arc::new(Stats::new(Arc::clone(&authorizer.metrics)));
+        if let (Some(url), Some(trust)) = (&options.policy.policy_url, trust) {
             let token = match &options.bundle_token_file {
                 Some(f) => Some(
                     std::fs::read_to_string(f)
@@ -211,13 +169,11 @@ impl Plugin {
                 Trust::Signed(keys) => format!("signed by {}", keys.ids().join(" or ")),
                 Trust::InsecureUnsigned => "unsigned bundles accepted".into(),
             };
+            let every = Duration::from_secs(options.policy.policy_poll);
             let status = Arc::new(std::sync::Mutex::new(PullStatus::default()));
-            background.spawn_puller(&live, url, token, options.policy_poll, trust, Arc::clone(&status))?;
+            background.spawn_puller(&live, url, token, every, trust, Arc::clone(&status))?;
             let _ = stats.pull.set(status);
-            tracing::info!(
-                "pulling policy bundles from {url} every {}s ({signed_by})",
-                options.policy_poll.as_secs()
-            );
+            tracing::info!("pulling policy bundles from {url} every {}s ({signed_by})", every.as_secs());
         }
         if let Some(addr) = options.metrics_listen {
             let bound = background.serve_metrics(addr, Arc::clone(&stats), Arc::clone(&live))?;
@@ -230,13 +186,13 @@ impl Plugin {
         let g = live.current();
         tracing::info!(
             "ready: policy {} ({} rules, generation {}), module {} ({}), test cases {}, certificate clients {}",
-            options.policy.display(),
+            policy_file.display(),
             g.rule_count,
             g.id,
             g.module.version,
             &g.module.hash[..16],
-            options.tests.as_ref().map(|t| t.display().to_string()).unwrap_or_else(|| "none".into()),
-            match options.certificate_subject_type {
+            options.policy.tests.as_ref().map(|t| t.display().to_string()).unwrap_or_else(|| "none".into()),
+            match authorizer.certificate_subject_type() {
                 Some(t) => format!("decided as {} subjects (the policy's certificates section)", t.as_str()),
                 None => "denied (plugin_opt_certificate_subject_type is not set)".into(),
             }
@@ -246,20 +202,18 @@ impl Plugin {
             background: Some(background),
             options,
             broker,
-            live,
-            identities: Arc::new(Identities::new(verifier, TOKEN_CACHE)),
+            authorizer,
             connections: RefCell::new(Connections::default()),
             stats,
             last_sys: Cell::new(None),
             last_sweep: Cell::new(Instant::now()),
             reauthenticating: Cell::new(false),
             will_window: Cell::new(None),
-            checks: Cell::new(0),
         })
     }
 
     pub fn live(&self) -> &Arc<Live> {
-        &self.live
+        &self.authorizer.live
     }
 
     pub fn stats(&self) -> &Arc<Stats> {
@@ -347,43 +301,20 @@ impl Plugin {
 
     /// When a token stops being good: its `exp` plus the leeway.
     fn deadline(&self, v: &Verified) -> u64 {
-        v.exp.saturating_add(self.options.leeway.as_secs())
+        v.exp.saturating_add(self.options.keys.leeway)
     }
 
-    /// Is `name` a certificate name (the policy's certificates section, when certificate
-    /// clients are on)? Such a name never stands for a token's subject: the two namespaces
-    /// stay apart.
-    fn is_certificate_name(&self, generation: &Generation, name: &str) -> bool {
-        // A module that cannot say (a fault) counts as yes: the name is then not proven.
-        self.options
-            .certificate_subject_type
-            .is_some_and(|kind| !matches!(generation.certificate_subject(name, kind), Ok(Err(_))))
-    }
-
-    /// `${username}` for an identity under `generation`: a token's proven username, a
+    /// `${username}` for an identity under `generation`: a token's proven username (it names
+    /// the subject and is no certificate name, [`Authorizer::proven_username`]), a
     /// certificate's name.
     fn username_for(&self, generation: &Generation, identity: &Identity, subject: &Subject) -> Box<str> {
         match identity {
             Identity::Token { given, verified, .. } => {
-                self.proven_username(generation, given, subject, verified)
+                self.authorizer.proven_username(generation, given, subject, verified).into()
             }
             Identity::Certificate { name } => name.clone(),
             Identity::Unknown { .. } => "".into(),
         }
-    }
-
-    /// `${username}` for a token's subject: the username when it is proven to name the
-    /// subject and is not a certificate name; otherwise empty.
-    fn proven_username(
-        &self,
-        generation: &Generation,
-        given: &str,
-        subject: &Subject,
-        v: &Verified,
-    ) -> Box<str> {
-        let proven = names_subject(given, subject, &v.claims, &self.options.username_claims)
-            && !self.is_certificate_name(generation, given);
-        if proven { given.into() } else { "".into() }
     }
 
     /// A connected client shows a fresh token (MQTT 5 re-authentication). It must name the
@@ -400,7 +331,7 @@ impl Plugin {
     ) -> Admission {
         let key = client.key();
         let Some(conn) = connections.get_mut(key) else { return Admission::Refused };
-        let generation = self.live.current();
+        let generation = self.authorizer.live.current();
         let tried = (|| {
             let Identity::Token { hash: held_hash, verified: held, shown_username, .. } = &conn.identity
             else {
@@ -408,9 +339,9 @@ impl Plugin {
             };
             let token = token.ok_or("no token in the AUTH packet's authentication data")?;
             let token = std::str::from_utf8(token).map_err(|_| "the token is not UTF-8".to_string())?;
-            let (hash, verified) = self.identities.verify_now(token)?;
-            let fresh = self.identities.subject(&generation, hash, &verified)?;
-            let held = self.identities.subject(&generation, *held_hash, held)?;
+            let (hash, verified) = self.authorizer.identities.verify_now(token)?;
+            let fresh = self.authorizer.identities.subject(&generation, hash, &verified)?;
+            let held = self.authorizer.identities.subject(&generation, *held_hash, held)?;
             if fresh.id != held.id || fresh.kind_str() != held.kind_str() {
                 return Err(format!(
                     "the new token names {} {:?}, the connection is {} {:?}: a connection keeps its \
@@ -446,7 +377,7 @@ impl Plugin {
         }
         // `${username}` stays a name proven to belong to the subject, by the new claims.
         conn.username = self.username_for(&generation, &conn.identity, &subject);
-        let superuser = generation.superuser(&subject).allow;
+        let superuser = self.authorizer.superuser(&generation, &subject).allow;
         conn.remap(generation.id, &subject, superuser);
         let deadline = conn.deadline;
         connections.watch(key, deadline);
@@ -539,7 +470,7 @@ impl Plugin {
 
     /// After a reload Mosquitto re-checks every client with the credentials it stored, the
     /// offline persistent sessions too. A client that sent its token as the username now has
-    /// its subject id as the username (see [`Admission::Admitted`]) and no password, and one
+    /// its subject id as the username (see [`Admission::Admitted`]) and no token, and one
     /// admitted through enhanced authentication has no password either (Mosquitto asks
     /// through this event all the same): it is readmitted on the identity it proved, while
     /// that is still valid. Only during the reload's re-check, and only for the client that
@@ -551,7 +482,10 @@ impl Plugin {
         username: Option<&[u8]>,
         password: Option<&[u8]>,
     ) -> Option<Admission> {
-        if !self.reauthenticating.get() || password.is_some() {
+        // A password that is a JWT is proof enough on its own: verified afresh.
+        let token_in_password =
+            password.and_then(|p| std::str::from_utf8(p).ok()).is_some_and(identity::looks_like_jwt);
+        if !self.reauthenticating.get() || token_in_password {
             return None;
         }
         let conn = connections.get_mut(client.key())?;
@@ -560,7 +494,7 @@ impl Plugin {
         if !(by_name || *enhanced) || !conn.binding.describes(client) {
             return None;
         }
-        if !self.identities.still_valid(verified) {
+        if !self.authorizer.identities.still_valid(verified) {
             tracing::info!(
                 "refused client {:?} on reload: its token expired or its key was withdrawn",
                 client.id_text()
@@ -584,28 +518,39 @@ impl Plugin {
             .map(std::str::from_utf8)
             .transpose()
             .map_err(|_| "the username is not UTF-8".to_string())?;
-        let token = match (password, username) {
-            (Some(p), _) => std::str::from_utf8(p)
-                .map_err(|_| "the password is not UTF-8 (send the JWT as the password)")?,
-            (None, Some(u)) if looks_like_jwt(u) => u,
-            _ => {
-                return Err("no token: send the JWT as the MQTT password (with any username, or none) \
-                            or as the username"
-                    .into());
+        let password = password
+            .map(std::str::from_utf8)
+            .transpose()
+            .map_err(|_| "the password is not UTF-8 (send the JWT as the password)".to_string())?;
+        // Where the token is: the rule the HTTP service follows too (identity::token_in).
+        let Some((token, _)) = identity::token_in(password, username) else {
+            return Err(match password {
+                Some(p) if !p.is_empty() => {
+                    "the password is not a JWT (three base64url parts, the first a JSON header): send \
+                            the JWT as the MQTT password (with any username, or none) or as the username"
+                }
+                _ => {
+                    "no token: send the JWT as the MQTT password (with any username, or none) or as the \
+                         username"
+                }
             }
+            .into());
         };
-        let (hash, verified) = self.identities.verify_now(token)?;
-        let generation = self.live.current();
-        let subject = self.identities.subject(&generation, hash, &verified)?;
-        let superuser = generation.superuser(&subject).allow;
-        // A token sent as the username, or enhanced authentication without one: the broker
-        // will know the client by its subject id.
-        let renamed = password.is_none() || (enhanced && username.is_none());
+        let (hash, verified) = self.authorizer.identities.verify_now(token)?;
+        let generation = self.authorizer.live.current();
+        let subject = self.authorizer.identities.subject(&generation, hash, &verified)?;
+        let superuser = self.authorizer.superuser(&generation, &subject).allow;
+        // A JWT as the username (the token, or another one), or enhanced authentication
+        // without a username: the broker will know the client by its subject id, so no log of
+        // the broker's shows a token.
+        let token_as_username = username.is_some_and(identity::looks_like_jwt);
+        let renamed = token_as_username || (enhanced && username.is_none());
         let identity = Identity::Token {
             hash,
             given: if renamed { subject.id.as_str() } else { username.unwrap_or("") }.into(),
             shown_username: renamed.then(|| subject.id.as_str().into()),
             enhanced,
+            token_as_username,
             verified: Arc::clone(&verified),
         };
         let mut connection = Connection {
@@ -632,11 +577,6 @@ impl Plugin {
         // Only the check right after a disconnect event may be that client's will.
         let will = self.will_window.take() == Some(client.key());
         logging::flush();
-        // One check in LATENCY_SAMPLE is timed: reading the clock twice costs about as much
-        // as a cached decision.
-        let n = self.checks.get().wrapping_add(1);
-        self.checks.set(n);
-        let started = (n % LATENCY_SAMPLE == 1).then(Instant::now);
         let action = match access {
             access::READ => Action::Read,
             access::WRITE => Action::Publish,
@@ -648,20 +588,22 @@ impl Plugin {
                 return false;
             }
         };
-        let allow = self.decide(client, action, topic, will);
-        self.stats.decided(action, allow);
-        if let Some(t) = started {
-            self.stats.check_latency.record(t.elapsed());
-        }
-        allow
+        self.decide(client, action, topic, will)
     }
 
     fn decide(&self, client: &dyn BrokerClient, action: Action, topic: &[u8], will: bool) -> bool {
+        let metrics = &self.authorizer.metrics;
         let Ok(topic) = std::str::from_utf8(topic) else {
-            tracing::info!("deny {}: the topic is not UTF-8", action_name(action));
+            metrics.decided_without_lookup(action, false);
+            tracing::info!(
+                "deny {} for client {:?}: the topic is not UTF-8",
+                action_name(action),
+                client.id_text()
+            );
             return false;
         };
         let Ok(mut connections) = self.connections.try_borrow_mut() else {
+            metrics.decided_without_lookup(action, false);
             tracing::error!(
                 "deny {} {topic:?}: the connection table is busy (re-entered)",
                 action_name(action)
@@ -669,18 +611,11 @@ impl Plugin {
             return false;
         };
         let key = client.key();
-        let generation = self.live.peek();
+        let generation = self.authorizer.live.peek();
         let bound = connections.get_mut(key).map_or(Bound::No, |c| self.still_bound(c, client, action, will));
         if bound == Bound::NotNow {
-            if let Some(Connection { log, client_id, .. }) = connections.get_mut(key) {
-                self.log_denial(
-                    log,
-                    format_args!(
-                        "deny {} {topic:?} for client {client_id:?}: it left, and a client that left publishes \
-                         only its will",
-                        action_name(action)
-                    ),
-                );
+            if let Some(conn) = connections.get_mut(key) {
+                self.refuse(conn, action, topic, "it left, and a client that left publishes only its will");
             }
             return false;
         }
@@ -710,7 +645,7 @@ impl Plugin {
             // A new generation: its module maps the identity again, and earlier decisions go.
             match self.subject_of(&generation, &conn.identity) {
                 Ok(s) => {
-                    let superuser = generation.superuser(&s).allow;
+                    let superuser = self.authorizer.superuser(&generation, &s).allow;
                     conn.username = self.username_for(&generation, &conn.identity, &s);
                     conn.remap(generation.id, &s, superuser);
                     None
@@ -724,47 +659,63 @@ impl Plugin {
             None
         };
         if let Some(reason) = refused {
-            let Connection { log, client_id, .. } = conn;
-            self.log_denial(
-                log,
-                format_args!("deny {} {topic:?} for client {client_id:?}: {reason}", action_name(action)),
-            );
+            self.refuse(conn, action, topic, &reason);
             return false;
         }
-        let Connection { mapped: Some(mapped), cache, client_id, log, .. } = conn else { return false };
+        let Connection { mapped: Some(mapped), cache, client_id, log, identity, .. } = conn else {
+            return false;
+        };
+        let record = DecisionRecord::about(
+            "acl",
+            Some(&mapped.request.subject),
+            identity.username_label(),
+            client_id,
+            topic,
+        );
         if mapped.superuser {
-            tracing::debug!("allow {} {topic:?} for client {client_id:?}: superuser", action_name(action));
+            metrics.decided_without_lookup(action, true);
+            self.audit(log, record.outcome(action_name(action), true, "superuser"));
             return true;
         }
-        let decision = match cache.get(action, topic) {
-            Some(d) => {
-                bump(&self.stats.cache_hits);
-                Arc::clone(d)
+        mapped.request.topic.clear();
+        mapped.request.topic.push_str(topic);
+        mapped.request.action = action;
+        let decided = self.authorizer.check(&generation, &mapped.request, cache);
+        self.audit(log, record.decided(action_name(action), &decided.decision));
+        decided.decision.allow
+    }
+
+    /// Denies a check before the policy is asked (an identity that cannot be named, an
+    /// expired token, a client that left), with a record of why.
+    fn refuse(&self, conn: &mut Connection, action: Action, topic: &str, reason: &str) {
+        self.authorizer.metrics.decided_without_lookup(action, false);
+        let Connection { mapped, client_id, log, identity, .. } = conn;
+        let subject = mapped.as_ref().map(|m| &m.request.subject);
+        let record = DecisionRecord::about("acl", subject, identity.username_label(), client_id, topic);
+        self.audit(log, record.outcome(action_name(action), false, reason));
+    }
+
+    /// Logs a decision record (`audit: {...}`, the HTTP service's record): an allow at debug
+    /// level, a denial at information level within the client's log budget, counting the
+    /// ones it does not write.
+    fn audit(&self, log: &mut LogBudget, record: DecisionRecord<'_>) {
+        if record.decision == "allow" {
+            if tracing::enabled!(tracing::Level::DEBUG) {
+                tracing::debug!("audit: {}", record.to_json());
             }
-            None => {
-                bump(&self.stats.cache_misses);
-                mapped.request.topic.clear();
-                mapped.request.topic.push_str(topic);
-                mapped.request.action = action;
-                match generation.try_check(&mapped.request) {
-                    Ok(d) => {
-                        let d = Arc::new(d);
-                        cache.put(action, topic, Arc::clone(&d));
-                        d
-                    }
-                    // A module fault denies this request and is not remembered.
-                    Err(fault) => Arc::new(Decision { allow: false, rule: None, reason: fault }),
-                }
-            }
-        };
-        if decision.allow {
-            audit_allow(action, topic, &mapped.request.subject, client_id, &decision);
-        } else if let Some(suppressed) = log.take(coarse_now()) {
-            audit_deny(action, topic, &mapped.request.subject, client_id, &decision, suppressed);
-        } else {
-            bump(&self.stats.log_lines_suppressed);
+            return;
         }
-        decision.allow
+        match log.take(coarse_now()) {
+            Some(0) => tracing::info!("audit: {}", record.to_json()),
+            Some(n) => {
+                tracing::info!(
+                    "client {:?}: {n} denial records not written (over its log budget of {LOG_BURST}, then 1 a second)",
+                    record.clientid
+                );
+                tracing::info!("audit: {}", record.to_json());
+            }
+            None => bump(&self.stats.log_lines_suppressed),
+        }
     }
 
     /// Does the entry kept for this client's address still belong to this client? A
@@ -789,13 +740,14 @@ impl Plugin {
     fn subject_of(&self, generation: &Arc<Generation>, identity: &Identity) -> Result<Subject, String> {
         match identity {
             Identity::Token { hash, verified, .. } => {
-                self.identities.subject(generation, *hash, verified).map(|s| (*s).clone())
+                self.authorizer.identities.subject(generation, *hash, verified).map(|s| (*s).clone())
             }
-            Identity::Certificate { name } => match self.options.certificate_subject_type {
-                Some(kind) => generation.certificate_subject(name, kind).and_then(|named| named),
-                None => {
-                    Err("certificate clients are not decided (plugin_opt_certificate_subject_type)".into())
-                }
+            Identity::Certificate { name } => match self.authorizer.certificate_subject(generation, name)? {
+                Some(subject) => Ok(subject),
+                None => Err(format!(
+                    "the certificate name {} is no client of this policy (its certificates section)",
+                    policy_core::quote(name)
+                )),
             },
             Identity::Unknown { reason, .. } => Err(reason.to_string()),
         }
@@ -845,7 +797,7 @@ impl Plugin {
     /// The name the broker took from the client's verified certificate as its username, when
     /// certificate clients are decided.
     fn certificate_name(&self, client: &dyn BrokerClient) -> Result<String, String> {
-        if self.options.certificate_subject_type.is_none() {
+        if self.authorizer.certificate_subject_type().is_none() {
             return Err("it showed no token to this plugin (a certificate listener, another plugin or \
                         another authentication method); to decide clients known by their certificate, \
                         set plugin_opt_certificate_subject_type"
@@ -870,15 +822,6 @@ impl Plugin {
         Err(format!(
             "its username {username:?} is not its certificate's {form}, the form plugin_opt_certificate_name names"
         ))
-    }
-
-    /// Writes a denial line within the client's log budget, counting the ones it does not.
-    fn log_denial(&self, log: &mut LogBudget, line: std::fmt::Arguments<'_>) {
-        match log.take(coarse_now()) {
-            Some(0) => tracing::info!("{line}"),
-            Some(n) => tracing::info!("{line} ({n} similar lines of this client not written)"),
-            None => bump(&self.stats.log_lines_suppressed),
-        }
     }
 
     /// The client's connection ended. Its identity stays for the checks that may follow (its
@@ -953,7 +896,7 @@ impl Plugin {
         self.last_sys.set(Some(Instant::now()));
         // Publishing may call back into the plugin (ACL checks of subscribers): nothing is
         // borrowed here.
-        for (name, value) in self.stats.sys_values(&self.live) {
+        for (name, value) in self.stats.sys_values(&self.authorizer.live) {
             self.broker.publish_retained(&format!("$SYS/broker/mqtt-policy/{name}"), value.as_bytes());
         }
     }
@@ -1003,40 +946,4 @@ impl Drop for Plugin {
 fn coarse_now() -> u64 {
     let t = rustix::time::clock_gettime(rustix::time::ClockId::RealtimeCoarse);
     u64::try_from(t.tv_sec).unwrap_or_else(|_| now())
-}
-
-/// An allowed check, at debug level.
-fn audit_allow(action: Action, topic: &str, subject: &Subject, client_id: &str, d: &Decision) {
-    tracing::debug!(
-        "allow {} {topic:?} for {} {:?} (client {client_id:?}): rule {}: {}",
-        action_name(action),
-        subject.kind_str(),
-        subject.id,
-        d.rule.as_deref().unwrap_or("-"),
-        d.reason
-    );
-}
-
-/// A denied check, at information level (within the client's log budget).
-fn audit_deny(
-    action: Action,
-    topic: &str,
-    subject: &Subject,
-    client_id: &str,
-    d: &Decision,
-    suppressed: u64,
-) {
-    let more = if suppressed > 0 {
-        format!(" ({suppressed} similar lines of this client not written)")
-    } else {
-        String::new()
-    };
-    tracing::info!(
-        "deny {} {topic:?} for {} {:?} (client {client_id:?}): rule {}: {}{more}",
-        action_name(action),
-        subject.kind_str(),
-        subject.id,
-        d.rule.as_deref().unwrap_or("-"),
-        d.reason
-    );
 }

@@ -1,105 +1,33 @@
 //! What the plugin counts and measures, and the two ways operators read it: Prometheus text
 //! (`plugin_opt_metrics_listen`) and retained `$SYS/broker/mqtt-policy/...` messages
-//! (`plugin_opt_sys_interval`). Metric names are the HTTP service's where the meaning is the
-//! same.
+//! (`plugin_opt_sys_interval`). The decision metrics (decisions, decision cache, check
+//! latency) are the authorizer's, the ones the HTTP service serves under the same names;
+//! what is counted here is the plugin's own: connections, re-authentications, clients it
+//! did not admit, log lines it held back.
 //!
 //! Atomics written only by the broker thread ([`bump`]: a load and a store, no locked
 //! instruction) and read from anywhere: a check pays a few plain increments, not a lock or
 //! an allocation.
 
 use std::fmt::Write;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::time::Duration;
 
-use policy_engine::{Action, Live};
+use authorizer::DecisionMetrics;
+use policy_engine::Live;
 
 /// Adds one to a counter only the broker thread writes (readers see it a moment later).
 pub fn bump(counter: &AtomicU64) {
     counter.store(counter.load(Relaxed).wrapping_add(1), Relaxed);
 }
 
-/// Latency buckets: 4 per power of two from 64 ns to ~17 ms, then one open bucket.
-const SUB: usize = 4;
-const FIRST_POW: u32 = 6;
-const POWERS: usize = 18;
-const BUCKETS: usize = SUB * POWERS + 1;
-
-/// A log-linear latency histogram (≤ 19% relative error per bucket).
-pub struct Histogram {
-    counts: [AtomicU64; BUCKETS],
-    sum_ns: AtomicU64,
-}
-
-impl Default for Histogram {
-    fn default() -> Histogram {
-        Histogram { counts: std::array::from_fn(|_| AtomicU64::new(0)), sum_ns: AtomicU64::new(0) }
-    }
-}
-
-/// The upper bound, in ns, of bucket `i` (the last is unbounded).
-fn upper_ns(i: usize) -> u64 {
-    let pow = FIRST_POW + (i / SUB) as u32;
-    let base = 1u64 << pow;
-    base + base / SUB as u64 * (i % SUB + 1) as u64
-}
-
-/// The bucket holding `ns`: bucket `i` holds (`upper_ns(i - 1)`, `upper_ns(i)`], as
-/// Prometheus' `le` means.
-fn bucket_of(ns: u64) -> usize {
-    let ns = ns.saturating_sub(1);
-    if ns < (1 << FIRST_POW) {
-        return 0;
-    }
-    let pow = 63 - ns.leading_zeros();
-    if pow >= FIRST_POW + POWERS as u32 {
-        return BUCKETS - 1;
-    }
-    let base = 1u64 << pow;
-    let within = ((ns - base) * SUB as u64 / base) as usize;
-    (pow - FIRST_POW) as usize * SUB + within
-}
-
-impl Histogram {
-    pub fn record(&self, d: Duration) {
-        let ns = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
-        bump(&self.counts[bucket_of(ns)]);
-        self.sum_ns.store(self.sum_ns.load(Relaxed).wrapping_add(ns), Relaxed);
-    }
-
-    pub fn count(&self) -> u64 {
-        self.counts.iter().map(|c| c.load(Relaxed)).sum()
-    }
-
-    /// The bucket bound at or below which fraction `q` of the samples lie, in ns.
-    pub fn quantile_ns(&self, q: f64) -> Option<u64> {
-        let counts: Vec<u64> = self.counts.iter().map(|c| c.load(Relaxed)).collect();
-        let total: u64 = counts.iter().sum();
-        if total == 0 {
-            return None;
-        }
-        let want = ((total as f64) * q).ceil().max(1.0) as u64;
-        let mut seen = 0;
-        for (i, c) in counts.iter().enumerate() {
-            seen += c;
-            if seen >= want {
-                return Some(if i == BUCKETS - 1 { u64::MAX } else { upper_ns(i) });
-            }
-        }
-        None
-    }
-}
-
 /// Everything the plugin counts.
-#[derive(Default)]
 pub struct Stats {
+    /// The authorizer's decision metrics.
+    pub decisions: Arc<DecisionMetrics>,
     pub connections_accepted: AtomicU64,
     pub connections_refused: AtomicU64,
     pub connections_current: AtomicU64,
-    /// `[subscribe, read, publish][allow, deny]`.
-    decisions: [[AtomicU64; 2]; 3],
-    pub cache_hits: AtomicU64,
-    pub cache_misses: AtomicU64,
-    pub check_latency: Histogram,
     /// Connections disconnected because their token expired.
     pub expiry_disconnects: AtomicU64,
     /// MQTT 5 re-authentications (AUTH 0x19) accepted and refused.
@@ -116,27 +44,23 @@ pub struct Stats {
     pub pull: std::sync::OnceLock<std::sync::Arc<std::sync::Mutex<policy_engine::pull::PullStatus>>>,
 }
 
-fn action_index(a: Action) -> usize {
-    match a {
-        Action::Subscribe => 0,
-        Action::Read => 1,
-        Action::Publish => 2,
-    }
-}
-
-const ACTIONS: [&str; 3] = ["subscribe", "read", "publish"];
-
 impl Stats {
-    pub fn decided(&self, action: Action, allow: bool) {
-        bump(&self.decisions[action_index(action)][usize::from(!allow)]);
-    }
-
-    pub fn decisions(&self, action: Action, allow: bool) -> u64 {
-        self.decisions[action_index(action)][usize::from(!allow)].load(Relaxed)
-    }
-
-    fn allowed_and_denied(&self) -> (u64, u64) {
-        self.decisions.iter().fold((0, 0), |(a, d), x| (a + x[0].load(Relaxed), d + x[1].load(Relaxed)))
+    pub fn new(decisions: Arc<DecisionMetrics>) -> Stats {
+        let zero = || AtomicU64::new(0);
+        Stats {
+            decisions,
+            connections_accepted: zero(),
+            connections_refused: zero(),
+            connections_current: zero(),
+            expiry_disconnects: zero(),
+            reauth_accepted: zero(),
+            reauth_refused: zero(),
+            certificate_clients: zero(),
+            unknown_clients: zero(),
+            stale_entries: zero(),
+            log_lines_suppressed: zero(),
+            pull: std::sync::OnceLock::new(),
+        }
     }
 
     /// Prometheus text exposition.
@@ -165,27 +89,6 @@ impl Stats {
             "gauge",
             "Authenticated connections now.",
             &[(String::new(), load(&self.connections_current))],
-        );
-        let mut rows = Vec::new();
-        for (i, a) in ACTIONS.iter().enumerate() {
-            for (j, d) in ["allow", "deny"].iter().enumerate() {
-                rows.push((format!("{{action=\"{a}\",decision=\"{d}\"}}"), load(&self.decisions[i][j])));
-            }
-        }
-        metric(
-            "mqtt_policy_decisions_total",
-            "counter",
-            "ACL checks decided, by action and decision.",
-            &rows,
-        );
-        metric(
-            "mqtt_policy_decision_cache_total",
-            "counter",
-            "Per-connection decision cache lookups.",
-            &[
-                ("{result=\"hit\"}".into(), load(&self.cache_hits)),
-                ("{result=\"miss\"}".into(), load(&self.cache_misses)),
-            ],
         );
         metric(
             "mqtt_policy_expiry_disconnects_total",
@@ -251,26 +154,7 @@ impl Stats {
             &[("{result=\"applied\"}".into(), swaps), ("{result=\"rejected\"}".into(), rejections)],
         );
         metric("mqtt_policy_generation", "gauge", "The live policy generation.", &[(String::new(), g.id)]);
-        let _ = writeln!(
-            out,
-            "# HELP mqtt_policy_check_duration_seconds Time to decide one ACL check inside the broker (one check in 8 is timed).\n\
-             # TYPE mqtt_policy_check_duration_seconds histogram"
-        );
-        let mut cumulative = 0;
-        for (i, c) in self.check_latency.counts.iter().enumerate() {
-            cumulative += c.load(Relaxed);
-            if i < BUCKETS - 1 {
-                let le = upper_ns(i) as f64 / 1e9;
-                let _ =
-                    writeln!(out, "mqtt_policy_check_duration_seconds_bucket{{le=\"{le:e}\"}} {cumulative}");
-            }
-        }
-        let _ = writeln!(out, "mqtt_policy_check_duration_seconds_bucket{{le=\"+Inf\"}} {cumulative}");
-        let _ = writeln!(
-            out,
-            "mqtt_policy_check_duration_seconds_sum {}\nmqtt_policy_check_duration_seconds_count {cumulative}",
-            self.check_latency.sum_ns.load(Relaxed) as f64 / 1e9
-        );
+        self.decisions.render(&mut out);
         out
     }
 
@@ -278,8 +162,8 @@ impl Stats {
     pub fn sys_values(&self, live: &Live) -> Vec<(&'static str, String)> {
         let g = live.current();
         let (swaps, rejections) = live.swap_counts();
-        let (allowed, denied) = self.allowed_and_denied();
-        let ns = |q| self.check_latency.quantile_ns(q).map(|v| v.to_string()).unwrap_or_default();
+        let (allowed, denied) = self.decisions.allowed_and_denied();
+        let ns = |q| self.decisions.quantile_ns(q).map(|v| v.to_string()).unwrap_or_default();
         vec![
             ("generation", g.id.to_string()),
             ("policy/hash", g.policy_hash.clone()),
@@ -298,42 +182,5 @@ impl Stats {
             ("swaps/applied", swaps.to_string()),
             ("swaps/rejected", rejections.to_string()),
         ]
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn buckets_are_ordered_and_contain_their_samples() {
-        for i in 1..BUCKETS - 1 {
-            assert!(upper_ns(i) > upper_ns(i - 1), "{i}");
-        }
-        for ns in [0, 63, 64, 65, 80, 81, 100, 1_000, 1_234, 50_000, 1 << 22, (1 << 22) + 1, 17_000_000] {
-            let b = bucket_of(ns);
-            assert!(ns <= upper_ns(b), "{ns} in bucket {b} ≤ {}", upper_ns(b));
-            if b > 0 {
-                assert!(ns > upper_ns(b - 1), "{ns} above bucket {}", b - 1);
-            }
-        }
-        assert_eq!(bucket_of(u64::MAX), BUCKETS - 1);
-    }
-
-    #[test]
-    fn quantiles_come_from_the_samples() {
-        let h = Histogram::default();
-        assert_eq!(h.quantile_ns(0.5), None);
-        for _ in 0..99 {
-            h.record(Duration::from_nanos(500));
-        }
-        h.record(Duration::from_micros(100));
-        let p50 = h.quantile_ns(0.5).unwrap();
-        assert!((500..=600).contains(&p50), "{p50}");
-        let p99 = h.quantile_ns(0.99).unwrap();
-        assert!((500..=600).contains(&p99), "{p99}");
-        let max = h.quantile_ns(1.0).unwrap();
-        assert!((100_000..=120_000).contains(&max), "{max}");
-        assert_eq!(h.count(), 100);
     }
 }

@@ -43,7 +43,8 @@ fn fixture(extra: &[(&str, &str)]) -> Fixture {
     let policy = test_support::package_dir().join("tests/e2e/policy.json");
     let mut pairs = vec![
         ("policy".to_string(), policy.display().to_string()),
-        ("dev_state_dir".to_string(), state.path().display().to_string()),
+        ("dev".to_string(), "true".to_string()),
+        ("state_dir".to_string(), state.path().display().to_string()),
         ("watch".to_string(), "false".to_string()),
     ];
     pairs.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
@@ -179,7 +180,7 @@ fn a_connection_is_decided_as_the_token_it_showed() {
     for _ in 0..3 {
         assert!(f.may(1, access::READ, TELEMETRY));
     }
-    assert!(f.plugin.stats().cache_hits.load(std::sync::atomic::Ordering::Relaxed) >= 3);
+    assert!(f.plugin.stats().decisions.cache().0 >= 3);
 }
 
 #[test]

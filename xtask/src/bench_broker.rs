@@ -321,7 +321,7 @@ fn start_broker(
                 std::fs::read_to_string(&policy)?.replace("celine/digital-twin/events/#", "bench/#"),
             )?;
             conf.push_str(&format!(
-                "allow_anonymous false\nplugin {}\nplugin_opt_policy {}\nplugin_opt_dev_state_dir {}\n\
+                "allow_anonymous false\nplugin {}\nplugin_opt_policy {}\nplugin_opt_dev true\nplugin_opt_state_dir {}\n\
                  plugin_opt_metrics_listen 127.0.0.1:{metrics_port}\nplugin_opt_sys_interval 0\n",
                 plugin.display(),
                 bench_policy.display(),

@@ -64,7 +64,8 @@ pub fn start_dev_broker(bin: &Path) -> anyhow::Result<(Child, u16)> {
          plugin {}\n\
          plugin_opt_policy {}\n\
          plugin_opt_tests {}\n\
-         plugin_opt_dev_state_dir {}\n",
+         plugin_opt_dev true\n\
+         plugin_opt_state_dir {}\n",
         plugin_path().display(),
         absolute("policies/celine.json"),
         absolute("policies/tests"),

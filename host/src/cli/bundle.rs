@@ -83,7 +83,9 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         // Decided by the bundle's own module, as every puller's gate will.
         let failed: Vec<String> = parsed
             .iter()
-            .filter_map(|c| judge(c, decide(&ev.generation, &c.request)).failure.map(|f| format!("{}: {f}", c.name)))
+            .filter_map(|c| {
+                judge(c, decide(&ev.generation, &c.request)).failure.map(|f| format!("{}: {f}", c.name))
+            })
             .collect();
         if !failed.is_empty() {
             for f in &failed {

@@ -57,7 +57,8 @@ impl ModuleArg {
             .context("this binary has no built-in policy module: name one with --module")?;
         match &self.module {
             Some(p) => {
-                let bytes = std::fs::read(p).with_context(|| format!("cannot read the module {}", p.display()))?;
+                let bytes =
+                    std::fs::read(p).with_context(|| format!("cannot read the module {}", p.display()))?;
                 let same = bytes == built_in;
                 Ok((bytes, same))
             }

@@ -281,6 +281,26 @@ impl Broker {
         }
     }
 
+    /// Waits for the plugin's decision record (`audit: {...}`) of `action` on `topic` with
+    /// `decision` (`allow` or `deny`) logged after line `mark`; returns the record.
+    pub fn wait_for_record_after(
+        &self,
+        mark: usize,
+        action: &str,
+        topic: &str,
+        decision: &str,
+        timeout: Duration,
+    ) -> serde_json::Value {
+        let needle = format!(
+            "\"topic\":{},\"action\":\"{action}\",\"decision\":\"{decision}\"",
+            serde_json::Value::from(topic)
+        );
+        let line = self.wait_for_log_after(mark, &needle, timeout);
+        let json =
+            line.split_once("audit: ").map(|(_, j)| j).unwrap_or_else(|| panic!("not a record: {line}"));
+        serde_json::from_str(json).unwrap_or_else(|e| panic!("a record that is no JSON ({e}): {line}"))
+    }
+
     /// Signals our own child by its PID.
     fn signal(&self, signal: rustix::process::Signal) {
         let pid = i32::try_from(self.child.id()).ok().and_then(rustix::process::Pid::from_raw);

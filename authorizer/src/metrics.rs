@@ -1,0 +1,260 @@
+//! The decision metrics both front ends serve, under one set of names:
+//!
+//! - `mqtt_policy_decisions_total{action,decision}`: checks decided, by action and outcome;
+//! - `mqtt_policy_decision_cache_total{result}`: whether the front end's decision cache held
+//!   the answer;
+//! - `mqtt_policy_check_duration_seconds`: the time [`crate::Authorizer::check`] takes to
+//!   decide one check, from the cache or the module (a log-linear histogram, 4 buckets per
+//!   power of two from 64 ns to ~17 ms; one check in [`SAMPLE`] is timed, the first included).
+//!
+//! Counted in stripes (one per thread, cache-line sized), so the service's worker threads
+//! never write each other's cache lines: one uncontended atomic add per counter.
+
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::time::Duration;
+
+use policy_engine::Action;
+
+/// Latency buckets: 4 per power of two from 64 ns, then one open bucket.
+const SUB: usize = 4;
+const FIRST_POW: u32 = 6;
+const POWERS: usize = 18;
+const BUCKETS: usize = SUB * POWERS + 1;
+const STRIPES: usize = 16;
+
+/// One check in this many is timed: reading the clock twice costs about as much as a cached
+/// decision.
+pub const SAMPLE: u64 = 8;
+
+/// The upper bound, in ns, of bucket `i` (the last is unbounded).
+fn upper_ns(i: usize) -> u64 {
+    let pow = FIRST_POW + (i / SUB) as u32;
+    let base = 1u64 << pow;
+    base + base / SUB as u64 * (i % SUB + 1) as u64
+}
+
+/// The bucket holding `ns`: bucket `i` holds (`upper_ns(i - 1)`, `upper_ns(i)`], as
+/// Prometheus' `le` means.
+fn bucket_of(ns: u64) -> usize {
+    let ns = ns.saturating_sub(1);
+    if ns < (1 << FIRST_POW) {
+        return 0;
+    }
+    let pow = 63 - ns.leading_zeros();
+    if pow >= FIRST_POW + POWERS as u32 {
+        return BUCKETS - 1;
+    }
+    let base = 1u64 << pow;
+    let within = ((ns - base) * SUB as u64 / base) as usize;
+    (pow - FIRST_POW) as usize * SUB + within
+}
+
+#[repr(align(128))]
+struct Stripe {
+    /// `[subscribe, read, publish][allow, deny]`.
+    decisions: [[AtomicU64; 2]; 3],
+    /// `[hit, miss]`.
+    cache: [AtomicU64; 2],
+    latency: [AtomicU64; BUCKETS],
+    latency_ns: AtomicU64,
+}
+
+impl Default for Stripe {
+    fn default() -> Stripe {
+        Stripe {
+            decisions: std::array::from_fn(|_| std::array::from_fn(|_| AtomicU64::new(0))),
+            cache: std::array::from_fn(|_| AtomicU64::new(0)),
+            latency: std::array::from_fn(|_| AtomicU64::new(0)),
+            latency_ns: AtomicU64::new(0),
+        }
+    }
+}
+
+/// The decision metrics of one authorizer.
+pub struct DecisionMetrics {
+    stripes: Box<[Stripe]>,
+}
+
+impl Default for DecisionMetrics {
+    fn default() -> DecisionMetrics {
+        DecisionMetrics { stripes: (0..STRIPES).map(|_| Stripe::default()).collect() }
+    }
+}
+
+thread_local! {
+    static STRIPE: usize = {
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        NEXT.fetch_add(1, Relaxed) % STRIPES
+    };
+}
+
+fn action_index(a: Action) -> usize {
+    match a {
+        Action::Subscribe => 0,
+        Action::Read => 1,
+        Action::Publish => 2,
+    }
+}
+
+const ACTIONS: [&str; 3] = ["subscribe", "read", "publish"];
+
+impl DecisionMetrics {
+    fn stripe(&self) -> &Stripe {
+        &self.stripes[STRIPE.with(|s| *s)]
+    }
+
+    /// One check decided: its action, outcome, and whether the decision cache held it.
+    pub fn decided(&self, action: Action, allow: bool, cached: bool) {
+        let s = self.stripe();
+        s.decisions[action_index(action)][usize::from(!allow)].fetch_add(1, Relaxed);
+        s.cache[usize::from(!cached)].fetch_add(1, Relaxed);
+    }
+
+    /// One check decided before any cache or module was asked (a superuser, an identity that
+    /// could not be named, an expired token): counted as a decision, not as a cache lookup.
+    pub fn decided_without_lookup(&self, action: Action, allow: bool) {
+        self.stripe().decisions[action_index(action)][usize::from(!allow)].fetch_add(1, Relaxed);
+    }
+
+    /// The time one check took ([`crate::Authorizer::check`] times one in [`SAMPLE`]).
+    pub fn check_took(&self, d: Duration) {
+        let ns = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+        let s = self.stripe();
+        s.latency[bucket_of(ns)].fetch_add(1, Relaxed);
+        s.latency_ns.fetch_add(ns, Relaxed);
+    }
+
+    fn sum(&self, f: impl Fn(&Stripe) -> &AtomicU64) -> u64 {
+        self.stripes.iter().map(|s| f(s).load(Relaxed)).sum()
+    }
+
+    /// Checks decided so far: (allowed, denied).
+    pub fn allowed_and_denied(&self) -> (u64, u64) {
+        let by = |deny: usize| (0..3).map(|a| self.sum(|s| &s.decisions[a][deny])).sum();
+        (by(0), by(1))
+    }
+
+    /// Decisions for one action and outcome.
+    pub fn decisions(&self, action: Action, allow: bool) -> u64 {
+        self.sum(|s| &s.decisions[action_index(action)][usize::from(!allow)])
+    }
+
+    /// Decision-cache lookups: (hits, misses).
+    pub fn cache(&self) -> (u64, u64) {
+        (self.sum(|s| &s.cache[0]), self.sum(|s| &s.cache[1]))
+    }
+
+    /// The bucket bound at or below which fraction `q` of the timed checks lie, in ns.
+    pub fn quantile_ns(&self, q: f64) -> Option<u64> {
+        let counts: Vec<u64> = (0..BUCKETS).map(|i| self.sum(|s| &s.latency[i])).collect();
+        let total: u64 = counts.iter().sum();
+        if total == 0 {
+            return None;
+        }
+        let want = ((total as f64) * q).ceil().max(1.0) as u64;
+        let mut seen = 0;
+        for (i, c) in counts.iter().enumerate() {
+            seen += c;
+            if seen >= want {
+                return Some(if i == BUCKETS - 1 { u64::MAX } else { upper_ns(i) });
+            }
+        }
+        None
+    }
+
+    /// The three metrics in Prometheus' text format.
+    pub fn render(&self, out: &mut String) {
+        let _ = writeln!(
+            out,
+            "# HELP mqtt_policy_decisions_total ACL checks decided, by action and decision.\n\
+             # TYPE mqtt_policy_decisions_total counter"
+        );
+        for (a, name) in ACTIONS.iter().enumerate() {
+            for (d, decision) in ["allow", "deny"].iter().enumerate() {
+                let n = self.sum(|s| &s.decisions[a][d]);
+                let _ = writeln!(
+                    out,
+                    "mqtt_policy_decisions_total{{action=\"{name}\",decision=\"{decision}\"}} {n}"
+                );
+            }
+        }
+        let (hits, misses) = self.cache();
+        let _ = writeln!(
+            out,
+            "# HELP mqtt_policy_decision_cache_total ACL decision-cache lookups (the service's shared cache, the plugin's per-connection one).\n\
+             # TYPE mqtt_policy_decision_cache_total counter\n\
+             mqtt_policy_decision_cache_total{{result=\"hit\"}} {hits}\n\
+             mqtt_policy_decision_cache_total{{result=\"miss\"}} {misses}"
+        );
+        let _ = writeln!(
+            out,
+            "# HELP mqtt_policy_check_duration_seconds Time to decide one check from the decision cache or the policy module (one check in 8 is timed).\n\
+             # TYPE mqtt_policy_check_duration_seconds histogram"
+        );
+        let mut cumulative = 0;
+        for i in 0..BUCKETS {
+            cumulative += self.sum(|s| &s.latency[i]);
+            if i < BUCKETS - 1 {
+                let le = upper_ns(i) as f64 / 1e9;
+                let _ =
+                    writeln!(out, "mqtt_policy_check_duration_seconds_bucket{{le=\"{le:e}\"}} {cumulative}");
+            }
+        }
+        let sum = self.sum(|s| &s.latency_ns) as f64 / 1e9;
+        let _ = writeln!(
+            out,
+            "mqtt_policy_check_duration_seconds_bucket{{le=\"+Inf\"}} {cumulative}\n\
+             mqtt_policy_check_duration_seconds_sum {sum}\n\
+             mqtt_policy_check_duration_seconds_count {cumulative}"
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buckets_are_ordered_and_contain_their_samples() {
+        for i in 1..BUCKETS - 1 {
+            assert!(upper_ns(i) > upper_ns(i - 1), "{i}");
+        }
+        for ns in [0, 63, 64, 65, 80, 81, 100, 1_000, 1_234, 50_000, 1 << 22, (1 << 22) + 1, 17_000_000] {
+            let b = bucket_of(ns);
+            assert!(ns <= upper_ns(b), "{ns} in bucket {b} ≤ {}", upper_ns(b));
+            if b > 0 {
+                assert!(ns > upper_ns(b - 1), "{ns} above bucket {}", b - 1);
+            }
+        }
+        assert_eq!(bucket_of(u64::MAX), BUCKETS - 1);
+    }
+
+    #[test]
+    fn counts_and_quantiles_come_from_every_thread() {
+        let m = DecisionMetrics::default();
+        assert_eq!(m.quantile_ns(0.5), None);
+        std::thread::scope(|s| {
+            for _ in 0..4 {
+                s.spawn(|| {
+                    for _ in 0..25 {
+                        m.check_took(Duration::from_nanos(500));
+                        m.decided(Action::Read, true, true);
+                    }
+                });
+            }
+        });
+        m.decided(Action::Publish, false, false);
+        assert_eq!(m.allowed_and_denied(), (100, 1));
+        assert_eq!(m.cache(), (100, 1));
+        let p50 = m.quantile_ns(0.5).unwrap();
+        assert!((500..=600).contains(&p50), "{p50}");
+        let mut text = String::new();
+        m.render(&mut text);
+        assert!(
+            text.contains("mqtt_policy_decisions_total{action=\"read\",decision=\"allow\"} 100"),
+            "{text}"
+        );
+        assert!(text.contains("mqtt_policy_check_duration_seconds_count 100"), "{text}");
+    }
+}
