@@ -51,6 +51,31 @@ impl Spelling {
 /// named in a `plugin_opt_` line (`serve`'s flags: the same with dashes).
 pub const DEPRECATED: &[(&str, &str)] = &[("authorized_party", "authorized_parties")];
 
+/// Command-line arguments with the old spellings of flags ([`DEPRECATED`], with dashes)
+/// replaced by the new ones, and a warning for each one replaced.
+pub fn rewrite_deprecated_flags(
+    args: impl IntoIterator<Item = std::ffi::OsString>,
+) -> (Vec<std::ffi::OsString>, Vec<String>) {
+    let mut warnings = Vec::new();
+    let args = args
+        .into_iter()
+        .map(|arg| {
+            let Some(text) = arg.to_str() else { return arg };
+            for (old, new) in DEPRECATED {
+                let (old, new) = (Spelling::Flag.name(old), Spelling::Flag.name(new));
+                let value =
+                    text.strip_prefix(old.as_str()).filter(|rest| rest.is_empty() || rest.starts_with('='));
+                if let Some(value) = value {
+                    warnings.push(format!("{old} is now {new} (the old name goes in the next release)"));
+                    return format!("{new}{value}").into();
+                }
+            }
+            arg
+        })
+        .collect();
+    (args, warnings)
+}
+
 /// How tokens are verified: the key source, what a token must say, which MQTT usernames stand
 /// for its subject, and how clients known by their certificate are decided.
 #[derive(clap::Args, Debug, Clone, Default)]
@@ -105,10 +130,16 @@ pub struct KeysConfig {
 }
 
 impl KeysConfig {
-    /// Checks what can be checked before anything starts. `dev`: the dev key is trusted too.
-    pub fn validate(&self, dev: bool, s: Spelling) -> Result<(), ConfigError> {
+    /// Checks what can be checked before anything starts. `dev`: the dev key is trusted too;
+    /// `hmac_secret`: so is a shared secret (the service's development option).
+    pub fn validate(&self, dev: bool, hmac_secret: bool, s: Spelling) -> Result<(), ConfigError> {
         let n = |name: &str| s.name(name);
-        if self.issuer.is_none() && self.jwks_url.is_none() && self.jwks_file.is_none() && !dev {
+        if self.issuer.is_none()
+            && self.jwks_url.is_none()
+            && self.jwks_file.is_none()
+            && !dev
+            && !hmac_secret
+        {
             return Err(ConfigError(format!(
                 "no way to verify tokens: give {} (OIDC discovery), {}, {}, or {} (development only)",
                 n("issuer"),
@@ -442,17 +473,38 @@ mod tests {
     }
 
     #[test]
+    fn old_flag_spellings_are_rewritten_with_a_warning() {
+        let args =
+            ["serve", "--authorized-party", "a", "--authorized-party=b", "--authorized-partyx", "--audience"];
+        let (args, warnings) = rewrite_deprecated_flags(args.map(std::ffi::OsString::from));
+        let args: Vec<&str> = args.iter().map(|a| a.to_str().unwrap()).collect();
+        assert_eq!(
+            args,
+            [
+                "serve",
+                "--authorized-parties",
+                "a",
+                "--authorized-parties=b",
+                "--authorized-partyx",
+                "--audience"
+            ]
+        );
+        assert_eq!(warnings.len(), 2);
+        assert!(warnings[0].contains("--authorized-party is now --authorized-parties"), "{warnings:?}");
+    }
+
+    #[test]
     fn validation_names_the_setting_in_the_front_ends_spelling() {
         let base = || KeysConfig { username_claims: "preferred_username".into(), ..KeysConfig::default() };
         let k = KeysConfig { jwks_url: Some("http://keys.example.net/jwks".into()), ..base() };
-        let e = k.validate(false, Spelling::PluginOption).unwrap_err().0;
+        let e = k.validate(false, false, Spelling::PluginOption).unwrap_err().0;
         assert!(e.starts_with("plugin_opt_jwks_url http://keys.example.net/jwks is plain http://"), "{e}");
         let k = KeysConfig { issuer: Some("https://idp".into()), ..base() };
-        let e = k.validate(true, Spelling::Flag).unwrap_err().0;
+        let e = k.validate(true, false, Spelling::Flag).unwrap_err().0;
         assert!(e.starts_with("--issuer and --dev:"), "{e}");
         let k =
             KeysConfig { jwks_file: Some("/k".into()), username_claims: "".into(), ..KeysConfig::default() };
-        assert!(k.validate(false, Spelling::Flag).unwrap_err().0.starts_with("--username-claims:"));
+        assert!(k.validate(false, false, Spelling::Flag).unwrap_err().0.starts_with("--username-claims:"));
         let p = PolicyConfig { policy_url: Some("https://s/b".into()), ..PolicyConfig::default() };
         let e = p.validate(Spelling::Flag).unwrap_err().0;
         assert!(e.starts_with("--policy-url needs --bundle-public-key"), "{e}");

@@ -42,23 +42,40 @@ pub fn action_name(a: Action) -> &'static str {
     }
 }
 
-/// Decisions a front end remembers, and how it finds them: for a request under a generation
-/// (its subject, client id and proven username are the request's; the front end's own key
-/// may add what it knows, such as the token).
-pub trait DecisionCache {
-    fn get(&mut self, generation: u64, request: &Request) -> Option<Arc<Decision>>;
-    fn put(&mut self, generation: u64, request: &Request, decision: &Arc<Decision>);
+/// How a front end finds the decisions it remembers. The service keeps one cache for every
+/// client, found by a digest of the generation, the token, the action, the topic, the client
+/// id and the username (a hit needs no token verified); the plugin keeps one per connection
+/// and generation, found by action and topic.
+pub trait DecisionLookup {
+    /// What a decision is found by.
+    type Key;
+    /// What is remembered: a decision, with whatever the front end keeps beside it.
+    type Entry;
+    /// The decision in an entry.
+    fn decision(entry: &Self::Entry) -> &Decision;
+    /// `found` of the entry remembered for `key`, if there is one (lent, not cloned: a hit
+    /// need not touch a reference count other threads share).
+    fn with<R>(&mut self, key: &Self::Key, found: impl FnOnce(&Self::Entry) -> R) -> Option<R>;
 }
 
-/// A decision, and where it came from.
-pub struct Decided {
-    pub decision: Arc<Decision>,
-    /// Found in the front end's cache.
-    pub cached: bool,
+/// How a front end remembers a decision the module made.
+pub trait DecisionCache: DecisionLookup {
+    /// Remembers a decision; returns its entry.
+    fn put(&mut self, key: Self::Key, decision: Decision) -> Self::Entry;
+    /// An entry for a decision that is not remembered (a module fault's denial).
+    fn unremembered(&mut self, decision: Decision) -> Self::Entry;
+}
+
+/// A check the cache did not answer, for [`Authorizer::decide`] (or, when the front end
+/// denies it before asking the policy, [`Authorizer::refused`]).
+#[must_use]
+pub struct Pending {
+    action: Action,
+    started: Option<Instant>,
 }
 
 thread_local! {
-    /// Checks this thread has decided: which ones are timed.
+    /// Checks this thread has looked up: which ones are timed.
     static CHECKS: Cell<u64> = const { Cell::new(0) };
 }
 
@@ -69,7 +86,13 @@ pub struct Authorizer {
     pub metrics: Arc<DecisionMetrics>,
     username_claims: Vec<String>,
     certificates: Option<SubjectType>,
+    /// Which names are certificate names under which generation, and their subjects.
+    certificate_names: moka::sync::Cache<(u64, Box<str>), Option<Arc<Subject>>>,
 }
+
+/// Bytes of names remembered as certificate names or not (a flood of long unique usernames
+/// evicts, it does not grow the process).
+const CERTIFICATE_NAMES_BYTES: u64 = 4 << 20;
 
 impl Authorizer {
     pub fn new(live: Arc<Live>, identities: Arc<Identities>, keys: &KeysConfig) -> Authorizer {
@@ -79,6 +102,13 @@ impl Authorizer {
             metrics: Arc::new(DecisionMetrics::default()),
             username_claims: keys.username_claims(),
             certificates: keys.certificate_subject_type(),
+            certificate_names: moka::sync::Cache::builder()
+                .max_capacity(CERTIFICATE_NAMES_BYTES)
+                .weigher(|(_, name): &(u64, Box<str>), named: &Option<Arc<Subject>>| {
+                    let subject = named.as_ref().map_or(0, |s| s.id.len() + 64);
+                    u32::try_from(name.len() + subject + 64).unwrap_or(u32::MAX)
+                })
+                .build(),
         }
     }
 
@@ -89,14 +119,21 @@ impl Authorizer {
 
     /// The subject of a certificate name under `generation`: `Ok(None)` when it is no
     /// certificate name (or certificate clients are not decided), `Err` when the module
-    /// could not say (a fault).
+    /// could not say (a fault, never remembered). Remembered per generation: the service asks
+    /// it of every call without a token.
     pub fn certificate_subject(
         &self,
         generation: &Generation,
         name: &str,
-    ) -> Result<Option<Subject>, String> {
+    ) -> Result<Option<Arc<Subject>>, String> {
         let Some(kind) = self.certificates else { return Ok(None) };
-        Ok(generation.certificate_subject(name, kind)?.ok())
+        let key = (generation.id, Box::<str>::from(name));
+        if let Some(known) = self.certificate_names.get(&key) {
+            return Ok(known);
+        }
+        let named = generation.certificate_subject(name, kind)?.ok().map(Arc::new);
+        self.certificate_names.insert(key, named.clone());
+        Ok(named)
     }
 
     /// `${username}` for a token's subject: `given` when it names the subject (its id or one
@@ -124,39 +161,82 @@ impl Authorizer {
         names_subject(username, subject, &verified.claims, &self.username_claims)
     }
 
-    /// Decides `request` under `generation`: from `cache` when it holds the answer, else
-    /// through the module (and then remembered). A module fault denies this request, saying
-    /// so, and is not remembered. Counted in [`Authorizer::metrics`].
-    pub fn check(
+    /// Looks a check up in the front end's cache: a hit is counted as a decision (and timed,
+    /// for a sample of checks) and handed to `on_hit`; a miss is a [`Pending`] check for
+    /// [`Authorizer::decide`].
+    pub fn lookup<C: DecisionLookup, R>(
         &self,
-        generation: &Generation,
-        request: &Request,
-        cache: &mut impl DecisionCache,
-    ) -> Decided {
+        action: Action,
+        key: &C::Key,
+        cache: &mut C,
+        on_hit: impl FnOnce(&C::Entry) -> R,
+    ) -> Result<R, Pending> {
         let started = CHECKS.with(|n| {
             let seen = n.get();
             n.set(seen.wrapping_add(1));
             (seen % metrics::SAMPLE == 0).then(Instant::now)
         });
-        let decided = match cache.get(generation.id, request) {
-            Some(decision) => Decided { decision, cached: true },
-            None => {
-                let decision = match generation.try_check(request) {
-                    Ok(d) => {
-                        let d = Arc::new(d);
-                        cache.put(generation.id, request, &d);
-                        d
-                    }
-                    Err(fault) => Arc::new(Decision { allow: false, rule: None, reason: fault }),
-                };
-                Decided { decision, cached: false }
+        let hit = cache.with(key, |entry| {
+            self.metrics.decided(action, C::decision(entry).allow, true);
+            on_hit(entry)
+        });
+        match hit {
+            Some(r) => {
+                if let Some(t) = started {
+                    self.metrics.check_took(t.elapsed());
+                }
+                Ok(r)
             }
+            None => Err(Pending { action, started }),
+        }
+    }
+
+    /// Decides a check the cache did not answer, through the module, and remembers the
+    /// decision under `key`. A module fault denies this request, saying so, and is never
+    /// remembered.
+    pub fn decide<C: DecisionCache>(
+        &self,
+        pending: Pending,
+        generation: &Generation,
+        request: &Request,
+        key: C::Key,
+        cache: &mut C,
+    ) -> C::Entry {
+        let entry = match generation.try_check(request) {
+            Ok(d) => cache.put(key, d),
+            Err(fault) => cache.unremembered(Decision { allow: false, rule: None, reason: fault }),
         };
-        self.metrics.decided(request.action, decided.decision.allow, decided.cached);
-        if let Some(t) = started {
+        self.metrics.decided(pending.action, C::decision(&entry).allow, false);
+        if let Some(t) = pending.started {
             self.metrics.check_took(t.elapsed());
         }
-        decided
+        entry
+    }
+
+    /// A check the cache did not answer that the front end denies before asking the policy
+    /// (no identity could be found for it): counted as a denial.
+    pub fn refused(&self, pending: Pending) {
+        self.metrics.decided(pending.action, false, false);
+    }
+
+    /// [`Authorizer::lookup`], then on a miss [`Authorizer::decide`], for a front end that
+    /// has the request at hand before it looks: `then` gets the decision's entry, and whether
+    /// the cache held it (it is called once).
+    pub fn check<C: DecisionCache, R>(
+        &self,
+        generation: &Generation,
+        request: &Request,
+        key: C::Key,
+        cache: &mut C,
+        mut then: impl FnMut(&C::Entry, bool) -> R,
+    ) -> R {
+        match self.lookup(request.action, &key, cache, |entry| then(entry, true)) {
+            Ok(r) => r,
+            Err(pending) => {
+                let entry = self.decide(pending, generation, request, key, cache);
+                then(&entry, false)
+            }
+        }
     }
 
     /// Is `subject` a superuser under `generation` (a module fault: no, saying so)?
@@ -165,12 +245,25 @@ impl Authorizer {
     }
 }
 
-/// No remembering: every check asks the module (tests, and callers that cache otherwise).
+/// No remembering: every check asks the module (the CLI, tests).
 pub struct NoCache;
 
-impl DecisionCache for NoCache {
-    fn get(&mut self, _: u64, _: &Request) -> Option<Arc<Decision>> {
+impl DecisionLookup for NoCache {
+    type Key = ();
+    type Entry = Decision;
+    fn decision(entry: &Decision) -> &Decision {
+        entry
+    }
+    fn with<R>(&mut self, _: &(), _: impl FnOnce(&Decision) -> R) -> Option<R> {
         None
     }
-    fn put(&mut self, _: u64, _: &Request, _: &Arc<Decision>) {}
+}
+
+impl DecisionCache for NoCache {
+    fn put(&mut self, _: (), decision: Decision) -> Decision {
+        decision
+    }
+    fn unremembered(&mut self, decision: Decision) -> Decision {
+        decision
+    }
 }

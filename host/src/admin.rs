@@ -50,7 +50,7 @@ async fn require_token(State(st): State<Arc<AppState>>, req: Request, next: Next
 
 async fn answer(st: &AppState, candidate: Candidate) -> Response {
     // A build can take a second or more: off the async workers.
-    let live = Arc::clone(&st.live);
+    let live = Arc::clone(st.live());
     let proposed = tokio::task::spawn_blocking(move || live.propose(candidate)).await;
     let Ok(proposed) = proposed else {
         return error(StatusCode::INTERNAL_SERVER_ERROR, "the candidate build failed unexpectedly");
@@ -75,7 +75,7 @@ fn upload_params(q: Result<Query<Upload>, QueryRejection>) -> Result<Upload, Str
 }
 
 async fn dry_run(st: &AppState, candidate: Candidate) -> Response {
-    let live = Arc::clone(&st.live);
+    let live = Arc::clone(st.live());
     let Ok(tried) = tokio::task::spawn_blocking(move || live.dry_run(candidate)).await else {
         return error(StatusCode::INTERNAL_SERVER_ERROR, "the candidate build failed unexpectedly");
     };

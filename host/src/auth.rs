@@ -1,12 +1,13 @@
-//! The server's own state over identities: ACL decisions cached per token, and go-auth
-//! http-backend sessions. Verifying tokens and mapping them to subjects is `identity`'s.
+//! The service's own state over identities: the shared ACL decision cache, and go-auth
+//! http-backend sessions. Verifying tokens is `identity`'s; deciding, and what a cache may
+//! hold, is the authorizer's ([`SharedDecisions`] and [`DecisionsFor`] are this cache as its
+//! `DecisionLookup` and `DecisionCache`).
 //!
 //! - An ACL decision is cached per (generation, token, action, topic, clientid, username),
 //!   keyed by their digest, until the token's `exp`: decisions are pure functions of those,
 //!   so the cache is exact, and a swapped policy or module (a new generation) never meets an
-//!   old entry. Delivery
-//!   checks (`read`) repeat the same key for every message on a topic. Module faults are
-//!   never cached.
+//!   old entry. Delivery checks (`read`) repeat the same key for every message on a topic.
+//!   Module faults are never cached (the authorizer does not hand them to the cache).
 //! - go-auth's http backend sends no token with ACL and superuser calls. A session belongs to
 //!   an identity, found by its MQTT username: a user call binds a username to the verified
 //!   token only when the username names the token's subject (`identity::names`), so the
@@ -147,7 +148,8 @@ fn near_slot(bytes: &[u8], slots: usize) -> usize {
 pub struct Auth {
     /// Tells this instance's near-cache entries from another's (tests run several).
     id: u64,
-    pub identities: Identities,
+    /// The authorizer's identities: whether a token would still verify.
+    identities: Arc<Identities>,
     decisions: Cache<DecisionKey, (Arc<Decided>, u64)>,
     /// username (proven to name the token's subject) → session, until the token's `exp`.
     sessions: Cache<String, (Arc<Session>, u64)>,
@@ -162,7 +164,7 @@ fn entry_bytes(d: &Decision) -> usize {
 
 impl Auth {
     /// `budget`: bytes for the decisions and the sessions (the identities have their own).
-    pub fn new(identities: Identities, budget: u64) -> Auth {
+    pub fn new(identities: Arc<Identities>, budget: u64) -> Auth {
         static NEXT: AtomicU64 = AtomicU64::new(0);
         Auth {
             id: NEXT.fetch_add(1, Ordering::Relaxed),
@@ -197,9 +199,9 @@ impl Auth {
     /// policy, so a flood of unique topics only churns the near one. Keys are exact digests
     /// that include the generation, so a near entry is never stale; it only outlives an
     /// eviction from the shared cache until its slot is reused.
-    pub fn with_cached<R>(&self, key: DecisionKey, f: impl FnOnce(&Decided) -> R) -> Option<R> {
+    pub fn with_cached<R>(&self, key: DecisionKey, f: impl FnOnce(&Arc<Decided>) -> R) -> Option<R> {
         let slot = usize::from(u16::from_le_bytes([key.0[0], key.0[1]])) % NEAR_SLOTS;
-        let answer = NEAR.with_borrow_mut(|near| {
+        NEAR.with_borrow_mut(|near| {
             if near.is_empty() {
                 near.resize(NEAR_SLOTS, None);
             }
@@ -216,27 +218,20 @@ impl Auth {
                 *entry = Some((self.id, key, d));
             }
             entry.as_ref().map(|(_, _, d)| f(d))
-        });
-        crate::reqmetrics::cache_lookup(answer.is_some());
-        answer
+        })
     }
 
-    /// Decides with `decide` and caches the decision until the token's `exp`. A module fault
-    /// (`Err`) is answered as a denial but never cached.
-    pub fn decide(
+    /// Remembers a decision the module made for this identity until its token's `exp`.
+    pub fn remember(
         &self,
         key: DecisionKey,
+        decision: Decision,
         verified: &Arc<Verified>,
         subject: &Arc<Subject>,
-        decide: impl FnOnce() -> Result<Decision, String>,
     ) -> Arc<Decided> {
-        let (decision, cache) = match decide() {
-            Ok(d) => (d, verified.exp > now()),
-            Err(why) => (Decision { allow: false, rule: None, reason: why }, false),
-        };
         let decided =
             Arc::new(Decided { decision, subject: Arc::clone(subject), verified: Arc::clone(verified) });
-        if cache {
+        if verified.exp > now() {
             self.decisions.insert(key, (Arc::clone(&decided), verified.exp));
         }
         decided
@@ -304,6 +299,53 @@ impl Auth {
         self.sessions.run_pending_tasks();
         self.decisions.run_pending_tasks();
         self.sessions.entry_count()
+    }
+}
+
+/// The shared cache, as the authorizer looks decisions up in it (before any token is
+/// verified: the key is all a hit needs).
+pub struct SharedDecisions<'a>(pub &'a Auth);
+
+impl authorizer::DecisionLookup for SharedDecisions<'_> {
+    type Key = DecisionKey;
+    type Entry = Arc<Decided>;
+
+    fn decision(entry: &Arc<Decided>) -> &Decision {
+        &entry.decision
+    }
+
+    fn with<R>(&mut self, key: &DecisionKey, found: impl FnOnce(&Arc<Decided>) -> R) -> Option<R> {
+        self.0.with_cached(*key, found)
+    }
+}
+
+/// The shared cache, remembering what the module decides for one verified identity.
+pub struct DecisionsFor<'a> {
+    pub auth: &'a Auth,
+    pub verified: &'a Arc<Verified>,
+    pub subject: &'a Arc<Subject>,
+}
+
+impl authorizer::DecisionLookup for DecisionsFor<'_> {
+    type Key = DecisionKey;
+    type Entry = Arc<Decided>;
+
+    fn decision(entry: &Arc<Decided>) -> &Decision {
+        &entry.decision
+    }
+
+    fn with<R>(&mut self, key: &DecisionKey, found: impl FnOnce(&Arc<Decided>) -> R) -> Option<R> {
+        self.auth.with_cached(*key, found)
+    }
+}
+
+impl authorizer::DecisionCache for DecisionsFor<'_> {
+    fn put(&mut self, key: DecisionKey, decision: Decision) -> Arc<Decided> {
+        self.auth.remember(key, decision, self.verified, self.subject)
+    }
+
+    fn unremembered(&mut self, decision: Decision) -> Arc<Decided> {
+        Arc::new(Decided { decision, subject: Arc::clone(self.subject), verified: Arc::clone(self.verified) })
     }
 }
 

@@ -29,11 +29,11 @@ pub async fn get_bundle(State(st): State<Arc<AppState>>, req: Request) -> Respon
             "the bundle token is required: Authorization: Bearer <token>",
         );
     }
-    let live = Arc::clone(&st.live);
+    let live = Arc::clone(st.live());
     let bundle = match tokio::task::spawn_blocking(move || live.bundle()).await {
         Ok(Ok(mut b)) => {
             if let Some(key) = &st.bundle_signing_key {
-                b.sign(key, st.live.live_since());
+                b.sign(key, st.live().live_since());
             }
             b
         }

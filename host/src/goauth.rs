@@ -23,12 +23,12 @@ use axum::body::Bytes;
 use axum::http::{HeaderMap, Response, StatusCode};
 use hyper::body::Incoming;
 
+use authorizer::{DecisionRecord, NoCache, action_name};
 use goauth_wire::{Params, TokenFrom, find_token, looks_like_jwt, parse_params};
-use identity::{TokenHash, Verified, names_subject, subject_names};
+use identity::{TokenHash, Verified};
 use policy_engine::{Action, Decision, Generation, Request, Subject};
 
-use crate::audit::Entry;
-use crate::auth::DecisionKey;
+use crate::auth::{DecisionKey, DecisionsFor, SharedDecisions};
 use crate::respond::{Out, ResponseMode, answer};
 use crate::state::{AppState, BODY_LIMIT, REQUEST_TIMEOUT};
 
@@ -115,21 +115,7 @@ impl Ctx<'_> {
     }
 
     fn subject(&self, hash: TokenHash, v: &Verified) -> Result<Arc<Subject>, Outcome> {
-        self.state.auth.identities.subject(&self.generation, hash, v).map_err(Outcome::Deny)
-    }
-
-    /// Is `name` a certificate name (certificate clients on, and the policy's certificates
-    /// section accepts it)? Its subject if so. `Err`: the module could not say (a fault),
-    /// which is never remembered.
-    fn certificate_subject(&self, name: &str) -> Result<Option<Arc<Subject>>, String> {
-        let Some(kind) = self.state.certificate_subject_type else { return Ok(None) };
-        let key = (self.generation.id, Box::<str>::from(name));
-        if let Some(known) = self.state.certificate_names.get(&key) {
-            return Ok(known);
-        }
-        let named = self.generation.certificate_subject(name, kind)?.ok().map(Arc::new);
-        self.state.certificate_names.insert(key, named.clone());
-        Ok(named)
+        self.state.authorizer.identities.subject(&self.generation, hash, v).map_err(Outcome::Deny)
     }
 
     /// The subject of a call for a client known by its certificate: the Bearer value that is
@@ -137,7 +123,7 @@ impl Ctx<'_> {
     /// when it is a certificate name. A username that names both a certificate and a token's
     /// session (the policy made it a certificate name after the session was bound) is refused.
     fn certificate_client(&self) -> Result<Option<Arc<Subject>>, Outcome> {
-        if self.state.certificate_subject_type.is_none() {
+        if self.state.authorizer.certificate_subject_type().is_none() {
             return Ok(None);
         }
         let (name, from_username) = match self.headers.get(axum::http::header::AUTHORIZATION) {
@@ -157,7 +143,8 @@ impl Ctx<'_> {
             }
             None => return Ok(None),
         };
-        let subject = self.certificate_subject(name).map_err(Outcome::Deny)?;
+        let subject =
+            self.state.authorizer.certificate_subject(&self.generation, name).map_err(Outcome::Deny)?;
         if subject.is_some() && from_username && self.state.auth.session_token(name).is_some() {
             return Err(Outcome::Deny(format!(
                 "the username {} is a certificate name and also a token holder's session: refused until \
@@ -168,55 +155,25 @@ impl Ctx<'_> {
         Ok(subject)
     }
 
-    /// `${username}` for a token's subject: the given username when it names the subject and
-    /// is no certificate name; otherwise empty.
-    fn proven_username<'u>(&self, given: &'u str, subject: &Subject, v: &Verified) -> &'u str {
-        // A module that cannot say whether it is a certificate name (a fault): not proven.
-        if names_subject(given, subject, &v.claims, &self.state.username_claims)
-            && matches!(self.certificate_subject(given), Ok(None))
-        {
-            given
-        } else {
-            ""
-        }
+    /// The record of a decision about this call.
+    fn record<'r>(&'r self, endpoint: &'r str, subject: Option<&'r Subject>) -> DecisionRecord<'r> {
+        DecisionRecord::about(
+            endpoint,
+            subject,
+            username_label(&self.params),
+            self.params.clientid.as_deref().unwrap_or(""),
+            self.params.topic.as_deref().unwrap_or(""),
+        )
     }
 }
 
-fn audit(
-    ctx: &Ctx<'_>,
-    endpoint: &str,
-    subject: Option<&Subject>,
-    action: &str,
-    outcome: &Outcome,
-    rule: Option<&str>,
-) {
+/// Writes the record of a call that came to `outcome` without the policy deciding it.
+fn audit(ctx: &Ctx<'_>, endpoint: &str, subject: Option<&Subject>, action: &str, outcome: &Outcome) {
     let (allow, reason) = match outcome {
         Outcome::Allow(r) => (true, r.as_str()),
         Outcome::Deny(r) | Outcome::Bad(r) | Outcome::TooLarge(r) => (false, r.as_str()),
     };
-    audit_line(ctx, endpoint, subject, action, (allow, reason), rule);
-}
-
-fn audit_line(
-    ctx: &Ctx<'_>,
-    endpoint: &str,
-    subject: Option<&Subject>,
-    action: &str,
-    (allow, reason): (bool, &str),
-    rule: Option<&str>,
-) {
-    ctx.state.audit.write(&Entry {
-        endpoint,
-        subject: subject.map(|s| s.id.as_str()).unwrap_or("-"),
-        subject_type: subject.map(Subject::kind_str).unwrap_or("-"),
-        username: username_label(&ctx.params),
-        clientid: ctx.params.clientid.as_deref().unwrap_or(""),
-        topic: ctx.params.topic.as_deref().unwrap_or(""),
-        action,
-        decision: if allow { "allow" } else { "deny" },
-        rule: rule.unwrap_or("-"),
-        reason,
-    });
+    ctx.state.audit.write(&ctx.record(endpoint, subject).outcome(action, allow, reason));
 }
 
 async fn user(ctx: &Ctx<'_>) -> Outcome {
@@ -238,8 +195,8 @@ async fn user(ctx: &Ctx<'_>) -> Outcome {
     // may stand for it. (The jwt backend sends the token with every call: nothing to bind.)
     if from == TokenFrom::Password {
         let username = ctx.params.username.as_deref().unwrap_or("");
-        let claims = &ctx.state.username_claims;
-        let reserved = match ctx.certificate_subject(username) {
+        let authorizer = &ctx.state.authorizer;
+        let reserved = match authorizer.certificate_subject(&ctx.generation, username) {
             Ok(named) => named
                 .is_some()
                 .then(|| "is a certificate name (the policy's certificates section)".to_string()),
@@ -249,25 +206,26 @@ async fn user(ctx: &Ctx<'_>) -> Outcome {
             let o = Outcome::Deny(format!(
                 "the MQTT username {} {why}: a token cannot stand for it; connect with the username {}",
                 crate::short(username),
-                subject_names(&subject, &v.claims, claims)
+                authorizer
+                    .subject_names(&subject, &v)
                     .iter()
                     .map(|n| crate::short(n))
                     .collect::<Vec<_>>()
                     .join(" or ")
             ));
-            audit(ctx, "user", Some(&subject), "connect", &o, None);
+            audit(ctx, "user", Some(&subject), "connect", &o);
             return o;
         }
-        if !names_subject(username, &subject, &v.claims, claims) {
+        if !authorizer.names_subject(username, &subject, &v) {
             let names: Vec<String> =
-                subject_names(&subject, &v.claims, claims).iter().map(|n| crate::short(n)).collect();
+                authorizer.subject_names(&subject, &v).iter().map(|n| crate::short(n)).collect();
             let o = Outcome::Deny(format!(
                 "the MQTT username {} does not name the token's subject: connect with the username {} \
                  (later ACL calls carry only the username, so it must belong to the token)",
                 crate::short(username),
                 names.join(" or ")
             ));
-            audit(ctx, "user", Some(&subject), "connect", &o, None);
+            audit(ctx, "user", Some(&subject), "connect", &o);
             return o;
         }
         match &ctx.state.sessions {
@@ -277,7 +235,7 @@ async fn user(ctx: &Ctx<'_>) -> Outcome {
                 // client's checks, so the CONNECT is refused instead.
                 if let Err(e) = Box::pin(shared.put(username, hash, &v)).await {
                     let o = Outcome::Deny(format!("the session could not be recorded: {e}"));
-                    audit(ctx, "user", Some(&subject), "connect", &o, None);
+                    audit(ctx, "user", Some(&subject), "connect", &o);
                     return o;
                 }
                 let until = identity::now() + crate::sessions::LOCAL_TTL.as_secs();
@@ -286,7 +244,7 @@ async fn user(ctx: &Ctx<'_>) -> Outcome {
         }
     }
     let o = Outcome::Allow(format!("authenticated {} '{}'", subject.kind_str(), subject.id));
-    audit(ctx, "user", Some(&subject), "connect", &o, None);
+    audit(ctx, "user", Some(&subject), "connect", &o);
     o
 }
 
@@ -310,7 +268,7 @@ async fn session(ctx: &Ctx<'_>) -> Result<(TokenHash, Arc<Verified>), Outcome> {
     match Box::pin(shared.get(username)).await {
         Ok(Some((hash, v))) => {
             let v = Arc::new(v);
-            if !ctx.state.auth.identities.still_valid(&v) {
+            if !ctx.state.authorizer.identities.still_valid(&v) {
                 return Err(no_session(&ctx.params));
             }
             let until = identity::now() + crate::sessions::LOCAL_TTL.as_secs();
@@ -334,45 +292,53 @@ async fn who(ctx: &Ctx<'_>) -> Result<(TokenHash, Arc<Verified>), Outcome> {
 }
 
 async fn superuser(ctx: &Ctx<'_>) -> Outcome {
-    match ctx.certificate_client() {
-        Ok(Some(s)) => return decided("superuser", ctx, &s, "superuser", &ctx.generation.superuser(&s)),
-        Ok(None) => {}
+    let subject = match ctx.certificate_client() {
+        Ok(Some(s)) => Ok(s),
+        // go-auth's http backend sends only the username here: found through its session,
+        // proven at the user call to belong to the token.
+        Ok(None) => who(ctx).await.and_then(|(hash, v)| ctx.subject(hash, &v)),
+        Err(o) => Err(o),
+    };
+    match subject {
+        Ok(s) => decided(
+            ctx.record("superuser", Some(&s)),
+            "superuser",
+            &ctx.state.authorizer.superuser(&ctx.generation, &s),
+            ctx,
+        ),
         Err(o) => {
-            audit(ctx, "superuser", None, "superuser", &o, None);
-            return o;
-        }
-    }
-    // go-auth's http backend sends only the username here: found through its session, proven
-    // at the user call to belong to the token.
-    match who(ctx).await.and_then(|(hash, v)| ctx.subject(hash, &v)) {
-        Ok(s) => decided("superuser", ctx, &s, "superuser", &ctx.generation.superuser(&s)),
-        Err(o) => {
-            audit(ctx, "superuser", None, "superuser", &o, None);
+            audit(ctx, "superuser", None, "superuser", &o);
             o
         }
     }
 }
 
-fn decided(endpoint: &str, ctx: &Ctx<'_>, s: &Subject, action: &str, d: &Decision) -> Outcome {
-    audit_line(ctx, endpoint, Some(s), action, (d.allow, &d.reason), d.rule.as_deref());
+/// Writes the record of what the policy decided, and answers it.
+fn decided(record: DecisionRecord<'_>, action: &str, d: &Decision, ctx: &Ctx<'_>) -> Outcome {
+    ctx.state.audit.write(&record.decided(action, d));
     if d.allow { Outcome::Allow(String::new()) } else { Outcome::Deny(d.reason.clone()) }
 }
 
 async fn acl(ctx: &Ctx<'_>) -> Outcome {
     let p = &ctx.params;
     let Some(topic) = p.topic.as_deref() else { return Outcome::Bad("missing 'topic'".into()) };
-    let actions = match p.acc.as_deref().map(parse_acc) {
+    let mut actions = match p.acc.as_deref().map(parse_acc) {
         None => return Outcome::Bad("missing 'acc'".into()),
         Some(Err(e)) => return Outcome::Bad(e),
-        Some(Ok(a)) => a,
+        Some(Ok(a)) => a.peekable(),
+    };
+    let Some(&first) = actions.peek() else { return Outcome::Bad("missing 'acc'".into()) };
+    let authorizer = &ctx.state.authorizer;
+    // Denied before the policy is asked: counted as a denial of the call's first action.
+    let refused = |o: Outcome| {
+        authorizer.metrics.decided_without_lookup(first, false);
+        audit(ctx, "acl", None, action_name(first), &o);
+        o
     };
     match ctx.certificate_client() {
         Ok(Some(subject)) => return certificate_acl(ctx, &subject, topic, actions),
         Ok(None) => {}
-        Err(o) => {
-            audit(ctx, "acl", None, "acl", &o, None);
-            return o;
-        }
+        Err(o) => return refused(o),
     }
     let auth = &ctx.state.auth;
     let token = match find_token(ctx.headers, p) {
@@ -387,10 +353,7 @@ async fn acl(ctx: &Ctx<'_>) -> Outcome {
             Some(hash) => (hash, None),
             None => match session(ctx).await {
                 Ok((hash, v)) => (hash, Some((hash, v))),
-                Err(o) => {
-                    audit(ctx, "acl", None, "acl", &o, None);
-                    return o;
-                }
+                Err(o) => return refused(o),
             },
         },
     };
@@ -401,10 +364,12 @@ async fn acl(ctx: &Ctx<'_>) -> Outcome {
     let mut outcome = Outcome::Deny("no action".into());
     for action in actions {
         let key = DecisionKey::new(ctx.generation.id, holder, action, topic, clientid, given);
-        let hit = auth.with_cached(key, |d| decided("acl", ctx, &d.subject, action_str(action), &d.decision));
+        let hit = authorizer.lookup(action, &key, &mut SharedDecisions(auth), |d| {
+            decided(ctx.record("acl", Some(&d.subject)), action_name(action), &d.decision, ctx)
+        });
         outcome = match hit {
-            Some(o) => o,
-            None => {
+            Ok(o) => o,
+            Err(pending) => {
                 // Not decided yet: verify (or find verified) and map the token as usual.
                 let verified = match (found.take(), token) {
                     (Some(hv), _) => Ok(hv),
@@ -415,7 +380,8 @@ async fn acl(ctx: &Ctx<'_>) -> Outcome {
                     match verified.and_then(|(hash, v)| Ok((hash, Arc::clone(&v), ctx.subject(hash, &v)?))) {
                         Ok(t) => t,
                         Err(o) => {
-                            audit(ctx, "acl", None, "acl", &o, None);
+                            authorizer.refused(pending);
+                            audit(ctx, "acl", None, action_name(action), &o);
                             return o;
                         }
                     };
@@ -427,19 +393,20 @@ async fn acl(ctx: &Ctx<'_>) -> Outcome {
                 } else {
                     key
                 };
-                // `${username}` is only ever a name proven to belong to the subject.
-                let proven = ctx.proven_username(given, &subject, &verified);
-                let d = auth.decide(key, &verified, &subject, || {
-                    ctx.generation.try_check(&Request {
-                        subject: (*subject).clone(),
-                        topic: topic.to_string(),
-                        action,
-                        clientid: clientid.to_string(),
-                        username: proven.to_string(),
-                    })
-                });
+                let request = Request {
+                    subject: (*subject).clone(),
+                    topic: topic.to_string(),
+                    action,
+                    clientid: clientid.to_string(),
+                    // `${username}` is only ever a name proven to belong to the subject.
+                    username: authorizer
+                        .proven_username(&ctx.generation, given, &subject, &verified)
+                        .to_string(),
+                };
+                let mut cache = DecisionsFor { auth, verified: &verified, subject: &subject };
+                let d = authorizer.decide(pending, &ctx.generation, &request, key, &mut cache);
                 found = Some((hash, verified));
-                decided("acl", ctx, &d.subject, action_str(action), &d.decision)
+                decided(ctx.record("acl", Some(&d.subject)), action_name(action), &d.decision, ctx)
             }
         };
         if matches!(outcome, Outcome::Deny(_)) {
@@ -460,27 +427,21 @@ fn certificate_acl(
 ) -> Outcome {
     let mut outcome = Outcome::Deny("no action".into());
     for action in actions {
-        let d = ctx.generation.check(&Request {
+        let request = Request {
             subject: subject.clone(),
             topic: topic.to_string(),
             action,
             clientid: ctx.params.clientid.as_deref().unwrap_or("").to_string(),
             username: subject.id.clone(),
+        };
+        outcome = ctx.state.authorizer.check(&ctx.generation, &request, (), &mut NoCache, |d, _| {
+            decided(ctx.record("acl", Some(subject)), action_name(action), d, ctx)
         });
-        outcome = decided("acl", ctx, subject, action_str(action), &d);
         if matches!(outcome, Outcome::Deny(_)) {
             break;
         }
     }
     outcome
-}
-
-fn action_str(a: Action) -> &'static str {
-    match a {
-        Action::Subscribe => "subscribe",
-        Action::Read => "read",
-        Action::Publish => "publish",
-    }
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -561,7 +522,7 @@ async fn collect(mut body: Incoming) -> Result<Bytes, Outcome> {
 /// Verifies a token (or finds it verified); a key refresh it waits for is bounded by
 /// [`REQUEST_TIMEOUT`], well beyond go-auth's own 5 s.
 async fn verify(state: &AppState, token: &str) -> Result<(TokenHash, Arc<Verified>), Outcome> {
-    match Box::pin(tokio::time::timeout(REQUEST_TIMEOUT, state.auth.identities.verify(token))).await {
+    match Box::pin(tokio::time::timeout(REQUEST_TIMEOUT, state.authorizer.identities.verify(token))).await {
         Ok(r) => r.map_err(Outcome::Deny),
         Err(_) => Err(Outcome::Deny(format!(
             "token refused: its signing key could not be fetched within {} s",
@@ -595,18 +556,8 @@ pub async fn handle(
         },
     };
     if let Outcome::Bad(r) | Outcome::TooLarge(r) = &outcome {
-        state.audit.write(&Entry {
-            endpoint: endpoint.label(),
-            subject: "-",
-            subject_type: "-",
-            username: "",
-            clientid: "",
-            topic: "",
-            action: "-",
-            decision: "bad_request",
-            rule: "-",
-            reason: r,
-        });
+        let record = DecisionRecord::about(endpoint.label(), None, "", "", "");
+        state.audit.write(&DecisionRecord { decision: "bad_request", reason: r, ..record });
     }
     record(endpoint, &outcome, started.elapsed());
     outcome.into_response(state.response_mode)

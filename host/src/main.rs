@@ -41,9 +41,11 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    // Old flag spellings still work for a release; `serve` logs a warning for each.
+    let (args, deprecations) = authorizer::config::rewrite_deprecated_flags(std::env::args_os());
+    let cli = Cli::parse_from(args);
     let result = match cli.command {
-        Command::Serve(a) => cli::serve::run(*a),
+        Command::Serve(a) => cli::serve::run(*a, &deprecations),
         Command::Token(a) => cli::token::run(a),
         Command::Check(a) => cli::check::run(a),
         Command::Eval(a) => cli::eval::run(a),

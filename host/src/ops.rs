@@ -21,7 +21,7 @@ async fn healthz() -> &'static str {
 }
 
 async fn readyz(State(st): State<Arc<AppState>>) -> Response {
-    let verifier = &st.auth.identities.verifier;
+    let verifier = &st.authorizer.identities.verifier;
     let keys = verifier.readiness();
     let mut body = st.status();
     let sessions_ok = st.sessions.as_ref().is_none_or(|r| r.reachable());
@@ -39,6 +39,7 @@ async fn metrics_endpoint(State(st): State<Arc<AppState>>) -> String {
     metrics::counter!("mqtt_policy_log_lines_dropped_total").absolute(st.audit.dropped());
     let mut text = st.prometheus.render();
     crate::reqmetrics::render(&mut text);
+    st.authorizer.metrics.render(&mut text);
     text
 }
 

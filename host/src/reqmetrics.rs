@@ -1,5 +1,6 @@
-//! The metrics every go-auth call touches: requests by endpoint and outcome, their latency,
-//! and decision-cache hits and misses.
+//! The metrics every go-auth call touches: requests by endpoint and outcome, and their
+//! latency. (Decisions, the decision cache and the check latency are the authorizer's, the
+//! same metrics the broker plugin serves.)
 //!
 //! Counted in stripes, one per worker thread (cache-line sized, assigned round-robin), so the
 //! threads never write each other's cache lines: one uncontended atomic add per counter. A
@@ -39,8 +40,6 @@ struct Stripe {
     /// `[endpoint][bucket]`, the last past every bound.
     latency: [[AtomicU64; BOUNDS.len() + 1]; 3],
     latency_ns: [AtomicU64; 3],
-    /// `[hit, miss]`.
-    cache: [AtomicU64; 2],
 }
 
 impl Stripe {
@@ -49,7 +48,6 @@ impl Stripe {
             requests: [const { [const { AtomicU64::new(0) }; 3] }; 3],
             latency: [const { [const { AtomicU64::new(0) }; BOUNDS.len() + 1] }; 3],
             latency_ns: [const { AtomicU64::new(0) }; 3],
-            cache: [const { AtomicU64::new(0) }; 2],
         }
     }
 }
@@ -72,11 +70,6 @@ pub fn request(endpoint: usize, outcome: usize, took: Duration) {
     let bucket = BOUNDS.iter().position(|(_, b)| ns <= *b).unwrap_or(BOUNDS.len());
     s.latency[endpoint][bucket].fetch_add(1, Relaxed);
     s.latency_ns[endpoint].fetch_add(ns, Relaxed);
-}
-
-/// One decision-cache lookup.
-pub fn cache_lookup(hit: bool) {
-    stripe().cache[usize::from(!hit)].fetch_add(1, Relaxed);
 }
 
 fn total(f: impl Fn(&Stripe) -> &AtomicU64) -> u64 {
@@ -122,15 +115,6 @@ pub fn render(out: &mut String) {
              mqtt_policy_request_duration_seconds_count{{endpoint=\"{endpoint}\"}} {seen}"
         );
     }
-    let _ = writeln!(
-        out,
-        "# HELP mqtt_policy_decision_cache_total ACL decision-cache lookups\n\
-         # TYPE mqtt_policy_decision_cache_total counter\n\
-         mqtt_policy_decision_cache_total{{result=\"hit\"}} {}\n\
-         mqtt_policy_decision_cache_total{{result=\"miss\"}} {}",
-        total(|s| &s.cache[0]),
-        total(|s| &s.cache[1]),
-    );
 }
 
 #[cfg(test)]
@@ -147,9 +131,6 @@ mod tests {
                         request(2, 0, Duration::from_micros(i * 10));
                     }
                     request(0, 2, Duration::from_secs(3));
-                    cache_lookup(true);
-                    cache_lookup(true);
-                    cache_lookup(false);
                 });
             }
         });
@@ -175,7 +156,5 @@ mod tests {
         // 3 s is past every bound: only in +Inf.
         assert_eq!(line(r#"mqtt_policy_request_duration_seconds_bucket{endpoint="user",le="1"}"#), "0");
         assert_eq!(line(r#"mqtt_policy_request_duration_seconds_bucket{endpoint="user",le="+Inf"}"#), "20");
-        assert_eq!(line(r#"mqtt_policy_decision_cache_total{result="hit"}"#), "40");
-        assert_eq!(line(r#"mqtt_policy_decision_cache_total{result="miss"}"#), "20");
     }
 }

@@ -16,6 +16,7 @@ use anyhow::Context;
 use identity::devkey::DEV_ISSUER;
 
 use crate::Failed;
+use crate::logqueue::QueueWriter;
 use crate::ops::{broker_router, ops_router};
 use crate::state::{AppState, ServeConfig, build_state};
 
@@ -40,14 +41,14 @@ async fn shutdown_signal() {
 
 /// Starts the service and serves until a shutdown signal. An error before it serves is the
 /// configuration's (certificates, policy, keys); one after is a [`Failed`] run.
-pub async fn run(cfg: ServeConfig) -> anyhow::Result<()> {
+pub async fn run(cfg: ServeConfig, log: QueueWriter) -> anyhow::Result<()> {
     // Certificates first: a TLS misconfiguration stops start-up before anything listens.
     let certs = match &cfg.tls {
         Some((cert, key)) => Some(crate::tls::Certificates::load(cert, key)?),
         None => None,
     };
     // The state lives as long as the process: the broker-facing listener borrows it for good.
-    let state: &'static Arc<AppState> = Box::leak(Box::new(build_state(&cfg).await?));
+    let state: &'static Arc<AppState> = Box::leak(Box::new(build_state(&cfg, log).await?));
     serve(cfg, state, certs).await.map_err(|e| Failed(e).into())
 }
 
@@ -56,12 +57,12 @@ async fn serve(
     state: &'static Arc<AppState>,
     certs: Option<Arc<crate::tls::Certificates>>,
 ) -> anyhow::Result<()> {
-    if let (Some(url), Some(pull), Some(trust)) = (&cfg.policy_url, &state.pull, &cfg.bundle_trust) {
+    if let (Some(url), Some(pull), Some(trust)) = (&cfg.policy.policy_url, &state.pull, &cfg.bundle_trust) {
         policy_engine::pull::spawn_puller(
-            Arc::clone(&state.live),
+            Arc::clone(state.live()),
             url.clone(),
             cfg.bundle_token.clone(),
-            cfg.policy_poll,
+            Duration::from_secs(cfg.policy.policy_poll),
             trust.clone(),
             Arc::clone(pull),
         )

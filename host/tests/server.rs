@@ -545,7 +545,7 @@ fn contradicting_or_weakening_flags_are_refused_by_name() {
     let file = jwks.to_str().unwrap();
     refused(&["--jwks-file", file, "--jwks-url", "https://idp/jwks"], "cannot be used with");
     refused(&["--dev", "--issuer", "https://idp/realms/celine"], "cannot be used with");
-    refused(&["--jwks-file", file, "--authorized-party", ","], "--authorized-party: \",\" names nothing");
+    refused(&["--jwks-file", file, "--authorized-parties", ","], "--authorized-parties: \",\" names nothing");
     refused(&["--jwks-file", file, "--username-claims", ""], "--username-claims");
     refused(&["--issuer", "http://keycloak.internal/realms/celine"], "plain http://");
 }
@@ -675,7 +675,7 @@ fn hmac_tokens_only_with_an_explicit_development_secret() {
 
 #[test]
 fn authorized_parties_restrict_which_clients_tokens_count() {
-    let s = Server::rsa(&["--authorized-party", "svc-digital-twin,mqtt-dashboard"]);
+    let s = Server::rsa(&["--authorized-parties", "svc-digital-twin,mqtt-dashboard"]);
     let twin = sign("rsa-a.pem", "key-a", &service_claims()); // azp svc-digital-twin
     assert!(bearer_call(&s, "/mqtt/user", &twin, "null").allowed());
     let mut other = service_claims();
@@ -683,6 +683,62 @@ fn authorized_parties_restrict_which_clients_tokens_count() {
     let r = bearer_call(&s, "/mqtt/user", &sign("rsa-a.pem", "key-a", &other), "null");
     assert_eq!(r.status, 403);
     assert!(r.json()["error"].as_str().unwrap().contains("not to an authorized party"), "{}", r.body);
+}
+
+/// The flag's old spelling (`--authorized-party`) still works for a release, and says so.
+#[test]
+fn the_old_spelling_of_a_flag_works_and_warns() {
+    let log = tempfile::NamedTempFile::new().unwrap();
+    let jwks = fixtures().join("jwks-a.json");
+    let s = Server::start_logged(
+        &["--jwks-file", jwks.to_str().unwrap(), "--issuer", ISSUER, "--authorized-party=svc-digital-twin"],
+        log.path(),
+    );
+    let mut other = service_claims();
+    other["azp"] = json!("some-other-app");
+    assert!(!bearer_call(&s, "/mqtt/user", &sign("rsa-a.pem", "key-a", &other), "null").allowed());
+    assert!(bearer_call(&s, "/mqtt/user", &sign("rsa-a.pem", "key-a", &service_claims()), "null").allowed());
+    let text = std::fs::read_to_string(log.path()).unwrap();
+    assert!(text.contains("--authorized-party is now --authorized-parties"), "{text}");
+}
+
+/// Every flag is checked before anything starts: a mistake is reported before a signing key
+/// is fetched, a session store is contacted or a listener is bound.
+#[test]
+fn a_bad_flag_is_reported_before_anything_starts() {
+    let fetches = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    fetches.set_nonblocking(true).unwrap();
+    let keys = format!("http://{}/jwks", fetches.local_addr().unwrap());
+    let short = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(short.path(), "too-short").unwrap();
+    let state = tempfile::tempdir().unwrap();
+    for (args, says) in [
+        (vec!["--admin-token-file", short.path().to_str().unwrap()], "the admin token must be at least 16"),
+        (vec!["--bundle-token-file", short.path().to_str().unwrap()], "the bundle token must be at least 16"),
+        (vec!["--sessions", "not a url"], "--sessions"),
+        (vec!["--policy-url", "https://s/bundle"], "--policy-url needs --bundle-public-key"),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_mqtt-policy"))
+            .args(["serve", "--listen", "127.0.0.1:0", "--ops-listen", "127.0.0.1:0", "--jwks-url", &keys])
+            .arg("--state-dir")
+            .arg(state.path())
+            .args(&args)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains(says), "{args:?}: {err}");
+        assert!(String::from_utf8_lossy(&out.stdout).is_empty(), "{args:?}: it listened");
+        assert!(
+            fetches.accept().is_err(),
+            "{args:?}: the key set was fetched before the mistake was reported"
+        );
+    }
+    assert_eq!(
+        std::fs::read_dir(state.path()).unwrap().count(),
+        0,
+        "nothing was written to the state directory"
+    );
 }
 
 #[test]

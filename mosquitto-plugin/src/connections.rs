@@ -84,16 +84,36 @@ impl DecisionCache {
     }
 }
 
-/// The authorizer's view of a connection's cache: the request's subject, client id and
-/// username are the connection's, and the cache is emptied whenever the connection is mapped
-/// under a new generation ([`Connection::remap`]), so topic and action are the whole key.
-impl authorizer::DecisionCache for DecisionCache {
-    fn get(&mut self, _generation: u64, request: &Request) -> Option<Arc<Decision>> {
-        DecisionCache::get(self, request.action, &request.topic).cloned()
+/// A connection's decisions about one topic, as the authorizer looks them up: found by the
+/// action (the cache is the connection's, and emptied whenever the connection is mapped under
+/// a new generation, [`Connection::remap`]).
+pub struct TopicDecisions<'c, 't> {
+    pub cache: &'c mut DecisionCache,
+    pub topic: &'t str,
+}
+
+impl authorizer::DecisionLookup for TopicDecisions<'_, '_> {
+    type Key = Action;
+    type Entry = Arc<Decision>;
+
+    fn decision(entry: &Arc<Decision>) -> &Decision {
+        entry
     }
 
-    fn put(&mut self, _generation: u64, request: &Request, decision: &Arc<Decision>) {
-        DecisionCache::put(self, request.action, &request.topic, Arc::clone(decision));
+    fn with<R>(&mut self, action: &Action, found: impl FnOnce(&Arc<Decision>) -> R) -> Option<R> {
+        self.cache.get(*action, self.topic).map(found)
+    }
+}
+
+impl authorizer::DecisionCache for TopicDecisions<'_, '_> {
+    fn put(&mut self, action: Action, decision: Decision) -> Arc<Decision> {
+        let d = Arc::new(decision);
+        self.cache.put(action, self.topic, Arc::clone(&d));
+        d
+    }
+
+    fn unremembered(&mut self, decision: Decision) -> Arc<Decision> {
+        Arc::new(decision)
     }
 }
 

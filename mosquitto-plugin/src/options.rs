@@ -238,7 +238,7 @@ impl Options {
         if options.dev && options.state_dir.is_none() {
             return Err("plugin_opt_dev needs plugin_opt_state_dir: where the dev signing key is kept".into());
         }
-        options.keys.validate(options.dev, Spelling::PluginOption).map_err(|e| e.0)?;
+        options.keys.validate(options.dev, false, Spelling::PluginOption).map_err(|e| e.0)?;
         options.policy.validate(Spelling::PluginOption).map_err(|e| e.0)?;
         Ok(options)
     }

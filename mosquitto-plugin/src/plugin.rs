@@ -29,7 +29,9 @@ use policy_engine::{Action, Generation, Live, Reloader, Runtime, Source, Subject
 use crate::background::Background;
 use crate::broker::Broker;
 use crate::client::{Binding, BrokerClient, ClientKey};
-use crate::connections::{Connection, Connections, DecisionCache, Identity, LOG_BURST, LogBudget};
+use crate::connections::{
+    Connection, Connections, DecisionCache, Identity, LOG_BURST, LogBudget, TopicDecisions,
+};
 use crate::logging;
 use crate::options::{CertificateName, Options};
 use crate::stats::{Stats, bump};
@@ -680,9 +682,11 @@ impl Plugin {
         mapped.request.topic.clear();
         mapped.request.topic.push_str(topic);
         mapped.request.action = action;
-        let decided = self.authorizer.check(&generation, &mapped.request, cache);
-        self.audit(log, record.decided(action_name(action), &decided.decision));
-        decided.decision.allow
+        let mut decisions = TopicDecisions { cache, topic };
+        self.authorizer.check(&generation, &mapped.request, action, &mut decisions, |decision, _| {
+            self.audit(log, record.decided(action_name(action), decision));
+            decision.allow
+        })
     }
 
     /// Denies a check before the policy is asked (an identity that cannot be named, an
@@ -737,10 +741,10 @@ impl Plugin {
     }
 
     /// The subject an identity maps to under `generation`.
-    fn subject_of(&self, generation: &Arc<Generation>, identity: &Identity) -> Result<Subject, String> {
+    fn subject_of(&self, generation: &Arc<Generation>, identity: &Identity) -> Result<Arc<Subject>, String> {
         match identity {
             Identity::Token { hash, verified, .. } => {
-                self.authorizer.identities.subject(generation, *hash, verified).map(|s| (*s).clone())
+                self.authorizer.identities.subject(generation, *hash, verified)
             }
             Identity::Certificate { name } => match self.authorizer.certificate_subject(generation, name)? {
                 Some(subject) => Ok(subject),

@@ -1,8 +1,12 @@
-//! `mqtt-policy serve`: flags (each also `MQTT_POLICY_<NAME>`) → `serve::ServeConfig`.
+//! `mqtt-policy serve`: flags (each also `MQTT_POLICY_<NAME>`) → [`ServeConfig`], checked
+//! before anything starts. The keys and policy flags are the authorizer's
+//! ([`KeysConfig`], [`PolicyConfig`]), the ones the broker plugin reads as `plugin_opt_*`.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+
+use authorizer::{KeysConfig, PolicyConfig, Spelling};
 
 use crate::logqueue::LogQueue;
 use crate::respond::ResponseMode;
@@ -19,40 +23,10 @@ pub struct Args {
     /// Address to listen on
     #[arg(long, env = "MQTT_POLICY_LISTEN", default_value = "127.0.0.1:8009")]
     pub listen: SocketAddr,
-    /// Policy document [default: policies/celine.json, else the built-in copy]
-    #[arg(long, env = "MQTT_POLICY_POLICY", value_name = "FILE")]
-    pub policy: Option<PathBuf>,
-    /// Policy module (a WebAssembly component) [default: the built-in one]
-    #[arg(long, env = "MQTT_POLICY_MODULE", value_name = "FILE")]
-    pub module: Option<PathBuf>,
-    /// Token issuer: the expected `iss`, and (without --jwks-*) where keys are discovered
-    /// (<issuer>/.well-known/openid-configuration)
-    #[arg(long, env = "MQTT_POLICY_ISSUER", value_name = "URL")]
-    pub issuer: Option<String>,
-    /// Expected `aud` (not checked when absent)
-    #[arg(long, env = "MQTT_POLICY_AUDIENCE")]
-    pub audience: Option<String>,
-    /// Accept only tokens issued to these clients (their `azp`; comma-separated or repeated)
-    #[arg(
-        long = "authorized-party",
-        env = "MQTT_POLICY_AUTHORIZED_PARTIES",
-        value_delimiter = ',',
-        value_name = "CLIENT"
-    )]
-    pub authorized_parties: Vec<String>,
-    /// Key set URL (JWKS)
-    #[arg(long, env = "MQTT_POLICY_JWKS_URL", value_name = "URL", conflicts_with = "jwks_file")]
-    pub jwks_url: Option<String>,
-    /// Key set file (JWKS), re-read periodically
-    #[arg(long, env = "MQTT_POLICY_JWKS_FILE", value_name = "FILE")]
-    pub jwks_file: Option<PathBuf>,
-    /// Private networks only: fetch key sets and OIDC discovery over plain http:// from hosts
-    /// other than loopback (logged at start; dev mode allows it anyway)
-    #[arg(long, env = "MQTT_POLICY_PRIVATE_NETWORK_HTTP")]
-    pub private_network_http: bool,
-    /// Clock skew allowed on exp and nbf, in seconds
-    #[arg(long, env = "MQTT_POLICY_LEEWAY", default_value_t = 30, value_name = "SECONDS")]
-    pub leeway: u64,
+    #[command(flatten)]
+    pub keys: KeysConfig,
+    #[command(flatten)]
+    pub policy: PolicyConfig,
     /// json: 200/403 with {"ok","error"} (go-auth status and json modes); text: "ok" or the reason
     #[arg(long, env = "MQTT_POLICY_RESPONSE_MODE", value_enum, default_value = "json")]
     pub response_mode: ResponseMode,
@@ -64,10 +38,6 @@ pub struct Args {
     /// [default: $XDG_STATE_HOME/mqtt-policy or ~/.local/state/mqtt-policy]
     #[arg(long, env = "MQTT_POLICY_STATE_DIR", value_name = "DIR")]
     pub state_dir: Option<PathBuf>,
-    /// Policy test cases every new policy or module must pass before it goes live (a file or
-    /// a directory of *.json) [default: policies/tests with the default policy]
-    #[arg(long, env = "MQTT_POLICY_TESTS", value_name = "PATH")]
-    pub tests: Option<PathBuf>,
     /// Turn the admin endpoints (/admin/...) on, with the token in this file (also
     /// MQTT_POLICY_ADMIN_TOKEN)
     #[arg(long, env = "MQTT_POLICY_ADMIN_TOKEN_FILE", value_name = "FILE")]
@@ -82,41 +52,14 @@ pub struct Args {
     /// TLS for --listen: the certificate's PEM private key
     #[arg(long, env = "MQTT_POLICY_TLS_KEY", value_name = "FILE", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
-    /// An unknown key id refreshes the key set at most this often, in seconds
-    #[arg(long, env = "MQTT_POLICY_JWKS_MIN_REFRESH", default_value_t = 10, value_name = "SECONDS")]
-    pub jwks_min_refresh: u64,
-    /// Re-read the key set this often, in seconds: a key withdrawn by the identity provider
-    /// stops being trusted by every replica (and every cached verification or session) within
-    /// this time plus one fetch (at most 10 s)
-    #[arg(long, env = "MQTT_POLICY_JWKS_REFRESH", default_value_t = 300, value_name = "SECONDS",
-          value_parser = clap::value_parser!(u64).range(1..=86_400))]
-    pub jwks_refresh: u64,
     /// Development only: also accept HS256/384/512 tokens signed with the secret in this file
     #[arg(long, env = "MQTT_POLICY_HMAC_SECRET_FILE", value_name = "FILE")]
     pub hmac_secret_file: Option<PathBuf>,
-    /// Claims whose value (besides the subject id) may be a client's MQTT username: the
-    /// http backend binds a session only to a username that names the token's subject
-    /// (comma-separated; `none` for the subject id only)
-    #[arg(
-        long,
-        env = "MQTT_POLICY_USERNAME_CLAIMS",
-        default_value = "preferred_username",
-        value_name = "CLAIMS"
-    )]
-    pub username_claims: String,
     /// Memory all caches, the session table and the queue of log lines may take together, in
     /// MiB: a flood of unique topics or tokens evicts rather than grows the process beyond it
     #[arg(long, env = "MQTT_POLICY_CACHE_MEMORY", default_value_t = 64, value_name = "MIB",
           value_parser = clap::value_parser!(u64).range(1..=65_536))]
     pub cache_memory: u64,
-    /// Pull the policy, the module and their test cases as a bundle from this URL (another
-    /// service's GET /bundle, or a file written by `mqtt-policy bundle` on any web server)
-    #[arg(long, env = "MQTT_POLICY_POLICY_URL", value_name = "URL")]
-    pub policy_url: Option<String>,
-    /// How often to pull --policy-url, in seconds (a conditional request: cheap when unchanged)
-    #[arg(long, env = "MQTT_POLICY_POLICY_POLL", default_value_t = 10, value_name = "SECONDS",
-          value_parser = clap::value_parser!(u64).range(1..=86_400))]
-    pub policy_poll: u64,
     /// Serve GET /bundle on the operations listener to holders of the token in this file, and
     /// send it when pulling --policy-url (also MQTT_POLICY_BUNDLE_TOKEN)
     #[arg(long, env = "MQTT_POLICY_BUNDLE_TOKEN_FILE", value_name = "FILE")]
@@ -125,27 +68,6 @@ pub struct Args {
     /// `openssl genpkey -algorithm ed25519` writes it)
     #[arg(long, env = "MQTT_POLICY_BUNDLE_SIGNING_KEY", value_name = "FILE")]
     pub bundle_signing_key: Option<PathBuf>,
-    /// Take a pulled bundle only when this Ed25519 public key (PEM, as `openssl pkey -pubout`
-    /// writes it) signed it; repeat for a rotation (any of them will do)
-    #[arg(
-        long = "bundle-public-key",
-        env = "MQTT_POLICY_BUNDLE_PUBLIC_KEYS",
-        value_delimiter = ',',
-        value_name = "FILE",
-        conflicts_with = "insecure_unsigned_bundles"
-    )]
-    pub bundle_public_keys: Vec<PathBuf>,
-    /// Take pulled bundles unsigned: whoever can answer for --policy-url then decides the
-    /// policy (logged at start)
-    #[arg(long, env = "MQTT_POLICY_INSECURE_UNSIGNED_BUNDLES")]
-    pub insecure_unsigned_bundles: bool,
-    /// Decide clients known by their TLS certificate as subjects of this type (only device:
-    /// users and services come from tokens): go-auth sends their certificate's name as the
-    /// username (http backend) or the Bearer value (jwt backend), and names in the policy's
-    /// certificates section are taken as such (never as a token holder's username)
-    #[arg(long, env = "MQTT_POLICY_CERTIFICATE_SUBJECT_TYPE", value_name = "TYPE",
-          value_parser = ["device"])]
-    pub certificate_subject_type: Option<String>,
     /// Keep http-backend sessions in Redis (redis://[:password@]host:port[/db]) so that
     /// replicas share them [default: in this process's memory]
     #[arg(long, env = "MQTT_POLICY_SESSIONS", value_name = "URL")]
@@ -193,92 +115,82 @@ fn secret(file: &Option<PathBuf>, env: &str, what: &str) -> anyhow::Result<Optio
     })
 }
 
-/// The pulled bundles `serve` takes, from its flags: refused before anything starts when
-/// `--policy-url` has neither keys nor the explicit opt-out.
-fn bundle_trust(a: &Args) -> anyhow::Result<Option<policy_engine::pull::Trust>> {
-    use policy_engine::pull::Trust;
-    match (&a.policy_url, a.bundle_public_keys.is_empty(), a.insecure_unsigned_bundles) {
-        (None, false, _) => {
-            anyhow::bail!("--bundle-public-key without --policy-url: there is nothing to verify")
-        }
-        (None, true, true) => {
-            anyhow::bail!("--insecure-unsigned-bundles without --policy-url: nothing is pulled")
-        }
-        (None, true, false) => Ok(None),
-        (Some(_), true, false) => anyhow::bail!(
-            "--policy-url needs --bundle-public-key (the operator's Ed25519 public key, PEM): without it, \
-             anyone who can answer for the URL would decide this service's policy. To take unsigned \
-             bundles anyway, give --insecure-unsigned-bundles"
-        ),
-        (Some(_), _, true) => Ok(Some(Trust::InsecureUnsigned)),
-        (Some(_), false, false) => Ok(Some(Trust::Signed(
-            policy_engine::bundle::TrustedKeys::read(&a.bundle_public_keys)
-                .map_err(|e| anyhow::anyhow!("--bundle-public-key: {e}"))?,
-        ))),
+/// A secret that must be long enough to resist guessing.
+fn long_secret(secret: Option<String>, what: &str) -> anyhow::Result<Option<String>> {
+    match secret {
+        Some(t) if t.len() < 16 => anyhow::bail!("{what} must be at least 16 characters"),
+        other => Ok(other),
     }
 }
 
-pub fn run(a: Args) -> anyhow::Result<ExitCode> {
-    let cache_memory = a.cache_memory << 20;
-    let authorized_parties = match a.authorized_parties.is_empty() {
-        true => Vec::new(),
-        false => identity::parse_names(&a.authorized_parties.join(","))
-            .map_err(|e| anyhow::anyhow!("--authorized-party: {e}"))?,
-    };
-    let username_claims = identity::parse_username_claims(&a.username_claims)
-        .map_err(|e| anyhow::anyhow!("--username-claims: {e}"))?;
-    let bundle_trust = bundle_trust(&a)?;
+/// Everything `serve` was given, checked and read before anything starts: no key is fetched,
+/// no listener bound and no log or metrics recorder installed before a mistake is reported.
+fn config(a: Args, deprecations: &[String]) -> anyhow::Result<(ServeConfig, LogFormat)> {
+    let flag = Spelling::Flag;
+    a.keys.validate(a.dev, a.hmac_secret_file.is_some(), flag)?;
+    a.policy.validate(flag)?;
+    if a.policy.policy_url.is_some() && (a.policy.policy.is_some() || a.policy.module.is_some()) {
+        anyhow::bail!("--policy-url brings the policy and the module: do not also name --policy or --module");
+    }
+    let bundle_trust = a.policy.trust(flag)?;
     let bundle_signing_key = a
         .bundle_signing_key
         .as_deref()
         .map(policy_engine::bundle::SigningKey::read)
         .transpose()
         .map_err(|e| anyhow::anyhow!("--bundle-signing-key: {e}"))?;
-    let certificate_subject_type =
-        a.certificate_subject_type.as_deref().and_then(policy_engine::SubjectType::parse);
-    // Held to the end: dropping it writes out what is queued.
-    let log = init_logging(a.log_format, log_budget(cache_memory) as usize)?;
-    let admin_token = secret(&a.admin_token_file, "MQTT_POLICY_ADMIN_TOKEN", "the admin token")?;
-    let bundle_token = secret(&a.bundle_token_file, "MQTT_POLICY_BUNDLE_TOKEN", "the bundle token")?;
+    let hmac_secret = match &a.hmac_secret_file {
+        Some(p) => Some(
+            std::fs::read(p)
+                .map_err(|e| anyhow::anyhow!("--hmac-secret-file {}: {e}", p.display()))?
+                .trim_ascii()
+                .to_vec(),
+        ),
+        None => None,
+    };
+    let admin_token = long_secret(
+        secret(&a.admin_token_file, "MQTT_POLICY_ADMIN_TOKEN", "the admin token")?,
+        "the admin token",
+    )?;
+    let bundle_token = long_secret(
+        secret(&a.bundle_token_file, "MQTT_POLICY_BUNDLE_TOKEN", "the bundle token")?,
+        "the bundle token",
+    )?;
+    let sessions = a.sessions.as_deref().map(crate::sessions::RedisSessions::new).transpose()?;
+    let cache_memory = a.cache_memory << 20;
     let cfg = ServeConfig {
         listen: a.listen,
+        keys: a.keys,
         policy: a.policy,
-        module: a.module,
-        issuer: a.issuer,
-        audience: a.audience,
-        jwks_url: a.jwks_url,
-        jwks_file: a.jwks_file,
-        leeway: std::time::Duration::from_secs(a.leeway),
         response_mode: a.response_mode,
         dev: a.dev,
         state_dir: a.state_dir.unwrap_or_else(identity::devkey::default_state_dir),
-        hmac_secret_file: a.hmac_secret_file,
-        jwks_min_refresh: std::time::Duration::from_secs(a.jwks_min_refresh),
-        jwks_refresh: std::time::Duration::from_secs(a.jwks_refresh),
-        authorized_parties,
-        tests: a.tests,
+        hmac_secret,
         admin_token,
         ops_listen: a.ops_listen,
         tls: a.tls_cert.zip(a.tls_key),
         playground: !a.no_playground,
-        username_claims,
-        private_network_http: a.private_network_http,
         bundle_trust,
         bundle_signing_key,
-        certificate_subject_type,
         cache_memory: cache_memory - log_budget(cache_memory),
-        log: log.writer(),
+        log_budget: log_budget(cache_memory),
         log_json: a.log_format == LogFormat::Json,
-        policy_url: a.policy_url,
-        policy_poll: std::time::Duration::from_secs(a.policy_poll),
         bundle_token,
-        sessions: a.sessions,
+        sessions,
+        deprecations: deprecations.to_vec(),
     };
+    Ok((cfg, a.log_format))
+}
+
+pub fn run(a: Args, deprecations: &[String]) -> anyhow::Result<ExitCode> {
+    let (cfg, log_format) = config(a, deprecations)?;
+    // Held to the end: dropping it writes out what is queued.
+    let log = init_logging(log_format, cfg.log_budget as usize)?;
     // A worker thread out of work hands the audit lines it gathered to the log queue.
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .on_thread_park(crate::logqueue::hand_over_gathered)
         .build()?;
-    rt.block_on(crate::serve::run(cfg))?;
+    rt.block_on(crate::serve::run(cfg, log.writer()))?;
     Ok(ExitCode::SUCCESS)
 }
