@@ -18,8 +18,7 @@ use alloc::format;
 use alloc::string::{String, ToString};
 use alloc::vec::Vec;
 
-use crate::json::{Json, Path, quote};
-use crate::loader::Loader;
+use crate::json::quote;
 use crate::model::{Subject, SubjectType};
 
 /// One certificate name pattern.
@@ -85,76 +84,6 @@ impl Certificates {
             ));
         }
         Ok(Subject { id: name.to_string(), kind, groups, scopes: Vec::new() })
-    }
-}
-
-impl Loader {
-    pub(crate) fn certificates(&mut self, v: &Json, path: &Path) -> Option<Certificates> {
-        let entries = self.list(v, path)?;
-        let before = self.errors.len();
-        let mut out = Vec::with_capacity(entries.len());
-        for (i, e) in entries.iter().enumerate() {
-            let epath = path.index(i);
-            let Some(f) = self.object(e, &epath, &["names", "groups"]) else { continue };
-            let names = match f.get("names") {
-                Some(n) => self.name_patterns(n, &epath.key("names")),
-                None => {
-                    self.error(
-                        &epath,
-                        "missing required field 'names' (a list of certificate name patterns)".into(),
-                    );
-                    None
-                }
-            };
-            let groups = match f.get("groups") {
-                Some(g) => self.strings(g, &epath.key("groups")),
-                None => {
-                    self.error(&epath, "missing required field 'groups' (a list of group names)".into());
-                    None
-                }
-            };
-            if let (Some(names), Some(groups)) = (names, groups) {
-                out.push(CertificateEntry { names, groups });
-            }
-        }
-        (self.errors.len() == before).then_some(Certificates { entries: out })
-    }
-
-    fn name_patterns(&mut self, v: &Json, path: &Path) -> Option<Vec<NamePattern>> {
-        let items = self.list(v, path)?;
-        let before = self.errors.len();
-        let mut out = Vec::with_capacity(items.len());
-        for (i, it) in items.iter().enumerate() {
-            let p = path.index(i);
-            let Some(s) = self.string(it, &p) else { continue };
-            let (stem, prefix) = match s.strip_suffix('*') {
-                Some(stem) => (stem, true),
-                None => (s, false),
-            };
-            if stem.contains('*') {
-                self.error(&p, format!("{}: '*' may only end a certificate name pattern", quote(s)));
-            } else if s.is_empty() {
-                self.error(&p, "a certificate name pattern must not be empty".into());
-            } else {
-                out.push(if prefix {
-                    NamePattern::Prefix(stem.into())
-                } else {
-                    NamePattern::Exact(stem.into())
-                });
-            }
-        }
-        (self.errors.len() == before).then_some(out)
-    }
-
-    fn strings(&mut self, v: &Json, path: &Path) -> Option<Vec<String>> {
-        let items = self.list(v, path)?;
-        let before = self.errors.len();
-        let out: Vec<String> = items
-            .iter()
-            .enumerate()
-            .filter_map(|(i, it)| self.string(it, &path.index(i)).map(str::to_string))
-            .collect();
-        (self.errors.len() == before).then_some(out)
     }
 }
 

@@ -14,7 +14,8 @@ use crate::index::{ANY_TOPIC, Entry};
 use crate::json::quote;
 use crate::model::{Action, Decision, Permission, Subject};
 use crate::pattern::{Bindings, Pattern};
-use crate::policy::{Effect, Policy, Rule, Sel, SubjectMismatch};
+use crate::policy::Policy;
+use crate::rule::{Effect, Rule, Sel, SubjectMismatch};
 use crate::topic::{self, Tok};
 
 /// One authorization question, borrowed. Missing `clientid`/`username` are `""`.

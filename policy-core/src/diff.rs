@@ -51,8 +51,9 @@ use serde::Serialize;
 
 use crate::model::{Action, Decision, Permission, Permissions, Subject, SubjectType};
 use crate::pattern::{Level, Placeholder, substitutable};
-use crate::policy::{Effect, Policy, Roles, Rule, ScopePattern, Sel, Subjects};
+use crate::policy::{Policy, Roles};
 use crate::request::{Ask, EvalRequest};
+use crate::rule::{Effect, Rule, ScopePattern, Sel, Subjects};
 
 /// The most subjects built for one pair of rules.
 pub const MAX_SUBJECTS: usize = 24;

@@ -13,7 +13,8 @@ use serde::Serialize;
 
 use crate::model::{Action, Permission, Subject};
 use crate::pattern::{Level, Placeholder, substitutable};
-use crate::policy::{Effect, Policy, Sel};
+use crate::policy::Policy;
+use crate::rule::{Effect, Sel};
 use crate::topic;
 
 /// A subject's effective permissions.

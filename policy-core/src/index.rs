@@ -18,7 +18,7 @@ use alloc::vec::Vec;
 
 use crate::model::{Action, Subject};
 use crate::pattern::Level;
-use crate::policy::{Effect, Rule, Sel};
+use crate::rule::{Effect, Rule, Sel};
 use crate::topic::{Levels, Tok};
 
 /// A rule and one of its topic patterns (`u32::MAX` for `"topics": "*"`).

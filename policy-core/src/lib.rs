@@ -41,6 +41,7 @@ mod model;
 mod pattern;
 mod policy;
 mod request;
+mod rule;
 mod testcase;
 pub mod topic;
 
@@ -54,8 +55,9 @@ pub use lint::lint;
 pub use loader::closest;
 pub use model::{Action, Decision, Diagnostic, Permission, Permissions, Severity, Subject, SubjectType};
 pub use pattern::{Bindings, Level, Pattern, Placeholder};
-pub use policy::{Effect, Policy, Roles, Rule, ScopePattern, Sel, SubjectMismatch, Subjects};
+pub use policy::{Policy, Roles};
 pub use request::{Ask, EvalRequest, parse_request, parse_request_json, parse_subject};
+pub use rule::{Effect, Rule, ScopePattern, Sel, SubjectMismatch, Subjects};
 pub use testcase::{CaseResult, TestCase, judge, parse_cases, run_case, run_cases, uncovered_rules};
 
 /// The version of this crate, reported by modules and the CLI.

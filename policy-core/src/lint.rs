@@ -10,7 +10,8 @@ use alloc::vec::Vec;
 use crate::json::{Path, quote};
 use crate::model::{Action, Diagnostic, Permission, Severity};
 use crate::pattern::{Level, Placeholder};
-use crate::policy::{Effect, Policy, Roles, Rule, ScopePattern, Sel, Subjects};
+use crate::policy::{Policy, Roles};
+use crate::rule::{Effect, Rule, ScopePattern, Sel, Subjects};
 use crate::topic;
 
 /// Loads and lints a document: the load errors if it does not load, else the warnings.
