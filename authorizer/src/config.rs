@@ -173,10 +173,10 @@ impl KeysConfig {
         http_url(self.jwks_url.as_deref(), &n("jwks_url"))?;
         let plain = self.plain_http(dev);
         if let Some(u) = &self.jwks_url {
-            identity::check_transport(u, plain, &n("jwks_url")).map_err(ConfigError)?;
+            identity::check_transport(u, plain, &n("jwks_url")).map_err(|e| ConfigError(e.0))?;
         }
         if let (Some(iss), None, None) = (&self.issuer, &self.jwks_url, &self.jwks_file) {
-            identity::check_transport(iss, plain, &n("issuer")).map_err(ConfigError)?;
+            identity::check_transport(iss, plain, &n("issuer")).map_err(|e| ConfigError(e.0))?;
         }
         Ok(())
     }
@@ -379,12 +379,13 @@ fn http_url(value: Option<&str>, name: &str) -> Result<(), ConfigError> {
     }
 }
 
-/// `true`/`false`, `yes`/`no`, `on`/`off`.
-pub fn parse_switch(v: &str) -> Result<bool, String> {
+/// `true`/`false`, `yes`/`no`, `on`/`off`. The error does not name the setting: the caller
+/// knows which it read.
+pub fn parse_switch(v: &str) -> Result<bool, ConfigError> {
     match v.trim().to_ascii_lowercase().as_str() {
         "true" | "yes" | "on" => Ok(true),
         "false" | "no" | "off" => Ok(false),
-        _ => Err(format!("expected true or false, got {}", policy_core::quote(v))),
+        _ => Err(ConfigError(format!("expected true or false, got {}", policy_core::quote(v)))),
     }
 }
 

@@ -27,7 +27,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use identity::{Identities, Verified, names_subject};
-use policy_engine::{Action, Decision, Generation, Live, Request, Subject, SubjectType};
+use policy_engine::{Action, Decision, Fault, Generation, Live, Request, Subject, SubjectError, SubjectType};
 
 pub use config::{ConfigError, KeysConfig, PolicyConfig, Spelling};
 pub use metrics::DecisionMetrics;
@@ -125,13 +125,17 @@ impl Authorizer {
         &self,
         generation: &Generation,
         name: &str,
-    ) -> Result<Option<Arc<Subject>>, String> {
+    ) -> Result<Option<Arc<Subject>>, Fault> {
         let Some(kind) = self.certificates else { return Ok(None) };
         let key = (generation.id, Box::<str>::from(name));
         if let Some(known) = self.certificate_names.get(&key) {
             return Ok(known);
         }
-        let named = generation.certificate_subject(name, kind)?.ok().map(Arc::new);
+        let named = match generation.certificate_subject(name, kind) {
+            Ok(subject) => Some(Arc::new(subject)),
+            Err(SubjectError::Refused(_)) => None,
+            Err(SubjectError::Fault(fault)) => return Err(fault),
+        };
         self.certificate_names.insert(key, named.clone());
         Ok(named)
     }
@@ -204,7 +208,7 @@ impl Authorizer {
     ) -> C::Entry {
         let entry = match generation.try_check(request) {
             Ok(d) => cache.put(key, d),
-            Err(fault) => cache.unremembered(Decision { allow: false, rule: None, reason: fault }),
+            Err(fault) => cache.unremembered(Decision { allow: false, rule: None, reason: fault.0 }),
         };
         self.metrics.decided(pending.action, C::decision(&entry).allow, false);
         if let Some(t) = pending.started {

@@ -9,6 +9,21 @@ use std::borrow::Cow;
 
 use http::{HeaderMap, header};
 
+/// A request that is not a well-formed go-auth call: an unsupported content type, a body or
+/// query string that does not parse, a field given twice, an `Authorization` header that is
+/// not `Bearer <token>`. It is the caller's fault, not the token's: answer 400 with the
+/// reason (`Display`), and decide nothing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BadRequest(pub String);
+
+impl std::fmt::Display for BadRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for BadRequest {}
+
 /// The parameters go-auth may send, from wherever they came. Values borrow from the request
 /// where they need no decoding (go-auth's JSON bodies): a request allocates no copy of them.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -35,10 +50,12 @@ impl<'a> Params<'a> {
     }
 
     /// Sets a field; the same field twice with different values is malformed.
-    fn set(&mut self, key: &str, value: Cow<'a, str>) -> Result<(), String> {
+    fn set(&mut self, key: &str, value: Cow<'a, str>) -> Result<(), BadRequest> {
         let Some(slot) = self.slot(key) else { return Ok(()) };
         match slot {
-            Some(old) if *old != value => Err(format!("'{key}' is given twice with different values")),
+            Some(old) if *old != value => {
+                Err(BadRequest(format!("'{key}' is given twice with different values")))
+            }
             _ => {
                 *slot = Some(value);
                 Ok(())
@@ -47,7 +64,7 @@ impl<'a> Params<'a> {
     }
 
     /// Sets the fields of a form body or a query string.
-    fn set_form(&mut self, text: &'a [u8], what: &'a str) -> Result<(), String> {
+    fn set_form(&mut self, text: &'a [u8], what: &'a str) -> Result<(), BadRequest> {
         for pair in form_pairs(text, what) {
             let (k, v) = pair?;
             self.set(&k, v)?;
@@ -156,9 +173,9 @@ impl<'de> serde::Deserialize<'de> for JsonBody<'de> {
 fn form_pairs<'a>(
     text: &'a [u8],
     what: &'a str,
-) -> impl Iterator<Item = Result<(Cow<'a, str>, Cow<'a, str>), String>> {
-    fn decode<'a>(piece: &'a [u8], what: &str) -> Result<Cow<'a, str>, String> {
-        let bad_utf8 = || format!("malformed {what}: a name or value is not UTF-8");
+) -> impl Iterator<Item = Result<(Cow<'a, str>, Cow<'a, str>), BadRequest>> {
+    fn decode<'a>(piece: &'a [u8], what: &str) -> Result<Cow<'a, str>, BadRequest> {
+        let bad_utf8 = || BadRequest(format!("malformed {what}: a name or value is not UTF-8"));
         if !piece.iter().any(|b| matches!(b, b'+' | b'%')) {
             return std::str::from_utf8(piece).map(Cow::Borrowed).map_err(|_| bad_utf8());
         }
@@ -172,7 +189,9 @@ fn form_pairs<'a>(
                     match hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
                         Some(b) => out.push(b),
                         None => {
-                            return Err(format!("malformed {what}: '%' must be followed by two hex digits"));
+                            return Err(BadRequest(format!(
+                                "malformed {what}: '%' must be followed by two hex digits"
+                            )));
                         }
                     }
                     i += 2;
@@ -197,7 +216,7 @@ pub fn parse_params<'a>(
     headers: &HeaderMap,
     query: Option<&'a str>,
     body: &'a [u8],
-) -> Result<Params<'a>, String> {
+) -> Result<Params<'a>, BadRequest> {
     let content_type = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -209,10 +228,10 @@ pub fn parse_params<'a>(
         Some(t) if t.eq_ignore_ascii_case("application/x-www-form-urlencoded") => Some(false),
         None | Some("") => Some(trimmed.first() == Some(&b'{') || trimmed == b"null"),
         Some(other) => {
-            return Err(format!(
+            return Err(BadRequest(format!(
                 "unsupported content type {}: send application/json or application/x-www-form-urlencoded",
                 policy_core::quote(other)
-            ));
+            )));
         }
     };
     let mut p = match is_json {
@@ -221,7 +240,7 @@ pub fn parse_params<'a>(
             let mut de = serde_json::Deserializer::from_slice(trimmed);
             let parsed =
                 serde::Deserialize::deserialize(&mut de).and_then(|JsonBody(p)| de.end().map(|()| p));
-            parsed.map_err(|e| format!("malformed JSON body: {e}"))?
+            parsed.map_err(|e| BadRequest(format!("malformed JSON body: {e}")))?
         }
         Some(false) => {
             let mut p = Params::default();
@@ -240,17 +259,20 @@ pub use identity::{TokenFrom, looks_like_jwt};
 
 /// The token a call carries: the Bearer header, else the password or the username by the
 /// rule every front end follows ([`identity::token_in`]).
-pub fn find_token<'a>(headers: &'a HeaderMap, p: &'a Params) -> Result<Option<(&'a str, TokenFrom)>, String> {
+pub fn find_token<'a>(
+    headers: &'a HeaderMap,
+    p: &'a Params,
+) -> Result<Option<(&'a str, TokenFrom)>, BadRequest> {
     if let Some(h) = headers.get(header::AUTHORIZATION) {
-        let h = h.to_str().map_err(|_| "the Authorization header is not ASCII".to_string())?;
+        let h = h.to_str().map_err(|_| BadRequest("the Authorization header is not ASCII".to_string()))?;
         let Some((scheme, token)) = h.split_once(' ') else {
-            return Err("the Authorization header must be 'Bearer <token>'".into());
+            return Err(BadRequest("the Authorization header must be 'Bearer <token>'".into()));
         };
         if !scheme.eq_ignore_ascii_case("bearer") {
-            return Err(format!(
+            return Err(BadRequest(format!(
                 "unsupported Authorization scheme {}: use Bearer",
                 policy_core::quote(scheme)
-            ));
+            )));
         }
         return Ok(Some((token.trim(), TokenFrom::Bearer)));
     }
@@ -297,19 +319,25 @@ mod tests {
         assert!(
             parse_params(&headers(Some("application/json")), None, b"{")
                 .unwrap_err()
+                .0
                 .starts_with("malformed JSON")
         );
         assert!(
-            parse_params(&headers(Some("application/json")), None, b"[1]").unwrap_err().contains("an object")
+            parse_params(&headers(Some("application/json")), None, b"[1]")
+                .unwrap_err()
+                .0
+                .contains("an object")
         );
         assert!(
             parse_params(&headers(Some("text/xml")), None, b"<a/>")
                 .unwrap_err()
+                .0
                 .contains("unsupported content type")
         );
         assert!(
             parse_params(&headers(Some("application/json")), Some("topic=b"), br#"{"topic":"a"}"#)
                 .unwrap_err()
+                .0
                 .contains("twice")
         );
         assert!(parse_params(&headers(Some("application/json")), None, br#"{"topic":["a"]}"#).is_err());
@@ -333,12 +361,12 @@ mod tests {
 
     #[test]
     fn form_values_are_decoded_strictly() {
-        fn form(q: &str) -> Result<Params<'_>, String> {
+        fn form(q: &str) -> Result<Params<'_>, BadRequest> {
             parse_params(&headers(None), Some(q), b"")
         }
-        assert!(form("topic=%FF").unwrap_err().contains("not UTF-8"));
-        assert!(form("topic=%4").unwrap_err().contains("two hex digits"));
-        assert!(form("topic=%zz").unwrap_err().contains("two hex digits"));
+        assert!(form("topic=%FF").unwrap_err().0.contains("not UTF-8"));
+        assert!(form("topic=%4").unwrap_err().0.contains("two hex digits"));
+        assert!(form("topic=%zz").unwrap_err().0.contains("two hex digits"));
         assert_eq!(form("topic=%E2%82%AC").unwrap().topic.as_deref(), Some("\u{20ac}"));
         assert_eq!(form("topic=&&acc=1").unwrap().acc.as_deref(), Some("1"));
     }

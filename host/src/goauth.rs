@@ -108,14 +108,18 @@ struct Ctx<'a> {
 impl Ctx<'_> {
     async fn verified_token(&self) -> Result<Option<(TokenHash, Arc<Verified>, TokenFrom)>, Outcome> {
         match find_token(self.headers, &self.params) {
-            Err(e) => Err(Outcome::Bad(e)),
+            Err(e) => Err(Outcome::Bad(e.0)),
             Ok(None) => Ok(None),
             Ok(Some((token, from))) => verify(self.state, token).await.map(|(hash, v)| Some((hash, v, from))),
         }
     }
 
     fn subject(&self, hash: TokenHash, v: &Verified) -> Result<Arc<Subject>, Outcome> {
-        self.state.authorizer.identities.subject(&self.generation, hash, v).map_err(Outcome::Deny)
+        self.state
+            .authorizer
+            .identities
+            .subject(&self.generation, hash, v)
+            .map_err(|e| Outcome::Deny(e.into()))
     }
 
     /// The subject of a call for a client known by its certificate: the Bearer value that is
@@ -143,8 +147,11 @@ impl Ctx<'_> {
             }
             None => return Ok(None),
         };
-        let subject =
-            self.state.authorizer.certificate_subject(&self.generation, name).map_err(Outcome::Deny)?;
+        let subject = self
+            .state
+            .authorizer
+            .certificate_subject(&self.generation, name)
+            .map_err(|f| Outcome::Deny(f.0))?;
         if subject.is_some() && from_username && self.state.auth.session_token(name).is_some() {
             return Err(Outcome::Deny(format!(
                 "the username {} is a certificate name and also a token holder's session: refused until \
@@ -342,7 +349,7 @@ async fn acl(ctx: &Ctx<'_>) -> Outcome {
     }
     let auth = &ctx.state.auth;
     let token = match find_token(ctx.headers, p) {
-        Err(e) => return Outcome::Bad(e),
+        Err(e) => return Outcome::Bad(e.0),
         Ok(t) => t.map(|(t, _)| t),
     };
     // The identity: the token's hash, or that of the session of the (proven) username.
@@ -523,7 +530,7 @@ async fn collect(mut body: Incoming) -> Result<Bytes, Outcome> {
 /// [`REQUEST_TIMEOUT`], well beyond go-auth's own 5 s.
 async fn verify(state: &AppState, token: &str) -> Result<(TokenHash, Arc<Verified>), Outcome> {
     match Box::pin(tokio::time::timeout(REQUEST_TIMEOUT, state.authorizer.identities.verify(token))).await {
-        Ok(r) => r.map_err(Outcome::Deny),
+        Ok(r) => r.map_err(|e| Outcome::Deny(e.into())),
         Err(_) => Err(Outcome::Deny(format!(
             "token refused: its signing key could not be fetched within {} s",
             REQUEST_TIMEOUT.as_secs()
@@ -544,7 +551,7 @@ pub async fn handle(
     let outcome = match read_body(&parts.headers, body).await {
         Err(o) => o,
         Ok(b) => match parse_params(&parts.headers, parts.uri.query(), &b) {
-            Err(e) => Outcome::Bad(e),
+            Err(e) => Outcome::Bad(e.0),
             Ok(params) => {
                 let ctx = Ctx { state, generation: state.generation(), headers: &parts.headers, params };
                 match endpoint {

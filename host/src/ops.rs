@@ -28,7 +28,7 @@ async fn readyz(State(st): State<Arc<AppState>>) -> Response {
     body["ready"] = json!(keys.is_ok() && sessions_ok);
     body["keys"] = match &keys {
         Ok(n) => json!({"count": n, "last_error": verifier.last_error()}),
-        Err(e) => json!({"error": e}),
+        Err(e) => json!({"error": e.to_string()}),
     };
     body["uptime_seconds"] = json!(st.started.elapsed().map(|d| d.as_secs()).unwrap_or(0));
     let status = if keys.is_ok() && sessions_ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };

@@ -65,8 +65,7 @@ async fn serve(
             Duration::from_secs(cfg.policy.policy_poll),
             trust.clone(),
             Arc::clone(pull),
-        )
-        .map_err(anyhow::Error::msg)?;
+        )?;
     }
     let sweeper = Arc::clone(state);
     tokio::spawn(async move {

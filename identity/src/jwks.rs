@@ -87,19 +87,35 @@ pub enum PlainHttp {
     Allowed,
 }
 
+/// A configured value this crate cannot work with: a key URL that is no URL or would travel
+/// in the clear, a list of names that names nothing. A caller sees it while reading its
+/// configuration, before anything starts: stop, and tell the operator (the message says
+/// which value and why; the caller adds which setting held it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InvalidSetting(pub String);
+
+impl std::fmt::Display for InvalidSetting {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for InvalidSetting {}
+
 /// Is `url` one the verifier may fetch keys or discovery from? `https://` always; `http://`
 /// from loopback, or anywhere with [`PlainHttp::Allowed`]. `what` names it in the error.
-pub fn check_transport(url: &str, plain: PlainHttp, what: &str) -> Result<(), String> {
-    let parsed = reqwest::Url::parse(url).map_err(|e| format!("{what} {url:?} is not a URL: {e}"))?;
+pub fn check_transport(url: &str, plain: PlainHttp, what: &str) -> Result<(), InvalidSetting> {
+    let parsed =
+        reqwest::Url::parse(url).map_err(|e| InvalidSetting(format!("{what} {url:?} is not a URL: {e}")))?;
     match parsed.scheme() {
         "https" => Ok(()),
         "http" if plain == PlainHttp::Allowed || is_loopback(&parsed) => Ok(()),
-        "http" => Err(format!(
+        "http" => Err(InvalidSetting(format!(
             "{what} {url} is plain http:// to a host that is not loopback: anyone on the path could \
              replace the signing keys. Use https://, or (on a private network only) turn on the \
              private-network opt-in (--private-network-http, plugin_opt_private_network_http true)"
-        )),
-        other => Err(format!("{what} {url}: expected an https:// URL, not {other}://")),
+        ))),
+        other => Err(InvalidSetting(format!("{what} {url}: expected an https:// URL, not {other}://"))),
     }
 }
 
@@ -115,7 +131,7 @@ fn is_loopback(url: &reqwest::Url) -> bool {
 impl VerifierConfig {
     /// The URLs this configuration fetches keys or discovery from, checked against
     /// [`check_transport`].
-    pub fn check_transport(&self) -> Result<(), String> {
+    pub fn check_transport(&self) -> Result<(), InvalidSetting> {
         match &self.source {
             KeySource::Url(u) => check_transport(u, self.plain_http, "the key set URL"),
             KeySource::Discovery(iss) => check_transport(iss, self.plain_http, "the issuer (OIDC discovery)"),
@@ -156,6 +172,32 @@ impl std::fmt::Display for Refused {
         f.write_str(&self.0)
     }
 }
+
+impl std::error::Error for Refused {}
+
+/// Why a verifier has nothing to verify tokens with, so that every token would be refused:
+/// a server is not ready (`/readyz`) until this passes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NotReady {
+    /// No key set was loaded yet: the first fetch has not ended.
+    NotLoaded,
+    /// The key set was loaded and holds no key that can verify a signature.
+    Empty,
+    /// Fetching the key set failed (the error), and no earlier key is held to fall back on.
+    FetchFailed(String),
+}
+
+impl std::fmt::Display for NotReady {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        match self {
+            NotReady::NotLoaded => f.write_str("signing keys not loaded yet"),
+            NotReady::Empty => f.write_str("the key set is empty"),
+            NotReady::FetchFailed(e) => write!(f, "no signing keys: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for NotReady {}
 
 struct KeyState {
     keys: JwkSet,
@@ -238,7 +280,7 @@ fn algorithms_for(jwk: &Jwk) -> Vec<Algorithm> {
 
 impl Verifier {
     pub fn new(config: VerifierConfig) -> anyhow::Result<Verifier> {
-        config.check_transport().map_err(|e| anyhow!(e))?;
+        config.check_transport()?;
         // A redirect is held to the same rule as the URL it came from: an https:// key set
         // that redirects to plain http:// elsewhere is refused, not followed.
         let plain = config.plain_http;
@@ -316,8 +358,7 @@ impl Verifier {
                 let jwks_uri = doc["jwks_uri"]
                     .as_str()
                     .with_context(|| format!("{url}: no jwks_uri in the discovery document"))?;
-                check_transport(jwks_uri, self.config.plain_http, "the discovery document's jwks_uri")
-                    .map_err(|e| anyhow!(e))?;
+                check_transport(jwks_uri, self.config.plain_http, "the discovery document's jwks_uri")?;
                 self.fetch_json(jwks_uri).await?
             }
         };
@@ -431,7 +472,7 @@ impl Verifier {
     }
 
     /// Is there anything to verify tokens with? `Err` says what is wrong (for `/readyz`).
-    pub fn readiness(&self) -> Result<usize, String> {
+    pub fn readiness(&self) -> Result<usize, NotReady> {
         let s = self.state.load();
         let n = s.keys.keys.len() + usize::from(self.config.hmac_secret.is_some());
         if n > 0 {
@@ -439,9 +480,9 @@ impl Verifier {
             return Ok(n);
         }
         Err(match (&s.last_error, s.loaded_at) {
-            (Some(e), _) => format!("no signing keys: {e}"),
-            (None, None) => "signing keys not loaded yet".into(),
-            (None, Some(_)) => "the key set is empty".into(),
+            (Some(e), _) => NotReady::FetchFailed(e.clone()),
+            (None, None) => NotReady::NotLoaded,
+            (None, Some(_)) => NotReady::Empty,
         })
     }
 
@@ -678,12 +719,12 @@ mod tests {
         ] {
             assert!(check_transport(ok, LoopbackOnly, "the key set URL").is_ok(), "{ok}");
         }
-        let e = check_transport("http://keycloak:8080/realms/c", LoopbackOnly, "the issuer").unwrap_err();
+        let e = check_transport("http://keycloak:8080/realms/c", LoopbackOnly, "the issuer").unwrap_err().0;
         assert!(e.starts_with("the issuer http://keycloak:8080/realms/c is plain http://"), "{e}");
         assert!(e.contains("--private-network-http"), "{e}");
         assert!(check_transport("http://keycloak:8080/realms/c", Allowed, "the issuer").is_ok());
         assert!(check_transport("http://127.1.2.3/jwks", LoopbackOnly, "x").is_ok(), "all of 127/8");
-        assert!(check_transport("ftp://idp/jwks", Allowed, "x").unwrap_err().contains("not ftp://"));
-        assert!(check_transport("not a url", Allowed, "x").unwrap_err().contains("is not a URL"));
+        assert!(check_transport("ftp://idp/jwks", Allowed, "x").unwrap_err().0.contains("not ftp://"));
+        assert!(check_transport("not a url", Allowed, "x").unwrap_err().0.contains("is not a URL"));
     }
 }

@@ -27,9 +27,12 @@ pub mod names;
 #[cfg(feature = "engine")]
 pub mod tokens;
 
-pub use jwks::{KeySource, PlainHttp, Refused, Verified, Verifier, VerifierConfig, check_transport, now};
+pub use jwks::{
+    InvalidSetting, KeySource, NotReady, PlainHttp, Refused, Verified, Verifier, VerifierConfig,
+    check_transport, now,
+};
 pub use location::{TokenFrom, looks_like_jwt, token_in};
 #[cfg(feature = "engine")]
 pub use names::{DEFAULT_USERNAME_CLAIMS, names_subject, parse_names, parse_username_claims, subject_names};
 #[cfg(feature = "engine")]
-pub use tokens::{Identities, TokenHash, UntilExp, token_hash};
+pub use tokens::{Identities, TokenError, TokenHash, UntilExp, token_hash};

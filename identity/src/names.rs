@@ -8,6 +8,8 @@
 //! services as `service-account-<client>`; both are unique in a Keycloak realm).
 
 use policy_engine::Subject;
+
+use crate::jwks::InvalidSetting;
 use serde_json::Value;
 
 /// The claims whose values may be used as a subject's username (besides its id).
@@ -16,21 +18,24 @@ pub const DEFAULT_USERNAME_CLAIMS: &[&str] = &["preferred_username"];
 /// A configured comma-separated list of names (claims, client ids), blanks dropped. A list
 /// that names nothing (`""`, `","`) is refused: an option that restricts or widens must not
 /// silently do neither.
-pub fn parse_names(list: &str) -> Result<Vec<String>, String> {
+pub fn parse_names(list: &str) -> Result<Vec<String>, InvalidSetting> {
     let names: Vec<String> =
         list.split(',').map(str::trim).filter(|c| !c.is_empty()).map(str::to_string).collect();
     if names.is_empty() {
-        return Err(format!("{:?} names nothing: give at least one name (comma-separated)", list));
+        return Err(InvalidSetting(format!(
+            "{:?} names nothing: give at least one name (comma-separated)",
+            list
+        )));
     }
     Ok(names)
 }
 
 /// A configured list of claim names: comma-separated, or `none` (the subject id only).
-pub fn parse_username_claims(list: &str) -> Result<Vec<String>, String> {
+pub fn parse_username_claims(list: &str) -> Result<Vec<String>, InvalidSetting> {
     if list.trim() == "none" {
         return Ok(vec![]);
     }
-    parse_names(list).map_err(|e| format!("{e}, or `none` for the subject id only"))
+    parse_names(list).map_err(|e| InvalidSetting(format!("{e}, or `none` for the subject id only")))
 }
 
 /// Does `username` name this subject (its id, or one of `claims_named` in the token)?

@@ -12,10 +12,50 @@ use std::time::{Duration, Instant};
 
 use moka::Expiry;
 use moka::sync::Cache;
-use policy_engine::{Generation, Subject};
+use policy_engine::{Fault, Generation, Subject, SubjectError};
 use sha2::{Digest, Sha256};
 
-use crate::jwks::{Verified, Verifier, now};
+use crate::jwks::{Refused, Verified, Verifier, now};
+
+/// Why a token stands for no subject: the client's CONNECT is refused, or its request denied.
+/// `Display` is the reason to log and answer (`token refused: ...`); it never holds the token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TokenError {
+    /// The verifier refused the token: malformed, not signed by a trusted key, expired, not
+    /// an access token, issued to another audience or party.
+    Refused(Refused),
+    /// The token verified, but the policy module maps its claims to no subject (its reason).
+    NoSubject(String),
+    /// The policy module could not map the claims (a fault). Nothing was remembered: the same
+    /// token may well map on the next try.
+    Fault(Fault),
+}
+
+impl std::fmt::Display for TokenError {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        match self {
+            TokenError::Refused(r) => write!(f, "token refused: {r}"),
+            TokenError::NoSubject(why) => write!(f, "token refused: {why}"),
+            TokenError::Fault(fault) => write!(f, "token refused: {fault}"),
+        }
+    }
+}
+
+impl std::error::Error for TokenError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            TokenError::Refused(r) => Some(r),
+            TokenError::NoSubject(_) => None,
+            TokenError::Fault(fault) => Some(fault),
+        }
+    }
+}
+
+impl From<TokenError> for String {
+    fn from(e: TokenError) -> String {
+        e.to_string()
+    }
+}
 
 pub type TokenHash = [u8; 32];
 
@@ -110,11 +150,11 @@ impl Identities {
 
     /// Verifies a token (or finds it verified), waiting for a key refresh if it names an
     /// unknown key. The error is a reason safe to log and return.
-    pub async fn verify(&self, token: &str) -> Result<(TokenHash, Arc<Verified>), String> {
+    pub async fn verify(&self, token: &str) -> Result<(TokenHash, Arc<Verified>), TokenError> {
         match self.cached(token) {
             (hash, Some(v)) => Ok((hash, v)),
             (hash, None) => {
-                let v = self.verifier.verify(token).await.map_err(|r| format!("token refused: {r}"))?;
+                let v = self.verifier.verify(token).await.map_err(TokenError::Refused)?;
                 Ok(self.remember(hash, v))
             }
         }
@@ -122,11 +162,11 @@ impl Identities {
 
     /// Verifies a token (or finds it verified) with the keys held now, never waiting: the
     /// broker thread's path (see `Verifier::verify_now`).
-    pub fn verify_now(&self, token: &str) -> Result<(TokenHash, Arc<Verified>), String> {
+    pub fn verify_now(&self, token: &str) -> Result<(TokenHash, Arc<Verified>), TokenError> {
         match self.cached(token) {
             (hash, Some(v)) => Ok((hash, v)),
             (hash, None) => {
-                let v = self.verifier.verify_now(token).map_err(|r| format!("token refused: {r}"))?;
+                let v = self.verifier.verify_now(token).map_err(TokenError::Refused)?;
                 Ok(self.remember(hash, v))
             }
         }
@@ -137,22 +177,22 @@ impl Identities {
         v.exp > now() && self.verifier.still_trusts(v)
     }
 
-    /// The subject a verified token maps to under `generation`'s module.
+    /// The subject a verified token maps to under `generation`'s module. Only subjects are
+    /// remembered: a refusal is asked again, and a fault must be.
     pub fn subject(
         &self,
         generation: &Generation,
         hash: TokenHash,
         v: &Verified,
-    ) -> Result<Arc<Subject>, String> {
+    ) -> Result<Arc<Subject>, TokenError> {
         let key = (generation.id, hash);
         if let Some((s, _)) = self.subjects.get(&key) {
             return Ok(s);
         }
-        let s = Arc::new(
-            generation
-                .subject_from_claims(&v.claims.to_string())
-                .map_err(|e| format!("token refused: {e}"))?,
-        );
+        let s = Arc::new(generation.subject_from_claims(&v.claims.to_string()).map_err(|e| match e {
+            SubjectError::Refused(why) => TokenError::NoSubject(why),
+            SubjectError::Fault(fault) => TokenError::Fault(fault),
+        })?);
         if v.exp > now() {
             self.subjects.insert(key, (Arc::clone(&s), v.exp));
         }

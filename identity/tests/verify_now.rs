@@ -49,10 +49,10 @@ async fn known_keys_verify_and_unknown_ones_are_refused_without_waiting() {
     let ids = Identities::new(Arc::clone(&v), 1 << 20);
     let (_, verified) = ids.verify_now(&token(&trusted, 60)).unwrap();
     assert_eq!(verified.claims["sub"], "alice");
-    let refused = ids.verify_now(&token(&stranger, 60)).unwrap_err();
+    let refused = ids.verify_now(&token(&stranger, 60)).unwrap_err().to_string();
     assert!(refused.contains("unknown signing key"), "{refused}");
     assert!(!refused.contains(&token(&stranger, 60)[..20]), "a reason never holds the token");
-    assert!(ids.verify_now("not-a-token").unwrap_err().contains("malformed token"));
+    assert!(ids.verify_now("not-a-token").unwrap_err().to_string().contains("malformed token"));
 }
 
 #[tokio::test]
@@ -64,7 +64,7 @@ async fn an_expired_token_is_refused() {
     let mut spec_claims = alice(0);
     spec_claims["exp"] = serde_json::json!(now() - 60);
     let expired = key.sign(&spec_claims).unwrap();
-    let e = Identities::new(v, 1 << 20).verify_now(&expired).unwrap_err();
+    let e = Identities::new(v, 1 << 20).verify_now(&expired).unwrap_err().to_string();
     assert!(e.contains("expired"), "{e}");
 }
 
@@ -89,21 +89,22 @@ async fn only_access_tokens_and_only_for_authorized_parties() {
         "no typ at all is still accepted"
     );
     for typ in ["ID", "Refresh", "Logout"] {
-        let e = ids.verify_now(&sign(&|c| c["typ"] = serde_json::json!(typ))).unwrap_err();
+        let e = ids.verify_now(&sign(&|c| c["typ"] = serde_json::json!(typ))).unwrap_err().to_string();
         assert!(e.contains("not an access token"), "{typ}: {e}");
     }
     // Authorized parties: the token's azp must be listed.
     let config_key = verifier_for(&key, KeySource::None, vec!["mqtt-dashboard".into()]);
     config_key.refresh().await.unwrap();
     let restricted = Identities::new(config_key, 1 << 20);
-    let e = restricted.verify_now(&sign(&|_| {})).unwrap_err();
+    let e = restricted.verify_now(&sign(&|_| {})).unwrap_err().to_string();
     assert!(e.contains("issued to client \"mqtt-dev\", not to an authorized party (mqtt-dashboard)"), "{e}");
     assert!(restricted.verify_now(&sign(&|c| c["azp"] = serde_json::json!("mqtt-dashboard"))).is_ok());
     let e = restricted
         .verify_now(&sign(&|c| {
             c.as_object_mut().unwrap().remove("azp");
         }))
-        .unwrap_err();
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("no client (no azp)"), "{e}");
 }
 
@@ -138,7 +139,7 @@ async fn a_configured_issuer_or_audience_is_required_not_only_compared() {
     let ids = Identities::new(v, 1 << 20);
     assert!(ids.verify_now(&without("none-of-them")).is_ok(), "iss and aud present and right");
     for claim in ["iss", "aud"] {
-        let e = ids.verify_now(&without(claim)).unwrap_err();
+        let e = ids.verify_now(&without(claim)).unwrap_err().to_string();
         assert!(e.contains(claim), "without {claim}: {e}");
     }
 }

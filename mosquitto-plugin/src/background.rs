@@ -53,7 +53,6 @@ impl Background {
     ) -> anyhow::Result<()> {
         let _in_runtime = self.runtime().enter();
         policy_engine::pull::spawn_puller(Arc::clone(live), url.to_string(), token, every, trust, status)
-            .map_err(anyhow::Error::msg)
     }
 
     /// Periodic key refreshes, and a refresh when a CONNECT names an unknown key id.

@@ -193,7 +193,7 @@ pub unsafe extern "C" fn mosquitto_plugin_init(
         };
         let options = match Options::parse(&pairs) {
             Ok(o) => o,
-            Err(e) => return fail(sys::MOSQ_ERR_INVAL, &e),
+            Err(e) => return fail(sys::MOSQ_ERR_INVAL, &e.0),
         };
         logging::start(Arc::clone(&broker) as Arc<dyn Broker>, options.log_level);
         if options.keys.certificate_subject_type().is_some() && functions.tls.is_none() {

@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use authorizer::config::{DEPRECATED, from_options, option_names, parse_switch};
-use authorizer::{KeysConfig, PolicyConfig, Spelling};
+use authorizer::{ConfigError, KeysConfig, PolicyConfig, Spelling};
 
 /// The options only the plugin has, as written after `plugin_opt_`.
 pub const PLUGIN_ONLY: &[&str] = &[
@@ -99,7 +99,7 @@ impl Options {
     }
 
     /// Reads the options as Mosquitto passes them (name without `plugin_opt_`, value).
-    pub fn parse(pairs: &[(String, String)]) -> Result<Options, String> {
+    pub fn parse(pairs: &[(String, String)]) -> Result<Options, ConfigError> {
         let keys_names = option_names::<KeysConfig>();
         let policy_names = option_names::<PolicyConfig>();
         let repeatable = ["bundle_public_key"];
@@ -134,48 +134,50 @@ impl Options {
                 let hint = policy_core::closest(k, &known)
                     .map(|c| format!("; did you mean plugin_opt_{c}?"))
                     .unwrap_or_default();
-                return Err(format!(
+                return Err(ConfigError(format!(
                     "unknown option plugin_opt_{}{hint} (known: {})",
                     k.escape_debug(),
                     known.join(", ")
-                ));
+                )));
             }
             if seen.contains(&k.as_str()) && !repeatable.contains(&k.as_str()) {
-                return Err(format!("plugin_opt_{k} is given twice"));
+                return Err(ConfigError(format!("plugin_opt_{k} is given twice")));
             }
             seen.push(k);
         }
         let of = |names: &[String]| -> Vec<(String, String)> {
             pairs.iter().filter(|(k, _)| names.contains(k)).cloned().collect()
         };
-        let keys: KeysConfig = from_options(&of(&keys_names)).map_err(|e| e.0)?;
-        let policy: PolicyConfig = from_options(&of(&policy_names)).map_err(|e| e.0)?;
+        let keys: KeysConfig = from_options(&of(&keys_names))?;
+        let policy: PolicyConfig = from_options(&of(&policy_names))?;
         let get = |name: &str| pairs.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str());
-        let flag = |name: &str, default: bool| -> Result<bool, String> {
+        let flag = |name: &str, default: bool| -> Result<bool, ConfigError> {
             get(name)
-                .map(|v| parse_switch(v).map_err(|e| format!("plugin_opt_{name}: {e}")))
+                .map(|v| parse_switch(v).map_err(|e| ConfigError(format!("plugin_opt_{name}: {e}"))))
                 .unwrap_or(Ok(default))
         };
-        let path = |name: &str| -> Result<Option<PathBuf>, String> {
+        let path = |name: &str| -> Result<Option<PathBuf>, ConfigError> {
             match get(name).map(str::trim) {
-                Some("") => Err(format!("plugin_opt_{name}: the value is empty")),
+                Some("") => Err(ConfigError(format!("plugin_opt_{name}: the value is empty"))),
                 v => Ok(v.map(PathBuf::from)),
             }
         };
-        let secs = |name: &str, default: u64, max: u64| -> Result<Duration, String> {
+        let secs = |name: &str, default: u64, max: u64| -> Result<Duration, ConfigError> {
             match get(name).map(|v| (v, v.trim().parse::<u64>())) {
                 None => Ok(Duration::from_secs(default)),
                 Some((_, Ok(n))) if n <= max => Ok(Duration::from_secs(n)),
-                Some((v, _)) => Err(format!(
+                Some((v, _)) => Err(ConfigError(format!(
                     "plugin_opt_{name}: expected a number of seconds from 0 to {max}, got {}",
                     policy_core::quote(v)
-                )),
+                ))),
             }
         };
         if policy.policy.is_none() {
-            return Err("plugin_opt_policy is required: the policy document the broker decides with, e.g. \
-                        plugin_opt_policy /etc/mosquitto/celine.json"
-                .into());
+            return Err(ConfigError(
+                "plugin_opt_policy is required: the policy document the broker decides with, e.g. \
+                 plugin_opt_policy /etc/mosquitto/celine.json"
+                    .into(),
+            ));
         }
         let options = Options {
             dev: flag("dev", false)?,
@@ -185,10 +187,10 @@ impl Options {
             metrics_listen: get("metrics_listen")
                 .map(|v| {
                     v.trim().parse::<SocketAddr>().map_err(|_| {
-                        format!(
+                        ConfigError(format!(
                             "plugin_opt_metrics_listen: expected an address like 127.0.0.1:9883, got {}",
                             policy_core::quote(v)
-                        )
+                        ))
                     })
                 })
                 .transpose()?,
@@ -196,10 +198,10 @@ impl Options {
             decision_cache_size: match get("decision_cache_size") {
                 None => 256,
                 Some(v) => v.trim().parse::<usize>().ok().filter(|n| *n <= 1 << 20).ok_or_else(|| {
-                    format!(
+                    ConfigError(format!(
                         "plugin_opt_decision_cache_size: expected a number of decisions from 0 to 1048576, got {}",
                         policy_core::quote(v)
-                    )
+                    ))
                 })?,
             },
             log_level: match get("log_level").map(|v| v.trim().to_ascii_lowercase()) {
@@ -210,10 +212,10 @@ impl Options {
                     "info" => LogLevel::Info,
                     "debug" => LogLevel::Debug,
                     _ => {
-                        return Err(format!(
+                        return Err(ConfigError(format!(
                             "plugin_opt_log_level: expected error, warn, info or debug, got {}",
                             policy_core::quote(&v)
-                        ));
+                        )));
                     }
                 },
             },
@@ -224,11 +226,11 @@ impl Options {
                 None | Some("common_name") => CertificateName::CommonName,
                 Some("subject") => CertificateName::Subject,
                 Some(other) => {
-                    return Err(format!(
+                    return Err(ConfigError(format!(
                         "plugin_opt_certificate_name: expected common_name (use_identity_as_username) or \
                          subject (use_subject_as_username), got {}",
                         policy_core::quote(other)
-                    ));
+                    )));
                 }
             },
             keys,
@@ -236,10 +238,12 @@ impl Options {
             deprecations,
         };
         if options.dev && options.state_dir.is_none() {
-            return Err("plugin_opt_dev needs plugin_opt_state_dir: where the dev signing key is kept".into());
+            return Err(ConfigError(
+                "plugin_opt_dev needs plugin_opt_state_dir: where the dev signing key is kept".into(),
+            ));
         }
-        options.keys.validate(options.dev, false, Spelling::PluginOption).map_err(|e| e.0)?;
-        options.policy.validate(Spelling::PluginOption).map_err(|e| e.0)?;
+        options.keys.validate(options.dev, false, Spelling::PluginOption)?;
+        options.policy.validate(Spelling::PluginOption)?;
         Ok(options)
     }
 }
@@ -248,10 +252,11 @@ impl Options {
 mod tests {
     use super::*;
 
+    /// The options, or the message of their error.
     fn opts(pairs: &[(&str, &str)]) -> Result<Options, String> {
         let pairs: Vec<(String, String)> =
             pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-        Options::parse(&pairs)
+        Options::parse(&pairs).map_err(|e| e.0)
     }
 
     const BASE: [(&str, &str); 2] = [("policy", "/etc/p.json"), ("jwks_file", "/etc/keys.json")];

@@ -744,7 +744,7 @@ impl Plugin {
     fn subject_of(&self, generation: &Arc<Generation>, identity: &Identity) -> Result<Arc<Subject>, String> {
         match identity {
             Identity::Token { hash, verified, .. } => {
-                self.authorizer.identities.subject(generation, *hash, verified)
+                self.authorizer.identities.subject(generation, *hash, verified).map_err(String::from)
             }
             Identity::Certificate { name } => match self.authorizer.certificate_subject(generation, name)? {
                 Some(subject) => Ok(subject),

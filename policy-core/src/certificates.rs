@@ -18,6 +18,7 @@ use alloc::format;
 use alloc::string::{String, ToString};
 use alloc::vec::Vec;
 
+use crate::invalid::Invalid;
 use crate::json::quote;
 use crate::model::{Subject, SubjectType};
 
@@ -63,9 +64,9 @@ impl Certificates {
     /// `kind` (the front end's configuration): its id is the name, its groups the union of
     /// the groups of every entry that matches the name, in document order; it has no scopes.
     /// `Err` says why there is none.
-    pub fn subject(&self, name: &str, kind: SubjectType) -> Result<Subject, String> {
+    pub fn subject(&self, name: &str, kind: SubjectType) -> Result<Subject, Invalid> {
         if name.is_empty() {
-            return Err("the certificate names no one (its name is empty)".to_string());
+            return Err(Invalid("the certificate names no one (its name is empty)".to_string()));
         }
         let mut groups: Vec<String> = Vec::new();
         let mut matched = false;
@@ -78,10 +79,10 @@ impl Certificates {
             }
         }
         if !matched {
-            return Err(format!(
+            return Err(Invalid(format!(
                 "the certificate name {} is not in the policy's certificates section",
                 quote(name)
-            ));
+            )));
         }
         Ok(Subject { id: name.to_string(), kind, groups, scopes: Vec::new() })
     }
@@ -110,7 +111,7 @@ mod tests {
         assert_eq!(s.groups, ["meters", "devices", "special"]);
         assert!(s.scopes.is_empty());
         assert_eq!(p.certificate_subject("gw", SubjectType::Service).unwrap().groups, ["devices", "special"]);
-        let e = p.certificate_subject("gateway", SubjectType::Device).unwrap_err();
+        let e = p.certificate_subject("gateway", SubjectType::Device).unwrap_err().0;
         assert!(e.contains("'gateway' is not in the policy's certificates section"), "{e}");
         assert!(p.certificate_subject("", SubjectType::Device).is_err());
         assert!(p.certificate_subject("meter", SubjectType::Device).is_err(), "the prefix is 'meter-'");

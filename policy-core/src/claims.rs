@@ -7,6 +7,7 @@
 use alloc::string::{String, ToString};
 use alloc::vec::Vec;
 
+use crate::invalid::Invalid;
 use crate::json::Json;
 use crate::model::{Subject, SubjectType};
 
@@ -24,9 +25,9 @@ fn push_unique(out: &mut Vec<String>, s: &str) {
 }
 
 /// Maps a token's claims (a JSON object) to the subject the policy sees.
-pub fn subject_from_claims(claims: &Json) -> Result<Subject, String> {
+pub fn subject_from_claims(claims: &Json) -> Result<Subject, Invalid> {
     if !matches!(claims, Json::Object(_)) {
-        return Err(alloc::format!("the claims must be a JSON object, found {}", claims.kind()));
+        return Err(Invalid(alloc::format!("the claims must be a JSON object, found {}", claims.kind())));
     }
     let client_id = string_claim(claims, "client_id").or_else(|| string_claim(claims, "clientId"));
     let preferred = string_claim(claims, "preferred_username");
@@ -42,12 +43,12 @@ pub fn subject_from_claims(claims: &Json) -> Result<Subject, String> {
             (SubjectType::User, sub.or(preferred))
         };
     let Some(id) = id else {
-        return Err(String::from(match kind {
+        return Err(Invalid(String::from(match kind {
             SubjectType::Service => {
                 "the token names no service: it has none of client_id, clientId, azp, preferred_username or sub"
             }
             _ => "the token names no user: it has neither sub nor preferred_username",
-        }));
+        })));
     };
 
     let mut groups = Vec::new();
@@ -77,7 +78,7 @@ pub fn subject_from_claims(claims: &Json) -> Result<Subject, String> {
 }
 
 /// [`subject_from_claims`] over JSON text.
-pub fn subject_from_claims_json(text: &str) -> Result<Subject, String> {
+pub fn subject_from_claims_json(text: &str) -> Result<Subject, Invalid> {
     subject_from_claims(&Json::parse(text)?)
 }
 
@@ -86,7 +87,7 @@ mod tests {
     use super::*;
 
     fn map(text: &str) -> Result<Subject, String> {
-        subject_from_claims_json(text)
+        subject_from_claims_json(text).map_err(String::from)
     }
 
     #[test]

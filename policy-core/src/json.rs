@@ -10,6 +10,7 @@ use alloc::string::String;
 use alloc::vec::Vec;
 use core::fmt;
 
+use crate::invalid::Invalid;
 use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
 
 /// A parsed JSON value. Objects keep all entries, duplicates included, in document order.
@@ -25,10 +26,10 @@ pub enum Json {
 
 impl Json {
     /// Parses JSON text. The error says where the text stopped making sense.
-    pub fn parse(text: &str) -> Result<Json, String> {
+    pub fn parse(text: &str) -> Result<Json, Invalid> {
         serde_json::from_str(text).map_err(|e| {
             // serde_json's messages already end in "at line L column C".
-            format!("invalid JSON: {e}")
+            Invalid(format!("invalid JSON: {e}"))
         })
     }
 
@@ -216,7 +217,7 @@ mod tests {
 
     #[test]
     fn syntax_errors_say_where() {
-        let e = Json::parse("{\"a\": [1,}").unwrap_err();
+        let e = Json::parse("{\"a\": [1,}").unwrap_err().0;
         assert!(e.contains("line 1 column"), "{e}");
     }
 

@@ -20,7 +20,7 @@ impl Policy {
     /// Loads a policy document. On failure, returns every error found, each naming its path.
     pub fn load(text: &str) -> Result<Policy, Vec<Diagnostic>> {
         let json = Json::parse(text).map_err(|e| {
-            alloc::vec![Diagnostic { severity: Severity::Error, path: String::new(), message: e }]
+            alloc::vec![Diagnostic { severity: Severity::Error, path: String::new(), message: e.0 }]
         })?;
         Policy::from_json(&json)
     }
@@ -404,76 +404,10 @@ impl Loader {
         self.selector(v, path, |l, s, p| match Pattern::parse(s) {
             Ok(pat) => Some(pat),
             Err(e) => {
-                l.error(p, e);
+                l.error(p, e.0);
                 None
             }
         })
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn errors(doc: &str) -> Vec<String> {
-        Policy::load(doc).unwrap_err().iter().map(|d| alloc::format!("{}: {}", d.path, d.message)).collect()
-    }
-
-    #[test]
-    fn a_typo_names_its_path_and_the_intended_field() {
-        let e = errors(
-            r##"{"celine":{"mqtt":{"acl":{"rules":[{"subject":{"groups":["viewers"]},"topics":["#"],"actions":"*"}]}}}}"##,
-        );
-        assert_eq!(e.len(), 1, "{e:?}");
-        assert!(e[0].starts_with("celine.mqtt.acl.rules[0].subject: unknown field 'subject'"), "{e:?}");
-        assert!(e[0].contains("did you mean 'subjects'?"), "{e:?}");
-    }
-
-    #[test]
-    fn every_error_is_reported_not_just_the_first() {
-        let e = errors(
-            r##"{"celine":{"mqtt":{"acl":{"rules":[
-            {"topics":["a+"],"actions":["write"]},
-            {"topics":["#"],"actions":"*","efect":"deny"}]}}}}"##,
-        );
-        assert_eq!(e.len(), 3, "{e:?}");
-        assert!(e[0].starts_with("celine.mqtt.acl.rules[0].topics[0]: '+' must occupy a whole topic level"));
-        assert!(e[1].starts_with("celine.mqtt.acl.rules[0].actions[0]: unknown action 'write'"));
-        assert!(e[2].starts_with("celine.mqtt.acl.rules[1].efect: unknown field"));
-    }
-
-    #[test]
-    fn duplicate_keys_and_ids_are_refused() {
-        let e = errors(
-            r##"{"celine":{"mqtt":{"acl":{"rules":[
-            {"id":"a","topics":["#"],"actions":"*","effect":"deny","effect":"allow"},
-            {"id":"a","topics":["#"],"actions":"*"}]}}}}"##,
-        );
-        assert!(e.iter().any(|m| m.starts_with("celine.mqtt.acl.rules[0].effect: duplicate key")), "{e:?}");
-        assert!(e.iter().any(|m| m.starts_with("celine.mqtt.acl.rules[1].id: duplicate id 'a'")), "{e:?}");
-    }
-
-    #[test]
-    fn wrong_types_say_what_was_expected() {
-        let e = errors(r#"{"celine":{"mqtt":{"acl":{"rules":{}}}}}"#);
-        assert_eq!(e, ["celine.mqtt.acl.rules: expected a list, found an object"]);
-        let e = errors(r##"{"celine":{"mqtt":{"acl":{"rules":[{"topics":"#","actions":"*"}]}}}}"##);
-        assert!(e[0].contains("write [\"#\"]"), "{e:?}");
-        let e = errors(
-            r#"{"celine":{"mqtt":{"acl":{"rules":[]}},"roles":{"group_permissions":{"my group":["write"]}}}}"#,
-        );
-        assert_eq!(
-            e,
-            [
-                "celine.roles.group_permissions[\"my group\"][0]: unknown permission 'write' (expected 'subscribe', 'read', 'publish' or 'superuser')"
-            ]
-        );
-    }
-
-    #[test]
-    fn star_is_special_only_as_the_whole_value() {
-        let p = Policy::load(r##"{"celine":{"mqtt":{"acl":{"rules":[{"subjects":{"groups":["*"]},"topics":["#"],"actions":"*"}]}}}}"##).unwrap();
-        assert_eq!(p.rules()[0].subjects.groups, Some(Sel::List(alloc::vec!["*".to_string()])));
     }
 }
 
@@ -545,5 +479,71 @@ impl Loader {
             .filter_map(|(i, it)| self.string(it, &path.index(i)).map(str::to_string))
             .collect();
         (self.errors.len() == before).then_some(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn errors(doc: &str) -> Vec<String> {
+        Policy::load(doc).unwrap_err().iter().map(|d| alloc::format!("{}: {}", d.path, d.message)).collect()
+    }
+
+    #[test]
+    fn a_typo_names_its_path_and_the_intended_field() {
+        let e = errors(
+            r##"{"celine":{"mqtt":{"acl":{"rules":[{"subject":{"groups":["viewers"]},"topics":["#"],"actions":"*"}]}}}}"##,
+        );
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert!(e[0].starts_with("celine.mqtt.acl.rules[0].subject: unknown field 'subject'"), "{e:?}");
+        assert!(e[0].contains("did you mean 'subjects'?"), "{e:?}");
+    }
+
+    #[test]
+    fn every_error_is_reported_not_just_the_first() {
+        let e = errors(
+            r##"{"celine":{"mqtt":{"acl":{"rules":[
+            {"topics":["a+"],"actions":["write"]},
+            {"topics":["#"],"actions":"*","efect":"deny"}]}}}}"##,
+        );
+        assert_eq!(e.len(), 3, "{e:?}");
+        assert!(e[0].starts_with("celine.mqtt.acl.rules[0].topics[0]: '+' must occupy a whole topic level"));
+        assert!(e[1].starts_with("celine.mqtt.acl.rules[0].actions[0]: unknown action 'write'"));
+        assert!(e[2].starts_with("celine.mqtt.acl.rules[1].efect: unknown field"));
+    }
+
+    #[test]
+    fn duplicate_keys_and_ids_are_refused() {
+        let e = errors(
+            r##"{"celine":{"mqtt":{"acl":{"rules":[
+            {"id":"a","topics":["#"],"actions":"*","effect":"deny","effect":"allow"},
+            {"id":"a","topics":["#"],"actions":"*"}]}}}}"##,
+        );
+        assert!(e.iter().any(|m| m.starts_with("celine.mqtt.acl.rules[0].effect: duplicate key")), "{e:?}");
+        assert!(e.iter().any(|m| m.starts_with("celine.mqtt.acl.rules[1].id: duplicate id 'a'")), "{e:?}");
+    }
+
+    #[test]
+    fn wrong_types_say_what_was_expected() {
+        let e = errors(r#"{"celine":{"mqtt":{"acl":{"rules":{}}}}}"#);
+        assert_eq!(e, ["celine.mqtt.acl.rules: expected a list, found an object"]);
+        let e = errors(r##"{"celine":{"mqtt":{"acl":{"rules":[{"topics":"#","actions":"*"}]}}}}"##);
+        assert!(e[0].contains("write [\"#\"]"), "{e:?}");
+        let e = errors(
+            r#"{"celine":{"mqtt":{"acl":{"rules":[]}},"roles":{"group_permissions":{"my group":["write"]}}}}"#,
+        );
+        assert_eq!(
+            e,
+            [
+                "celine.roles.group_permissions[\"my group\"][0]: unknown permission 'write' (expected 'subscribe', 'read', 'publish' or 'superuser')"
+            ]
+        );
+    }
+
+    #[test]
+    fn star_is_special_only_as_the_whole_value() {
+        let p = Policy::load(r##"{"celine":{"mqtt":{"acl":{"rules":[{"subjects":{"groups":["*"]},"topics":["#"],"actions":"*"}]}}}}"##).unwrap();
+        assert_eq!(p.rules()[0].subjects.groups, Some(Sel::List(alloc::vec!["*".to_string()])));
     }
 }

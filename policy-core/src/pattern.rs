@@ -5,6 +5,7 @@ use alloc::format;
 use alloc::string::{String, ToString};
 use alloc::vec::Vec;
 
+use crate::invalid::Invalid;
 use crate::json::quote;
 use crate::topic::{self, Levels, Tok, TopicError};
 
@@ -82,15 +83,15 @@ fn unsubstitutable_reason(value: &str) -> Option<&'static str> {
 
 impl Pattern {
     /// Parses a rule's topic pattern. The error is the reason, without the JSON path.
-    pub fn parse(text: &str) -> Result<Pattern, String> {
+    pub fn parse(text: &str) -> Result<Pattern, Invalid> {
         if text.is_empty() {
-            return Err("a topic pattern must not be empty".to_string());
+            return Err(Invalid("a topic pattern must not be empty".to_string()));
         }
         if text.len() > topic::MAX_TOPIC_BYTES {
-            return Err(TopicError::TooLong(text.len()).to_string());
+            return Err(Invalid(TopicError::TooLong(text.len()).to_string()));
         }
         if text.contains('\0') {
-            return Err(TopicError::Nul.to_string());
+            return Err(Invalid(TopicError::Nul.to_string()));
         }
         let mut levels = Vec::new();
         let mut placeholder_free = String::with_capacity(text.len());
@@ -105,13 +106,16 @@ impl Pattern {
                 "${clientid}" => Level::Var(Placeholder::ClientId),
                 "${subject.id}" => Level::Var(Placeholder::SubjectId),
                 l if l.starts_with("${") && l.ends_with('}') => {
-                    return Err(format!(
+                    return Err(Invalid(format!(
                         "unknown placeholder {}: use ${{username}}, ${{clientid}} or ${{subject.id}}",
                         quote(l)
-                    ));
+                    )));
                 }
                 l if l.contains("${") => {
-                    return Err(format!("a placeholder must occupy a whole topic level, found {}", quote(l)));
+                    return Err(Invalid(format!(
+                        "a placeholder must occupy a whole topic level, found {}",
+                        quote(l)
+                    )));
                 }
                 l => Level::Lit(l.to_string()),
             };
@@ -121,7 +125,7 @@ impl Pattern {
             });
             levels.push(parsed);
         }
-        topic::validate_filter_levels(&placeholder_free).map_err(|e| e.to_string())?;
+        topic::validate_filter_levels(&placeholder_free).map_err(|e| Invalid(e.to_string()))?;
         Ok(Pattern { text: text.to_string(), levels })
     }
 
@@ -215,10 +219,10 @@ mod tests {
     #[test]
     fn placeholders_must_be_whole_known_levels() {
         assert!(Pattern::parse("a/${username}/#").is_ok());
-        assert!(Pattern::parse("a${username}").unwrap_err().contains("whole topic level"));
-        assert!(Pattern::parse("${nosuch}/a").unwrap_err().contains("unknown placeholder"));
-        assert!(Pattern::parse("${username").unwrap_err().contains("whole topic level"));
-        assert!(Pattern::parse("a/#/${clientid}").unwrap_err().contains("last"));
+        assert!(Pattern::parse("a${username}").unwrap_err().0.contains("whole topic level"));
+        assert!(Pattern::parse("${nosuch}/a").unwrap_err().0.contains("unknown placeholder"));
+        assert!(Pattern::parse("${username").unwrap_err().0.contains("whole topic level"));
+        assert!(Pattern::parse("a/#/${clientid}").unwrap_err().0.contains("last"));
         assert!(Pattern::parse("").is_err());
     }
 

@@ -7,6 +7,7 @@ use alloc::vec::Vec;
 
 use crate::certificates::Certificates;
 use crate::index::Index;
+use crate::invalid::Invalid;
 use crate::model::{Permission, Permissions, Subject, SubjectType};
 use crate::rule::Rule;
 
@@ -73,13 +74,13 @@ impl Policy {
 
     /// The subject of a client known by its certificate name (semantics.md §4b), as a
     /// subject of type `kind`; `Err` says why the name is no client of this policy.
-    pub fn certificate_subject(&self, name: &str, kind: SubjectType) -> Result<Subject, String> {
+    pub fn certificate_subject(&self, name: &str, kind: SubjectType) -> Result<Subject, Invalid> {
         match &self.certificates {
             Some(c) => c.subject(name, kind),
-            None => Err(format!(
+            None => Err(Invalid(format!(
                 "the policy has no certificates section, so the certificate name {} is no client of it",
                 crate::json::quote(name)
-            )),
+            ))),
         }
     }
 

@@ -13,6 +13,7 @@ use serde::Serialize;
 
 use crate::claims::subject_from_claims;
 use crate::decide::Query;
+use crate::invalid::Invalid;
 use crate::json::{Json, Path, quote};
 use crate::loader::{Loader, one_of};
 use crate::model::{Action, Decision, Subject, SubjectType};
@@ -127,27 +128,27 @@ fn joined(errors: Vec<crate::model::Diagnostic>) -> String {
 }
 
 /// Parses one request object (an `eval` line). The error says which field is wrong.
-pub fn parse_request(v: &Json) -> Result<EvalRequest, String> {
+pub fn parse_request(v: &Json) -> Result<EvalRequest, Invalid> {
     let mut l = Loader::default();
     let r = read_request(&mut l, v, &Path::root(), &[]);
     match r {
         Some(r) if l.errors.is_empty() => Ok(r),
-        _ => Err(joined(l.errors)),
+        _ => Err(Invalid(joined(l.errors))),
     }
 }
 
 /// [`parse_request`] over JSON text.
-pub fn parse_request_json(text: &str) -> Result<EvalRequest, String> {
+pub fn parse_request_json(text: &str) -> Result<EvalRequest, Invalid> {
     parse_request(&Json::parse(text)?)
 }
 
 /// Parses a subject object `{"id", "type", "groups"?, "scopes"?}`.
-pub fn parse_subject(v: &Json) -> Result<Subject, String> {
+pub fn parse_subject(v: &Json) -> Result<Subject, Invalid> {
     let mut l = Loader::default();
     let s = read_subject(&mut l, v, &Path::root());
     match s {
         Some(s) if l.errors.is_empty() => Ok(s),
-        _ => Err(joined(l.errors)),
+        _ => Err(Invalid(joined(l.errors))),
     }
 }
 
@@ -162,7 +163,7 @@ pub(crate) fn read_request(l: &mut Loader, v: &Json, path: &Path, extra: &[&str]
         (None, Some(c)) => match subject_from_claims(c) {
             Ok(s) => Some(s),
             Err(e) => {
-                l.error(&path.key("claims"), e);
+                l.error(&path.key("claims"), e.0);
                 None
             }
         },
@@ -274,13 +275,15 @@ mod tests {
     #[test]
     fn bad_requests_say_which_field() {
         let e = parse_request_json(r#"{"subject":{"id":"u1","type":"users"},"action":"write","topic":1}"#)
-            .unwrap_err();
+            .unwrap_err()
+            .0;
         assert!(e.contains("subject.type: unknown subject type 'users'"), "{e}");
         assert!(e.contains("action: unknown action 'write'"), "{e}");
         assert!(e.contains("topic: expected a string, found a number"), "{e}");
         let e = parse_request_json(r#"{"subject":{"id":"u1","type":"user"},"action":"read","topik":"a"}"#)
-            .unwrap_err();
+            .unwrap_err()
+            .0;
         assert!(e.contains("did you mean 'topic'"), "{e}");
-        assert!(parse_request_json("not json").unwrap_err().starts_with("invalid JSON"));
+        assert!(parse_request_json("not json").unwrap_err().0.starts_with("invalid JSON"));
     }
 }

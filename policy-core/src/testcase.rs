@@ -44,7 +44,7 @@ pub struct CaseResult {
 /// Parses a test-case file. Errors name the JSON path (`cases[2].subject.type`).
 pub fn parse_cases(text: &str) -> Result<Vec<TestCase>, Vec<Diagnostic>> {
     let doc = Json::parse(text).map_err(|e| {
-        alloc::vec![Diagnostic { severity: crate::model::Severity::Error, path: String::new(), message: e }]
+        alloc::vec![Diagnostic { severity: crate::model::Severity::Error, path: String::new(), message: e.0 }]
     })?;
     let mut l = Loader::default();
     let root = Path::root();

@@ -34,6 +34,35 @@ use serde::{Deserialize, Serialize};
 
 use crate::hash_of;
 
+/// Why a bundle could not be read, trusted or made, or a key for bundles read. `Display` is
+/// the reason.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BundleError {
+    /// A file could not be read (a key file, a test-case file or directory): its contents
+    /// were never looked at, and may be fine once it can be.
+    Unreadable(String),
+    /// Read, but not what it must be: not a bundle, an unknown format, a part that does not
+    /// match its SHA-256, a key that is not an Ed25519 key in PEM, test cases that are not a
+    /// `{"cases": [...]}` document. The same bytes are refused again.
+    Malformed(String),
+    /// A well-formed bundle a puller must not take, whatever the transport: unsigned, signed
+    /// with another algorithm or by a key it does not trust, or issued before the newest one
+    /// it took (an old bundle replayed).
+    Untrusted(String),
+}
+
+impl std::fmt::Display for BundleError {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        match self {
+            BundleError::Unreadable(why) | BundleError::Malformed(why) | BundleError::Untrusted(why) => {
+                f.write_str(why)
+            }
+        }
+    }
+}
+
+impl std::error::Error for BundleError {}
+
 /// The only signature algorithm bundles use.
 pub const SIGNATURE_ALGORITHM: &str = "ed25519";
 
@@ -107,16 +136,18 @@ pub struct SigningKey(ed25519_dalek::SigningKey);
 
 impl SigningKey {
     /// Reads a PKCS#8 PEM Ed25519 private key (`openssl genpkey -algorithm ed25519`).
-    pub fn from_pem(pem: &str) -> Result<SigningKey, String> {
+    pub fn from_pem(pem: &str) -> Result<SigningKey, BundleError> {
         ed25519_dalek::SigningKey::from_pkcs8_pem(pem.trim()).map(SigningKey).map_err(|e| {
-            format!("not an Ed25519 private key in PKCS#8 PEM (as `openssl genpkey -algorithm ed25519` writes): {e}")
+            BundleError::Malformed(format!(
+                "not an Ed25519 private key in PKCS#8 PEM (as `openssl genpkey -algorithm ed25519` writes): {e}"
+            ))
         })
     }
 
-    pub fn read(path: &Path) -> Result<SigningKey, String> {
-        let text =
-            std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-        SigningKey::from_pem(&text).map_err(|e| format!("{}: {e}", path.display()))
+    pub fn read(path: &Path) -> Result<SigningKey, BundleError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| BundleError::Unreadable(format!("cannot read {}: {e}", path.display())))?;
+        SigningKey::from_pem(&text).map_err(|e| BundleError::Malformed(format!("{}: {e}", path.display())))
     }
 
     pub fn key_id(&self) -> String {
@@ -136,19 +167,24 @@ impl std::fmt::Debug for TrustedKeys {
 
 impl TrustedKeys {
     /// Reads SPKI PEM Ed25519 public keys (`openssl pkey -pubout`), one per file.
-    pub fn read(paths: &[std::path::PathBuf]) -> Result<TrustedKeys, String> {
+    pub fn read(paths: &[std::path::PathBuf]) -> Result<TrustedKeys, BundleError> {
         let mut keys = Vec::with_capacity(paths.len());
         for p in paths {
-            let text = std::fs::read_to_string(p).map_err(|e| format!("cannot read {}: {e}", p.display()))?;
-            let key = TrustedKeys::parse(&text).map_err(|e| format!("{}: {e}", p.display()))?;
+            let text = std::fs::read_to_string(p)
+                .map_err(|e| BundleError::Unreadable(format!("cannot read {}: {e}", p.display())))?;
+            let key = TrustedKeys::parse(&text)
+                .map_err(|e| BundleError::Malformed(format!("{}: {e}", p.display())))?;
             keys.push((key_id(&key), key));
         }
         Ok(TrustedKeys(keys))
     }
 
-    fn parse(pem: &str) -> Result<ed25519_dalek::VerifyingKey, String> {
-        ed25519_dalek::VerifyingKey::from_public_key_pem(pem.trim())
-            .map_err(|e| format!("not an Ed25519 public key in PEM (as `openssl pkey -pubout` writes): {e}"))
+    fn parse(pem: &str) -> Result<ed25519_dalek::VerifyingKey, BundleError> {
+        ed25519_dalek::VerifyingKey::from_public_key_pem(pem.trim()).map_err(|e| {
+            BundleError::Malformed(format!(
+                "not an Ed25519 public key in PEM (as `openssl pkey -pubout` writes): {e}"
+            ))
+        })
     }
 
     pub fn is_empty(&self) -> bool {
@@ -160,37 +196,39 @@ impl TrustedKeys {
         self.0.iter().map(|(id, _)| id.clone()).collect()
     }
 
-    /// Checks that one of these keys signed the bundle; returns its id, or why not.
-    pub fn verify(&self, contents: &Contents) -> Result<String, String> {
+    /// Checks that one of these keys signed the bundle; returns its id, or why not (always
+    /// [`BundleError::Untrusted`]: a signature that cannot be read vouches for nothing).
+    pub fn verify(&self, contents: &Contents) -> Result<String, BundleError> {
+        let untrusted = |why: String| BundleError::Untrusted(why);
         let Some(sig) = &contents.signature else {
-            return Err(
+            return Err(untrusted(
                 "the bundle is not signed (sign it with `mqtt-policy bundle --sign`, or serve it with \
                         `serve --bundle-signing-key`)"
                     .into(),
-            );
+            ));
         };
         if sig.algorithm != SIGNATURE_ALGORITHM {
-            return Err(format!(
+            return Err(untrusted(format!(
                 "the bundle's signature uses {:?}, not {SIGNATURE_ALGORITHM}",
                 sig.algorithm
-            ));
+            )));
         }
         let bytes = base64::engine::general_purpose::STANDARD
             .decode(sig.value.as_bytes())
-            .map_err(|_| "the bundle's signature is not base64".to_string())?;
+            .map_err(|_| untrusted("the bundle's signature is not base64".to_string()))?;
         let signature = ed25519_dalek::Signature::from_slice(&bytes)
-            .map_err(|_| "the bundle's signature is not an Ed25519 signature".to_string())?;
+            .map_err(|_| untrusted("the bundle's signature is not an Ed25519 signature".to_string()))?;
         let message = contents.signed_statement();
         for (id, key) in &self.0 {
             if key.verify_strict(message.as_bytes(), &signature).is_ok() {
                 return Ok(id.clone());
             }
         }
-        Err(format!(
+        Err(untrusted(format!(
             "the bundle's signature (key {}) is not by a trusted key (trusted: {})",
             policy_core::quote(&sig.key_id),
             self.ids().join(", ")
-        ))
+        )))
     }
 }
 
@@ -236,16 +274,24 @@ impl Bundle {
     }
 
     /// Reads a bundle and checks its format and hashes.
-    pub fn read(bytes: &[u8]) -> Result<Contents, String> {
-        let b: Bundle = serde_json::from_slice(bytes).map_err(|e| format!("not a bundle: {e}"))?;
+    pub fn read(bytes: &[u8]) -> Result<Contents, BundleError> {
+        let malformed = |why: String| BundleError::Malformed(why);
+        let b: Bundle = serde_json::from_slice(bytes).map_err(|e| malformed(format!("not a bundle: {e}")))?;
         if b.format != FORMAT {
-            return Err(format!("unknown bundle format {:?} (this service reads {FORMAT})", b.format));
+            return Err(malformed(format!(
+                "unknown bundle format {:?} (this service reads {FORMAT})",
+                b.format
+            )));
         }
         let module = base64::engine::general_purpose::STANDARD
             .decode(b.module.as_bytes())
-            .map_err(|e| format!("the bundle's module is not base64: {e}"))?;
+            .map_err(|e| malformed(format!("the bundle's module is not base64: {e}")))?;
         let check = |what: &str, got: String, want: &str| {
-            if got == want { Ok(()) } else { Err(format!("the bundle's {what} does not match its SHA-256")) }
+            if got == want {
+                Ok(())
+            } else {
+                Err(malformed(format!("the bundle's {what} does not match its SHA-256")))
+            }
         };
         check("policy", hash_of(b.policy.as_bytes()), &b.policy_sha256)?;
         check("module", hash_of(&module), &b.module_sha256)?;
@@ -256,7 +302,7 @@ impl Bundle {
                 check("test cases", hash_of(text.as_bytes()), h)?;
                 Some(text)
             }
-            _ => return Err("the bundle's tests and tests_sha256 must be given together".into()),
+            _ => return Err(malformed("the bundle's tests and tests_sha256 must be given together".into())),
         };
         let etag = b.etag();
         let hashes = [b.policy_sha256, b.module_sha256, b.tests_sha256.unwrap_or_default()];
@@ -290,16 +336,16 @@ impl Contents {
 
 /// The test cases under `path` (a file or a directory of `*.json`) as one `policies/tests`
 /// document, for a bundle.
-pub fn gather_cases(path: &Path) -> Result<serde_json::Value, String> {
+pub fn gather_cases(path: &Path) -> Result<serde_json::Value, BundleError> {
     let mut cases = Vec::new();
-    for file in crate::cases::case_files(path)? {
-        let text =
-            std::fs::read_to_string(&file).map_err(|e| format!("cannot read {}: {e}", file.display()))?;
-        let doc: serde_json::Value =
-            serde_json::from_str(&text).map_err(|e| format!("{} is not JSON: {e}", file.display()))?;
+    for file in crate::cases::case_files(path).map_err(BundleError::Unreadable)? {
+        let text = std::fs::read_to_string(&file)
+            .map_err(|e| BundleError::Unreadable(format!("cannot read {}: {e}", file.display())))?;
+        let doc: serde_json::Value = serde_json::from_str(&text)
+            .map_err(|e| BundleError::Malformed(format!("{} is not JSON: {e}", file.display())))?;
         match doc.get("cases").and_then(|c| c.as_array()) {
             Some(list) => cases.extend(list.iter().cloned()),
-            None => return Err(format!("{} has no \"cases\" list", file.display())),
+            None => return Err(BundleError::Malformed(format!("{} has no \"cases\" list", file.display()))),
         }
     }
     Ok(serde_json::json!({ "cases": cases }))
@@ -332,17 +378,17 @@ mod tests {
         // Rotation: either of two trusted keys will do.
         assert!(trusted(&[OTHER_PUBLIC, OPENSSL_PUBLIC]).verify(&contents).is_ok());
         let e = trusted(&[OTHER_PUBLIC]).verify(&contents).unwrap_err();
-        assert!(e.contains("not by a trusted key"), "{e}");
+        assert!(matches!(&e, BundleError::Untrusted(why) if why.contains("not by a trusted key")), "{e}");
         let unsigned =
             Bundle::read(serde_json::to_string(&Bundle::new("{}", b"\0asm", None)).unwrap().as_bytes());
-        assert!(ours.verify(&unsigned.unwrap()).unwrap_err().contains("not signed"));
+        assert!(ours.verify(&unsigned.unwrap()).unwrap_err().to_string().contains("not signed"));
         // The signature covers the hashes, which cover the parts: a changed policy with its
         // hash recomputed keeps a signature that no longer matches.
         let mut forged: Bundle = serde_json::from_str(&text).unwrap();
         forged.policy = "{ }".into();
         forged.policy_sha256 = crate::hash_of(b"{ }");
         let forged = Bundle::read(serde_json::to_string(&forged).unwrap().as_bytes()).unwrap();
-        assert!(ours.verify(&forged).unwrap_err().contains("not by a trusted key"));
+        assert!(ours.verify(&forged).unwrap_err().to_string().contains("not by a trusted key"));
         // So does a signature moved to another issue time.
         let mut backdated: Bundle = serde_json::from_str(&text).unwrap();
         backdated.issued_at = Some(1_800_000_000);
@@ -360,7 +406,8 @@ mod tests {
         let c = Bundle::read(text.as_bytes()).unwrap();
         assert_eq!((c.policy.as_str(), c.module.as_slice(), c.etag), ("{}", &b"\0asm"[..], b.etag()));
         let tampered = text.replace("\"policy\":\"{}\"", "\"policy\":\"{ }\"");
-        assert!(Bundle::read(tampered.as_bytes()).unwrap_err().contains("policy does not match"));
-        assert!(Bundle::read(b"{\"format\":\"x\"}").unwrap_err().starts_with("not a bundle"));
+        let e = Bundle::read(tampered.as_bytes()).unwrap_err();
+        assert!(matches!(&e, BundleError::Malformed(why) if why.contains("policy does not match")), "{e}");
+        assert!(Bundle::read(b"{\"format\":\"x\"}").unwrap_err().to_string().starts_with("not a bundle"));
     }
 }

@@ -7,6 +7,38 @@ use policy_core::EvalRequest;
 
 use crate::runtime::{Action, Generation, Request, Subject};
 
+/// Why policy test cases did not pass through a generation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CasesError {
+    /// The cases could not be read: a file or directory that cannot be read. Nothing was
+    /// decided; the same candidate may pass once the files are there.
+    Unreadable(String),
+    /// A file is not a valid test-case document (which one, and its first error). Nothing was
+    /// decided: the cases need fixing, not the policy.
+    Malformed(String),
+    /// The cases ran and some failed: the candidate decides differently from what they
+    /// expect (how many, and the first few).
+    Failing(String),
+}
+
+impl std::fmt::Display for CasesError {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        match self {
+            CasesError::Unreadable(why) | CasesError::Malformed(why) | CasesError::Failing(why) => {
+                f.write_str(why)
+            }
+        }
+    }
+}
+
+impl std::error::Error for CasesError {}
+
+impl From<CasesError> for String {
+    fn from(e: CasesError) -> String {
+        e.to_string()
+    }
+}
+
 /// The `*.json` test-case files under `path` (a file, or a directory), sorted.
 pub(crate) fn case_files(path: &Path) -> Result<Vec<PathBuf>, String> {
     if path.is_file() {
@@ -39,18 +71,22 @@ pub fn decide(generation: &Generation, r: &EvalRequest) -> policy_core::Decision
 
 /// Runs the test cases under `path` through `generation`; `Ok` is their requests, all of
 /// which passed (the swap report decides them again with the live generation).
-pub fn run_cases(generation: &Generation, path: &Path) -> Result<Vec<EvalRequest>, String> {
+pub fn run_cases(generation: &Generation, path: &Path) -> Result<Vec<EvalRequest>, CasesError> {
     let mut tally = Tally::default();
-    for file in case_files(path)? {
-        let text =
-            std::fs::read_to_string(&file).map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+    for file in case_files(path).map_err(CasesError::Unreadable)? {
+        let text = std::fs::read_to_string(&file)
+            .map_err(|e| CasesError::Unreadable(format!("cannot read {}: {e}", file.display())))?;
         tally.run(generation, &file.display().to_string(), &text)?;
     }
     tally.result()
 }
 
 /// Runs the test cases of one `policies/tests` document (a bundle's) through `generation`.
-pub fn run_cases_text(generation: &Generation, name: &str, text: &str) -> Result<Vec<EvalRequest>, String> {
+pub fn run_cases_text(
+    generation: &Generation,
+    name: &str,
+    text: &str,
+) -> Result<Vec<EvalRequest>, CasesError> {
     let mut tally = Tally::default();
     tally.run(generation, name, text)?;
     tally.result()
@@ -63,10 +99,10 @@ struct Tally {
 }
 
 impl Tally {
-    fn run(&mut self, generation: &Generation, name: &str, text: &str) -> Result<(), String> {
+    fn run(&mut self, generation: &Generation, name: &str, text: &str) -> Result<(), CasesError> {
         let cases = policy_core::parse_cases(text).map_err(|ds| {
             let first = ds.first().map(|d| format!("{}: {}", d.path, d.message)).unwrap_or_default();
-            format!("{name} is not a valid test-case file: {first}")
+            CasesError::Malformed(format!("{name} is not a valid test-case file: {first}"))
         })?;
         for case in cases {
             let d = decide(generation, &case.request);
@@ -78,13 +114,16 @@ impl Tally {
         Ok(())
     }
 
-    fn result(mut self) -> Result<Vec<EvalRequest>, String> {
+    fn result(mut self) -> Result<Vec<EvalRequest>, CasesError> {
         if self.failures.is_empty() {
             return Ok(self.passed);
         }
         let n = self.failures.len();
         let total = n + self.passed.len();
         self.failures.truncate(5);
-        Err(format!("{n} of {total} policy test cases fail: {}", self.failures.join("; ")))
+        Err(CasesError::Failing(format!(
+            "{n} of {total} policy test cases fail: {}",
+            self.failures.join("; ")
+        )))
     }
 }

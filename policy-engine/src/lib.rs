@@ -25,10 +25,12 @@ pub mod report;
 pub mod runtime;
 pub mod swap;
 
+pub use bundle::BundleError;
+pub use cases::CasesError;
 pub use reload::Reloader;
 pub use runtime::{
-    Action, Decision, Diagnostic, Generation, LoadError, Module, Request, Runtime, Subject, SubjectType,
-    embedded_module,
+    Action, Decision, Diagnostic, Fault, Generation, LoadError, Module, Request, Runtime, Subject,
+    SubjectError, SubjectType, embedded_module,
 };
 pub use swap::{Candidate, KEPT_MODULE, KEPT_POLICY, Live, Rejection, Source};
 

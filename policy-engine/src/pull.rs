@@ -12,7 +12,7 @@ use std::time::{Duration, SystemTime};
 
 use serde_json::{Value, json};
 
-use crate::bundle::{Bundle, Contents, TrustedKeys};
+use crate::bundle::{Bundle, BundleError, Contents, TrustedKeys};
 use crate::{Candidate, Live, Source};
 
 /// Which bundles a puller takes.
@@ -98,18 +98,28 @@ async fn pull_once(
 
 /// A signed bundle issued before the newest one taken is an old one replayed (to roll the
 /// policy back): refused.
-fn not_older(contents: &Contents, newest_issued: Option<u64>) -> Result<(), String> {
+fn not_older(contents: &Contents, newest_issued: Option<u64>) -> Result<(), BundleError> {
     match (newest_issued, contents.issued_at) {
-        (Some(newest), Some(issued)) if issued < newest => Err(format!(
+        (Some(newest), Some(issued)) if issued < newest => Err(BundleError::Untrusted(format!(
             "it was issued at {issued}, before the bundle already taken ({newest}): an old bundle served \
              again is not taken back"
-        )),
+        ))),
         _ => Ok(()),
     }
 }
 
+/// How a pulled bundle that was refused before the pipeline saw it is counted in
+/// [`PullStatus::results`].
+fn counted_as(e: &BundleError) -> &'static str {
+    match e {
+        BundleError::Untrusted(_) => "untrusted",
+        BundleError::Malformed(_) | BundleError::Unreadable(_) => "failed",
+    }
+}
+
 /// Pulls `url` now and every `every` until the runtime it is spawned on ends (call it within
-/// a tokio runtime). `token` is sent as a Bearer token.
+/// a tokio runtime). `token` is sent as a Bearer token. `Err`: no HTTP client could be made
+/// (nothing was spawned); a failing pull is never an error here, only a status and a log line.
 pub fn spawn_puller(
     live: Arc<Live>,
     url: String,
@@ -117,12 +127,12 @@ pub fn spawn_puller(
     every: Duration,
     trust: Trust,
     status: Arc<Mutex<PullStatus>>,
-) -> Result<(), String> {
+) -> anyhow::Result<()> {
     let client = reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(3))
         .timeout(Duration::from_secs(60))
         .build()
-        .map_err(|e| format!("cannot make an HTTP client: {e}"))?;
+        .map_err(|e| anyhow::anyhow!("cannot make an HTTP client: {e}"))?;
     {
         let mut s = status.lock().unwrap();
         s.url = url.clone();
@@ -153,7 +163,7 @@ pub fn spawn_puller(
                         && let Err(why) =
                             keys.verify(&contents).and_then(|_| not_older(&contents, newest_issued))
                     {
-                        break 'new ("untrusted", Some(format!("the bundle was refused: {why}")));
+                        break 'new (counted_as(&why), Some(format!("the bundle was refused: {why}")));
                     }
                     let issued = contents.issued_at;
                     let content_etag = contents.etag.clone();

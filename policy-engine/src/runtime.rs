@@ -340,6 +340,56 @@ impl std::fmt::Display for LoadError {
 
 impl std::error::Error for LoadError {}
 
+/// A module call that did not answer: the guest trapped or ran out of time, no instance could
+/// be built for it, or none was ready on a thread that must not wait ([`must_not_wait`]). The
+/// request it was for is denied, saying this, and nothing about it may be remembered: the
+/// next call runs on another instance and may well answer. `Display` is that reason.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fault(pub String);
+
+impl std::fmt::Display for Fault {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Fault {}
+
+impl From<Fault> for String {
+    fn from(f: Fault) -> String {
+        f.0
+    }
+}
+
+/// Why claims or a certificate name came to no subject through a module.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SubjectError {
+    /// The module answered that they name no subject, with its reason (claims without an id,
+    /// a name outside the policy's `certificates` section). The same input gets the same
+    /// answer from this generation: a caller may remember it.
+    Refused(String),
+    /// The module could not answer: deny, and remember nothing.
+    Fault(Fault),
+}
+
+impl std::fmt::Display for SubjectError {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        match self {
+            SubjectError::Refused(why) => f.write_str(why),
+            SubjectError::Fault(fault) => fault.fmt(f),
+        }
+    }
+}
+
+impl std::error::Error for SubjectError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            SubjectError::Refused(_) => None,
+            SubjectError::Fault(fault) => Some(fault),
+        }
+    }
+}
+
 struct Worker {
     store: Store<HostState>,
     instance: PolicyModule,
@@ -453,15 +503,15 @@ impl Generation {
     fn with_worker<T>(
         &self,
         f: impl FnOnce(&mut Store<HostState>, &PolicyModule, ResourceAny) -> wasmtime::Result<T>,
-    ) -> Result<T, String> {
+    ) -> Result<T, Fault> {
         let worker = self.idle.lock().unwrap().pop();
         let mut worker = match worker {
             Some(w) => w,
             None if MUST_NOT_WAIT.with(Cell::get) => {
                 self.want_instances();
-                return Err("no policy module instance is ready (another is being built)".into());
+                return Err(Fault("no policy module instance is ready (another is being built)".into()));
             }
-            None => self.new_worker().map_err(|e| format!("{e:#}"))?,
+            None => self.new_worker().map_err(|e| Fault(format!("{e:#}")))?,
         };
         set_budget(&mut worker.store, CALL_TICKS, CALL_CPU);
         match f(&mut worker.store, &worker.instance, worker.policy) {
@@ -478,13 +528,13 @@ impl Generation {
                 let why = fault(e);
                 tracing::error!(generation = self.id, module = %self.module.hash, error = %why, "policy module fault; instance replaced");
                 self.want_instances();
-                Err(why)
+                Err(Fault(why))
             }
         }
     }
 
     /// Decides one request, or says why the module failed to (a fault: never cache it).
-    pub fn try_check(&self, req: &Request) -> Result<Decision, String> {
+    pub fn try_check(&self, req: &Request) -> Result<Decision, Fault> {
         self.with_worker(|store, inst, policy| {
             inst.celine_mqtt_policy_engine().policy().call_check(store, policy, req)
         })
@@ -492,35 +542,37 @@ impl Generation {
 
     /// Decides one request. A module fault is a denial that says so.
     pub fn check(&self, req: &Request) -> Decision {
-        self.try_check(req).unwrap_or_else(|why| Decision { allow: false, rule: None, reason: why })
+        self.try_check(req).unwrap_or_else(|why| Decision { allow: false, rule: None, reason: why.0 })
     }
 
     pub fn superuser(&self, who: &Subject) -> Decision {
         self.with_worker(|store, inst, policy| {
             inst.celine_mqtt_policy_engine().policy().call_superuser(store, policy, who)
         })
-        .unwrap_or_else(|why| Decision { allow: false, rule: None, reason: why })
+        .unwrap_or_else(|why| Decision { allow: false, rule: None, reason: why.0 })
     }
 
-    /// Maps verified claims to a subject, through the module (it owns that logic).
-    pub fn subject_from_claims(&self, claims_json: &str) -> Result<Subject, String> {
+    /// Maps verified claims to a subject, through the module (it owns that logic):
+    /// [`SubjectError::Refused`] when they name none, [`SubjectError::Fault`] when the module
+    /// could not say.
+    pub fn subject_from_claims(&self, claims_json: &str) -> Result<Subject, SubjectError> {
         self.with_worker(|store, inst, _| {
             inst.celine_mqtt_policy_engine().call_subject_from_claims(store, claims_json)
-        })?
+        })
+        .map_err(SubjectError::Fault)?
+        .map_err(SubjectError::Refused)
     }
 
     /// The subject of a client known by its certificate name, as a subject of type `kind`,
-    /// through the module (the document's `certificates` section): `Ok(Ok(subject))`, or
-    /// `Ok(Err(why))` when the name is no client of the policy. `Err` is a module fault: the
-    /// module could not say (callers fail closed, and remember nothing).
-    pub fn certificate_subject(
-        &self,
-        name: &str,
-        kind: SubjectType,
-    ) -> Result<Result<Subject, String>, String> {
+    /// through the module (the document's `certificates` section): [`SubjectError::Refused`]
+    /// when the name is no client of the policy, [`SubjectError::Fault`] when the module could
+    /// not say (callers fail closed, and remember nothing).
+    pub fn certificate_subject(&self, name: &str, kind: SubjectType) -> Result<Subject, SubjectError> {
         self.with_worker(|store, inst, policy| {
             inst.celine_mqtt_policy_engine().policy().call_certificate_subject(store, policy, name, kind)
         })
+        .map_err(SubjectError::Fault)?
+        .map_err(SubjectError::Refused)
     }
 }
 
@@ -614,7 +666,7 @@ mod tests {
                 must_not_wait();
                 generation.idle.lock().unwrap().clear();
                 let refused = generation.try_check(&viewer_reads(topic)).unwrap_err();
-                assert!(refused.contains("no policy module instance is ready"), "{refused}");
+                assert!(refused.0.contains("no policy module instance is ready"), "{refused}");
                 // The builder thread fills the pool up again.
                 let deadline = std::time::Instant::now() + Duration::from_secs(30);
                 while generation.idle.lock().unwrap().len() < generation.warm {

@@ -447,7 +447,7 @@ impl Live {
 
     /// The live generation's policy, module and test cases (the local ones and, if it came
     /// from a bundle, the bundle's) as a bundle.
-    pub fn bundle(&self) -> Result<crate::bundle::Bundle, String> {
+    pub fn bundle(&self) -> Result<crate::bundle::Bundle, crate::bundle::BundleError> {
         let (policy, module, bundle_tests) = {
             let i = self.inputs.lock().unwrap();
             (Arc::clone(&i.policy), Arc::clone(&i.module), i.bundle_tests.clone())
@@ -458,7 +458,8 @@ impl Live {
             cases.extend(local["cases"].as_array().cloned().unwrap_or_default());
         }
         if let Some(t) = bundle_tests {
-            let theirs: serde_json::Value = serde_json::from_str(&t).map_err(|e| e.to_string())?;
+            let theirs: serde_json::Value =
+                serde_json::from_str(&t).map_err(|e| crate::bundle::BundleError::Malformed(e.to_string()))?;
             cases.extend(theirs["cases"].as_array().cloned().unwrap_or_default());
         }
         let tests = (!cases.is_empty()).then(|| serde_json::json!({ "cases": cases }));

@@ -6,7 +6,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use policy_core::{Ask, Json, Policy, parse_request};
-use policy_engine::{Action, Generation, LoadError, Module, Request, Runtime, Subject, embedded_module};
+use policy_engine::{
+    Action, Generation, LoadError, Module, Request, Runtime, Subject, SubjectError, embedded_module,
+};
 use proptest::prelude::*;
 use serde_json::Value;
 
@@ -95,6 +97,11 @@ fn the_module_decides_the_whole_corpus_as_the_core_does() {
     }
 }
 
+/// A native refusal as the module answers it.
+fn refused(e: policy_core::Invalid) -> SubjectError {
+    SubjectError::Refused(e.0)
+}
+
 #[test]
 fn certificate_names_map_to_the_same_subjects() {
     let doc = r#"{"celine": {"mqtt": {"acl": {"rules": []}, "certificates": [
@@ -104,12 +111,13 @@ fn certificate_names_map_to_the_same_subjects() {
     let native = Policy::load(doc).unwrap();
     for name in ["meter-1", "meter-7", "gw", "meter", "", "x/y", "$SYS", "meter-\u{0}"] {
         for kind in policy_core::SubjectType::ALL {
-            let want = native.certificate_subject(name, kind).map(Subject::from);
-            assert_eq!(generation.certificate_subject(name, kind.into()), Ok(want), "{name:?} as {kind:?}");
+            let want = native.certificate_subject(name, kind).map(Subject::from).map_err(refused);
+            assert_eq!(generation.certificate_subject(name, kind.into()), want, "{name:?} as {kind:?}");
         }
     }
     let none = Generation::new(module(), r#"{"celine": {"mqtt": {"acl": {"rules": []}}}}"#).unwrap();
-    assert!(none.certificate_subject("meter-1", policy_engine::SubjectType::Device).unwrap().is_err());
+    let e = none.certificate_subject("meter-1", policy_engine::SubjectType::Device).unwrap_err();
+    assert!(matches!(e, SubjectError::Refused(_)), "{e}");
 }
 
 #[test]
@@ -118,7 +126,7 @@ fn lint_and_claims_errors_match() {
     let generation =
         Generation::new(Arc::clone(&module), include_str!("../../policies/celine.json")).unwrap();
     for claims in [r#"{"groups":["/a"]}"#, "[]", "{", r#"{"client_id": 7}"#] {
-        let native = policy_core::subject_from_claims_json(claims).map(Subject::from);
+        let native = policy_core::subject_from_claims_json(claims).map(Subject::from).map_err(refused);
         assert_eq!(generation.subject_from_claims(claims), native, "{claims}");
     }
 }

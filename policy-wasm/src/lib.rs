@@ -99,7 +99,7 @@ impl GuestPolicy for LoadedPolicy {
     }
 
     fn certificate_subject(&self, name: String, kind: SubjectType) -> Result<Subject, String> {
-        self.0.certificate_subject(&name, to_core_type(kind)).map(from_core_subject)
+        self.0.certificate_subject(&name, to_core_type(kind)).map(from_core_subject).map_err(String::from)
     }
 }
 
@@ -107,7 +107,7 @@ impl Guest for Module {
     type Policy = LoadedPolicy;
 
     fn subject_from_claims(claims_json: String) -> Result<Subject, String> {
-        policy_core::subject_from_claims_json(&claims_json).map(from_core_subject)
+        policy_core::subject_from_claims_json(&claims_json).map(from_core_subject).map_err(String::from)
     }
 
     fn lint(document: String) -> Vec<Diagnostic> {

@@ -302,7 +302,7 @@ pub fn decode_token(token: &str, now: f64) -> String {
         json!({"ok": true, "verified": false, "header": header, "claims": claims, "expired": expired});
     match policy_core::subject_from_claims_json(&out["claims"].to_string()) {
         Ok(s) => out["subject"] = json!(s),
-        Err(e) => out["subject_error"] = json!(e),
+        Err(e) => out["subject_error"] = json!(e.0),
     }
     out.to_string()
 }

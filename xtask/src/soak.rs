@@ -150,7 +150,7 @@ fn mint(fixtures: &Path, ttl: Duration) -> anyhow::Result<Tokens> {
                 let mut c = claims.clone();
                 c["jti"] = json!(format!("soak-{k}-{i}-{n}"));
                 let subject = policy_core::subject_from_claims_json(&c.to_string())
-                    .map_err(|e| anyhow::anyhow!("the soak's claims map to no subject: {e:?}"))?;
+                    .map_err(|e| anyhow::anyhow!("the soak's claims map to no subject: {e}"))?;
                 valid[k].push(Identity { token: sign(&pem, kid, &c)?, subject });
             }
             let mut old = claims.clone();

@@ -71,7 +71,7 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     let module = a.module.bytes()?.0;
     let tests = policy_file::tests_for(a.tests.as_deref(), a.policy.policy.as_deref());
     let cases = match &tests {
-        Some(t) => Some(gather_cases(t).map_err(anyhow::Error::msg)?),
+        Some(t) => Some(gather_cases(t)?),
         None => None,
     };
     // A bundle whose own cases fail would be refused by every puller: say so now.

@@ -48,7 +48,7 @@ pub fn eval_lines(
             }
             Ok(line) => match parse_request_json(line.trim_end_matches(['\n', '\r'])) {
                 Ok(req) => decision_json(&decide(&req), &req.subject),
-                Err(e) => serde_json::json!({ "error": e }),
+                Err(e) => serde_json::json!({ "error": e.0 }),
             },
         };
         writeln!(out, "{answer}")?;
