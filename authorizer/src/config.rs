@@ -51,16 +51,34 @@ impl Spelling {
 /// named in a `plugin_opt_` line (`serve`'s flags: the same with dashes).
 pub const DEPRECATED: &[(&str, &str)] = &[("authorized_party", "authorized_parties")];
 
-/// Command-line arguments with the old spellings of flags ([`DEPRECATED`], with dashes)
-/// replaced by the new ones, and a warning for each one replaced.
+/// `serve`'s command line with the old spellings of its flags ([`DEPRECATED`], with dashes)
+/// replaced by the new ones, and a warning for each one replaced. Only the flags of the
+/// `serve` subcommand, before a `--`, are rewritten; every other argument is left as it is.
 pub fn rewrite_deprecated_flags(
     args: impl IntoIterator<Item = std::ffi::OsString>,
 ) -> (Vec<std::ffi::OsString>, Vec<String>) {
     let mut warnings = Vec::new();
+    let mut subcommand: Option<bool> = None;
+    let mut ended = false;
     let args = args
         .into_iter()
-        .map(|arg| {
+        .enumerate()
+        .map(|(i, arg)| {
             let Some(text) = arg.to_str() else { return arg };
+            if i == 0 {
+                return arg;
+            }
+            // The first word that is no flag names the subcommand.
+            let Some(serve) = subcommand else {
+                if !text.starts_with('-') {
+                    subcommand = Some(text == "serve");
+                }
+                return arg;
+            };
+            ended |= text == "--";
+            if !serve || ended {
+                return arg;
+            }
             for (old, new) in DEPRECATED {
                 let (old, new) = (Spelling::Flag.name(old), Spelling::Flag.name(new));
                 let value =
@@ -338,7 +356,11 @@ pub fn from_options<T: clap::Args + clap::FromArgMatches>(
     pairs: &[(String, String)],
 ) -> Result<T, ConfigError> {
     let cmd = T::augment_args(clap::Command::new("plugin").no_binary_name(true))
-        .mut_args(|a| a.env(None::<&str>))
+        .mut_args(|a| {
+            // A key file per line, as the option is repeated: a path is never split on commas.
+            let a = a.env(None::<&str>);
+            if a.get_long() == Some("bundle-public-key") { a.value_delimiter(None) } else { a }
+        })
         .disable_help_flag(true);
     let mut argv: Vec<String> = Vec::new();
     for (name, value) in pairs {
@@ -475,23 +497,37 @@ mod tests {
 
     #[test]
     fn old_flag_spellings_are_rewritten_with_a_warning() {
-        let args =
-            ["serve", "--authorized-party", "a", "--authorized-party=b", "--authorized-partyx", "--audience"];
-        let (args, warnings) = rewrite_deprecated_flags(args.map(std::ffi::OsString::from));
-        let args: Vec<&str> = args.iter().map(|a| a.to_str().unwrap()).collect();
+        let rewrite = |args: &[&str]| {
+            let (args, warnings) = rewrite_deprecated_flags(args.iter().map(std::ffi::OsString::from));
+            (args.into_iter().map(|a| a.into_string().unwrap()).collect::<Vec<_>>(), warnings)
+        };
+        let (args, warnings) = rewrite(&[
+            "mqtt-policy",
+            "serve",
+            "--authorized-party",
+            "a",
+            "--authorized-party=b",
+            "--authorized-partyx",
+            "--",
+            "--authorized-party",
+        ]);
         assert_eq!(
             args,
             [
+                "mqtt-policy",
                 "serve",
                 "--authorized-parties",
                 "a",
                 "--authorized-parties=b",
                 "--authorized-partyx",
-                "--audience"
+                "--",
+                "--authorized-party"
             ]
         );
         assert_eq!(warnings.len(), 2);
         assert!(warnings[0].contains("--authorized-party is now --authorized-parties"), "{warnings:?}");
+        let other = ["mqtt-policy", "check", "--authorized-party", "x"];
+        assert_eq!(rewrite(&other), (other.map(String::from).to_vec(), vec![]), "only serve's flags");
     }
 
     #[test]

@@ -47,6 +47,9 @@ pub fn action_name(a: Action) -> &'static str {
 /// id and the username (a hit needs no token verified); the plugin keeps one per connection
 /// and generation, found by action and topic.
 pub trait DecisionLookup {
+    /// Whether this is a cache at all: lookups in one that is not are not counted in
+    /// `mqtt_policy_decision_cache_total`.
+    const REMEMBERS: bool = true;
     /// What a decision is found by.
     type Key;
     /// What is remembered: a decision, with whatever the front end keeps beside it.
@@ -71,7 +74,19 @@ pub trait DecisionCache: DecisionLookup {
 #[must_use]
 pub struct Pending {
     action: Action,
-    started: Option<Instant>,
+    /// This check is one of the timed sample.
+    timed: bool,
+}
+
+/// Why a username may not stand for a token's subject.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UsernameRefused {
+    /// It is a certificate name (the policy's `certificates` section): never a token's.
+    CertificateName,
+    /// It is neither the subject's id nor the value of a configured username claim.
+    NotTheSubjects,
+    /// The module could not say whether it is a certificate name.
+    Fault(Fault),
 }
 
 thread_local! {
@@ -140,10 +155,32 @@ impl Authorizer {
         Ok(named)
     }
 
-    /// `${username}` for a token's subject: `given` when it names the subject (its id or one
-    /// of the configured claims) and is not a certificate name; otherwise empty, so a name can
-    /// never be borrowed. A module that cannot say whether it is a certificate name (a fault)
-    /// leaves it unproven.
+    /// May `username` stand for the token's subject under `generation` (an http-backend
+    /// session bound to it, `${username}` filled with it)? Only when it names the subject
+    /// (its id or one of the configured claims) and is not a certificate name: the two
+    /// namespaces stay apart. A module that cannot say whether it is a certificate name (a
+    /// fault) leaves it unproven.
+    pub fn username_stands_for(
+        &self,
+        generation: &Generation,
+        username: &str,
+        subject: &Subject,
+        verified: &Verified,
+    ) -> Result<(), UsernameRefused> {
+        match self.certificate_subject(generation, username) {
+            Ok(Some(_)) => return Err(UsernameRefused::CertificateName),
+            Err(fault) => return Err(UsernameRefused::Fault(fault)),
+            Ok(None) => {}
+        }
+        if names_subject(username, subject, &verified.claims, &self.username_claims) {
+            Ok(())
+        } else {
+            Err(UsernameRefused::NotTheSubjects)
+        }
+    }
+
+    /// `${username}` for a token's subject: `given` when it may stand for the subject
+    /// ([`Authorizer::username_stands_for`]), otherwise empty, so a name can never be borrowed.
     pub fn proven_username<'a>(
         &self,
         generation: &Generation,
@@ -151,8 +188,10 @@ impl Authorizer {
         subject: &Subject,
         verified: &Verified,
     ) -> &'a str {
-        let named = names_subject(given, subject, &verified.claims, &self.username_claims);
-        if named && matches!(self.certificate_subject(generation, given), Ok(None)) { given } else { "" }
+        match self.username_stands_for(generation, given, subject, verified) {
+            Ok(()) => given,
+            Err(_) => "",
+        }
     }
 
     /// The usernames that name a subject, for telling a user how to connect.
@@ -160,14 +199,12 @@ impl Authorizer {
         identity::subject_names(subject, &verified.claims, &self.username_claims)
     }
 
-    /// Does `username` name the subject (before the certificate namespace is considered)?
-    pub fn names_subject(&self, username: &str, subject: &Subject, verified: &Verified) -> bool {
-        names_subject(username, subject, &verified.claims, &self.username_claims)
-    }
-
     /// Looks a check up in the front end's cache: a hit is counted as a decision (and timed,
     /// for a sample of checks) and handed to `on_hit`; a miss is a [`Pending`] check for
-    /// [`Authorizer::decide`].
+    /// [`Authorizer::decide`] (or [`Authorizer::refused`]).
+    ///
+    /// What is timed is the same in both front ends: the lookup of a hit, the module call of
+    /// a miss; never the front end's own work (verifying a token, a session store, logging).
     pub fn lookup<C: DecisionLookup, R>(
         &self,
         action: Action,
@@ -175,24 +212,20 @@ impl Authorizer {
         cache: &mut C,
         on_hit: impl FnOnce(&C::Entry) -> R,
     ) -> Result<R, Pending> {
-        let started = CHECKS.with(|n| {
+        let timed = CHECKS.with(|n| {
             let seen = n.get();
             n.set(seen.wrapping_add(1));
-            (seen % metrics::SAMPLE == 0).then(Instant::now)
+            seen % metrics::SAMPLE == 0
         });
+        let started = timed.then(Instant::now);
         let hit = cache.with(key, |entry| {
-            self.metrics.decided(action, C::decision(entry).allow, true);
+            if let Some(t) = started {
+                self.metrics.check_took(t.elapsed());
+            }
+            self.metrics.decided(action, C::decision(entry).allow, Some(true));
             on_hit(entry)
         });
-        match hit {
-            Some(r) => {
-                if let Some(t) = started {
-                    self.metrics.check_took(t.elapsed());
-                }
-                Ok(r)
-            }
-            None => Err(Pending { action, started }),
-        }
+        hit.ok_or(Pending { action, timed })
     }
 
     /// Decides a check the cache did not answer, through the module, and remembers the
@@ -206,21 +239,22 @@ impl Authorizer {
         key: C::Key,
         cache: &mut C,
     ) -> C::Entry {
+        let started = pending.timed.then(Instant::now);
         let entry = match generation.try_check(request) {
             Ok(d) => cache.put(key, d),
             Err(fault) => cache.unremembered(Decision { allow: false, rule: None, reason: fault.0 }),
         };
-        self.metrics.decided(pending.action, C::decision(&entry).allow, false);
-        if let Some(t) = pending.started {
+        if let Some(t) = started {
             self.metrics.check_took(t.elapsed());
         }
+        self.metrics.decided(pending.action, C::decision(&entry).allow, C::REMEMBERS.then_some(false));
         entry
     }
 
     /// A check the cache did not answer that the front end denies before asking the policy
-    /// (no identity could be found for it): counted as a denial.
+    /// (no identity could be found for it): counted as a denial, not as a cache lookup.
     pub fn refused(&self, pending: Pending) {
-        self.metrics.decided(pending.action, false, false);
+        self.metrics.decided(pending.action, false, None);
     }
 
     /// [`Authorizer::lookup`], then on a miss [`Authorizer::decide`], for a front end that
@@ -253,6 +287,7 @@ impl Authorizer {
 pub struct NoCache;
 
 impl DecisionLookup for NoCache {
+    const REMEMBERS: bool = false;
     type Key = ();
     type Entry = Decision;
     fn decision(entry: &Decision) -> &Decision {

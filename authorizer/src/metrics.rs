@@ -3,9 +3,10 @@
 //! - `mqtt_policy_decisions_total{action,decision}`: checks decided, by action and outcome;
 //! - `mqtt_policy_decision_cache_total{result}`: whether the front end's decision cache held
 //!   the answer;
-//! - `mqtt_policy_check_duration_seconds`: the time [`crate::Authorizer::check`] takes to
-//!   decide one check, from the cache or the module (a log-linear histogram, 4 buckets per
-//!   power of two from 64 ns to ~17 ms; one check in [`SAMPLE`] is timed, the first included).
+//! - `mqtt_policy_check_duration_seconds`: the time to decide one check from the cache (the
+//!   lookup) or the module (the call), never a front end's own work (a log-linear histogram,
+//!   4 buckets per power of two from 64 ns to ~17 ms; one check in [`SAMPLE`] is timed, the
+//!   first included).
 //!
 //! Counted in stripes (one per thread, cache-line sized), so the service's worker threads
 //! never write each other's cache lines: one uncontended atomic add per counter.
@@ -104,20 +105,18 @@ impl DecisionMetrics {
         &self.stripes[STRIPE.with(|s| *s)]
     }
 
-    /// One check decided: its action, outcome, and whether the decision cache held it.
-    pub fn decided(&self, action: Action, allow: bool, cached: bool) {
+    /// One check decided: its action, its outcome, and whether a decision cache held it
+    /// (`None`: no cache was asked: a superuser, an identity that could not be named, an
+    /// expired token, a front end that does not cache this kind of check).
+    pub fn decided(&self, action: Action, allow: bool, cached: Option<bool>) {
         let s = self.stripe();
         s.decisions[action_index(action)][usize::from(!allow)].fetch_add(1, Relaxed);
-        s.cache[usize::from(!cached)].fetch_add(1, Relaxed);
+        if let Some(hit) = cached {
+            s.cache[usize::from(!hit)].fetch_add(1, Relaxed);
+        }
     }
 
-    /// One check decided before any cache or module was asked (a superuser, an identity that
-    /// could not be named, an expired token): counted as a decision, not as a cache lookup.
-    pub fn decided_without_lookup(&self, action: Action, allow: bool) {
-        self.stripe().decisions[action_index(action)][usize::from(!allow)].fetch_add(1, Relaxed);
-    }
-
-    /// The time one check took ([`crate::Authorizer::check`] times one in [`SAMPLE`]).
+    /// The time one check took ([`crate::Authorizer::lookup`] times one in [`SAMPLE`]).
     pub fn check_took(&self, d: Duration) {
         let ns = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
         let s = self.stripe();
@@ -239,14 +238,15 @@ mod tests {
                 s.spawn(|| {
                     for _ in 0..25 {
                         m.check_took(Duration::from_nanos(500));
-                        m.decided(Action::Read, true, true);
+                        m.decided(Action::Read, true, Some(true));
                     }
                 });
             }
         });
-        m.decided(Action::Publish, false, false);
-        assert_eq!(m.allowed_and_denied(), (100, 1));
-        assert_eq!(m.cache(), (100, 1));
+        m.decided(Action::Publish, false, Some(false));
+        m.decided(Action::Subscribe, true, None);
+        assert_eq!(m.allowed_and_denied(), (101, 1));
+        assert_eq!(m.cache(), (100, 1), "a check no cache was asked for is no lookup");
         let p50 = m.quantile_ns(0.5).unwrap();
         assert!((500..=600).contains(&p50), "{p50}");
         let mut text = String::new();

@@ -5,10 +5,13 @@
 //!   "clientid":"c1","topic":"celine/t","action":"read","decision":"allow","rule":"viewers",
 //!   "reason":"..."}`
 //!
-//! `endpoint` is the kind of check (`acl` for a subscribe, publish or delivery; `user` for a
-//! CONNECT; `superuser`), `decision` is `allow`, `deny`, or `bad_request` (the service's
-//! malformed calls). A record never holds a token: the username is `<token>` when a token was
-//! sent as the username, and reasons never quote one.
+//! `endpoint` is the kind of call: `acl` for a subscribe, publish or delivery check, `user`
+//! for the service's CONNECT call, `superuser` for its superuser call (the plugin records its
+//! ACL checks; its CONNECT outcomes are log lines that also name the client's address).
+//! `decision` is `allow`, `deny`, or `bad_request` (the service's malformed calls); `rule` is
+//! `-` when no rule decided (a check denied before the policy was asked). A record never holds
+//! a token: the username is `<token>` when a token was sent as the username, and reasons never
+//! quote one.
 
 use policy_engine::{Decision, Subject};
 

@@ -23,7 +23,7 @@ use axum::body::Bytes;
 use axum::http::{HeaderMap, Response, StatusCode};
 use hyper::body::Incoming;
 
-use authorizer::{DecisionRecord, NoCache, action_name};
+use authorizer::{DecisionRecord, NoCache, UsernameRefused, action_name};
 use goauth_wire::{Params, TokenFrom, find_token, looks_like_jwt, parse_params};
 use identity::{TokenHash, Verified};
 use policy_engine::{Action, Decision, Generation, Request, Subject};
@@ -203,35 +203,24 @@ async fn user(ctx: &Ctx<'_>) -> Outcome {
     if from == TokenFrom::Password {
         let username = ctx.params.username.as_deref().unwrap_or("");
         let authorizer = &ctx.state.authorizer;
-        let reserved = match authorizer.certificate_subject(&ctx.generation, username) {
-            Ok(named) => named
-                .is_some()
-                .then(|| "is a certificate name (the policy's certificates section)".to_string()),
-            Err(fault) => Some(format!("could not be told apart from a certificate name ({fault})")),
-        };
-        if let Some(why) = reserved {
-            let o = Outcome::Deny(format!(
-                "the MQTT username {} {why}: a token cannot stand for it; connect with the username {}",
-                crate::short(username),
-                authorizer
-                    .subject_names(&subject, &v)
-                    .iter()
-                    .map(|n| crate::short(n))
-                    .collect::<Vec<_>>()
-                    .join(" or ")
-            ));
-            audit(ctx, "user", Some(&subject), "connect", &o);
-            return o;
-        }
-        if !authorizer.names_subject(username, &subject, &v) {
+        if let Err(refused) = authorizer.username_stands_for(&ctx.generation, username, &subject, &v) {
             let names: Vec<String> =
                 authorizer.subject_names(&subject, &v).iter().map(|n| crate::short(n)).collect();
-            let o = Outcome::Deny(format!(
-                "the MQTT username {} does not name the token's subject: connect with the username {} \
-                 (later ACL calls carry only the username, so it must belong to the token)",
-                crate::short(username),
-                names.join(" or ")
-            ));
+            let (username, names) = (crate::short(username), names.join(" or "));
+            let o = Outcome::Deny(match refused {
+                UsernameRefused::CertificateName => format!(
+                    "the MQTT username {username} is a certificate name (the policy's certificates section): \
+                     a token cannot stand for it; connect with the username {names}"
+                ),
+                UsernameRefused::Fault(fault) => format!(
+                    "the MQTT username {username} could not be told apart from a certificate name ({fault}): \
+                     a token cannot stand for it; connect with the username {names}"
+                ),
+                UsernameRefused::NotTheSubjects => format!(
+                    "the MQTT username {username} does not name the token's subject: connect with the username \
+                     {names} (later ACL calls carry only the username, so it must belong to the token)"
+                ),
+            });
             audit(ctx, "user", Some(&subject), "connect", &o);
             return o;
         }
@@ -338,7 +327,7 @@ async fn acl(ctx: &Ctx<'_>) -> Outcome {
     let authorizer = &ctx.state.authorizer;
     // Denied before the policy is asked: counted as a denial of the call's first action.
     let refused = |o: Outcome| {
-        authorizer.metrics.decided_without_lookup(first, false);
+        authorizer.metrics.decided(first, false, None);
         audit(ctx, "acl", None, action_name(first), &o);
         o
     };

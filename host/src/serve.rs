@@ -42,11 +42,7 @@ async fn shutdown_signal() {
 /// Starts the service and serves until a shutdown signal. An error before it serves is the
 /// configuration's (certificates, policy, keys); one after is a [`Failed`] run.
 pub async fn run(cfg: ServeConfig, log: QueueWriter) -> anyhow::Result<()> {
-    // Certificates first: a TLS misconfiguration stops start-up before anything listens.
-    let certs = match &cfg.tls {
-        Some((cert, key)) => Some(crate::tls::Certificates::load(cert, key)?),
-        None => None,
-    };
+    let certs = cfg.tls.clone();
     // The state lives as long as the process: the broker-facing listener borrows it for good.
     let state: &'static Arc<AppState> = Box::leak(Box::new(build_state(&cfg, log).await?));
     serve(cfg, state, certs).await.map_err(|e| Failed(e).into())

@@ -1,5 +1,6 @@
 //! What every request of `mqtt-policy serve` shares: [`AppState`] (the authorizer, the
-//! decision cache and sessions, audit, secrets), and how it is built from a [`ServeConfig`]. Imports no handler: the endpoints depend on it, never the reverse.
+//! decision cache and sessions, audit, secrets), and how it is built from a
+//! [`ServeConfig`]. Imports no handler: the endpoints depend on it, never the reverse.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -95,8 +96,8 @@ pub struct ServeConfig {
     pub admin_token: Option<String>,
     /// Where `/readyz`, `/metrics`, the admin endpoints and the playground are served.
     pub ops_listen: SocketAddr,
-    /// TLS for the broker-facing listener: a PEM certificate chain and its key.
-    pub tls: Option<(PathBuf, PathBuf)>,
+    /// TLS for the broker-facing listener: the certificate chain and key, read.
+    pub tls: Option<Arc<crate::tls::Certificates>>,
     /// Serve the browser playground at `/playground/`.
     pub playground: bool,
     /// Bytes all caches and the session table may take together.

@@ -716,6 +716,7 @@ fn a_bad_flag_is_reported_before_anything_starts() {
         (vec!["--admin-token-file", short.path().to_str().unwrap()], "the admin token must be at least 16"),
         (vec!["--bundle-token-file", short.path().to_str().unwrap()], "the bundle token must be at least 16"),
         (vec!["--sessions", "not a url"], "--sessions"),
+        (vec!["--hmac-secret-file", short.path().to_str().unwrap()], "the secret must be at least 16 bytes"),
         (vec!["--policy-url", "https://s/bundle"], "--policy-url needs --bundle-public-key"),
     ] {
         let out = Command::new(env!("CARGO_BIN_EXE_mqtt-policy"))

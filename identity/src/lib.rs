@@ -20,6 +20,7 @@
 
 #[cfg(feature = "engine")]
 pub mod devkey;
+#[cfg(feature = "verify")]
 pub mod jwks;
 pub mod location;
 #[cfg(feature = "engine")]
@@ -27,6 +28,7 @@ pub mod names;
 #[cfg(feature = "engine")]
 pub mod tokens;
 
+#[cfg(feature = "verify")]
 pub use jwks::{
     InvalidSetting, KeySource, NotReady, PlainHttp, Refused, Verified, Verifier, VerifierConfig,
     check_transport, now,

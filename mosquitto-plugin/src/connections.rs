@@ -33,7 +33,7 @@ pub const MAX_DISCONNECTED: usize = 50_000;
 /// Topics are hashed with foldhash (seeded per cache): SipHash cost more than the rest of a
 /// cached check, and the cache is too small to be worth flooding.
 #[derive(Default)]
-pub struct DecisionCache {
+pub struct TopicCache {
     capacity: usize,
     by_topic: HashMap<Box<str>, [Option<Arc<Decision>>; 3], foldhash::fast::RandomState>,
 }
@@ -46,9 +46,9 @@ fn slot(action: Action) -> usize {
     }
 }
 
-impl DecisionCache {
-    pub fn new(capacity: usize) -> DecisionCache {
-        DecisionCache { capacity, by_topic: HashMap::default() }
+impl TopicCache {
+    pub fn new(capacity: usize) -> TopicCache {
+        TopicCache { capacity, by_topic: HashMap::default() }
     }
 
     pub fn get(&self, action: Action, topic: &str) -> Option<&Arc<Decision>> {
@@ -88,7 +88,7 @@ impl DecisionCache {
 /// action (the cache is the connection's, and emptied whenever the connection is mapped under
 /// a new generation, [`Connection::remap`]).
 pub struct TopicDecisions<'c, 't> {
-    pub cache: &'c mut DecisionCache,
+    pub cache: &'c mut TopicCache,
     pub topic: &'t str,
 }
 
@@ -223,7 +223,7 @@ pub struct Connection {
     /// `u64::MAX` for certificates (the broker checked their validity at the handshake).
     pub deadline: u64,
     pub mapped: Option<Mapped>,
-    pub cache: DecisionCache,
+    pub cache: TopicCache,
     /// Between its CONNECT and its disconnect event.
     pub connected: bool,
     /// Admitted by this plugin in the CONNECT under way (Mosquitto 2.1's connect event
@@ -325,7 +325,7 @@ impl Connections {
         }
         c.connected = false;
         c.connecting = false;
-        c.cache = DecisionCache::new(cache_capacity);
+        c.cache = TopicCache::new(cache_capacity);
         self.connected -= 1;
         self.disconnects += 1;
         c.left = self.disconnects;
@@ -453,8 +453,8 @@ mod tests {
 
     #[test]
     fn the_cache_is_bounded_and_keeps_actions_apart() {
-        let mut c = DecisionCache::new(2);
-        let allowed = |c: &DecisionCache, a, t| c.get(a, t).map(|d| d.allow);
+        let mut c = TopicCache::new(2);
+        let allowed = |c: &TopicCache, a, t| c.get(a, t).map(|d| d.allow);
         c.put(Action::Read, "a", d(true));
         c.put(Action::Subscribe, "a", d(false));
         assert_eq!(allowed(&c, Action::Read, "a"), Some(true));
@@ -468,7 +468,7 @@ mod tests {
         let long = "x".repeat(MAX_CACHED_TOPIC + 1);
         c.put(Action::Read, &long, d(true));
         assert_eq!(allowed(&c, Action::Read, &long), None, "long topics are not kept");
-        let mut off = DecisionCache::new(0);
+        let mut off = TopicCache::new(0);
         off.put(Action::Read, "a", d(true));
         assert!(off.is_empty());
     }
@@ -494,7 +494,7 @@ mod tests {
             binding: Binding::of(&client),
             deadline,
             mapped: None,
-            cache: DecisionCache::new(4),
+            cache: TopicCache::new(4),
             connected: true,
             connecting: false,
             left: 0,
@@ -505,6 +505,23 @@ mod tests {
     /// A connection whose token expired long ago (a leeway over a minute, or
     /// `disconnect_on_expiry false`) keeps its entry: its checks are denied, and a fresh token
     /// (re-authentication) is judged against the identity it holds, not taken for a CONNECT.
+    #[test]
+    fn a_record_never_shows_a_token_as_the_username() {
+        let mut c = entry("c1", u64::MAX);
+        let Identity::Token { given, shown_username, token_as_username, .. } = &mut c.identity else {
+            unreachable!()
+        };
+        *given = "u-vera".into();
+        *shown_username = Some("u-vera".into());
+        *token_as_username = true;
+        assert_eq!(c.identity.username_label(), "<token>");
+        let Identity::Token { token_as_username, enhanced, .. } = &mut c.identity else { unreachable!() };
+        (*token_as_username, *enhanced) = (false, true);
+        assert_eq!(c.identity.username_label(), "", "enhanced authentication without a username");
+        let named = Identity::Certificate { name: "meter-1".into() };
+        assert_eq!(named.username_label(), "meter-1");
+    }
+
     #[test]
     fn the_sweep_keeps_every_connected_entry_and_drops_what_can_no_longer_be_asked() {
         let mut table = Connections::default();

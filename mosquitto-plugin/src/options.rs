@@ -88,11 +88,6 @@ pub struct Options {
 }
 
 impl Options {
-    /// The token leeway.
-    pub fn leeway(&self) -> Duration {
-        Duration::from_secs(self.keys.leeway)
-    }
-
     /// Where compiled modules are cached, if anywhere.
     pub fn module_cache(&self) -> Option<PathBuf> {
         self.cache_dir.clone().or_else(|| self.state_dir.as_ref().map(|d| d.join("cache")))
@@ -105,6 +100,25 @@ impl Options {
         let repeatable = ["bundle_public_key"];
         let mut deprecations = Vec::new();
         let mut pairs: Vec<(String, String)> = pairs.to_vec();
+        // An old spelling beside its new one would be two values for one setting: refused
+        // naming both, as the user wrote them.
+        let given = |name: &str| pairs.iter().any(|(k, _)| k == name);
+        let replaced_by =
+            DEPRECATED.iter().map(|(old, new)| (*old, vec![*new])).chain(RENAMED.iter().map(|(old, new)| {
+                (*old, new.split(' ').filter_map(|w| w.strip_prefix("plugin_opt_")).collect::<Vec<_>>())
+            }));
+        for (old, replacements) in replaced_by {
+            for replacement in replacements {
+                if given(old) && given(replacement) {
+                    return Err(ConfigError(format!(
+                        "plugin_opt_{old} (the old spelling) and plugin_opt_{replacement}: give only plugin_opt_{replacement}"
+                    )));
+                }
+            }
+            if pairs.iter().filter(|(k, _)| k == old).count() > 1 {
+                return Err(ConfigError(format!("plugin_opt_{old} is given twice")));
+            }
+        }
         for (old, new) in DEPRECATED {
             for (k, _) in pairs.iter_mut().filter(|(k, _)| k == old) {
                 deprecations.push(format!(
@@ -271,7 +285,7 @@ mod tests {
     fn defaults_are_safe() {
         let o = opts(&BASE).unwrap();
         assert_eq!(o.policy.policy, Some(PathBuf::from("/etc/p.json")));
-        assert_eq!(o.leeway(), Duration::from_secs(30));
+        assert_eq!(o.keys.leeway, 30);
         assert!(o.watch);
         assert_eq!(o.policy.module, None);
         assert_eq!(o.module_cache(), None);
@@ -346,6 +360,9 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(o.policy.bundle_public_keys.len(), 2, "a rotation names two keys");
+        let comma = ("bundle_public_key", "/etc/keys,2026/op.pub.pem");
+        let o = opts(&[BASE[0], BASE[1], ("policy_url", "https://s/b"), comma]).unwrap();
+        assert_eq!(o.policy.bundle_public_keys, [PathBuf::from(comma.1)], "one line, one path");
         assert!(
             opts(&[BASE[0], BASE[1], ("policy_url", "https://s/b"), ("insecure_unsigned_bundles", "yes")])
                 .is_ok()
@@ -385,6 +402,27 @@ mod tests {
         assert_eq!(o.module_cache(), Some(PathBuf::from("/var/lib/mqtt-policy/cache")));
         assert_eq!(o.keys.authorized_parties, ["svc"]);
         assert_eq!(o.deprecations.len(), 2, "{:?}", o.deprecations);
+        // An old spelling beside its new one: refused, naming both.
+        for (pairs, old, new) in [
+            (
+                &[("authorized_party", "a"), ("authorized_parties", "b")][..],
+                "authorized_party",
+                "authorized_parties",
+            ),
+            (&[("dev_state_dir", "/d"), ("state_dir", "/e")][..], "dev_state_dir", "state_dir"),
+            (&[("dev_state_dir", "/d"), ("dev", "false")][..], "dev_state_dir", "dev"),
+        ] {
+            let mut all = vec![("policy", "/p")];
+            all.extend_from_slice(pairs);
+            let e = opts(&all).unwrap_err();
+            assert!(
+                e.contains(&format!("plugin_opt_{old} (the old spelling)"))
+                    && e.contains(&format!("plugin_opt_{new}")),
+                "{e}"
+            );
+        }
+        let e = opts(&[("policy", "/p"), ("dev_state_dir", "/d"), ("dev_state_dir", "/e")]).unwrap_err();
+        assert!(e.contains("plugin_opt_dev_state_dir is given twice"), "{e}");
     }
 
     #[test]
@@ -403,7 +441,7 @@ mod tests {
         .unwrap();
         assert_eq!(o.keys.issuer.as_deref(), Some("https://kc/realms/celine"));
         assert_eq!(o.keys.audience.as_deref(), Some("mqtt"));
-        assert_eq!(o.leeway(), Duration::from_secs(5));
+        assert_eq!(o.keys.leeway, 5);
         assert!(!o.watch);
         assert_eq!(o.metrics_listen, Some("127.0.0.1:9883".parse().unwrap()));
         assert_eq!(o.sys_interval, Duration::ZERO);

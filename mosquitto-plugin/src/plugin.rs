@@ -30,7 +30,7 @@ use crate::background::Background;
 use crate::broker::Broker;
 use crate::client::{Binding, BrokerClient, ClientKey};
 use crate::connections::{
-    Connection, Connections, DecisionCache, Identity, LOG_BURST, LogBudget, TopicDecisions,
+    Connection, Connections, Identity, LOG_BURST, LogBudget, TopicCache, TopicDecisions,
 };
 use crate::logging;
 use crate::options::{CertificateName, Options};
@@ -563,7 +563,7 @@ impl Plugin {
             identity,
             binding: Binding::of(client),
             mapped: None,
-            cache: DecisionCache::new(self.options.decision_cache_size),
+            cache: TopicCache::new(self.options.decision_cache_size),
             connected: true,
             connecting: true,
             left: 0,
@@ -596,7 +596,7 @@ impl Plugin {
     fn decide(&self, client: &dyn BrokerClient, action: Action, topic: &[u8], will: bool) -> bool {
         let metrics = &self.authorizer.metrics;
         let Ok(topic) = std::str::from_utf8(topic) else {
-            metrics.decided_without_lookup(action, false);
+            metrics.decided(action, false, None);
             tracing::info!(
                 "deny {} for client {:?}: the topic is not UTF-8",
                 action_name(action),
@@ -605,7 +605,7 @@ impl Plugin {
             return false;
         };
         let Ok(mut connections) = self.connections.try_borrow_mut() else {
-            metrics.decided_without_lookup(action, false);
+            metrics.decided(action, false, None);
             tracing::error!(
                 "deny {} {topic:?}: the connection table is busy (re-entered)",
                 action_name(action)
@@ -675,7 +675,7 @@ impl Plugin {
             topic,
         );
         if mapped.superuser {
-            metrics.decided_without_lookup(action, true);
+            metrics.decided(action, true, None);
             self.audit(log, record.outcome(action_name(action), true, "superuser"));
             return true;
         }
@@ -692,7 +692,7 @@ impl Plugin {
     /// Denies a check before the policy is asked (an identity that cannot be named, an
     /// expired token, a client that left), with a record of why.
     fn refuse(&self, conn: &mut Connection, action: Action, topic: &str, reason: &str) {
-        self.authorizer.metrics.decided_without_lookup(action, false);
+        self.authorizer.metrics.decided(action, false, None);
         let Connection { mapped, client_id, log, identity, .. } = conn;
         let subject = mapped.as_ref().map(|m| &m.request.subject);
         let record = DecisionRecord::about("acl", subject, identity.username_label(), client_id, topic);
@@ -704,9 +704,8 @@ impl Plugin {
     /// ones it does not write.
     fn audit(&self, log: &mut LogBudget, record: DecisionRecord<'_>) {
         if record.decision == "allow" {
-            if tracing::enabled!(tracing::Level::DEBUG) {
-                tracing::debug!("audit: {}", record.to_json());
-            }
+            // Formatted only when debug lines are on.
+            tracing::debug!("audit: {}", record.to_json());
             return;
         }
         match log.take(coarse_now()) {
@@ -790,7 +789,7 @@ impl Plugin {
             binding: Binding::of(client),
             deadline: u64::MAX,
             mapped: None,
-            cache: DecisionCache::new(self.options.decision_cache_size),
+            cache: TopicCache::new(self.options.decision_cache_size),
             connected: true,
             connecting: false,
             left: 0,

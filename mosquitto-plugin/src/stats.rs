@@ -5,9 +5,10 @@
 //! what is counted here is the plugin's own: connections, re-authentications, clients it
 //! did not admit, log lines it held back.
 //!
-//! Atomics written only by the broker thread ([`bump`]: a load and a store, no locked
-//! instruction) and read from anywhere: a check pays a few plain increments, not a lock or
-//! an allocation.
+//! The plugin's own counters are atomics written only by the broker thread ([`bump`]: a load
+//! and a store, no locked instruction) and read from anywhere. A check also pays the
+//! authorizer's two uncontended atomic adds (its decision and cache counters, striped per
+//! thread), never a lock or an allocation.
 
 use std::fmt::Write;
 use std::sync::Arc;

@@ -197,6 +197,33 @@ fn refused_connects_leave_nothing_behind() {
     assert_eq!(f.connect(7, "c9", Some("not-a-jwt"), None), Admission::Refused);
 }
 
+/// Where the token is: a password that is a JWT, else a username that is one (the HTTP
+/// service's rule). A JWT username is never shown by the broker, whichever token decides.
+#[test]
+fn a_password_that_is_no_jwt_is_never_a_token_and_a_jwt_username_is_never_shown() {
+    let f = fixture(&[]);
+    let viewer = f.token("vera", &["viewers"]);
+    let other = f.token("olga", &["viewers"]);
+    assert_eq!(
+        f.connect(1, "c1", Some(&viewer), Some("secret")),
+        Admission::Admitted { rename: Some("vera".into()) },
+        "the username's token, beside a password that is no JWT"
+    );
+    assert!(f.may(1, access::READ, TELEMETRY));
+    // Mosquitto's reload re-check with what it stored (the new name, the same password):
+    // readmitted on the identity the client proved.
+    f.plugin.reload();
+    assert_eq!(f.recheck(1, Some("secret")), Admission::Admitted { rename: None });
+    f.plugin.tick();
+    assert_eq!(f.connect(2, "c2", Some("vera"), Some("secret")), Admission::Refused, "no token at all");
+    assert!(!f.may(2, access::READ, TELEMETRY));
+    assert_eq!(
+        f.connect(3, "c3", Some(&other), Some(&viewer)),
+        Admission::Admitted { rename: Some("vera".into()) },
+        "the password's token decides; the other token, the username, is not shown"
+    );
+}
+
 #[test]
 fn a_disconnected_client_keeps_its_identity_for_its_will_and_queued_messages() {
     let f = fixture(&[]);

@@ -140,12 +140,22 @@ fn config(a: Args, deprecations: &[String]) -> anyhow::Result<(ServeConfig, LogF
         .transpose()
         .map_err(|e| anyhow::anyhow!("--bundle-signing-key: {e}"))?;
     let hmac_secret = match &a.hmac_secret_file {
-        Some(p) => Some(
-            std::fs::read(p)
+        Some(p) => {
+            let secret = std::fs::read(p)
                 .map_err(|e| anyhow::anyhow!("--hmac-secret-file {}: {e}", p.display()))?
                 .trim_ascii()
-                .to_vec(),
-        ),
+                .to_vec();
+            // An empty or short secret would let anyone sign tokens.
+            if secret.len() < 16 {
+                anyhow::bail!("--hmac-secret-file {}: the secret must be at least 16 bytes", p.display());
+            }
+            Some(secret)
+        }
+        None => None,
+    };
+    // TLS files are read and checked now: a mistake stops start-up before anything listens.
+    let tls = match a.tls_cert.zip(a.tls_key) {
+        Some((cert, key)) => Some(crate::tls::Certificates::load(&cert, &key)?),
         None => None,
     };
     let admin_token = long_secret(
@@ -157,6 +167,14 @@ fn config(a: Args, deprecations: &[String]) -> anyhow::Result<(ServeConfig, LogF
         "the bundle token",
     )?;
     let sessions = a.sessions.as_deref().map(crate::sessions::RedisSessions::new).transpose()?;
+    let state_dir = a.state_dir.unwrap_or_else(identity::devkey::default_state_dir);
+    // Dev mode keeps its key there: a directory that cannot be made is a configuration error
+    // (without dev mode it only costs the compiled-module cache, and the service warns).
+    if a.dev {
+        std::fs::create_dir_all(&state_dir).map_err(|e| {
+            anyhow::anyhow!("--state-dir {}: {e} (dev mode keeps its key there)", state_dir.display())
+        })?;
+    }
     let cache_memory = a.cache_memory << 20;
     let cfg = ServeConfig {
         listen: a.listen,
@@ -164,11 +182,11 @@ fn config(a: Args, deprecations: &[String]) -> anyhow::Result<(ServeConfig, LogF
         policy: a.policy,
         response_mode: a.response_mode,
         dev: a.dev,
-        state_dir: a.state_dir.unwrap_or_else(identity::devkey::default_state_dir),
+        state_dir,
         hmac_secret,
         admin_token,
         ops_listen: a.ops_listen,
-        tls: a.tls_cert.zip(a.tls_key),
+        tls,
         playground: !a.no_playground,
         bundle_trust,
         bundle_signing_key,
