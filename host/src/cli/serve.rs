@@ -172,7 +172,10 @@ fn config(a: Args, deprecations: &[String]) -> anyhow::Result<(ServeConfig, LogF
     // (without dev mode it only costs the compiled-module cache, and the service warns).
     if a.dev {
         std::fs::create_dir_all(&state_dir).map_err(|e| {
-            anyhow::anyhow!("--state-dir {}: {e} (dev mode keeps its key there)", state_dir.display())
+            anyhow::anyhow!(
+                "--state-dir: creating the state directory {} (dev mode keeps its key there): {e}",
+                state_dir.display()
+            )
         })?;
     }
     let cache_memory = a.cache_memory << 20;
