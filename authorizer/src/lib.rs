@@ -27,7 +27,9 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use identity::{Identities, Verified, names_subject};
-use policy_engine::{Action, Decision, Fault, Generation, Live, Request, Subject, SubjectError, SubjectType};
+use policy_engine::{
+    Action, Decision, Fault, Generation, Live, Prepared, Request, Subject, SubjectError, SubjectType,
+};
 
 pub use config::{ConfigError, KeysConfig, PolicyConfig, Spelling};
 pub use metrics::DecisionMetrics;
@@ -67,6 +69,12 @@ pub trait DecisionCache: DecisionLookup {
     fn put(&mut self, key: Self::Key, decision: Decision) -> Self::Entry;
     /// An entry for a decision that is not remembered (a module fault's denial).
     fn unremembered(&mut self, decision: Decision) -> Self::Entry;
+    /// The subject of these checks prepared for the generation, when the front end keeps one
+    /// (a broker connection does: [`Generation::prepare`]); it spares each decision the work
+    /// of finding what the policy says about the subject.
+    fn prepared(&self) -> Option<&Prepared> {
+        None
+    }
 }
 
 /// A check the cache did not answer, for [`Authorizer::decide`] (or, when the front end
@@ -240,7 +248,7 @@ impl Authorizer {
         cache: &mut C,
     ) -> C::Entry {
         let started = pending.timed.then(Instant::now);
-        let entry = match generation.try_check(request) {
+        let entry = match generation.try_check_prepared(cache.prepared(), request) {
             Ok(d) => cache.put(key, d),
             Err(fault) => cache.unremembered(Decision { allow: false, rule: None, reason: fault.0 }),
         };

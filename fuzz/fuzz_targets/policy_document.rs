@@ -3,7 +3,9 @@
 //! agree. And the document written again (compact, and spaced out; keys in their order,
 //! duplicates kept, numbers in their shortest form) loads again and decides the same: what a
 //! policy means depends on its JSON value only, not on how the text was laid out (a policy
-//! that went through an editor, `jq` or an admin upload is the same policy).
+//! that went through an editor, `jq` or an admin upload is the same policy). A subject
+//! prepared once (as the broker plugin prepares each connection's) decides every request as
+//! `check` does, under its own policy and under the document written again.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -62,14 +64,19 @@ fuzz_target!(|data: &[u8]| {
         scopes: vec!["mqtt.read".into()],
     };
     let _ = policy.superuser(&subject);
+    let prepared = policy.prepare(subject.clone());
     for action in [Action::Subscribe, Action::Read, Action::Publish] {
         for topic in ["celine/telemetry/meter/m1/readings", "a/#", "+/+", "$SYS/x", "alice/inbox", ""] {
             let q = Query { subject: &subject, action, topic, clientid: "c1", username: "alice" };
             let decision = policy.check(&q);
             let explained = policy.explain(&q);
             assert_eq!(decision.allow, explained.decision.allow, "check and explain disagree on {topic:?}");
+            let from_prepared = policy.check_prepared(&prepared, action, topic, "c1", "alice");
+            assert_eq!(from_prepared, decision, "prepared, {action:?} {topic:?} decides otherwise");
             for again in &rewritten {
                 assert_eq!(again.check(&q), decision, "written again, {action:?} {topic:?} decides otherwise");
+                let elsewhere = again.check_prepared(&prepared, action, topic, "c1", "alice");
+                assert_eq!(elsewhere, decision, "prepared for another policy, {action:?} {topic:?} decides otherwise");
             }
         }
     }

@@ -195,8 +195,8 @@ pub async fn build_state(cfg: &ServeConfig, log: QueueWriter) -> anyhow::Result<
     if usable_state {
         live.keep_uploads_in(kept);
     }
-    let reloader =
-        Reloader::start(Arc::clone(&live), true).context("watching the module and policy files")?;
+    let reloader = Reloader::start(Arc::clone(&live), policy_engine::reload::Watch::Notify)
+        .context("watching the module and policy files")?;
 
     let dev_key = if cfg.dev { Some(DevKey::load_or_create(&cfg.state_dir)?) } else { None };
     let mut config = cfg.keys.verifier_config(dev_key.as_ref())?;
@@ -223,7 +223,7 @@ pub async fn build_state(cfg: &ServeConfig, log: QueueWriter) -> anyhow::Result<
     let g = live.current();
     tracing::info!(
         module_hash = %&g.module.hash[..16], module_version = %g.module.version,
-        rules = g.rule_count, generation = g.id, status = %live.status(),
+        rules = g.rule_count, generation = g.id, status = %live.status(), checks_decided = g.deciding(),
         "policy loaded"
     );
     // A quarter for verified tokens and subjects, the rest for decisions and sessions.

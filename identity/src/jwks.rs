@@ -214,6 +214,9 @@ pub struct Verifier {
     /// Posted by `verify_now` when a token names a key the set lacks; the refresher task
     /// answers it (rate-limited).
     refresh_wanted: tokio::sync::Notify,
+    /// The same request, for an owner that schedules refreshes itself
+    /// ([`Verifier::take_refresh_wanted`]).
+    refresh_wanted_flag: std::sync::atomic::AtomicBool,
     /// When the fetch that tokens by unknown keys wait for began, while it runs.
     awaited_since: Mutex<Option<Instant>>,
     /// Counts the fetches tokens waited for, as they end.
@@ -310,6 +313,7 @@ impl Verifier {
             last_refresh: Mutex::new(None),
             refresh_lock: tokio::sync::Mutex::new(()),
             refresh_wanted: tokio::sync::Notify::new(),
+            refresh_wanted_flag: std::sync::atomic::AtomicBool::new(false),
             awaited_since: Mutex::new(None),
             awaited_done: tokio::sync::watch::Sender::new(0),
         })
@@ -431,6 +435,31 @@ impl Verifier {
                 Err(e)
             }
         }
+    }
+
+    /// For an owner that schedules refreshes itself instead of [`Verifier::spawn_refresher`]
+    /// (the broker plugin, which keeps no thread waiting): whether `verify_now` met an unknown
+    /// key id since this was last asked; then [`Verifier::refresh_wanted_now`].
+    pub fn take_refresh_wanted(&self) -> bool {
+        self.refresh_wanted_flag.swap(false, std::sync::atomic::Ordering::AcqRel)
+    }
+
+    /// The refresh a token by an unknown key id asked for, unless one happened within
+    /// `min_refresh` (the outcome logged).
+    pub async fn refresh_wanted_now(&self) {
+        self.refresh_rate_limited().await
+    }
+
+    /// The periodic refresh (a JWKS file is re-read too), its outcome logged: what
+    /// [`Verifier::spawn_refresher`] does every [`Verifier::refresh_every`].
+    pub async fn refresh_scheduled(&self) {
+        let _one_at_a_time = self.refresh_lock.lock().await;
+        self.refresh_logged().await;
+    }
+
+    /// How often the key set is refreshed.
+    pub fn refresh_every(&self) -> Duration {
+        self.config.refresh_every.max(Duration::from_secs(1))
     }
 
     /// Refreshes unless one happened within `min_refresh`.
@@ -583,6 +612,7 @@ impl Verifier {
         let header = header_of(token)?;
         if !is_hmac(header.alg) && self.candidate_keys(&header).is_empty() && self.refresh_due() {
             self.refresh_wanted.notify_one();
+            self.refresh_wanted_flag.store(true, std::sync::atomic::Ordering::Release);
         }
         self.verify_with(token, &header)
     }
@@ -660,14 +690,11 @@ impl Verifier {
     pub fn spawn_refresher(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
         let me = Arc::clone(self);
         tokio::spawn(async move {
-            let mut tick = tokio::time::interval(me.config.refresh_every.max(Duration::from_secs(1)));
+            let mut tick = tokio::time::interval(me.refresh_every());
             tick.tick().await;
             loop {
                 tokio::select! {
-                    _ = tick.tick() => {
-                        let _one_at_a_time = me.refresh_lock.lock().await;
-                        me.refresh_logged().await;
-                    }
+                    _ = tick.tick() => me.refresh_scheduled().await,
                     _ = me.refresh_wanted.notified() => me.refresh_rate_limited().await,
                 }
             }

@@ -1,64 +1,128 @@
-//! The plugin's background work, off the broker thread: refreshing signing keys and serving
-//! Prometheus metrics, on a one-worker tokio runtime of its own. Dropping it shuts the
-//! runtime down and waits (a bounded time) for its threads, so nothing of the plugin runs
-//! once Mosquitto unloads it.
+//! The plugin's background work, off the broker thread: refreshing signing keys, pulling
+//! policy bundles and answering Prometheus scrapes.
+//!
+//! None of it keeps a thread in the broker. In a process with a second thread, every socket
+//! call of Mosquitto's event loop costs more (the kernel's file table is shared then, and
+//! counted on every use: about 5–8% of a busy broker's throughput, measured in
+//! `BENCHMARKS.md`), so the work is found from the broker's tick ([`Background::poll`], at
+//! most every [`POLL_EVERY`]: a due refresh or pull, a key id a token named that the set lacks,
+//! a scrape waiting on the metrics listener) and done on a thread that ends when nothing is
+//! left to do. The async parts (key and bundle fetches) run on a current-thread tokio runtime
+//! that such a thread drives. Dropping it stops the work in progress and joins the thread, so
+//! nothing of the plugin runs once Mosquitto unloads it.
 
-use std::net::SocketAddr;
-use std::sync::Arc;
-use std::time::Duration;
+use std::collections::VecDeque;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use identity::Verifier;
 use policy_engine::Live;
+use policy_engine::pull::Puller;
 
 use crate::stats::Stats;
 
-/// How long shutting down may wait for a key fetch in flight.
+/// How often the tick looks for work, at most.
+pub const POLL_EVERY: Duration = Duration::from_millis(100);
+/// How long shutting down may wait for the blocking work of a fetch in flight.
 const SHUTDOWN_WAIT: Duration = Duration::from_secs(5);
+/// Scrapes served per look at the listener, at most.
+const SCRAPES_PER_POLL: usize = 8;
+/// A scrape's request: its size and how long reading it and writing the answer may take.
+const SCRAPE_REQUEST_BYTES: usize = 8 << 10;
+const SCRAPE_TIMEOUT: Duration = Duration::from_secs(5);
+
+enum Job {
+    /// The periodic key refresh.
+    Keys,
+    /// The refresh a token by an unknown key id asked for.
+    KeysWanted,
+    Pull,
+    Scrape(TcpStream),
+}
+
+/// What the worker thread shares with the tick.
+struct Queue {
+    jobs: VecDeque<Job>,
+    /// A worker thread is running: it takes every job queued before it ends.
+    working: bool,
+}
+
+struct Shared {
+    queue: Mutex<Queue>,
+    /// Taken (and shut down) when the plugin goes.
+    runtime: Option<tokio::runtime::Runtime>,
+    /// Ends the job in progress when the plugin goes.
+    stop: tokio::sync::Notify,
+    stopping: std::sync::atomic::AtomicBool,
+    verifier: Mutex<Option<Arc<Verifier>>>,
+    puller: tokio::sync::Mutex<Option<Puller>>,
+    metrics: Mutex<Option<(Arc<Stats>, Arc<Live>)>>,
+}
+
+/// When the next periodic work is due (touched by the tick only).
+struct Schedule {
+    last_poll: Instant,
+    next_keys: Option<(Instant, Duration)>,
+    next_pull: Option<(Instant, Duration)>,
+    listener: Option<TcpListener>,
+}
 
 pub struct Background {
-    runtime: Option<tokio::runtime::Runtime>,
+    shared: Arc<Shared>,
+    schedule: Mutex<Schedule>,
+    worker: Mutex<Option<JoinHandle<()>>>,
 }
 
 impl Background {
     pub fn start() -> anyhow::Result<Background> {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .max_blocking_threads(2)
-            .thread_name("mqtt-policy-bg")
+        let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
+            // Blocking work (a bundle's build, name lookups) gets a thread that ends with it.
+            .max_blocking_threads(2)
+            .thread_keep_alive(Duration::from_millis(10))
+            .thread_name("mqtt-policy-bg")
             .build()
             .context("starting the plugin's background runtime")?;
-        Ok(Background { runtime: Some(runtime) })
+        Ok(Background {
+            shared: Arc::new(Shared {
+                queue: Mutex::new(Queue { jobs: VecDeque::new(), working: false }),
+                runtime: Some(runtime),
+                stop: tokio::sync::Notify::new(),
+                stopping: std::sync::atomic::AtomicBool::new(false),
+                verifier: Mutex::new(None),
+                puller: tokio::sync::Mutex::new(None),
+                metrics: Mutex::new(None),
+            }),
+            schedule: Mutex::new(Schedule {
+                last_poll: Instant::now(),
+                next_keys: None,
+                next_pull: None,
+                listener: None,
+            }),
+            worker: Mutex::new(None),
+        })
     }
 
-    fn runtime(&self) -> &tokio::runtime::Runtime {
-        self.runtime.as_ref().expect("the runtime lives until drop")
-    }
-
-    /// Runs `f` to completion on the background runtime (start-up only).
+    /// Runs `f` to completion on the calling thread (start-up only).
     pub fn block_on<F: std::future::Future>(&self, f: F) -> F::Output {
-        self.runtime().block_on(f)
+        self.shared.runtime().block_on(f)
     }
 
-    /// Pulls bundles from `url` every `every` (`policy_engine::pull`).
-    pub fn spawn_puller(
-        &self,
-        live: &Arc<policy_engine::Live>,
-        url: &str,
-        token: Option<String>,
-        every: std::time::Duration,
-        trust: policy_engine::pull::Trust,
-        status: Arc<std::sync::Mutex<policy_engine::pull::PullStatus>>,
-    ) -> anyhow::Result<()> {
-        let _in_runtime = self.runtime().enter();
-        policy_engine::pull::spawn_puller(Arc::clone(live), url.to_string(), token, every, trust, status)
+    /// Pulls bundles with `puller` every `every`, the first one now.
+    pub fn pull_every(&self, puller: Puller, every: Duration) {
+        *self.shared.puller.blocking_lock() = Some(puller);
+        lock(&self.schedule).next_pull = Some((Instant::now(), every));
     }
 
     /// Periodic key refreshes, and a refresh when a CONNECT names an unknown key id.
-    pub fn spawn_key_refresher(&self, verifier: &Arc<Verifier>) {
-        let _in_runtime = self.runtime().enter();
-        verifier.spawn_refresher();
+    pub fn refresh_keys(&self, verifier: &Arc<Verifier>) {
+        let every = verifier.refresh_every();
+        *lock(&self.shared.verifier) = Some(Arc::clone(verifier));
+        lock(&self.schedule).next_keys = Some((Instant::now() + every, every));
     }
 
     /// Serves `GET /metrics` on `addr`; returns the bound address. Binding happens now, so a
@@ -69,32 +133,177 @@ impl Background {
         stats: Arc<Stats>,
         live: Arc<Live>,
     ) -> anyhow::Result<SocketAddr> {
-        let listener = std::net::TcpListener::bind(addr)
+        let listener = TcpListener::bind(addr)
             .with_context(|| format!("plugin_opt_metrics_listen: cannot listen on {addr}"))?;
         listener.set_nonblocking(true)?;
         let bound = listener.local_addr()?;
-        let _in_runtime = self.runtime().enter();
-        let listener = tokio::net::TcpListener::from_std(listener)?;
-        let app = axum::Router::new().route(
-            "/metrics",
-            axum::routing::get(move || {
-                let (stats, live) = (Arc::clone(&stats), Arc::clone(&live));
-                async move { stats.render_prometheus(&live) }
-            }),
-        );
-        self.runtime().spawn(async move {
-            if let Err(e) = axum::serve(listener, app).await {
-                tracing::error!("the metrics listener stopped: {e}");
-            }
-        });
+        *lock(&self.shared.metrics) = Some((stats, live));
+        lock(&self.schedule).listener = Some(listener);
         Ok(bound)
     }
+
+    /// From the broker's tick: finds due work and hands it to a worker thread. Cheap when
+    /// nothing is due (a clock read at most every [`POLL_EVERY`]).
+    pub fn poll(&self) {
+        let Ok(mut s) = self.schedule.try_lock() else { return };
+        if s.last_poll.elapsed() < POLL_EVERY {
+            return;
+        }
+        let now = Instant::now();
+        s.last_poll = now;
+        let mut jobs = Vec::new();
+        if let Some(listener) = &s.listener {
+            while jobs.len() < SCRAPES_PER_POLL {
+                match listener.accept() {
+                    Ok((stream, _)) => jobs.push(Job::Scrape(stream)),
+                    Err(_) => break,
+                }
+            }
+        }
+        if let Some(v) = lock(&self.shared.verifier).as_ref()
+            && v.take_refresh_wanted()
+        {
+            jobs.push(Job::KeysWanted);
+        }
+        let s = &mut *s;
+        for (next, job) in [(&mut s.next_keys, Job::Keys), (&mut s.next_pull, Job::Pull)] {
+            if let Some((due, every)) = next
+                && *due <= now
+            {
+                *due = now + *every;
+                jobs.push(job);
+            }
+        }
+        if !jobs.is_empty() {
+            self.hand_over(jobs);
+        }
+    }
+
+    fn hand_over(&self, jobs: Vec<Job>) {
+        let mut queue = lock(&self.shared.queue);
+        queue.jobs.extend(jobs);
+        if queue.working || self.shared.stopping.load(std::sync::atomic::Ordering::SeqCst) {
+            return;
+        }
+        queue.working = true;
+        drop(queue);
+        let mut worker = lock(&self.worker);
+        // The previous worker found its queue empty before it ended.
+        if let Some(done) = worker.take() {
+            let _ = done.join();
+        }
+        let shared = Arc::clone(&self.shared);
+        match std::thread::Builder::new().name("mqtt-policy-bg".into()).spawn(move || shared.work()) {
+            Ok(handle) => *worker = Some(handle),
+            Err(e) => {
+                lock(&self.shared.queue).working = false;
+                tracing::error!(
+                    "cannot start a thread for the plugin's background work ({e}); trying again at the next tick"
+                );
+            }
+        }
+    }
+}
+
+impl Shared {
+    fn runtime(&self) -> &tokio::runtime::Runtime {
+        self.runtime.as_ref().expect("the runtime lives until the plugin goes")
+    }
+
+    /// Completes when the plugin goes (at once if it has).
+    async fn stopped(&self) {
+        let notified = self.stop.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        if !self.stopping.load(std::sync::atomic::Ordering::SeqCst) {
+            notified.await;
+        }
+    }
+
+    /// The worker thread: takes jobs until none is left, then ends.
+    fn work(&self) {
+        loop {
+            let job = {
+                let mut queue = lock(&self.queue);
+                match queue.jobs.pop_front() {
+                    Some(job) => job,
+                    None => {
+                        queue.working = false;
+                        return;
+                    }
+                }
+            };
+            if self.stopping.load(std::sync::atomic::Ordering::SeqCst) {
+                continue;
+            }
+            match job {
+                Job::Scrape(stream) => self.scrape(stream),
+                job => self.runtime().block_on(async {
+                    tokio::select! {
+                        () = self.run(job) => {}
+                        () = self.stopped() => {}
+                    }
+                }),
+            }
+        }
+    }
+
+    async fn run(&self, job: Job) {
+        let verifier = lock(&self.verifier).clone();
+        match (job, verifier) {
+            (Job::Keys, Some(v)) => v.refresh_scheduled().await,
+            (Job::KeysWanted, Some(v)) => v.refresh_wanted_now().await,
+            (Job::Pull, _) => {
+                if let Some(p) = self.puller.lock().await.as_mut() {
+                    p.pull().await;
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Answers one scrape: `GET /metrics`, else 404; the connection is closed after.
+    fn scrape(&self, mut stream: TcpStream) {
+        let _ = stream.set_nonblocking(false);
+        let _ = stream.set_read_timeout(Some(SCRAPE_TIMEOUT));
+        let _ = stream.set_write_timeout(Some(SCRAPE_TIMEOUT));
+        let mut request = Vec::with_capacity(1024);
+        let mut buf = [0u8; 1024];
+        while !request.windows(4).any(|w| w == b"\r\n\r\n") && request.len() < SCRAPE_REQUEST_BYTES {
+            match stream.read(&mut buf) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => request.extend_from_slice(&buf[..n]),
+            }
+        }
+        let first_line = request.split(|b| *b == b'\n').next().unwrap_or_default();
+        let wants_metrics =
+            first_line.starts_with(b"GET /metrics ") || first_line.starts_with(b"GET /metrics?");
+        let (status, body) = match (wants_metrics, lock(&self.metrics).as_ref()) {
+            (true, Some((stats, live))) => ("200 OK", stats.render_prometheus(live)),
+            _ => ("404 Not Found", "not found: the plugin serves GET /metrics\n".to_string()),
+        };
+        let head = format!(
+            "HTTP/1.1 {status}\r\ncontent-type: text/plain; version=0.0.4; charset=utf-8\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+            body.len()
+        );
+        let _ = stream.write_all(head.as_bytes()).and_then(|()| stream.write_all(body.as_bytes()));
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Drop for Background {
     fn drop(&mut self) {
-        if let Some(rt) = self.runtime.take() {
-            rt.shutdown_timeout(SHUTDOWN_WAIT);
+        self.shared.stopping.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.shared.stop.notify_waiters();
+        if let Some(w) = lock(&self.worker).take() {
+            let _ = w.join();
+        }
+        // Blocking work in flight (a bundle's build) gets a bounded time.
+        if let Some(runtime) = Arc::get_mut(&mut self.shared).and_then(|s| s.runtime.take()) {
+            runtime.shutdown_timeout(SHUTDOWN_WAIT);
         }
     }
 }

@@ -16,7 +16,7 @@ use std::collections::{BinaryHeap, HashMap};
 use std::sync::Arc;
 
 use identity::{TokenHash, Verified};
-use policy_engine::{Action, Decision, Request, Subject};
+use policy_engine::{Action, Decision, Generation, Prepared, Request, Subject};
 
 use crate::client::Binding;
 pub use crate::client::ClientKey;
@@ -28,13 +28,23 @@ pub const MAX_CACHED_TOPIC: usize = 256;
 /// Disconnected entries kept at most (each holds an identity, no decisions).
 pub const MAX_DISCONNECTED: usize = 50_000;
 
+/// Bytes of topics and decisions one connection's cache holds at most, whatever its entry
+/// count: a client publishing on long unique topics cannot make its connection grow.
+pub const MAX_CACHE_BYTES: usize = 64 << 10;
+
+/// What an entry costs beside its strings: the map's slot, the decision's allocation and the
+/// key's.
+const ENTRY_OVERHEAD: usize = 96;
+
 /// Decisions already made for one connection under one generation, by topic and action.
-/// Bounded: when full it starts over (a miss costs one module call, never a wrong answer).
+/// Bounded in entries (`decision_cache_size`) and in bytes ([`MAX_CACHE_BYTES`]): when full it
+/// starts over (a miss costs one decision, never a wrong answer).
 /// Topics are hashed with foldhash (seeded per cache): SipHash cost more than the rest of a
 /// cached check, and the cache is too small to be worth flooding.
 #[derive(Default)]
 pub struct TopicCache {
     capacity: usize,
+    bytes: usize,
     by_topic: HashMap<Box<str>, [Option<Arc<Decision>>; 3], foldhash::fast::RandomState>,
 }
 
@@ -46,9 +56,13 @@ fn slot(action: Action) -> usize {
     }
 }
 
+fn weight(d: &Decision) -> usize {
+    d.reason.len() + d.rule.as_ref().map_or(0, String::len) + ENTRY_OVERHEAD
+}
+
 impl TopicCache {
     pub fn new(capacity: usize) -> TopicCache {
-        TopicCache { capacity, by_topic: HashMap::default() }
+        TopicCache { capacity, bytes: 0, by_topic: HashMap::default() }
     }
 
     pub fn get(&self, action: Action, topic: &str) -> Option<&Arc<Decision>> {
@@ -59,19 +73,31 @@ impl TopicCache {
         if self.capacity == 0 || topic.len() > MAX_CACHED_TOPIC {
             return;
         }
+        let added = weight(&decision);
+        if self.bytes + added + topic.len() > MAX_CACHE_BYTES {
+            self.clear();
+        }
         if let Some(d) = self.by_topic.get_mut(topic) {
+            self.bytes += added;
             d[slot(action)] = Some(decision);
             return;
         }
         if self.by_topic.len() >= self.capacity {
-            self.by_topic.clear();
+            self.clear();
         }
+        self.bytes += added + topic.len();
         let mut d = [None, None, None];
         d[slot(action)] = Some(decision);
         self.by_topic.insert(topic.into(), d);
     }
 
+    /// What the entries hold, in bytes (as [`MAX_CACHE_BYTES`] counts them).
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
     pub fn clear(&mut self) {
+        self.bytes = 0;
         self.by_topic.clear();
     }
 
@@ -90,6 +116,8 @@ impl TopicCache {
 pub struct TopicDecisions<'c, 't> {
     pub cache: &'c mut TopicCache,
     pub topic: &'t str,
+    /// The connection's subject, prepared for this generation.
+    pub prepared: Option<&'c Prepared>,
 }
 
 impl authorizer::DecisionLookup for TopicDecisions<'_, '_> {
@@ -115,6 +143,10 @@ impl authorizer::DecisionCache for TopicDecisions<'_, '_> {
     fn unremembered(&mut self, decision: Decision) -> Arc<Decision> {
         Arc::new(decision)
     }
+
+    fn prepared(&self) -> Option<&Prepared> {
+        self.prepared
+    }
 }
 
 /// The subject a connection's identity maps to under one policy generation.
@@ -124,6 +156,8 @@ pub struct Mapped {
     /// The request the connection's checks reuse (subject, client id, proven username);
     /// each check only fills in the topic and the action.
     pub request: Request,
+    /// The subject prepared for this generation, when it decides natively.
+    pub prepared: Option<Prepared>,
 }
 
 /// How a client proved who it is.
@@ -241,11 +275,12 @@ impl Connection {
     }
 
     /// Records the subject under a new generation; earlier decisions no longer count.
-    pub fn remap(&mut self, generation: u64, subject: &Subject, superuser: bool) -> &mut Mapped {
+    pub fn remap(&mut self, generation: &Generation, subject: &Subject, superuser: bool) -> &mut Mapped {
         self.cache.clear();
         self.mapped.insert(Mapped {
-            generation,
+            generation: generation.id,
             superuser,
+            prepared: generation.prepare(subject),
             request: Request {
                 subject: subject.clone(),
                 topic: String::new(),
@@ -471,6 +506,29 @@ mod tests {
         let mut off = TopicCache::new(0);
         off.put(Action::Read, "a", d(true));
         assert!(off.is_empty());
+    }
+
+    #[test]
+    fn the_cache_is_bounded_in_bytes_whatever_its_entry_count() {
+        let mut c = TopicCache::new(100_000);
+        let reason = |topic: &str| {
+            Arc::new(Decision {
+                allow: true,
+                rule: Some("r".into()),
+                reason: format!("rule 'r' allows read on '{topic}'"),
+            })
+        };
+        let mut most = 0;
+        for n in 0..20_000 {
+            let topic = format!("celine/telemetry/meter/{n:0>200}/readings");
+            c.put(Action::Read, &topic, reason(&topic));
+            assert!(c.bytes() <= MAX_CACHE_BYTES, "{} bytes after {n} topics", c.bytes());
+            most = most.max(c.len());
+        }
+        assert!(most > 50, "the budget holds a useful number of entries ({most})");
+        assert!(most < 20_000);
+        c.clear();
+        assert_eq!((c.len(), c.bytes()), (0, 0));
     }
 
     fn entry(id: &str, deadline: u64) -> Connection {

@@ -4,9 +4,11 @@
 //!
 //! Everything here runs on the broker thread, so nothing here waits: a CONNECT verifies the
 //! token with the keys already held, and a check is a lookup in the connection's decision
-//! cache or one call into the policy module (never an instance build: the broker thread is
-//! marked with `policy_engine::runtime::must_not_wait`). Building candidates, refreshing
-//! keys and serving metrics happen on background threads.
+//! cache or one decision (natively for the built-in module, else one call into the policy
+//! module; never an instance build: the broker thread is marked with
+//! `policy_engine::runtime::must_not_wait`). Building candidates, refreshing keys, pulling
+//! bundles and serving metrics happen on threads that the tick starts when there is such
+//! work and that end when it is done (`background.rs`): between them the broker runs alone.
 //!
 //! Who a check is for comes from the connection table (`connections.rs`), kept bound to the
 //! clients that proved each identity (`client.rs`). A client this plugin did not admit (a
@@ -23,7 +25,7 @@ use anyhow::Context;
 use authorizer::{Authorizer, DecisionRecord, Spelling, action_name};
 use identity::devkey::DevKey;
 use identity::{Identities, KeySource, Verified, Verifier, now};
-use policy_engine::pull::{PullStatus, Trust};
+use policy_engine::pull::{PullStatus, Puller, Trust};
 use policy_engine::{Action, Generation, Live, Reloader, Runtime, Source, Subject};
 
 use crate::background::Background;
@@ -150,7 +152,7 @@ impl Plugin {
                 FIRST_KEY_LOAD.as_secs()
             ),
         }
-        background.spawn_key_refresher(&verifier);
+        background.refresh_keys(&verifier);
         let authorizer = Authorizer::new(
             Arc::clone(&live),
             Arc::new(Identities::new(verifier, TOKEN_CACHE)),
@@ -173,7 +175,9 @@ impl Plugin {
             };
             let every = Duration::from_secs(options.policy.policy_poll);
             let status = Arc::new(std::sync::Mutex::new(PullStatus::default()));
-            background.spawn_puller(&live, url, token, every, trust, Arc::clone(&status))?;
+            let puller =
+                Puller::new(Arc::clone(&live), url.clone(), token, every, trust, Arc::clone(&status))?;
+            background.pull_every(puller, every);
             let _ = stats.pull.set(status);
             tracing::info!("pulling policy bundles from {url} every {}s ({signed_by})", every.as_secs());
         }
@@ -181,18 +185,24 @@ impl Plugin {
             let bound = background.serve_metrics(addr, Arc::clone(&stats), Arc::clone(&live))?;
             tracing::info!("metrics at http://{bound}/metrics");
         }
-        let reloader = Reloader::start(Arc::clone(&live), options.watch)?;
+        let watch = if options.watch {
+            policy_engine::reload::Watch::Poll
+        } else {
+            policy_engine::reload::Watch::Off
+        };
+        let reloader = Reloader::start(Arc::clone(&live), watch)?;
         // From now on the broker's thread decides with the instances it finds ready and never
         // builds one (the start-up pipeline above could).
         policy_engine::runtime::must_not_wait();
         let g = live.current();
         tracing::info!(
-            "ready: policy {} ({} rules, generation {}), module {} ({}), test cases {}, certificate clients {}",
+            "ready: policy {} ({} rules, generation {}), module {} ({}), checks decided {}, test cases {}, certificate clients {}",
             policy_file.display(),
             g.rule_count,
             g.id,
             g.module.version,
             &g.module.hash[..16],
+            g.deciding(),
             options.policy.tests.as_ref().map(|t| t.display().to_string()).unwrap_or_else(|| "none".into()),
             match authorizer.certificate_subject_type() {
                 Some(t) => format!("decided as {} subjects (the policy's certificates section)", t.as_str()),
@@ -380,7 +390,7 @@ impl Plugin {
         // `${username}` stays a name proven to belong to the subject, by the new claims.
         conn.username = self.username_for(&generation, &conn.identity, &subject);
         let superuser = self.authorizer.superuser(&generation, &subject).allow;
-        conn.remap(generation.id, &subject, superuser);
+        conn.remap(&generation, &subject, superuser);
         let deadline = conn.deadline;
         connections.watch(key, deadline);
         bump(&self.stats.reauth_accepted);
@@ -569,7 +579,7 @@ impl Plugin {
             left: 0,
             log: LogBudget::default(),
         };
-        connection.remap(generation.id, &subject, superuser);
+        connection.remap(&generation, &subject, superuser);
         Ok((connection, subject))
     }
 
@@ -649,7 +659,7 @@ impl Plugin {
                 Ok(s) => {
                     let superuser = self.authorizer.superuser(&generation, &s).allow;
                     conn.username = self.username_for(&generation, &conn.identity, &s);
-                    conn.remap(generation.id, &s, superuser);
+                    conn.remap(&generation, &s, superuser);
                     None
                 }
                 Err(reason) => {
@@ -682,7 +692,7 @@ impl Plugin {
         mapped.request.topic.clear();
         mapped.request.topic.push_str(topic);
         mapped.request.action = action;
-        let mut decisions = TopicDecisions { cache, topic };
+        let mut decisions = TopicDecisions { cache, topic, prepared: mapped.prepared.as_ref() };
         self.authorizer.check(&generation, &mapped.request, action, &mut decisions, |decision, _| {
             self.audit(log, record.decided(action_name(action), decision));
             decision.allow
@@ -876,6 +886,16 @@ impl Plugin {
     pub fn tick(&self) {
         self.event();
         self.reauthenticating.set(false);
+        // The watched policy and module files are looked at from here (at most once a
+        // second): no watcher thread in the broker.
+        if let Some(r) = &self.reloader {
+            r.poll_files();
+        }
+        // Key refreshes, bundle pulls and scrapes are found here too, and done on a thread
+        // that ends when they are.
+        if let Some(b) = &self.background {
+            b.poll();
+        }
         if self.options.disconnect_on_expiry {
             self.end_expired();
         }

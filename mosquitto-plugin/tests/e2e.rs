@@ -679,3 +679,35 @@ fn a_refreshed_token_with_fewer_groups_loses_the_matching_deliveries() {
         "a delivery the refreshed token no longer allows came first"
     );
 }
+
+/// Threads of the broker's process.
+fn threads_of(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/task")).map(|d| d.count()).unwrap_or(0)
+}
+
+#[test]
+fn a_key_added_to_the_key_set_is_trusted_after_a_refresh_and_no_thread_waits_between_refreshes() {
+    let (first, second) = (Issuer::new(), Issuer::new());
+    let mut jwks = None;
+    let b = broker_with(&first, |s| {
+        jwks = Some(s.file("jwks.json", first.jwks()));
+        s.option("jwks_refresh", "1").option("jwks_min_refresh", "1").option("metrics_listen", "127.0.0.1:0")
+    });
+    // Between refreshes (every second here) the broker runs alone: the plugin's work is done
+    // on threads that end with it.
+    wait_for("the broker to run on its thread alone", Duration::from_secs(20), || threads_of(b.pid()) == 1);
+    let token = second.user("vera", &["viewers"]);
+    let (_c, refused) = Client::connect(Version::V311, b.port, "second-key", "vera", &token);
+    assert_eq!(refused, Event::Refused(5), "a key the set does not hold");
+    // The identity provider publishes the second key: a refresh takes it.
+    let mut both: serde_json::Value = serde_json::from_str(&first.jwks()).unwrap();
+    let more: serde_json::Value = serde_json::from_str(&second.jwks()).unwrap();
+    both["keys"].as_array_mut().unwrap().extend(more["keys"].as_array().unwrap().iter().cloned());
+    write_readable(jwks.as_ref().unwrap(), both.to_string().as_bytes());
+    wait_for("a token by the new key to connect", Duration::from_secs(20), || {
+        Client::connect(Version::V311, b.port, "second-key", "vera", &token).1 == Event::Connected
+    });
+    wait_for("the broker to run on its thread alone again", Duration::from_secs(20), || {
+        threads_of(b.pid()) == 1
+    });
+}

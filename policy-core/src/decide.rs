@@ -10,9 +10,9 @@ use alloc::vec::Vec;
 
 use serde::Serialize;
 
-use crate::index::{ANY_TOPIC, Entry};
+use crate::index::{ANY_TOPIC, Entry, Slots};
 use crate::json::quote;
-use crate::model::{Action, Decision, Permission, Subject};
+use crate::model::{Action, Decision, Permission, Permissions, Subject};
 use crate::pattern::{Bindings, Pattern};
 use crate::policy::Policy;
 use crate::rule::{Effect, Rule, Sel, SubjectMismatch};
@@ -83,10 +83,11 @@ impl Policy {
         Bindings { username: q.username, clientid: q.clientid, subject_id: &q.subject.id }
     }
 
-    /// Steps 1 and 2 of semantics.md §3: a valid topic and the capability for the action.
-    fn preflight<'a>(&self, q: &Query<'a>) -> Result<Target<'a>, Decision> {
+    /// Steps 1 and 2 of semantics.md §3: a valid topic and the capability for the action
+    /// (`caps`: the subject's, `None` when the document has no roles).
+    fn preflight<'a>(caps: Option<Permissions>, q: &Query<'a>) -> Result<Target<'a>, Decision> {
         let target = Target::new(q.action, q.topic)?;
-        if let Some(caps) = self.capabilities(q.subject)
+        if let Some(caps) = caps
             && !caps.has(q.action.permission())
         {
             return Err(Decision::deny(missing_capability(q.action)));
@@ -116,7 +117,13 @@ impl Policy {
 
     /// Decides one request (semantics.md §3).
     pub fn check(&self, q: &Query) -> Decision {
-        let t = match self.preflight(q) {
+        self.decide(self.capabilities(q.subject), &self.index.slots(q.subject), q)
+    }
+
+    /// Decides one request for a subject whose capabilities and index buckets are known
+    /// (`slots` must be this policy's, for `q.subject`: see [`crate::Prepared`]).
+    pub(crate) fn decide(&self, caps: Option<Permissions>, slots: &Slots, q: &Query) -> Decision {
+        let t = match Self::preflight(caps, q) {
             Ok(t) => t,
             Err(d) => return d,
         };
@@ -125,16 +132,16 @@ impl Policy {
         // A subscription's filter levels, classified once for both candidate queries.
         let toks = if q.action == Action::Subscribe { t.toks() } else { Vec::new() };
         match q.action {
-            Action::Subscribe => self.index.overlapping(q.subject, &toks, &mut cands),
-            a => self.index.for_name(a, Effect::Deny, q.subject, &t.levels, &mut cands),
+            Action::Subscribe => self.index.overlapping(slots, &toks, &mut cands),
+            a => self.index.for_name(a, Effect::Deny, slots, &t.levels, &mut cands),
         }
         if let Some(r) = self.first_applying(&mut cands, q, &t, &b) {
             return self.decided(r, q.action, t.text);
         }
         cands.clear();
         match q.action {
-            Action::Subscribe => self.index.containing(q.subject, &toks, &mut cands),
-            a => self.index.for_name(a, Effect::Allow, q.subject, &t.levels, &mut cands),
+            Action::Subscribe => self.index.containing(slots, &toks, &mut cands),
+            a => self.index.for_name(a, Effect::Allow, slots, &t.levels, &mut cands),
         }
         match self.first_applying(&mut cands, q, &t, &b) {
             Some(r) => self.decided(r, q.action, t.text),
@@ -183,7 +190,7 @@ impl Policy {
         let b = Self::bindings(q);
         let rules: Vec<RuleTrace> =
             self.rules.iter().enumerate().map(|(i, r)| trace(i, r, q, &target, &b)).collect();
-        let decision = match self.preflight(q) {
+        let decision = match Self::preflight(self.capabilities(q.subject), q) {
             Err(d) => d,
             Ok(_) => {
                 let first =

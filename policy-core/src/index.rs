@@ -2,7 +2,8 @@
 //! the size of the document.
 //!
 //! For each action and effect, rules are bucketed by subject (by `ids` when the rule lists
-//! ids, else by `groups` when it lists groups, else one bucket for the rest), and each bucket
+//! ids, else by `groups` when it lists groups, else one bucket for the rest; ids and groups
+//! are numbered once, so a subject's buckets can be found once for many decisions), and each bucket
 //! is a trie over topic-pattern levels (literal levels by name, `+` and placeholder levels on
 //! one wildcard edge, `#` as a list at its node). A query walks the tries of the buckets its
 //! subject can be in (the rest, its id, its groups) with the request's levels and returns
@@ -53,38 +54,42 @@ struct Trie {
 struct Buckets {
     /// Rules that list neither ids nor groups.
     rest: Trie,
-    /// Rules that list ids: under each id.
-    by_id: BTreeMap<String, Trie>,
-    /// Rules that list groups but not ids: under each group.
-    by_group: BTreeMap<String, Trie>,
+    /// Rules that list ids (under each id) or groups but not ids (under each group), by the
+    /// key's slot in [`Index::keys`].
+    keyed: BTreeMap<u32, Trie>,
 }
 
-impl Buckets {
-    /// The tries a subject's applicable rules are in.
-    fn for_subject<'a>(&'a self, s: &'a Subject) -> impl Iterator<Item = &'a Trie> + 'a {
-        core::iter::once(&self.rest)
-            .chain(self.by_id.get(&s.id))
-            .chain(s.groups.iter().filter_map(|g| self.by_group.get(g)))
-    }
+/// A subject key rules are filed under: an id, or a group.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+enum Key {
+    Id(String),
+    Group(String),
 }
+
+/// The keys of one subject's buckets, found once: the slots of its id and its groups (sorted,
+/// without repeats) that some rule is filed under. What [`crate::Prepared`] keeps.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct Slots(Vec<u32>);
 
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Index {
+    /// Every id and group some rule is filed under, numbered.
+    keys: BTreeMap<Key, u32>,
     /// `[action][effect]`, effect 0 = allow, 1 = deny.
     tries: [[Buckets; 2]; 3],
 }
 
 /// Where a rule is filed, or `None` when an empty subject list means it never applies.
-fn buckets_of(rule: &Rule) -> Option<Vec<(u8, &str)>> {
+fn buckets_of(rule: &Rule) -> Option<Vec<Option<Key>>> {
     let s = &rule.subjects;
     let empty = |sel: &Option<Sel<String>>| matches!(sel, Some(Sel::List(v)) if v.is_empty());
     if empty(&s.ids) || empty(&s.groups) {
         return None;
     }
     Some(match (&s.ids, &s.groups) {
-        (Some(Sel::List(ids)), _) => ids.iter().map(|i| (1, i.as_str())).collect(),
-        (_, Some(Sel::List(gs))) => gs.iter().map(|g| (2, g.as_str())).collect(),
-        _ => alloc::vec![(0, "")],
+        (Some(Sel::List(ids)), _) => ids.iter().map(|i| Some(Key::Id(i.clone()))).collect(),
+        (_, Some(Sel::List(gs))) => gs.iter().map(|g| Some(Key::Group(g.clone()))).collect(),
+        _ => alloc::vec![None],
     })
 }
 
@@ -93,17 +98,25 @@ impl Index {
         let mut index = Index::default();
         for (ri, rule) in rules.iter().enumerate() {
             let Some(keys) = buckets_of(rule) else { continue };
+            let slots: Vec<Option<u32>> = keys
+                .into_iter()
+                .map(|k| {
+                    k.map(|k| {
+                        let next = index.keys.len() as u32;
+                        *index.keys.entry(k).or_insert(next)
+                    })
+                })
+                .collect();
             let e = usize::from(rule.effect == Effect::Deny);
             for action in Action::ALL {
                 if !rule.has_action(action) {
                     continue;
                 }
                 let buckets = &mut index.tries[action.index()][e];
-                for (kind, key) in &keys {
-                    let trie = match kind {
-                        0 => &mut buckets.rest,
-                        1 => buckets.by_id.entry(String::from(*key)).or_default(),
-                        _ => buckets.by_group.entry(String::from(*key)).or_default(),
+                for slot in &slots {
+                    let trie = match slot {
+                        None => &mut buckets.rest,
+                        Some(slot) => buckets.keyed.entry(*slot).or_default(),
                     };
                     match &rule.topics {
                         Sel::Any => trie.any.push(Entry { rule: ri as u32, pattern: ANY_TOPIC }),
@@ -119,39 +132,57 @@ impl Index {
         index
     }
 
+    /// The slots of the buckets a subject's rules can be in.
+    pub(crate) fn slots(&self, subject: &Subject) -> Slots {
+        let mut slots: Vec<u32> = core::iter::once(Key::Id(subject.id.clone()))
+            .chain(subject.groups.iter().map(|g| Key::Group(g.clone())))
+            .filter_map(|k| self.keys.get(&k).copied())
+            .collect();
+        slots.sort_unstable();
+        slots.dedup();
+        Slots(slots)
+    }
+
+    /// The tries a subject (by its slots) can have rules in, for one action and effect.
+    fn tries<'a>(
+        &'a self,
+        action: Action,
+        effect: Effect,
+        slots: &'a Slots,
+    ) -> impl Iterator<Item = &'a Trie> {
+        let buckets = &self.tries[action.index()][usize::from(effect == Effect::Deny)];
+        core::iter::once(&buckets.rest).chain(slots.0.iter().filter_map(|s| buckets.keyed.get(s)))
+    }
+
     /// Candidates for a publish or read of the topic name `levels`.
     pub(crate) fn for_name(
         &self,
         action: Action,
         effect: Effect,
-        subject: &Subject,
+        slots: &Slots,
         levels: &[&str],
         out: &mut Vec<Entry>,
     ) {
-        for trie in self.buckets(action, effect).for_subject(subject) {
+        for trie in self.tries(action, effect, slots) {
             out.extend_from_slice(&trie.any);
             trie.root.walk(Walk::Overlap, levels, 0, out);
         }
     }
 
     /// Allow candidates for a subscription: patterns that may contain the filter.
-    pub(crate) fn containing(&self, subject: &Subject, levels: &[Tok], out: &mut Vec<Entry>) {
-        for trie in self.buckets(Action::Subscribe, Effect::Allow).for_subject(subject) {
+    pub(crate) fn containing(&self, slots: &Slots, levels: &[Tok], out: &mut Vec<Entry>) {
+        for trie in self.tries(Action::Subscribe, Effect::Allow, slots) {
             out.extend_from_slice(&trie.any);
             trie.root.walk(Walk::Contain, levels, 0, out);
         }
     }
 
     /// Deny candidates for a subscription: patterns that may overlap the filter.
-    pub(crate) fn overlapping(&self, subject: &Subject, levels: &[Tok], out: &mut Vec<Entry>) {
-        for trie in self.buckets(Action::Subscribe, Effect::Deny).for_subject(subject) {
+    pub(crate) fn overlapping(&self, slots: &Slots, levels: &[Tok], out: &mut Vec<Entry>) {
+        for trie in self.tries(Action::Subscribe, Effect::Deny, slots) {
             out.extend_from_slice(&trie.any);
             trie.root.walk(Walk::Overlap, levels, 0, out);
         }
-    }
-
-    fn buckets(&self, action: Action, effect: Effect) -> &Buckets {
-        &self.tries[action.index()][usize::from(effect == Effect::Deny)]
     }
 }
 

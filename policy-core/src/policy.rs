@@ -4,6 +4,7 @@ use alloc::collections::BTreeMap;
 use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
+use core::sync::atomic::{AtomicU64, Ordering};
 
 use crate::certificates::Certificates;
 use crate::index::Index;
@@ -59,12 +60,18 @@ pub struct Policy {
     pub(crate) roles: Option<Roles>,
     pub(crate) certificates: Option<Certificates>,
     pub(crate) index: Index,
+    /// Tells this loaded document from every other in the process (a clone is the same
+    /// document): what a [`crate::Prepared`] subject is checked against.
+    pub(crate) id: u64,
 }
+
+/// The next [`Policy::id`].
+static LOADED: AtomicU64 = AtomicU64::new(1);
 
 impl Policy {
     pub(crate) fn new(rules: Vec<Rule>, roles: Option<Roles>, certificates: Option<Certificates>) -> Policy {
         let index = Index::build(&rules);
-        Policy { rules, roles, certificates, index }
+        Policy { rules, roles, certificates, index, id: LOADED.fetch_add(1, Ordering::Relaxed) }
     }
 
     /// The `certificates` section, when the document has one.

@@ -188,6 +188,13 @@ proptest! {
         let explained = policy.explain(&q);
         prop_assert_eq!(policy.check(&q), explained.decision.clone());
 
+        // A subject prepared once decides every request as `check` does, under its own
+        // policy and (the long way) under another one.
+        let prepared = policy.prepare(subject.clone());
+        prop_assert_eq!(policy.check_prepared(&prepared, action, &topic, clientid, username), explained.decision.clone());
+        let other = Policy::load(&doc.to_string()).map_err(|e| TestCaseError::fail(format!("{e:?}")))?;
+        prop_assert_eq!(other.check_prepared(&prepared, action, &topic, clientid, username), explained.decision.clone());
+
         // The playground's "which patterns cover this topic" agrees with `explain`: a rule
         // applies exactly when one of its covering patterns belongs to a rule whose subjects
         // and actions fit, and the first such pattern is the one `explain` names.

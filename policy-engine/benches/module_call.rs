@@ -1,6 +1,7 @@
 //! What one decision costs through the policy module (wasmtime, the built-in module) beside
-//! the same decision made natively by `policy-core`: the price of the sandbox, per call. The
-//! broker plugin pays it on every check its decision cache does not answer.
+//! the same decision made natively by `policy-core`: the price of the sandbox, per call; and
+//! what a generation of the built-in module costs when it decides natively, with the subject
+//! converted per check (the service) or prepared once (the broker plugin, per connection).
 
 use std::sync::Arc;
 
@@ -47,10 +48,20 @@ fn bench(c: &mut Criterion) {
         clientid: "c1".into(),
         username: String::new(),
     };
-    group.bench_function("module", |b| b.iter(|| assert!(generation.try_check(&req).unwrap().allow)));
+    group.bench_function("module", |b| b.iter(|| assert!(generation.module_check(&req).unwrap().allow)));
+    group.bench_function("generation", |b| b.iter(|| assert!(generation.try_check(&req).unwrap().allow)));
+    let prepared = generation.prepare(&req.subject);
+    assert!(prepared.is_some(), "the built-in module decides natively");
+    group.bench_function("generation-prepared", |b| {
+        b.iter(|| assert!(generation.try_check_prepared(prepared.as_ref(), &req).unwrap().allow))
+    });
     req.topic = "celine/system/alerts/critical".into();
     req.action = Action::Subscribe;
-    group.bench_function("module-deny", |b| b.iter(|| assert!(!generation.try_check(&req).unwrap().allow)));
+    group
+        .bench_function("module-deny", |b| b.iter(|| assert!(!generation.module_check(&req).unwrap().allow)));
+    group.bench_function("generation-prepared-deny", |b| {
+        b.iter(|| assert!(!generation.try_check_prepared(prepared.as_ref(), &req).unwrap().allow))
+    });
     group.finish();
 }
 

@@ -29,7 +29,7 @@ pub use bundle::BundleError;
 pub use cases::CasesError;
 pub use reload::Reloader;
 pub use runtime::{
-    Action, Decision, Diagnostic, Fault, Generation, LoadError, Module, Request, Runtime, Subject,
+    Action, Decision, Diagnostic, Fault, Generation, LoadError, Module, Prepared, Request, Runtime, Subject,
     SubjectError, SubjectType, embedded_module,
 };
 pub use swap::{Candidate, KEPT_MODULE, KEPT_POLICY, Live, Rejection, Source};

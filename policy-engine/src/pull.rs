@@ -128,95 +128,139 @@ pub fn spawn_puller(
     trust: Trust,
     status: Arc<Mutex<PullStatus>>,
 ) -> anyhow::Result<()> {
-    let client = reqwest::Client::builder()
-        .connect_timeout(Duration::from_secs(3))
-        .timeout(Duration::from_secs(60))
-        .build()
-        .map_err(|e| anyhow::anyhow!("cannot make an HTTP client: {e}"))?;
-    {
-        let mut s = status.lock().unwrap();
-        s.url = url.clone();
-        s.every_seconds = every.as_secs();
-    }
+    let mut puller = Puller::new(live, url, token, every, trust, status)?;
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        // The server's ETag of the last bundle taken: asked with If-None-Match. (Not that of
-        // a refused one: a forged answer must not be able to hide the next good bundle.)
-        let mut taken: Option<String> = None;
-        // The last bundle seen, taken or refused, by its content: a server that ignores
-        // If-None-Match serves it again, which is no news.
-        let mut seen: Option<String> = None;
-        // When the newest bundle taken was issued: an older one is a replay.
-        let mut newest_issued: Option<u64> = None;
-        // The last new bundle was refused (its error stands while the URL serves it).
-        let mut refused = false;
         loop {
             tick.tick().await;
-            let pulled = pull_once(&client, &url, token.as_deref(), taken.as_deref()).await;
-            let (result, error) = match pulled {
-                Ok(Pulled::Unchanged) => ("unchanged", None),
-                Ok(Pulled::New(contents, _)) if seen.as_ref() == Some(&contents.etag) => ("unchanged", None),
-                Ok(Pulled::New(contents, served)) => 'new: {
-                    seen = Some(contents.etag.clone());
-                    if let Trust::Signed(keys) = &trust
-                        && let Err(why) =
-                            keys.verify(&contents).and_then(|_| not_older(&contents, newest_issued))
-                    {
-                        break 'new (counted_as(&why), Some(format!("the bundle was refused: {why}")));
-                    }
-                    let issued = contents.issued_at;
-                    let content_etag = contents.etag.clone();
-                    let live = Arc::clone(&live);
-                    let source = Source::Bundle(url.clone());
-                    let proposed = tokio::task::spawn_blocking(move || {
-                        live.propose(Candidate::Bundle { contents, source })
-                    })
-                    .await;
-                    match proposed {
-                        Ok(Ok(g)) => {
-                            tracing::info!(url = %url, generation = g.id, "pulled a bundle; it is live");
-                            status.lock().unwrap().last_change_at = Some(secs_now());
-                            taken = Some(served.unwrap_or(content_etag));
-                            newest_issued = newest_issued.max(issued);
-                            ("updated", None)
-                        }
-                        Ok(Err(r)) => ("rejected", Some(format!("the bundle was refused: {}", r.reason))),
-                        Err(_) => ("rejected", Some("building the bundle failed unexpectedly".to_string())),
-                    }
-                }
-                Err(e) => ("failed", Some(e)),
-            };
-            metrics::counter!("mqtt_policy_bundle_pulls_total", "result" => result).increment(1);
-            let mut s = status.lock().unwrap();
-            s.pulls += 1;
-            *s.results.entry(result).or_default() += 1;
-            s.last_pull_at = Some(secs_now());
-            s.etag.clone_from(&seen);
-            // A refused bundle is news each time (a new ETag each time); a failing fetch only
-            // when its error changes.
-            if result == "unchanged" && refused {
-                // The last new bundle was refused and is still what the URL serves.
-            } else if let (Some(e), "untrusted" | "rejected") = (&error, result) {
-                tracing::warn!(url = %url, error = %e, result, "a pulled policy bundle was refused; the live policy stays");
-                s.last_error = error;
-                refused = true;
-            } else if s.last_error != error {
-                match &error {
-                    Some(e) => {
-                        tracing::warn!(url = %url, error = %e, "pulling the policy bundle failed; the live policy stays")
-                    }
-                    None if s.last_error.is_some() => {
-                        tracing::info!(url = %url, "pulling the policy bundle works again")
-                    }
-                    None => {}
-                }
-                s.last_error = error;
-            }
-            if matches!(result, "updated" | "failed") {
-                refused = false;
-            }
+            puller.pull().await;
         }
     });
     Ok(())
+}
+
+/// One bundle source and what its pulls so far have seen: [`Puller::pull`] pulls once. For an
+/// owner that schedules pulls itself (the broker plugin, which keeps no thread waiting);
+/// [`spawn_puller`] pulls on a timer.
+pub struct Puller {
+    live: Arc<Live>,
+    url: String,
+    token: Option<String>,
+    trust: Trust,
+    status: Arc<Mutex<PullStatus>>,
+    client: reqwest::Client,
+    /// The server's ETag of the last bundle taken: asked with If-None-Match. (Not that of a
+    /// refused one: a forged answer must not be able to hide the next good bundle.)
+    taken: Option<String>,
+    /// The last bundle seen, taken or refused, by its content: a server that ignores
+    /// If-None-Match serves it again, which is no news.
+    seen: Option<String>,
+    /// When the newest bundle taken was issued: an older one is a replay.
+    newest_issued: Option<u64>,
+    /// The last new bundle was refused (its error stands while the URL serves it).
+    refused: bool,
+}
+
+impl Puller {
+    /// `Err`: no HTTP client could be made.
+    pub fn new(
+        live: Arc<Live>,
+        url: String,
+        token: Option<String>,
+        every: Duration,
+        trust: Trust,
+        status: Arc<Mutex<PullStatus>>,
+    ) -> anyhow::Result<Puller> {
+        let client = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(3))
+            .timeout(Duration::from_secs(60))
+            .build()
+            .map_err(|e| anyhow::anyhow!("cannot make an HTTP client: {e}"))?;
+        {
+            let mut s = status.lock().unwrap();
+            s.url = url.clone();
+            s.every_seconds = every.as_secs();
+        }
+        Ok(Puller {
+            live,
+            url,
+            token,
+            trust,
+            status,
+            client,
+            taken: None,
+            seen: None,
+            newest_issued: None,
+            refused: false,
+        })
+    }
+
+    /// Pulls once: a new, trusted bundle is proposed to the live generation (built on a
+    /// blocking thread); the outcome goes to the status, the metrics and, when news, the log.
+    pub async fn pull(&mut self) {
+        let url = self.url.as_str();
+        let pulled = pull_once(&self.client, url, self.token.as_deref(), self.taken.as_deref()).await;
+        let (result, error) = match pulled {
+            Ok(Pulled::Unchanged) => ("unchanged", None),
+            Ok(Pulled::New(contents, _)) if self.seen.as_ref() == Some(&contents.etag) => ("unchanged", None),
+            Ok(Pulled::New(contents, served)) => 'new: {
+                self.seen = Some(contents.etag.clone());
+                if let Trust::Signed(keys) = &self.trust
+                    && let Err(why) =
+                        keys.verify(&contents).and_then(|_| not_older(&contents, self.newest_issued))
+                {
+                    break 'new (counted_as(&why), Some(format!("the bundle was refused: {why}")));
+                }
+                let issued = contents.issued_at;
+                let content_etag = contents.etag.clone();
+                let live = Arc::clone(&self.live);
+                let source = Source::Bundle(url.to_string());
+                let proposed =
+                    tokio::task::spawn_blocking(move || live.propose(Candidate::Bundle { contents, source }))
+                        .await;
+                match proposed {
+                    Ok(Ok(g)) => {
+                        tracing::info!(url = %url, generation = g.id, "pulled a bundle; it is live");
+                        self.status.lock().unwrap().last_change_at = Some(secs_now());
+                        self.taken = Some(served.unwrap_or(content_etag));
+                        self.newest_issued = self.newest_issued.max(issued);
+                        ("updated", None)
+                    }
+                    Ok(Err(r)) => ("rejected", Some(format!("the bundle was refused: {}", r.reason))),
+                    Err(_) => ("rejected", Some("building the bundle failed unexpectedly".to_string())),
+                }
+            }
+            Err(e) => ("failed", Some(e)),
+        };
+        metrics::counter!("mqtt_policy_bundle_pulls_total", "result" => result).increment(1);
+        let mut s = self.status.lock().unwrap();
+        s.pulls += 1;
+        *s.results.entry(result).or_default() += 1;
+        s.last_pull_at = Some(secs_now());
+        s.etag.clone_from(&self.seen);
+        // A refused bundle is news each time (a new ETag each time); a failing fetch only
+        // when its error changes.
+        if result == "unchanged" && self.refused {
+            // The last new bundle was refused and is still what the URL serves.
+        } else if let (Some(e), "untrusted" | "rejected") = (&error, result) {
+            tracing::warn!(url = %url, error = %e, result, "a pulled policy bundle was refused; the live policy stays");
+            s.last_error = error;
+            self.refused = true;
+        } else if s.last_error != error {
+            match &error {
+                Some(e) => {
+                    tracing::warn!(url = %url, error = %e, "pulling the policy bundle failed; the live policy stays")
+                }
+                None if s.last_error.is_some() => {
+                    tracing::info!(url = %url, "pulling the policy bundle works again")
+                }
+                None => {}
+            }
+            s.last_error = error;
+        }
+        if matches!(result, "updated" | "failed") {
+            self.refused = false;
+        }
+    }
 }

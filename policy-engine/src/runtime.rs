@@ -1,7 +1,8 @@
 //! Running policy modules: wasmtime components behind the WIT world `policy-module`.
 //!
 //! - One [`Runtime`] per process: the wasmtime `Engine` (epoch interruption on, no WASI, no
-//!   imports at all) and a ticker thread that advances the epoch every [`TICK`].
+//!   imports at all) and a ticker thread that advances the epoch every [`TICK`] while guest
+//!   code may run (it ends after [`TICKER_IDLE`] without any, and the next call starts it).
 //! - A [`Module`] is a compiled component plus its `InstancePre`. Compiled code is cached in
 //!   the state directory (`cache/*.cwasm`), keyed by the component's SHA-256 and the wasmtime
 //!   version, so a restart does not compile again.
@@ -15,19 +16,23 @@
 //!   stopped within about a tenth of a second. A trap or timeout denies that request with a
 //!   reason, drops the instance (a trapped instance cannot be entered again), and is counted
 //!   in `mqtt_policy_module_traps_total`.
-//! - Instances are built when a generation is made, and afterwards by the runtime's builder
-//!   thread, never on a thread that said it must not wait ([`must_not_wait`]: the broker's):
+//! - A generation of the built-in module (byte for byte the one in this binary: `policy-core`
+//!   compiled to WebAssembly) also loads its document natively and decides checks with that
+//!   same code natively, a subject prepared once per connection where the caller keeps one;
+//!   the differential tests hold native and module decisions equal. Any other module is
+//!   called for every check, its logic being unknown to the host.
+//! - Instances are built when a generation is made, and afterwards on a builder thread that
+//!   ends when the pool is full, never on a thread that said it must not wait ([`must_not_wait`]: the broker's):
 //!   there, an empty pool denies the request and asks for another instance.
 
 use std::cell::Cell;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use anyhow::{Context, anyhow};
+use anyhow::anyhow;
 use sha2::{Digest, Sha256};
 use wasmtime::component::{Component, Linker, ResourceAny};
 use wasmtime::{Config, Engine, Store, StoreLimits, StoreLimitsBuilder, UpdateDeadline};
@@ -119,15 +124,41 @@ pub struct Runtime {
     /// Guest calls that trapped or ran out of time, since start.
     faults: AtomicU64,
     stop: Arc<AtomicBool>,
-    ticker: Mutex<Option<JoinHandle<()>>>,
-    /// Generations whose pool wants another instance, for the builder thread.
-    builds: Mutex<Option<mpsc::Sender<Weak<Generation>>>>,
-    builder: Mutex<Option<JoinHandle<()>>>,
+    /// The epoch ticker's state, shared with it.
+    ticker: Arc<Ticker>,
+    /// Threads this runtime started (the ticker, instance builders), joined on drop; finished
+    /// ones are let go when the next one starts.
+    threads: Mutex<Vec<JoinHandle<()>>>,
+}
+
+/// The epoch ticker runs only while guest code may run: it starts with the first call or load
+/// after an idle spell and ends after [`TICKER_IDLE`] without any. A process that decides
+/// natively (the broker with the built-in module) then has no thread of ours between
+/// connections; in a broker, any second thread makes every socket call of the event loop
+/// dearer (the kernel shares the file table then, and counts references on every use).
+struct Ticker {
+    /// Guest calls and loads in progress.
+    active: AtomicUsize,
+    /// A ticker thread is running (or being started).
+    running: AtomicBool,
+}
+
+/// How long the ticker goes on without a guest call before it ends.
+pub const TICKER_IDLE: Duration = Duration::from_secs(2);
+
+/// While alive, guest code may run: the epoch ticker is running.
+struct Ticking<'r>(&'r Runtime);
+
+impl Drop for Ticking<'_> {
+    fn drop(&mut self) {
+        self.0.ticker.active.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 impl Runtime {
-    /// The engine, and the epoch ticker thread. The thread ends, and is joined, when the
-    /// runtime is dropped: a plugin must leave no thread behind when its library is unloaded.
+    /// The engine. Its threads (the epoch ticker, instance builders) start when needed, end
+    /// when idle, and are joined when the runtime is dropped: a plugin must leave no thread
+    /// behind when its library is unloaded.
     ///
     /// `cache_dir` holds compiled modules; a directory that cannot be written (Mosquitto drops
     /// to its own user, whose home may be unreadable) only costs a compile per start.
@@ -136,49 +167,59 @@ impl Runtime {
         config.epoch_interruption(true);
         // Measured ~3x cheaper guest calls (toolchain-notes.md); we make no async calls.
         config.concurrency_support(false);
+        // Compiling on the calling thread: a compiler thread pool would stay in the process.
+        config.parallel_compilation(false);
         let engine = Engine::new(&config).map_err(|e| anyhow!("creating the wasmtime engine: {e}"))?;
-        let ticker = engine.weak();
-        let stop = Arc::new(AtomicBool::new(false));
-        let stopped = Arc::clone(&stop);
-        let handle = std::thread::Builder::new()
-            .name("wasm-epoch".into())
-            .spawn(move || {
-                while !stopped.load(Ordering::Relaxed)
-                    && let Some(engine) = ticker.upgrade()
-                {
-                    engine.increment_epoch();
-                    drop(engine);
-                    std::thread::park_timeout(TICK);
-                }
-            })
-            .context("starting the epoch ticker")?;
-        let (builds, wanted) = mpsc::channel::<Weak<Generation>>();
-        let builder = std::thread::Builder::new()
-            .name("wasm-builder".into())
-            .spawn(move || {
-                // Ends when the runtime drops the sender.
-                for generation in wanted {
-                    if let Some(g) = generation.upgrade() {
-                        g.refill();
-                    }
-                }
-            })
-            .context("starting the instance builder")?;
         Ok(Arc::new(Runtime {
             engine,
             cache_dir,
             faults: AtomicU64::new(0),
-            stop,
-            ticker: Mutex::new(Some(handle)),
-            builds: Mutex::new(Some(builds)),
-            builder: Mutex::new(Some(builder)),
+            stop: Arc::new(AtomicBool::new(false)),
+            ticker: Arc::new(Ticker { active: AtomicUsize::new(0), running: AtomicBool::new(false) }),
+            threads: Mutex::new(Vec::new()),
         }))
     }
 
-    /// Asks the builder thread for another instance of `generation`.
+    /// Marks guest code as about to run: starts the epoch ticker unless it runs.
+    fn ticking(&self) -> Result<Ticking<'_>, Fault> {
+        let t = &self.ticker;
+        t.active.fetch_add(1, Ordering::SeqCst);
+        let ticking = Ticking(self);
+        if !t.running.load(Ordering::SeqCst)
+            && t.running.compare_exchange(false, true, Ordering::SeqCst, Ordering::SeqCst).is_ok()
+        {
+            let (ticker, stop, engine) =
+                (Arc::clone(&self.ticker), Arc::clone(&self.stop), self.engine.weak());
+            let started = self.start_thread("wasm-epoch", move || tick_while_needed(&ticker, &stop, &engine));
+            if let Err(e) = started {
+                t.running.store(false, Ordering::SeqCst);
+                // Without a ticker a guest could run unbounded: refuse to enter it.
+                return Err(Fault(format!("cannot start the policy module's timer thread: {e}")));
+            }
+        }
+        Ok(ticking)
+    }
+
+    /// Starts a thread of this runtime (joined on drop).
+    fn start_thread(&self, name: &str, f: impl FnOnce() + Send + 'static) -> std::io::Result<()> {
+        let mut threads = self.threads.lock().unwrap_or_else(|p| p.into_inner());
+        if self.stop.load(Ordering::Relaxed) {
+            return Err(std::io::Error::other("the runtime is shutting down"));
+        }
+        threads.retain(|t| !t.is_finished());
+        threads.push(std::thread::Builder::new().name(name.into()).spawn(f)?);
+        Ok(())
+    }
+
+    /// Builds instances for `generation` on a thread of its own, which ends when done.
     fn want_instance(&self, generation: Weak<Generation>) {
-        if let Some(tx) = self.builds.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
-            let _ = tx.send(generation);
+        let started = self.start_thread("wasm-builder", move || {
+            if let Some(g) = generation.upgrade() {
+                g.refill();
+            }
+        });
+        if let Err(e) = started {
+            tracing::error!(error = %e, "cannot start a thread to build policy module instances");
         }
     }
 
@@ -210,6 +251,7 @@ impl Runtime {
         let pre = PolicyModulePre::new(pre)
             .map_err(|e| anyhow!("the module does not implement the policy-module world: {e}"))?;
         // Ask the module who it is: this also proves it instantiates and answers.
+        let _ticking = self.ticking()?;
         let mut store = self.new_store();
         set_budget(&mut store, CALL_TICKS, CALL_CPU);
         let inst = pre.instantiate(&mut store).map_err(|e| anyhow!("instantiating the module: {e}"))?;
@@ -217,7 +259,8 @@ impl Runtime {
             .celine_mqtt_policy_engine()
             .call_version(&mut store)
             .map_err(|e| anyhow!("the module's version() failed: {}", fault(e)))?;
-        Ok(Arc::new(Module { runtime: Arc::clone(self), pre, hash, version }))
+        let built_in = embedded_module().is_some_and(|e| e == bytes);
+        Ok(Arc::new(Module { runtime: Arc::clone(self), pre, hash, version, built_in }))
     }
 
     fn compile(&self, bytes: &[u8], hash: &str) -> anyhow::Result<Component> {
@@ -263,20 +306,42 @@ impl Runtime {
 impl Drop for Runtime {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.ticker.get_mut().ok().and_then(Option::take) {
-            t.thread().unpark();
-            let _ = t.join();
-        }
-        // Dropping the sender ends the builder's loop.
-        drop(self.builds.get_mut().ok().and_then(Option::take));
-        if let Some(b) = self.builder.get_mut().ok().and_then(Option::take) {
-            // The builder may hold the last reference to a generation, which holds this
-            // runtime: then this drop runs on the builder thread itself, which must not join.
-            if b.thread().id() != std::thread::current().id() {
-                let _ = b.join();
+        let threads = std::mem::take(self.threads.get_mut().unwrap_or_else(|p| p.into_inner()));
+        for t in threads {
+            // A builder may hold the last reference to a generation, which holds this runtime:
+            // then this drop runs on that thread itself, which must not join itself.
+            if t.thread().id() != std::thread::current().id() {
+                t.thread().unpark();
+                let _ = t.join();
             }
         }
     }
+}
+
+/// The epoch ticker's loop: advances the epoch every [`TICK`] until the runtime stops, or
+/// until no guest code has run for [`TICKER_IDLE`] (then a later call starts another).
+fn tick_while_needed(t: &Ticker, stop: &AtomicBool, engine: &wasmtime::EngineWeak) {
+    let idle_ticks = (TICKER_IDLE.as_millis() / TICK.as_millis()) as u32;
+    let mut idle = 0;
+    while !stop.load(Ordering::Relaxed) {
+        let Some(e) = engine.upgrade() else { break };
+        e.increment_epoch();
+        drop(e);
+        std::thread::park_timeout(TICK);
+        idle = if t.active.load(Ordering::SeqCst) == 0 { idle + 1 } else { 0 };
+        if idle >= idle_ticks {
+            t.running.store(false, Ordering::SeqCst);
+            // A call that came in meanwhile either saw `running` still set (then it is
+            // counted in `active` now) or starts a ticker of its own.
+            if t.active.load(Ordering::SeqCst) == 0
+                || t.running.compare_exchange(false, true, Ordering::SeqCst, Ordering::SeqCst).is_err()
+            {
+                return;
+            }
+            idle = 0;
+        }
+    }
+    t.running.store(false, Ordering::SeqCst);
 }
 
 /// A cache entry is the SHA-256 of the compiled code, then the code. Compiled code is run as
@@ -313,6 +378,9 @@ pub struct Module {
     pub hash: String,
     /// What the module's `version()` says.
     pub version: String,
+    /// The module is byte for byte the one built into this binary (`policy-wasm`, that is
+    /// `policy-core`): its generations decide natively (see [`Generation::decides_natively`]).
+    pub built_in: bool,
 }
 
 impl Module {
@@ -412,6 +480,15 @@ pub struct Generation {
     /// A build is asked for or running (one at a time per generation).
     building: AtomicBool,
     me: Weak<Generation>,
+    /// The document loaded natively, when the module is the built-in one.
+    native: Option<policy_core::Policy>,
+}
+
+/// A subject prepared for many decisions under one generation ([`Generation::prepare`]): a
+/// broker connection keeps one per generation.
+pub struct Prepared {
+    generation: u64,
+    subject: policy_core::Prepared,
 }
 
 /// What a guest call ended in, when it did not return.
@@ -442,19 +519,30 @@ impl Generation {
             warm,
             building: AtomicBool::new(false),
             me: Weak::new(),
+            native: None,
         };
         let mut worker = built.new_worker()?;
+        let runtime = Arc::clone(&built.module.runtime);
+        let ticking = runtime.ticking()?;
         let engine = worker.instance.celine_mqtt_policy_engine();
         set_budget(&mut worker.store, CALL_TICKS, CALL_CPU);
         built.rule_count = engine
             .policy()
             .call_rule_count(&mut worker.store, worker.policy)
             .map_err(|e| anyhow!(fault(e)))?;
+        drop(ticking);
         let mut workers = vec![worker];
         for _ in 1..warm {
             workers.push(built.new_worker()?);
         }
         *built.idle.get_mut().unwrap() = workers;
+        if built.module.built_in {
+            // The module accepted the document, so the same code natively does too; should it
+            // not, decisions stay with the module.
+            built.native = policy_core::Policy::load(document)
+                .inspect_err(|e| tracing::error!(generation = built.id, diagnostics = ?e, "the built-in module loaded a document policy-core refuses; every check calls the module"))
+                .ok();
+        }
         Ok(Arc::new_cyclic(|me| {
             built.me = me.clone();
             built
@@ -483,6 +571,7 @@ impl Generation {
     }
 
     fn new_worker(&self) -> anyhow::Result<Worker> {
+        let _ticking = self.module.runtime.ticking()?;
         let mut store = self.module.runtime.new_store();
         set_budget(&mut store, LOAD_TICKS, LOAD_CPU);
         let instance = self
@@ -513,8 +602,17 @@ impl Generation {
             }
             None => self.new_worker().map_err(|e| Fault(format!("{e:#}")))?,
         };
+        let ticking = match self.module.runtime.ticking() {
+            Ok(t) => t,
+            Err(fault) => {
+                self.idle.lock().unwrap().push(worker);
+                return Err(fault);
+            }
+        };
         set_budget(&mut worker.store, CALL_TICKS, CALL_CPU);
-        match f(&mut worker.store, &worker.instance, worker.policy) {
+        let result = f(&mut worker.store, &worker.instance, worker.policy);
+        drop(ticking);
+        match result {
             Ok(v) => {
                 let mut idle = self.idle.lock().unwrap();
                 if idle.len() < self.max_idle {
@@ -533,11 +631,64 @@ impl Generation {
         }
     }
 
+    /// Whether this generation decides checks natively: its module is the built-in one,
+    /// which is `policy-core` compiled to WebAssembly, so the same code, run natively,
+    /// decides exactly as a call into it would (`tests/differential.rs` holds the two to the
+    /// same answers) in a fraction of the time. Any other module is called for every check.
+    pub fn decides_natively(&self) -> bool {
+        self.native.is_some()
+    }
+
+    /// How checks are decided, for start-up and swap lines.
+    pub fn deciding(&self) -> &'static str {
+        if self.decides_natively() {
+            "natively (the built-in module's policy-core, subjects prepared once per connection)"
+        } else {
+            "by a call into the policy module for every check (not the built-in module)"
+        }
+    }
+
     /// Decides one request, or says why the module failed to (a fault: never cache it).
     pub fn try_check(&self, req: &Request) -> Result<Decision, Fault> {
+        match &self.native {
+            Some(policy) => {
+                let subject = core_subject(&req.subject);
+                let q = policy_core::Query {
+                    subject: &subject,
+                    action: core_action(req.action),
+                    topic: &req.topic,
+                    clientid: &req.clientid,
+                    username: &req.username,
+                };
+                Ok(policy.check(&q).into())
+            }
+            None => self.module_check(req),
+        }
+    }
+
+    /// Decides one request through the module, even when the generation could decide it
+    /// natively: for the differential tests and the benchmarks.
+    pub fn module_check(&self, req: &Request) -> Result<Decision, Fault> {
         self.with_worker(|store, inst, policy| {
             inst.celine_mqtt_policy_engine().policy().call_check(store, policy, req)
         })
+    }
+
+    /// Prepares `subject` for many checks under this generation, when it decides natively.
+    pub fn prepare(&self, subject: &Subject) -> Option<Prepared> {
+        let policy = self.native.as_ref()?;
+        Some(Prepared { generation: self.id, subject: policy.prepare(core_subject(subject)) })
+    }
+
+    /// [`Generation::try_check`] for the prepared subject of `req` (`prepared` must be made
+    /// from `req.subject`; prepared under another generation, or `None`, it is not used).
+    pub fn try_check_prepared(&self, prepared: Option<&Prepared>, req: &Request) -> Result<Decision, Fault> {
+        match (&self.native, prepared) {
+            (Some(policy), Some(p)) if p.generation == self.id => Ok(policy
+                .check_prepared(&p.subject, core_action(req.action), &req.topic, &req.clientid, &req.username)
+                .into()),
+            _ => self.try_check(req),
+        }
     }
 
     /// Decides one request. A module fault is a denial that says so.
@@ -573,6 +724,33 @@ impl Generation {
         })
         .map_err(SubjectError::Fault)?
         .map_err(SubjectError::Refused)
+    }
+}
+
+fn core_subject(s: &Subject) -> policy_core::Subject {
+    policy_core::Subject {
+        id: s.id.clone(),
+        kind: match s.type_ {
+            SubjectType::User => policy_core::SubjectType::User,
+            SubjectType::Service => policy_core::SubjectType::Service,
+            SubjectType::Device => policy_core::SubjectType::Device,
+        },
+        groups: s.groups.clone(),
+        scopes: s.scopes.clone(),
+    }
+}
+
+fn core_action(a: Action) -> policy_core::Action {
+    match a {
+        Action::Subscribe => policy_core::Action::Subscribe,
+        Action::Read => policy_core::Action::Read,
+        Action::Publish => policy_core::Action::Publish,
+    }
+}
+
+impl From<policy_core::Decision> for Decision {
+    fn from(d: policy_core::Decision) -> Decision {
+        Decision { allow: d.allow, rule: d.rule, reason: d.reason }
     }
 }
 
@@ -665,7 +843,7 @@ mod tests {
             s.spawn(|| {
                 must_not_wait();
                 generation.idle.lock().unwrap().clear();
-                let refused = generation.try_check(&viewer_reads(topic)).unwrap_err();
+                let refused = generation.module_check(&viewer_reads(topic)).unwrap_err();
                 assert!(refused.0.contains("no policy module instance is ready"), "{refused}");
                 // The builder thread fills the pool up again.
                 let deadline = std::time::Instant::now() + Duration::from_secs(30);
@@ -673,12 +851,12 @@ mod tests {
                     assert!(std::time::Instant::now() < deadline, "the pool was not refilled");
                     std::thread::sleep(Duration::from_millis(5));
                 }
-                assert!(generation.try_check(&viewer_reads(topic)).unwrap().allow);
+                assert!(generation.module_check(&viewer_reads(topic)).unwrap().allow);
             });
         });
         // Other threads still build what they need themselves.
         generation.idle.lock().unwrap().clear();
-        assert!(generation.try_check(&viewer_reads(topic)).unwrap().allow);
+        assert!(generation.module_check(&viewer_reads(topic)).unwrap().allow);
     }
 
     #[test]

@@ -355,7 +355,7 @@ impl Live {
                     candidate = %label, generation = generation.id, previous = previous.id,
                     module_hash = %&generation.module.hash[..16], policy_hash = %&generation.policy_hash[..16],
                     rules = generation.rule_count, took_ms = started.elapsed().as_millis() as u64,
-                    "swapped in a new generation"
+                    checks_decided = generation.deciding(), "swapped in a new generation"
                 );
                 log_diff(&generation, &diff);
                 Ok(generation)

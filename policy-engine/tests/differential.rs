@@ -1,11 +1,13 @@
 //! The policy module (WASM, through wasmtime) must decide exactly as `policy-core` does
 //! natively: same allow, same rule, same reason, same load diagnostics, same subject from
-//! claims. Checked on the whole decision corpus and on random requests.
+//! claims. Checked on the whole decision corpus and on random requests. And a generation of
+//! the built-in module, which decides natively (a subject prepared once, or not), must decide
+//! exactly as a call into its module: that is what lets the broker skip the call.
 
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use policy_core::{Ask, Json, Policy, parse_request};
+use policy_core::{Json, Policy, parse_request};
 use policy_engine::{
     Action, Generation, LoadError, Module, Request, Runtime, Subject, SubjectError, embedded_module,
 };
@@ -82,18 +84,26 @@ fn the_module_decides_the_whole_corpus_as_the_core_does() {
             let from_module = generation.subject_from_claims(&claims.to_string()).unwrap();
             assert_eq!(from_module, Subject::from(request.subject.clone()), "{note}: claims map differently");
         }
+        assert!(generation.decides_natively(), "{note}: the built-in module decides natively");
         let subject = Subject::from(request.subject.clone());
-        let got = match request.ask {
-            Ask::Superuser => generation.superuser(&subject),
-            ask => generation.check(&Request {
-                subject,
-                topic: request.topic.clone(),
-                action: Action::from(ask.action().unwrap()),
-                clientid: request.clientid.clone(),
-                username: request.username.clone(),
-            }),
+        let expected = native_decision(native.evaluate(&request));
+        let Some(action) = request.ask.action() else {
+            assert_eq!(wasm_decision(generation.superuser(&subject)), expected, "{note}");
+            continue;
         };
-        assert_eq!(wasm_decision(got), native_decision(native.evaluate(&request)), "{note}");
+        let req = Request {
+            subject: subject.clone(),
+            topic: request.topic.clone(),
+            action: Action::from(action),
+            clientid: request.clientid.clone(),
+            username: request.username.clone(),
+        };
+        assert_eq!(wasm_decision(generation.module_check(&req).unwrap()), expected, "{note}: the module");
+        assert_eq!(wasm_decision(generation.try_check(&req).unwrap()), expected, "{note}: natively");
+        let prepared = generation.prepare(&subject);
+        assert!(prepared.is_some());
+        let got = generation.try_check_prepared(prepared.as_ref(), &req).unwrap();
+        assert_eq!(wasm_decision(got), expected, "{note}: natively, prepared");
     }
 }
 
@@ -208,14 +218,19 @@ proptest! {
         GENS.with(|gens| {
             for (native, generation) in gens {
                 let q = policy_core::Query { subject: &subject, action, topic: &topic, clientid, username };
-                let wasm = generation.check(&Request {
+                let req = Request {
                     subject: Subject::from(subject.clone()),
                     topic: topic.clone(),
                     action: Action::from(action),
                     clientid: clientid.to_string(),
                     username: username.to_string(),
-                });
-                prop_assert_eq!(wasm_decision(wasm), native_decision(native.check(&q)));
+                };
+                let expected = native_decision(native.check(&q));
+                prop_assert_eq!(wasm_decision(generation.module_check(&req).unwrap()), expected.clone(), "the module");
+                prop_assert_eq!(wasm_decision(generation.try_check(&req).unwrap()), expected.clone(), "natively");
+                let prepared = generation.prepare(&req.subject);
+                let got = generation.try_check_prepared(prepared.as_ref(), &req).unwrap();
+                prop_assert_eq!(wasm_decision(got), expected, "natively, prepared");
                 let su = generation.superuser(&Subject::from(subject.clone()));
                 prop_assert_eq!(wasm_decision(su), native_decision(native.superuser(&subject)));
             }

@@ -76,6 +76,9 @@ fn a_thread_starved_of_cpu_still_gets_its_answer() {
     use std::time::{Duration, Instant};
 
     let generation = Generation::new(faulty(), include_str!("../../policies/celine.json")).unwrap();
+    // Not the built-in module: every check is a call into it, never a native decision.
+    assert!(!generation.decides_natively());
+    assert!(generation.prepare(&read(TELEMETRY).subject).is_none());
     let stop = Arc::new(AtomicBool::new(false));
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
     // Every busy thread is spinning before the starved one starts.
@@ -189,4 +192,33 @@ fn a_cache_directory_that_cannot_be_written_is_skipped() {
     let module = Runtime::new(Some(not_a_dir.join("cache"))).unwrap().module(&bytes).unwrap();
     let generation = Generation::new(module, include_str!("../../policies/celine.json")).unwrap();
     assert!(generation.check(&read(TELEMETRY)).allow);
+}
+
+/// Threads of this process with `name`.
+fn threads_named(name: &str) -> usize {
+    std::fs::read_dir("/proc/self/task")
+        .unwrap()
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .filter(|comm| comm.trim() == name)
+        .count()
+}
+
+#[test]
+fn the_timer_thread_ends_when_idle_and_a_later_call_is_still_bounded() {
+    use std::time::{Duration, Instant};
+    let generation = Generation::new(faulty(), include_str!("../../policies/celine.json")).unwrap();
+    assert!(generation.check(&read(TELEMETRY)).allow);
+    // No guest code runs now: the ticker ends (a broker deciding natively keeps no thread).
+    let deadline = Instant::now() + policy_engine::runtime::TICKER_IDLE + Duration::from_secs(30);
+    while threads_named("wasm-epoch") > 0 {
+        assert!(Instant::now() < deadline, "the epoch ticker is still running long after the last call");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // A guest that never returns is stopped all the same: the next call starts the ticker.
+    let started = Instant::now();
+    let d = generation.check(&read("fault/loop"));
+    assert!(!d.allow);
+    assert!(d.reason.contains("ran out of time"), "{}", d.reason);
+    assert!(started.elapsed() < Duration::from_secs(5), "took {:?}", started.elapsed());
+    assert!(generation.check(&read(TELEMETRY)).allow, "a new instance serves the next call");
 }

@@ -51,8 +51,37 @@ impl Mode {
 enum Topics {
     /// Each publisher on its own topic: the plugin's decision cache answers deliveries.
     Hot,
-    /// A new topic for every message: every delivery check is a policy-module call.
+    /// A new topic for every message: no check is answered by a decision cache.
     EveryMessageNew,
+    /// Fan-in: the publishers take turns over [`DEVICES`] device topics
+    /// (`bench/telemetry/<type>/<device>/readings`, more than a connection's decision cache
+    /// holds), the subscribers are on one wildcard filter over all of them.
+    FanIn,
+}
+
+/// Distinct device topics of the fan-in scenario.
+const DEVICES: usize = 12_000;
+
+impl Topics {
+    /// What the subscribers subscribe to.
+    fn filter(self) -> &'static str {
+        match self {
+            Topics::Hot | Topics::EveryMessageNew => "bench/#",
+            Topics::FanIn => "bench/telemetry/+/+/readings",
+        }
+    }
+
+    /// The topic of publisher `publisher`'s message `n`.
+    fn topic(self, publisher: usize, n: usize) -> String {
+        match self {
+            Topics::Hot => format!("bench/pump/p{publisher}"),
+            Topics::EveryMessageNew => format!("bench/pump/p{publisher}/{n}"),
+            Topics::FanIn => {
+                let device = (n * PUBLISHERS + publisher) % DEVICES;
+                format!("bench/telemetry/meter-type-{}/device-{device}/readings", device % 8)
+            }
+        }
+    }
 }
 
 // ---- a minimal MQTT 3.1.1 client -------------------------------------------------------
@@ -166,7 +195,7 @@ fn run(
         let mut s = connect(port, &c.id, c.credentials.as_ref().map(|(u, p)| (u.as_str(), p.as_str())))?;
         let mut body = Vec::new();
         body.extend_from_slice(&1u16.to_be_bytes());
-        string(b"bench/#", &mut body);
+        string(topics.filter().as_bytes(), &mut body);
         body.push(qos);
         s.write_all(&packet(0x82, &body))?;
         let (first, ack) = read_packet(&mut s)?;
@@ -209,7 +238,7 @@ fn run(
         let (published, delivered) = (Arc::clone(&published), Arc::clone(&delivered));
         let readers = subs.len() as u64;
         pub_threads.push(std::thread::spawn(move || -> anyhow::Result<()> {
-            let hot = format!("bench/pump/p{i}");
+            let hot = topics.topic(i, 0);
             let payload = [b'x'; 64];
             ready.wait();
             start.wait();
@@ -228,10 +257,7 @@ fn run(
             };
             let mut w = BufWriter::with_capacity(1 << 16, s);
             for n in 0..per_publisher {
-                let topic = match topics {
-                    Topics::Hot => hot.clone(),
-                    Topics::EveryMessageNew => format!("{hot}/{n}"),
-                };
+                let topic = if topics == Topics::Hot { hot.clone() } else { topics.topic(i, n) };
                 if published.load(Ordering::Relaxed) * readers
                     >= delivered.load(Ordering::Relaxed) + IN_FLIGHT * readers
                 {
@@ -415,10 +441,11 @@ pub fn bench() -> anyhow::Result<()> {
         (0..n).map(|i| Client { id: format!("{prefix}-{i}"), credentials: None }).collect()
     };
     let (anon_pubs, anon_subs) = (anonymous("pub", PUBLISHERS), anonymous("sub", SUBSCRIBERS));
-    let scenarios: [(u8, usize, Topics, &str); 3] = [
+    let scenarios: [(u8, usize, Topics, &str); 4] = [
         (0, 100_000, Topics::Hot, "QoS 0"),
         (1, 50_000, Topics::Hot, "QoS 1"),
         (0, 50_000, Topics::EveryMessageNew, "QoS 0, a new topic per message"),
+        (0, 50_000, Topics::FanIn, "QoS 0, fan-in: 12,000 device topics, one wildcard subscription"),
     ];
     pin_generator()?;
     let rounds = rounds();
@@ -480,34 +507,43 @@ pub fn bench() -> anyhow::Result<()> {
         table.push((name, rates, latency));
     }
     println!(
-        "\nMedians. Throughput in deliveries/s; cost in broker CPU time per delivery (its thread and the \
+        "\nMedians over the rounds. Throughput in deliveries/s; a ratio is the median of the rounds' own \
+         ratios (each round runs the modes back to back), with their range and the half-width of a 90% \
+         bootstrap interval of that median; cost in broker CPU time per delivery (its thread and the \
          plugin's, on CPU 0).\n"
     );
     println!(
-        "| scenario | no auth | acl_file | plugin | acl_file / no auth | plugin / no auth | CPU µs/delivery: no auth, acl_file, plugin | plugin check p50 | p99 |"
+        "| scenario | no auth | acl_file | plugin | acl_file / no auth | **plugin / no auth** (rounds' range; ± median) | CPU µs/delivery: no auth, acl_file, plugin | plugin check p50 | p99 |"
     );
     println!("|---|---|---|---|---|---|---|---|---|");
     for (name, rates, (p50, p99)) in &table {
-        let median = |m: Mode, pick: fn(&(f64, f64)) -> f64| {
-            let mut v: Vec<f64> = rates.iter().find(|(x, _)| *x == m)?.1.iter().map(pick).collect();
-            v.sort_by(f64::total_cmp);
-            Some(v[v.len() / 2])
+        let runs = |m: Mode| rates.iter().find(|(x, _)| *x == m).map(|(_, v)| v.as_slice());
+        let rate = |m| runs(m).map(|v| median(v.iter().map(|r| r.0).collect()));
+        let cpu = |m| {
+            runs(m)
+                .map(|v| format!("{:.2}", median(v.iter().map(|r| r.1).collect())))
+                .unwrap_or_else(|| "-".into())
         };
-        let rate = |m| median(m, |r| r.0);
-        let cpu = |m| median(m, |r| r.1).map(|c| format!("{c:.2}")).unwrap_or_else(|| "-".into());
         let shown = |v: Option<f64>| v.map(|r| format!("{r:.0}/s")).unwrap_or_else(|| "-".into());
-        let ratio = |a: Option<f64>, b: Option<f64>| {
-            a.zip(b).map(|(a, b)| format!("{:.2}", a / b)).unwrap_or_else(|| "-".into())
+        let ratio = |m: Mode, bold: bool| match (runs(m), runs(Mode::NoAuth)) {
+            (Some(a), Some(b)) => {
+                let per_round: Vec<f64> = a.iter().zip(b).map(|(a, b)| a.0 / b.0).collect();
+                let (lo, hi) =
+                    per_round.iter().fold((f64::MAX, f64::MIN), |(l, h), r| (l.min(*r), h.max(*r)));
+                let m = median(per_round.clone());
+                let stars = if bold { "**" } else { "" };
+                format!("{stars}{m:.2}{stars} ({lo:.2}–{hi:.2}; ±{:.2})", bootstrap_half_width(&per_round))
+            }
+            _ => "-".into(),
         };
         let ns = |v: &Option<f64>| v.map(|n| format!("≤ {n:.0} ns")).unwrap_or_else(|| "-".into());
-        let (none, acl, plug) = (rate(Mode::NoAuth), rate(Mode::AclFile), rate(Mode::Plugin));
         println!(
             "| {name} | {} | {} | {} | {} | {} | {}, {}, {} | {} | {} |",
-            shown(none),
-            shown(acl),
-            shown(plug),
-            ratio(acl, none),
-            ratio(plug, none),
+            shown(rate(Mode::NoAuth)),
+            shown(rate(Mode::AclFile)),
+            shown(rate(Mode::Plugin)),
+            ratio(Mode::AclFile, false),
+            ratio(Mode::Plugin, true),
             cpu(Mode::NoAuth),
             cpu(Mode::AclFile),
             cpu(Mode::Plugin),
@@ -517,6 +553,33 @@ pub fn bench() -> anyhow::Result<()> {
     }
     std::fs::remove_dir_all(&dir).ok();
     Ok(())
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 }
+}
+
+/// Half the width of the 90% bootstrap interval of the median of `xs` (2,000 resamples with a
+/// fixed seed): how far the median could be expected to move in another run of as many
+/// rounds on the same machine.
+fn bootstrap_half_width(xs: &[f64]) -> f64 {
+    if xs.len() < 2 {
+        return f64::NAN;
+    }
+    let mut state: u64 = 0x9E37_79B9_7F4A_7C15;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    let mut medians: Vec<f64> = (0..2_000)
+        .map(|_| median((0..xs.len()).map(|_| xs[(next() % xs.len() as u64) as usize]).collect()))
+        .collect();
+    medians.sort_by(f64::total_cmp);
+    (medians[1_899] - medians[100]) / 2.0
 }
 
 /// CPU time (user + system) a process has used, from `/proc/<pid>/stat`.
