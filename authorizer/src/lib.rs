@@ -207,6 +207,25 @@ impl Authorizer {
         identity::subject_names(subject, &verified.claims, &self.username_claims)
     }
 
+    /// A publish or read that the prepared subject's residual allows at once (exactly as a
+    /// decision would: no cache needed, nothing formatted), counted and timed as a decision;
+    /// the rule that allows it ([`Generation::allowed_by`] makes its decision for a record).
+    /// `None`: look it up and decide it ([`Authorizer::check`]).
+    pub fn allowed_at_once(
+        &self,
+        generation: &Generation,
+        prepared: &Prepared,
+        request: &Request,
+    ) -> Option<usize> {
+        let started = next_is_timed().then(Instant::now);
+        let rule = generation.allowed_at_once(prepared, request)?;
+        if let Some(t) = started {
+            self.metrics.check_took(t.elapsed());
+        }
+        self.metrics.decided(request.action, true, None);
+        Some(rule)
+    }
+
     /// Looks a check up in the front end's cache: a hit is counted as a decision (and timed,
     /// for a sample of checks) and handed to `on_hit`; a miss is a [`Pending`] check for
     /// [`Authorizer::decide`] (or [`Authorizer::refused`]).
@@ -220,11 +239,7 @@ impl Authorizer {
         cache: &mut C,
         on_hit: impl FnOnce(&C::Entry) -> R,
     ) -> Result<R, Pending> {
-        let timed = CHECKS.with(|n| {
-            let seen = n.get();
-            n.set(seen.wrapping_add(1));
-            seen % metrics::SAMPLE == 0
-        });
+        let timed = next_is_timed();
         let started = timed.then(Instant::now);
         let hit = cache.with(key, |entry| {
             if let Some(t) = started {
@@ -289,6 +304,15 @@ impl Authorizer {
     pub fn superuser(&self, generation: &Generation, subject: &Subject) -> Decision {
         generation.superuser(subject)
     }
+}
+
+/// Whether the next check of this thread is one of the timed sample.
+fn next_is_timed() -> bool {
+    CHECKS.with(|n| {
+        let seen = n.get();
+        n.set(seen.wrapping_add(1));
+        seen % metrics::SAMPLE == 0
+    })
 }
 
 /// No remembering: every check asks the module (the CLI, tests).

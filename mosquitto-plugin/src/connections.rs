@@ -280,7 +280,7 @@ impl Connection {
         self.mapped.insert(Mapped {
             generation: generation.id,
             superuser,
-            prepared: generation.prepare(subject),
+            prepared: generation.prepare(subject, &self.client_id, &self.username),
             request: Request {
                 subject: subject.clone(),
                 topic: String::new(),

@@ -149,7 +149,7 @@ impl Policy {
         }
     }
 
-    fn decided(&self, r: usize, action: Action, topic: &str) -> Decision {
+    pub(crate) fn decided(&self, r: usize, action: Action, topic: &str) -> Decision {
         let rule = &self.rules[r];
         let verb = match rule.effect {
             Effect::Allow => "allows",

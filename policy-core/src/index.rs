@@ -177,6 +177,16 @@ impl Index {
         }
     }
 
+    /// Every entry a subject (by its slots) can have for one action and effect.
+    pub(crate) fn all(&self, action: Action, effect: Effect, slots: &Slots, out: &mut Vec<Entry>) {
+        for trie in self.tries(action, effect, slots) {
+            out.extend_from_slice(&trie.any);
+            out.extend_from_slice(&trie.root.hash);
+            out.extend_from_slice(&trie.root.end);
+            trie.root.everything_below(out);
+        }
+    }
+
     /// Deny candidates for a subscription: patterns that may overlap the filter.
     pub(crate) fn overlapping(&self, slots: &Slots, levels: &[Tok], out: &mut Vec<Entry>) {
         for trie in self.tries(Action::Subscribe, Effect::Deny, slots) {

@@ -190,7 +190,11 @@ proptest! {
 
         // A subject prepared once decides every request as `check` does, under its own
         // policy and (the long way) under another one.
-        let prepared = policy.prepare(subject.clone());
+        let prepared = policy.prepare(subject.clone(), clientid, username);
+        // The residual allows only what the whole procedure allows, by the same rule.
+        if let Some(rule) = policy.allowed_at_once(&prepared, action, &topic, clientid, username) {
+            prop_assert_eq!(policy.allowed_by(rule, action, &topic), explained.decision.clone());
+        }
         prop_assert_eq!(policy.check_prepared(&prepared, action, &topic, clientid, username), explained.decision.clone());
         let other = Policy::load(&doc.to_string()).map_err(|e| TestCaseError::fail(format!("{e:?}")))?;
         prop_assert_eq!(other.check_prepared(&prepared, action, &topic, clientid, username), explained.decision.clone());
@@ -208,4 +212,33 @@ proptest! {
         }
         prop_assert!(hits.windows(2).all(|w| (w[0].index, w[0].pattern_index) < (w[1].index, w[1].pattern_index)));
     }
+}
+
+#[test]
+fn the_default_policys_everyday_reads_are_decided_by_the_residual_and_denials_are_not() {
+    let policy = Policy::load(include_str!("../../policies/celine.json")).unwrap();
+    let viewer = Subject {
+        id: "u-vera".into(),
+        kind: SubjectType::User,
+        groups: vec!["viewers".into()],
+        scopes: vec![],
+    };
+    let prepared = policy.prepare(viewer.clone(), "c1", "vera");
+    let topic = "celine/telemetry/meter/m1/readings";
+    let rule = policy
+        .allowed_at_once(&prepared, Action::Read, topic, "c1", "vera")
+        .expect("a residual for telemetry");
+    let q = Query { subject: &viewer, action: Action::Read, topic, clientid: "c1", username: "vera" };
+    assert_eq!(policy.allowed_by(rule, Action::Read, topic), policy.check(&q));
+    for (action, topic) in
+        [(Action::Publish, topic), (Action::Read, "celine/system/alerts/critical"), (Action::Read, "a/+")]
+    {
+        assert_eq!(
+            policy.allowed_at_once(&prepared, action, topic, "c1", "vera"),
+            None,
+            "{action:?} {topic}"
+        );
+    }
+    // Another connection's values are not the ones its placeholders were bound to.
+    assert_eq!(policy.allowed_at_once(&prepared, Action::Read, topic, "c2", "vera"), None);
 }

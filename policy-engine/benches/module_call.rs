@@ -50,7 +50,7 @@ fn bench(c: &mut Criterion) {
     };
     group.bench_function("module", |b| b.iter(|| assert!(generation.module_check(&req).unwrap().allow)));
     group.bench_function("generation", |b| b.iter(|| assert!(generation.try_check(&req).unwrap().allow)));
-    let prepared = generation.prepare(&req.subject);
+    let prepared = generation.prepare(&req.subject, &req.clientid, &req.username);
     assert!(prepared.is_some(), "the built-in module decides natively");
     group.bench_function("generation-prepared", |b| {
         b.iter(|| assert!(generation.try_check_prepared(prepared.as_ref(), &req).unwrap().allow))

@@ -144,7 +144,7 @@ struct Ticker {
 }
 
 /// How long the ticker goes on without a guest call before it ends.
-pub const TICKER_IDLE: Duration = Duration::from_secs(2);
+pub const TICKER_IDLE: Duration = Duration::from_millis(250);
 
 /// While alive, guest code may run: the epoch ticker is running.
 struct Ticking<'r>(&'r Runtime);
@@ -674,10 +674,36 @@ impl Generation {
         })
     }
 
-    /// Prepares `subject` for many checks under this generation, when it decides natively.
-    pub fn prepare(&self, subject: &Subject) -> Option<Prepared> {
+    /// Prepares `subject` for many checks under this generation with this client id and
+    /// username, when it decides natively.
+    pub fn prepare(&self, subject: &Subject, clientid: &str, username: &str) -> Option<Prepared> {
         let policy = self.native.as_ref()?;
-        Some(Prepared { generation: self.id, subject: policy.prepare(core_subject(subject)) })
+        Some(Prepared {
+            generation: self.id,
+            subject: policy.prepare(core_subject(subject), clientid, username),
+        })
+    }
+
+    /// The rule that allows `req` of a prepared subject, when the subject's residual decides
+    /// it at once (no allocation, no formatted reason: [`Generation::allowed_by`] makes the
+    /// decision when it is shown). `None`: decide it with [`Generation::try_check_prepared`].
+    pub fn allowed_at_once(&self, prepared: &Prepared, req: &Request) -> Option<usize> {
+        let policy = self.native.as_ref().filter(|_| prepared.generation == self.id)?;
+        policy.allowed_at_once(
+            &prepared.subject,
+            core_action(req.action),
+            &req.topic,
+            &req.clientid,
+            &req.username,
+        )
+    }
+
+    /// The decision of a check [`Generation::allowed_at_once`] answered with `rule`.
+    pub fn allowed_by(&self, rule: usize, req: &Request) -> Decision {
+        match &self.native {
+            Some(policy) => policy.allowed_by(rule, core_action(req.action), &req.topic).into(),
+            None => Decision { allow: false, rule: None, reason: "no native policy".into() },
+        }
     }
 
     /// [`Generation::try_check`] for the prepared subject of `req` (`prepared` must be made
@@ -696,17 +722,37 @@ impl Generation {
         self.try_check(req).unwrap_or_else(|why| Decision { allow: false, rule: None, reason: why.0 })
     }
 
+    /// Is the subject a superuser? A module fault is a denial that says so.
     pub fn superuser(&self, who: &Subject) -> Decision {
+        match &self.native {
+            Some(policy) => policy.superuser(&core_subject(who)).into(),
+            None => self.module_superuser(who),
+        }
+    }
+
+    /// [`Generation::superuser`] through the module, even when the generation decides
+    /// natively: for the differential tests.
+    pub fn module_superuser(&self, who: &Subject) -> Decision {
         self.with_worker(|store, inst, policy| {
             inst.celine_mqtt_policy_engine().policy().call_superuser(store, policy, who)
         })
         .unwrap_or_else(|why| Decision { allow: false, rule: None, reason: why.0 })
     }
 
-    /// Maps verified claims to a subject, through the module (it owns that logic):
-    /// [`SubjectError::Refused`] when they name none, [`SubjectError::Fault`] when the module
-    /// could not say.
+    /// Maps verified claims to a subject (policy logic: natively for the built-in module,
+    /// else through the module): [`SubjectError::Refused`] when they name none,
+    /// [`SubjectError::Fault`] when the module could not say.
     pub fn subject_from_claims(&self, claims_json: &str) -> Result<Subject, SubjectError> {
+        match &self.native {
+            Some(_) => policy_core::subject_from_claims_json(claims_json)
+                .map(Subject::from)
+                .map_err(|e| SubjectError::Refused(String::from(e))),
+            None => self.module_subject_from_claims(claims_json),
+        }
+    }
+
+    /// [`Generation::subject_from_claims`] through the module: for the differential tests.
+    pub fn module_subject_from_claims(&self, claims_json: &str) -> Result<Subject, SubjectError> {
         self.with_worker(|store, inst, _| {
             inst.celine_mqtt_policy_engine().call_subject_from_claims(store, claims_json)
         })
@@ -714,11 +760,22 @@ impl Generation {
         .map_err(SubjectError::Refused)
     }
 
-    /// The subject of a client known by its certificate name, as a subject of type `kind`,
-    /// through the module (the document's `certificates` section): [`SubjectError::Refused`]
-    /// when the name is no client of the policy, [`SubjectError::Fault`] when the module could
-    /// not say (callers fail closed, and remember nothing).
+    /// The subject of a client known by its certificate name, as a subject of type `kind`
+    /// (the document's `certificates` section): [`SubjectError::Refused`] when the name is no
+    /// client of the policy, [`SubjectError::Fault`] when the module could not say (callers
+    /// fail closed, and remember nothing).
     pub fn certificate_subject(&self, name: &str, kind: SubjectType) -> Result<Subject, SubjectError> {
+        match &self.native {
+            Some(policy) => policy
+                .certificate_subject(name, core_type(kind))
+                .map(Subject::from)
+                .map_err(|e| SubjectError::Refused(String::from(e))),
+            None => self.module_certificate_subject(name, kind),
+        }
+    }
+
+    /// [`Generation::certificate_subject`] through the module: for the differential tests.
+    pub fn module_certificate_subject(&self, name: &str, kind: SubjectType) -> Result<Subject, SubjectError> {
         self.with_worker(|store, inst, policy| {
             inst.celine_mqtt_policy_engine().policy().call_certificate_subject(store, policy, name, kind)
         })
@@ -727,14 +784,18 @@ impl Generation {
     }
 }
 
+fn core_type(t: SubjectType) -> policy_core::SubjectType {
+    match t {
+        SubjectType::User => policy_core::SubjectType::User,
+        SubjectType::Service => policy_core::SubjectType::Service,
+        SubjectType::Device => policy_core::SubjectType::Device,
+    }
+}
+
 fn core_subject(s: &Subject) -> policy_core::Subject {
     policy_core::Subject {
         id: s.id.clone(),
-        kind: match s.type_ {
-            SubjectType::User => policy_core::SubjectType::User,
-            SubjectType::Service => policy_core::SubjectType::Service,
-            SubjectType::Device => policy_core::SubjectType::Device,
-        },
+        kind: core_type(s.type_),
         groups: s.groups.clone(),
         scopes: s.scopes.clone(),
     }

@@ -81,14 +81,20 @@ fn the_module_decides_the_whole_corpus_as_the_core_does() {
         assert_eq!(generation.rule_count as usize, native.rules().len());
         let request = parse_request(&Json::parse(&case["request"].to_string()).unwrap()).unwrap();
         if let Some(claims) = case["request"].get("claims") {
-            let from_module = generation.subject_from_claims(&claims.to_string()).unwrap();
+            let from_module = generation.module_subject_from_claims(&claims.to_string()).unwrap();
+            assert_eq!(
+                generation.subject_from_claims(&claims.to_string()).unwrap(),
+                from_module,
+                "{note}: natively"
+            );
             assert_eq!(from_module, Subject::from(request.subject.clone()), "{note}: claims map differently");
         }
         assert!(generation.decides_natively(), "{note}: the built-in module decides natively");
         let subject = Subject::from(request.subject.clone());
         let expected = native_decision(native.evaluate(&request));
         let Some(action) = request.ask.action() else {
-            assert_eq!(wasm_decision(generation.superuser(&subject)), expected, "{note}");
+            assert_eq!(wasm_decision(generation.module_superuser(&subject)), expected, "{note}: the module");
+            assert_eq!(wasm_decision(generation.superuser(&subject)), expected, "{note}: natively");
             continue;
         };
         let req = Request {
@@ -100,7 +106,7 @@ fn the_module_decides_the_whole_corpus_as_the_core_does() {
         };
         assert_eq!(wasm_decision(generation.module_check(&req).unwrap()), expected, "{note}: the module");
         assert_eq!(wasm_decision(generation.try_check(&req).unwrap()), expected, "{note}: natively");
-        let prepared = generation.prepare(&subject);
+        let prepared = generation.prepare(&subject, &req.clientid, &req.username);
         assert!(prepared.is_some());
         let got = generation.try_check_prepared(prepared.as_ref(), &req).unwrap();
         assert_eq!(wasm_decision(got), expected, "{note}: natively, prepared");
@@ -122,7 +128,16 @@ fn certificate_names_map_to_the_same_subjects() {
     for name in ["meter-1", "meter-7", "gw", "meter", "", "x/y", "$SYS", "meter-\u{0}"] {
         for kind in policy_core::SubjectType::ALL {
             let want = native.certificate_subject(name, kind).map(Subject::from).map_err(refused);
-            assert_eq!(generation.certificate_subject(name, kind.into()), want, "{name:?} as {kind:?}");
+            assert_eq!(
+                generation.module_certificate_subject(name, kind.into()),
+                want,
+                "{name:?} as {kind:?}"
+            );
+            assert_eq!(
+                generation.certificate_subject(name, kind.into()),
+                want,
+                "{name:?} as {kind:?}, natively"
+            );
         }
     }
     let none = Generation::new(module(), r#"{"celine": {"mqtt": {"acl": {"rules": []}}}}"#).unwrap();
@@ -137,7 +152,8 @@ fn lint_and_claims_errors_match() {
         Generation::new(Arc::clone(&module), include_str!("../../policies/celine.json")).unwrap();
     for claims in [r#"{"groups":["/a"]}"#, "[]", "{", r#"{"client_id": 7}"#] {
         let native = policy_core::subject_from_claims_json(claims).map(Subject::from).map_err(refused);
-        assert_eq!(generation.subject_from_claims(claims), native, "{claims}");
+        assert_eq!(generation.module_subject_from_claims(claims), native, "{claims}");
+        assert_eq!(generation.subject_from_claims(claims), native, "{claims}, natively");
     }
 }
 
@@ -228,11 +244,16 @@ proptest! {
                 let expected = native_decision(native.check(&q));
                 prop_assert_eq!(wasm_decision(generation.module_check(&req).unwrap()), expected.clone(), "the module");
                 prop_assert_eq!(wasm_decision(generation.try_check(&req).unwrap()), expected.clone(), "natively");
-                let prepared = generation.prepare(&req.subject);
-                let got = generation.try_check_prepared(prepared.as_ref(), &req).unwrap();
+                let prepared = generation.prepare(&req.subject, &req.clientid, &req.username).unwrap();
+                if let Some(rule) = generation.allowed_at_once(&prepared, &req) {
+                    prop_assert_eq!(wasm_decision(generation.allowed_by(rule, &req)), expected.clone(), "the residual");
+                }
+                let got = generation.try_check_prepared(Some(&prepared), &req).unwrap();
                 prop_assert_eq!(wasm_decision(got), expected, "natively, prepared");
-                let su = generation.superuser(&Subject::from(subject.clone()));
+                let su = generation.module_superuser(&Subject::from(subject.clone()));
                 prop_assert_eq!(wasm_decision(su), native_decision(native.superuser(&subject)));
+                let su = generation.superuser(&Subject::from(subject.clone()));
+                prop_assert_eq!(wasm_decision(su), native_decision(native.superuser(&subject)), "natively");
             }
             Ok(())
         })?;

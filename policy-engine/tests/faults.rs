@@ -78,7 +78,7 @@ fn a_thread_starved_of_cpu_still_gets_its_answer() {
     let generation = Generation::new(faulty(), include_str!("../../policies/celine.json")).unwrap();
     // Not the built-in module: every check is a call into it, never a native decision.
     assert!(!generation.decides_natively());
-    assert!(generation.prepare(&read(TELEMETRY).subject).is_none());
+    assert!(generation.prepare(&read(TELEMETRY).subject, "c", "").is_none());
     let stop = Arc::new(AtomicBool::new(false));
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
     // Every busy thread is spinning before the starved one starts.
