@@ -301,7 +301,9 @@ impl Connection {
 
 #[derive(Default)]
 pub struct Connections {
-    by_client: HashMap<ClientKey, Connection>,
+    /// Keyed by the broker's client structure, hashed with foldhash: the key is an address
+    /// the broker chose, which no client can pick to collide (and SipHash showed in profiles).
+    by_client: HashMap<ClientKey, Connection, foldhash::fast::RandomState>,
     /// Entries with `connected` set.
     connected: usize,
     /// Connected entries by deadline, earliest first. An item whose entry has gone, left, or

@@ -71,6 +71,8 @@ pub mod access {
 pub struct Plugin {
     // Dropped first: the threads that could still touch the engine stop before it goes.
     reloader: Option<Reloader>,
+    /// When a check next looks for background work (coarse seconds since the epoch).
+    next_background: Cell<u64>,
     background: Option<Background>,
     options: Options,
     broker: Arc<dyn Broker>,
@@ -211,6 +213,7 @@ impl Plugin {
         );
         Ok(Plugin {
             reloader: Some(reloader),
+            next_background: Cell::new(0),
             background: Some(background),
             options,
             broker,
@@ -237,6 +240,21 @@ impl Plugin {
     fn event(&self) {
         logging::flush();
         self.will_window.set(None);
+        self.background_work();
+    }
+
+    /// Looks for background work (watched files, key refreshes, bundle pulls, scrapes; each
+    /// rate-limited) and hands it to a thread that ends when it is done. From the tick and
+    /// every other event, and from checks at most once a second: a Mosquitto that sends no
+    /// tick (2.0 with `per_listener_settings true`) still gets it done while clients act.
+    fn background_work(&self) {
+        self.next_background.set(coarse_now() + 1);
+        if let Some(r) = &self.reloader {
+            r.poll_files();
+        }
+        if let Some(b) = &self.background {
+            b.poll();
+        }
     }
 
     /// CONNECT with a username and password (either may be absent). Refused answers CONNACK
@@ -589,6 +607,9 @@ impl Plugin {
         // Only the check right after a disconnect event may be that client's will.
         let will = self.will_window.take() == Some(client.key());
         logging::flush();
+        if coarse_now() >= self.next_background.get() {
+            self.background_work();
+        }
         let action = match access {
             access::READ => Action::Read,
             access::WRITE => Action::Publish,
@@ -896,16 +917,7 @@ impl Plugin {
     pub fn tick(&self) {
         self.event();
         self.reauthenticating.set(false);
-        // The watched policy and module files are looked at from here (at most once a
-        // second): no watcher thread in the broker.
-        if let Some(r) = &self.reloader {
-            r.poll_files();
-        }
-        // Key refreshes, bundle pulls and scrapes are found here too, and done on a thread
-        // that ends when they are.
-        if let Some(b) = &self.background {
-            b.poll();
-        }
+
         if self.options.disconnect_on_expiry {
             self.end_expired();
         }
