@@ -33,9 +33,14 @@ const SHUTDOWN_WAIT: Duration = Duration::from_secs(5);
 const SCRAPES_PER_POLL: usize = 8;
 /// A scrape's request: its size and how long reading it and writing the answer may take.
 const SCRAPE_REQUEST_BYTES: usize = 8 << 10;
-const SCRAPE_TIMEOUT: Duration = Duration::from_secs(5);
+const SCRAPE_TIMEOUT: Duration = Duration::from_secs(2);
+/// Scrapes waiting for the worker, at most: more wait in the listener's backlog.
+const SCRAPES_QUEUED: usize = 8;
 
 enum Job {
+    /// A look at the watched policy and module files (`stat` off the broker thread: a hung
+    /// network mount must not hang the broker).
+    Files,
     /// The periodic key refresh.
     Keys,
     /// The refresh a token by an unknown key id asked for.
@@ -59,6 +64,7 @@ struct Shared {
     stop: tokio::sync::Notify,
     stopping: std::sync::atomic::AtomicBool,
     verifier: Mutex<Option<Arc<Verifier>>>,
+    reloader: Mutex<Option<Arc<policy_engine::Reloader>>>,
     puller: tokio::sync::Mutex<Option<Puller>>,
     metrics: Mutex<Option<(Arc<Stats>, Arc<Live>)>>,
 }
@@ -66,6 +72,9 @@ struct Shared {
 /// When the next periodic work is due (touched by the tick only).
 struct Schedule {
     last_poll: Instant,
+    /// When the watched files were last looked at.
+    last_files: Instant,
+    reloader: Option<Arc<policy_engine::Reloader>>,
     next_keys: Option<(Instant, Duration)>,
     next_pull: Option<(Instant, Duration)>,
     listener: Option<TcpListener>,
@@ -94,11 +103,14 @@ impl Background {
                 stop: tokio::sync::Notify::new(),
                 stopping: std::sync::atomic::AtomicBool::new(false),
                 verifier: Mutex::new(None),
+                reloader: Mutex::new(None),
                 puller: tokio::sync::Mutex::new(None),
                 metrics: Mutex::new(None),
             }),
             schedule: Mutex::new(Schedule {
                 last_poll: Instant::now(),
+                last_files: Instant::now(),
+                reloader: None,
                 next_keys: None,
                 next_pull: None,
                 listener: None,
@@ -116,6 +128,12 @@ impl Background {
     pub fn pull_every(&self, puller: Puller, every: Duration) {
         *self.shared.puller.blocking_lock() = Some(puller);
         lock(&self.schedule).next_pull = Some((Instant::now(), every));
+    }
+
+    /// Looks at `reloader`'s watched files every [`policy_engine::reload::POLL_EVERY`].
+    pub fn watch_files(&self, reloader: &Arc<policy_engine::Reloader>) {
+        lock(&self.schedule).reloader = Some(Arc::clone(reloader));
+        *lock(&self.shared.reloader) = Some(Arc::clone(reloader));
     }
 
     /// Periodic key refreshes, and a refresh when a CONNECT names an unknown key id.
@@ -152,8 +170,10 @@ impl Background {
         let now = Instant::now();
         s.last_poll = now;
         let mut jobs = Vec::new();
+        let queued_scrapes =
+            lock(&self.shared.queue).jobs.iter().filter(|j| matches!(j, Job::Scrape(_))).count();
         if let Some(listener) = &s.listener {
-            while jobs.len() < SCRAPES_PER_POLL {
+            while jobs.len() < SCRAPES_PER_POLL.min(SCRAPES_QUEUED.saturating_sub(queued_scrapes)) {
                 match listener.accept() {
                     Ok((stream, _)) => jobs.push(Job::Scrape(stream)),
                     Err(_) => break,
@@ -164,6 +184,10 @@ impl Background {
             && v.take_refresh_wanted()
         {
             jobs.push(Job::KeysWanted);
+        }
+        if s.reloader.is_some() && now.duration_since(s.last_files) >= policy_engine::reload::POLL_EVERY {
+            s.last_files = now;
+            jobs.push(Job::Files);
         }
         let s = &mut *s;
         for (next, job) in [(&mut s.next_keys, Job::Keys), (&mut s.next_pull, Job::Pull)] {
@@ -181,7 +205,14 @@ impl Background {
 
     fn hand_over(&self, jobs: Vec<Job>) {
         let mut queue = lock(&self.shared.queue);
-        queue.jobs.extend(jobs);
+        for job in jobs {
+            // One of each periodic kind waits at most: a slow pull does not pile up more.
+            let again = !matches!(job, Job::Scrape(_))
+                && queue.jobs.iter().any(|q| std::mem::discriminant(q) == std::mem::discriminant(&job));
+            if !again {
+                queue.jobs.push_back(job);
+            }
+        }
         if queue.working || self.shared.stopping.load(std::sync::atomic::Ordering::SeqCst) {
             return;
         }
@@ -222,12 +253,23 @@ impl Shared {
 
     /// The worker thread: takes jobs until none is left, then ends.
     fn work(&self) {
+        // A worker whose job panics still lets the next poll start another.
+        struct Done<'a>(&'a Shared);
+        impl Drop for Done<'_> {
+            fn drop(&mut self) {
+                if std::thread::panicking() {
+                    lock(&self.0.queue).working = false;
+                }
+            }
+        }
+        let _done = Done(self);
         loop {
             let job = {
                 let mut queue = lock(&self.queue);
                 match queue.jobs.pop_front() {
                     Some(job) => job,
                     None => {
+                        // Under the lock: a job queued from now on starts a worker of its own.
                         queue.working = false;
                         return;
                     }
@@ -238,6 +280,12 @@ impl Shared {
             }
             match job {
                 Job::Scrape(stream) => self.scrape(stream),
+                Job::Files => {
+                    let reloader = lock(&self.reloader).clone();
+                    if let Some(r) = reloader {
+                        r.poll_files();
+                    }
+                }
                 job => self.runtime().block_on(async {
                     tokio::select! {
                         () = self.run(job) => {}
@@ -269,7 +317,14 @@ impl Shared {
         let _ = stream.set_write_timeout(Some(SCRAPE_TIMEOUT));
         let mut request = Vec::with_capacity(1024);
         let mut buf = [0u8; 1024];
+        // A whole scrape gets SCRAPE_TIMEOUT, however slowly its client sends.
+        let deadline = Instant::now() + SCRAPE_TIMEOUT;
         while !request.windows(4).any(|w| w == b"\r\n\r\n") && request.len() < SCRAPE_REQUEST_BYTES {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() || self.stopping.load(std::sync::atomic::Ordering::SeqCst) {
+                return;
+            }
+            let _ = stream.set_read_timeout(Some(left));
             match stream.read(&mut buf) {
                 Ok(0) | Err(_) => return,
                 Ok(n) => request.extend_from_slice(&buf[..n]),

@@ -70,7 +70,7 @@ pub mod access {
 
 pub struct Plugin {
     // Dropped first: the threads that could still touch the engine stop before it goes.
-    reloader: Option<Reloader>,
+    reloader: Option<Arc<Reloader>>,
     /// When a check next looks for background work (coarse seconds since the epoch).
     next_background: Cell<u64>,
     background: Option<Background>,
@@ -192,7 +192,8 @@ impl Plugin {
         } else {
             policy_engine::reload::Watch::Off
         };
-        let reloader = Reloader::start(Arc::clone(&live), watch)?;
+        let reloader = Arc::new(Reloader::start(Arc::clone(&live), watch)?);
+        background.watch_files(&reloader);
         // From now on the broker's thread decides with the instances it finds ready and never
         // builds one (the start-up pipeline above could).
         policy_engine::runtime::must_not_wait();
@@ -249,9 +250,6 @@ impl Plugin {
     /// tick (2.0 with `per_listener_settings true`) still gets it done while clients act.
     fn background_work(&self) {
         self.next_background.set(coarse_now() + 1);
-        if let Some(r) = &self.reloader {
-            r.poll_files();
-        }
         if let Some(b) = &self.background {
             b.poll();
         }
@@ -980,9 +978,10 @@ impl Plugin {
 
 impl Drop for Plugin {
     fn drop(&mut self) {
-        // Join the reload thread and the background runtime before the engine goes.
-        self.reloader = None;
+        // Join the background worker (it holds the reloader too), then the reload thread,
+        // before the engine goes.
         self.background = None;
+        self.reloader = None;
     }
 }
 

@@ -27,6 +27,9 @@ use crate::topic::{self, Levels, Tok};
 /// rules apply to (thousands, in a generated document) is decided the ordinary way instead of
 /// making its connection slow to prepare.
 const RESIDUAL_BUDGET: usize = 20_000;
+/// Bytes of client id and username a residual binds, at most: a connection with longer ones
+/// is decided in full rather than holding copies of them in every bound pattern.
+const MAX_BOUND_BYTES: usize = 512;
 /// Topic levels a residual match looks at, at most (deeper topics are decided in full).
 const MAX_LEVELS: usize = 32;
 
@@ -94,7 +97,9 @@ impl Policy {
 
     /// The allow patterns of the subject's for `action` that decide by themselves.
     fn residual(&self, p: &Prepared, action: Action) -> Vec<Decisive> {
-        if p.capabilities.is_some_and(|c| !c.has(action.permission())) {
+        if p.capabilities.is_some_and(|c| !c.has(action.permission()))
+            || p.clientid.len() + p.username.len() > MAX_BOUND_BYTES
+        {
             return Vec::new();
         }
         let b = Bindings { username: &p.username, clientid: &p.clientid, subject_id: &p.subject.id };

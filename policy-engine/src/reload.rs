@@ -64,6 +64,9 @@ struct Polled {
     files: Vec<PathBuf>,
     seen: Seen,
     at: Instant,
+    /// A change was seen at the last look: it reloads once a look finds the files unchanged
+    /// (a file being written is not taken half way).
+    changed: bool,
 }
 
 pub struct Reloader {
@@ -90,7 +93,8 @@ impl Reloader {
             Watch::Poll if files.is_empty() => {}
             Watch::Poll => {
                 let seen = look(&files);
-                reloader.polled = Some(Mutex::new(Polled { files, seen, at: Instant::now() }));
+                reloader.polled =
+                    Some(Mutex::new(Polled { files, seen, at: Instant::now(), changed: false }));
             }
         }
         Ok(reloader)
@@ -102,8 +106,9 @@ impl Reloader {
         self.shared.work();
     }
 
-    /// With [`Watch::Poll`]: looks at the watched files (at most every [`POLL_EVERY`]) and
-    /// reloads, once they settle, when one changed. Cheap when not due (a clock read).
+    /// With [`Watch::Poll`]: looks at the watched files (at most every [`POLL_EVERY`]; `stat`,
+    /// so call it off a thread that must not wait) and reloads when one changed and a later
+    /// look finds it unchanged. Cheap when not due (a clock read).
     pub fn poll_files(&self) {
         let Some(polled) = &self.polled else { return };
         let Ok(mut p) = polled.try_lock() else { return };
@@ -114,6 +119,9 @@ impl Reloader {
         let now = look(&p.files);
         if now != p.seen {
             p.seen = now;
+            p.changed = true;
+        } else if p.changed {
+            p.changed = false;
             drop(p);
             self.shared.file_changed();
             self.shared.work();
@@ -156,6 +164,16 @@ impl Shared {
 
     /// The worker: serves pending reloads, then ends.
     fn run(&self) {
+        // A worker that panics still lets the next request start another.
+        struct Done<'a>(&'a Shared);
+        impl Drop for Done<'_> {
+            fn drop(&mut self) {
+                if std::thread::panicking() {
+                    self.0.pending.lock().unwrap_or_else(|p| p.into_inner()).working = false;
+                }
+            }
+        }
+        let _done = Done(self);
         let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
         loop {
             if pending.stop {
@@ -181,6 +199,7 @@ impl Shared {
             let _ = self.live.propose(Candidate::Reload);
             pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
         }
+        // Under the lock: a request from now on starts a worker of its own.
         pending.working = false;
     }
 }

@@ -259,7 +259,10 @@ impl Runtime {
             .celine_mqtt_policy_engine()
             .call_version(&mut store)
             .map_err(|e| anyhow!("the module's version() failed: {}", fault(e)))?;
-        let built_in = embedded_module().is_some_and(|e| e == bytes);
+        // The embedded module, and built from this very policy-core (a stale or substituted
+        // embedded file decides through calls, not natively).
+        let built_in = embedded_module().is_some_and(|e| e == bytes)
+            && version == format!("policy-core {}", policy_core::VERSION);
         Ok(Arc::new(Module { runtime: Arc::clone(self), pre, hash, version, built_in }))
     }
 

@@ -611,13 +611,14 @@ fn pin_generator() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Rounds of every mode (`MQTT_POLICY_BENCH_ROUNDS` overrides, e.g. 1 for a profile).
+/// Rounds of every mode (`MQTT_POLICY_BENCH_ROUNDS` overrides, e.g. 1 for a profile): 7 keep
+/// the bootstrap half-width of a median ratio within about ±0.05–0.10 on a shared 2-core machine.
 fn rounds() -> usize {
     std::env::var("MQTT_POLICY_BENCH_ROUNDS")
         .ok()
         .and_then(|r| r.parse().ok())
         .filter(|r| *r > 0)
-        .unwrap_or(3)
+        .unwrap_or(7)
 }
 
 /// The modes to run: all, or those named in `MQTT_POLICY_BENCH_MODES` (`noauth,acl,plugin`),
