@@ -74,7 +74,6 @@ struct Schedule {
     last_poll: Instant,
     /// When the watched files were last looked at.
     last_files: Instant,
-    reloader: Option<Arc<policy_engine::Reloader>>,
     next_keys: Option<(Instant, Duration)>,
     next_pull: Option<(Instant, Duration)>,
     listener: Option<TcpListener>,
@@ -110,7 +109,6 @@ impl Background {
             schedule: Mutex::new(Schedule {
                 last_poll: Instant::now(),
                 last_files: Instant::now(),
-                reloader: None,
                 next_keys: None,
                 next_pull: None,
                 listener: None,
@@ -132,7 +130,6 @@ impl Background {
 
     /// Looks at `reloader`'s watched files every [`policy_engine::reload::POLL_EVERY`].
     pub fn watch_files(&self, reloader: &Arc<policy_engine::Reloader>) {
-        lock(&self.schedule).reloader = Some(Arc::clone(reloader));
         *lock(&self.shared.reloader) = Some(Arc::clone(reloader));
     }
 
@@ -185,7 +182,9 @@ impl Background {
         {
             jobs.push(Job::KeysWanted);
         }
-        if s.reloader.is_some() && now.duration_since(s.last_files) >= policy_engine::reload::POLL_EVERY {
+        if now.duration_since(s.last_files) >= policy_engine::reload::POLL_EVERY
+            && lock(&self.shared.reloader).is_some()
+        {
             s.last_files = now;
             jobs.push(Job::Files);
         }

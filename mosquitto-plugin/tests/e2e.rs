@@ -711,3 +711,34 @@ fn a_key_added_to_the_key_set_is_trusted_after_a_refresh_and_no_thread_waits_bet
         threads_of(b.pid()) == 1
     });
 }
+
+#[test]
+fn a_swap_that_denies_a_topic_stops_deliveries_the_connections_residual_was_allowing() {
+    let issuer = Issuer::new();
+    let b = broker(&issuer);
+    let policy = b.setup.dir.path().join("policy.json");
+    let viewer =
+        Client::connected(Version::V311, b.port, "vera-residual", "vera", &issuer.user("vera", &["viewers"]));
+    assert_eq!(viewer.subscribe("celine/telemetry/+/+/readings"), 1);
+    let admin =
+        Client::connected(Version::V5, b.port, "adam-residual", "adam", &issuer.user("adam", &["admins"]));
+    let secret = "celine/telemetry/meter/secret-1/readings";
+    admin.publish(secret, "before");
+    admin.publish("celine/telemetry/meter/m2/readings", "marker");
+    assert_eq!(viewer.messages_until("marker"), vec![(secret.to_string(), "before".to_string())]);
+
+    // The new policy denies viewers that one meter: the connection, still open, is prepared
+    // again under the new generation, and its residual no longer covers the meter.
+    let mut doc: serde_json::Value = serde_json::from_str(POLICY).unwrap();
+    let rules = doc["celine"]["mqtt"]["acl"]["rules"].as_array_mut().unwrap();
+    rules.push(json!({"id": "no-secret-meter", "subjects": {"groups": ["viewers"]},
+        "topics": [secret], "actions": ["read"], "effect": "deny"}));
+    let mark = b.log_mark();
+    write_readable(&policy, doc.to_string().as_bytes());
+    b.wait_for_log_after(mark, "swapped in a new generation", SWAP_WAIT);
+    admin.publish(secret, "after");
+    admin.publish("celine/telemetry/meter/m2/readings", "marker");
+    assert!(viewer.messages_until("marker").is_empty(), "the denied meter's reading was delivered");
+    let record = b.wait_for_record_after(mark, "read", secret, "deny", mqtt::WAIT);
+    assert_eq!(record["rule"], "no-secret-meter");
+}

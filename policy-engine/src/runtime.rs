@@ -701,11 +701,12 @@ impl Generation {
         )
     }
 
-    /// The decision of a check [`Generation::allowed_at_once`] answered with `rule`.
+    /// The decision of a check [`Generation::allowed_at_once`] answered with `rule` (only a
+    /// generation that decides natively answers; any other decides `req` again).
     pub fn allowed_by(&self, rule: usize, req: &Request) -> Decision {
         match &self.native {
             Some(policy) => policy.allowed_by(rule, core_action(req.action), &req.topic).into(),
-            None => Decision { allow: false, rule: None, reason: "no native policy".into() },
+            None => self.check(req),
         }
     }
 
