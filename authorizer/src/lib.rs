@@ -208,27 +208,29 @@ impl Authorizer {
     }
 
     /// A publish or read that the prepared subject's residual allows at once (exactly as a
-    /// decision would: no cache needed, nothing formatted), counted and timed as a decision;
-    /// the rule that allows it ([`Generation::allowed_by`] makes its decision for a record).
-    /// `None`: look it up and decide it ([`Authorizer::check`]).
+    /// decision would: no cache needed, nothing formatted), for the client id and username
+    /// the subject was prepared with, counted and timed as a decision; the rule that allows
+    /// it ([`Generation::allowed_by`] makes its decision for a record). `None`: look it up and
+    /// decide it ([`Authorizer::check`]).
     pub fn allowed_at_once(
         &self,
         generation: &Generation,
         prepared: &Prepared,
-        request: &Request,
+        action: Action,
+        topic: &str,
     ) -> Option<usize> {
-        if request.action == Action::Subscribe {
+        if action == Action::Subscribe {
             return None;
         }
         // The sample is drawn only for checks answered here; the others are drawn by the
         // lookup that follows.
         let started = CHECKS.with(|n| n.get() % metrics::SAMPLE == 0).then(Instant::now);
-        let rule = generation.allowed_at_once(prepared, request)?;
+        let rule = generation.allowed_at_once(prepared, action, topic)?;
         CHECKS.with(|n| n.set(n.get().wrapping_add(1)));
         if let Some(t) = started {
             self.metrics.check_took(t.elapsed());
         }
-        self.metrics.decided(request.action, true, None);
+        self.metrics.decided(action, true, None);
         Some(rule)
     }
 

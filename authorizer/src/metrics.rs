@@ -116,6 +116,14 @@ impl DecisionMetrics {
         }
     }
 
+    /// `n` checks allowed at once, without a cache (a front end that counts them itself and
+    /// adds them up now and then).
+    pub fn allowed_at_once(&self, action: Action, n: u64) {
+        if n > 0 {
+            self.stripe().decisions[action_index(action)][0].fetch_add(n, Relaxed);
+        }
+    }
+
     /// The time one check took ([`crate::Authorizer::lookup`] times one in [`SAMPLE`]).
     pub fn check_took(&self, d: Duration) {
         let ns = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);

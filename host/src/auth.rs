@@ -150,7 +150,8 @@ pub struct Auth {
     id: u64,
     /// The authorizer's identities: whether a token would still verify.
     identities: Arc<Identities>,
-    decisions: Cache<DecisionKey, (Arc<Decided>, u64)>,
+    /// Keyed by digests, which a fast keyed hash spreads as well as SipHash does.
+    decisions: Cache<DecisionKey, (Arc<Decided>, u64), foldhash::fast::RandomState>,
     /// username (proven to name the token's subject) → session, until the token's `exp`.
     sessions: Cache<String, (Arc<Session>, u64)>,
 }
@@ -173,7 +174,7 @@ impl Auth {
                 .max_capacity(budget / 5 * 4)
                 .weigher(|_: &DecisionKey, v: &(Arc<Decided>, u64)| weight(entry_bytes(&v.0.decision)))
                 .expire_after(UntilExp)
-                .build(),
+                .build_with_hasher(foldhash::fast::RandomState::default()),
             sessions: Cache::builder()
                 .max_capacity(budget / 5)
                 .weigher(|u: &String, _: &(Arc<Session>, u64)| weight(160 + u.len()))

@@ -101,8 +101,9 @@ pub fn subject_bytes(s: &Subject) -> usize {
 /// by a share of a byte budget.
 pub struct Identities {
     pub verifier: Arc<Verifier>,
-    verified: Cache<TokenHash, Arc<Verified>>,
-    subjects: Cache<(u64, TokenHash), (Arc<Subject>, u64)>,
+    // Both keyed by token digests, which a fast keyed hash spreads as well as SipHash does.
+    verified: Cache<TokenHash, Arc<Verified>, foldhash::fast::RandomState>,
+    subjects: Cache<(u64, TokenHash), (Arc<Subject>, u64), foldhash::fast::RandomState>,
     metrics: CacheMetrics,
 }
 
@@ -116,12 +117,12 @@ impl Identities {
                 .max_capacity(budget / 3 * 2)
                 .weigher(|_: &TokenHash, v: &Arc<Verified>| weight(64 + v.bytes))
                 .expire_after(UntilExp)
-                .build(),
+                .build_with_hasher(foldhash::fast::RandomState::default()),
             subjects: Cache::builder()
                 .max_capacity(budget / 3)
                 .weigher(|_: &(u64, TokenHash), v: &(Arc<Subject>, u64)| weight(64 + subject_bytes(&v.0)))
                 .expire_after(UntilExp)
-                .build(),
+                .build_with_hasher(foldhash::fast::RandomState::default()),
             metrics: CacheMetrics {
                 hit: metrics::counter!("mqtt_policy_token_cache_total", "result" => "hit"),
                 miss: metrics::counter!("mqtt_policy_token_cache_total", "result" => "miss"),

@@ -20,8 +20,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use identity::Verifier;
-use policy_engine::Live;
 use policy_engine::pull::Puller;
+use policy_engine::{Generation, Live};
 
 use crate::stats::Stats;
 
@@ -47,6 +47,8 @@ enum Job {
     KeysWanted,
     Pull,
     Scrape(TcpStream),
+    /// A generation the broker thread held last: freeing its instances is left to this thread.
+    Retire(Arc<Generation>),
 }
 
 /// What the worker thread shares with the tick.
@@ -202,11 +204,16 @@ impl Background {
         }
     }
 
+    /// Frees a generation off the broker thread.
+    pub fn retire(&self, generation: Arc<Generation>) {
+        self.hand_over(vec![Job::Retire(generation)]);
+    }
+
     fn hand_over(&self, jobs: Vec<Job>) {
         let mut queue = lock(&self.shared.queue);
         for job in jobs {
             // One of each periodic kind waits at most: a slow pull does not pile up more.
-            let again = !matches!(job, Job::Scrape(_))
+            let again = !matches!(job, Job::Scrape(_) | Job::Retire(_))
                 && queue.jobs.iter().any(|q| std::mem::discriminant(q) == std::mem::discriminant(&job));
             if !again {
                 queue.jobs.push_back(job);
@@ -279,6 +286,7 @@ impl Shared {
             }
             match job {
                 Job::Scrape(stream) => self.scrape(stream),
+                Job::Retire(generation) => drop(generation),
                 Job::Files => {
                     let reloader = lock(&self.reloader).clone();
                     if let Some(r) = reloader {

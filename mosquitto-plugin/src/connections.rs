@@ -340,6 +340,10 @@ impl Connections {
         old
     }
 
+    pub fn get(&self, key: ClientKey) -> Option<&Connection> {
+        self.by_client.get(&key)
+    }
+
     pub fn get_mut(&mut self, key: ClientKey) -> Option<&mut Connection> {
         self.by_client.get_mut(&key)
     }

@@ -26,7 +26,7 @@ use authorizer::{Authorizer, DecisionRecord, Spelling, action_name};
 use identity::devkey::DevKey;
 use identity::{Identities, KeySource, Verified, Verifier, now};
 use policy_engine::pull::{PullStatus, Puller, Trust};
-use policy_engine::{Action, Generation, Live, Reloader, Runtime, Source, Subject};
+use policy_engine::{Action, Generation, Live, Reloader, Request, Runtime, Source, Subject};
 
 use crate::background::Background;
 use crate::broker::Broker;
@@ -92,6 +92,16 @@ pub struct Plugin {
     /// The client whose disconnect event was the last event: Mosquitto checks its will as a
     /// publish right after the event, before any other event. Any other event ends it.
     will_window: Cell<Option<ClientKey>>,
+    /// The live generation as of [`Live::version`] `generation_seen`: a check takes it from
+    /// here, touching none of the swap's shared state, and from `Live` only after a swap.
+    generation: RefCell<Arc<Generation>>,
+    generation_seen: Cell<u64>,
+    /// Checks [`Plugin::allowed_at_once`] allowed, by action (read, publish), not yet added to
+    /// the shared metrics: they are at the next look for background work, so that a check
+    /// touches no counter another thread reads. And checks it has seen, for timing one in
+    /// [`authorizer::metrics::SAMPLE`].
+    allowed_uncounted: [Cell<u64>; 2],
+    checks_seen: Cell<u64>,
 }
 
 /// Whether a kept identity belongs to the client a check is for.
@@ -225,6 +235,10 @@ impl Plugin {
             last_sweep: Cell::new(Instant::now()),
             reauthenticating: Cell::new(false),
             will_window: Cell::new(None),
+            generation_seen: Cell::new(live.version()),
+            generation: RefCell::new(live.current()),
+            allowed_uncounted: [Cell::new(0), Cell::new(0)],
+            checks_seen: Cell::new(0),
         })
     }
 
@@ -250,6 +264,9 @@ impl Plugin {
     /// tick (2.0 with `per_listener_settings true`) still gets it done while clients act.
     fn background_work(&self) {
         self.next_background.set(coarse_now() + 1);
+        for (action, n) in [Action::Read, Action::Publish].into_iter().zip(&self.allowed_uncounted) {
+            self.authorizer.metrics.allowed_at_once(action, n.take());
+        }
         if let Some(b) = &self.background {
             b.poll();
         }
@@ -605,7 +622,8 @@ impl Plugin {
         // Only the check right after a disconnect event may be that client's will.
         let will = self.will_window.take() == Some(client.key());
         logging::flush();
-        if coarse_now() >= self.next_background.get() {
+        let now = coarse_now();
+        if now >= self.next_background.get() {
             self.background_work();
         }
         let action = match access {
@@ -619,10 +637,79 @@ impl Plugin {
                 return false;
             }
         };
-        self.decide(client, action, topic, will)
+        if !will && self.allowed_at_once(client, action, topic, now) {
+            return true;
+        }
+        self.decide(client, action, topic, will, now)
     }
 
-    fn decide(&self, client: &dyn BrokerClient, action: Action, topic: &[u8], will: bool) -> bool {
+    /// The common case of a check, kept small and apart from the rest: between two checks the
+    /// broker's own work (and the kernel's) evicts from the CPU's caches whatever a check
+    /// touches, code and data, so inside Mosquitto a check costs about what it touches. A
+    /// connected client, still bound to its entry, mapped under the live generation, whose
+    /// residual allows the publish or read (or a superuser), is allowed here; anything else
+    /// (and every check while debug lines, which record allows, are on) goes to
+    /// [`Plugin::decide`], from the start.
+    #[inline]
+    fn allowed_at_once(&self, client: &dyn BrokerClient, action: Action, topic: &[u8], now: u64) -> bool {
+        if action == Action::Subscribe || tracing::enabled!(tracing::Level::DEBUG) {
+            return false;
+        }
+        let Ok(topic) = std::str::from_utf8(topic) else { return false };
+        let Ok(connections) = self.connections.try_borrow() else { return false };
+        let Some(conn) = connections.get(client.key()) else { return false };
+        if !conn.connected || conn.deadline <= now || matches!(conn.identity, Identity::Unknown { .. }) {
+            return false;
+        }
+        let generation = self.live_generation();
+        let Some(mapped) = conn.mapped.as_ref().filter(|m| m.generation == generation.id) else {
+            return false;
+        };
+        if !conn.binding.still_names(client) {
+            return false;
+        }
+        let seen = self.checks_seen.get();
+        self.checks_seen.set(seen.wrapping_add(1));
+        let started = seen.is_multiple_of(authorizer::metrics::SAMPLE).then(Instant::now);
+        // The prepared subject was made with this connection's client id and username.
+        let allowed = mapped.superuser
+            || mapped
+                .prepared
+                .as_ref()
+                .is_some_and(|p| generation.allowed_at_once(p, action, topic).is_some());
+        if allowed {
+            let tally = &self.allowed_uncounted[usize::from(action == Action::Publish)];
+            tally.set(tally.get() + 1);
+            if let Some(t) = started {
+                self.authorizer.metrics.check_took(t.elapsed());
+            }
+        }
+        allowed
+    }
+
+    /// The live generation, taken from `Live` again only after a swap.
+    fn live_generation(&self) -> std::cell::Ref<'_, Arc<Generation>> {
+        let version = self.authorizer.live.version();
+        if version != self.generation_seen.get()
+            && let Ok(mut held) = self.generation.try_borrow_mut()
+        {
+            let previous = std::mem::replace(&mut *held, self.authorizer.live.current());
+            self.generation_seen.set(version);
+            // Held last here, its instances are freed off the broker thread.
+            if Arc::strong_count(&previous) == 1
+                && let Some(background) = &self.background
+            {
+                background.retire(previous);
+            }
+        }
+        self.generation.borrow()
+    }
+
+    /// Decides a check at `now` (seconds, [`coarse_now`]): everything
+    /// [`Plugin::allowed_at_once`] does not allow.
+    #[cold]
+    #[inline(never)]
+    fn decide(&self, client: &dyn BrokerClient, action: Action, topic: &[u8], will: bool, now: u64) -> bool {
         let metrics = &self.authorizer.metrics;
         let Ok(topic) = std::str::from_utf8(topic) else {
             metrics.decided(action, false, None);
@@ -642,7 +729,7 @@ impl Plugin {
             return false;
         };
         let key = client.key();
-        let generation = self.authorizer.live.peek();
+        let generation = Arc::clone(&self.live_generation());
         let bound = connections.get_mut(key).map_or(Bound::No, |c| self.still_bound(c, client, action, will));
         if bound == Bound::NotNow {
             if let Some(conn) = connections.get_mut(key) {
@@ -670,7 +757,7 @@ impl Plugin {
         let Some(conn) = connections.get_mut(key) else { return false };
         let refused = if let Identity::Unknown { reason, .. } = &conn.identity {
             Some(reason.to_string())
-        } else if conn.deadline <= coarse_now() {
+        } else if conn.deadline <= now {
             Some("its token has expired".to_string())
         } else if conn.mapped_for(generation.id).is_none() {
             // A new generation: its module maps the identity again, and earlier decisions go.
@@ -696,34 +783,30 @@ impl Plugin {
         let Connection { mapped: Some(mapped), cache, client_id, log, identity, .. } = conn else {
             return false;
         };
-        let record = DecisionRecord::about(
-            "acl",
-            Some(&mapped.request.subject),
-            identity.username_label(),
-            client_id,
-            topic,
-        );
+        let record = |subject| {
+            DecisionRecord::about("acl", Some(subject), identity.username_label(), client_id, topic)
+        };
         if mapped.superuser {
             metrics.decided(action, true, None);
-            self.audit(log, record.outcome(action_name(action), true, "superuser"));
+            self.audit(log, record(&mapped.request.subject).outcome(action_name(action), true, "superuser"));
             return true;
         }
-        mapped.request.topic.clear();
-        mapped.request.topic.push_str(topic);
-        mapped.request.action = action;
+        // The prepared subject was made with this connection's client id and username.
         if let Some(prepared) = &mapped.prepared
-            && let Some(rule) = self.authorizer.allowed_at_once(&generation, prepared, &mapped.request)
+            && let Some(rule) = self.authorizer.allowed_at_once(&generation, prepared, action, topic)
         {
             // Allows are recorded at debug level: the decision is made only to be shown.
             if tracing::enabled!(tracing::Level::DEBUG) {
+                aim(&mut mapped.request, action, topic);
                 let decision = generation.allowed_by(rule, &mapped.request);
-                self.audit(log, record.decided(action_name(action), &decision));
+                self.audit(log, record(&mapped.request.subject).decided(action_name(action), &decision));
             }
             return true;
         }
+        aim(&mut mapped.request, action, topic);
         let mut decisions = TopicDecisions { cache, topic, prepared: mapped.prepared.as_ref() };
         self.authorizer.check(&generation, &mapped.request, action, &mut decisions, |decision, _| {
-            self.audit(log, record.decided(action_name(action), decision));
+            self.audit(log, record(&mapped.request.subject).decided(action_name(action), decision));
             decision.allow
         })
     }
@@ -987,6 +1070,13 @@ impl Drop for Plugin {
 
 /// Seconds since the epoch from the coarse real-time clock (a few ms of resolution, read
 /// without a system call and cheaper than the precise one): what an `exp` comparison needs.
+/// Points a connection's request at one check (its subject, client id and username stay).
+fn aim(request: &mut Request, action: Action, topic: &str) {
+    request.action = action;
+    request.topic.clear();
+    request.topic.push_str(topic);
+}
+
 fn coarse_now() -> u64 {
     let t = rustix::time::clock_gettime(rustix::time::ClockId::RealtimeCoarse);
     u64::try_from(t.tv_sec).unwrap_or_else(|_| now())

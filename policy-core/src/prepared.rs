@@ -30,15 +30,130 @@ const RESIDUAL_BUDGET: usize = 20_000;
 /// Bytes of client id and username a residual binds, at most: a connection with longer ones
 /// is decided in full rather than holding copies of them in every bound pattern.
 const MAX_BOUND_BYTES: usize = 512;
-/// Topic levels a residual match looks at, at most (deeper topics are decided in full).
-const MAX_LEVELS: usize = 32;
 
-/// An allow rule's pattern that decides by itself: `levels` bound (`+` and `#` as wildcards),
-/// or `None` for `"topics": "*"`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Decisive {
-    rule: usize,
-    levels: Option<Vec<String>>,
+/// One action's residual: the allow patterns that decide by themselves, in document order,
+/// compiled into one buffer (a check reads one short run of memory, not a list of patterns
+/// each pointing at its levels). Each entry is a header (the rule's index, `u32`; the
+/// length of its parts, `u16`; flags, `u8`) and its parts: `+` skips one level, and a run
+/// of literal levels joined by `/` (a length, `u16`, then the bytes) is one comparison.
+/// A final `#` is a flag: it covers its parent level and everything below it.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+struct Residual {
+    code: Vec<u8>,
+}
+
+/// The entry matches every topic (`"topics": "*"`).
+const ANY: u8 = 1;
+/// The pattern ends in `#`.
+const HASH: u8 = 2;
+/// The pattern starts with a wildcard, so it matches no name starting with `$`.
+const WILD_FIRST: u8 = 4;
+const PART_PLUS: u8 = 0;
+const PART_LITERAL: u8 = 1;
+const HEADER: usize = 7;
+
+impl Residual {
+    fn is_empty(&self) -> bool {
+        self.code.is_empty()
+    }
+
+    /// Adds `rule`'s pattern (`None`: every topic), its levels bound (no literal level holds
+    /// `/`, `+` or `#`). A pattern too long to encode is left out: a topic it would have
+    /// matched is then decided in full, which decides the same.
+    fn push(&mut self, rule: usize, levels: Option<&[String]>) {
+        let Ok(rule) = u32::try_from(rule) else { return };
+        let (flags, parts) = match levels {
+            None => (ANY, Vec::new()),
+            Some(levels) => {
+                let hash = levels.last().is_some_and(|l| l == "#");
+                let levels = &levels[..levels.len() - usize::from(hash)];
+                let mut runs: Vec<Option<String>> = Vec::new();
+                for level in levels {
+                    match (level.as_str(), runs.last_mut()) {
+                        ("+", _) => runs.push(None),
+                        (literal, Some(Some(run))) => {
+                            run.push('/');
+                            run.push_str(literal);
+                        }
+                        (literal, _) => runs.push(Some(String::from(literal))),
+                    }
+                }
+                let wild_first = matches!(runs.first(), Some(None) | None);
+                let mut parts = Vec::new();
+                for run in runs {
+                    match run {
+                        None => parts.push(PART_PLUS),
+                        Some(literal) => {
+                            let Ok(n) = u16::try_from(literal.len()) else { return };
+                            parts.push(PART_LITERAL);
+                            parts.extend_from_slice(&n.to_le_bytes());
+                            parts.extend_from_slice(literal.as_bytes());
+                        }
+                    }
+                }
+                let flags = if hash { HASH } else { 0 } | if wild_first { WILD_FIRST } else { 0 };
+                (flags, parts)
+            }
+        };
+        let Ok(len) = u16::try_from(parts.len()) else { return };
+        self.code.extend_from_slice(&rule.to_le_bytes());
+        self.code.extend_from_slice(&len.to_le_bytes());
+        self.code.push(flags);
+        self.code.extend_from_slice(&parts);
+    }
+
+    /// The rule of the first entry that matches `name`, a valid topic name.
+    fn first_match(&self, name: &[u8]) -> Option<usize> {
+        let code = self.code.as_slice();
+        let mut at = 0;
+        while let Some(header) = code.get(at..at + HEADER) {
+            let rule = u32::from_le_bytes([header[0], header[1], header[2], header[3]]);
+            let len = usize::from(u16::from_le_bytes([header[4], header[5]]));
+            let parts = code.get(at + HEADER..at + HEADER + len)?;
+            if Self::matches(header[6], parts, name) {
+                return Some(rule as usize);
+            }
+            at += HEADER + len;
+        }
+        None
+    }
+
+    /// Exactly what [`topic::matches`] says of the pattern and a valid name.
+    fn matches(flags: u8, parts: &[u8], name: &[u8]) -> bool {
+        if flags & ANY != 0 {
+            return true;
+        }
+        if flags & WILD_FIRST != 0 && name.first() == Some(&b'$') {
+            return false;
+        }
+        let (mut at, mut i) = (0, 0);
+        while let Some(&part) = parts.get(i) {
+            if i > 0 {
+                if name.get(at) != Some(&b'/') {
+                    return false;
+                }
+                at += 1;
+            }
+            let rest = &name[at..];
+            if part == PART_PLUS {
+                at += rest.iter().position(|b| *b == b'/').unwrap_or(rest.len());
+                i += 1;
+                continue;
+            }
+            let Some(&[lo, hi]) = parts.get(i + 1..i + 3) else { return false };
+            let n = usize::from(u16::from_le_bytes([lo, hi]));
+            let Some(literal) = parts.get(i + 3..i + 3 + n) else { return false };
+            if !rest.starts_with(literal) {
+                return false;
+            }
+            at += n;
+            i += 3 + n;
+        }
+        match flags & HASH != 0 {
+            false => at == name.len(),
+            true => parts.is_empty() || at == name.len() || name[at] == b'/',
+        }
+    }
 }
 
 /// Bound pattern levels, as [`Levels`].
@@ -68,8 +183,8 @@ pub struct Prepared {
     /// The client id and username the residual's placeholders are bound to.
     clientid: String,
     username: String,
-    /// The residual for read and publish (in that order), in document order.
-    residual: [Vec<Decisive>; 2],
+    /// The residual for read and publish (in that order).
+    residual: [Residual; 2],
 }
 
 impl Prepared {
@@ -89,18 +204,18 @@ impl Policy {
             subject,
             clientid: String::from(clientid),
             username: String::from(username),
-            residual: [Vec::new(), Vec::new()],
+            residual: [Residual::default(), Residual::default()],
         };
         p.residual = [self.residual(&p, Action::Read), self.residual(&p, Action::Publish)];
         p
     }
 
     /// The allow patterns of the subject's for `action` that decide by themselves.
-    fn residual(&self, p: &Prepared, action: Action) -> Vec<Decisive> {
+    fn residual(&self, p: &Prepared, action: Action) -> Residual {
         if p.capabilities.is_some_and(|c| !c.has(action.permission()))
             || p.clientid.len() + p.username.len() > MAX_BOUND_BYTES
         {
-            return Vec::new();
+            return Residual::default();
         }
         let b = Bindings { username: &p.username, clientid: &p.clientid, subject_id: &p.subject.id };
         let applying = |effect: Effect| -> Vec<(usize, Option<Vec<String>>)> {
@@ -125,21 +240,21 @@ impl Policy {
                 .collect()
         };
         let (allows, denies) = (applying(Effect::Allow), applying(Effect::Deny));
+        let mut residual = Residual::default();
         if allows.len().saturating_mul(allows.len() + denies.len()) > RESIDUAL_BUDGET {
-            return Vec::new();
+            return residual;
         }
         let meet = |a: &Option<Vec<String>>, b: &Option<Vec<String>>| match (a, b) {
             (Some(a), Some(b)) => topic::overlaps(&Bound(a), &Bound(b)),
             _ => true,
         };
-        allows
-            .iter()
-            .filter(|(rule, levels)| {
-                denies.iter().all(|(_, d)| !meet(levels, d))
-                    && allows.iter().take_while(|(r, _)| r < rule).all(|(_, earlier)| !meet(levels, earlier))
-            })
-            .map(|(rule, levels)| Decisive { rule: *rule, levels: levels.clone() })
-            .collect()
+        for (rule, levels) in allows.iter().filter(|(rule, levels)| {
+            denies.iter().all(|(_, d)| !meet(levels, d))
+                && allows.iter().take_while(|(r, _)| r < rule).all(|(_, earlier)| !meet(levels, earlier))
+        }) {
+            residual.push(*rule, levels.as_deref());
+        }
+        residual
     }
 
     /// The rule that allows a publish or read of `topic` by a prepared subject, when its
@@ -153,30 +268,25 @@ impl Policy {
         clientid: &str,
         username: &str,
     ) -> Option<usize> {
+        if prepared.clientid != clientid || prepared.username != username {
+            return None;
+        }
+        self.allowed_as_prepared(prepared, action, topic)
+    }
+
+    /// [`Policy::allowed_at_once`] for a request with the client id and username `prepared`
+    /// was made for, which its caller guarantees (a broker connection prepares its subject
+    /// with its own, and every check of it is that connection's).
+    pub fn allowed_as_prepared(&self, prepared: &Prepared, action: Action, topic: &str) -> Option<usize> {
         let residual = match action {
             Action::Read => &prepared.residual[0],
             Action::Publish => &prepared.residual[1],
             Action::Subscribe => return None,
         };
-        if residual.is_empty()
-            || prepared.policy != self.id
-            || prepared.clientid != clientid
-            || prepared.username != username
-            || topic::validate_name(topic).is_err()
-        {
+        if residual.is_empty() || prepared.policy != self.id || !plain_name(topic) {
             return None;
         }
-        let mut levels = [""; MAX_LEVELS];
-        let mut n = 0;
-        for level in topic.split('/') {
-            *levels.get_mut(n)? = level;
-            n += 1;
-        }
-        let name = &levels[..n];
-        residual
-            .iter()
-            .find(|d| d.levels.as_ref().is_none_or(|l| topic::matches(&Bound(l), name)))
-            .map(|d| d.rule)
+        residual.first_match(topic.as_bytes())
     }
 
     /// The decision [`Policy::check`] makes when `rule` allows `action` on `topic`: for a
@@ -209,6 +319,13 @@ impl Policy {
 
 /// A rule pattern's levels with its placeholders bound (as [`Pattern::resolve`] binds them:
 /// `None` for an allow pattern with an unusable value, `+` in a deny pattern).
+/// Is `topic` a valid topic name ([`topic::validate_name`]), in one pass over its bytes
+/// (written so that it compiles to a vector loop: broker topics are checked per message)?
+fn plain_name(topic: &str) -> bool {
+    let special = topic.bytes().fold(false, |seen, b| seen | (b == b'+') | (b == b'#') | (b == 0));
+    !topic.is_empty() && topic.len() <= topic::MAX_TOPIC_BYTES && !special
+}
+
 fn bind(p: &Pattern, b: &Bindings, deny: bool) -> Option<Vec<String>> {
     let resolved = p.resolve(b, deny)?;
     Some(
@@ -220,4 +337,74 @@ fn bind(p: &Pattern, b: &Bindings, deny: bool) -> Option<Vec<String>> {
             })
             .collect(),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use alloc::{format, vec};
+
+    /// Every sequence of up to `max` items of `alphabet`.
+    fn sequences(alphabet: &[&'static str], max: usize) -> Vec<Vec<&'static str>> {
+        let mut all: Vec<Vec<&str>> = vec![vec![]];
+        let mut last: Vec<Vec<&str>> = vec![vec![]];
+        for _ in 0..max {
+            last = last
+                .iter()
+                .flat_map(|s| alphabet.iter().map(move |a| [s.as_slice(), &[*a]].concat()))
+                .collect();
+            all.extend(last.iter().cloned());
+        }
+        all.retain(|s| !s.is_empty());
+        all
+    }
+
+    #[test]
+    fn a_residual_entry_matches_what_topic_matches_matches() {
+        let patterns: Vec<Vec<String>> = sequences(&["a", "bc", "", "+", "#", "$s"], 4)
+            .into_iter()
+            .filter(|p| topic::validate_filter(&p.join("/")).is_ok())
+            .map(|p| p.into_iter().map(String::from).collect())
+            .collect();
+        let names: Vec<Vec<&str>> = sequences(&["a", "bc", "", "$s", "ab"], 4)
+            .into_iter()
+            .filter(|n| topic::validate_name(&n.join("/")).is_ok())
+            .collect();
+        let mut compared = 0;
+        for p in &patterns {
+            let mut residual = Residual::default();
+            residual.push(7, Some(p));
+            for n in &names {
+                let expected = topic::matches(&Bound(p), n.as_slice()).then_some(7);
+                assert_eq!(residual.first_match(n.join("/").as_bytes()), expected, "{p:?} against {n:?}");
+                compared += 1;
+            }
+        }
+        assert!(compared > 100_000, "{compared}");
+    }
+
+    #[test]
+    fn a_residual_finds_the_first_entry_that_matches_and_leaves_out_what_it_cannot_encode() {
+        let levels = |p: &str| p.split('/').map(String::from).collect::<Vec<_>>();
+        let mut residual = Residual::default();
+        residual.push(3, Some(&levels("a/+/c")));
+        residual.push(5, Some(&levels(&format!("long/{}", "x".repeat(70_000)))));
+        residual.push(9, Some(&levels("a/#")));
+        residual.push(12, None);
+        assert_eq!(residual.first_match(b"a/b/c"), Some(3));
+        assert_eq!(residual.first_match(b"a/b/d"), Some(9));
+        assert_eq!(residual.first_match(format!("long/{}", "x".repeat(70_000)).as_bytes()), Some(12));
+        assert_eq!(residual.first_match(b"$SYS/x"), Some(12), "`*` covers `$` topics too");
+        assert_eq!(Residual::default().first_match(b"a"), None);
+    }
+
+    #[test]
+    fn a_name_with_a_wildcard_a_nul_or_nothing_is_not_plain() {
+        for bad in ["", "a/+", "a/#", "#", "a\0b"] {
+            assert!(!plain_name(bad), "{bad:?}");
+            assert!(topic::validate_name(bad).is_err());
+        }
+        assert!(plain_name("celine/telemetry/meter/m-1/readings"));
+        assert!(!plain_name(&"a".repeat(topic::MAX_TOPIC_BYTES + 1)));
+    }
 }

@@ -687,18 +687,13 @@ impl Generation {
         })
     }
 
-    /// The rule that allows `req` of a prepared subject, when the subject's residual decides
-    /// it at once (no allocation, no formatted reason: [`Generation::allowed_by`] makes the
-    /// decision when it is shown). `None`: decide it with [`Generation::try_check_prepared`].
-    pub fn allowed_at_once(&self, prepared: &Prepared, req: &Request) -> Option<usize> {
+    /// The rule that allows `action` on `topic` by a prepared subject, for the client id and
+    /// username it was prepared with, when the subject's residual decides it at once (no
+    /// allocation, no formatted reason: [`Generation::allowed_by`] makes the decision when it
+    /// is shown). `None`: decide it with [`Generation::try_check_prepared`].
+    pub fn allowed_at_once(&self, prepared: &Prepared, action: Action, topic: &str) -> Option<usize> {
         let policy = self.native.as_ref().filter(|_| prepared.generation == self.id)?;
-        policy.allowed_at_once(
-            &prepared.subject,
-            core_action(req.action),
-            &req.topic,
-            &req.clientid,
-            &req.username,
-        )
+        policy.allowed_as_prepared(&prepared.subject, core_action(action), topic)
     }
 
     /// The decision of a check [`Generation::allowed_at_once`] answered with `rule` (only a

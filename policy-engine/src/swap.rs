@@ -10,6 +10,7 @@
 //! and shown by `GET /admin/status`.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
@@ -113,6 +114,8 @@ struct Prepared {
 pub struct Live {
     runtime: Arc<Runtime>,
     current: ArcSwap<Generation>,
+    /// Swaps made: changed after `current` is, see [`Live::version`].
+    swaps: AtomicU64,
     inputs: Mutex<Inputs>,
     /// Policy test cases every candidate must pass (files or directories of `*.json`).
     tests: Option<PathBuf>,
@@ -200,6 +203,7 @@ impl Live {
         Ok(Arc::new(Live {
             runtime,
             current: ArcSwap::new(generation),
+            swaps: AtomicU64::new(0),
             inputs: Mutex::new(Inputs {
                 module: module.into(),
                 module_source,
@@ -225,6 +229,14 @@ impl Live {
     /// The live generation. Take it once per request and finish on it.
     pub fn current(&self) -> Arc<Generation> {
         self.current.load_full()
+    }
+
+    /// A number that changes whenever the live generation does, after it does: a generation
+    /// taken with [`Live::current`] after reading it is at least as new as the number says. A
+    /// front end that keeps the live generation at hand (the broker's thread) takes it again
+    /// only when this changed.
+    pub fn version(&self) -> u64 {
+        self.swaps.load(Ordering::Acquire)
     }
 
     /// The live generation, borrowed for one short call without touching its reference
@@ -330,6 +342,7 @@ impl Live {
         match self.build_prepared(&prepared) {
             Ok((generation, passed, diff)) => {
                 let previous = self.current.swap(Arc::clone(&generation));
+                self.swaps.fetch_add(1, Ordering::Release);
                 let Prepared { module, module_source, policy, policy_source, bundle_tests, .. } = prepared;
                 let (Ok(m), Ok(p)) = (module, policy) else { unreachable!("built from readable inputs") };
                 {
