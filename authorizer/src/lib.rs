@@ -212,7 +212,7 @@ impl Authorizer {
     /// the subject was prepared with, counted and timed as a decision; the rule that allows
     /// it ([`Generation::allowed_by`] makes its decision for a record). `None`: look it up and
     /// decide it ([`Authorizer::check`]).
-    pub fn allowed_at_once(
+    pub fn allowed_as_prepared(
         &self,
         generation: &Generation,
         prepared: &Prepared,
@@ -225,7 +225,7 @@ impl Authorizer {
         // The sample is drawn only for checks answered here; the others are drawn by the
         // lookup that follows.
         let started = CHECKS.with(|n| n.get() % metrics::SAMPLE == 0).then(Instant::now);
-        let rule = generation.allowed_at_once(prepared, action, topic)?;
+        let rule = generation.allowed_as_prepared(prepared, action, topic)?;
         CHECKS.with(|n| n.set(n.get().wrapping_add(1)));
         if let Some(t) = started {
             self.metrics.check_took(t.elapsed());

@@ -258,15 +258,22 @@ impl Plugin {
         self.background_work();
     }
 
+    /// Adds the checks [`Plugin::allowed_at_once`] allowed to the shared metrics.
+    fn count_allowed(&self) {
+        for (action, n) in [Action::Read, Action::Publish].into_iter().zip(&self.allowed_uncounted) {
+            self.authorizer.metrics.allowed_at_once(action, n.take());
+        }
+    }
+
     /// Looks for background work (watched files, key refreshes, bundle pulls, scrapes; each
     /// rate-limited) and hands it to a thread that ends when it is done. From the tick and
     /// every other event, and from checks at most once a second: a Mosquitto that sends no
     /// tick (2.0 with `per_listener_settings true`) still gets it done while clients act.
     fn background_work(&self) {
         self.next_background.set(coarse_now() + 1);
-        for (action, n) in [Action::Read, Action::Publish].into_iter().zip(&self.allowed_uncounted) {
-            self.authorizer.metrics.allowed_at_once(action, n.take());
-        }
+        self.count_allowed();
+        // A swapped-out generation is not kept for the next check, which may be far off.
+        drop(self.live_generation());
         if let Some(b) = &self.background {
             b.poll();
         }
@@ -676,7 +683,7 @@ impl Plugin {
             || mapped
                 .prepared
                 .as_ref()
-                .is_some_and(|p| generation.allowed_at_once(p, action, topic).is_some());
+                .is_some_and(|p| generation.allowed_as_prepared(p, action, topic).is_some());
         if allowed {
             let tally = &self.allowed_uncounted[usize::from(action == Action::Publish)];
             tally.set(tally.get() + 1);
@@ -690,15 +697,15 @@ impl Plugin {
     /// The live generation, taken from `Live` again only after a swap.
     fn live_generation(&self) -> std::cell::Ref<'_, Arc<Generation>> {
         let version = self.authorizer.live.version();
-        if version != self.generation_seen.get()
-            && let Ok(mut held) = self.generation.try_borrow_mut()
-        {
-            let previous = std::mem::replace(&mut *held, self.authorizer.live.current());
-            self.generation_seen.set(version);
-            // Held last here, its instances are freed off the broker thread.
-            if Arc::strong_count(&previous) == 1
-                && let Some(background) = &self.background
-            {
+        if version != self.generation_seen.get() {
+            let previous = self.generation.try_borrow_mut().ok().map(|mut held| {
+                self.generation_seen.set(version);
+                std::mem::replace(&mut *held, self.authorizer.live.current())
+            });
+            // This thread may hold it last: its instances are freed off the broker thread.
+            // (Handing it over may log, and a log line may be a publish that is checked:
+            // nothing is borrowed by then.)
+            if let (Some(previous), Some(background)) = (previous, &self.background) {
                 background.retire(previous);
             }
         }
@@ -793,7 +800,7 @@ impl Plugin {
         }
         // The prepared subject was made with this connection's client id and username.
         if let Some(prepared) = &mapped.prepared
-            && let Some(rule) = self.authorizer.allowed_at_once(&generation, prepared, action, topic)
+            && let Some(rule) = self.authorizer.allowed_as_prepared(&generation, prepared, action, topic)
         {
             // Allows are recorded at debug level: the decision is made only to be shown.
             if tracing::enabled!(tracing::Level::DEBUG) {
@@ -1061,6 +1068,7 @@ impl Plugin {
 
 impl Drop for Plugin {
     fn drop(&mut self) {
+        self.count_allowed();
         // Join the background worker (it holds the reloader too), then the reload thread,
         // before the engine goes.
         self.background = None;
@@ -1068,8 +1076,6 @@ impl Drop for Plugin {
     }
 }
 
-/// Seconds since the epoch from the coarse real-time clock (a few ms of resolution, read
-/// without a system call and cheaper than the precise one): what an `exp` comparison needs.
 /// Points a connection's request at one check (its subject, client id and username stay).
 fn aim(request: &mut Request, action: Action, topic: &str) {
     request.action = action;
@@ -1077,6 +1083,8 @@ fn aim(request: &mut Request, action: Action, topic: &str) {
     request.topic.push_str(topic);
 }
 
+/// Seconds since the epoch from the coarse real-time clock (a few ms of resolution, read
+/// without a system call and cheaper than the precise one): what an `exp` comparison needs.
 fn coarse_now() -> u64 {
     let t = rustix::time::clock_gettime(rustix::time::ClockId::RealtimeCoarse);
     u64::try_from(t.tv_sec).unwrap_or_else(|_| now())

@@ -578,3 +578,22 @@ fn on_mosquitto_2_1_a_connect_that_is_not_ours_clears_the_address() {
     f.plugin.connected(&persistent);
     assert!(!f.may(1, access::READ, TELEMETRY));
 }
+
+#[test]
+fn checks_allowed_at_once_reach_the_decision_counters_at_the_next_tick() {
+    let f = fixture(&[]);
+    let viewer = f.token("vera", &["viewers"]);
+    assert_eq!(f.connect(1, "c1", Some("vera"), Some(&viewer)), Admission::Admitted { rename: None });
+    let reads_allowed = || {
+        let text = f.plugin.stats().render_prometheus(f.plugin.live());
+        let line = r#"mqtt_policy_decisions_total{action="read",decision="allow"} "#;
+        text.lines().find_map(|l| l.strip_prefix(line)).map_or(0, |n| n.parse::<u64>().expect("a count"))
+    };
+    f.plugin.tick();
+    let before = reads_allowed();
+    for n in 0..5 {
+        assert!(f.may(1, access::READ, &format!("celine/telemetry/meter/m{n}/readings")));
+    }
+    f.plugin.tick();
+    assert_eq!(reads_allowed(), before + 5, "every allowed read is counted once");
+}

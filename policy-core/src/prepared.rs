@@ -30,6 +30,9 @@ const RESIDUAL_BUDGET: usize = 20_000;
 /// Bytes of client id and username a residual binds, at most: a connection with longer ones
 /// is decided in full rather than holding copies of them in every bound pattern.
 const MAX_BOUND_BYTES: usize = 512;
+/// Bytes of a topic name a residual is matched against, at most: a `+` scans its level, so a
+/// longer name (rare, and possibly made to be slow) is decided in full instead.
+const MAX_RESIDUAL_NAME: usize = 1024;
 
 /// One action's residual: the allow patterns that decide by themselves, in document order,
 /// compiled into one buffer (a check reads one short run of memory, not a list of patterns
@@ -283,7 +286,11 @@ impl Policy {
             Action::Publish => &prepared.residual[1],
             Action::Subscribe => return None,
         };
-        if residual.is_empty() || prepared.policy != self.id || !plain_name(topic) {
+        if residual.is_empty()
+            || prepared.policy != self.id
+            || topic.len() > MAX_RESIDUAL_NAME
+            || !plain_name(topic)
+        {
             return None;
         }
         residual.first_match(topic.as_bytes())
@@ -317,8 +324,6 @@ impl Policy {
     }
 }
 
-/// A rule pattern's levels with its placeholders bound (as [`Pattern::resolve`] binds them:
-/// `None` for an allow pattern with an unusable value, `+` in a deny pattern).
 /// Is `topic` a valid topic name ([`topic::validate_name`]), in one pass over its bytes
 /// (written so that it compiles to a vector loop: broker topics are checked per message)?
 fn plain_name(topic: &str) -> bool {
@@ -326,6 +331,8 @@ fn plain_name(topic: &str) -> bool {
     !topic.is_empty() && topic.len() <= topic::MAX_TOPIC_BYTES && !special
 }
 
+/// A rule pattern's levels with its placeholders bound (as [`Pattern::resolve`] binds them:
+/// `None` for an allow pattern with an unusable value, `+` in a deny pattern).
 fn bind(p: &Pattern, b: &Bindings, deny: bool) -> Option<Vec<String>> {
     let resolved = p.resolve(b, deny)?;
     Some(
@@ -389,11 +396,13 @@ mod tests {
         let mut residual = Residual::default();
         residual.push(3, Some(&levels("a/+/c")));
         residual.push(5, Some(&levels(&format!("long/{}", "x".repeat(70_000)))));
+        residual.push(6, Some(&levels(&format!("{}/+", "y".repeat(300)))));
         residual.push(9, Some(&levels("a/#")));
         residual.push(12, None);
         assert_eq!(residual.first_match(b"a/b/c"), Some(3));
         assert_eq!(residual.first_match(b"a/b/d"), Some(9));
         assert_eq!(residual.first_match(format!("long/{}", "x".repeat(70_000)).as_bytes()), Some(12));
+        assert_eq!(residual.first_match(format!("{}/z", "y".repeat(300)).as_bytes()), Some(6));
         assert_eq!(residual.first_match(b"$SYS/x"), Some(12), "`*` covers `$` topics too");
         assert_eq!(Residual::default().first_match(b"a"), None);
     }

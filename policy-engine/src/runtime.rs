@@ -691,12 +691,12 @@ impl Generation {
     /// username it was prepared with, when the subject's residual decides it at once (no
     /// allocation, no formatted reason: [`Generation::allowed_by`] makes the decision when it
     /// is shown). `None`: decide it with [`Generation::try_check_prepared`].
-    pub fn allowed_at_once(&self, prepared: &Prepared, action: Action, topic: &str) -> Option<usize> {
+    pub fn allowed_as_prepared(&self, prepared: &Prepared, action: Action, topic: &str) -> Option<usize> {
         let policy = self.native.as_ref().filter(|_| prepared.generation == self.id)?;
         policy.allowed_as_prepared(&prepared.subject, core_action(action), topic)
     }
 
-    /// The decision of a check [`Generation::allowed_at_once`] answered with `rule` (only a
+    /// The decision of a check [`Generation::allowed_as_prepared`] answered with `rule` (only a
     /// generation that decides natively answers; any other decides `req` again).
     pub fn allowed_by(&self, rule: usize, req: &Request) -> Decision {
         match &self.native {

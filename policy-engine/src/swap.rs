@@ -239,12 +239,6 @@ impl Live {
         self.swaps.load(Ordering::Acquire)
     }
 
-    /// The live generation, borrowed for one short call without touching its reference
-    /// count (a broker's per-delivery check). Do not keep it: take [`Live::current`] instead.
-    pub fn peek(&self) -> impl std::ops::Deref<Target = Arc<Generation>> + '_ {
-        self.current.load()
-    }
-
     /// The files to watch for changes.
     pub fn watched_files(&self) -> Vec<PathBuf> {
         let i = self.inputs.lock().unwrap();

@@ -245,7 +245,7 @@ proptest! {
                 prop_assert_eq!(wasm_decision(generation.module_check(&req).unwrap()), expected.clone(), "the module");
                 prop_assert_eq!(wasm_decision(generation.try_check(&req).unwrap()), expected.clone(), "natively");
                 let prepared = generation.prepare(&req.subject, &req.clientid, &req.username).unwrap();
-                if let Some(rule) = generation.allowed_at_once(&prepared, req.action, &req.topic) {
+                if let Some(rule) = generation.allowed_as_prepared(&prepared, req.action, &req.topic) {
                     prop_assert_eq!(wasm_decision(generation.allowed_by(rule, &req)), expected.clone(), "the residual");
                 }
                 let got = generation.try_check_prepared(Some(&prepared), &req).unwrap();
