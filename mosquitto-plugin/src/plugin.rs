@@ -98,8 +98,8 @@ pub struct Plugin {
     generation_seen: Cell<u64>,
     /// Checks [`Plugin::allowed_at_once`] allowed, by action (read, publish), not yet added to
     /// the shared metrics: they are at the next look for background work, so that a check
-    /// touches no counter another thread reads. And checks it has seen, for timing one in
-    /// [`authorizer::metrics::SAMPLE`].
+    /// touches no counter another thread reads (but for the one in
+    /// [`authorizer::metrics::SAMPLE`] that is timed, which `checks_seen` counts to).
     allowed_uncounted: [Cell<u64>; 2],
     checks_seen: Cell<u64>,
 }
