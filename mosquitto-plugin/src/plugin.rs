@@ -663,12 +663,14 @@ impl Plugin {
             return false;
         }
         let Ok(topic) = std::str::from_utf8(topic) else { return false };
+        // Before the table is borrowed: taking a new generation may hand the old one over,
+        // which may log, and a log line may be a publish that is checked.
+        let generation = self.live_generation();
         let Ok(connections) = self.connections.try_borrow() else { return false };
         let Some(conn) = connections.get(client.key()) else { return false };
         if !conn.connected || conn.deadline <= now || matches!(conn.identity, Identity::Unknown { .. }) {
             return false;
         }
-        let generation = self.live_generation();
         let Some(mapped) = conn.mapped.as_ref().filter(|m| m.generation == generation.id) else {
             return false;
         };

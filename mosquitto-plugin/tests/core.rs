@@ -597,3 +597,26 @@ fn checks_allowed_at_once_reach_the_decision_counters_at_the_next_tick() {
     f.plugin.tick();
     assert_eq!(reads_allowed(), before + 5, "every allowed read is counted once");
 }
+
+#[test]
+fn a_connected_client_whose_name_changes_behind_the_plugin_loses_the_identity() {
+    // The broker's own changes come with events; another plugin may rename a client without
+    // one. The next check, even one the connection's residual would allow, finds it out.
+    for change in ["client id", "username"] {
+        let f = fixture(&[]);
+        let viewer = f.token("vera", &["viewers"]);
+        assert_eq!(f.connect(1, "c1", Some("vera"), Some(&viewer)), Admission::Admitted { rename: None });
+        assert!(f.may(1, access::READ, TELEMETRY));
+        let mut changed = f.clients.borrow()[&1].clone();
+        match change {
+            "client id" => changed.id = "c2".into(),
+            _ => changed.username = Some("mallory".into()),
+        }
+        f.arrives_unseen(changed);
+        assert!(!f.may(1, access::READ, TELEMETRY), "{change} changed: a read");
+        assert!(
+            !f.may(1, access::SUBSCRIBE, "celine/telemetry/+/+/readings"),
+            "{change} changed: a subscribe"
+        );
+    }
+}
