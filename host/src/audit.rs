@@ -40,8 +40,13 @@ impl Audit {
         self.queue.dropped()
     }
 
+    /// Whether audit lines are written at all (a caller may skip making a record's parts).
+    pub fn enabled(&self) -> bool {
+        tracing::enabled!(target: "audit", tracing::Level::INFO)
+    }
+
     pub fn write(&self, e: &DecisionRecord<'_>) {
-        if !tracing::enabled!(target: "audit", tracing::Level::INFO) {
+        if !self.enabled() {
             return;
         }
         let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();

@@ -23,7 +23,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use identity::tokens::weight;
 use identity::{Identities, TokenHash, UntilExp, Verified, now};
 use moka::sync::Cache;
-use policy_engine::{Action, Decision, Subject};
+use policy_engine::{Action, Decision, Prepared, Subject};
 use sha2::{Digest, Sha256};
 
 /// Everything an ACL decision depends on, as one SHA-256 digest: (generation, the token's
@@ -139,10 +139,65 @@ thread_local! {
 /// A slot for `bytes` among `slots` (FNV-1a: usernames are short, and a collision only
 /// costs a lookup in the shared table).
 fn near_slot(bytes: &[u8], slots: usize) -> usize {
-    let h = bytes
-        .iter()
-        .fold(0xcbf2_9ce4_8422_2325_u64, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x100_0000_01b3));
-    (h % slots as u64) as usize
+    (fnv1a(bytes) % slots as u64) as usize
+}
+
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x100_0000_01b3))
+}
+
+/// An identity ready for decisions under one generation, for one client id and username:
+/// the verified token, its subject, and the subject prepared ([`Generation::prepare`]) so
+/// that its residual allows a publish or read at once.
+///
+/// [`Generation::prepare`]: policy_engine::Generation::prepare
+pub struct PreparedIdentity {
+    pub verified: Arc<Verified>,
+    pub subject: Arc<Subject>,
+    /// `${username}` for its decisions: the username, when it is proven to name the subject.
+    pub username: String,
+    /// `None` when the generation does not decide natively.
+    pub prepared: Option<Prepared>,
+}
+
+/// What a prepared identity is found by: everything a decision depends on but the action and
+/// the topic (as [`DecisionKey`]), so an entry answers exactly what the decision cache would.
+struct IdentityKey {
+    /// The `Auth` it belongs to.
+    owner: u64,
+    generation: u64,
+    token: TokenHash,
+    clientid: Box<str>,
+    username: Box<str>,
+}
+
+impl IdentityKey {
+    fn is(&self, owner: u64, generation: u64, token: &TokenHash, clientid: &str, username: &str) -> bool {
+        self.owner == owner
+            && self.generation == generation
+            && self.token == *token
+            && *self.clientid == *clientid
+            && *self.username == *username
+    }
+}
+
+/// Slots in each worker thread's near cache of prepared identities, and the most bytes an
+/// entry may take there (larger ones are not kept: they are decided through the caches).
+const NEAR_IDENTITY_SLOTS: usize = 64;
+const NEAR_IDENTITY_MAX: usize = 16 << 10;
+
+type NearIdentitySlot = Option<(IdentityKey, Arc<PreparedIdentity>)>;
+
+thread_local! {
+    static NEAR_IDENTITIES: std::cell::RefCell<Vec<NearIdentitySlot>> =
+        const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// The near-identity slot of a token and client id.
+fn identity_slot(token: &TokenHash, clientid: &str) -> usize {
+    let from_token =
+        u64::from_le_bytes([token[0], token[1], token[2], token[3], token[4], token[5], token[6], 0]);
+    ((from_token ^ fnv1a(clientid.as_bytes())) % NEAR_IDENTITY_SLOTS as u64) as usize
 }
 
 pub struct Auth {
@@ -220,6 +275,57 @@ impl Auth {
             }
             entry.as_ref().map(|(_, _, d)| f(d))
         })
+    }
+
+    /// The identity this worker thread prepared for (generation, token, client id, username),
+    /// while its token would still verify (not expired, its key still trusted). Each thread
+    /// keeps a few ([`NEAR_IDENTITY_SLOTS`]), none shared: a client that checks many topics
+    /// (every delivery on a wildcard subscription) is decided by its residual with no lookup
+    /// in a shared table and nothing remembered per topic.
+    pub fn prepared_identity(
+        &self,
+        generation: u64,
+        token: &TokenHash,
+        clientid: &str,
+        username: &str,
+    ) -> Option<Arc<PreparedIdentity>> {
+        let slot = identity_slot(token, clientid);
+        NEAR_IDENTITIES.with_borrow(|near| {
+            let (key, identity) = near.get(slot)?.as_ref()?;
+            (key.is(self.id, generation, token, clientid, username)
+                && self.identities.still_valid(&identity.verified))
+            .then(|| Arc::clone(identity))
+        })
+    }
+
+    /// Keeps `identity` in this worker thread's near cache (unless it is too large: see
+    /// [`NEAR_IDENTITY_MAX`]), replacing whatever its slot held.
+    pub fn keep_prepared_identity(
+        &self,
+        generation: u64,
+        token: TokenHash,
+        clientid: &str,
+        username: &str,
+        identity: &Arc<PreparedIdentity>,
+    ) {
+        let prepared = identity.prepared.as_ref().map_or(0, Prepared::bytes);
+        if prepared + clientid.len() + 2 * username.len() > NEAR_IDENTITY_MAX {
+            return;
+        }
+        let key = IdentityKey {
+            owner: self.id,
+            generation,
+            token,
+            clientid: clientid.into(),
+            username: username.into(),
+        };
+        let slot = identity_slot(&token, clientid);
+        NEAR_IDENTITIES.with_borrow_mut(|near| {
+            if near.is_empty() {
+                near.resize_with(NEAR_IDENTITY_SLOTS, || None);
+            }
+            near[slot] = Some((key, Arc::clone(identity)));
+        });
     }
 
     /// Remembers a decision the module made for this identity until its token's `exp`.
@@ -325,6 +431,8 @@ pub struct DecisionsFor<'a> {
     pub auth: &'a Auth,
     pub verified: &'a Arc<Verified>,
     pub subject: &'a Arc<Subject>,
+    /// The subject prepared for the generation, client id and username decided, if it is.
+    pub prepared: Option<&'a Prepared>,
 }
 
 impl authorizer::DecisionLookup for DecisionsFor<'_> {
@@ -348,6 +456,10 @@ impl authorizer::DecisionCache for DecisionsFor<'_> {
     fn unremembered(&mut self, decision: Decision) -> Arc<Decided> {
         Arc::new(Decided { decision, subject: Arc::clone(self.subject), verified: Arc::clone(self.verified) })
     }
+
+    fn prepared(&self) -> Option<&Prepared> {
+        self.prepared
+    }
 }
 
 #[cfg(test)]
@@ -366,5 +478,67 @@ mod tests {
         }
         let long = "x".repeat(TOKEN_MEMO_MAX + 1);
         assert_eq!(token_hash(&long), identity::token_hash(&long));
+    }
+
+    fn identities() -> Arc<Identities> {
+        let verifier = identity::Verifier::new(identity::VerifierConfig {
+            source: identity::KeySource::None,
+            issuer: None,
+            audience: None,
+            leeway: std::time::Duration::ZERO,
+            extra_keys: vec![],
+            hmac_secret: Some(b"a development secret".to_vec()),
+            min_refresh: std::time::Duration::from_secs(10),
+            authorized_parties: vec![],
+            plain_http: Default::default(),
+            refresh_every: identity::jwks::PERIODIC_REFRESH,
+        })
+        .unwrap();
+        Arc::new(Identities::new(Arc::new(verifier), 1 << 20))
+    }
+
+    fn prepared_identity(exp: u64) -> Arc<PreparedIdentity> {
+        Arc::new(PreparedIdentity {
+            verified: Arc::new(Verified {
+                claims: serde_json::json!({"sub": "u-vera"}),
+                exp,
+                key: None,
+                bytes: 0,
+            }),
+            subject: Arc::new(Subject {
+                id: "u-vera".into(),
+                type_: policy_engine::SubjectType::User,
+                groups: vec![],
+                scopes: vec![],
+            }),
+            username: "vera".into(),
+            prepared: None,
+        })
+    }
+
+    #[test]
+    fn a_prepared_identity_answers_only_its_own_key_and_only_while_its_token_verifies() {
+        let ids = identities();
+        let (auth, other) = (Auth::new(Arc::clone(&ids), 1 << 20), Auth::new(ids, 1 << 20));
+        let token = identity::token_hash("token-a");
+        auth.keep_prepared_identity(7, token, "dash-1", "vera", &prepared_identity(now() + 600));
+        let found = |a: &Auth, generation, token: &TokenHash, clientid, username| {
+            a.prepared_identity(generation, token, clientid, username).is_some()
+        };
+        assert!(found(&auth, 7, &token, "dash-1", "vera"));
+        assert!(!found(&auth, 8, &token, "dash-1", "vera"), "another generation");
+        assert!(!found(&auth, 7, &identity::token_hash("token-b"), "dash-1", "vera"), "another token");
+        assert!(!found(&auth, 7, &token, "dash-2", "vera"), "another client id");
+        assert!(!found(&auth, 7, &token, "dash-1", "olga"), "another username");
+        assert!(!found(&auth, 7, &token, "dash-1", ""), "no username");
+        assert!(!found(&other, 7, &token, "dash-1", "vera"), "another service's");
+        // Expired: not an answer, though the slot still holds it.
+        auth.keep_prepared_identity(7, token, "dash-1", "vera", &prepared_identity(now() - 1));
+        assert!(!found(&auth, 7, &token, "dash-1", "vera"));
+        // Too large to keep near: not kept (the slot keeps what it had).
+        auth.keep_prepared_identity(7, token, "dash-1", "vera", &prepared_identity(now() + 600));
+        let long = "c".repeat(NEAR_IDENTITY_MAX);
+        auth.keep_prepared_identity(7, token, &long, "vera", &prepared_identity(now() + 600));
+        assert!(!found(&auth, 7, &token, &long, "vera"));
     }
 }

@@ -28,7 +28,7 @@ use goauth_wire::{Params, TokenFrom, find_token, looks_like_jwt, parse_params};
 use identity::{TokenHash, Verified};
 use policy_engine::{Action, Decision, Generation, Request, Subject};
 
-use crate::auth::{DecisionKey, DecisionsFor, SharedDecisions};
+use crate::auth::{DecisionKey, DecisionsFor, PreparedIdentity, SharedDecisions};
 use crate::respond::{Out, ResponseMode, answer};
 use crate::state::{AppState, BODY_LIMIT, REQUEST_TIMEOUT};
 
@@ -357,51 +357,79 @@ async fn acl(ctx: &Ctx<'_>) -> Outcome {
     // names the subject is a function of the token, so the key stays exact.
     let given = if p.username_is_token { "" } else { username };
     let clientid = p.clientid.as_deref().unwrap_or("");
+    let generation = &ctx.generation;
+    // This worker's prepared identity: its residual allows most publishes and reads at once.
+    let mut near = auth.prepared_identity(generation.id, &holder, clientid, given);
     let mut outcome = Outcome::Deny("no action".into());
     for action in actions {
-        let key = DecisionKey::new(ctx.generation.id, holder, action, topic, clientid, given);
+        if let Some(identity) = &near
+            && let Some(prepared) = &identity.prepared
+            && let Some(rule) = authorizer.allowed_as_prepared(generation, prepared, action, topic)
+        {
+            outcome = allowed_at_once(ctx, &identity.subject, action, topic, rule);
+            continue;
+        }
+        let key = DecisionKey::new(generation.id, holder, action, topic, clientid, given);
         let hit = authorizer.lookup(action, &key, &mut SharedDecisions(auth), |d| {
             decided(ctx.record("acl", Some(&d.subject)), action_name(action), &d.decision, ctx)
         });
         outcome = match hit {
             Ok(o) => o,
             Err(pending) => {
-                // Not decided yet: verify (or find verified) and map the token as usual.
-                let verified = match (found.take(), token) {
-                    (Some(hv), _) => Ok(hv),
-                    (None, Some(t)) => verify(ctx.state, t).await,
-                    (None, None) => session(ctx).await,
-                };
-                let (hash, verified, subject) =
-                    match verified.and_then(|(hash, v)| Ok((hash, Arc::clone(&v), ctx.subject(hash, &v)?))) {
-                        Ok(t) => t,
-                        Err(o) => {
-                            authorizer.refused(pending);
-                            audit(ctx, "acl", None, action_name(action), &o);
-                            return o;
-                        }
-                    };
-                // The username was bound anew since the key was made: decide, and remember,
-                // for the token bound now.
-                let key = if holder != hash {
-                    holder = hash;
-                    DecisionKey::new(ctx.generation.id, holder, action, topic, clientid, given)
-                } else {
-                    key
+                let (identity, key) = match &near {
+                    Some(identity) => (Arc::clone(identity), key),
+                    None => {
+                        // Not decided yet: verify (or find verified) and map the token as usual.
+                        let verified = match (found.take(), token) {
+                            (Some(hv), _) => Ok(hv),
+                            (None, Some(t)) => verify(ctx.state, t).await,
+                            (None, None) => session(ctx).await,
+                        };
+                        let (hash, verified, subject) = match verified
+                            .and_then(|(hash, v)| Ok((hash, Arc::clone(&v), ctx.subject(hash, &v)?)))
+                        {
+                            Ok(t) => t,
+                            Err(o) => {
+                                authorizer.refused(pending);
+                                audit(ctx, "acl", None, action_name(action), &o);
+                                return o;
+                            }
+                        };
+                        // The username was bound anew since the key was made: decide, and
+                        // remember, for the token bound now.
+                        let key = if holder != hash {
+                            holder = hash;
+                            DecisionKey::new(generation.id, holder, action, topic, clientid, given)
+                        } else {
+                            key
+                        };
+                        // `${username}` is only ever a name proven to belong to the subject.
+                        let username = authorizer.proven_username(generation, given, &subject, &verified);
+                        let identity = Arc::new(PreparedIdentity {
+                            prepared: generation.prepare(&subject, clientid, username),
+                            username: username.to_string(),
+                            verified,
+                            subject,
+                        });
+                        auth.keep_prepared_identity(generation.id, holder, clientid, given, &identity);
+                        near = Some(Arc::clone(&identity));
+                        (identity, key)
+                    }
                 };
                 let request = Request {
-                    subject: (*subject).clone(),
+                    subject: (*identity.subject).clone(),
                     topic: topic.to_string(),
                     action,
                     clientid: clientid.to_string(),
-                    // `${username}` is only ever a name proven to belong to the subject.
-                    username: authorizer
-                        .proven_username(&ctx.generation, given, &subject, &verified)
-                        .to_string(),
+                    username: identity.username.clone(),
                 };
-                let mut cache = DecisionsFor { auth, verified: &verified, subject: &subject };
-                let d = authorizer.decide(pending, &ctx.generation, &request, key, &mut cache);
-                found = Some((hash, verified));
+                let mut cache = DecisionsFor {
+                    auth,
+                    verified: &identity.verified,
+                    subject: &identity.subject,
+                    prepared: identity.prepared.as_ref(),
+                };
+                let d = authorizer.decide(pending, generation, &request, key, &mut cache);
                 decided(ctx.record("acl", Some(&d.subject)), action_name(action), &d.decision, ctx)
             }
         };
@@ -410,6 +438,17 @@ async fn acl(ctx: &Ctx<'_>) -> Outcome {
         }
     }
     outcome
+}
+
+/// An allow the prepared identity's residual answered: its decision (and reason) is made only
+/// for an audit line.
+fn allowed_at_once(ctx: &Ctx<'_>, subject: &Subject, action: Action, topic: &str, rule: usize) -> Outcome {
+    if ctx.state.audit.enabled()
+        && let Some(d) = ctx.generation.allowed_by(rule, action, topic)
+    {
+        return decided(ctx.record("acl", Some(subject)), action_name(action), &d, ctx);
+    }
+    Outcome::Allow(String::new())
 }
 
 /// An ACL call for a client known by its certificate: each action decided by the module

@@ -805,9 +805,9 @@ impl Plugin {
             && let Some(rule) = self.authorizer.allowed_as_prepared(&generation, prepared, action, topic)
         {
             // Allows are recorded at debug level: the decision is made only to be shown.
-            if tracing::enabled!(tracing::Level::DEBUG) {
-                aim(&mut mapped.request, action, topic);
-                let decision = generation.allowed_by(rule, &mapped.request);
+            if tracing::enabled!(tracing::Level::DEBUG)
+                && let Some(decision) = generation.allowed_by(rule, action, topic)
+            {
                 self.audit(log, record(&mapped.request.subject).decided(action_name(action), &decision));
             }
             return true;

@@ -71,6 +71,13 @@ enum Key {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub(crate) struct Slots(Vec<u32>);
 
+impl Slots {
+    /// The bytes its numbers take.
+    pub(crate) fn bytes(&self) -> usize {
+        self.0.len() * core::mem::size_of::<u32>()
+    }
+}
+
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Index {
     /// Every id and group some rule is filed under, numbered.

@@ -194,6 +194,20 @@ impl Prepared {
     pub fn subject(&self) -> &Subject {
         &self.subject
     }
+
+    /// About what it takes in memory, in bytes (for caches that are bounded by bytes).
+    pub fn bytes(&self) -> usize {
+        const STRING: usize = core::mem::size_of::<String>();
+        let s = &self.subject;
+        let names: usize = s.groups.iter().chain(&s.scopes).map(|n| n.len() + STRING).sum();
+        core::mem::size_of::<Self>()
+            + s.id.len()
+            + names
+            + self.slots.bytes()
+            + self.clientid.len()
+            + self.username.len()
+            + self.residual.iter().map(|r| r.code.len()).sum::<usize>()
+    }
 }
 
 impl Policy {

@@ -494,6 +494,13 @@ pub struct Prepared {
     subject: policy_core::Prepared,
 }
 
+impl Prepared {
+    /// About what it takes in memory, in bytes.
+    pub fn bytes(&self) -> usize {
+        self.subject.bytes() + core::mem::size_of::<u64>()
+    }
+}
+
 /// What a guest call ended in, when it did not return.
 fn fault(e: wasmtime::Error) -> String {
     match e.downcast_ref::<wasmtime::Trap>() {
@@ -696,13 +703,12 @@ impl Generation {
         policy.allowed_as_prepared(&prepared.subject, core_action(action), topic)
     }
 
-    /// The decision of a check [`Generation::allowed_as_prepared`] answered with `rule` (only a
-    /// generation that decides natively answers; any other decides `req` again).
-    pub fn allowed_by(&self, rule: usize, req: &Request) -> Decision {
-        match &self.native {
-            Some(policy) => policy.allowed_by(rule, core_action(req.action), &req.topic).into(),
-            None => self.check(req),
-        }
+    /// The decision of a check [`Generation::allowed_as_prepared`] answered with `rule`, made
+    /// only when it is shown. `None` when this generation does not decide natively (it then
+    /// answers no check at once, so it has no such rule).
+    pub fn allowed_by(&self, rule: usize, action: Action, topic: &str) -> Option<Decision> {
+        let policy = self.native.as_ref()?;
+        Some(policy.allowed_by(rule, core_action(action), topic).into())
     }
 
     /// [`Generation::try_check`] for the prepared subject of `req` (`prepared` must be made
