@@ -73,6 +73,8 @@ fn read(topic: &str) -> Request {
         action: Action::Read,
         clientid: "c1".into(),
         username: "".into(),
+        qos: None,
+        retain: None,
     }
 }
 

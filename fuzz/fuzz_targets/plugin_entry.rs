@@ -24,7 +24,7 @@ use std::sync::Arc;
 use identity::devkey::{DevKey, TokenSpec, claims};
 use libfuzzer_sys::fuzz_target;
 use mqtt_policy_mosquitto::{Admission, Broker, ClientKey, Options, PlainClient, Plugin};
-use policy_core::{Action, Policy, Query, Subject, SubjectType};
+use policy_core::{Action, Message, Policy, Query, Subject, SubjectType};
 
 struct StandIn;
 
@@ -166,20 +166,26 @@ struct Slot {
     stored: Option<(Option<Vec<u8>>, Option<Vec<u8>>)>,
 }
 
+/// The message of every check this target asks: QoS 0, not retained (a subscription has no
+/// retain flag), as the plugin is told.
+fn delivered(action: Action) -> Message {
+    Message { qos: Some(0), retain: (action != Action::Subscribe).then_some(false) }
+}
+
 fn allowed_for(w: &World, proved: Proved, client: &PlainClient, action: Action, topic: &str) -> bool {
     match proved {
         Proved::Nothing => false,
         // Only what the token's own subject may do (no rule here depends on `${username}`).
         Proved::Token(Some(i)) if i < w.subjects.len() => {
             let subject = &w.subjects[i];
-            let q = Query { subject, action, topic, clientid: &client.id, username: "" };
+            let q = Query { subject, action, topic, clientid: &client.id, username: "", message: delivered(action) };
             w.policy.superuser(subject).allow || w.policy.check(&q).allow
         }
         Proved::Token(_) => false,
         Proved::Certificate(name) => match w.policy.certificate_subject(name, SubjectType::Device) {
             Err(_) => false,
             Ok(subject) => {
-                let q = Query { subject: &subject, action, topic, clientid: &client.id, username: name };
+                let q = Query { subject: &subject, action, topic, clientid: &client.id, username: name, message: delivered(action) };
                 w.policy.check(&q).allow
             }
         },
@@ -306,7 +312,7 @@ fuzz_target!(|data: &[u8]| {
                     if bits == 1 && !s.subscribed {
                         continue;
                     }
-                    let allowed = w.plugin.check(&s.client, bits, topic);
+                    let allowed = w.plugin.check(&s.client, bits, topic, 0, false);
                     if allowed && access & 0x08 == 0 {
                         let action = match bits {
                             1 => Action::Read,

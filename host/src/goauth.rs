@@ -422,6 +422,8 @@ async fn acl(ctx: &Ctx<'_>) -> Outcome {
                     action,
                     clientid: clientid.to_string(),
                     username: identity.username.clone(),
+                    qos: None,
+                    retain: None,
                 };
                 let mut cache = DecisionsFor {
                     auth,
@@ -468,6 +470,8 @@ fn certificate_acl(
             action,
             clientid: ctx.params.clientid.as_deref().unwrap_or("").to_string(),
             username: subject.id.clone(),
+            qos: None,
+            retain: None,
         };
         outcome = ctx.state.authorizer.check(&ctx.generation, &request, (), &mut NoCache, |d, _| {
             decided(ctx.record("acl", Some(subject)), action_name(action), d, ctx)

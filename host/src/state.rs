@@ -51,6 +51,9 @@ pub struct AppState {
     pub sessions: Option<Arc<crate::sessions::RedisSessions>>,
     /// Signs what `GET /bundle` serves, when given.
     pub bundle_signing_key: Option<policy_engine::bundle::SigningKey>,
+    /// The last generation [`AppState::generation`] looked at for conditions go-auth cannot
+    /// serve (0: none yet).
+    pub message_warned: std::sync::atomic::AtomicU64,
 }
 
 impl AppState {
@@ -61,7 +64,31 @@ impl AppState {
 
     /// The live generation (module + policy). Requests take it once and finish on it.
     pub fn generation(&self) -> Arc<Generation> {
-        self.authorizer.live.current()
+        let generation = self.authorizer.live.current();
+        if self.message_warned.load(std::sync::atomic::Ordering::Relaxed) != generation.id {
+            self.warn_unseen_message(&generation);
+        }
+        generation
+    }
+
+    /// Once per generation that goes live (whichever way it came): go-auth sends no QoS and no
+    /// retain flag, so rules that read them decide as semantics.md §3 says for an unknown
+    /// message, and the operator is told which rules those are.
+    fn warn_unseen_message(&self, generation: &Generation) {
+        let previous = self.message_warned.swap(generation.id, std::sync::atomic::Ordering::Relaxed);
+        if previous == generation.id || !generation.reads_message() {
+            return;
+        }
+        let rules = match generation.message_rules() {
+            Some(rules) => format!("the rules {}", rules.join(", ")),
+            None => String::from("the module (not the built-in one), which may read them"),
+        };
+        tracing::warn!(
+            generation = generation.id,
+            "go-auth sends no QoS and no retain flag: {rules} see the message as unknown, so a deny \
+             among them applies to every go-auth request it otherwise covers and an allow among them \
+             grants nothing through go-auth (docs/semantics.md §3); the broker plugin sees both"
+        );
     }
 
     /// The live generation's status, what pulling bundles did last (`bundle_pull`), and the
@@ -244,6 +271,7 @@ pub async fn build_state(cfg: &ServeConfig, log: QueueWriter) -> anyhow::Result<
         bundle_token: cfg.bundle_token.as_deref().map(token_digest),
         pull: cfg.policy.policy_url.as_ref().map(|_| Default::default()),
         bundle_signing_key: cfg.bundle_signing_key.clone(),
+        message_warned: std::sync::atomic::AtomicU64::new(0),
         sessions: cfg.sessions.clone(),
     }))
 }

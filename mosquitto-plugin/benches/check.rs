@@ -45,17 +45,17 @@ fn checks(c: &mut Criterion) {
 
     let devices: Vec<String> =
         (0..12_000).map(|n| format!("bench/telemetry/meter-type-{}/device-{n}/readings", n % 8)).collect();
-    assert!(devices.iter().all(|t| plugin.check(&editor, access::READ, t.as_bytes())), "a read was denied");
+    assert!(devices.iter().all(|t| plugin.check(&editor, access::READ, t.as_bytes(), 0, false)), "a read was denied");
     let mut group = c.benchmark_group("plugin check");
     let mut n = 0;
     group.bench_function("read, a new device topic each check (fan-in)", |b| {
         b.iter(|| {
             n = (n + 1) % devices.len();
-            plugin.check(&editor, access::READ, std::hint::black_box(devices[n].as_bytes()))
+            plugin.check(&editor, access::READ, std::hint::black_box(devices[n].as_bytes()), 0, false)
         })
     });
     group.bench_function("read, one topic", |b| {
-        b.iter(|| plugin.check(&editor, access::READ, std::hint::black_box(devices[0].as_bytes())))
+        b.iter(|| plugin.check(&editor, access::READ, std::hint::black_box(devices[0].as_bytes()), 0, false))
     });
     group.finish();
 }

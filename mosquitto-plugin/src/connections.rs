@@ -16,6 +16,7 @@ use std::collections::{BinaryHeap, HashMap};
 use std::sync::Arc;
 
 use identity::{TokenHash, Verified};
+use policy_core::Message;
 use policy_engine::{Action, Decision, Generation, Prepared, Request, Subject};
 
 use crate::client::Binding;
@@ -45,7 +46,8 @@ const ENTRY_OVERHEAD: usize = 96;
 pub struct TopicCache {
     capacity: usize,
     bytes: usize,
-    by_topic: HashMap<Box<str>, [Option<Arc<Decision>>; 3], foldhash::fast::RandomState>,
+    /// Per topic and action, the message the decision was made for (see [`TopicDecisions`]).
+    by_topic: HashMap<Box<str>, [Option<(Message, Arc<Decision>)>; 3], foldhash::fast::RandomState>,
 }
 
 fn slot(action: Action) -> usize {
@@ -65,11 +67,12 @@ impl TopicCache {
         TopicCache { capacity, bytes: 0, by_topic: HashMap::default() }
     }
 
-    pub fn get(&self, action: Action, topic: &str) -> Option<&Arc<Decision>> {
-        self.by_topic.get(topic).and_then(|d| d[slot(action)].as_ref())
+    pub fn get(&self, action: Action, topic: &str, message: Message) -> Option<&Arc<Decision>> {
+        let (made_for, decision) = self.by_topic.get(topic)?[slot(action)].as_ref()?;
+        (*made_for == message).then_some(decision)
     }
 
-    pub fn put(&mut self, action: Action, topic: &str, decision: Arc<Decision>) {
+    pub fn put(&mut self, action: Action, topic: &str, message: Message, decision: Arc<Decision>) {
         if self.capacity == 0 || topic.len() > MAX_CACHED_TOPIC {
             return;
         }
@@ -79,7 +82,7 @@ impl TopicCache {
         }
         if let Some(d) = self.by_topic.get_mut(topic) {
             self.bytes += added;
-            d[slot(action)] = Some(decision);
+            d[slot(action)] = Some((message, decision));
             return;
         }
         if self.by_topic.len() >= self.capacity {
@@ -87,7 +90,7 @@ impl TopicCache {
         }
         self.bytes += added + topic.len();
         let mut d = [None, None, None];
-        d[slot(action)] = Some(decision);
+        d[slot(action)] = Some((message, decision));
         self.by_topic.insert(topic.into(), d);
     }
 
@@ -111,8 +114,10 @@ impl TopicCache {
 }
 
 /// A connection's decisions about one topic, as the authorizer looks them up: found by the
-/// action (the cache is the connection's, and emptied whenever the connection is mapped under
-/// a new generation, [`Connection::remap`]).
+/// action and the message (the cache is the connection's, and emptied whenever the connection
+/// is mapped under a new generation, [`Connection::remap`]). Under a generation whose
+/// decisions cannot depend on the message ([`Generation::reads_message`]) the message is
+/// [`Message::UNKNOWN`] for every check, so one decision serves every QoS and retain flag.
 pub struct TopicDecisions<'c, 't> {
     pub cache: &'c mut TopicCache,
     pub topic: &'t str,
@@ -121,22 +126,22 @@ pub struct TopicDecisions<'c, 't> {
 }
 
 impl authorizer::DecisionLookup for TopicDecisions<'_, '_> {
-    type Key = Action;
+    type Key = (Action, Message);
     type Entry = Arc<Decision>;
 
     fn decision(entry: &Arc<Decision>) -> &Decision {
         entry
     }
 
-    fn with<R>(&mut self, action: &Action, found: impl FnOnce(&Arc<Decision>) -> R) -> Option<R> {
-        self.cache.get(*action, self.topic).map(found)
+    fn with<R>(&mut self, key: &(Action, Message), found: impl FnOnce(&Arc<Decision>) -> R) -> Option<R> {
+        self.cache.get(key.0, self.topic, key.1).map(found)
     }
 }
 
 impl authorizer::DecisionCache for TopicDecisions<'_, '_> {
-    fn put(&mut self, action: Action, decision: Decision) -> Arc<Decision> {
+    fn put(&mut self, (action, message): (Action, Message), decision: Decision) -> Arc<Decision> {
         let d = Arc::new(decision);
-        self.cache.put(action, self.topic, Arc::clone(&d));
+        self.cache.put(action, self.topic, message, Arc::clone(&d));
         d
     }
 
@@ -287,6 +292,8 @@ impl Connection {
                 action: Action::Read,
                 clientid: self.client_id.to_string(),
                 username: self.username.to_string(),
+                qos: None,
+                retain: None,
             },
         })
     }
@@ -495,22 +502,28 @@ mod tests {
     #[test]
     fn the_cache_is_bounded_and_keeps_actions_apart() {
         let mut c = TopicCache::new(2);
-        let allowed = |c: &TopicCache, a, t| c.get(a, t).map(|d| d.allow);
-        c.put(Action::Read, "a", d(true));
-        c.put(Action::Subscribe, "a", d(false));
+        let allowed = |c: &TopicCache, a, t| c.get(a, t, Message::UNKNOWN).map(|d| d.allow);
+        c.put(Action::Read, "a", Message::UNKNOWN, d(true));
+        c.put(Action::Subscribe, "a", Message::UNKNOWN, d(false));
         assert_eq!(allowed(&c, Action::Read, "a"), Some(true));
         assert_eq!(allowed(&c, Action::Subscribe, "a"), Some(false));
         assert_eq!(allowed(&c, Action::Publish, "a"), None);
-        c.put(Action::Read, "b", d(true));
+        c.put(Action::Read, "b", Message::UNKNOWN, d(true));
         assert_eq!(c.len(), 2);
-        c.put(Action::Read, "c", d(true));
+        c.put(Action::Read, "c", Message::UNKNOWN, d(true));
         assert_eq!(c.len(), 1, "full: started over");
         assert_eq!(allowed(&c, Action::Read, "a"), None);
         let long = "x".repeat(MAX_CACHED_TOPIC + 1);
-        c.put(Action::Read, &long, d(true));
+        c.put(Action::Read, &long, Message::UNKNOWN, d(true));
         assert_eq!(allowed(&c, Action::Read, &long), None, "long topics are not kept");
+        // A decision is for the message it was made for.
+        let (qos0, qos1) = (Message::known(0, false), Message::known(1, false));
+        c.put(Action::Read, "m", qos0, d(true));
+        assert_eq!(c.get(Action::Read, "m", qos0).map(|d| d.allow), Some(true));
+        assert!(c.get(Action::Read, "m", qos1).is_none(), "another QoS is another decision");
+        assert!(c.get(Action::Read, "m", Message::UNKNOWN).is_none());
         let mut off = TopicCache::new(0);
-        off.put(Action::Read, "a", d(true));
+        off.put(Action::Read, "a", Message::UNKNOWN, d(true));
         assert!(off.is_empty());
     }
 
@@ -527,7 +540,7 @@ mod tests {
         let mut most = 0;
         for n in 0..20_000 {
             let topic = format!("celine/telemetry/meter/{n:0>200}/readings");
-            c.put(Action::Read, &topic, reason(&topic));
+            c.put(Action::Read, &topic, Message::UNKNOWN, reason(&topic));
             assert!(c.bytes() <= MAX_CACHE_BYTES, "{} bytes after {n} topics", c.bytes());
             most = most.max(c.len());
         }

@@ -376,7 +376,7 @@ unsafe extern "C" fn on_acl_check(_event: c_int, data: *mut c_void, userdata: *m
         // SAFETY: the topic lives for the duration of the event.
         let topic = unsafe { sys::bytes(ev.topic) }.unwrap_or_default();
         let client = EventClient { functions: &inst.functions, client: ev.client };
-        if inst.plugin.check(&client, ev.access, topic) {
+        if inst.plugin.check(&client, ev.access, topic, ev.qos, ev.retain) {
             sys::MOSQ_ERR_SUCCESS
         } else {
             sys::MOSQ_ERR_ACL_DENIED

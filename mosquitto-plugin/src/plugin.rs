@@ -25,6 +25,7 @@ use anyhow::Context;
 use authorizer::{Authorizer, DecisionRecord, Spelling, action_name};
 use identity::devkey::DevKey;
 use identity::{Identities, KeySource, Verified, Verifier, now};
+use policy_core::Message;
 use policy_engine::pull::{PullStatus, Puller, Trust};
 use policy_engine::{Action, Generation, Live, Reloader, Request, Runtime, Source, Subject};
 
@@ -624,8 +625,10 @@ impl Plugin {
     }
 
     /// An ACL check: `true` allows. `access` is Mosquitto's bit (read = delivery, write =
-    /// publish or will, subscribe, unsubscribe); `topic` a name, or a filter for subscribe.
-    pub fn check(&self, client: &dyn BrokerClient, access: i32, topic: &[u8]) -> bool {
+    /// publish or will, subscribe, unsubscribe); `topic` a name, or a filter for subscribe;
+    /// `qos` and `retain` as Mosquitto reports them (for subscribe: the requested QoS, and no
+    /// retain flag).
+    pub fn check(&self, client: &dyn BrokerClient, access: i32, topic: &[u8], qos: u8, retain: bool) -> bool {
         // Only the check right after a disconnect event may be that client's will.
         let will = self.will_window.take() == Some(client.key());
         logging::flush();
@@ -647,7 +650,11 @@ impl Plugin {
         if !will && self.allowed_at_once(client, action, topic, now) {
             return true;
         }
-        self.decide(client, action, topic, will, now)
+        let message = Message {
+            qos: (qos <= 2).then_some(qos),
+            retain: (action != Action::Subscribe).then_some(retain),
+        };
+        self.decide(client, action, topic, message, will, now)
     }
 
     /// The common case of a check, kept small and apart from the rest: between two checks the
@@ -718,7 +725,15 @@ impl Plugin {
     /// [`Plugin::allowed_at_once`] does not allow.
     #[cold]
     #[inline(never)]
-    fn decide(&self, client: &dyn BrokerClient, action: Action, topic: &[u8], will: bool, now: u64) -> bool {
+    fn decide(
+        &self,
+        client: &dyn BrokerClient,
+        action: Action,
+        topic: &[u8],
+        message: Message,
+        will: bool,
+        now: u64,
+    ) -> bool {
         let metrics = &self.authorizer.metrics;
         let Ok(topic) = std::str::from_utf8(topic) else {
             metrics.decided(action, false, None);
@@ -812,9 +827,11 @@ impl Plugin {
             }
             return true;
         }
-        aim(&mut mapped.request, action, topic);
+        aim(&mut mapped.request, action, topic, message);
         let mut decisions = TopicDecisions { cache, topic, prepared: mapped.prepared.as_ref() };
-        self.authorizer.check(&generation, &mapped.request, action, &mut decisions, |decision, _| {
+        // Decisions that cannot depend on the message are remembered for every message.
+        let key = (action, if generation.reads_message() { message } else { Message::UNKNOWN });
+        self.authorizer.check(&generation, &mapped.request, key, &mut decisions, |decision, _| {
             self.audit(log, record(&mapped.request.subject).decided(action_name(action), decision));
             decision.allow
         })
@@ -1079,10 +1096,12 @@ impl Drop for Plugin {
 }
 
 /// Points a connection's request at one check (its subject, client id and username stay).
-fn aim(request: &mut Request, action: Action, topic: &str) {
+fn aim(request: &mut Request, action: Action, topic: &str, message: Message) {
     request.action = action;
     request.topic.clear();
     request.topic.push_str(topic);
+    request.qos = message.qos;
+    request.retain = message.retain;
 }
 
 /// Seconds since the epoch from the coarse real-time clock (a few ms of resolution, read

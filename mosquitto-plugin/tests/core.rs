@@ -157,7 +157,7 @@ impl Fixture {
     fn may(&self, key: usize, access: i32, topic: &str) -> bool {
         let client =
             self.clients.borrow().get(&key).cloned().unwrap_or_else(|| PlainClient::new(key, "", None));
-        self.plugin.check(&client, access, topic.as_bytes())
+        self.plugin.check(&client, access, topic.as_bytes(), 0, false)
     }
 }
 

@@ -742,3 +742,52 @@ fn a_swap_that_denies_a_topic_stops_deliveries_the_connections_residual_was_allo
     let record = b.wait_for_record_after(mark, "read", secret, "deny", mqtt::WAIT);
     assert_eq!(record["rule"], "no-secret-meter");
 }
+
+#[test]
+fn retained_telemetry_is_refused_retained_state_is_kept_and_a_qos_the_rule_does_not_grant_is_refused() {
+    let issuer = Issuer::new();
+    let b = broker(&issuer);
+    let meter_feed = Client::connected(
+        Version::V5,
+        b.port,
+        "ingest-1",
+        "svc-ingest",
+        &issuer.service("svc-ingest", &["telemetry.write"]),
+    );
+    let twin = Client::connected(
+        Version::V5,
+        b.port,
+        "twin-1",
+        "svc-digital-twin",
+        &issuer.service("svc-digital-twin", &["mqtt.write"]),
+    );
+    let reading = "celine/telemetry/meter/m1/readings";
+    let state = "celine/digital-twin/state/pump/p1";
+
+    // A retained reading is refused whole: the QoS 1 publisher hears 0x87 and nothing is
+    // stored. A retained state is stored. Both before anyone subscribes.
+    assert_eq!(meter_feed.publish_at(reading, "retained reading", 1, true), Some(0x87));
+    b.wait_for_record_after(0, "publish", reading, "deny", mqtt::WAIT);
+    assert_eq!(twin.publish_at(state, "running", 1, true), Some(0));
+    // State that is not retained is refused: state-retained-only.
+    assert_eq!(twin.publish_at(state, "live state", 1, false), Some(0x87));
+
+    // Late subscribers: the editor gets the stored state at once, the viewer no reading.
+    let editor = Client::connected(Version::V5, b.port, "erin-1", "erin", &issuer.user("erin", &["editors"]));
+    let viewer = Client::connected(Version::V5, b.port, "vera-1", "vera", &issuer.user("vera", &["viewers"]));
+    assert_eq!(editor.subscribe("celine/digital-twin/state/#"), 1);
+    assert_eq!(editor.message(), (state.into(), "running".into()), "the retained state reaches a late subscriber");
+    assert_eq!(viewer.subscribe("celine/telemetry/+/+/readings"), 1);
+    assert_eq!(meter_feed.publish_at(reading, "live reading", 1, false), Some(0));
+    assert_eq!(viewer.message(), (reading.into(), "live reading".into()), "no retained reading was stored");
+
+    // simulation-qos0 grants QoS 0 only: a QoS 1 publish is refused (a broker cannot lower
+    // it), a QoS 0 one is delivered.
+    let results = "celine/digital-twin/simulation/sim-1/results";
+    assert_eq!(editor.subscribe("celine/digital-twin/simulation/#"), 1);
+    assert_eq!(twin.publish_at(results, "at QoS 1", 1, false), Some(0x87));
+    let refused = b.wait_for_record_after(0, "publish", results, "deny", mqtt::WAIT);
+    assert!(refused["reason"].as_str().unwrap_or("").contains("no rule allows"), "{refused}");
+    assert_eq!(twin.publish_at(results, "at QoS 0", 0, false), None);
+    assert_eq!(editor.message(), (results.into(), "at QoS 0".into()), "the QoS 1 publish was delivered");
+}

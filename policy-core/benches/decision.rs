@@ -8,7 +8,7 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use policy_core::{Action, Policy, Query, Subject, SubjectType};
+use policy_core::{Action, Message, Policy, Query, Subject, SubjectType};
 
 /// A CELINE-shaped policy of `n` rules: an admin rule, then a repeating mix (per 10: four
 /// service namespaces, one site-specific deny, three per-site telemetry viewer rules, one
@@ -186,6 +186,7 @@ fn bench_policy(c: &mut Criterion, group: &str, policy: &Policy, cases: &[Case])
             topic: &case.topic,
             clientid: "client-1",
             username: "",
+            message: Message::UNKNOWN,
         };
         let d = policy.check(&q);
         assert_eq!(d.allow, case.allow, "{group} {}: {}", case.name, d.reason);

@@ -12,10 +12,10 @@ use serde::Serialize;
 
 use crate::index::{ANY_TOPIC, Entry, Slots};
 use crate::json::quote;
-use crate::model::{Action, Decision, Permission, Permissions, Subject};
+use crate::model::{Action, Decision, Message, Permission, Permissions, Subject};
 use crate::pattern::{Bindings, Pattern};
 use crate::policy::Policy;
-use crate::rule::{Effect, Rule, Sel, SubjectMismatch};
+use crate::rule::{ConditionMiss, Effect, Rule, Sel, SubjectMismatch};
 use crate::topic::{self, Tok};
 
 /// One authorization question, borrowed. Missing `clientid`/`username` are `""`.
@@ -26,6 +26,8 @@ pub struct Query<'a> {
     pub topic: &'a str,
     pub clientid: &'a str,
     pub username: &'a str,
+    /// The message's QoS and retain flag (subscribe: the requested QoS), as far as known.
+    pub message: Message,
 }
 
 /// The topic of a request once validated: split into levels, `$share/<g>/` stripped.
@@ -97,7 +99,7 @@ impl Policy {
 
     fn entry_applies(&self, e: Entry, q: &Query, t: &Target, b: &Bindings) -> bool {
         let rule = &self.rules[e.rule as usize];
-        if !rule.subjects.matches(q.subject) {
+        if !rule.subjects.matches(q.subject) || !rule.conditions.covers(rule.effect, q.action, q.message) {
             return false;
         }
         match &rule.topics {
@@ -218,7 +220,7 @@ pub struct PatternHit {
     pub pattern: String,
     /// How it covers the topic for the action: `matches`, `contains` or `overlaps`.
     pub relation: &'static str,
-    /// Whether the rule's subjects and actions also fit the request.
+    /// Whether the rule's subjects, actions and message conditions also fit the request.
     pub applies: bool,
 }
 
@@ -233,7 +235,9 @@ impl Policy {
         let b = Self::bindings(q);
         let mut hits = Vec::new();
         for (index, rule) in self.rules.iter().enumerate() {
-            let applies = rule.subjects.matches(q.subject) && rule.has_action(q.action);
+            let applies = rule.subjects.matches(q.subject)
+                && rule.has_action(q.action)
+                && rule.conditions.covers(rule.effect, q.action, q.message);
             let hit = |pattern_index, pattern: &str| PatternHit {
                 index,
                 rule: rule.name.clone(),
@@ -274,6 +278,10 @@ fn trace(index: usize, rule: &Rule, q: &Query, t: &Target, b: &Bindings) -> Rule
         trace.why_not = Some(format!("action {} is not listed", quote(q.action.as_str())));
         return trace;
     }
+    if let Err(miss) = rule.conditions.check(rule.effect, q.action, q.message) {
+        trace.why_not = Some(condition_miss(miss, q.action, q.message));
+        return trace;
+    }
     match &rule.topics {
         Sel::Any => {
             trace.matched_topic = Some(String::from("*"));
@@ -299,6 +307,21 @@ fn trace(index: usize, rule: &Rule, q: &Query, t: &Target, b: &Bindings) -> Rule
     }
     trace.applies = true;
     trace
+}
+
+fn condition_miss(miss: ConditionMiss, action: Action, m: Message) -> String {
+    if miss == ConditionMiss::Retain && action == Action::Subscribe {
+        return String::from(
+            "retain: a deny with a retain condition does not refuse a subscription (each delivery is decided when it is read)",
+        );
+    }
+    match (miss, m.qos, m.retain) {
+        (ConditionMiss::Qos, Some(q), _) => format!("qos: QoS {q} is not listed"),
+        (ConditionMiss::Qos, None, _) => String::from("qos: the request's QoS is not known"),
+        (ConditionMiss::Retain, _, Some(true)) => String::from("retain: the rule covers only non-retained messages"),
+        (ConditionMiss::Retain, _, Some(false)) => String::from("retain: the rule covers only retained messages"),
+        (ConditionMiss::Retain, _, None) => String::from("retain: whether the message is retained is not known"),
+    }
 }
 
 fn subject_miss(m: SubjectMismatch) -> String {

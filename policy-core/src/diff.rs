@@ -27,6 +27,10 @@
 //!   that grants an action it gained or lost, the subject holding that group or scope; a
 //!   change of `superuser` asks the superuser question of a subject holding only it. Adding
 //!   or removing `roles` tries every allow rule with subjects that hold no role at all.
+//! - When a rule of either document has conditions on the message (`qos`, `retain`), every
+//!   witness is asked with each message they can tell apart: QoS 0, 1 and 2 and unknown, and
+//!   for publish and read retained, not retained and unknown (a condition reads nothing else
+//!   of a message, so this dimension is covered exhaustively).
 //! - Extra requests (the policy test cases) are decided as given.
 //!
 //! What this can miss (a change exists but no witness shows it):
@@ -49,7 +53,7 @@ use alloc::vec::Vec;
 
 use serde::Serialize;
 
-use crate::model::{Action, Decision, Permission, Permissions, Subject, SubjectType};
+use crate::model::{Action, Decision, Message, Permission, Permissions, Subject, SubjectType};
 use crate::pattern::{Level, Placeholder, substitutable};
 use crate::policy::{Policy, Roles};
 use crate::request::{Ask, EvalRequest};
@@ -198,7 +202,7 @@ pub fn compare(
     Diff { changes, probed }
 }
 
-fn order(r: &EvalRequest) -> (u8, &str, &str, &str, &str, &str) {
+fn order(r: &EvalRequest) -> (u8, &str, &str, &str, &str, &str, Message) {
     let ask = match r.ask {
         Ask::Subscribe => 0,
         Ask::Read => 1,
@@ -212,13 +216,14 @@ fn order(r: &EvalRequest) -> (u8, &str, &str, &str, &str, &str) {
         r.subject.kind.as_str(),
         r.clientid.as_str(),
         r.username.as_str(),
+        r.message,
     )
 }
 
 /// The witness requests [`diff`] decides: distinct, in a stable order.
 pub fn witnesses(old: &Policy, new: &Policy, extra: &[EvalRequest]) -> Vec<EvalRequest> {
     let vocab = Vocab::of(&[old, new]);
-    let mut out = Witnesses { seen: BTreeSet::new(), list: Vec::new() };
+    let mut out = Witnesses::new(&[old, new]);
     let w = Builder::new(old, new, &vocab);
 
     // Rules by meaning: the ones in only one document are the focus.
@@ -248,7 +253,7 @@ pub fn witnesses(old: &Policy, new: &Policy, extra: &[EvalRequest]) -> Vec<EvalR
     }
     w.roles(&partners, &mut out);
     for r in extra {
-        out.push(r.clone());
+        out.push_as_given(r.clone());
     }
     out.list
 }
@@ -258,7 +263,7 @@ pub fn witnesses(old: &Policy, new: &Policy, extra: &[EvalRequest]) -> Vec<EvalR
 /// document, where any rule may now mean something else. Linear in the rules.
 pub fn witnesses_of(p: &Policy) -> Vec<EvalRequest> {
     let vocab = Vocab::of(&[p]);
-    let mut out = Witnesses { seen: BTreeSet::new(), list: Vec::new() };
+    let mut out = Witnesses::new(&[p]);
     let w = Builder::new(p, p, &vocab);
     for r in &p.rules {
         w.rule_alone(r, None, &mut out);
@@ -273,20 +278,51 @@ pub fn witnesses_of(p: &Policy) -> Vec<EvalRequest> {
 
 /// A rule's meaning, as a comparable key (not its id, description or position).
 fn meaning(r: &Rule) -> String {
-    format!("{:?}", (&r.subjects, &r.topics, &r.actions, r.effect))
+    format!("{:?}", (&r.subjects, &r.topics, &r.actions, r.effect, r.conditions))
 }
 
 struct Witnesses {
     /// Each request once (its subject's groups and scopes sorted).
     seen: BTreeSet<String>,
     list: Vec<EvalRequest>,
+    /// Some rule has conditions on the message: every witness is asked with each message a
+    /// condition can tell apart (each QoS and retain flag, and not knowing them).
+    vary_messages: bool,
+}
+
+/// Every message a rule's conditions can tell apart, for `action`: each QoS level and retain
+/// flag, and each of them unknown (a subscription has no retain flag).
+fn messages(action: Action) -> Vec<Message> {
+    let qos = [Some(0), Some(1), Some(2), None];
+    let retain: &[Option<bool>] = match action {
+        Action::Subscribe => &[None],
+        Action::Read | Action::Publish => &[Some(false), Some(true), None],
+    };
+    qos.iter().flat_map(|&qos| retain.iter().map(move |&retain| Message { qos, retain })).collect()
 }
 
 impl Witnesses {
-    fn push(&mut self, mut r: EvalRequest) {
+    fn new(policies: &[&Policy]) -> Witnesses {
+        let vary_messages = policies.iter().any(|p| p.rules.iter().any(|r| !r.conditions.is_none()));
+        Witnesses { seen: BTreeSet::new(), list: Vec::new(), vary_messages }
+    }
+
+    /// A built witness: with each message a condition can tell apart, when some rule has one.
+    fn push(&mut self, r: EvalRequest) {
+        match r.ask.action().filter(|_| self.vary_messages) {
+            Some(action) => {
+                for message in messages(action) {
+                    self.push_as_given(EvalRequest { message, ..r.clone() });
+                }
+            }
+            None => self.push_as_given(r),
+        }
+    }
+
+    fn push_as_given(&mut self, mut r: EvalRequest) {
         r.subject.groups.sort();
         r.subject.scopes.sort();
-        let key = format!("{:?}", (r.ask, &r.topic, &r.subject, &r.clientid, &r.username));
+        let key = format!("{:?}", (r.ask, &r.topic, &r.subject, &r.clientid, &r.username, r.message));
         if self.seen.insert(key) {
             self.list.push(r);
         }
@@ -684,6 +720,7 @@ impl<'a> Builder<'a> {
                             topic,
                             clientid: filled.clientid,
                             username: filled.username,
+                            message: Message::UNKNOWN,
                         });
                     }
                 }
@@ -850,6 +887,7 @@ impl<'a> Builder<'a> {
                 topic: String::new(),
                 clientid: String::new(),
                 username: String::new(),
+                message: Message::UNKNOWN,
             });
         }
     }

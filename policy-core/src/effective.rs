@@ -14,7 +14,7 @@ use serde::Serialize;
 use crate::model::{Action, Permission, Subject};
 use crate::pattern::{Level, Placeholder, substitutable};
 use crate::policy::Policy;
-use crate::rule::{Effect, Sel};
+use crate::rule::{Conditions, Effect, Sel};
 use crate::topic;
 
 /// A subject's effective permissions.
@@ -51,12 +51,20 @@ pub struct Grant {
     /// Placeholders left as written (no value given): the grant holds for the value the
     /// request will carry, when it is usable (semantics.md §2).
     pub needs: Vec<&'static str>,
+    /// The rule's conditions on the message, for people (`QoS 0 or 1`), when it has any
+    /// that bind this action: the grant holds only for such messages.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub only: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Carve {
     pub pattern: String,
     pub rule: String,
+    /// The deny rule's conditions on the message, for people: it carves out only such
+    /// messages (an unknown message counts as one).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub only: Option<String>,
 }
 
 /// A topic level, with the rules whose pattern ends here.
@@ -130,13 +138,18 @@ impl Policy {
     }
 
     fn grants(&self, subject: &Subject, action: Action, values: Values) -> ActionGrants {
-        let mut allows: Vec<(Resolved, &str)> = Vec::new();
-        let mut denies: Vec<(Resolved, &str)> = Vec::new();
+        let mut allows: Vec<(Resolved, &str, Option<Conditions>)> = Vec::new();
+        let mut denies: Vec<(Resolved, &str, Option<Conditions>)> = Vec::new();
         for rule in &self.rules {
             if !rule.subjects.matches(subject) || !rule.has_action(action) {
                 continue;
             }
             let deny = rule.effect == Effect::Deny;
+            let conditions = rule.conditions.for_action(rule.effect, action);
+            // A deny with a retain condition never refuses a subscription.
+            if deny && action == Action::Subscribe && rule.conditions.retain.is_some() {
+                continue;
+            }
             let patterns: Vec<Option<Resolved>> = match &rule.topics {
                 Sel::Any => {
                     alloc::vec![Some(Resolved { text: String::from("*"), levels: None, needs: Vec::new() })]
@@ -144,28 +157,31 @@ impl Policy {
                 Sel::List(ps) => ps.iter().map(|p| resolve(&p.levels, subject, values, deny)).collect(),
             };
             let into = if deny { &mut denies } else { &mut allows };
-            into.extend(patterns.into_iter().flatten().map(|p| (p, rule.name.as_str())));
+            into.extend(patterns.into_iter().flatten().map(|p| (p, rule.name.as_str(), conditions)));
         }
         let mut tree = Vec::new();
-        for (p, rule) in &allows {
+        for (p, rule, _) in &allows {
             insert(&mut tree, p, rule, false);
         }
-        for (p, rule) in &denies {
+        for (p, rule, _) in &denies {
             insert(&mut tree, p, rule, true);
         }
+        let only = |c: &Option<Conditions>| c.as_ref().map(Conditions::describe);
         let allow = allows
             .iter()
-            .map(|(p, rule)| {
-                let cut: Vec<&(Resolved, &str)> = denies.iter().filter(|(d, _)| p.overlaps(d)).collect();
+            .map(|(p, rule, conditions)| {
+                let cut: Vec<_> = denies.iter().filter(|(d, _, _)| p.overlaps(d)).collect();
                 Grant {
                     pattern: p.text.clone(),
                     rule: String::from(*rule),
-                    void: cut.iter().any(|(d, _)| p.within(d)),
+                    // Void only where a deny that binds every message covers it all.
+                    void: cut.iter().any(|(d, _, c)| c.is_none() && p.within(d)),
                     except: cut
                         .iter()
-                        .map(|(d, r)| Carve { pattern: d.text.clone(), rule: String::from(*r) })
+                        .map(|(d, r, c)| Carve { pattern: d.text.clone(), rule: String::from(*r), only: only(c) })
                         .collect(),
                     needs: p.needs.clone(),
+                    only: only(conditions),
                 }
             })
             .collect();
@@ -264,7 +280,7 @@ mod tests {
         assert_eq!(sub.allow.len(), 2);
         assert_eq!(
             sub.allow[0].except,
-            alloc::vec![Carve { pattern: "celine/alerts/#".into(), rule: "no-alerts".into() }]
+            alloc::vec![Carve { pattern: "celine/alerts/#".into(), rule: "no-alerts".into(), only: None }]
         );
         assert!(!sub.allow[0].void);
         assert_eq!(sub.allow[1].needs, alloc::vec!["${username}"]);

@@ -10,7 +10,7 @@
 //! these types; none of them decides anything itself.
 //!
 //! ```
-//! use policy_core::{Action, Policy, Query, Subject, SubjectType};
+//! use policy_core::{Action, Message, Policy, Query, Subject, SubjectType};
 //!
 //! let policy = Policy::load(r#"{"celine": {"mqtt": {"acl": {"rules": [
 //!     {"subjects": {"groups": ["viewers"]}, "topics": ["celine/telemetry/+/+/readings"],
@@ -18,7 +18,8 @@
 //! let viewer = Subject { id: "u1".into(), kind: SubjectType::User,
 //!                        groups: vec!["viewers".into()], scopes: vec![] };
 //! let q = Query { subject: &viewer, action: Action::Subscribe,
-//!                 topic: "celine/telemetry/#", clientid: "c1", username: "" };
+//!                 topic: "celine/telemetry/#", clientid: "c1", username: "",
+//!                 message: Message::UNKNOWN };
 //! let d = policy.check(&q);
 //! assert!(!d.allow); // the pattern does not *contain* the wider filter
 //! ```
@@ -56,12 +57,12 @@ pub use invalid::Invalid;
 pub use json::{Json, Path, quote};
 pub use lint::lint;
 pub use loader::closest;
-pub use model::{Action, Decision, Diagnostic, Permission, Permissions, Severity, Subject, SubjectType};
+pub use model::{Action, Decision, Diagnostic, Message, Permission, Permissions, Severity, Subject, SubjectType};
 pub use pattern::{Bindings, Level, Pattern, Placeholder};
 pub use policy::{Policy, Roles};
 pub use prepared::Prepared;
 pub use request::{Ask, EvalRequest, parse_request, parse_request_json, parse_subject};
-pub use rule::{Effect, Rule, ScopePattern, Sel, SubjectMismatch, Subjects};
+pub use rule::{ConditionMiss, Conditions, Effect, Rule, ScopePattern, Sel, SubjectMismatch, Subjects};
 pub use testcase::{CaseResult, TestCase, judge, parse_cases, run_case, run_cases, uncovered_rules};
 
 /// The version of this crate, reported by modules and the CLI.

@@ -1,7 +1,8 @@
 //! Lint: a loadable policy can still say something its author did not mean. Warnings for
 //! rules that never apply (empty lists), allow rules no subject can use given the roles, allow
 //! rules a deny rule fully shadows, repeated patterns or names, and (with a certificates
-//! section) allow rules that name ids without saying whose.
+//! section) allow rules that name ids without saying whose, and message conditions that cannot
+//! mean what they say (`"qos": []`, `retain` on a rule only for subscribe).
 
 use alloc::format;
 use alloc::string::String;
@@ -44,6 +45,7 @@ impl Policy {
         for (i, rule) in self.rules.iter().enumerate() {
             let path = rule_path(i);
             empty_lists(rule, &path, &mut out);
+            message_conditions(rule, &path, &mut out);
             repeats(rule, &path, &mut out);
             if rule.effect == Effect::Allow {
                 client_chosen(rule, &path, &mut out);
@@ -79,6 +81,26 @@ fn ids_without_types(rule: &Rule, path: &Path, out: &mut Out) {
                 "names ids without types: a certificate of the same name (a device, see the certificates \
                  section) is granted this too; add \"types\"",
             ),
+        );
+    }
+}
+
+/// Conditions on the message that cannot mean what they say.
+fn message_conditions(rule: &Rule, path: &Path, out: &mut Out) {
+    if rule.conditions.qos == Some(0) {
+        out.warn(&path.key("qos"), String::from("empty list covers no message: this rule never applies"));
+    }
+    let only_subscribe = match &rule.actions {
+        Sel::Any => false,
+        Sel::List(actions) => !actions.is_empty() && actions.iter().all(|a| *a == Action::Subscribe),
+    };
+    if rule.conditions.retain.is_some() && only_subscribe {
+        out.warn(
+            &path.key("retain"),
+            String::from(match rule.effect {
+                Effect::Allow => "a subscription has no retain flag: this condition never limits what the rule allows (add \"read\" to decide each delivery by its flag)",
+                Effect::Deny => "a subscription has no retain flag: a deny with a retain condition never refuses a subscription (deny \"read\" to refuse such deliveries)",
+            }),
         );
     }
 }
@@ -255,7 +277,9 @@ fn unusable_actions(rule: &Rule, roles: &Roles, path: &Path, out: &mut Out) {
 
 /// Does deny rule `d` deny everything allow rule `a` would allow?
 fn shadows(d: &Rule, a: &Rule) -> bool {
-    subjects_within(&a.subjects, &d.subjects)
+    // A deny with conditions on the message leaves the other messages to the allow.
+    d.conditions.is_none()
+        && subjects_within(&a.subjects, &d.subjects)
         && Action::ALL.into_iter().all(|x| !a.has_action(x) || d.has_action(x))
         && match (&a.topics, &d.topics) {
             (_, Sel::Any) => true,

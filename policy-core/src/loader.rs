@@ -14,7 +14,7 @@ use crate::json::{Json, Path, quote};
 use crate::model::{Action, Diagnostic, Permission, Permissions, Severity, SubjectType};
 use crate::pattern::Pattern;
 use crate::policy::{Policy, Roles};
-use crate::rule::{Effect, Rule, ScopePattern, Sel, Subjects};
+use crate::rule::{Conditions, Effect, Rule, ScopePattern, Sel, Subjects};
 
 impl Policy {
     /// Loads a policy document. On failure, returns every error found, each naming its path.
@@ -279,7 +279,7 @@ impl Loader {
     }
 
     fn rule(&mut self, v: &Json, index: usize, path: &Path) -> Option<Rule> {
-        const FIELDS: [&str; 6] = ["id", "description", "subjects", "topics", "actions", "effect"];
+        const FIELDS: [&str; 8] = ["id", "description", "subjects", "topics", "actions", "effect", "qos", "retain"];
         let f = self.object(v, path, &FIELDS)?;
         let before = self.errors.len();
 
@@ -344,9 +344,18 @@ impl Loader {
                 None => None,
             },
         };
+        let qos = f.get("qos").map(|q| self.qos_levels(q, &path.key("qos")));
+        let retain = f.get("retain").map(|r| match r {
+            Json::Bool(b) => Some(*b),
+            other => {
+                self.wrong_type(&path.key("retain"), "true or false", other);
+                None
+            }
+        });
         if self.errors.len() != before {
             return None;
         }
+        let conditions = Conditions { qos: qos.flatten(), retain: retain.flatten() };
         let name = id.clone().unwrap_or_else(|| format!("rules[{index}]"));
         Some(Rule {
             id,
@@ -355,8 +364,34 @@ impl Loader {
             topics: topics?,
             actions: actions?,
             effect: effect?,
+            conditions,
             name,
         })
+    }
+
+    /// A rule's `qos`: a list of the QoS levels 0, 1 and 2, each at most once, as bits.
+    fn qos_levels(&mut self, v: &Json, path: &Path) -> Option<u8> {
+        let items = self.list(v, path)?;
+        let mut bits = 0u8;
+        for (i, item) in items.iter().enumerate() {
+            let p = path.index(i);
+            let level = match item {
+                Json::Number(n) if *n == 0.0 || *n == 1.0 || *n == 2.0 => *n as u8,
+                Json::Number(n) => {
+                    self.error(&p, format!("unknown QoS level {n} (expected 0, 1 or 2)"));
+                    continue;
+                }
+                other => {
+                    self.wrong_type(&p, "a QoS level (0, 1 or 2)", other);
+                    continue;
+                }
+            };
+            if bits & (1 << level) != 0 {
+                self.error(&p, format!("QoS {level} is listed twice"));
+            }
+            bits |= 1 << level;
+        }
+        Some(bits)
     }
 
     fn subjects(&mut self, v: &Json, path: &Path) -> Option<Subjects> {

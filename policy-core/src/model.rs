@@ -151,6 +151,27 @@ pub struct Subject {
     pub scopes: Vec<String>,
 }
 
+/// What a request says about the message (semantics.md §1): for publish and read, the
+/// message's QoS and whether it is retained; for subscribe, the QoS the client asks for (a
+/// subscription is no message: it has no retain flag). `None`: the front end cannot see it
+/// (go-auth sends neither), and conditions on it are decided as §3 says for unknown values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct Message {
+    /// 0, 1 or 2.
+    pub qos: Option<u8>,
+    pub retain: Option<bool>,
+}
+
+impl Message {
+    /// Nothing known about the message.
+    pub const UNKNOWN: Message = Message { qos: None, retain: None };
+
+    /// A message (or subscription) whose QoS and retain flag are known.
+    pub const fn known(qos: u8, retain: bool) -> Message {
+        Message { qos: Some(qos), retain: Some(retain) }
+    }
+}
+
 /// The answer: allowed or not, which rule decided (`id` or `rules[N]`), and a short reason
 /// for people. A reason never contains a token.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

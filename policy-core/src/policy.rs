@@ -63,6 +63,8 @@ pub struct Policy {
     /// Tells this loaded document from every other in the process (a clone is the same
     /// document): what a [`crate::Prepared`] subject is checked against.
     pub(crate) id: u64,
+    /// Some rule has a `qos` or `retain` condition.
+    reads_message: bool,
 }
 
 /// The next [`Policy::id`].
@@ -71,7 +73,14 @@ static LOADED: AtomicU64 = AtomicU64::new(1);
 impl Policy {
     pub(crate) fn new(rules: Vec<Rule>, roles: Option<Roles>, certificates: Option<Certificates>) -> Policy {
         let index = Index::build(&rules);
-        Policy { rules, roles, certificates, index, id: LOADED.fetch_add(1, Ordering::Relaxed) }
+        let reads_message = rules.iter().any(|r| !r.conditions.is_none());
+        Policy { rules, roles, certificates, index, id: LOADED.fetch_add(1, Ordering::Relaxed), reads_message }
+    }
+
+    /// Whether a decision can depend on the request's message (some rule has a `qos` or
+    /// `retain` condition): a cache of decisions by topic must then tell messages apart.
+    pub fn reads_message(&self) -> bool {
+        self.reads_message
     }
 
     /// The `certificates` section, when the document has one.

@@ -17,7 +17,7 @@ use alloc::vec::Vec;
 
 use crate::decide::Query;
 use crate::index::{ANY_TOPIC, Entry, Slots};
-use crate::model::{Action, Decision, Permissions, Subject};
+use crate::model::{Action, Decision, Message, Permissions, Subject};
 use crate::pattern::{Bindings, Pattern};
 use crate::policy::Policy;
 use crate::rule::{Effect, Sel};
@@ -265,8 +265,11 @@ impl Policy {
             (Some(a), Some(b)) => topic::overlaps(&Bound(a), &Bound(b)),
             _ => true,
         };
+        // An allow with conditions on the message decides nothing alone (the residual knows
+        // no message), but as an earlier allow it still names the rule for the topics it meets.
         for (rule, levels) in allows.iter().filter(|(rule, levels)| {
-            denies.iter().all(|(_, d)| !meet(levels, d))
+            self.rules[*rule].conditions.is_none()
+                && denies.iter().all(|(_, d)| !meet(levels, d))
                 && allows.iter().take_while(|(r, _)| r < rule).all(|(_, earlier)| !meet(levels, earlier))
         }) {
             residual.push(*rule, levels.as_deref());
@@ -325,8 +328,9 @@ impl Policy {
         topic: &str,
         clientid: &str,
         username: &str,
+        message: Message,
     ) -> Decision {
-        let q = Query { subject: &prepared.subject, action, topic, clientid, username };
+        let q = Query { subject: &prepared.subject, action, topic, clientid, username, message };
         if let Some(rule) = self.allowed_at_once(prepared, action, topic, clientid, username) {
             return self.decided(rule, action, topic);
         }

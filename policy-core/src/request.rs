@@ -16,7 +16,7 @@ use crate::decide::Query;
 use crate::invalid::Invalid;
 use crate::json::{Json, Path, quote};
 use crate::loader::{Loader, one_of};
-use crate::model::{Action, Decision, Subject, SubjectType};
+use crate::model::{Action, Decision, Message, Subject, SubjectType};
 use crate::policy::Policy;
 
 /// What is asked: an ACL action, or the superuser question.
@@ -71,10 +71,13 @@ pub struct EvalRequest {
     pub topic: String,
     pub clientid: String,
     pub username: String,
+    /// The message's QoS and retain flag (subscribe: the requested QoS), where known.
+    pub message: Message,
 }
 
 /// Written in `mqtt-policy eval`'s input format: `subject`, `action`, `topic` (not for the
-/// superuser question), and `clientid` and `username` when they are not empty.
+/// superuser question), `clientid` and `username` when they are not empty, and `qos` and
+/// `retain` when they are known.
 impl Serialize for EvalRequest {
     fn serialize<S: serde::Serializer>(&self, ser: S) -> Result<S::Ok, S::Error> {
         use serde::ser::SerializeMap;
@@ -90,6 +93,12 @@ impl Serialize for EvalRequest {
         if !self.username.is_empty() {
             m.serialize_entry("username", &self.username)?;
         }
+        if let Some(qos) = self.message.qos {
+            m.serialize_entry("qos", &qos)?;
+        }
+        if let Some(retain) = self.message.retain {
+            m.serialize_entry("retain", &retain)?;
+        }
         m.end()
     }
 }
@@ -103,6 +112,7 @@ impl EvalRequest {
             topic: &self.topic,
             clientid: &self.clientid,
             username: &self.username,
+            message: self.message,
         })
     }
 }
@@ -117,7 +127,7 @@ impl Policy {
     }
 }
 
-const REQUEST_FIELDS: [&str; 6] = ["subject", "claims", "action", "topic", "clientid", "username"];
+const REQUEST_FIELDS: [&str; 8] = ["subject", "claims", "action", "topic", "clientid", "username", "qos", "retain"];
 
 fn joined(errors: Vec<crate::model::Diagnostic>) -> String {
     let parts: Vec<String> = errors
@@ -209,10 +219,38 @@ pub(crate) fn read_request(l: &mut Loader, v: &Json, path: &Path, extra: &[&str]
             None
         }
     };
+    let qos = f.get("qos").and_then(|v| match v {
+        Json::Number(n) if *n == 0.0 || *n == 1.0 || *n == 2.0 => Some(*n as u8),
+        Json::Number(n) => {
+            l.error(&path.key("qos"), format!("unknown QoS level {n} (expected 0, 1 or 2)"));
+            None
+        }
+        other => {
+            l.error(&path.key("qos"), format!("expected a QoS level (0, 1 or 2), found {}", other.kind()));
+            None
+        }
+    });
+    let retain = f.get("retain").and_then(|v| match v {
+        Json::Bool(b) => Some(*b),
+        other => {
+            l.error(&path.key("retain"), format!("expected true or false, found {}", other.kind()));
+            None
+        }
+    });
+    if ask == Some(Ask::Superuser) && (qos.is_some() || retain.is_some()) {
+        l.error(path, "the superuser question has no message: remove 'qos' and 'retain'".to_string());
+    }
+    if ask == Some(Ask::Subscribe) && retain.is_some() {
+        l.error(
+            &path.key("retain"),
+            "a subscription has no retain flag (its messages' flags are decided when they are read)".to_string(),
+        );
+    }
     if l.errors.len() != before {
         return None;
     }
-    Some(EvalRequest { subject: subject?, ask: ask?, topic: topic?, clientid, username })
+    let message = Message { qos, retain };
+    Some(EvalRequest { subject: subject?, ask: ask?, topic: topic?, clientid, username, message })
 }
 
 fn read_subject(l: &mut Loader, v: &Json, path: &Path) -> Option<Subject> {

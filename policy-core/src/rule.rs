@@ -5,7 +5,7 @@ use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
 
-use crate::model::{Action, Subject, SubjectType};
+use crate::model::{Action, Message, Subject, SubjectType};
 use crate::pattern::Pattern;
 
 /// `"*"` as a whole field value, or a list.
@@ -136,6 +136,100 @@ impl Effect {
     }
 }
 
+/// A rule's conditions on the message (semantics.md §3): absent fields cover every message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct Conditions {
+    /// The QoS levels covered, as bits (bit `n`: QoS `n`); `None`: every level.
+    pub qos: Option<u8>,
+    /// Only retained (`true`) or only non-retained (`false`) messages; `None`: both.
+    pub retain: Option<bool>,
+}
+
+/// The condition of a rule that does not cover a request's message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConditionMiss {
+    Qos,
+    Retain,
+}
+
+impl Conditions {
+    /// No conditions: every message.
+    pub const NONE: Conditions = Conditions { qos: None, retain: None };
+
+    pub fn is_none(&self) -> bool {
+        *self == Conditions::NONE
+    }
+
+    /// The QoS levels covered, in order (`None`: every level).
+    pub fn qos_levels(&self) -> Option<Vec<u8>> {
+        self.qos.map(|bits| (0..3).filter(|q| bits & (1 << q) != 0).collect())
+    }
+
+    /// Does a rule with these conditions and `effect` cover `message` for `action`
+    /// (semantics.md §3)? A known value must be covered. A value the request does not carry
+    /// is covered for a deny and not for an allow, so an unknown value never widens access.
+    /// A subscription carries no retain flag: a retain condition is about the messages it
+    /// would receive, each decided when it is delivered (`read`), so for subscribe an allow's
+    /// retain condition is met and a deny's is not.
+    pub fn check(&self, effect: Effect, action: Action, message: Message) -> Result<(), ConditionMiss> {
+        let unknown_met = effect == Effect::Deny;
+        if let Some(bits) = self.qos {
+            let met = match message.qos {
+                Some(q) => q < 3 && bits & (1 << q) != 0,
+                None => unknown_met,
+            };
+            if !met {
+                return Err(ConditionMiss::Qos);
+            }
+        }
+        if let Some(retained) = self.retain {
+            let met = match (action, message.retain) {
+                (Action::Subscribe, _) => effect == Effect::Allow,
+                (_, Some(r)) => r == retained,
+                (_, None) => unknown_met,
+            };
+            if !met {
+                return Err(ConditionMiss::Retain);
+            }
+        }
+        Ok(())
+    }
+
+    pub fn covers(&self, effect: Effect, action: Action, message: Message) -> bool {
+        self.check(effect, action, message).is_ok()
+    }
+
+    /// The conditions that bind a rule with `effect` for `action`, or `None` when it applies
+    /// whatever the message. For subscribe an allow's retain condition is always met, so it is
+    /// left out (and a deny with one never applies to a subscription: [`Conditions::check`]).
+    pub fn for_action(&self, effect: Effect, action: Action) -> Option<Conditions> {
+        let retain = match action {
+            Action::Subscribe if effect == Effect::Allow => None,
+            _ => self.retain,
+        };
+        let c = Conditions { qos: self.qos, retain };
+        (!c.is_none()).then_some(c)
+    }
+
+    /// For people: `QoS 0 or 1, retained messages only`.
+    pub fn describe(&self) -> String {
+        let mut parts = Vec::new();
+        if let Some(levels) = self.qos_levels() {
+            let levels: Vec<String> = levels.iter().map(|q| format!("{q}")).collect();
+            parts.push(match levels.len() {
+                0 => String::from("no QoS"),
+                _ => format!("QoS {}", levels.join(" or ")),
+            });
+        }
+        match self.retain {
+            Some(true) => parts.push(String::from("retained messages only")),
+            Some(false) => parts.push(String::from("non-retained messages only")),
+            None => {}
+        }
+        parts.join(", ")
+    }
+}
+
 /// One ACL rule as loaded.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rule {
@@ -145,6 +239,8 @@ pub struct Rule {
     pub topics: Sel<Pattern>,
     pub actions: Sel<Action>,
     pub effect: Effect,
+    /// What the message must be for the rule to apply (`qos`, `retain`).
+    pub conditions: Conditions,
     /// `id`, else `rules[N]`: how decisions name this rule.
     pub name: String,
 }

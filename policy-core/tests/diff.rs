@@ -1,8 +1,8 @@
 //! Property tests of `diff`: every change it reports is real, and a single-rule edit (add,
-//! remove, widen, narrow, flip the effect, edit the roles) that changes any decision in a
-//! brute-force universe of requests is found.
+//! remove, widen, narrow, flip the effect, edit the roles, change a rule's conditions on the
+//! message) that changes any decision in a brute-force universe of requests is found.
 
-use policy_core::{Ask, EvalRequest, Policy, Subject, SubjectType, diff};
+use policy_core::{Ask, EvalRequest, Message, Policy, Subject, SubjectType, diff};
 use proptest::prelude::*;
 use serde_json::{Value, json};
 
@@ -30,7 +30,32 @@ fn some_of(items: &'static [&'static str]) -> impl Strategy<Value = Option<Vec<&
     prop::option::of(prop::sample::subsequence(items, 1..=items.len()))
 }
 
+/// A rule's conditions on the message: none mostly, else some QoS levels and/or a retain flag.
+fn conditions() -> impl Strategy<Value = (Option<Vec<u8>>, Option<bool>)> {
+    prop_oneof![
+        3 => Just((None, None)),
+        1 => (
+            prop::option::of(prop::sample::subsequence(&[0u8, 1, 2][..], 0..=3)),
+            prop::option::of(any::<bool>()),
+        ),
+    ]
+}
+
+fn with_conditions(mut rule: Value, (qos, retain): (Option<Vec<u8>>, Option<bool>)) -> Value {
+    if let Some(q) = qos {
+        rule["qos"] = json!(q);
+    }
+    if let Some(r) = retain {
+        rule["retain"] = json!(r);
+    }
+    rule
+}
+
 fn rule() -> impl Strategy<Value = Value> {
+    (plain_rule(), conditions()).prop_map(|(r, c)| with_conditions(r, c))
+}
+
+fn plain_rule() -> impl Strategy<Value = Value> {
     (
         (some_of(&["user", "service", "device"]), some_of(&["u1"]), some_of(&GROUPS), some_of(&SCOPE_PATTERNS)),
         prop_oneof![4 => prop::collection::vec(pattern(), 1..3).prop_map(|p| json!(p)), 1 => Just(json!("*"))],
@@ -76,6 +101,9 @@ enum Edit {
     Flip(usize),
     Roles(usize, usize),
     ToggleRoles,
+    /// Toggles QoS level `.1 % 3` in rule `.0`'s `qos` (adding the condition if absent), or
+    /// cycles its `retain` (absent, true, false) when `.1 % 4 == 3`.
+    Condition(usize, usize),
 }
 
 fn edit() -> impl Strategy<Value = Edit> {
@@ -87,6 +115,7 @@ fn edit() -> impl Strategy<Value = Edit> {
         any::<usize>().prop_map(Edit::Flip),
         (any::<usize>(), any::<usize>()).prop_map(|(k, p)| Edit::Roles(k, p)),
         Just(Edit::ToggleRoles),
+        (any::<usize>(), any::<usize>()).prop_map(|(r, c)| Edit::Condition(r, c)),
     ]
 }
 
@@ -140,6 +169,25 @@ fn apply(doc: &Value, e: &Edit) -> Value {
                         perms.remove(at);
                     }
                     None => perms.push(perm),
+                }
+            }
+        }
+        Edit::Condition(i, c) if n > 0 => {
+            let r = rules[i % n].as_object_mut().unwrap();
+            if c % 4 == 3 {
+                match r.get("retain").and_then(Value::as_bool) {
+                    None => r.insert("retain".into(), json!(true)),
+                    Some(true) => r.insert("retain".into(), json!(false)),
+                    Some(false) => r.remove("retain"),
+                };
+            } else {
+                let level = json!(c % 4);
+                let qos = r.entry("qos").or_insert_with(|| json!([0, 1, 2])).as_array_mut().unwrap();
+                match qos.iter().position(|x| *x == level) {
+                    Some(at) => {
+                        qos.remove(at);
+                    }
+                    None => qos.push(level),
                 }
             }
         }
@@ -220,6 +268,7 @@ fn build_universe() -> Vec<EvalRequest> {
                     topic: topic.into(),
                     clientid: "c1".into(),
                     username: username.into(),
+                    message: Message::UNKNOWN,
                 })
             };
             for t in &names {
@@ -236,6 +285,33 @@ fn build_universe() -> Vec<EvalRequest> {
         }
     }
     out
+}
+
+/// Every message a condition can tell apart, for `ask`.
+fn messages(ask: Ask) -> Vec<Message> {
+    let qos = [Some(0), Some(1), Some(2), None];
+    let retain: &[Option<bool>] = match ask {
+        Ask::Subscribe => &[None],
+        _ => &[Some(false), Some(true), None],
+    };
+    qos.iter().flat_map(|&qos| retain.iter().map(move |&retain| Message { qos, retain })).collect()
+}
+
+/// A request of the universe that two policies decide differently, trying every message when
+/// either reads one.
+fn first_change(old: &Policy, new: &Policy) -> Option<EvalRequest> {
+    let vary = old.reads_message() || new.reads_message();
+    universe().iter().find_map(|r| {
+        let variants = match r.ask {
+            Ask::Superuser => vec![r.message],
+            ask if vary => messages(ask),
+            _ => vec![r.message],
+        };
+        variants
+            .into_iter()
+            .map(|message| EvalRequest { message, ..r.clone() })
+            .find(|r| old.evaluate(r).allow != new.evaluate(r).allow)
+    })
 }
 
 proptest! {
@@ -260,8 +336,8 @@ proptest! {
             prop_assert_eq!(&new.evaluate(&c.request), &c.new);
             prop_assert_ne!(c.old.allow, c.new.allow);
         }
-        let missed = universe().iter().find(|r| old.evaluate(r).allow != new.evaluate(r).allow);
-        if let Some(r) = missed {
+        let missed = first_change(&old, &new);
+        if let Some(r) = &missed {
             prop_assert!(
                 !d.is_empty(),
                 "{:?} changes {} (old {:?}, new {:?}) but diff found nothing in {} witnesses\nold: {}\nnew: {}",

@@ -2,7 +2,7 @@
 //! linear reading of the rules.
 
 use policy_core::topic::{contains, matches, overlaps, split, validate_filter, validate_name};
-use policy_core::{Action, Policy, Query, Subject, SubjectType};
+use policy_core::{Action, Message, Policy, Query, Subject, SubjectType};
 use proptest::prelude::*;
 
 mod reference;
@@ -184,7 +184,7 @@ proptest! {
                 "scope_permissions": {"mqtt.read": ["subscribe", "read"], "mqtt.write": ["publish"]}});
         }
         let policy = Policy::load(&doc.to_string()).map_err(|e| TestCaseError::fail(format!("{e:?}")))?;
-        let q = Query { subject: &subject, action, topic: &topic, clientid, username };
+        let q = Query { subject: &subject, action, topic: &topic, clientid, username, message: Message::UNKNOWN };
         let explained = policy.explain(&q);
         prop_assert_eq!(policy.check(&q), explained.decision.clone());
 
@@ -195,9 +195,9 @@ proptest! {
         if let Some(rule) = policy.allowed_at_once(&prepared, action, &topic, clientid, username) {
             prop_assert_eq!(policy.allowed_by(rule, action, &topic), explained.decision.clone());
         }
-        prop_assert_eq!(policy.check_prepared(&prepared, action, &topic, clientid, username), explained.decision.clone());
+        prop_assert_eq!(policy.check_prepared(&prepared, action, &topic, clientid, username, Message::UNKNOWN), explained.decision.clone());
         let other = Policy::load(&doc.to_string()).map_err(|e| TestCaseError::fail(format!("{e:?}")))?;
-        prop_assert_eq!(other.check_prepared(&prepared, action, &topic, clientid, username), explained.decision.clone());
+        prop_assert_eq!(other.check_prepared(&prepared, action, &topic, clientid, username, Message::UNKNOWN), explained.decision.clone());
 
         // The playground's "which patterns cover this topic" agrees with `explain`: a rule
         // applies exactly when one of its covering patterns belongs to a rule whose subjects
@@ -228,7 +228,7 @@ fn the_default_policys_everyday_reads_are_decided_by_the_residual_and_denials_ar
     let rule = policy
         .allowed_at_once(&prepared, Action::Read, topic, "c1", "vera")
         .expect("a residual for telemetry");
-    let q = Query { subject: &viewer, action: Action::Read, topic, clientid: "c1", username: "vera" };
+    let q = Query { subject: &viewer, action: Action::Read, topic, clientid: "c1", username: "vera", message: Message::UNKNOWN };
     assert_eq!(policy.allowed_by(rule, Action::Read, topic), policy.check(&q));
     for (action, topic) in
         [(Action::Publish, topic), (Action::Read, "celine/system/alerts/critical"), (Action::Read, "a/+")]

@@ -37,6 +37,7 @@ fn bench(c: &mut Criterion) {
                 topic,
                 clientid: "c1",
                 username: "",
+                message: policy_core::Message::UNKNOWN,
             };
             assert!(native.check(&q).allow);
         })
@@ -47,6 +48,8 @@ fn bench(c: &mut Criterion) {
         action: Action::Read,
         clientid: "c1".into(),
         username: String::new(),
+        qos: None,
+        retain: None,
     };
     group.bench_function("module", |b| b.iter(|| assert!(generation.module_check(&req).unwrap().allow)));
     group.bench_function("generation", |b| b.iter(|| assert!(generation.try_check(&req).unwrap().allow)));

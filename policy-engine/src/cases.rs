@@ -64,6 +64,8 @@ pub fn decide(generation: &Generation, r: &EvalRequest) -> policy_core::Decision
             action: Action::from(a),
             clientid: r.clientid.clone(),
             username: r.username.clone(),
+            qos: r.message.qos,
+            retain: r.message.retain,
         }),
     };
     policy_core::Decision { allow: d.allow, rule: d.rule, reason: d.reason }

@@ -669,6 +669,7 @@ impl Generation {
                     topic: &req.topic,
                     clientid: &req.clientid,
                     username: &req.username,
+                    message: core_message(req),
                 };
                 Ok(policy.check(&q).into())
             }
@@ -694,6 +695,26 @@ impl Generation {
         })
     }
 
+    /// Whether a decision of this generation can depend on the request's `qos` and `retain`:
+    /// natively, when the document has such conditions; a module that changes the logic may
+    /// read them whatever the document says.
+    pub fn reads_message(&self) -> bool {
+        self.native.as_ref().is_none_or(policy_core::Policy::reads_message)
+    }
+
+    /// The rules with conditions on the message (`qos`, `retain`), for people:
+    /// `'no-retained-telemetry' (deny: retained messages only)`. `None` for a module that
+    /// changes the logic: it may read the message whatever the document says.
+    pub fn message_rules(&self) -> Option<Vec<String>> {
+        let policy = self.native.as_ref()?;
+        let rules = policy.rules().iter().filter(|r| !r.conditions.is_none());
+        Some(
+            rules
+                .map(|r| format!("{} ({}: {})", policy_core::quote(&r.name), r.effect.as_str(), r.conditions.describe()))
+                .collect(),
+        )
+    }
+
     /// The rule that allows `action` on `topic` by a prepared subject, for the client id and
     /// username it was prepared with, when the subject's residual decides it at once (no
     /// allocation, no formatted reason: [`Generation::allowed_by`] makes the decision when it
@@ -716,7 +737,14 @@ impl Generation {
     pub fn try_check_prepared(&self, prepared: Option<&Prepared>, req: &Request) -> Result<Decision, Fault> {
         match (&self.native, prepared) {
             (Some(policy), Some(p)) if p.generation == self.id => Ok(policy
-                .check_prepared(&p.subject, core_action(req.action), &req.topic, &req.clientid, &req.username)
+                .check_prepared(
+                    &p.subject,
+                    core_action(req.action),
+                    &req.topic,
+                    &req.clientid,
+                    &req.username,
+                    core_message(req),
+                )
                 .into()),
             _ => self.try_check(req),
         }
@@ -804,6 +832,10 @@ fn core_subject(s: &Subject) -> policy_core::Subject {
         groups: s.groups.clone(),
         scopes: s.scopes.clone(),
     }
+}
+
+fn core_message(req: &Request) -> policy_core::Message {
+    policy_core::Message { qos: req.qos, retain: req.retain }
 }
 
 fn core_action(a: Action) -> policy_core::Action {
@@ -896,6 +928,8 @@ mod tests {
             action: Action::Read,
             clientid: "c".into(),
             username: String::new(),
+            qos: None,
+            retain: None,
         }
     }
 

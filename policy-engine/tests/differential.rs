@@ -103,6 +103,8 @@ fn the_module_decides_the_whole_corpus_as_the_core_does() {
             action: Action::from(action),
             clientid: request.clientid.clone(),
             username: request.username.clone(),
+            qos: request.message.qos,
+            retain: request.message.retain,
         };
         assert_eq!(wasm_decision(generation.module_check(&req).unwrap()), expected, "{note}: the module");
         assert_eq!(wasm_decision(generation.try_check(&req).unwrap()), expected, "{note}: natively");
@@ -240,6 +242,8 @@ proptest! {
                     action: Action::from(action),
                     clientid: clientid.to_string(),
                     username: username.to_string(),
+                    qos: None,
+                    retain: None,
                 };
                 let expected = native_decision(native.check(&q));
                 prop_assert_eq!(wasm_decision(generation.module_check(&req).unwrap()), expected.clone(), "the module");

@@ -43,6 +43,8 @@ fn read(topic: &str) -> Request {
         action: Action::Read,
         clientid: "c".into(),
         username: String::new(),
+        qos: None,
+        retain: None,
     }
 }
 

@@ -86,6 +86,7 @@ impl GuestPolicy for LoadedPolicy {
             topic: &req.topic,
             clientid: &req.clientid,
             username: &req.username,
+            message: policy_core::Message { qos: req.qos, retain: req.retain },
         };
         from_core_decision(self.0.check(&q))
     }

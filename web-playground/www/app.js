@@ -240,7 +240,9 @@ function drawEffective(request) {
       body.push(el('p', { class: g.void ? 'grant void' : 'grant' }, 'allow ', el('code', {}, g.pattern), ` (rule ${g.rule})`,
         g.void ? ' — void: a deny rule covers all of it' : '',
         g.needs.length ? ` — when ${g.needs.join(' and ')} is usable` : '',
-        ...g.except.map((c) => el('span', { class: 'except' }, ' except ', el('code', {}, c.pattern), ` (rule ${c.rule})`))));
+        g.only ? ` — only: ${g.only}` : '',
+        ...g.except.map((c) => el('span', { class: 'except' }, ' except ', el('code', {}, c.pattern),
+          c.only ? ` (rule ${c.rule}; only: ${c.only})` : ` (rule ${c.rule})`))));
     }
     if (a.tree.length) body.push(treeList(a.tree));
     return el('section', { class: 'eff-action', 'data-action': a.action }, el('h4', {}, a.action), ...body);

@@ -231,7 +231,7 @@ fn expected(policies: &[Policy; 2], subject: &Subject, topic: &str, acc: u32) ->
     policies.each_ref().map(|p| {
         actions_of(acc)
             .into_iter()
-            .all(|action| p.check(&Query { subject, action, topic, clientid: "soak", username: "" }).allow)
+            .all(|action| p.check(&Query { subject, action, topic, clientid: "soak", username: "", message: policy_core::Message::UNKNOWN }).allow)
     })
 }
 

@@ -28,6 +28,14 @@ pub struct Args {
     /// The MQTT username (for ${username} placeholders)
     #[arg(long, default_value = "")]
     pub username: String,
+    /// The message's QoS (publish, read) or the requested QoS (subscribe), for rules with a
+    /// `qos` condition; unknown when not given
+    #[arg(long, value_parser = clap::value_parser!(u8).range(0..=2))]
+    pub qos: Option<u8>,
+    /// Whether the message is retained (publish, read), for rules with a `retain` condition;
+    /// unknown when not given
+    #[arg(long)]
+    pub retain: Option<bool>,
     /// Print the decision and explanation as JSON
     #[arg(long)]
     pub json: bool,
@@ -43,7 +51,14 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     };
     let ev = a.module.evaluator(a.policy.policy.as_deref())?;
     let policy = &ev.policy;
-    let req = EvalRequest { subject, ask, topic, clientid: a.clientid, username: a.username };
+    if ask == Ask::Superuser && (a.qos.is_some() || a.retain.is_some()) {
+        bail!("--qos and --retain describe a message: the superuser question has none");
+    }
+    if ask == Ask::Subscribe && a.retain.is_some() {
+        bail!("--retain: a subscription has no retain flag (its messages' flags are decided when they are read)");
+    }
+    let message = policy_core::Message { qos: a.qos, retain: a.retain };
+    let req = EvalRequest { subject, ask, topic, clientid: a.clientid, username: a.username, message };
     let decision = decide(&ev.generation, &req);
     let explanation = req.query().map(|q| policy.explain(&q));
     // A module that changes the logic may answer otherwise than the document reads.

@@ -123,6 +123,12 @@ pub fn check_args(r: &EvalRequest) -> String {
     if !r.username.is_empty() {
         out.push_str(&format!(" --username {}", sh(&r.username)));
     }
+    if let Some(qos) = r.message.qos {
+        out.push_str(&format!(" --qos {qos}"));
+    }
+    if let Some(retain) = r.message.retain {
+        out.push_str(&format!(" --retain {retain}"));
+    }
     out
 }
 

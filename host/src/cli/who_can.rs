@@ -38,6 +38,7 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         topic: String::new(),
         clientid: String::new(),
         username: String::new(),
+        message: policy_core::Message::UNKNOWN,
     };
     let superuser = decide(&ev.generation, &ask);
     if !ev.built_in {
@@ -91,9 +92,15 @@ fn print_action(g: &ActionGrants) {
         if !grant.needs.is_empty() {
             line.push_str(&format!("  when {} is usable", grant.needs.join(" and ")));
         }
+        if let Some(only) = &grant.only {
+            line.push_str(&format!("  only: {only}"));
+        }
         println!("{line}");
         for c in &grant.except {
-            println!("    except {}  (rule {})", c.pattern, c.rule);
+            match &c.only {
+                Some(only) => println!("    except {}  (rule {}; only: {only})", c.pattern, c.rule),
+                None => println!("    except {}  (rule {})", c.pattern, c.rule),
+            }
         }
     }
     if !g.tree.is_empty() {

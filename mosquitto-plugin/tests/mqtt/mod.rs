@@ -29,7 +29,9 @@ pub enum Event {
     Refused(u8),
     /// SUBACK: one code per filter (0–2 granted QoS, 0x80 / 0x87 refused).
     SubAck(Vec<u8>),
-    PubAck,
+    /// PUBACK, with its reason code (MQTT 5; 0 for 3.1.1, which has none): 0x87 = not
+    /// authorized, 0x97 = quota exceeded.
+    PubAck(u8),
     Message {
         topic: String,
         payload: Vec<u8>,
@@ -70,6 +72,17 @@ fn v5_code(c: rumqttc::v5::mqttbytes::v5::ConnectReturnCode) -> u8 {
         C::ServerUnavailable => 0x88,
         C::Banned => 0x8a,
         C::BadAuthenticationMethod => 0x8c,
+        _ => 0x80,
+    }
+}
+
+fn v5_puback_code(r: &rumqttc::v5::mqttbytes::v5::PubAckReason) -> u8 {
+    use rumqttc::v5::mqttbytes::v5::PubAckReason as R;
+    match r {
+        R::Success => 0,
+        R::NoMatchingSubscribers => 0x10,
+        R::NotAuthorized => 0x87,
+        R::QuotaExceeded => 0x97,
         _ => 0x80,
     }
 }
@@ -142,7 +155,7 @@ impl Client {
                                     })
                                     .collect(),
                             ),
-                            Ok(E::Incoming(P::PubAck(_))) => Event::PubAck,
+                            Ok(E::Incoming(P::PubAck(_))) => Event::PubAck(0),
                             Ok(E::Incoming(P::Publish(p))) => {
                                 Event::Message { topic: p.topic.clone(), payload: p.payload.to_vec() }
                             }
@@ -180,7 +193,7 @@ impl Client {
                             Ok(E::Incoming(P::SubAck(s))) => {
                                 Event::SubAck(s.return_codes.iter().map(v5_sub_code).collect())
                             }
-                            Ok(E::Incoming(P::PubAck(_))) => Event::PubAck,
+                            Ok(E::Incoming(P::PubAck(a))) => Event::PubAck(v5_puback_code(&a.reason)),
                             Ok(E::Incoming(P::Publish(p))) => Event::Message {
                                 topic: String::from_utf8_lossy(&p.topic).into_owned(),
                                 payload: p.payload.to_vec(),
@@ -256,18 +269,32 @@ impl Client {
 
     /// As [`Client::publish`], with the retain flag.
     pub fn publish_with(&self, topic: &str, payload: &str, retain: bool) {
+        self.publish_at(topic, payload, 1, retain);
+    }
+
+    /// Publishes at `qos` (0 or 1) with the retain flag; at QoS 1 waits for the PUBACK and
+    /// returns its reason code (MQTT 5; 0 for 3.1.1), at QoS 0 returns `None` at once.
+    pub fn publish_at(&self, topic: &str, payload: &str, qos: u8, retain: bool) -> Option<u8> {
         let body = payload.as_bytes().to_vec();
         match &self.handle {
-            Handle::V311(c) => c.publish(topic, QoS::AtLeastOnce, retain, body).unwrap(),
+            Handle::V311(c) => {
+                let q = if qos == 0 { QoS::AtMostOnce } else { QoS::AtLeastOnce };
+                c.publish(topic, q, retain, body).unwrap()
+            }
             Handle::V5(c) => {
-                c.publish(topic, rumqttc::v5::mqttbytes::QoS::AtLeastOnce, retain, body).unwrap()
+                use rumqttc::v5::mqttbytes::QoS as Q5;
+                let q = if qos == 0 { Q5::AtMostOnce } else { Q5::AtLeastOnce };
+                c.publish(topic, q, retain, body).unwrap()
             }
         }
-        self.wait("PUBACK", |e| match e {
-            Event::PubAck => Some(()),
+        if qos == 0 {
+            return None;
+        }
+        Some(self.wait("PUBACK", |e| match e {
+            Event::PubAck(code) => Some(code),
             Event::Closed(why) => panic!("{}: closed while publishing: {why}", self.id),
             _ => None,
-        })
+        }))
     }
 
     /// The next message received, skipping acknowledgements.
