@@ -45,7 +45,10 @@ fn checks(c: &mut Criterion) {
 
     let devices: Vec<String> =
         (0..12_000).map(|n| format!("bench/telemetry/meter-type-{}/device-{n}/readings", n % 8)).collect();
-    assert!(devices.iter().all(|t| plugin.check(&editor, access::READ, t.as_bytes(), 0, false)), "a read was denied");
+    assert!(
+        devices.iter().all(|t| plugin.check(&editor, access::READ, t.as_bytes(), 0, false)),
+        "a read was denied"
+    );
     let mut group = c.benchmark_group("plugin check");
     let mut n = 0;
     group.bench_function("read, a new device topic each check (fan-in)", |b| {

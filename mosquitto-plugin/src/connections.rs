@@ -47,8 +47,11 @@ pub struct TopicCache {
     capacity: usize,
     bytes: usize,
     /// Per topic and action, the message the decision was made for (see [`TopicDecisions`]).
-    by_topic: HashMap<Box<str>, [Option<(Message, Arc<Decision>)>; 3], foldhash::fast::RandomState>,
+    by_topic: HashMap<Box<str>, [Option<Remembered>; 3], foldhash::fast::RandomState>,
 }
+
+/// A decision and the message it was made for.
+type Remembered = (Message, Arc<Decision>);
 
 fn slot(action: Action) -> usize {
     match action {

@@ -318,9 +318,15 @@ fn condition_miss(miss: ConditionMiss, action: Action, m: Message) -> String {
     match (miss, m.qos, m.retain) {
         (ConditionMiss::Qos, Some(q), _) => format!("qos: QoS {q} is not listed"),
         (ConditionMiss::Qos, None, _) => String::from("qos: the request's QoS is not known"),
-        (ConditionMiss::Retain, _, Some(true)) => String::from("retain: the rule covers only non-retained messages"),
-        (ConditionMiss::Retain, _, Some(false)) => String::from("retain: the rule covers only retained messages"),
-        (ConditionMiss::Retain, _, None) => String::from("retain: whether the message is retained is not known"),
+        (ConditionMiss::Retain, _, Some(true)) => {
+            String::from("retain: the rule covers only non-retained messages")
+        }
+        (ConditionMiss::Retain, _, Some(false)) => {
+            String::from("retain: the rule covers only retained messages")
+        }
+        (ConditionMiss::Retain, _, None) => {
+            String::from("retain: whether the message is retained is not known")
+        }
     }
 }
 

@@ -178,7 +178,11 @@ impl Policy {
                     void: cut.iter().any(|(d, _, c)| c.is_none() && p.within(d)),
                     except: cut
                         .iter()
-                        .map(|(d, r, c)| Carve { pattern: d.text.clone(), rule: String::from(*r), only: only(c) })
+                        .map(|(d, r, c)| Carve {
+                            pattern: d.text.clone(),
+                            rule: String::from(*r),
+                            only: only(c),
+                        })
                         .collect(),
                     needs: p.needs.clone(),
                     only: only(conditions),

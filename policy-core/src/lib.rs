@@ -57,7 +57,9 @@ pub use invalid::Invalid;
 pub use json::{Json, Path, quote};
 pub use lint::lint;
 pub use loader::closest;
-pub use model::{Action, Decision, Diagnostic, Message, Permission, Permissions, Severity, Subject, SubjectType};
+pub use model::{
+    Action, Decision, Diagnostic, Message, Permission, Permissions, Severity, Subject, SubjectType,
+};
 pub use pattern::{Bindings, Level, Pattern, Placeholder};
 pub use policy::{Policy, Roles};
 pub use prepared::Prepared;

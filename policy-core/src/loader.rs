@@ -279,7 +279,8 @@ impl Loader {
     }
 
     fn rule(&mut self, v: &Json, index: usize, path: &Path) -> Option<Rule> {
-        const FIELDS: [&str; 8] = ["id", "description", "subjects", "topics", "actions", "effect", "qos", "retain"];
+        const FIELDS: [&str; 8] =
+            ["id", "description", "subjects", "topics", "actions", "effect", "qos", "retain"];
         let f = self.object(v, path, &FIELDS)?;
         let before = self.errors.len();
 

@@ -74,7 +74,14 @@ impl Policy {
     pub(crate) fn new(rules: Vec<Rule>, roles: Option<Roles>, certificates: Option<Certificates>) -> Policy {
         let index = Index::build(&rules);
         let reads_message = rules.iter().any(|r| !r.conditions.is_none());
-        Policy { rules, roles, certificates, index, id: LOADED.fetch_add(1, Ordering::Relaxed), reads_message }
+        Policy {
+            rules,
+            roles,
+            certificates,
+            index,
+            id: LOADED.fetch_add(1, Ordering::Relaxed),
+            reads_message,
+        }
     }
 
     /// Whether a decision can depend on the request's message (some rule has a `qos` or

@@ -127,7 +127,8 @@ impl Policy {
     }
 }
 
-const REQUEST_FIELDS: [&str; 8] = ["subject", "claims", "action", "topic", "clientid", "username", "qos", "retain"];
+const REQUEST_FIELDS: [&str; 8] =
+    ["subject", "claims", "action", "topic", "clientid", "username", "qos", "retain"];
 
 fn joined(errors: Vec<crate::model::Diagnostic>) -> String {
     let parts: Vec<String> = errors
@@ -243,7 +244,8 @@ pub(crate) fn read_request(l: &mut Loader, v: &Json, path: &Path, extra: &[&str]
     if ask == Some(Ask::Subscribe) && retain.is_some() {
         l.error(
             &path.key("retain"),
-            "a subscription has no retain flag (its messages' flags are decided when they are read)".to_string(),
+            "a subscription has no retain flag (its messages' flags are decided when they are read)"
+                .to_string(),
         );
     }
     if l.errors.len() != before {

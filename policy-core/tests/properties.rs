@@ -228,7 +228,14 @@ fn the_default_policys_everyday_reads_are_decided_by_the_residual_and_denials_ar
     let rule = policy
         .allowed_at_once(&prepared, Action::Read, topic, "c1", "vera")
         .expect("a residual for telemetry");
-    let q = Query { subject: &viewer, action: Action::Read, topic, clientid: "c1", username: "vera", message: Message::UNKNOWN };
+    let q = Query {
+        subject: &viewer,
+        action: Action::Read,
+        topic,
+        clientid: "c1",
+        username: "vera",
+        message: Message::UNKNOWN,
+    };
     assert_eq!(policy.allowed_by(rule, Action::Read, topic), policy.check(&q));
     for (action, topic) in
         [(Action::Publish, topic), (Action::Read, "celine/system/alerts/critical"), (Action::Read, "a/+")]

@@ -710,7 +710,14 @@ impl Generation {
         let rules = policy.rules().iter().filter(|r| !r.conditions.is_none());
         Some(
             rules
-                .map(|r| format!("{} ({}: {})", policy_core::quote(&r.name), r.effect.as_str(), r.conditions.describe()))
+                .map(|r| {
+                    format!(
+                        "{} ({}: {})",
+                        policy_core::quote(&r.name),
+                        r.effect.as_str(),
+                        r.conditions.describe()
+                    )
+                })
                 .collect(),
         )
     }

@@ -211,7 +211,9 @@ fn topic_strategy() -> impl Strategy<Value = String> {
 const NUDGING: &str = r#"{"celine":{"mqtt":{"acl":{"rules":[
   {"id":"own-nudges","subjects":{"types":["user"]},"topics":["celine/nudging/+/${subject.id}","u/${username}/#","c/${clientid}"],"actions":["subscribe","read"]},
   {"id":"no-critical","subjects":{"groups":["viewers"]},"topics":["celine/system/alerts/critical","celine/nudging/${clientid}/#"],"actions":"*","effect":"deny"},
-  {"subjects":{"scopes":["mqtt.*"]},"topics":"*","actions":["publish"]}]}}}}"#;
+  {"subjects":{"scopes":["mqtt.*"]},"topics":"*","actions":["publish"]},
+  {"id":"retained-nudges-only","subjects":{"groups":["viewers"]},"topics":["celine/nudging/#"],"actions":["read","subscribe"],"retain":false,"effect":"deny"},
+  {"id":"qos-1-inbox","subjects":{"types":["user"]},"topics":["u/${username}/inbox"],"actions":"*","qos":[1]}]}}}}"#;
 
 proptest! {
     #![proptest_config(ProptestConfig { cases: 300, ..ProptestConfig::default() })]
@@ -223,7 +225,11 @@ proptest! {
         topic in topic_strategy(),
         clientid in prop::sample::select(&["c1", "", "+", "user-789", "a/b"][..]),
         username in prop::sample::select(&["", "u1", "$x"][..]),
+        qos in prop::sample::select(&[None, Some(0u8), Some(1), Some(2)][..]),
+        retain in prop::sample::select(&[None, Some(false), Some(true)][..]),
     ) {
+        // A subscription has no retain flag.
+        let retain = retain.filter(|_| action != policy_core::Action::Subscribe);
         thread_local! {
             static GENS: Vec<(Policy, Arc<Generation>)> = {
                 let m = module();
@@ -235,15 +241,16 @@ proptest! {
         }
         GENS.with(|gens| {
             for (native, generation) in gens {
-                let q = policy_core::Query { subject: &subject, action, topic: &topic, clientid, username };
+                let message = policy_core::Message { qos, retain };
+                let q = policy_core::Query { subject: &subject, action, topic: &topic, clientid, username, message };
                 let req = Request {
                     subject: Subject::from(subject.clone()),
                     topic: topic.clone(),
                     action: Action::from(action),
                     clientid: clientid.to_string(),
                     username: username.to_string(),
-                    qos: None,
-                    retain: None,
+                    qos,
+                    retain,
                 };
                 let expected = native_decision(native.check(&q));
                 prop_assert_eq!(wasm_decision(generation.module_check(&req).unwrap()), expected.clone(), "the module");

@@ -229,9 +229,17 @@ fn actions_of(acc: u32) -> Vec<Action> {
 /// be live.
 fn expected(policies: &[Policy; 2], subject: &Subject, topic: &str, acc: u32) -> [bool; 2] {
     policies.each_ref().map(|p| {
-        actions_of(acc)
-            .into_iter()
-            .all(|action| p.check(&Query { subject, action, topic, clientid: "soak", username: "", message: policy_core::Message::UNKNOWN }).allow)
+        actions_of(acc).into_iter().all(|action| {
+            p.check(&Query {
+                subject,
+                action,
+                topic,
+                clientid: "soak",
+                username: "",
+                message: policy_core::Message::UNKNOWN,
+            })
+            .allow
+        })
     })
 }
 

@@ -55,7 +55,9 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         bail!("--qos and --retain describe a message: the superuser question has none");
     }
     if ask == Ask::Subscribe && a.retain.is_some() {
-        bail!("--retain: a subscription has no retain flag (its messages' flags are decided when they are read)");
+        bail!(
+            "--retain: a subscription has no retain flag (its messages' flags are decided when they are read)"
+        );
     }
     let message = policy_core::Message { qos: a.qos, retain: a.retain };
     let req = EvalRequest { subject, ask, topic, clientid: a.clientid, username: a.username, message };
