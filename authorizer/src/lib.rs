@@ -308,10 +308,31 @@ impl Authorizer {
         }
     }
 
+    /// A subscription to `filter` was granted to `subject`: when the filter has a wildcard it
+    /// is watched (counted in `mqtt_policy_wildcard_subscriptions_total`), and the front end
+    /// records it as such ([`DecisionRecord::watched`]) whatever level it records allows at.
+    pub fn watch_subscription(&self, subject: &Subject, filter: &str) -> bool {
+        if !has_wildcard(filter) {
+            return false;
+        }
+        self.metrics.wildcard_granted(subject);
+        true
+    }
+
     /// Is `subject` a superuser under `generation` (a module fault: no, saying so)?
     pub fn superuser(&self, generation: &Generation, subject: &Subject) -> Decision {
         generation.superuser(subject)
     }
+}
+
+/// Whether a subscription filter has a wildcard level (`+` or `#`), a shared subscription's
+/// `$share/<group>/` aside.
+pub fn has_wildcard(filter: &str) -> bool {
+    let filter = match filter.strip_prefix("$share/").and_then(|rest| rest.split_once('/')) {
+        Some((_group, shared)) => shared,
+        None => filter,
+    };
+    filter.split('/').any(|level| level == "+" || level == "#")
 }
 
 /// Whether the next check of this thread is one of the timed sample.
@@ -344,5 +365,26 @@ impl DecisionCache for NoCache {
     }
     fn unremembered(&mut self, decision: Decision) -> Decision {
         decision
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::has_wildcard;
+
+    #[test]
+    fn a_wildcard_is_a_whole_level_of_the_filter_itself() {
+        for (filter, wild) in [
+            ("celine/telemetry/+/+/readings", true),
+            ("#", true),
+            ("celine/#", true),
+            ("celine/telemetry/meter/m1/readings", false),
+            ("a+b/c#", false),
+            ("$share/group/celine/#", true),
+            ("$share/group/celine/x", false),
+            ("$share/+/celine/x", false),
+        ] {
+            assert_eq!(has_wildcard(filter), wild, "{filter}");
+        }
     }
 }

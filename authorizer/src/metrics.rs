@@ -8,14 +8,25 @@
 //!   4 buckets per power of two from 64 ns to ~17 ms; one check in [`SAMPLE`] is timed, the
 //!   first included).
 //!
+//! - `mqtt_policy_wildcard_subscriptions_total{subject_type,group}`: subscriptions granted
+//!   with a wildcard filter (`+` or `#`), once per group of the subject (`group=""` for a
+//!   subject without groups); at most [`WILDCARD_LABELS`] label pairs, the rest counted under
+//!   `group="other"` (groups come from tokens: their number is not the service's to choose).
+//!
 //! Counted in stripes (one per thread, cache-line sized), so the service's worker threads
-//! never write each other's cache lines: one uncontended atomic add per counter.
+//! never write each other's cache lines: one uncontended atomic add per counter. Wildcard
+//! subscriptions are rare next to checks, and counted under a lock.
 
+use std::collections::BTreeMap;
 use std::fmt::Write;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::time::Duration;
 
-use policy_engine::Action;
+use policy_engine::{Action, Subject};
+
+/// The most (subject type, group) pairs `mqtt_policy_wildcard_subscriptions_total` keeps.
+pub const WILDCARD_LABELS: usize = 256;
 
 /// Latency buckets: 4 per power of two from 64 ns, then one open bucket.
 const SUB: usize = 4;
@@ -75,11 +86,16 @@ impl Default for Stripe {
 /// The decision metrics of one authorizer.
 pub struct DecisionMetrics {
     stripes: Box<[Stripe]>,
+    /// Granted wildcard subscriptions by (subject type, group).
+    wildcards: Mutex<BTreeMap<(&'static str, String), u64>>,
 }
 
 impl Default for DecisionMetrics {
     fn default() -> DecisionMetrics {
-        DecisionMetrics { stripes: (0..STRIPES).map(|_| Stripe::default()).collect() }
+        DecisionMetrics {
+            stripes: (0..STRIPES).map(|_| Stripe::default()).collect(),
+            wildcards: Mutex::default(),
+        }
     }
 }
 
@@ -122,6 +138,32 @@ impl DecisionMetrics {
         if n > 0 {
             self.stripe().decisions[action_index(action)][0].fetch_add(n, Relaxed);
         }
+    }
+
+    /// A subscription with a wildcard filter was granted to `subject`: counted once per group.
+    pub fn wildcard_granted(&self, subject: &Subject) {
+        let Ok(mut counts) = self.wildcards.lock() else { return };
+        let kind = subject.kind_str();
+        let groups: Vec<&str> = if subject.groups.is_empty() {
+            vec![""]
+        } else {
+            subject.groups.iter().map(String::as_str).collect()
+        };
+        for group in groups {
+            let key = (kind, group.to_string());
+            let key = if counts.contains_key(&key) || counts.len() < WILDCARD_LABELS - 1 {
+                key
+            } else {
+                (kind, String::from("other"))
+            };
+            *counts.entry(key).or_default() += 1;
+        }
+    }
+
+    /// Granted wildcard subscriptions counted for (subject type, group).
+    pub fn wildcards(&self, kind: &str, group: &str) -> u64 {
+        let Ok(counts) = self.wildcards.lock() else { return 0 };
+        counts.iter().filter(|((k, g), _)| *k == kind && g == group).map(|(_, n)| n).sum()
     }
 
     /// The time one check took ([`crate::Authorizer::lookup`] times one in [`SAMPLE`]).
@@ -170,8 +212,22 @@ impl DecisionMetrics {
         None
     }
 
-    /// The three metrics in Prometheus' text format.
+    /// The metrics in Prometheus' text format.
     pub fn render(&self, out: &mut String) {
+        let _ = writeln!(
+            out,
+            "# HELP mqtt_policy_wildcard_subscriptions_total Subscriptions granted with a wildcard filter, by subject type and group (each group of the subject).\n\
+             # TYPE mqtt_policy_wildcard_subscriptions_total counter"
+        );
+        if let Ok(counts) = self.wildcards.lock() {
+            for ((kind, group), n) in counts.iter() {
+                let group = group.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n");
+                let _ = writeln!(
+                    out,
+                    "mqtt_policy_wildcard_subscriptions_total{{subject_type=\"{kind}\",group=\"{group}\"}} {n}"
+                );
+            }
+        }
         let _ = writeln!(
             out,
             "# HELP mqtt_policy_decisions_total ACL checks decided, by action and decision.\n\
@@ -221,6 +277,39 @@ impl DecisionMetrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn wildcard_subscriptions_are_counted_per_group_with_bounded_labels() {
+        let m = DecisionMetrics::default();
+        let subject = |groups: &[&str]| Subject {
+            id: "u1".into(),
+            type_: policy_engine::SubjectType::User,
+            groups: groups.iter().map(|g| g.to_string()).collect(),
+            scopes: vec![],
+        };
+        m.wildcard_granted(&subject(&["viewers", "editors"]));
+        m.wildcard_granted(&subject(&["viewers"]));
+        m.wildcard_granted(&subject(&[]));
+        assert_eq!(
+            (m.wildcards("user", "viewers"), m.wildcards("user", "editors"), m.wildcards("user", "")),
+            (2, 1, 1)
+        );
+        // Groups come from tokens: past the bound, they are counted as one.
+        for n in 0..2 * WILDCARD_LABELS {
+            m.wildcard_granted(&subject(&[&format!("g{n}")]));
+        }
+        let mut text = String::new();
+        m.render(&mut text);
+        let lines =
+            text.lines().filter(|l| l.starts_with("mqtt_policy_wildcard_subscriptions_total{")).count();
+        assert_eq!(lines, WILDCARD_LABELS);
+        assert!(m.wildcards("user", "other") > WILDCARD_LABELS as u64 / 2, "{text}");
+        assert!(
+            text.contains(
+                "mqtt_policy_wildcard_subscriptions_total{subject_type=\"user\",group=\"viewers\"} 2"
+            )
+        );
+    }
 
     #[test]
     fn buckets_are_ordered_and_contain_their_samples() {

@@ -11,7 +11,8 @@
 //! `decision` is `allow`, `deny`, or `bad_request` (the service's malformed calls); `rule` is
 //! `-` when no rule decided (a check denied before the policy was asked). A record never holds
 //! a token: the username is `<token>` when a token was sent as the username, and reasons never
-//! quote one.
+//! quote one. A granted subscription with a wildcard filter adds `"watch":"wildcard"`, and both
+//! front ends write it whatever level their other allows are recorded at.
 
 use policy_engine::{Decision, Subject};
 
@@ -28,6 +29,9 @@ pub struct DecisionRecord<'a> {
     pub decision: &'a str,
     pub rule: &'a str,
     pub reason: &'a str,
+    /// Why this record is watched, when it is: `wildcard` for a granted subscription whose
+    /// filter has a wildcard (written as a last member, `"watch":"wildcard"`, only then).
+    pub watch: Option<&'static str>,
 }
 
 impl<'a> DecisionRecord<'a> {
@@ -52,7 +56,13 @@ impl<'a> DecisionRecord<'a> {
             decision: "deny",
             rule: "-",
             reason: "",
+            watch: None,
         }
+    }
+
+    /// Marks the record as watched for `why` (see [`DecisionRecord::watch`]).
+    pub fn watched(self, why: &'static str) -> DecisionRecord<'a> {
+        DecisionRecord { watch: Some(why), ..self }
     }
 
     /// What the policy decided for `action`.
@@ -98,6 +108,10 @@ impl<'a> DecisionRecord<'a> {
             out.extend_from_slice(name.as_bytes());
             out.extend_from_slice(b"\":");
             write_string(out, value);
+        }
+        if let Some(why) = self.watch {
+            out.extend_from_slice(b",\"watch\":");
+            write_string(out, why);
         }
     }
 
@@ -160,6 +174,7 @@ mod tests {
             decision: "deny",
             rule: "-",
             reason: "no rule allows read on 'x'",
+            watch: None,
         };
         let text = r.to_json();
         let v: serde_json::Value = serde_json::from_str(&text).unwrap();
@@ -169,6 +184,9 @@ mod tests {
         let names: Vec<&str> = r.fields().iter().map(|(n, _)| *n).collect();
         let keys: Vec<&str> = text.split(",\"").skip(1).map(|k| k.split('"').next().unwrap()).collect();
         assert_eq!(keys, names[1..], "in order");
+        let watched: serde_json::Value = serde_json::from_str(&r.watched("wildcard").to_json()).unwrap();
+        assert_eq!(watched["watch"], "wildcard");
+        assert!(v.get("watch").is_none(), "only a watched record says so");
     }
 
     #[test]

@@ -126,6 +126,7 @@ mod tests {
             decision: "allow",
             rule: "viewers-read",
             reason,
+            watch: None,
         }
     }
 

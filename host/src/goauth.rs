@@ -315,6 +315,19 @@ fn decided(record: DecisionRecord<'_>, action: &str, d: &Decision, ctx: &Ctx<'_>
     if d.allow { Outcome::Allow(String::new()) } else { Outcome::Deny(d.reason.clone()) }
 }
 
+/// [`decided`] for an ACL check of `subject`: a granted subscription with a wildcard filter
+/// is watched (counted, and its record says so).
+fn acl_decided(ctx: &Ctx<'_>, subject: &Subject, action: Action, d: &Decision) -> Outcome {
+    let mut record = ctx.record("acl", Some(subject));
+    if d.allow
+        && action == Action::Subscribe
+        && ctx.state.authorizer.watch_subscription(subject, record.topic)
+    {
+        record = record.watched("wildcard");
+    }
+    decided(record, action_name(action), d, ctx)
+}
+
 async fn acl(ctx: &Ctx<'_>) -> Outcome {
     let p = &ctx.params;
     let Some(topic) = p.topic.as_deref() else { return Outcome::Bad("missing 'topic'".into()) };
@@ -371,7 +384,7 @@ async fn acl(ctx: &Ctx<'_>) -> Outcome {
         }
         let key = DecisionKey::new(generation.id, holder, action, topic, clientid, given);
         let hit = authorizer.lookup(action, &key, &mut SharedDecisions(auth), |d| {
-            decided(ctx.record("acl", Some(&d.subject)), action_name(action), &d.decision, ctx)
+            acl_decided(ctx, &d.subject, action, &d.decision)
         });
         outcome = match hit {
             Ok(o) => o,
@@ -432,7 +445,7 @@ async fn acl(ctx: &Ctx<'_>) -> Outcome {
                     prepared: identity.prepared.as_ref(),
                 };
                 let d = authorizer.decide(pending, generation, &request, key, &mut cache);
-                decided(ctx.record("acl", Some(&d.subject)), action_name(action), &d.decision, ctx)
+                acl_decided(ctx, &d.subject, action, &d.decision)
             }
         };
         if matches!(outcome, Outcome::Deny(_)) {
@@ -448,7 +461,7 @@ fn allowed_at_once(ctx: &Ctx<'_>, subject: &Subject, action: Action, topic: &str
     if ctx.state.audit.enabled()
         && let Some(d) = ctx.generation.allowed_by(rule, action, topic)
     {
-        return decided(ctx.record("acl", Some(subject)), action_name(action), &d, ctx);
+        return acl_decided(ctx, subject, action, &d);
     }
     Outcome::Allow(String::new())
 }
@@ -473,9 +486,10 @@ fn certificate_acl(
             qos: None,
             retain: None,
         };
-        outcome = ctx.state.authorizer.check(&ctx.generation, &request, (), &mut NoCache, |d, _| {
-            decided(ctx.record("acl", Some(subject)), action_name(action), d, ctx)
-        });
+        outcome = ctx
+            .state
+            .authorizer
+            .check(&ctx.generation, &request, (), &mut NoCache, |d, _| acl_decided(ctx, subject, action, d));
         if matches!(outcome, Outcome::Deny(_)) {
             break;
         }

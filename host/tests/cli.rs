@@ -102,29 +102,24 @@ fn check_json_maps_claims_and_explains() {
 fn check_takes_the_message_and_refuses_what_a_request_cannot_carry() {
     let check = |extra: &[&str]| {
         mqtt_policy()
-            .args([
-                "check",
-                "--json",
-                "--subject",
-                r#"{"id":"svc-digital-twin","type":"service","scopes":["mqtt.write"]}"#,
-            ])
+            .args(["check", "--json", "--subject", r#"{"id":"adam","type":"user","groups":["admins"]}"#])
             .args(extra)
             .output()
             .unwrap()
     };
-    let state = ["--action", "publish", "--topic", "celine/digital-twin/state/pump/p1"];
-    let retained = check(&[&state[..], &["--qos", "1", "--retain", "true"]].concat());
-    assert_eq!(retained.status.code(), Some(0), "{}", stderr(&retained));
-    let live = check(&[&state[..], &["--qos", "1", "--retain", "false"]].concat());
-    assert_eq!(live.status.code(), Some(1), "{}", stdout(&live));
-    let v: Value = serde_json::from_str(&stdout(&live)).unwrap();
-    assert_eq!(v["rule"], "state-retained-only");
-    let unknown = check(&state);
+    let reading = ["--action", "publish", "--topic", "celine/telemetry/meter/m1/readings"];
+    let live = check(&[&reading[..], &["--qos", "0", "--retain", "false"]].concat());
+    assert_eq!(live.status.code(), Some(0), "{}", stderr(&live));
+    let retained = check(&[&reading[..], &["--qos", "0", "--retain", "true"]].concat());
+    assert_eq!(retained.status.code(), Some(1), "{}", stdout(&retained));
+    let v: Value = serde_json::from_str(&stdout(&retained)).unwrap();
+    assert_eq!(v["rule"], "no-retained-telemetry");
+    let unknown = check(&reading);
     assert_eq!(unknown.status.code(), Some(1), "an unknown retain flag meets the deny's condition");
     let bad = check(&["--action", "subscribe", "--topic", "celine/#", "--retain", "true"]);
     assert_eq!(bad.status.code(), Some(2));
     assert!(stderr(&bad).contains("a subscription has no retain flag"), "{}", stderr(&bad));
-    let bad = check(&[&state[..], &["--qos", "3"]].concat());
+    let bad = check(&[&reading[..], &["--qos", "3"]].concat());
     assert_eq!(bad.status.code(), Some(2), "{}", stderr(&bad));
 }
 

@@ -101,12 +101,19 @@ fn the_plugin_and_the_service_decide_record_and_count_a_request_alike() {
         assert_eq!(in_broker["username"], USERNAME);
         assert_eq!(in_broker["clientid"], CLIENT);
         assert!(in_broker["rule"].is_string() && in_broker["reason"].is_string(), "{in_broker}");
+        // A granted wildcard subscription is watched: both say so (and only then).
+        let watched = if granted { json!("wildcard") } else { Value::Null };
+        assert_eq!(in_broker.get("watch").cloned().unwrap_or(Value::Null), watched, "{in_broker}");
     }
 
     let plugin_metrics =
         client().get(format!("http://127.0.0.1:{metrics_port}/metrics")).send().unwrap().text().unwrap();
     let service_metrics = send(client().get(service.ops("/metrics"))).body;
-    for metric in ["mqtt_policy_decisions_total", "mqtt_policy_decision_cache_total"] {
+    for metric in [
+        "mqtt_policy_decisions_total",
+        "mqtt_policy_decision_cache_total",
+        "mqtt_policy_wildcard_subscriptions_total",
+    ] {
         let (plugin, service) = (lines_of(&plugin_metrics, metric), lines_of(&service_metrics, metric));
         assert!(!plugin.is_empty(), "{metric} missing in\n{plugin_metrics}");
         assert_eq!(plugin, service, "{metric}");
@@ -115,6 +122,11 @@ fn the_plugin_and_the_service_decide_record_and_count_a_request_alike() {
         plugin_metrics.contains("mqtt_policy_decisions_total{action=\"subscribe\",decision=\"allow\"} 1")
     );
     assert!(plugin_metrics.contains("mqtt_policy_decisions_total{action=\"subscribe\",decision=\"deny\"} 1"));
+    assert!(
+        plugin_metrics
+            .contains("mqtt_policy_wildcard_subscriptions_total{subject_type=\"user\",group=\"viewers\"} 1"),
+        "{plugin_metrics}"
+    );
     // One histogram, with the same buckets in both.
     let buckets = |text: &str| {
         lines_of(text, "mqtt_policy_check_duration_seconds_bucket")

@@ -810,9 +810,16 @@ impl Plugin {
         let record = |subject| {
             DecisionRecord::about("acl", Some(subject), identity.username_label(), client_id, topic)
         };
+        let watched = |r: DecisionRecord<'_>, subject: &Subject| match action == Action::Subscribe
+            && self.authorizer.watch_subscription(subject, topic)
+        {
+            true => r.watched("wildcard"),
+            false => r,
+        };
         if mapped.superuser {
             metrics.decided(action, true, None);
-            self.audit(log, record(&mapped.request.subject).outcome(action_name(action), true, "superuser"));
+            let r = record(&mapped.request.subject).outcome(action_name(action), true, "superuser");
+            self.audit(log, watched(r, &mapped.request.subject));
             return true;
         }
         // The prepared subject was made with this connection's client id and username.
@@ -832,7 +839,8 @@ impl Plugin {
         // Decisions that cannot depend on the message are remembered for every message.
         let key = (action, if generation.reads_message() { message } else { Message::UNKNOWN });
         self.authorizer.check(&generation, &mapped.request, key, &mut decisions, |decision, _| {
-            self.audit(log, record(&mapped.request.subject).decided(action_name(action), decision));
+            let r = record(&mapped.request.subject).decided(action_name(action), decision);
+            self.audit(log, if decision.allow { watched(r, &mapped.request.subject) } else { r });
             decision.allow
         })
     }
@@ -848,10 +856,10 @@ impl Plugin {
     }
 
     /// Logs a decision record (`audit: {...}`, the HTTP service's record): an allow at debug
-    /// level, a denial at information level within the client's log budget, counting the
-    /// ones it does not write.
+    /// level, a denial or a watched allow (a wildcard subscription) at information level
+    /// within the client's log budget, counting the ones it does not write.
     fn audit(&self, log: &mut LogBudget, record: DecisionRecord<'_>) {
-        if record.decision == "allow" {
+        if record.decision == "allow" && record.watch.is_none() {
             // Formatted only when debug lines are on.
             tracing::debug!("audit: {}", record.to_json());
             return;

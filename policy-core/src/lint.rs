@@ -1,8 +1,9 @@
 //! Lint: a loadable policy can still say something its author did not mean. Warnings for
 //! rules that never apply (empty lists), allow rules no subject can use given the roles, allow
 //! rules a deny rule fully shadows, repeated patterns or names, and (with a certificates
-//! section) allow rules that name ids without saying whose, and message conditions that cannot
-//! mean what they say (`"qos": []`, `retain` on a rule only for subscribe).
+//! section) allow rules that name ids without saying whose, message conditions that cannot
+//! mean what they say (`"qos": []`, `retain` on a rule only for subscribe), and subscriptions
+//! to a whole namespace for subjects who are not administrators.
 
 use alloc::format;
 use alloc::string::String;
@@ -49,6 +50,7 @@ impl Policy {
             repeats(rule, &path, &mut out);
             if rule.effect == Effect::Allow {
                 client_chosen(rule, &path, &mut out);
+                wide_subscriptions(rule, self.roles.as_ref(), &path, &mut out);
                 if self.certificates.is_some() {
                     ids_without_types(rule, &path, &mut out);
                 }
@@ -83,6 +85,49 @@ fn ids_without_types(rule: &Rule, path: &Path, out: &mut Out) {
             ),
         );
     }
+}
+
+/// An allow rule that lets subjects other than administrators subscribe to a whole
+/// service's namespace (`celine/<service>/#`, anything shallower, `#`, or `"*"`): one such
+/// subscriber receives every message under it (the seed: watch for unexpected wildcard
+/// subscriptions). Administrators are the subjects the rule can only name with a superuser
+/// capability (listed groups, or exact scopes, that `roles` makes superusers).
+fn wide_subscriptions(rule: &Rule, roles: Option<&Roles>, path: &Path, out: &mut Out) {
+    if !rule.has_action(Action::Subscribe) || only_administrators(rule, roles) {
+        return;
+    }
+    let wide = match &rule.topics {
+        Sel::Any => Some(String::from("*")),
+        Sel::List(ps) => ps
+            .iter()
+            .find(|p| {
+                matches!(p.levels.last(), Some(Level::Hash))
+                    && p.levels.len() <= 3
+                    && !p.levels.iter().any(|l| matches!(l, Level::Var(_)))
+            })
+            .map(|p| String::from(p.as_str())),
+    };
+    if let Some(pattern) = wide {
+        out.warn(
+            &path.key("topics"),
+            format!(
+                "lets subjects who are not administrators subscribe to {}, a whole namespace: one such \
+                 subscriber receives every message under it; narrow the pattern, or the subjects to \
+                 administrators (a superuser capability in roles)",
+                quote(&pattern)
+            ),
+        );
+    }
+}
+
+fn only_administrators(rule: &Rule, roles: Option<&Roles>) -> bool {
+    let Some(roles) = roles else { return false };
+    let superuser = |p: Option<&crate::model::Permissions>| p.is_some_and(|p| p.has(Permission::Superuser));
+    let by_groups = matches!(&rule.subjects.groups, Some(Sel::List(gs))
+        if !gs.is_empty() && gs.iter().all(|g| superuser(roles.group_permissions.get(g))));
+    let by_scopes = matches!(&rule.subjects.scopes, Some(Sel::List(ss))
+        if !ss.is_empty() && ss.iter().all(|s| matches!(s, ScopePattern::Exact(e) if superuser(roles.scope_permissions.get(e)))));
+    by_groups || by_scopes
 }
 
 /// Conditions on the message that cannot mean what they say.
@@ -415,6 +460,48 @@ mod tests {
             "",
         );
         assert!(w.is_empty(), "the deny binds only viewers: {w:?}");
+    }
+
+    #[test]
+    fn whole_namespace_subscriptions_for_non_administrators_are_flagged() {
+        let roles = r#","roles":{"group_permissions":{"admins":["subscribe","superuser"],"viewers":["subscribe","read"]}}"#;
+        let flagged = |rule: &str| {
+            let w = warnings(rule, roles);
+            w.iter().any(|w| w.contains("a whole namespace"))
+        };
+        assert!(flagged(
+            r#"{"subjects":{"groups":["viewers"]},"topics":["celine/digital-twin/#"],"actions":["subscribe"]}"#
+        ));
+        assert!(flagged(r#"{"subjects":{"groups":["viewers"]},"topics":["#"],"actions":"*"}"#));
+        assert!(flagged(
+            r#"{"subjects":{"groups":["viewers","admins"]},"topics":["+/#"],"actions":["subscribe"]}"#
+        ));
+        assert!(flagged(r#"{"topics":"*","actions":["subscribe"]}"#));
+        assert!(!flagged(r#"{"subjects":{"groups":["admins"]},"topics":["#"],"actions":"*"}"#), "administrators");
+        assert!(!flagged(
+            r#"{"subjects":{"groups":["viewers"]},"topics":["celine/telemetry/+/+/readings"],"actions":["subscribe"]}"#
+        ));
+        assert!(!flagged(
+            r#"{"subjects":{"groups":["viewers"]},"topics":["celine/digital-twin/events/#"],"actions":["subscribe"]}"#
+        ));
+        assert!(
+            !flagged(
+                r#"{"subjects":{"types":["user"]},"topics":["users/${subject.id}/#"],"actions":["subscribe"]}"#
+            ),
+            "their own"
+        );
+        assert!(!flagged(r#"{"subjects":{"groups":["viewers"]},"topics":["#"],"actions":["read"]}"#), "no subscription");
+        assert!(!flagged(r#"{"subjects":{"groups":["viewers"]},"topics":["#"],"actions":["subscribe"],"effect":"deny"}"#));
+    }
+
+    #[test]
+    fn message_conditions_that_cannot_bind_are_flagged() {
+        let w = warnings(r#"{"topics":["a/b"],"actions":["publish"],"qos":[]}"#, "");
+        assert!(w[0].starts_with("celine.mqtt.acl.rules[0].qos: empty list covers no message"), "{w:?}");
+        let w = warnings(r#"{"topics":["a/b"],"actions":["subscribe"],"retain":true,"effect":"deny"}"#, "");
+        assert!(w[0].contains("never refuses a subscription"), "{w:?}");
+        let w = warnings(r#"{"topics":["a/b"],"actions":["subscribe","read"],"retain":true}"#, "");
+        assert!(w.is_empty(), "{w:?}");
     }
 
     #[test]

@@ -89,6 +89,29 @@ describe('the playground served by the host', () => {
     await page.context().close();
   });
 
+  it('decides with the message: QoS and retain flag, unknown until set', async () => {
+    const page = await open(browser, host.url);
+    await page.getByLabel('Type', { exact: true }).selectOption('user');
+    await page.getByLabel('Id', { exact: true }).fill('adam');
+    await page.getByLabel('Groups', { exact: true }).fill('admins');
+    await page.getByLabel('Scopes', { exact: true }).fill('');
+    await page.getByLabel('Action', { exact: true }).selectOption('publish');
+    await page.getByLabel('Topic', { exact: true }).fill('celine/telemetry/meter/m1/readings');
+    // Unknown retain flag: the default policy's no-retained-telemetry deny applies.
+    await expectVerdict(page, 'DENY');
+    assert.equal(await page.locator('#decision-rule').textContent(), 'no-retained-telemetry');
+    await page.getByLabel('QoS', { exact: false }).selectOption('0');
+    await page.getByLabel('Retained', { exact: true }).selectOption('false');
+    await expectVerdict(page, 'ALLOW');
+    await page.getByLabel('Retained', { exact: true }).selectOption('true');
+    await expectVerdict(page, 'DENY');
+    // A subscription has no retain flag: the field is off for it.
+    await page.getByLabel('Action', { exact: true }).selectOption('subscribe');
+    assert.equal(await page.getByLabel('Retained', { exact: true }).isDisabled(), true);
+    assert.deepEqual(page.problems, []);
+    await page.context().close();
+  });
+
   it('reports invalid JSON with the path and place it broke in', async () => {
     const page = await open(browser, host.url);
     const broken = defaultPolicy.replace('"effect": "deny"', '"effect" "deny"');

@@ -161,6 +161,12 @@ function tokenMode() {
 // The request in the `mqtt-policy eval` format, or an error for the form.
 function currentRequest() {
   const r = { action: $('action').value, topic: $('topic').value, clientid: $('clientid').value, username: $('username').value };
+  // The message, when it is set: rules with `qos` or `retain` read it (a subscription has no
+  // retain flag, and the superuser question no message).
+  $('retain').disabled = r.action === 'subscribe' || r.action === 'superuser';
+  $('qos').disabled = r.action === 'superuser';
+  if ($('qos').value !== '' && !$('qos').disabled) r.qos = Number($('qos').value);
+  if ($('retain').value !== '' && !$('retain').disabled) r.retain = $('retain').value === 'true';
   if (tokenMode()) {
     const info = tokenInfo();
     drawToken(info);
@@ -204,7 +210,7 @@ function check() {
     : 'This policy has no roles: no capability check.';
   const pats = answer.patterns.map((p) => el('li', { class: p.applies ? '' : 'na' },
     el('code', {}, p.pattern), ` ${p.relation} the topic — ${p.rule} (${p.effect})`,
-    p.applies ? '' : ': its subjects or actions do not fit this request'));
+    p.applies ? '' : ': its subjects, actions or message conditions do not fit this request'));
   $('patterns').replaceChildren(...(pats.length ? pats : [el('li', { class: 'na' }, answer.ask === 'superuser' ? 'not asked for superuser' : 'none')]));
   $('trace').replaceChildren(...answer.rules.map((t) => el('tr', {},
     el('td', {}, t.rule), el('td', {}, t.effect), el('td', {}, t.applies ? 'yes' : 'no'), el('td', {}, t.why_not || ''))));
@@ -254,7 +260,10 @@ function drawEffective(request) {
 function describeWitness(r) {
   const s = r.subject;
   const who = `${s.type} ${s.id}${s.groups.length ? ` groups [${s.groups.join(', ')}]` : ''}${s.scopes.length ? ` scopes [${s.scopes.join(' ')}]` : ''}`;
-  return r.action === 'superuser' ? `superuser? ${who}` : `${r.action} ${r.topic} as ${who}`;
+  const message = [r.qos === undefined ? '' : `QoS ${r.qos}`, r.retain === undefined ? '' : (r.retain ? 'retained' : 'not retained')]
+    .filter(Boolean).join(', ');
+  if (r.action === 'superuser') return `superuser? ${who}`;
+  return `${r.action} ${r.topic}${message ? ` (${message})` : ''} as ${who}`;
 }
 
 // Puts a request (an eval line with a subject) into the form and decides it.
@@ -269,6 +278,8 @@ function loadRequest(r) {
   $('topic').value = r.topic ?? '';
   $('clientid').value = r.clientid ?? '';
   $('username').value = r.username ?? '';
+  $('qos').value = r.qos === undefined ? '' : String(r.qos);
+  $('retain').value = r.retain === undefined ? '' : String(r.retain);
   check();
   $('request').scrollIntoView();
 }
@@ -422,7 +433,7 @@ function snapshot() {
   if (tokenMode() && state.decision && state.decision.subject) subject = state.decision.subject;
   return {
     v: 1, policy: $('policy').value, subject, action: $('action').value, topic: $('topic').value,
-    clientid: $('clientid').value, username: $('username').value,
+    clientid: $('clientid').value, username: $('username').value, qos: $('qos').value, retain: $('retain').value,
     tests: { description: state.casesDescription, cases: state.cases },
   };
 }
@@ -456,6 +467,7 @@ function apply(s) {
   $('subject-groups').value = (subj.groups || []).join(', ');
   $('subject-scopes').value = (subj.scopes || []).join(' ');
   for (const k of ['action', 'topic', 'clientid', 'username']) if (typeof s[k] === 'string') $(k).value = s[k];
+  for (const k of ['qos', 'retain']) $(k).value = typeof s[k] === 'string' ? s[k] : '';
   state.cases = (s.tests && Array.isArray(s.tests.cases)) ? s.tests.cases : [];
   state.casesDescription = (s.tests && s.tests.description) || '';
 }
@@ -499,7 +511,7 @@ async function main() {
   const reloadSoon = debounce(loadPolicy, 120);
   $('policy').addEventListener('input', () => { drawHighlights(); reloadSoon(); });
   $('policy').addEventListener('scroll', syncScroll);
-  for (const id of ['subject-type', 'subject-id', 'subject-groups', 'subject-scopes', 'action', 'topic', 'clientid', 'username', 'token']) {
+  for (const id of ['subject-type', 'subject-id', 'subject-groups', 'subject-scopes', 'action', 'topic', 'clientid', 'username', 'qos', 'retain', 'token']) {
     $(id).addEventListener('input', check);
   }
   for (const r of document.querySelectorAll('input[name=mode]')) r.addEventListener('change', () => { setMode(); check(); });
