@@ -810,16 +810,10 @@ impl Plugin {
         let record = |subject| {
             DecisionRecord::about("acl", Some(subject), identity.username_label(), client_id, topic)
         };
-        let watched = |r: DecisionRecord<'_>, subject: &Subject| match action == Action::Subscribe
-            && self.authorizer.watch_subscription(subject, topic)
-        {
-            true => r.watched("wildcard"),
-            false => r,
-        };
         if mapped.superuser {
             metrics.decided(action, true, None);
             let r = record(&mapped.request.subject).outcome(action_name(action), true, "superuser");
-            self.audit(log, watched(r, &mapped.request.subject));
+            self.audit(log, self.watched(r, action, &mapped.request.subject, topic));
             return true;
         }
         // The prepared subject was made with this connection's client id and username.
@@ -840,7 +834,10 @@ impl Plugin {
         let key = (action, if generation.reads_message() { message } else { Message::UNKNOWN });
         self.authorizer.check(&generation, &mapped.request, key, &mut decisions, |decision, _| {
             let r = record(&mapped.request.subject).decided(action_name(action), decision);
-            self.audit(log, if decision.allow { watched(r, &mapped.request.subject) } else { r });
+            self.audit(
+                log,
+                if decision.allow { self.watched(r, action, &mapped.request.subject, topic) } else { r },
+            );
             decision.allow
         })
     }
@@ -853,6 +850,22 @@ impl Plugin {
         let subject = mapped.as_ref().map(|m| &m.request.subject);
         let record = DecisionRecord::about("acl", subject, identity.username_label(), client_id, topic);
         self.audit(log, record.outcome(action_name(action), false, reason));
+    }
+
+    /// The record of an allowed check, marked watched when it grants a wildcard subscription
+    /// (which is counted too: [`Authorizer::watch_subscription`]).
+    fn watched<'r>(
+        &self,
+        record: DecisionRecord<'r>,
+        action: Action,
+        subject: &Subject,
+        filter: &str,
+    ) -> DecisionRecord<'r> {
+        if action == Action::Subscribe && self.authorizer.watch_subscription(subject, filter) {
+            record.watched("wildcard")
+        } else {
+            record
+        }
     }
 
     /// Logs a decision record (`audit: {...}`, the HTTP service's record): an allow at debug

@@ -464,34 +464,42 @@ mod tests {
 
     #[test]
     fn whole_namespace_subscriptions_for_non_administrators_are_flagged() {
-        let roles = r#","roles":{"group_permissions":{"admins":["subscribe","superuser"],"viewers":["subscribe","read"]}}"#;
+        let roles = r##","roles":{"group_permissions":{"admins":["subscribe","superuser"],"viewers":["subscribe","read"]}}"##;
         let flagged = |rule: &str| {
             let w = warnings(rule, roles);
             w.iter().any(|w| w.contains("a whole namespace"))
         };
         assert!(flagged(
-            r#"{"subjects":{"groups":["viewers"]},"topics":["celine/digital-twin/#"],"actions":["subscribe"]}"#
+            r##"{"subjects":{"groups":["viewers"]},"topics":["celine/digital-twin/#"],"actions":["subscribe"]}"##
         ));
-        assert!(flagged(r#"{"subjects":{"groups":["viewers"]},"topics":["#"],"actions":"*"}"#));
+        assert!(flagged(r##"{"subjects":{"groups":["viewers"]},"topics":["#"],"actions":"*"}"##));
         assert!(flagged(
-            r#"{"subjects":{"groups":["viewers","admins"]},"topics":["+/#"],"actions":["subscribe"]}"#
+            r##"{"subjects":{"groups":["viewers","admins"]},"topics":["+/#"],"actions":["subscribe"]}"##
         ));
-        assert!(flagged(r#"{"topics":"*","actions":["subscribe"]}"#));
-        assert!(!flagged(r#"{"subjects":{"groups":["admins"]},"topics":["#"],"actions":"*"}"#), "administrators");
+        assert!(flagged(r##"{"topics":"*","actions":["subscribe"]}"##));
+        assert!(
+            !flagged(r##"{"subjects":{"groups":["admins"]},"topics":["#"],"actions":"*"}"##),
+            "administrators"
+        );
         assert!(!flagged(
-            r#"{"subjects":{"groups":["viewers"]},"topics":["celine/telemetry/+/+/readings"],"actions":["subscribe"]}"#
+            r##"{"subjects":{"groups":["viewers"]},"topics":["celine/telemetry/+/+/readings"],"actions":["subscribe"]}"##
         ));
         assert!(!flagged(
-            r#"{"subjects":{"groups":["viewers"]},"topics":["celine/digital-twin/events/#"],"actions":["subscribe"]}"#
+            r##"{"subjects":{"groups":["viewers"]},"topics":["celine/digital-twin/events/#"],"actions":["subscribe"]}"##
         ));
         assert!(
             !flagged(
-                r#"{"subjects":{"types":["user"]},"topics":["users/${subject.id}/#"],"actions":["subscribe"]}"#
+                r##"{"subjects":{"types":["user"]},"topics":["users/${subject.id}/#"],"actions":["subscribe"]}"##
             ),
             "their own"
         );
-        assert!(!flagged(r#"{"subjects":{"groups":["viewers"]},"topics":["#"],"actions":["read"]}"#), "no subscription");
-        assert!(!flagged(r#"{"subjects":{"groups":["viewers"]},"topics":["#"],"actions":["subscribe"],"effect":"deny"}"#));
+        assert!(
+            !flagged(r##"{"subjects":{"groups":["viewers"]},"topics":["#"],"actions":["read"]}"##),
+            "no subscription"
+        );
+        assert!(!flagged(
+            r##"{"subjects":{"groups":["viewers"]},"topics":["#"],"actions":["subscribe"],"effect":"deny"}"##
+        ));
     }
 
     #[test]
