@@ -99,6 +99,26 @@ fn check_json_maps_claims_and_explains() {
 }
 
 #[test]
+fn who_can_answers_who_could_ever_subscribe_to_everything() {
+    let o = mqtt_policy().args(["who-can", "subscribe", "#"]).output().unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let text = stdout(&o);
+    assert!(text.starts_with("who may subscribe '#'"), "{text}");
+    assert!(text.contains("rule 'admins-all' allows: groups [admins]"), "{text}");
+    assert!(!text.contains("telemetry-viewers"), "{text}");
+    let o = mqtt_policy().args(["who-can", "subscribe", "celine/+/#", "--json"]).output().unwrap();
+    let v: Value = serde_json::from_str(&stdout(&o)).unwrap();
+    let grants = v["grants"].as_array().unwrap();
+    assert_eq!(grants.len(), 1, "{v}");
+    assert_eq!(grants[0]["example"]["action"], "subscribe");
+    let o = mqtt_policy().args(["who-can", "publish", "$SYS/broker/x"]).output().unwrap();
+    assert!(stdout(&o).starts_with("nobody may publish"), "{}", stdout(&o));
+    let o = mqtt_policy().args(["who-can"]).output().unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("give a subject"), "{}", stderr(&o));
+}
+
+#[test]
 fn check_takes_the_message_and_refuses_what_a_request_cannot_carry() {
     let check = |extra: &[&str]| {
         mqtt_policy()

@@ -483,6 +483,159 @@ impl Need {
     }
 }
 
+/// Who could ever do one thing: per allow rule that grants it to some subject, whom the
+/// rule names, and a request of such a subject that the policy allows (decided, so it is
+/// real). Built like the diff's witnesses: each allow rule's own subjects (a listed id, type,
+/// group and scope, or fresh ones), with each group or scope that `roles` grants the action
+/// through, the rule's placeholders bound from the asked topic where they meet a literal.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct WhoCould {
+    pub action: Action,
+    pub topic: String,
+    pub grants: Vec<Grantor>,
+}
+
+/// An allow rule that lets some subject do what was asked.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Grantor {
+    /// `id` or `rules[N]`.
+    pub rule: String,
+    /// Whom the rule names, for people (`groups [viewers], types [user]`; `any subject`).
+    pub subjects: String,
+    /// The groups and scopes whose role grants the action (`None`: the policy has no roles).
+    pub capability: Option<Vec<String>>,
+    /// A request the policy allows through this rule, in `mqtt-policy eval`'s format; `None`
+    /// when every subject tried was refused (`refused_by` says by what).
+    pub example: Option<EvalRequest>,
+    /// Deny rules (or `capability`) that refused subjects this rule names.
+    pub refused_by: Vec<String>,
+}
+
+/// See [`WhoCould`]. `topic` is a topic name for publish and read, a filter for subscribe.
+pub fn who_could(p: &Policy, action: Action, topic: &str) -> WhoCould {
+    let vocab = Vocab::of(&[p]);
+    let asked = crate::topic::split(topic);
+    let mut grants = Vec::new();
+    for (index, rule) in p.rules.iter().enumerate() {
+        if rule.effect != Effect::Allow || !rule.has_action(action) {
+            continue;
+        }
+        let mut need = Need::of(&rule.subjects);
+        // Placeholders that meet a literal of the asked topic take its value.
+        let mut bound = Filled { clientid: vocab.clientid.clone(), username: vocab.username.clone() };
+        if let Sel::List(ps) = &rule.topics {
+            for pat in ps {
+                for (level, word) in pat.levels.iter().zip(&asked) {
+                    match level {
+                        Level::Var(Placeholder::SubjectId) if substitutable(word) => {
+                            need.ids = Some(vec![String::from(*word)])
+                        }
+                        Level::Var(Placeholder::ClientId) if substitutable(word) => {
+                            bound.clientid = String::from(*word)
+                        }
+                        Level::Var(Placeholder::Username) if substitutable(word) => {
+                            bound.username = String::from(*word)
+                        }
+                        _ => {}
+                    }
+                }
+            }
+        }
+        let mut grant = Grantor {
+            rule: rule.name.clone(),
+            subjects: describe_subjects(&rule.subjects),
+            capability: p.roles.as_ref().map(|r| capability_sources(r, action)),
+            example: None,
+            refused_by: Vec::new(),
+        };
+        let mut applied = false;
+        'subjects: for base in need.subjects(&vocab) {
+            for s in with_roles(p.roles.as_ref(), &base, action) {
+                let r = EvalRequest {
+                    subject: s,
+                    ask: action.into(),
+                    topic: String::from(topic),
+                    clientid: bound.clientid.clone(),
+                    username: bound.username.clone(),
+                    message: Message::UNKNOWN,
+                };
+                let Some(q) = r.query() else { continue };
+                let explained = p.explain(&q);
+                let applies = explained.rules.get(index).is_some_and(|t| t.applies);
+                if !applies {
+                    continue;
+                }
+                applied = true;
+                if explained.decision.allow {
+                    grant.example = Some(r);
+                    break 'subjects;
+                }
+                let by = explained.decision.rule.clone().unwrap_or_else(|| String::from("capability"));
+                if !grant.refused_by.contains(&by) {
+                    grant.refused_by.push(by);
+                }
+            }
+        }
+        if applied {
+            grants.push(grant);
+        }
+    }
+    WhoCould { action, topic: String::from(topic), grants }
+}
+
+fn describe_subjects(s: &Subjects) -> String {
+    fn field<T>(name: &str, sel: &Option<Sel<T>>, text: impl Fn(&T) -> String) -> Option<String> {
+        match sel.as_ref()? {
+            Sel::Any => None,
+            Sel::List(items) => {
+                Some(format!("{name} [{}]", items.iter().map(text).collect::<Vec<_>>().join(", ")))
+            }
+        }
+    }
+    let parts: Vec<String> = [
+        field("types", &s.types, |t: &SubjectType| String::from(t.as_str())),
+        field("ids", &s.ids, String::clone),
+        field("groups", &s.groups, String::clone),
+        field("scopes", &s.scopes, ScopePattern::text),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    if parts.is_empty() { String::from("any subject") } else { parts.join(", ") }
+}
+
+/// The role keys that grant `action`: `group <g>` and `scope <s>`.
+fn capability_sources(roles: &Roles, action: Action) -> Vec<String> {
+    let p = action.permission();
+    let groups =
+        roles.group_permissions.iter().filter(|(_, ps)| ps.has(p)).map(|(g, _)| format!("group {g}"));
+    let scopes =
+        roles.scope_permissions.iter().filter(|(_, ps)| ps.has(p)).map(|(s, _)| format!("scope {s}"));
+    groups.chain(scopes).collect()
+}
+
+/// `s` as built, then with each group or scope that `roles` grants `action` through.
+fn with_roles(roles: Option<&Roles>, s: &Subject, action: Action) -> Vec<Subject> {
+    let mut out = vec![s.clone()];
+    let Some(roles) = roles else { return out };
+    let p = action.permission();
+    for (g, ps) in &roles.group_permissions {
+        if ps.has(p) && !s.groups.contains(g) {
+            let mut with = s.clone();
+            with.groups.push(g.clone());
+            out.push(with);
+        }
+    }
+    for (k, ps) in &roles.scope_permissions {
+        if ps.has(p) && !s.scopes.contains(k) {
+            let mut with = s.clone();
+            with.scopes.push(k.clone());
+            out.push(with);
+        }
+    }
+    out
+}
+
 /// Combinations taking one option from each list (at most four options each, sixteen
 /// combinations), skipping a list that the combination already satisfies.
 fn choices<T>(
@@ -944,6 +1097,45 @@ mod tests {
 
     fn doc(rules: &str) -> Policy {
         Policy::load(&format!(r#"{{"celine": {{"mqtt": {{"acl": {{"rules": [{rules}]}}}}}}}}"#)).unwrap()
+    }
+
+    #[test]
+    fn who_could_names_each_granting_rule_with_a_request_that_proves_it() {
+        let p = Policy::load(include_str!("../../policies/celine.json")).unwrap();
+        let everything = who_could(&p, Action::Subscribe, "#");
+        let rules: Vec<&str> = everything.grants.iter().map(|g| g.rule.as_str()).collect();
+        assert_eq!(rules, ["admins-all"], "only administrators may subscribe to everything");
+        let example = everything.grants[0].example.as_ref().expect("an administrator can");
+        assert!(
+            p.evaluate(example).allow && example.subject.groups.iter().any(|g| g == "admins"),
+            "{example:?}"
+        );
+        assert!(who_could(&p, Action::Subscribe, "celine/+/#").grants.iter().all(|g| g.rule == "admins-all"));
+
+        let telemetry = who_could(&p, Action::Subscribe, "celine/telemetry/+/+/readings");
+        let rules: Vec<&str> = telemetry.grants.iter().map(|g| g.rule.as_str()).collect();
+        assert_eq!(rules, ["admins-all", "telemetry-viewers"]);
+        let viewer = telemetry.grants[1].example.as_ref().unwrap();
+        assert_eq!(viewer.subject.kind, SubjectType::User);
+        assert!(p.evaluate(viewer).allow);
+
+        // A rule that would allow it to subjects a deny refuses says so, with no example.
+        let q = doc(r#"{"id": "all", "topics": ["a/#"], "actions": ["subscribe"]},
+               {"id": "no", "topics": ["a/#"], "actions": ["subscribe"], "effect": "deny"}"#);
+        let w = who_could(&q, Action::Subscribe, "a/b");
+        assert_eq!(w.grants.len(), 1);
+        assert!(w.grants[0].example.is_none());
+        assert_eq!(w.grants[0].refused_by, ["no"]);
+        // Placeholders meeting the asked topic are bound from it.
+        let own = doc(
+            r#"{"id": "own", "subjects": {"types": ["user"]}, "topics": ["users/${subject.id}/#"], "actions": ["subscribe"]}"#,
+        );
+        let w = who_could(&own, Action::Subscribe, "users/u-42/#");
+        assert_eq!(w.grants[0].example.as_ref().map(|r| r.subject.id.as_str()), Some("u-42"));
+        assert!(
+            who_could(&own, Action::Subscribe, "users/+/#").grants.is_empty(),
+            "no one subject owns them all"
+        );
     }
 
     #[test]

@@ -51,7 +51,10 @@ pub mod topic;
 pub use certificates::{CertificateEntry, Certificates, NamePattern};
 pub use claims::{subject_from_claims, subject_from_claims_json};
 pub use decide::{Explanation, PatternHit, Query, RuleTrace};
-pub use diff::{Change, Count, Diff, Group, MAX_SUBJECTS, Side, compare, diff, witnesses, witnesses_of};
+pub use diff::{
+    Change, Count, Diff, Grantor, Group, MAX_SUBJECTS, Side, WhoCould, compare, diff, who_could, witnesses,
+    witnesses_of,
+};
 pub use effective::{ActionGrants, Carve, Effective, Grant, Node, Values};
 pub use invalid::Invalid;
 pub use json::{Json, Path, quote};

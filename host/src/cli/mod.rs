@@ -95,7 +95,7 @@ pub fn decide(generation: &Generation, r: &policy_core::EvalRequest) -> policy_c
     policy_engine::cases::decide(generation, r)
 }
 
-/// `--subject JSON` or `--claims JSON`: who asks, for `check` and `who-can`.
+/// `--subject JSON` or `--claims JSON`: who asks, for `check`.
 #[derive(clap::Args, Debug)]
 #[group(id = "who", required = true, multiple = false)]
 pub struct SubjectArg {

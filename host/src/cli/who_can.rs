@@ -1,8 +1,10 @@
-//! `mqtt-policy who-can`: a subject's effective permissions, per action, as a topic tree.
+//! `mqtt-policy who-can`: a subject's effective permissions, per action, as a topic tree; or,
+//! given an action and a topic instead of a subject, who could ever do it.
 
 use std::process::ExitCode;
 
-use policy_core::{ActionGrants, Node, Values};
+use anyhow::bail;
+use policy_core::{Action, ActionGrants, Node, Values, WhoCould};
 
 use super::{ModuleArg, PolicyArg, SubjectArg, decide};
 
@@ -12,8 +14,16 @@ pub struct Args {
     pub policy: PolicyArg,
     #[command(flatten)]
     pub module: ModuleArg,
-    #[command(flatten)]
-    pub who: SubjectArg,
+    /// Who could ever do this: an action (subscribe, read, publish) and a topic (a filter
+    /// for subscribe), instead of a subject
+    #[arg(value_names = ["ACTION", "TOPIC"], num_args = 2, conflicts_with_all = ["subject", "claims"])]
+    pub ask: Vec<String>,
+    /// The subject as JSON: {"id": "u1", "type": "user", "groups": ["viewers"], "scopes": []}
+    #[arg(long, value_name = "JSON", conflicts_with = "claims")]
+    pub subject: Option<String>,
+    /// A token's claims as JSON, mapped to a subject as for Keycloak tokens (no signature check)
+    #[arg(long, value_name = "JSON")]
+    pub claims: Option<String>,
     /// Fill ${username} with this MQTT username [default: show the placeholder]
     #[arg(long)]
     pub username: Option<String>,
@@ -26,7 +36,13 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> anyhow::Result<ExitCode> {
-    let subject = a.who.subject()?;
+    if let [action, topic] = a.ask.as_slice() {
+        return who_could(&a, action, topic);
+    }
+    if a.subject.is_none() && a.claims.is_none() {
+        bail!("give a subject (--subject or --claims), or an action and a topic (who-can subscribe '#')");
+    }
+    let subject = SubjectArg { subject: a.subject.clone(), claims: a.claims.clone() }.subject()?;
     let ev = a.module.evaluator(a.policy.policy.as_deref())?;
     let (source, policy) = (&ev.source, &ev.policy);
     let values = Values { username: a.username.as_deref(), clientid: a.clientid.as_deref() };
@@ -69,6 +85,53 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     }
     for g in &e.actions {
         print_action(g);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `who-can ACTION TOPIC`: per allow rule that grants it to someone, whom it names and a
+/// request that proves it (decided through the module).
+fn who_could(a: &Args, action: &str, topic: &str) -> anyhow::Result<ExitCode> {
+    let Some(action) = Action::parse(action) else {
+        bail!("unknown action '{action}' (expected subscribe, read or publish)");
+    };
+    let ev = a.module.evaluator(a.policy.policy.as_deref())?;
+    let mut who: WhoCould = policy_core::who_could(&ev.policy, action, topic);
+    // The examples are the document's reading: each is decided again through the module.
+    for g in &mut who.grants {
+        if let Some(example) = &g.example
+            && !decide(&ev.generation, example).allow
+        {
+            g.refused_by.push(format!("the module {}", ev.generation.module.version));
+            g.example = None;
+        }
+    }
+    if a.json {
+        println!("{}", serde_json::to_string(&who)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let asked = format!("{action} {}", policy_core::quote(topic));
+    let granting: Vec<_> = who.grants.iter().filter(|g| g.example.is_some()).collect();
+    if granting.is_empty() {
+        println!("nobody may {asked} in {}", ev.source);
+    } else {
+        println!("who may {asked} in {}:", ev.source);
+    }
+    for g in &who.grants {
+        let verdict = if g.example.is_some() { "allows" } else { "would allow, but refused" };
+        println!("  rule {} {verdict}: {}", policy_core::quote(&g.rule), g.subjects);
+        if let Some(sources) = &g.capability {
+            println!(
+                "    with the {action} capability from: {}",
+                if sources.is_empty() { "nothing".into() } else { sources.join(", ") }
+            );
+        }
+        if let Some(example) = &g.example {
+            println!("    e.g. {}", serde_json::to_string(example)?);
+        }
+        if !g.refused_by.is_empty() {
+            println!("    some such subjects refused by: {}", g.refused_by.join(", "));
+        }
     }
     Ok(ExitCode::SUCCESS)
 }
