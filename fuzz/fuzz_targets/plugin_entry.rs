@@ -178,14 +178,28 @@ fn allowed_for(w: &World, proved: Proved, client: &PlainClient, action: Action, 
         // Only what the token's own subject may do (no rule here depends on `${username}`).
         Proved::Token(Some(i)) if i < w.subjects.len() => {
             let subject = &w.subjects[i];
-            let q = Query { subject, action, topic, clientid: &client.id, username: "", message: delivered(action) };
+            let q = Query {
+                subject,
+                action,
+                topic,
+                clientid: &client.id,
+                username: "",
+                message: delivered(action),
+            };
             w.policy.superuser(subject).allow || w.policy.check(&q).allow
         }
         Proved::Token(_) => false,
         Proved::Certificate(name) => match w.policy.certificate_subject(name, SubjectType::Device) {
             Err(_) => false,
             Ok(subject) => {
-                let q = Query { subject: &subject, action, topic, clientid: &client.id, username: name, message: delivered(action) };
+                let q = Query {
+                    subject: &subject,
+                    action,
+                    topic,
+                    clientid: &client.id,
+                    username: name,
+                    message: delivered(action),
+                };
                 w.policy.check(&q).allow
             }
         },
@@ -217,7 +231,8 @@ fuzz_target!(|data: &[u8]| {
                     w.plugin.reload();
                     for (c, s) in slots.iter_mut().enumerate() {
                         let Some((username, password)) = s.stored.clone() else { continue };
-                        let outcome = w.plugin.authenticate(&s.client, username.as_deref(), password.as_deref());
+                        let outcome =
+                            w.plugin.authenticate(&s.client, username.as_deref(), password.as_deref());
                         if outcome == Admission::Refused {
                             if s.connected {
                                 w.plugin.disconnect(ClientKey(first + c));

@@ -67,19 +67,39 @@ fuzz_target!(|data: &[u8]| {
     let prepared = policy.prepare(subject.clone(), "c1", "alice");
     for action in [Action::Subscribe, Action::Read, Action::Publish] {
         for topic in ["celine/telemetry/meter/m1/readings", "a/#", "+/+", "$SYS/x", "alice/inbox", ""] {
-            let q = Query { subject: &subject, action, topic, clientid: "c1", username: "alice", message: Message::UNKNOWN };
+            let q = Query {
+                subject: &subject,
+                action,
+                topic,
+                clientid: "c1",
+                username: "alice",
+                message: Message::UNKNOWN,
+            };
             let decision = policy.check(&q);
             let explained = policy.explain(&q);
             assert_eq!(decision.allow, explained.decision.allow, "check and explain disagree on {topic:?}");
             if let Some(rule) = policy.allowed_at_once(&prepared, action, topic, "c1", "alice") {
-                assert_eq!(policy.allowed_by(rule, action, topic), decision, "the residual, {action:?} {topic:?}");
+                assert_eq!(
+                    policy.allowed_by(rule, action, topic),
+                    decision,
+                    "the residual, {action:?} {topic:?}"
+                );
             }
-            let from_prepared = policy.check_prepared(&prepared, action, topic, "c1", "alice", Message::UNKNOWN);
+            let from_prepared =
+                policy.check_prepared(&prepared, action, topic, "c1", "alice", Message::UNKNOWN);
             assert_eq!(from_prepared, decision, "prepared, {action:?} {topic:?} decides otherwise");
             for again in &rewritten {
-                assert_eq!(again.check(&q), decision, "written again, {action:?} {topic:?} decides otherwise");
-                let elsewhere = again.check_prepared(&prepared, action, topic, "c1", "alice");
-                assert_eq!(elsewhere, decision, "prepared for another policy, {action:?} {topic:?} decides otherwise");
+                assert_eq!(
+                    again.check(&q),
+                    decision,
+                    "written again, {action:?} {topic:?} decides otherwise"
+                );
+                let elsewhere =
+                    again.check_prepared(&prepared, action, topic, "c1", "alice", Message::UNKNOWN);
+                assert_eq!(
+                    elsewhere, decision,
+                    "prepared for another policy, {action:?} {topic:?} decides otherwise"
+                );
             }
         }
     }

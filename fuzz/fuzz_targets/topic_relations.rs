@@ -4,7 +4,9 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use policy_core::topic::{contains, matches, overlaps, split, subscription_filter, validate_filter, validate_name};
+use policy_core::topic::{
+    contains, matches, overlaps, split, subscription_filter, validate_filter, validate_name,
+};
 
 #[path = "../../policy-core/tests/reference/mod.rs"]
 mod reference;

@@ -390,7 +390,26 @@ async fn acl(ctx: &Ctx<'_>) -> Outcome {
             Ok(o) => o,
             Err(pending) => {
                 let (identity, key) = match &near {
-                    Some(identity) => (Arc::clone(identity), key),
+                    // Prepared only for what a residual answers (publish, read), and only by a
+                    // generation that decides natively: most misses then prepare nothing.
+                    Some(identity)
+                        if identity.prepared.is_some()
+                            || action == Action::Subscribe
+                            || !generation.decides_natively() =>
+                    {
+                        (Arc::clone(identity), key)
+                    }
+                    Some(identity) => {
+                        let prepared = Arc::new(PreparedIdentity {
+                            prepared: generation.prepare(&identity.subject, clientid, &identity.username),
+                            username: identity.username.clone(),
+                            verified: Arc::clone(&identity.verified),
+                            subject: Arc::clone(&identity.subject),
+                        });
+                        auth.keep_prepared_identity(generation.id, holder, clientid, given, &prepared);
+                        near = Some(Arc::clone(&prepared));
+                        (prepared, key)
+                    }
                     None => {
                         // Not decided yet: verify (or find verified) and map the token as usual.
                         let verified = match (found.take(), token) {
@@ -419,7 +438,9 @@ async fn acl(ctx: &Ctx<'_>) -> Outcome {
                         // `${username}` is only ever a name proven to belong to the subject.
                         let username = authorizer.proven_username(generation, given, &subject, &verified);
                         let identity = Arc::new(PreparedIdentity {
-                            prepared: generation.prepare(&subject, clientid, username),
+                            prepared: (action != Action::Subscribe)
+                                .then(|| generation.prepare(&subject, clientid, username))
+                                .flatten(),
                             username: username.to_string(),
                             verified,
                             subject,

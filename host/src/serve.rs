@@ -68,6 +68,8 @@ async fn serve(
         let mut tick = tokio::time::interval(Duration::from_secs(60));
         loop {
             tick.tick().await;
+            // At start and after a swap, however it came: warns about rules go-auth cannot serve.
+            let _ = sweeper.generation();
             let live = sweeper.auth.sweep();
             metrics::gauge!("mqtt_policy_sessions").set(live as f64);
             metrics::gauge!("mqtt_policy_cache_bytes").set(sweeper.auth.cached_bytes() as f64);

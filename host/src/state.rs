@@ -87,7 +87,8 @@ impl AppState {
             generation = generation.id,
             "go-auth sends no QoS and no retain flag: {rules} see the message as unknown, so a deny \
              among them applies to every go-auth request it otherwise covers and an allow among them \
-             grants nothing through go-auth (docs/semantics.md §3); the broker plugin sees both"
+             grants nothing through go-auth (but a subscription, for a retain condition: \
+             docs/semantics.md §3); the broker plugin sees both"
         );
     }
 

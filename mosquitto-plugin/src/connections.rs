@@ -84,8 +84,9 @@ impl TopicCache {
             self.clear();
         }
         if let Some(d) = self.by_topic.get_mut(topic) {
-            self.bytes += added;
-            d[slot(action)] = Some((message, decision));
+            // A slot may hold the decision for another message: it is replaced, not added to.
+            let replaced = d[slot(action)].replace((message, decision)).map_or(0, |(_, old)| weight(&old));
+            self.bytes = self.bytes + added - replaced;
             return;
         }
         if self.by_topic.len() >= self.capacity {
@@ -525,6 +526,13 @@ mod tests {
         assert_eq!(c.get(Action::Read, "m", qos0).map(|d| d.allow), Some(true));
         assert!(c.get(Action::Read, "m", qos1).is_none(), "another QoS is another decision");
         assert!(c.get(Action::Read, "m", Message::UNKNOWN).is_none());
+        // Alternating messages replace each other's decision: the size stays put.
+        let before = c.bytes();
+        for _ in 0..1000 {
+            c.put(Action::Read, "m", qos1, d(true));
+            c.put(Action::Read, "m", qos0, d(true));
+        }
+        assert_eq!(c.bytes(), before);
         let mut off = TopicCache::new(0);
         off.put(Action::Read, "a", Message::UNKNOWN, d(true));
         assert!(off.is_empty());

@@ -487,12 +487,16 @@ impl Need {
 /// rule names, and a request of such a subject that the policy allows (decided, so it is
 /// real). Built like the diff's witnesses: each allow rule's own subjects (a listed id, type,
 /// group and scope, or fresh ones), with each group or scope that `roles` grants the action
-/// through, the rule's placeholders bound from the asked topic where they meet a literal.
+/// through, the rule's placeholders bound from the asked topic where they meet a literal, and
+/// (when a rule has conditions on the message) each message they can tell apart.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct WhoCould {
     pub action: Action,
     pub topic: String,
     pub grants: Vec<Grantor>,
+    /// The role keys that make a superuser (`group <g>`, `scope <s>`): a broker skips every
+    /// check of a superuser, so they may do it whatever the rules say.
+    pub superusers: Vec<String>,
 }
 
 /// An allow rule that lets some subject do what was asked.
@@ -548,16 +552,21 @@ pub fn who_could(p: &Policy, action: Action, topic: &str) -> WhoCould {
             example: None,
             refused_by: Vec::new(),
         };
+        // Each message a condition can tell apart, when some rule reads it.
+        let tried = if p.reads_message() { messages(action) } else { vec![Message::UNKNOWN] };
         let mut applied = false;
         'subjects: for base in need.subjects(&vocab) {
-            for s in with_roles(p.roles.as_ref(), &base, action) {
+            for (s, message) in with_roles(p.roles.as_ref(), &base, action)
+                .into_iter()
+                .flat_map(|s| tried.iter().map(move |m| (s.clone(), *m)))
+            {
                 let r = EvalRequest {
                     subject: s,
                     ask: action.into(),
                     topic: String::from(topic),
                     clientid: bound.clientid.clone(),
                     username: bound.username.clone(),
-                    message: Message::UNKNOWN,
+                    message,
                 };
                 let Some(q) = r.query() else { continue };
                 let explained = p.explain(&q);
@@ -580,7 +589,9 @@ pub fn who_could(p: &Policy, action: Action, topic: &str) -> WhoCould {
             grants.push(grant);
         }
     }
-    WhoCould { action, topic: String::from(topic), grants }
+    let superusers =
+        p.roles.as_ref().map(|r| capability_sources_of(r, Permission::Superuser)).unwrap_or_default();
+    WhoCould { action, topic: String::from(topic), grants, superusers }
 }
 
 fn describe_subjects(s: &Subjects) -> String {
@@ -606,7 +617,10 @@ fn describe_subjects(s: &Subjects) -> String {
 
 /// The role keys that grant `action`: `group <g>` and `scope <s>`.
 fn capability_sources(roles: &Roles, action: Action) -> Vec<String> {
-    let p = action.permission();
+    capability_sources_of(roles, action.permission())
+}
+
+fn capability_sources_of(roles: &Roles, p: Permission) -> Vec<String> {
     let groups =
         roles.group_permissions.iter().filter(|(_, ps)| ps.has(p)).map(|(g, _)| format!("group {g}"));
     let scopes =
@@ -1136,6 +1150,15 @@ mod tests {
             who_could(&own, Action::Subscribe, "users/+/#").grants.is_empty(),
             "no one subject owns them all"
         );
+        // An allow with a QoS condition is found at that QoS; a conditioned deny refuses only
+        // what it covers.
+        let qos0 = doc(r##"{"id": "qos0", "topics": ["#"], "actions": ["subscribe"], "qos": [0]}"##);
+        let w = who_could(&qos0, Action::Subscribe, "#");
+        assert_eq!(w.grants[0].example.as_ref().map(|r| r.message.qos), Some(Some(0)), "{w:?}");
+        let reading = who_could(&p, Action::Publish, "celine/telemetry/meter/m1/readings");
+        let example = reading.grants[0].example.as_ref().expect("a live QoS 0 reading is allowed");
+        assert_eq!((example.message.qos, example.message.retain), (Some(0), Some(false)));
+        assert_eq!(everything.superusers, ["group admins", "scope mqtt.admin"]);
     }
 
     #[test]

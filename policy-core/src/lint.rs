@@ -102,7 +102,7 @@ fn wide_subscriptions(rule: &Rule, roles: Option<&Roles>, path: &Path, out: &mut
             .iter()
             .find(|p| {
                 matches!(p.levels.last(), Some(Level::Hash))
-                    && p.levels.len() <= 3
+                    && p.levels.iter().filter(|l| matches!(l, Level::Lit(_))).count() <= 2
                     && !p.levels.iter().any(|l| matches!(l, Level::Var(_)))
             })
             .map(|p| String::from(p.as_str())),
@@ -133,7 +133,13 @@ fn only_administrators(rule: &Rule, roles: Option<&Roles>) -> bool {
 /// Conditions on the message that cannot mean what they say.
 fn message_conditions(rule: &Rule, path: &Path, out: &mut Out) {
     if rule.conditions.qos == Some(0) {
-        out.warn(&path.key("qos"), String::from("empty list covers no message: this rule never applies"));
+        out.warn(
+            &path.key("qos"),
+            String::from(match rule.effect {
+                Effect::Allow => "empty list covers no message: this rule never applies",
+                Effect::Deny => "empty list covers no known QoS: this rule applies only where the QoS is unknown (every go-auth request it covers)",
+            }),
+        );
     }
     let only_subscribe = match &rule.actions {
         Sel::Any => false,
@@ -477,6 +483,9 @@ mod tests {
             r##"{"subjects":{"groups":["viewers","admins"]},"topics":["+/#"],"actions":["subscribe"]}"##
         ));
         assert!(flagged(r##"{"topics":"*","actions":["subscribe"]}"##));
+        assert!(flagged(
+            r##"{"subjects":{"groups":["viewers"]},"topics":["celine/+/+/#"],"actions":["subscribe"]}"##
+        ));
         assert!(
             !flagged(r##"{"subjects":{"groups":["admins"]},"topics":["#"],"actions":"*"}"##),
             "administrators"

@@ -131,20 +131,30 @@ fn rule_strategy() -> impl Strategy<Value = serde_json::Value> {
         prop_oneof![1 => Just(None), 6 => prop::collection::vec(pattern_strategy(), 1..3).prop_map(Some)],
         prop_oneof![1 => Just(None), 3 => list(&["subscribe", "read", "publish"]).prop_map(Some)],
         any::<bool>(),
+        // Conditions on the message, on some rules.
+        prop::option::weighted(0.15, prop::sample::subsequence(&[0u8, 1, 2][..], 0..=3)),
+        prop::option::weighted(0.15, any::<bool>()),
     )
-        .prop_map(|(types, ids, groups, scopes, topics, actions, deny)| {
+        .prop_map(|(types, ids, groups, scopes, topics, actions, deny, qos, retain)| {
             let mut subjects = serde_json::Map::new();
             for (k, v) in [("types", types), ("ids", ids), ("groups", groups), ("scopes", scopes)] {
                 if let Some(v) = v {
                     subjects.insert(k.into(), serde_json::json!(v));
                 }
             }
-            serde_json::json!({
+            let mut rule = serde_json::json!({
                 "subjects": subjects,
                 "topics": topics.map_or(serde_json::json!("*"), |t| serde_json::json!(t)),
                 "actions": actions.map_or(serde_json::json!("*"), |a| serde_json::json!(a)),
                 "effect": if deny { "deny" } else { "allow" },
-            })
+            });
+            if let Some(q) = qos {
+                rule["qos"] = serde_json::json!(q);
+            }
+            if let Some(r) = retain {
+                rule["retain"] = serde_json::json!(r);
+            }
+            rule
         })
 }
 
@@ -176,7 +186,12 @@ proptest! {
         topic in prop_oneof![topic_strategy(), filter_strategy(), Just("$share/g/a/#".to_string())],
         clientid in prop::sample::select(&["a", "", "+", "b"][..]),
         username in prop::sample::select(&["a", "$s", "b"][..]),
+        qos in prop::sample::select(&[None, Some(0u8), Some(1), Some(2)][..]),
+        retain in prop::sample::select(&[None, Some(false), Some(true)][..]),
     ) {
+        // A subscription has no retain flag. The residual knows no message: it must answer
+        // what `check` answers for every one.
+        let message = Message { qos, retain: retain.filter(|_| action != Action::Subscribe) };
         let mut doc = serde_json::json!({"celine": {"mqtt": {"acl": {"rules": rules}}}});
         if with_roles {
             doc["celine"]["roles"] = serde_json::json!({
@@ -184,7 +199,7 @@ proptest! {
                 "scope_permissions": {"mqtt.read": ["subscribe", "read"], "mqtt.write": ["publish"]}});
         }
         let policy = Policy::load(&doc.to_string()).map_err(|e| TestCaseError::fail(format!("{e:?}")))?;
-        let q = Query { subject: &subject, action, topic: &topic, clientid, username, message: Message::UNKNOWN };
+        let q = Query { subject: &subject, action, topic: &topic, clientid, username, message };
         let explained = policy.explain(&q);
         prop_assert_eq!(policy.check(&q), explained.decision.clone());
 
@@ -195,9 +210,9 @@ proptest! {
         if let Some(rule) = policy.allowed_at_once(&prepared, action, &topic, clientid, username) {
             prop_assert_eq!(policy.allowed_by(rule, action, &topic), explained.decision.clone());
         }
-        prop_assert_eq!(policy.check_prepared(&prepared, action, &topic, clientid, username, Message::UNKNOWN), explained.decision.clone());
+        prop_assert_eq!(policy.check_prepared(&prepared, action, &topic, clientid, username, message), explained.decision.clone());
         let other = Policy::load(&doc.to_string()).map_err(|e| TestCaseError::fail(format!("{e:?}")))?;
-        prop_assert_eq!(other.check_prepared(&prepared, action, &topic, clientid, username, Message::UNKNOWN), explained.decision.clone());
+        prop_assert_eq!(other.check_prepared(&prepared, action, &topic, clientid, username, message), explained.decision.clone());
 
         // The playground's "which patterns cover this topic" agrees with `explain`: a rule
         // applies exactly when one of its covering patterns belongs to a rule whose subjects

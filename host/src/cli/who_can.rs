@@ -16,7 +16,7 @@ pub struct Args {
     pub module: ModuleArg,
     /// Who could ever do this: an action (subscribe, read, publish) and a topic (a filter
     /// for subscribe), instead of a subject
-    #[arg(value_names = ["ACTION", "TOPIC"], num_args = 2, conflicts_with_all = ["subject", "claims"])]
+    #[arg(value_names = ["ACTION", "TOPIC"], num_args = 2, conflicts_with_all = ["subject", "claims", "username", "clientid"])]
     pub ask: Vec<String>,
     /// The subject as JSON: {"id": "u1", "type": "user", "groups": ["viewers"], "scopes": []}
     #[arg(long, value_name = "JSON", conflicts_with = "claims")]
@@ -95,6 +95,13 @@ fn who_could(a: &Args, action: &str, topic: &str) -> anyhow::Result<ExitCode> {
     let Some(action) = Action::parse(action) else {
         bail!("unknown action '{action}' (expected subscribe, read or publish)");
     };
+    let valid = match action {
+        Action::Subscribe => policy_core::topic::subscription_filter(topic).map(|_| ()),
+        Action::Read | Action::Publish => policy_core::topic::validate_name(topic),
+    };
+    if let Err(e) = valid {
+        bail!("invalid topic for {action}: {e}");
+    }
     let ev = a.module.evaluator(a.policy.policy.as_deref())?;
     let mut who: WhoCould = policy_core::who_could(&ev.policy, action, topic);
     // The examples are the document's reading: each is decided again through the module.
@@ -113,9 +120,12 @@ fn who_could(a: &Args, action: &str, topic: &str) -> anyhow::Result<ExitCode> {
     let asked = format!("{action} {}", policy_core::quote(topic));
     let granting: Vec<_> = who.grants.iter().filter(|g| g.example.is_some()).collect();
     if granting.is_empty() {
-        println!("nobody may {asked} in {}", ev.source);
+        println!("nobody may {asked} in {} by its rules", ev.source);
     } else {
         println!("who may {asked} in {}:", ev.source);
+    }
+    if !who.superusers.is_empty() {
+        println!("  superusers, whose checks a broker skips: {}", who.superusers.join(", "));
     }
     for g in &who.grants {
         let verdict = if g.example.is_some() { "allows" } else { "would allow, but refused" };
