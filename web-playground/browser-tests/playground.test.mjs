@@ -100,14 +100,14 @@ describe('the playground served by the host', () => {
     // Unknown retain flag: the default policy's no-retained-telemetry deny applies.
     await expectVerdict(page, 'DENY');
     assert.equal(await page.locator('#decision-rule').textContent(), 'no-retained-telemetry');
-    await page.getByLabel('QoS', { exact: false }).selectOption('0');
-    await page.getByLabel('Retained', { exact: true }).selectOption('false');
+    await page.locator('#qos').selectOption('0');
+    await page.locator('#retain').selectOption('false');
     await expectVerdict(page, 'ALLOW');
-    await page.getByLabel('Retained', { exact: true }).selectOption('true');
+    await page.locator('#retain').selectOption('true');
     await expectVerdict(page, 'DENY');
     // A subscription has no retain flag: the field is off for it.
     await page.getByLabel('Action', { exact: true }).selectOption('subscribe');
-    assert.equal(await page.getByLabel('Retained', { exact: true }).isDisabled(), true);
+    assert.equal(await page.locator('#retain').isDisabled(), true);
     assert.deepEqual(page.problems, []);
     await page.context().close();
   });
