@@ -36,6 +36,7 @@ mod effective;
 mod index;
 mod invalid;
 mod json;
+mod limits;
 mod lint;
 mod loader;
 pub mod locate;
@@ -58,6 +59,7 @@ pub use diff::{
 pub use effective::{ActionGrants, Carve, Effective, Grant, Node, Values};
 pub use invalid::Invalid;
 pub use json::{Json, Path, quote};
+pub use limits::{Bound, LimitEntry, Limits, Rate, RateBound, Stated, limit_changes};
 pub use lint::lint;
 pub use loader::closest;
 pub use model::{

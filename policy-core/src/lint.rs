@@ -2,14 +2,16 @@
 //! rules that never apply (empty lists), allow rules no subject can use given the roles, allow
 //! rules a deny rule fully shadows, repeated patterns or names, and (with a certificates
 //! section) allow rules that name ids without saying whose, message conditions that cannot
-//! mean what they say (`"qos": []`, `retain` on a rule only for subscribe), and subscriptions
-//! to a whole namespace for subjects who are not administrators.
+//! mean what they say (`"qos": []`, `retain` on a rule only for subscribe), subscriptions
+//! to a whole namespace for subjects who are not administrators, and limits entries that
+//! select nobody or refuse payloads they seem to allow.
 
 use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
 
 use crate::json::{Path, quote};
+use crate::limits::{Bound, LimitEntry, RateBound};
 use crate::model::{Action, Diagnostic, Permission, Severity};
 use crate::pattern::{Level, Placeholder};
 use crate::policy::{Policy, Roles};
@@ -68,7 +70,34 @@ impl Policy {
                 }
             }
         }
+        for (i, entry) in self.limits.iter().enumerate() {
+            limit_entry(entry, &Path::root().key("celine").key("mqtt").key("limits").index(i), &mut out);
+        }
         out.0
+    }
+}
+
+/// A limits entry with an empty selector list applies to nobody; one whose byte burst is
+/// smaller than the payloads it allows refuses those payloads every time.
+fn limit_entry(entry: &LimitEntry, path: &Path, out: &mut Out) {
+    empty_subject_lists(&entry.subjects, path, "this limits entry applies to nobody", out);
+    if let Some(RateBound::At(rate)) = entry.stated.publish_bytes {
+        let payload = match entry.stated.max_payload_bytes {
+            Some(Bound::At(max)) if max <= rate.burst => None,
+            Some(Bound::At(max)) => {
+                Some(format!("payloads from {} to {max} bytes (max_payload_bytes)", rate.burst + 1))
+            }
+            _ => Some(format!("payloads over {} bytes", rate.burst)),
+        };
+        if let Some(payload) = payload {
+            out.warn(
+                &path.key("publish").key("burst_bytes"),
+                format!(
+                    "{payload} can never be published: a publish must fit in burst_bytes {}; raise it or lower max_payload_bytes",
+                    rate.burst
+                ),
+            );
+        }
     }
 }
 
@@ -174,7 +203,19 @@ fn is_empty<T>(sel: &Option<Sel<T>>) -> bool {
 }
 
 fn empty_lists(rule: &Rule, path: &Path, out: &mut Out) {
-    let s = &rule.subjects;
+    let never = "this rule never applies (remove the field to match any subject)";
+    empty_subject_lists(&rule.subjects, path, never, out);
+    if matches!(&rule.topics, Sel::List(v) if v.is_empty()) {
+        out.warn(&path.key("topics"), String::from("empty list: this rule never applies"));
+    }
+    if matches!(&rule.actions, Sel::List(v) if v.is_empty()) {
+        out.warn(&path.key("actions"), String::from("empty list: this rule never applies"));
+    }
+}
+
+/// Each empty list in a `subjects` (at `path`), which matches no subject: `consequence` says
+/// what that means for the rule or entry.
+fn empty_subject_lists(s: &Subjects, path: &Path, consequence: &str, out: &mut Out) {
     for (field, empty) in [
         ("types", is_empty(&s.types)),
         ("ids", is_empty(&s.ids)),
@@ -184,15 +225,9 @@ fn empty_lists(rule: &Rule, path: &Path, out: &mut Out) {
         if empty {
             out.warn(
                 &path.key("subjects").key(field),
-                String::from("empty list matches no subject: this rule never applies (remove the field to match any subject)"),
+                format!("empty list matches no subject: {consequence}"),
             );
         }
-    }
-    if matches!(&rule.topics, Sel::List(v) if v.is_empty()) {
-        out.warn(&path.key("topics"), String::from("empty list: this rule never applies"));
-    }
-    if matches!(&rule.actions, Sel::List(v) if v.is_empty()) {
-        out.warn(&path.key("actions"), String::from("empty list: this rule never applies"));
     }
 }
 
@@ -531,5 +566,28 @@ mod tests {
                 "celine.mqtt.acl.rules[0].topics[2]: redundant pattern: topics[0] ('a/#') already covers it",
             ]
         );
+    }
+
+    #[test]
+    fn limits_that_select_nobody_or_refuse_their_own_payloads_are_flagged() {
+        let doc = r#"{"celine": {"mqtt": {"acl": {"rules": []}, "limits": [
+            {"subjects": {"groups": []}, "max_subscriptions": 1},
+            {"publish": {"bytes_per_second": 100, "burst_bytes": 200}, "max_payload_bytes": 1000},
+            {"publish": {"bytes_per_second": 100}},
+            {"publish": {"bytes_per_second": 100, "burst_bytes": 1000}, "max_payload_bytes": 1000}]}}}"#;
+        let warnings = lint(doc);
+        let at = |path: &str| {
+            warnings.iter().filter(|w| w.path == path).map(|w| w.message.clone()).collect::<Vec<_>>()
+        };
+        assert!(at("celine.mqtt.limits[0].subjects.groups")[0].contains("applies to nobody"), "{warnings:?}");
+        assert!(
+            at("celine.mqtt.limits[1].publish.burst_bytes")[0].contains("payloads from 201 to 1000 bytes"),
+            "{warnings:?}"
+        );
+        assert!(
+            at("celine.mqtt.limits[2].publish.burst_bytes")[0].contains("payloads over 100 bytes"),
+            "{warnings:?}"
+        );
+        assert!(at("celine.mqtt.limits[3].publish.burst_bytes").is_empty(), "{warnings:?}");
     }
 }

@@ -11,6 +11,7 @@ use alloc::vec::Vec;
 
 use crate::certificates::{CertificateEntry, Certificates, NamePattern};
 use crate::json::{Json, Path, quote};
+use crate::limits::{Bound, LimitEntry, Rate, RateBound, Stated};
 use crate::model::{Action, Diagnostic, Permission, Permissions, Severity, SubjectType};
 use crate::pattern::Pattern;
 use crate::policy::{Policy, Roles};
@@ -30,12 +31,20 @@ impl Policy {
         let mut l = Loader::default();
         let parsed = l.document(doc);
         match parsed {
-            Some((rules, roles, certificates)) if l.errors.is_empty() => {
-                Ok(Policy::new(rules, roles, certificates))
+            Some(Parts { rules, roles, certificates, limits }) if l.errors.is_empty() => {
+                Ok(Policy::new(rules, roles, certificates, limits))
             }
             _ => Err(l.errors),
         }
     }
+}
+
+/// What a document holds, once loaded.
+struct Parts {
+    rules: Vec<Rule>,
+    roles: Option<Roles>,
+    certificates: Option<Certificates>,
+    limits: Vec<LimitEntry>,
 }
 
 #[derive(Default)]
@@ -186,7 +195,7 @@ impl Loader {
         }
     }
 
-    fn document(&mut self, doc: &Json) -> Option<(Vec<Rule>, Option<Roles>, Option<Certificates>)> {
+    fn document(&mut self, doc: &Json) -> Option<Parts> {
         let root = Path::root();
         let top = self.object(doc, &root, &["celine"])?;
         let celine_path = root.key("celine");
@@ -202,9 +211,13 @@ impl Loader {
             self.error(&celine_path, "missing required field 'mqtt'".to_string());
             return None;
         };
-        let mqtt = self.object(mqtt, &mqtt_path, &["acl", "certificates"])?;
+        let mqtt = self.object(mqtt, &mqtt_path, &["acl", "certificates", "limits"])?;
         let certificates =
             mqtt.get("certificates").map(|c| self.certificates(c, &mqtt_path.key("certificates")));
+        let limits = match mqtt.get("limits") {
+            Some(l) => self.limits(l, &mqtt_path.key("limits")),
+            None => Vec::new(),
+        };
         let acl_path = mqtt_path.key("acl");
         let Some(acl) = mqtt.get("acl") else {
             self.error(&mqtt_path, "missing required field 'acl'".to_string());
@@ -224,18 +237,19 @@ impl Loader {
                 out.push(rule);
             }
         }
-        self.unique_ids(rules, &rules_path);
-        Some((out, roles.flatten(), certificates.flatten()))
+        self.unique_ids(rules, &rules_path, "rules");
+        Some(Parts { rules: out, roles: roles.flatten(), certificates: certificates.flatten(), limits })
     }
 
-    fn unique_ids(&mut self, rules: &[Json], rules_path: &Path) {
+    /// No two of `items` (the entries of the list `what`) share an `id`.
+    fn unique_ids(&mut self, items: &[Json], list_path: &Path, what: &str) {
         let mut seen: BTreeMap<&str, usize> = BTreeMap::new();
-        for (i, r) in rules.iter().enumerate() {
+        for (i, r) in items.iter().enumerate() {
             if let Some(id) = r.get("id").and_then(Json::as_str) {
                 if let Some(first) = seen.get(id) {
                     self.error(
-                        &rules_path.index(i).key("id"),
-                        format!("duplicate id {}: rules[{first}] already uses it", quote(id)),
+                        &list_path.index(i).key("id"),
+                        format!("duplicate id {}: {what}[{first}] already uses it", quote(id)),
                     );
                 } else {
                     seen.insert(id, i);
@@ -284,15 +298,7 @@ impl Loader {
         let f = self.object(v, path, &FIELDS)?;
         let before = self.errors.len();
 
-        let id = f.get("id").and_then(|v| {
-            let s = self.string(v, &path.key("id"))?;
-            if s.is_empty() {
-                self.error(&path.key("id"), "an id must not be empty".to_string());
-            }
-            Some(s.to_string())
-        });
-        let description =
-            f.get("description").and_then(|v| self.string(v, &path.key("description")).map(str::to_string));
+        let (id, description) = self.id_and_description(&f, path);
         let subjects = match f.get("subjects") {
             Some(s) => self.subjects(s, &path.key("subjects")),
             None => Some(Subjects::default()),
@@ -368,6 +374,156 @@ impl Loader {
             conditions,
             name,
         })
+    }
+
+    /// An entry's optional `id` (not empty) and `description`.
+    fn id_and_description(&mut self, f: &Fields<'_>, path: &Path) -> (Option<String>, Option<String>) {
+        let id = f.get("id").and_then(|v| {
+            let s = self.string(v, &path.key("id"))?;
+            if s.is_empty() {
+                self.error(&path.key("id"), "an id must not be empty".to_string());
+            }
+            Some(s.to_string())
+        });
+        let description =
+            f.get("description").and_then(|v| self.string(v, &path.key("description")).map(str::to_string));
+        (id, description)
+    }
+
+    /// The `limits` section: a list of entries, each selecting subjects like a rule does and
+    /// stating limits (semantics.md §6).
+    fn limits(&mut self, v: &Json, path: &Path) -> Vec<LimitEntry> {
+        let Some(items) = self.list(v, path) else { return Vec::new() };
+        let mut out = Vec::with_capacity(items.len());
+        for (i, item) in items.iter().enumerate() {
+            if let Some(entry) = self.limit_entry(item, i, &path.index(i)) {
+                out.push(entry);
+            }
+        }
+        self.unique_ids(items, path, "limits");
+        out
+    }
+
+    fn limit_entry(&mut self, v: &Json, index: usize, path: &Path) -> Option<LimitEntry> {
+        const FIELDS: [&str; 7] =
+            ["id", "description", "subjects", "max_subscriptions", "max_payload_bytes", "publish", "retain"];
+        let f = self.object(v, path, &FIELDS)?;
+        let before = self.errors.len();
+        let (id, description) = self.id_and_description(&f, path);
+        let subjects = match f.get("subjects") {
+            Some(s) => self.subjects(s, &path.key("subjects")),
+            None => Some(Subjects::default()),
+        };
+        let mut stated = Stated {
+            max_subscriptions: f
+                .get("max_subscriptions")
+                .and_then(|b| self.bound(b, &path.key("max_subscriptions"), 0)),
+            max_payload_bytes: f
+                .get("max_payload_bytes")
+                .and_then(|b| self.bound(b, &path.key("max_payload_bytes"), 0)),
+            retain: f.get("retain").and_then(|r| match r {
+                Json::Bool(b) => Some(*b),
+                other => {
+                    self.wrong_type(
+                        &path.key("retain"),
+                        "true (retained publishes allowed) or false (refused)",
+                        other,
+                    );
+                    None
+                }
+            }),
+            ..Stated::default()
+        };
+        if let Some(p) = f.get("publish") {
+            (stated.publish_messages, stated.publish_bytes) = self.publish_rates(p, &path.key("publish"));
+        }
+        if stated == Stated::default() && self.errors.len() == before {
+            self.error(
+                path,
+                format!(
+                    "a limits entry must state at least one limit ({})",
+                    one_of(&["max_subscriptions", "max_payload_bytes", "publish", "retain"])
+                ),
+            );
+        }
+        if self.errors.len() != before {
+            return None;
+        }
+        let name = id.clone().unwrap_or_else(|| format!("limits[{index}]"));
+        Some(LimitEntry { id, description, subjects: subjects?, stated, name })
+    }
+
+    /// A limit's value: a whole number from `least` up, or `"unlimited"`.
+    fn bound(&mut self, v: &Json, path: &Path, least: u32) -> Option<Bound> {
+        match v {
+            Json::String(s) if s == "unlimited" => Some(Bound::Unlimited),
+            // In range and whole (`fract` needs the standard library).
+            Json::Number(n)
+                if *n >= f64::from(least) && *n <= f64::from(u32::MAX) && f64::from(*n as u32) == *n =>
+            {
+                Some(Bound::At(*n as u32))
+            }
+            Json::Number(n) => {
+                self.error(path, format!("{n} is not a whole number from {least} to {}", u32::MAX));
+                None
+            }
+            other => {
+                self.wrong_type(path, "a whole number or \"unlimited\"", other);
+                None
+            }
+        }
+    }
+
+    /// `publish`: a message rate and a byte rate, each with an optional burst (default: one
+    /// second's worth).
+    fn publish_rates(&mut self, v: &Json, path: &Path) -> (Option<RateBound>, Option<RateBound>) {
+        const FIELDS: [&str; 4] =
+            ["messages_per_second", "burst_messages", "bytes_per_second", "burst_bytes"];
+        let Some(f) = self.object(v, path, &FIELDS) else { return (None, None) };
+        let rate = |l: &mut Loader, rate_field: &str, burst_field: &str| -> Option<RateBound> {
+            let Some(r) = f.get(rate_field) else {
+                if f.get(burst_field).is_some() {
+                    l.error(
+                        &path.key(burst_field),
+                        format!("{} needs {} beside it", quote(burst_field), quote(rate_field)),
+                    );
+                }
+                return None;
+            };
+            let per_second = l.bound(r, &path.key(rate_field), 1)?;
+            let burst = match f.get(burst_field) {
+                Some(b) => l.bound(b, &path.key(burst_field), 1)?,
+                None => per_second,
+            };
+            match (per_second, burst) {
+                (Bound::At(per_second), Bound::At(burst)) => Some(RateBound::At(Rate { per_second, burst })),
+                (Bound::Unlimited, Bound::Unlimited) => Some(RateBound::Unlimited),
+                _ => {
+                    l.error(
+                        &path.key(burst_field),
+                        format!(
+                            "{} and {} are both numbers or both \"unlimited\"",
+                            quote(rate_field),
+                            quote(burst_field)
+                        ),
+                    );
+                    None
+                }
+            }
+        };
+        let messages = rate(self, "messages_per_second", "burst_messages");
+        let bytes = rate(self, "bytes_per_second", "burst_bytes");
+        if f.get("messages_per_second").is_none() && f.get("bytes_per_second").is_none() {
+            self.error(
+                path,
+                format!(
+                    "{} states no rate (expected {})",
+                    quote("publish"),
+                    one_of(&["messages_per_second", "bytes_per_second"])
+                ),
+            );
+        }
+        (messages, bytes)
     }
 
     /// A rule's `qos`: a list of the QoS levels 0, 1 and 2, each at most once, as bits.

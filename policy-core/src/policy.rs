@@ -9,6 +9,7 @@ use core::sync::atomic::{AtomicU64, Ordering};
 use crate::certificates::Certificates;
 use crate::index::Index;
 use crate::invalid::Invalid;
+use crate::limits::LimitEntry;
 use crate::model::{Permission, Permissions, Subject, SubjectType};
 use crate::rule::Rule;
 
@@ -59,6 +60,7 @@ pub struct Policy {
     pub(crate) rules: Vec<Rule>,
     pub(crate) roles: Option<Roles>,
     pub(crate) certificates: Option<Certificates>,
+    pub(crate) limits: Vec<LimitEntry>,
     pub(crate) index: Index,
     /// Tells this loaded document from every other in the process (a clone is the same
     /// document): what a [`crate::Prepared`] subject is checked against.
@@ -71,13 +73,19 @@ pub struct Policy {
 static LOADED: AtomicU64 = AtomicU64::new(1);
 
 impl Policy {
-    pub(crate) fn new(rules: Vec<Rule>, roles: Option<Roles>, certificates: Option<Certificates>) -> Policy {
+    pub(crate) fn new(
+        rules: Vec<Rule>,
+        roles: Option<Roles>,
+        certificates: Option<Certificates>,
+        limits: Vec<LimitEntry>,
+    ) -> Policy {
         let index = Index::build(&rules);
         let reads_message = rules.iter().any(|r| !r.conditions.is_none());
         Policy {
             rules,
             roles,
             certificates,
+            limits,
             index,
             id: LOADED.fetch_add(1, Ordering::Relaxed),
             reads_message,
