@@ -1,11 +1,12 @@
 //! What a swap changes: the candidate against the live generation, as `policy_core::diff`
 //! reports it (the policy test cases' requests included), but decided by both generations'
-//! *modules* (a new module may decide the same document differently). Logged at every swap,
+//! *modules* (a new module may decide the same document differently); and the changes of
+//! its `limits` entries. Logged at every swap,
 //! kept for `GET /admin/status`, and returned by a dry run.
 
 use std::time::Instant;
 
-use policy_core::{EvalRequest, Policy, compare, witnesses, witnesses_of};
+use policy_core::{EvalRequest, Policy, compare, limit_changes, witnesses, witnesses_of};
 use serde_json::{Value, json};
 
 use crate::cases::decide;
@@ -15,7 +16,7 @@ use crate::runtime::Generation;
 pub const FIRST: usize = 5;
 
 /// The summary of what `new` changes against `old`: `{"changes", "probed", "counts",
-/// "first", "took_ms"}`, or `{"available": false, "reason"}` when a document does not load
+/// "first", "limits", "took_ms"}`, or `{"available": false, "reason"}` when a document does not load
 /// natively (a module with a format of its own).
 pub fn swap_diff(
     old: &Generation,
@@ -45,6 +46,7 @@ pub fn swap_diff(
         "probed": d.probed,
         "counts": counts,
         "first": d.changes.iter().take(FIRST).collect::<Vec<_>>(),
+        "limits": limit_changes(&old_doc, &new_doc),
         "took_ms": started.elapsed().as_millis() as u64,
     })
 }

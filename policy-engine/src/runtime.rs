@@ -46,6 +46,7 @@ wasmtime::component::bindgen!({
 });
 
 pub use celine::mqtt_policy::types::{Action, Decision, Diagnostic, Request, Subject, SubjectType};
+use celine::mqtt_policy::types::{Limits, Rate};
 
 /// How often the epoch advances.
 pub const TICK: Duration = Duration::from_millis(5);
@@ -779,6 +780,36 @@ impl Generation {
         .unwrap_or_else(|why| Decision { allow: false, rule: None, reason: why.0 })
     }
 
+    /// The subject's limits (the document's `limits` section; natively for the built-in
+    /// module, else through the module). A fault: the caller fails closed.
+    pub fn limits(&self, who: &Subject) -> Result<policy_core::Limits, Fault> {
+        match &self.native {
+            Some(policy) => Ok(policy.limits(&core_subject(who))),
+            None => self.module_limits(who),
+        }
+    }
+
+    /// [`Generation::limits`] through the module: for the differential tests.
+    pub fn module_limits(&self, who: &Subject) -> Result<policy_core::Limits, Fault> {
+        self.with_worker(|store, inst, policy| {
+            inst.celine_mqtt_policy_engine().policy().call_limits(store, policy, who)
+        })
+        .map(core_limits)
+    }
+
+    /// What changed in the `limits` section from `previous` to this generation, one line per
+    /// entry, for a swap report. `None` when either does not decide natively (a module that
+    /// changes the logic may compute limits its own way).
+    pub fn limit_changes(&self, previous: &Generation) -> Option<Vec<String>> {
+        Some(policy_core::limit_changes(previous.native.as_ref()?, self.native.as_ref()?))
+    }
+
+    /// Whether the document has a `limits` section with entries (natively; `true` for a
+    /// module that changes the logic, which may limit whatever the document says).
+    pub fn has_limits(&self) -> bool {
+        self.native.as_ref().is_none_or(|p| !p.limit_entries().is_empty())
+    }
+
     /// Maps verified claims to a subject (policy logic: natively for the built-in module,
     /// else through the module): [`SubjectError::Refused`] when they name none,
     /// [`SubjectError::Fault`] when the module could not say.
@@ -821,6 +852,17 @@ impl Generation {
         })
         .map_err(SubjectError::Fault)?
         .map_err(SubjectError::Refused)
+    }
+}
+
+fn core_limits(l: Limits) -> policy_core::Limits {
+    let rate = |r: Rate| policy_core::Rate { per_second: r.per_second, burst: r.burst };
+    policy_core::Limits {
+        max_subscriptions: l.max_subscriptions,
+        max_payload_bytes: l.max_payload_bytes,
+        publish_messages: l.publish_messages.map(rate),
+        publish_bytes: l.publish_bytes.map(rate),
+        retain: l.retain,
     }
 }
 

@@ -578,6 +578,11 @@ fn log_diff(generation: &Generation, diff: &serde_json::Value) {
         first = %first.join("; "),
         "what the new generation changes (witnessed decisions; GET /admin/status has them)"
     );
+    let limits: Vec<&str> =
+        diff["limits"].as_array().into_iter().flatten().filter_map(|l| l.as_str()).collect();
+    if !limits.is_empty() {
+        tracing::info!(generation = generation.id, "limits changed: {}", limits.join("; "));
+    }
 }
 
 /// Says so, in the log and a metric, when a generation goes live that no test case checked.

@@ -213,7 +213,12 @@ const NUDGING: &str = r#"{"celine":{"mqtt":{"acl":{"rules":[
   {"id":"no-critical","subjects":{"groups":["viewers"]},"topics":["celine/system/alerts/critical","celine/nudging/${clientid}/#"],"actions":"*","effect":"deny"},
   {"subjects":{"scopes":["mqtt.*"]},"topics":"*","actions":["publish"]},
   {"id":"retained-nudges-only","subjects":{"groups":["viewers"]},"topics":["celine/nudging/#"],"actions":["read","subscribe"],"retain":false,"effect":"deny"},
-  {"id":"qos-1-inbox","subjects":{"types":["user"]},"topics":["u/${username}/inbox"],"actions":"*","qos":[1]}]}}}}"#;
+  {"id":"qos-1-inbox","subjects":{"types":["user"]},"topics":["u/${username}/inbox"],"actions":"*","qos":[1]}]},
+  "limits":[
+  {"subjects":{"types":["user"]},"max_subscriptions":10,"publish":{"messages_per_second":5,"bytes_per_second":1000,"burst_bytes":4000}},
+  {"subjects":{"groups":["viewers"]},"max_subscriptions":3,"max_payload_bytes":512,"retain":false},
+  {"subjects":{"scopes":["mqtt.*"]},"publish":{"messages_per_second":"unlimited","burst_messages":"unlimited"},"retain":true},
+  {"subjects":{"ids":["svc-pipelines"]},"max_subscriptions":"unlimited","max_payload_bytes":0}]}}}"#;
 
 proptest! {
     #![proptest_config(ProptestConfig { cases: 300, ..ProptestConfig::default() })]
@@ -265,6 +270,9 @@ proptest! {
                 prop_assert_eq!(wasm_decision(su), native_decision(native.superuser(&subject)));
                 let su = generation.superuser(&Subject::from(subject.clone()));
                 prop_assert_eq!(wasm_decision(su), native_decision(native.superuser(&subject)), "natively");
+                let limits = native.limits(&subject);
+                prop_assert_eq!(generation.module_limits(&Subject::from(subject.clone())).unwrap(), limits, "limits");
+                prop_assert_eq!(generation.limits(&Subject::from(subject.clone())).unwrap(), limits, "limits, natively");
             }
             Ok(())
         })?;

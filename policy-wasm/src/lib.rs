@@ -21,7 +21,7 @@ wit_bindgen::generate!({
     default_bindings_module: "policy_wasm",
 });
 
-use celine::mqtt_policy::types::{Action, Decision, Diagnostic, Request, Subject, SubjectType};
+use celine::mqtt_policy::types::{Action, Decision, Diagnostic, Limits, Rate, Request, Subject, SubjectType};
 use exports::celine::mqtt_policy::engine::{Guest, GuestPolicy, Policy as PolicyHandle};
 
 /// The policy module: `policy-core`'s semantics, unchanged.
@@ -59,6 +59,17 @@ pub fn from_core_decision(d: policy_core::Decision) -> Decision {
     Decision { allow: d.allow, rule: d.rule, reason: d.reason }
 }
 
+pub fn from_core_limits(l: policy_core::Limits) -> Limits {
+    let rate = |r: policy_core::Rate| Rate { per_second: r.per_second, burst: r.burst };
+    Limits {
+        max_subscriptions: l.max_subscriptions,
+        max_payload_bytes: l.max_payload_bytes,
+        publish_messages: l.publish_messages.map(rate),
+        publish_bytes: l.publish_bytes.map(rate),
+        retain: l.retain,
+    }
+}
+
 pub fn from_core_diagnostics(ds: Vec<policy_core::Diagnostic>) -> Vec<Diagnostic> {
     ds.into_iter().map(|d| Diagnostic { error: d.is_error(), path: d.path, message: d.message }).collect()
 }
@@ -93,6 +104,10 @@ impl GuestPolicy for LoadedPolicy {
 
     fn superuser(&self, who: Subject) -> Decision {
         from_core_decision(self.0.superuser(&to_core_subject(who)))
+    }
+
+    fn limits(&self, who: Subject) -> Limits {
+        from_core_limits(self.0.limits(&to_core_subject(who)))
     }
 
     fn rule_count(&self) -> u32 {

@@ -12,7 +12,9 @@
 //! it out with `PUT /admin/module`.
 
 use policy_wasm::LoadedPolicy;
-use policy_wasm::celine::mqtt_policy::types::{Action, Decision, Diagnostic, Request, Subject, SubjectType};
+use policy_wasm::celine::mqtt_policy::types::{
+    Action, Decision, Diagnostic, Limits, Request, Subject, SubjectType,
+};
 use policy_wasm::exports::celine::mqtt_policy::engine::{Guest, GuestPolicy, Policy as PolicyHandle};
 
 pub struct ScopeConvention;
@@ -76,6 +78,10 @@ impl GuestPolicy for Convention {
 
     fn superuser(&self, who: Subject) -> Decision {
         self.0.superuser(who)
+    }
+
+    fn limits(&self, who: Subject) -> Limits {
+        self.0.limits(who)
     }
 
     fn rule_count(&self) -> u32 {

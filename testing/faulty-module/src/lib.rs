@@ -9,7 +9,7 @@
 //! - a policy document containing `"trap-on-load"`: panics while loading.
 
 use policy_wasm::LoadedPolicy;
-use policy_wasm::celine::mqtt_policy::types::{Decision, Diagnostic, Request, Subject, SubjectType};
+use policy_wasm::celine::mqtt_policy::types::{Decision, Diagnostic, Limits, Request, Subject, SubjectType};
 use policy_wasm::exports::celine::mqtt_policy::engine::{Guest, GuestPolicy, Policy as PolicyHandle};
 
 pub struct FaultyModule;
@@ -53,6 +53,10 @@ impl GuestPolicy for Faulty {
 
     fn superuser(&self, who: Subject) -> Decision {
         self.0.superuser(who)
+    }
+
+    fn limits(&self, who: Subject) -> Limits {
+        self.0.limits(who)
     }
 
     fn rule_count(&self) -> u32 {
