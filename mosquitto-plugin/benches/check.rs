@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use identity::devkey::{DevKey, TokenSpec, claims};
-use mqtt_policy_mosquitto::{Admission, Broker, Options, PlainClient, Plugin, access};
+use mqtt_policy_mosquitto::{Admission, Broker, Options, PlainClient, Plugin, Published, access};
 
 struct Quiet;
 
@@ -46,7 +46,7 @@ fn checks(c: &mut Criterion) {
     let devices: Vec<String> =
         (0..12_000).map(|n| format!("bench/telemetry/meter-type-{}/device-{n}/readings", n % 8)).collect();
     assert!(
-        devices.iter().all(|t| plugin.check(&editor, access::READ, t.as_bytes(), 0, false)),
+        devices.iter().all(|t| plugin.check(&editor, access::READ, t.as_bytes(), Published::default())),
         "a read was denied"
     );
     let mut group = c.benchmark_group("plugin check");
@@ -54,11 +54,23 @@ fn checks(c: &mut Criterion) {
     group.bench_function("read, a new device topic each check (fan-in)", |b| {
         b.iter(|| {
             n = (n + 1) % devices.len();
-            plugin.check(&editor, access::READ, std::hint::black_box(devices[n].as_bytes()), 0, false)
+            plugin.check(
+                &editor,
+                access::READ,
+                std::hint::black_box(devices[n].as_bytes()),
+                Published::default(),
+            )
         })
     });
     group.bench_function("read, one topic", |b| {
-        b.iter(|| plugin.check(&editor, access::READ, std::hint::black_box(devices[0].as_bytes()), 0, false))
+        b.iter(|| {
+            plugin.check(
+                &editor,
+                access::READ,
+                std::hint::black_box(devices[0].as_bytes()),
+                Published::default(),
+            )
+        })
     });
     group.finish();
 }

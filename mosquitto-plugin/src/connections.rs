@@ -16,11 +16,12 @@ use std::collections::{BinaryHeap, HashMap};
 use std::sync::Arc;
 
 use identity::{TokenHash, Verified};
-use policy_core::Message;
+use policy_core::{Limits, Message};
 use policy_engine::{Action, Decision, Generation, Prepared, Request, Subject};
 
 use crate::client::Binding;
 pub use crate::client::ClientKey;
+use crate::usage::Usage;
 
 /// Topics longer than this are decided every time rather than remembered: a flood of long
 /// unique topics must not grow the broker.
@@ -167,6 +168,9 @@ pub struct Mapped {
     pub request: Request,
     /// The subject prepared for this generation, when it decides natively.
     pub prepared: Option<Prepared>,
+    /// The subject's limits under this generation, or why the module could not say (its
+    /// publishes and subscriptions are then refused).
+    pub limits: Result<Limits, Box<str>>,
 }
 
 /// How a client proved who it is.
@@ -275,6 +279,8 @@ pub struct Connection {
     /// The number of its last disconnect (see [`Connections::disconnected`]).
     pub left: u64,
     pub log: LogBudget,
+    /// What it has used of its limits (kept across generations).
+    pub usage: Usage,
 }
 
 impl Connection {
@@ -290,6 +296,7 @@ impl Connection {
             generation: generation.id,
             superuser,
             prepared: generation.prepare(subject, &self.client_id, &self.username),
+            limits: generation.limits(subject).map_err(|fault| fault.0.into()),
             request: Request {
                 subject: subject.clone(),
                 topic: String::new(),
@@ -587,6 +594,7 @@ mod tests {
             connecting: false,
             left: 0,
             log: LogBudget::default(),
+            usage: Usage::default(),
         }
     }
 

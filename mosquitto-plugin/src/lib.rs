@@ -11,7 +11,8 @@
 //!   `catch_unwind`, turning pointers into safe values;
 //! - `plugin`: the safe core (CONNECT, ACL checks, disconnect, tick, reload), over
 //!   `client` (what the broker says about a client, and the binding that keeps an identity
-//!   with the client that proved it), `connections` (who each client is, its decision cache), `stats` (counters, latency,
+//!   with the client that proved it), `connections` (who each client is, its decision cache),
+//!   `usage` (what each connection used of its limits), `stats` (counters, latency,
 //!   Prometheus and `$SYS`), `logging` (into Mosquitto's log) and `background` (key refresh
 //!   and metrics off the broker thread).
 //!
@@ -28,8 +29,9 @@ pub mod options;
 pub mod plugin;
 pub mod stats;
 pub mod sys;
+pub mod usage;
 
 pub use broker::Broker;
 pub use client::{BrokerClient, CertificateNames, ClientKey, PlainClient};
 pub use options::Options;
-pub use plugin::{Admission, Plugin, access};
+pub use plugin::{Admission, Plugin, Published, access};

@@ -17,6 +17,7 @@
 //! and the policy's `certificates` section names it, and is denied every check otherwise.
 
 use std::cell::{Cell, RefCell};
+use std::hash::{BuildHasher, RandomState};
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
@@ -33,11 +34,12 @@ use crate::background::Background;
 use crate::broker::Broker;
 use crate::client::{Binding, BrokerClient, ClientKey};
 use crate::connections::{
-    Connection, Connections, Identity, LOG_BURST, LogBudget, TopicCache, TopicDecisions,
+    Connection, Connections, Identity, LOG_BURST, LogBudget, Mapped, TopicCache, TopicDecisions,
 };
 use crate::logging;
 use crate::options::{CertificateName, Options};
 use crate::stats::{Stats, bump};
+use crate::usage::{Over, Usage};
 
 /// How long the first key load may take at start-up before the broker starts without keys
 /// (connections are then refused, with that reason, until a refresh succeeds).
@@ -48,6 +50,23 @@ const TOKEN_CACHE: u64 = 16 << 20;
 
 /// How often expired and surplus identities are dropped (on the broker's tick).
 const SWEEP_EVERY: Duration = Duration::from_secs(10);
+
+/// What Mosquitto reports of the message an ACL check is about: its QoS and retain flag
+/// (for a subscribe: the requested QoS, and no flag) and its payload size.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Published {
+    pub qos: u8,
+    pub retain: bool,
+    pub payload_len: u32,
+}
+
+/// Who asks a check, and on what topic, as its decision record names them.
+#[derive(Clone, Copy)]
+struct Who<'a> {
+    username: &'a str,
+    client_id: &'a str,
+    topic: &'a str,
+}
 
 /// A CONNECT's outcome.
 #[derive(Debug, PartialEq, Eq)]
@@ -103,6 +122,11 @@ pub struct Plugin {
     /// [`authorizer::metrics::SAMPLE`] that is timed, which `checks_seen` counts to).
     allowed_uncounted: [Cell<u64>; 2],
     checks_seen: Cell<u64>,
+    /// Hashes subscription filters for the subscription limit (keyed per process, so no
+    /// client can choose filters that collide).
+    filter_hasher: RandomState,
+    /// The clock of the publish-rate buckets.
+    started: Instant,
 }
 
 /// Whether a kept identity belongs to the client a check is for.
@@ -240,6 +264,8 @@ impl Plugin {
             generation: RefCell::new(live.current()),
             allowed_uncounted: [Cell::new(0), Cell::new(0)],
             checks_seen: Cell::new(0),
+            filter_hasher: RandomState::new(),
+            started: Instant::now(),
         })
     }
 
@@ -619,6 +645,7 @@ impl Plugin {
             connecting: true,
             left: 0,
             log: LogBudget::default(),
+            usage: Usage::default(),
         };
         connection.remap(&generation, &subject, superuser);
         Ok((connection, subject))
@@ -626,9 +653,9 @@ impl Plugin {
 
     /// An ACL check: `true` allows. `access` is Mosquitto's bit (read = delivery, write =
     /// publish or will, subscribe, unsubscribe); `topic` a name, or a filter for subscribe;
-    /// `qos` and `retain` as Mosquitto reports them (for subscribe: the requested QoS, and no
-    /// retain flag).
-    pub fn check(&self, client: &dyn BrokerClient, access: i32, topic: &[u8], qos: u8, retain: bool) -> bool {
+    /// `message` the QoS, retain flag and payload size as Mosquitto reports them (for
+    /// subscribe: the requested QoS, and no retain flag).
+    pub fn check(&self, client: &dyn BrokerClient, access: i32, topic: &[u8], message: Published) -> bool {
         // Only the check right after a disconnect event may be that client's will.
         let will = self.will_window.take() == Some(client.key());
         logging::flush();
@@ -640,8 +667,11 @@ impl Plugin {
             access::READ => Action::Read,
             access::WRITE => Action::Publish,
             access::SUBSCRIBE => Action::Subscribe,
-            // Leaving a subscription never widens anything.
-            access::UNSUBSCRIBE => return true,
+            // Leaving a subscription never widens anything; it frees one under the limit.
+            access::UNSUBSCRIBE => {
+                self.unsubscribed(client, topic);
+                return true;
+            }
             other => {
                 tracing::warn!("denied an ACL check with an unknown access value {other}");
                 return false;
@@ -650,11 +680,23 @@ impl Plugin {
         if !will && self.allowed_at_once(client, action, topic, now) {
             return true;
         }
-        let message = Message {
-            qos: (qos <= 2).then_some(qos),
-            retain: (action != Action::Subscribe).then_some(retain),
-        };
         self.decide(client, action, topic, message, will, now)
+    }
+
+    /// Frees the filter's place under the connection's subscription limit.
+    fn unsubscribed(&self, client: &dyn BrokerClient, filter: &[u8]) {
+        let hash = self.filter_hasher.hash_one(filter);
+        if let Ok(mut connections) = self.connections.try_borrow_mut()
+            && let Some(conn) = connections.get_mut(client.key())
+            && conn.binding.still_names(client)
+        {
+            conn.usage.unsubscribed(hash);
+        }
+    }
+
+    /// Nanoseconds on the plugin's monotonic clock: the publish-rate buckets' time.
+    fn clock_ns(&self) -> u64 {
+        u64::try_from(self.started.elapsed().as_nanos()).unwrap_or(u64::MAX)
     }
 
     /// The common case of a check, kept small and apart from the rest: between two checks the
@@ -681,6 +723,10 @@ impl Plugin {
         let Some(mapped) = conn.mapped.as_ref().filter(|m| m.generation == generation.id) else {
             return false;
         };
+        // A publish its limits may refuse is counted against them in `decide`.
+        if action == Action::Publish && !mapped.limits.as_ref().is_ok_and(|l| !l.limits_publish()) {
+            return false;
+        }
         if !conn.binding.still_names(client) {
             return false;
         }
@@ -730,11 +776,15 @@ impl Plugin {
         client: &dyn BrokerClient,
         action: Action,
         topic: &[u8],
-        message: Message,
+        published: Published,
         will: bool,
         now: u64,
     ) -> bool {
         let metrics = &self.authorizer.metrics;
+        let message = Message {
+            qos: (published.qos <= 2).then_some(published.qos),
+            retain: (action != Action::Subscribe).then_some(published.retain),
+        };
         let Ok(topic) = std::str::from_utf8(topic) else {
             metrics.decided(action, false, None);
             tracing::info!(
@@ -804,12 +854,72 @@ impl Plugin {
             self.refuse(conn, action, topic, &reason);
             return false;
         }
-        let Connection { mapped: Some(mapped), cache, client_id, log, identity, .. } = conn else {
+        let Connection { mapped: Some(mapped), cache, client_id, log, identity, usage, .. } = conn else {
             return false;
         };
         let record = |subject| {
             DecisionRecord::about("acl", Some(subject), identity.username_label(), client_id, topic)
         };
+        // Limits first: a request over one is refused whatever the policy grants, and takes
+        // nothing from the buckets.
+        let clock = match action {
+            Action::Publish => Some(self.clock_ns()),
+            _ => None,
+        };
+        let filter = (action == Action::Subscribe).then(|| self.filter_hasher.hash_one(topic.as_bytes()));
+        let over = match (&mapped.limits, clock, filter) {
+            (Err(fault), ..) if action != Action::Read => {
+                Some(format!("its limits could not be read: {fault}"))
+            }
+            (Ok(limits), Some(at), _) => usage
+                .admits_publish(limits, published.payload_len, message.retain, at)
+                .err()
+                .map(|o| self.over(o)),
+            (Ok(limits), _, Some(hash)) => {
+                usage.admits_subscription(limits, hash).err().map(|o| self.over(o))
+            }
+            _ => None,
+        };
+        if let Some(reason) = over {
+            metrics.decided(action, false, None);
+            self.audit(log, record(&mapped.request.subject).outcome(action_name(action), false, &reason));
+            return false;
+        }
+        let who = Who { username: identity.username_label(), client_id, topic };
+        let allowed = self.decided(&generation, mapped, cache, log, who, action, message);
+        if allowed && let Ok(limits) = &mapped.limits {
+            if let Some(at) = clock {
+                usage.published(limits, published.payload_len, at);
+            }
+            if let Some(hash) = filter {
+                usage.subscribed(hash);
+            }
+        }
+        allowed
+    }
+
+    /// Counts a request refused for being over a limit, and says why.
+    fn over(&self, over: Over) -> String {
+        bump(&self.stats.limit_refusals[over.index()]);
+        over.reason()
+    }
+
+    /// What the policy says of a check by a connection mapped under `generation`, recorded.
+    #[allow(clippy::too_many_arguments)]
+    fn decided(
+        &self,
+        generation: &Generation,
+        mapped: &mut Mapped,
+        cache: &mut TopicCache,
+        log: &mut LogBudget,
+        who: Who<'_>,
+        action: Action,
+        message: Message,
+    ) -> bool {
+        let metrics = &self.authorizer.metrics;
+        let topic = who.topic;
+        let record =
+            |subject| DecisionRecord::about("acl", Some(subject), who.username, who.client_id, topic);
         if mapped.superuser {
             metrics.decided(action, true, None);
             let r = record(&mapped.request.subject).outcome(action_name(action), true, "superuser");
@@ -818,7 +928,7 @@ impl Plugin {
         }
         // The prepared subject was made with this connection's client id and username.
         if let Some(prepared) = &mapped.prepared
-            && let Some(rule) = self.authorizer.allowed_as_prepared(&generation, prepared, action, topic)
+            && let Some(rule) = self.authorizer.allowed_as_prepared(generation, prepared, action, topic)
         {
             // Allows are recorded at debug level: the decision is made only to be shown.
             if tracing::enabled!(tracing::Level::DEBUG)
@@ -832,7 +942,7 @@ impl Plugin {
         let mut decisions = TopicDecisions { cache, topic, prepared: mapped.prepared.as_ref() };
         // Decisions that cannot depend on the message are remembered for every message.
         let key = (action, if generation.reads_message() { message } else { Message::UNKNOWN });
-        self.authorizer.check(&generation, &mapped.request, key, &mut decisions, |decision, _| {
+        self.authorizer.check(generation, &mapped.request, key, &mut decisions, |decision, _| {
             let r = record(&mapped.request.subject).decided(action_name(action), decision);
             self.audit(
                 log,
@@ -963,6 +1073,7 @@ impl Plugin {
             connecting: false,
             left: 0,
             log: LogBudget::default(),
+            usage: Usage::default(),
         }
     }
 

@@ -17,6 +17,8 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use authorizer::DecisionMetrics;
 use policy_engine::Live;
 
+use crate::usage::Over;
+
 /// Adds one to a counter only the broker thread writes (readers see it a moment later).
 pub fn bump(counter: &AtomicU64) {
     counter.store(counter.load(Relaxed).wrapping_add(1), Relaxed);
@@ -41,6 +43,8 @@ pub struct Stats {
     pub stale_entries: AtomicU64,
     /// Denial log lines not written (a client over its log budget).
     pub log_lines_suppressed: AtomicU64,
+    /// Requests refused for being over a limit, by [`Over::index`].
+    pub limit_refusals: [AtomicU64; 5],
     /// What pulling bundles did, when the plugin pulls them.
     pub pull: std::sync::OnceLock<std::sync::Arc<std::sync::Mutex<policy_engine::pull::PullStatus>>>,
 }
@@ -60,6 +64,7 @@ impl Stats {
             unknown_clients: zero(),
             stale_entries: zero(),
             log_lines_suppressed: zero(),
+            limit_refusals: std::array::from_fn(|_| zero()),
             pull: std::sync::OnceLock::new(),
         }
     }
@@ -127,6 +132,17 @@ impl Stats {
             "Denial log lines not written because a client was over its budget (10, then 1 a second).",
             &[(String::new(), load(&self.log_lines_suppressed))],
         );
+        let refusals: Vec<(String, u64)> = Over::LABELS
+            .iter()
+            .zip(&self.limit_refusals)
+            .map(|(label, n)| (format!("{{limit=\"{label}\"}}"), load(n)))
+            .collect();
+        metric(
+            "mqtt_policy_limit_refusals_total",
+            "counter",
+            "Publishes and subscriptions refused for being over the client's limits (the policy's limits section), by limit.",
+            &refusals,
+        );
         if let Some(pull) = self.pull.get() {
             let rows: Vec<(String, u64)> = pull
                 .lock()
@@ -178,6 +194,10 @@ impl Stats {
             ("checks/allowed", allowed.to_string()),
             ("checks/denied", denied.to_string()),
             ("checks/faults", g.module.runtime().faults().to_string()),
+            (
+                "checks/over-limits",
+                self.limit_refusals.iter().map(|n| n.load(Relaxed)).sum::<u64>().to_string(),
+            ),
             ("checks/latency-p50-ns", ns(0.5)),
             ("checks/latency-p99-ns", ns(0.99)),
             ("swaps/applied", swaps.to_string()),

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use identity::devkey::{DevKey, TokenSpec, claims};
-use mqtt_policy_mosquitto::{Admission, Broker, ClientKey, Options, PlainClient, Plugin, access};
+use mqtt_policy_mosquitto::{Admission, Broker, ClientKey, Options, PlainClient, Plugin, Published, access};
 
 #[derive(Default)]
 struct StandIn {
@@ -157,7 +157,7 @@ impl Fixture {
     fn may(&self, key: usize, access: i32, topic: &str) -> bool {
         let client =
             self.clients.borrow().get(&key).cloned().unwrap_or_else(|| PlainClient::new(key, "", None));
-        self.plugin.check(&client, access, topic.as_bytes(), 0, false)
+        self.plugin.check(&client, access, topic.as_bytes(), Published::default())
     }
 }
 
@@ -619,4 +619,48 @@ fn a_connected_client_whose_name_changes_behind_the_plugin_loses_the_identity() 
             "{change} changed: a subscribe"
         );
     }
+}
+
+#[test]
+fn limits_bind_whoever_they_select_superusers_included() {
+    let f = fixture(&[]);
+    // "tess" is selected by the test policy's "throttled" limits; as an admin she is a
+    // superuser, which lifts no limit.
+    assert!(matches!(
+        f.connect(1, "t1", Some("tess"), Some(&f.token("tess", &["admins"]))),
+        Admission::Admitted { .. }
+    ));
+    assert!(matches!(
+        f.connect(2, "a1", Some("adam"), Some(&f.token("adam", &["admins"]))),
+        Admission::Admitted { .. }
+    ));
+    let publish = |key: usize, size: usize, retain: bool| {
+        let client = f.clients.borrow()[&key].clone();
+        let message = Published { qos: 1, retain, payload_len: size as u32 };
+        f.plugin.check(&client, access::WRITE, b"celine/digital-twin/state/pump/p1", message)
+    };
+    assert!(!publish(1, 10, true), "retain: false refuses a retained publish");
+    assert!(!publish(1, 65, false), "over max_payload_bytes");
+    assert!(publish(2, 65, true), "adam has no limits");
+    // Refusals took nothing from the burst of 3.
+    assert!(publish(1, 64, false) && publish(1, 1, false) && publish(1, 0, false));
+    assert!(!publish(1, 1, false), "over 1 publish a second after the burst");
+    // Deliveries are not limited.
+    assert!(f.may(1, access::READ, TELEMETRY));
+    let metrics = f.plugin.stats().render_prometheus(f.plugin.live());
+    for line in [
+        "mqtt_policy_limit_refusals_total{limit=\"retain\"} 1",
+        "mqtt_policy_limit_refusals_total{limit=\"max_payload_bytes\"} 1",
+        "mqtt_policy_limit_refusals_total{limit=\"publish_messages\"} 1",
+        "mqtt_policy_limit_refusals_total{limit=\"max_subscriptions\"} 0",
+    ] {
+        assert!(metrics.contains(line), "missing {line:?} in\n{metrics}");
+    }
+    // Subscriptions are counted per filter; leaving one frees its place.
+    for filter in ["a/#", "b/#", "a/#"] {
+        assert!(f.may(1, access::SUBSCRIBE, filter), "{filter}");
+    }
+    assert!(!f.may(1, access::SUBSCRIBE, "c/#"), "over max_subscriptions 2");
+    assert!(f.may(1, access::UNSUBSCRIBE, "b/#"));
+    assert!(f.may(1, access::SUBSCRIBE, "c/#"));
 }

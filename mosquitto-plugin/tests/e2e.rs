@@ -797,3 +797,87 @@ fn retained_telemetry_is_refused_retained_state_is_kept_and_a_qos_the_rule_does_
     assert_eq!(twin.publish_at(results, "at QoS 0", 0, false), None);
     assert_eq!(editor.message(), (results.into(), "at QoS 0".into()), "the QoS 1 publish was delivered");
 }
+
+#[test]
+fn a_client_over_its_limits_loses_the_excess_and_keeps_its_connection() {
+    let issuer = Issuer::new();
+    let metrics_port = free_port();
+    let b = broker_with(&issuer, |s| s.option("metrics_listen", format!("127.0.0.1:{metrics_port}")));
+    let events = "celine/digital-twin/events/pump/p1";
+    let editor = Client::connected(Version::V5, b.port, "erin-l", "erin", &issuer.user("erin", &["editors"]));
+    assert_eq!(editor.subscribe("celine/digital-twin/events/#"), 1);
+    // The policy's "throttled" limits: 1 publish a second, a burst of 3, 64-byte payloads,
+    // 2 subscriptions.
+    let throttled = Client::connected(
+        Version::V5,
+        b.port,
+        "throttled-1",
+        "svc-throttled",
+        &issuer.service("svc-throttled", &["mqtt.write"]),
+    );
+    let started = std::time::Instant::now();
+    let codes: Vec<u8> = (0..10)
+        .map(|i| throttled.publish_at(events, &format!("m{i}"), 1, false).expect("a PUBACK at QoS 1"))
+        .collect();
+    let seconds = started.elapsed().as_secs();
+    let accepted: Vec<usize> = (0..10).filter(|i| codes[*i] < 0x80).collect();
+    assert_eq!(accepted[..3], [0, 1, 2], "the burst passes: {codes:x?}");
+    assert!(accepted.len() as u64 <= 3 + seconds + 1, "{codes:x?} in {seconds} s");
+    assert!(
+        codes.iter().all(|c| *c < 0x80 || *c == 0x87),
+        "the excess is refused as not authorized: {codes:x?}"
+    );
+    let refused = 10 - accepted.len();
+    assert!(refused > 0, "{codes:x?}");
+    // Exactly the accepted ones are delivered.
+    for i in &accepted {
+        assert_eq!(editor.message(), (events.to_string(), format!("m{i}")));
+    }
+    let record = b.wait_for_record_after(0, "publish", events, "deny", mqtt::WAIT);
+    let reason = record["reason"].as_str().unwrap_or("");
+    assert!(reason.contains("over its limit") && reason.contains("1 publishes a second"), "{record}");
+
+    // A payload over max_payload_bytes is refused for its size, whatever the rate.
+    let mark = b.log_mark();
+    assert_eq!(throttled.publish_at(events, &"x".repeat(65), 1, false), Some(0x87));
+    let record = b.wait_for_record_after(mark, "publish", events, "deny", mqtt::WAIT);
+    assert!(record["reason"].as_str().unwrap_or("").contains("max_payload_bytes 64"), "{record}");
+
+    // The client is still connected: once the rate allows, its next publish goes through.
+    let mut later = Vec::new();
+    wait_for("a publish within the rate again", mqtt::WAIT, || {
+        let code = throttled.publish_at(events, "later", 1, false).unwrap();
+        later.push(code);
+        code < 0x80
+    });
+    assert_eq!(editor.message(), (events.to_string(), "later".to_string()));
+    let also_refused = later.len() - 1;
+
+    // Subscriptions: two are held; a third is refused (SUBACK 0x87), a held one may be
+    // renewed, and leaving one makes room.
+    let tess = Client::connected(Version::V5, b.port, "tess-1", "tess", &issuer.user("tess", &["editors"]));
+    assert_eq!(tess.subscribe("celine/digital-twin/events/#"), 1);
+    assert_eq!(tess.subscribe("celine/digital-twin/state/#"), 1);
+    assert_eq!(tess.subscribe("celine/digital-twin/simulation/#"), 0x87, "over max_subscriptions 2");
+    assert_eq!(tess.subscribe("celine/digital-twin/events/#"), 1, "renewing a held filter");
+    tess.unsubscribe("celine/digital-twin/state/#");
+    assert_eq!(tess.subscribe("celine/digital-twin/simulation/#"), 1, "room after an unsubscribe");
+    // Erin has no limits.
+    assert_eq!(editor.subscribe("celine/digital-twin/state/#"), 1);
+    assert_eq!(editor.subscribe("celine/digital-twin/simulation/#"), 1);
+
+    let metrics =
+        http().get(format!("http://127.0.0.1:{metrics_port}/metrics")).send().unwrap().text().unwrap();
+    let count = |limit: &str| -> u64 {
+        let prefix = format!("mqtt_policy_limit_refusals_total{{limit=\"{limit}\"}} ");
+        let line = metrics
+            .lines()
+            .find(|l| l.starts_with(&prefix))
+            .unwrap_or_else(|| panic!("{prefix} in\n{metrics}"));
+        line[prefix.len()..].parse().unwrap()
+    };
+    assert_eq!(count("publish_messages") as usize, refused + also_refused, "{metrics}");
+    assert_eq!(count("max_payload_bytes"), 1);
+    assert_eq!(count("max_subscriptions"), 1);
+    assert_eq!(count("retain"), 0);
+}

@@ -32,6 +32,8 @@ pub enum Event {
     /// PUBACK, with its reason code (MQTT 5; 0 for 3.1.1, which has none): 0x87 = not
     /// authorized, 0x97 = quota exceeded.
     PubAck(u8),
+    /// UNSUBACK.
+    UnsubAck,
     Message {
         topic: String,
         payload: Vec<u8>,
@@ -156,6 +158,7 @@ impl Client {
                                     .collect(),
                             ),
                             Ok(E::Incoming(P::PubAck(_))) => Event::PubAck(0),
+                            Ok(E::Incoming(P::UnsubAck(_))) => Event::UnsubAck,
                             Ok(E::Incoming(P::Publish(p))) => {
                                 Event::Message { topic: p.topic.clone(), payload: p.payload.to_vec() }
                             }
@@ -194,6 +197,7 @@ impl Client {
                                 Event::SubAck(s.return_codes.iter().map(v5_sub_code).collect())
                             }
                             Ok(E::Incoming(P::PubAck(a))) => Event::PubAck(v5_puback_code(&a.reason)),
+                            Ok(E::Incoming(P::UnsubAck(_))) => Event::UnsubAck,
                             Ok(E::Incoming(P::Publish(p))) => Event::Message {
                                 topic: String::from_utf8_lossy(&p.topic).into_owned(),
                                 payload: p.payload.to_vec(),
@@ -257,6 +261,19 @@ impl Client {
         self.wait("SUBACK", |e| match e {
             Event::SubAck(codes) => Some(codes[0]),
             Event::Closed(why) => panic!("{}: closed while subscribing: {why}", self.id),
+            _ => None,
+        })
+    }
+
+    /// Unsubscribes and waits for the UNSUBACK.
+    pub fn unsubscribe(&self, filter: &str) {
+        match &self.handle {
+            Handle::V311(c) => c.unsubscribe(filter).unwrap(),
+            Handle::V5(c) => c.unsubscribe(filter).unwrap(),
+        }
+        self.wait("UNSUBACK", |e| match e {
+            Event::UnsubAck => Some(()),
+            Event::Closed(why) => panic!("{}: closed while unsubscribing: {why}", self.id),
             _ => None,
         })
     }

@@ -1,0 +1,255 @@
+//! What one connection has used of its limits (the policy's `limits` section, semantics.md
+//! §6): the subscriptions it holds, and its publish rates as token buckets. Counting happens
+//! on the broker thread, with no allocation per message: a bucket is one number, and the
+//! subscription set grows only on a SUBSCRIBE.
+//!
+//! The limits themselves come from the policy (`policy_core::Limits`, through the module);
+//! this module only counts against them, and says which one a refused request is over.
+
+use std::collections::BTreeSet;
+
+use policy_core::{Limits, Rate};
+
+/// A limit a request is over: the record's reason and the metric's label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Over {
+    Payload { size: u32, max: u32 },
+    Retain,
+    Messages(Rate),
+    Bytes(Rate),
+    Subscriptions { max: u32 },
+}
+
+impl Over {
+    /// Every label, in the order of [`Over::index`].
+    pub const LABELS: [&'static str; 5] =
+        ["max_payload_bytes", "retain", "publish_messages", "publish_bytes", "max_subscriptions"];
+
+    pub fn index(self) -> usize {
+        match self {
+            Over::Payload { .. } => 0,
+            Over::Retain => 1,
+            Over::Messages(_) => 2,
+            Over::Bytes(_) => 3,
+            Over::Subscriptions { .. } => 4,
+        }
+    }
+
+    pub fn reason(self) -> String {
+        match self {
+            Over::Payload { size, max } => {
+                format!("over its limit: a payload of {size} bytes is more than max_payload_bytes {max}")
+            }
+            Over::Retain => "over its limit: its limits refuse retained publishes (retain: false)".into(),
+            Over::Messages(r) => {
+                format!("over its limit: more than {} publishes a second (burst {})", r.per_second, r.burst)
+            }
+            Over::Bytes(r) => {
+                format!(
+                    "over its limit: more than {} payload bytes a second (burst {})",
+                    r.per_second, r.burst
+                )
+            }
+            Over::Subscriptions { max } => {
+                format!("over its limit: it holds max_subscriptions {max} subscriptions already")
+            }
+        }
+    }
+}
+
+/// A token bucket kept as the time it is next empty (the generic cell-rate algorithm): one
+/// number per bucket, no refill arithmetic on a clock tick.
+#[derive(Debug, Clone, Copy, Default)]
+struct Bucket {
+    /// Nanoseconds (on the plugin's monotonic clock) when everything taken so far is paid
+    /// back at the rate.
+    due: u64,
+}
+
+impl Bucket {
+    /// Nanoseconds `units` cost at `rate` units a second.
+    fn cost(units: u64, per_second: u32) -> u64 {
+        let ns = u128::from(units) * 1_000_000_000 / u128::from(per_second.max(1));
+        u64::try_from(ns).unwrap_or(u64::MAX)
+    }
+
+    /// The bucket after taking `units` at `now`, or `None` when that is more than the burst
+    /// allows.
+    fn after(self, rate: Rate, units: u64, now: u64) -> Option<Bucket> {
+        let due = self.due.max(now).saturating_add(Self::cost(units, rate.per_second));
+        (due - now <= Self::cost(u64::from(rate.burst), rate.per_second)).then_some(Bucket { due })
+    }
+}
+
+/// One connection's use of its limits.
+#[derive(Debug, Default)]
+pub struct Usage {
+    /// Keyed hashes ([`crate::plugin::Plugin`]'s hasher) of the filters this connection
+    /// subscribed to and did not leave: a repeated SUBSCRIBE of a filter replaces it and
+    /// counts once. Kept whatever the limits (8 bytes a subscription, a fraction of what the
+    /// broker keeps for it), so a limit a swap brings counts what the client holds already.
+    subscriptions: BTreeSet<u64>,
+    messages: Bucket,
+    bytes: Bucket,
+}
+
+impl Usage {
+    /// Whether a publish of `size` payload bytes (retained or not, or not known) fits the
+    /// limits at `now`; the buckets are not taken from ([`Usage::published`] does that,
+    /// once the policy allowed it).
+    pub fn admits_publish(
+        &self,
+        limits: &Limits,
+        size: u32,
+        retain: Option<bool>,
+        now: u64,
+    ) -> Result<(), Over> {
+        if let Some(max) = limits.max_payload_bytes
+            && size > max
+        {
+            return Err(Over::Payload { size, max });
+        }
+        if !limits.retain && retain == Some(true) {
+            return Err(Over::Retain);
+        }
+        self.taken(limits, size, now).map(drop)
+    }
+
+    /// Takes a publish that [`Usage::admits_publish`] admitted at `now` from the buckets.
+    pub fn published(&mut self, limits: &Limits, size: u32, now: u64) {
+        if let Ok((messages, bytes)) = self.taken(limits, size, now) {
+            (self.messages, self.bytes) = (messages, bytes);
+        }
+    }
+
+    fn taken(&self, limits: &Limits, size: u32, now: u64) -> Result<(Bucket, Bucket), Over> {
+        let messages = match limits.publish_messages {
+            Some(rate) => self.messages.after(rate, 1, now).ok_or(Over::Messages(rate))?,
+            None => self.messages,
+        };
+        let bytes = match limits.publish_bytes {
+            Some(rate) => self.bytes.after(rate, u64::from(size), now).ok_or(Over::Bytes(rate))?,
+            None => self.bytes,
+        };
+        Ok((messages, bytes))
+    }
+
+    /// Whether a SUBSCRIBE to the filter with hash `filter` fits: one it holds already is
+    /// replaced, so it always does.
+    pub fn admits_subscription(&self, limits: &Limits, filter: u64) -> Result<(), Over> {
+        match limits.max_subscriptions {
+            Some(max)
+                if !self.subscriptions.contains(&filter) && self.subscriptions.len() >= max as usize =>
+            {
+                Err(Over::Subscriptions { max })
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Records a granted subscription.
+    pub fn subscribed(&mut self, filter: u64) {
+        self.subscriptions.insert(filter);
+    }
+
+    /// Records an UNSUBSCRIBE.
+    pub fn unsubscribed(&mut self, filter: u64) {
+        self.subscriptions.remove(&filter);
+    }
+
+    /// The subscriptions counted against the limit.
+    pub fn subscriptions(&self) -> usize {
+        self.subscriptions.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SECOND: u64 = 1_000_000_000;
+
+    fn limits() -> Limits {
+        Limits {
+            max_subscriptions: Some(2),
+            max_payload_bytes: Some(100),
+            publish_messages: Some(Rate { per_second: 10, burst: 3 }),
+            publish_bytes: None,
+            retain: false,
+        }
+    }
+
+    #[test]
+    fn a_burst_passes_then_the_rate_refills_it() {
+        let (l, mut u) = (limits(), Usage::default());
+        let t0 = 5 * SECOND;
+        for i in 0..3 {
+            assert_eq!(u.admits_publish(&l, 10, Some(false), t0), Ok(()), "burst message {i}");
+            u.published(&l, 10, t0);
+        }
+        assert_eq!(
+            u.admits_publish(&l, 10, Some(false), t0),
+            Err(Over::Messages(Rate { per_second: 10, burst: 3 }))
+        );
+        // One message's worth (a tenth of a second) later, exactly one more.
+        let later = t0 + SECOND / 10;
+        assert_eq!(u.admits_publish(&l, 10, None, later), Ok(()));
+        u.published(&l, 10, later);
+        assert!(u.admits_publish(&l, 10, None, later).is_err());
+        // A refused message takes nothing: a second later the whole burst is back.
+        let rested = later + SECOND;
+        for _ in 0..3 {
+            assert_eq!(u.admits_publish(&l, 10, None, rested), Ok(()));
+            u.published(&l, 10, rested);
+        }
+    }
+
+    #[test]
+    fn bytes_are_counted_by_payload_size() {
+        let l = Limits { publish_bytes: Some(Rate { per_second: 1000, burst: 1500 }), ..Limits::NONE };
+        let mut u = Usage::default();
+        u.published(&l, 1000, SECOND);
+        assert_eq!(
+            u.admits_publish(&l, 600, None, SECOND),
+            Err(Over::Bytes(Rate { per_second: 1000, burst: 1500 }))
+        );
+        assert_eq!(u.admits_publish(&l, 500, None, SECOND), Ok(()));
+        assert_eq!(
+            u.admits_publish(&l, 1501, None, 100 * SECOND),
+            Err(Over::Bytes(Rate { per_second: 1000, burst: 1500 })),
+            "more than the burst never fits"
+        );
+        assert_eq!(u.admits_publish(&l, 0, None, SECOND), Ok(()));
+    }
+
+    #[test]
+    fn payload_size_and_retain_are_refused_whatever_the_rate() {
+        let (l, u) = (limits(), Usage::default());
+        assert_eq!(
+            u.admits_publish(&l, 101, Some(false), SECOND),
+            Err(Over::Payload { size: 101, max: 100 })
+        );
+        assert_eq!(u.admits_publish(&l, 1, Some(true), SECOND), Err(Over::Retain));
+        assert_eq!(
+            u.admits_publish(&l, 1, None, SECOND),
+            Ok(()),
+            "an unknown flag is not a retained publish"
+        );
+        assert_eq!(Usage::default().admits_publish(&Limits::NONE, u32::MAX, Some(true), 0), Ok(()));
+    }
+
+    #[test]
+    fn subscriptions_count_filters_once_and_free_on_unsubscribe() {
+        let (l, mut u) = (limits(), Usage::default());
+        for f in [1, 2] {
+            assert_eq!(u.admits_subscription(&l, f), Ok(()));
+            u.subscribed(f);
+        }
+        assert_eq!(u.admits_subscription(&l, 1), Ok(()), "a filter it holds is replaced");
+        u.subscribed(1);
+        assert_eq!(u.admits_subscription(&l, 3), Err(Over::Subscriptions { max: 2 }));
+        u.unsubscribed(2);
+        assert_eq!(u.admits_subscription(&l, 3), Ok(()));
+        assert_eq!(u.subscriptions(), 1);
+    }
+}
