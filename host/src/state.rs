@@ -51,8 +51,8 @@ pub struct AppState {
     pub sessions: Option<Arc<crate::sessions::RedisSessions>>,
     /// Signs what `GET /bundle` serves, when given.
     pub bundle_signing_key: Option<policy_engine::bundle::SigningKey>,
-    /// The last generation [`AppState::generation`] looked at for conditions go-auth cannot
-    /// serve (0: none yet).
+    /// The last generation [`AppState::generation`] looked at for conditions and limits
+    /// go-auth cannot serve (0: none yet).
     pub message_warned: std::sync::atomic::AtomicU64,
 }
 
@@ -66,17 +66,30 @@ impl AppState {
     pub fn generation(&self) -> Arc<Generation> {
         let generation = self.authorizer.live.current();
         if self.message_warned.load(std::sync::atomic::Ordering::Relaxed) != generation.id {
-            self.warn_unseen_message(&generation);
+            self.warn_unseen(&generation);
         }
         generation
     }
 
-    /// Once per generation that goes live (whichever way it came): go-auth sends no QoS and no
-    /// retain flag, so rules that read them decide as semantics.md §3 says for an unknown
-    /// message, and the operator is told which rules those are.
-    fn warn_unseen_message(&self, generation: &Generation) {
+    /// Once per generation that goes live (whichever way it came), what go-auth does not let
+    /// this service see: it sends no QoS and no retain flag, so rules that read them decide
+    /// as semantics.md §3 says for an unknown message, and the operator is told which rules
+    /// those are; and the policy's limits need the traffic, which go-auth does not show.
+    fn warn_unseen(&self, generation: &Generation) {
         let previous = self.message_warned.swap(generation.id, std::sync::atomic::Ordering::Relaxed);
-        if previous == generation.id || !generation.reads_message() {
+        if previous == generation.id {
+            return;
+        }
+        if generation.has_limits() {
+            tracing::warn!(
+                generation = generation.id,
+                "the policy's limits are not applied to go-auth requests: go-auth tells this service \
+                 no payload size, no retain flag and no unsubscribe, and answers repeated checks from \
+                 its own cache, so rates and subscription counts cannot be counted here; the broker \
+                 plugin enforces them (docs/http-service.md)"
+            );
+        }
+        if !generation.reads_message() {
             return;
         }
         let rules = match generation.message_rules() {

@@ -578,3 +578,23 @@ fn a_logic_changing_module_decides_the_same_in_the_cli_and_in_the_swap_gate() {
     started.kill().unwrap();
     started.wait().unwrap();
 }
+
+#[test]
+fn who_can_shows_a_subjects_limits_and_where_they_come_from() {
+    let viewer = r#"{"id": "u1", "type": "user", "groups": ["viewers"]}"#;
+    let o = mqtt_policy().args(["who-can", "--subject", viewer]).output().unwrap();
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{out}");
+    assert!(
+        out.contains("limits: max_subscriptions 100 (from limits entries 'subscriptions-per-connection'"),
+        "{out}"
+    );
+    let admin = r#"{"id": "a1", "type": "user", "groups": ["admins"]}"#;
+    let o = mqtt_policy().args(["who-can", "--subject", admin, "--json"]).output().unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["limits"]["max_subscriptions"], serde_json::Value::Null, "admins-unlimited lifts it: {v}");
+    assert_eq!(v["limits"]["retain"], true);
+    let service = r#"{"id": "svc-x", "type": "service"}"#;
+    let o = mqtt_policy().args(["who-can", "--subject", service]).output().unwrap();
+    assert!(String::from_utf8_lossy(&o.stdout).contains("limits: none"));
+}

@@ -46,6 +46,7 @@ fn policy_with_health() -> Value {
     p["celine"]["mqtt"]["acl"]["rules"].as_array_mut().unwrap().push(json!({
         "id": "health-viewers", "subjects": {"groups": ["viewers"]},
         "topics": ["celine/system/health/+"], "actions": ["subscribe", "read"]}));
+    p["celine"]["mqtt"]["limits"][0]["max_subscriptions"] = json!(50);
     p
 }
 
@@ -200,6 +201,11 @@ fn a_dry_run_reports_the_diff_without_swapping_and_every_swap_reports_its_diff()
     assert!(diff["counts"]["read"]["gained"].as_u64().unwrap() > 0, "{dry}");
     assert!(diff["counts"]["subscribe"]["gained"].as_u64().unwrap() > 0, "{dry}");
     assert_eq!(diff["counts"]["publish"], Value::Null, "nothing about publishing changes: {dry}");
+    assert_eq!(
+        diff["limits"],
+        json!(["limits entry 'subscriptions-per-connection' changed: max_subscriptions 100 -> 50"]),
+        "{dry}"
+    );
     let first = &diff["first"][0];
     assert_eq!(first["old"]["allow"], false);
     assert_eq!(first["new"]["rule"], "health-viewers", "{dry}");
@@ -237,6 +243,8 @@ fn a_dry_run_reports_the_diff_without_swapping_and_every_swap_reports_its_diff()
         text.contains("what the new generation changes") && text.contains("celine/system/health/")
     });
     let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.contains("limits changed: limits entry 'subscriptions-per-connection' changed"), "{text}");
+    assert!(text.contains("the policy's limits are not applied to go-auth requests"), "{text}");
     assert!(!text.contains(&viewer), "never log a token");
 }
 

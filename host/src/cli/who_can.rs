@@ -64,8 +64,13 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
             ev.generation.module.version
         );
     }
+    let limits = policy.limits(&subject);
     if a.json {
-        println!("{}", serde_json::json!({"subject": subject, "superuser": superuser, "effective": e}));
+        let limits = limits_json(&limits);
+        println!(
+            "{}",
+            serde_json::json!({"subject": subject, "superuser": superuser, "effective": e, "limits": limits})
+        );
         return Ok(ExitCode::SUCCESS);
     }
     println!(
@@ -83,10 +88,30 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         Some(why) => println!("superuser: no ({why})"),
         None => println!("superuser: yes ({}; go-auth skips every ACL check for it)", superuser.reason),
     }
+    match policy.describe_limits(&subject).split_last() {
+        None => println!("limits: none (no limits entry selects the subject)"),
+        Some((from, lines)) => {
+            println!("limits: {} ({from}; the broker plugin enforces them)", lines.join("; "))
+        }
+    }
     for g in &e.actions {
         print_action(g);
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// A subject's limits as JSON: `null` where there is no limit.
+fn limits_json(l: &policy_core::Limits) -> serde_json::Value {
+    let rate = |r: Option<policy_core::Rate>| {
+        r.map(|r| serde_json::json!({"per_second": r.per_second, "burst": r.burst}))
+    };
+    serde_json::json!({
+        "max_subscriptions": l.max_subscriptions,
+        "max_payload_bytes": l.max_payload_bytes,
+        "publish_messages": rate(l.publish_messages),
+        "publish_bytes": rate(l.publish_bytes),
+        "retain": l.retain,
+    })
 }
 
 /// `who-can ACTION TOPIC`: per allow rule that grants it to someone, whom it names and a
