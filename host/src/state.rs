@@ -53,7 +53,7 @@ pub struct AppState {
     pub bundle_signing_key: Option<policy_engine::bundle::SigningKey>,
     /// The last generation [`AppState::generation`] looked at for conditions and limits
     /// go-auth cannot serve (0: none yet).
-    pub message_warned: std::sync::atomic::AtomicU64,
+    pub unseen_warned: std::sync::atomic::AtomicU64,
 }
 
 impl AppState {
@@ -65,7 +65,7 @@ impl AppState {
     /// The live generation (module + policy). Requests take it once and finish on it.
     pub fn generation(&self) -> Arc<Generation> {
         let generation = self.authorizer.live.current();
-        if self.message_warned.load(std::sync::atomic::Ordering::Relaxed) != generation.id {
+        if self.unseen_warned.load(std::sync::atomic::Ordering::Relaxed) != generation.id {
             self.warn_unseen(&generation);
         }
         generation
@@ -76,7 +76,7 @@ impl AppState {
     /// as semantics.md §3 says for an unknown message, and the operator is told which rules
     /// those are; and the policy's limits need the traffic, which go-auth does not show.
     fn warn_unseen(&self, generation: &Generation) {
-        let previous = self.message_warned.swap(generation.id, std::sync::atomic::Ordering::Relaxed);
+        let previous = self.unseen_warned.swap(generation.id, std::sync::atomic::Ordering::Relaxed);
         if previous == generation.id {
             return;
         }
@@ -285,7 +285,7 @@ pub async fn build_state(cfg: &ServeConfig, log: QueueWriter) -> anyhow::Result<
         bundle_token: cfg.bundle_token.as_deref().map(token_digest),
         pull: cfg.policy.policy_url.as_ref().map(|_| Default::default()),
         bundle_signing_key: cfg.bundle_signing_key.clone(),
-        message_warned: std::sync::atomic::AtomicU64::new(0),
+        unseen_warned: std::sync::atomic::AtomicU64::new(0),
         sessions: cfg.sessions.clone(),
     }))
 }

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use identity::devkey::{DevKey, TokenSpec, claims};
-use mqtt_policy_mosquitto::{Admission, Broker, Options, PlainClient, Plugin, Published, access};
+use mqtt_policy_mosquitto::{Admission, Broker, Options, PlainClient, Plugin, AclMessage, access};
 
 struct Quiet;
 
@@ -46,7 +46,7 @@ fn checks(c: &mut Criterion) {
     let devices: Vec<String> =
         (0..12_000).map(|n| format!("bench/telemetry/meter-type-{}/device-{n}/readings", n % 8)).collect();
     assert!(
-        devices.iter().all(|t| plugin.check(&editor, access::READ, t.as_bytes(), Published::default())),
+        devices.iter().all(|t| plugin.check(&editor, access::READ, t.as_bytes(), AclMessage::default())),
         "a read was denied"
     );
     let mut group = c.benchmark_group("plugin check");
@@ -58,7 +58,7 @@ fn checks(c: &mut Criterion) {
                 &editor,
                 access::READ,
                 std::hint::black_box(devices[n].as_bytes()),
-                Published::default(),
+                AclMessage::default(),
             )
         })
     });
@@ -68,7 +68,7 @@ fn checks(c: &mut Criterion) {
                 &editor,
                 access::READ,
                 std::hint::black_box(devices[0].as_bytes()),
-                Published::default(),
+                AclMessage::default(),
             )
         })
     });

@@ -322,6 +322,10 @@ pub struct Connections {
     /// Keyed by the broker's client structure, hashed with foldhash: the key is an address
     /// the broker chose, which no client can pick to collide (and SipHash showed in profiles).
     by_client: HashMap<ClientKey, Connection, foldhash::fast::RandomState>,
+    /// The key of the last entry recorded for each client id (a client chooses its id, so
+    /// this map hashes with SipHash's keyed default); an item whose entry has gone or holds
+    /// another id is skipped, and such items are dropped by the sweep.
+    by_id: HashMap<Box<str>, ClientKey>,
     /// Entries with `connected` set.
     connected: usize,
     /// Connected entries by deadline, earliest first. An item whose entry has gone, left, or
@@ -353,9 +357,23 @@ impl Connections {
                 self.watch(key, c.deadline);
             }
         }
+        self.by_id.insert(c.client_id.clone(), key);
         let old = self.by_client.insert(key, c);
         self.forget(old.as_ref());
         old
+    }
+
+    /// What the last entry of client `client_id` used of its limits, as a new connection of
+    /// that client carries it ([`Usage::carried`]: its subscriptions only when the new
+    /// connection resumes a session that outlived the old one); nothing when there is no
+    /// such entry.
+    pub fn usage_of(&self, client_id: &str, resumes_session: bool) -> Usage {
+        self.by_id
+            .get(client_id)
+            .and_then(|key| self.by_client.get(key))
+            .filter(|c| *c.client_id == *client_id)
+            .map(|c| c.usage.carried(resumes_session && !c.binding.ends_with_connection()))
+            .unwrap_or_default()
     }
 
     pub fn get(&self, key: ClientKey) -> Option<&Connection> {
@@ -483,6 +501,10 @@ impl Connections {
             let live: std::collections::HashSet<ClientKey> =
                 self.by_client.iter().filter(|(_, c)| !c.connected).map(|(k, _)| *k).collect();
             self.left.retain(|(k, _)| live.contains(k));
+        }
+        if self.by_id.len() > 2 * self.by_client.len() + 1024 {
+            let by_client = &self.by_client;
+            self.by_id.retain(|id, key| by_client.get(key).is_some_and(|c| c.client_id == *id));
         }
         before - self.by_client.len()
     }

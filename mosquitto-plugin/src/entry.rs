@@ -20,7 +20,7 @@ use crate::broker::Broker;
 use crate::client::{BrokerClient, CertificateNames, ClientKey};
 use crate::logging;
 use crate::options::Options;
-use crate::plugin::{Admission, Plugin, Published};
+use crate::plugin::{Admission, Plugin, AclMessage};
 use crate::sys::{self, Callback, Functions, MosquittoOpt, PluginId, RealBroker};
 
 /// What `mosquitto_plugin_init` hands the broker as userdata.
@@ -376,8 +376,8 @@ unsafe extern "C" fn on_acl_check(_event: c_int, data: *mut c_void, userdata: *m
         // SAFETY: the topic lives for the duration of the event.
         let topic = unsafe { sys::bytes(ev.topic) }.unwrap_or_default();
         let client = EventClient { functions: &inst.functions, client: ev.client };
-        let published = Published { qos: ev.qos, retain: ev.retain, payload_len: ev.payloadlen };
-        if inst.plugin.check(&client, ev.access, topic, published) {
+        let message = AclMessage { qos: ev.qos, retain: ev.retain, payload_len: ev.payloadlen };
+        if inst.plugin.check(&client, ev.access, topic, message) {
             sys::MOSQ_ERR_SUCCESS
         } else {
             sys::MOSQ_ERR_ACL_DENIED

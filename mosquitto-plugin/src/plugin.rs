@@ -54,7 +54,7 @@ const SWEEP_EVERY: Duration = Duration::from_secs(10);
 /// What Mosquitto reports of the message an ACL check is about: its QoS and retain flag
 /// (for a subscribe: the requested QoS, and no flag) and its payload size.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct Published {
+pub struct AclMessage {
     pub qos: u8,
     pub retain: bool,
     pub payload_len: u32,
@@ -523,8 +523,12 @@ impl Plugin {
                     connection.connected = old.connected;
                     connection.connecting = old.connecting;
                     connection.binding = old.binding.clone();
+                    connection.usage = std::mem::take(&mut old.usage);
                     tracing::debug!("re-authenticated {described}");
                 } else {
+                    // Limits count per client: a reconnect earns no fresh burst, and a
+                    // resumed session's subscriptions still count.
+                    connection.usage = connections.usage_of(&connection.client_id, !client.clean_start());
                     tracing::info!("connected {described}");
                     bump(&self.stats.connections_accepted);
                 }
@@ -655,7 +659,7 @@ impl Plugin {
     /// publish or will, subscribe, unsubscribe); `topic` a name, or a filter for subscribe;
     /// `message` the QoS, retain flag and payload size as Mosquitto reports them (for
     /// subscribe: the requested QoS, and no retain flag).
-    pub fn check(&self, client: &dyn BrokerClient, access: i32, topic: &[u8], message: Published) -> bool {
+    pub fn check(&self, client: &dyn BrokerClient, access: i32, topic: &[u8], message: AclMessage) -> bool {
         // Only the check right after a disconnect event may be that client's will.
         let will = self.will_window.take() == Some(client.key());
         logging::flush();
@@ -776,14 +780,14 @@ impl Plugin {
         client: &dyn BrokerClient,
         action: Action,
         topic: &[u8],
-        published: Published,
+        seen: AclMessage,
         will: bool,
         now: u64,
     ) -> bool {
         let metrics = &self.authorizer.metrics;
         let message = Message {
-            qos: (published.qos <= 2).then_some(published.qos),
-            retain: (action != Action::Subscribe).then_some(published.retain),
+            qos: (seen.qos <= 2).then_some(seen.qos),
+            retain: (action != Action::Subscribe).then_some(seen.retain),
         };
         let Ok(topic) = std::str::from_utf8(topic) else {
             metrics.decided(action, false, None);
@@ -819,7 +823,8 @@ impl Plugin {
                     client.id_text()
                 );
             }
-            let newcomer = self.unadmitted(client);
+            let mut newcomer = self.unadmitted(client);
+            newcomer.usage = connections.usage_of(&newcomer.client_id, !client.clean_start());
             if will {
                 // Met at its will, right after its disconnect: its structure goes soon.
                 connections.insert_leaving(key, newcomer);
@@ -857,51 +862,57 @@ impl Plugin {
         let Connection { mapped: Some(mapped), cache, client_id, log, identity, usage, .. } = conn else {
             return false;
         };
-        let record = |subject| {
-            DecisionRecord::about("acl", Some(subject), identity.username_label(), client_id, topic)
-        };
-        // Limits first: a request over one is refused whatever the policy grants, and takes
-        // nothing from the buckets.
-        let clock = match action {
-            Action::Publish => Some(self.clock_ns()),
-            _ => None,
-        };
-        let filter = (action == Action::Subscribe).then(|| self.filter_hasher.hash_one(topic.as_bytes()));
-        let over = match (&mapped.limits, clock, filter) {
-            (Err(fault), ..) if action != Action::Read => {
-                Some(format!("its limits could not be read: {fault}"))
-            }
-            (Ok(limits), Some(at), _) => usage
-                .admits_publish(limits, published.payload_len, message.retain, at)
-                .err()
-                .map(|o| self.over(o)),
-            (Ok(limits), _, Some(hash)) => {
-                usage.admits_subscription(limits, hash).err().map(|o| self.over(o))
-            }
-            _ => None,
-        };
-        if let Some(reason) = over {
-            metrics.decided(action, false, None);
-            self.audit(log, record(&mapped.request.subject).outcome(action_name(action), false, &reason));
-            return false;
+        if action != Action::Read && mapped.limits.is_err() {
+            // The module could not say at the mapping (no instance ready, a fault): ask again.
+            mapped.limits = generation.limits(&mapped.request.subject).map_err(|fault| fault.0.into());
         }
-        let who = Who { username: identity.username_label(), client_id, topic };
-        let allowed = self.decided(&generation, mapped, cache, log, who, action, message);
-        if allowed && let Ok(limits) = &mapped.limits {
-            if let Some(at) = clock {
-                usage.published(limits, published.payload_len, at);
+        // Limits first: a request over one is refused whatever the rules grant, and takes
+        // nothing from the buckets.
+        let over = match (action, &mapped.limits) {
+            (Action::Read, _) => Ok(None),
+            (_, Err(fault)) => Err(fault),
+            (Action::Publish, Ok(limits)) => usage
+                .admits_publish(limits, seen.payload_len, message.retain, self.clock_ns())
+                .map(Some),
+            (Action::Subscribe, Ok(limits)) => {
+                let hash = self.filter_hasher.hash_one(topic.as_bytes());
+                usage.admits_subscription(limits, hash).map(|()| None)
             }
-            if let Some(hash) = filter {
-                usage.subscribed(hash);
+        };
+        let who = Who { username: identity.username_label(), client_id, topic };
+        let admitted = match over {
+            Ok(admitted) => admitted,
+            Err(over) => {
+                metrics.decided(action, false, None);
+                self.over_limit(log, who, &mapped.request.subject, action, over);
+                return false;
+            }
+        };
+        let allowed = self.decided(&generation, mapped, cache, log, who, action, message);
+        if allowed {
+            match admitted {
+                Some(admitted) => usage.published(admitted),
+                None if action == Action::Subscribe => usage.subscribed(self.filter_hasher.hash_one(topic.as_bytes())),
+                None => {}
             }
         }
         allowed
     }
 
-    /// Counts a request refused for being over a limit, and says why.
-    fn over(&self, over: Over) -> String {
-        bump(&self.stats.limit_refusals[over.index()]);
-        over.reason()
+    /// Records a request refused for being over a limit (or because its limits could not be
+    /// read), counted; the reason is formatted only when the record is written.
+    fn over_limit(&self, log: &mut LogBudget, who: Who<'_>, subject: &Subject, action: Action, over: Result<Over, &str>) {
+        if let Ok(over) = over {
+            bump(&self.stats.limit_refusals[over.index()]);
+        }
+        self.within_budget(log, who.client_id, || {
+            let reason = match over {
+                Ok(over) => over.reason(),
+                Err(fault) => format!("its limits could not be read: {fault}"),
+            };
+            let record = DecisionRecord::about("acl", Some(subject), who.username, who.client_id, who.topic);
+            tracing::info!("audit: {}", record.outcome(action_name(action), false, &reason).to_json());
+        });
     }
 
     /// What the policy says of a check by a connection mapped under `generation`, recorded.
@@ -987,14 +998,19 @@ impl Plugin {
             tracing::debug!("audit: {}", record.to_json());
             return;
         }
+        self.within_budget(log, record.clientid, || tracing::info!("audit: {}", record.to_json()));
+    }
+
+    /// Writes an information-level record with `write` when the client's log budget allows,
+    /// saying first how many were not written; else counts it as suppressed.
+    fn within_budget(&self, log: &mut LogBudget, client_id: &str, write: impl FnOnce()) {
         match log.take(coarse_now()) {
-            Some(0) => tracing::info!("audit: {}", record.to_json()),
+            Some(0) => write(),
             Some(n) => {
                 tracing::info!(
-                    "client {:?}: {n} denial records not written (over its log budget of {LOG_BURST}, then 1 a second)",
-                    record.clientid
+                    "client {client_id:?}: {n} denial records not written (over its log budget of {LOG_BURST}, then 1 a second)"
                 );
-                tracing::info!("audit: {}", record.to_json());
+                write();
             }
             None => bump(&self.stats.log_lines_suppressed),
         }

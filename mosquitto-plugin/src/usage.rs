@@ -57,9 +57,9 @@ impl Over {
     }
 }
 
-/// A token bucket kept as the time it is next empty (the generic cell-rate algorithm): one
+/// A token bucket kept as the time it is full again (the generic cell-rate algorithm): one
 /// number per bucket, no refill arithmetic on a clock tick.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 struct Bucket {
     /// Nanoseconds (on the plugin's monotonic clock) when everything taken so far is paid
     /// back at the rate.
@@ -67,22 +67,32 @@ struct Bucket {
 }
 
 impl Bucket {
-    /// Nanoseconds `units` cost at `rate` units a second.
-    fn cost(units: u64, per_second: u32) -> u64 {
-        let ns = u128::from(units) * 1_000_000_000 / u128::from(per_second.max(1));
+    /// Nanoseconds `units` take to refill at `per_second` units a second, rounded up: a unit
+    /// is never free however high the rate, and a burst of `n` holds `n` units exactly, as
+    /// each unit taken is rounded up at least as much as the burst.
+    fn refill(units: u64, per_second: u32) -> u64 {
+        let ns = (u128::from(units) * 1_000_000_000).div_ceil(u128::from(per_second.max(1)));
         u64::try_from(ns).unwrap_or(u64::MAX)
     }
 
     /// The bucket after taking `units` at `now`, or `None` when that is more than the burst
     /// allows.
     fn after(self, rate: Rate, units: u64, now: u64) -> Option<Bucket> {
-        let due = self.due.max(now).saturating_add(Self::cost(units, rate.per_second));
-        (due - now <= Self::cost(u64::from(rate.burst), rate.per_second)).then_some(Bucket { due })
+        let due = self.due.max(now).saturating_add(Self::refill(units, rate.per_second));
+        (due - now <= Self::refill(u64::from(rate.burst), rate.per_second)).then_some(Bucket { due })
     }
 }
 
+/// A publish [`Usage::admits_publish`] admitted: the buckets once it is taken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[must_use]
+pub struct Admitted {
+    messages: Bucket,
+    bytes: Bucket,
+}
+
 /// One connection's use of its limits.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct Usage {
     /// Keyed hashes ([`crate::plugin::Plugin`]'s hasher) of the filters this connection
     /// subscribed to and did not leave: a repeated SUBSCRIBE of a filter replaces it and
@@ -95,15 +105,16 @@ pub struct Usage {
 
 impl Usage {
     /// Whether a publish of `size` payload bytes (retained or not, or not known) fits the
-    /// limits at `now`; the buckets are not taken from ([`Usage::published`] does that,
-    /// once the policy allowed it).
+    /// limits at `now`, checked in this order: payload size, retain, message rate, byte
+    /// rate. The buckets are not taken from: [`Usage::published`] does that with the
+    /// answer, once the policy allowed the publish.
     pub fn admits_publish(
         &self,
         limits: &Limits,
         size: u32,
         retain: Option<bool>,
         now: u64,
-    ) -> Result<(), Over> {
+    ) -> Result<Admitted, Over> {
         if let Some(max) = limits.max_payload_bytes
             && size > max
         {
@@ -112,17 +123,6 @@ impl Usage {
         if !limits.retain && retain == Some(true) {
             return Err(Over::Retain);
         }
-        self.taken(limits, size, now).map(drop)
-    }
-
-    /// Takes a publish that [`Usage::admits_publish`] admitted at `now` from the buckets.
-    pub fn published(&mut self, limits: &Limits, size: u32, now: u64) {
-        if let Ok((messages, bytes)) = self.taken(limits, size, now) {
-            (self.messages, self.bytes) = (messages, bytes);
-        }
-    }
-
-    fn taken(&self, limits: &Limits, size: u32, now: u64) -> Result<(Bucket, Bucket), Over> {
         let messages = match limits.publish_messages {
             Some(rate) => self.messages.after(rate, 1, now).ok_or(Over::Messages(rate))?,
             None => self.messages,
@@ -131,7 +131,23 @@ impl Usage {
             Some(rate) => self.bytes.after(rate, u64::from(size), now).ok_or(Over::Bytes(rate))?,
             None => self.bytes,
         };
-        Ok((messages, bytes))
+        Ok(Admitted { messages, bytes })
+    }
+
+    /// Takes an admitted publish from the buckets.
+    pub fn published(&mut self, admitted: Admitted) {
+        (self.messages, self.bytes) = (admitted.messages, admitted.bytes);
+    }
+
+    /// What a new connection of the same client carries over: the buckets always (a
+    /// reconnect earns no fresh burst), the subscriptions when it resumes the session (which
+    /// Mosquitto then hands it).
+    pub fn carried(&self, resumes_session: bool) -> Usage {
+        Usage {
+            subscriptions: if resumes_session { self.subscriptions.clone() } else { BTreeSet::new() },
+            messages: self.messages,
+            bytes: self.bytes,
+        }
     }
 
     /// Whether a SUBSCRIBE to the filter with hash `filter` fits: one it holds already is
@@ -184,8 +200,7 @@ mod tests {
         let (l, mut u) = (limits(), Usage::default());
         let t0 = 5 * SECOND;
         for i in 0..3 {
-            assert_eq!(u.admits_publish(&l, 10, Some(false), t0), Ok(()), "burst message {i}");
-            u.published(&l, 10, t0);
+            u.published(u.admits_publish(&l, 10, Some(false), t0).unwrap_or_else(|o| panic!("burst message {i}: {o:?}")));
         }
         assert_eq!(
             u.admits_publish(&l, 10, Some(false), t0),
@@ -193,14 +208,12 @@ mod tests {
         );
         // One message's worth (a tenth of a second) later, exactly one more.
         let later = t0 + SECOND / 10;
-        assert_eq!(u.admits_publish(&l, 10, None, later), Ok(()));
-        u.published(&l, 10, later);
+        u.published(u.admits_publish(&l, 10, None, later).unwrap());
         assert!(u.admits_publish(&l, 10, None, later).is_err());
         // A refused message takes nothing: a second later the whole burst is back.
         let rested = later + SECOND;
         for _ in 0..3 {
-            assert_eq!(u.admits_publish(&l, 10, None, rested), Ok(()));
-            u.published(&l, 10, rested);
+            u.published(u.admits_publish(&l, 10, None, rested).unwrap());
         }
     }
 
@@ -208,18 +221,18 @@ mod tests {
     fn bytes_are_counted_by_payload_size() {
         let l = Limits { publish_bytes: Some(Rate { per_second: 1000, burst: 1500 }), ..Limits::NONE };
         let mut u = Usage::default();
-        u.published(&l, 1000, SECOND);
+        u.published(u.admits_publish(&l, 1000, None, SECOND).unwrap());
         assert_eq!(
             u.admits_publish(&l, 600, None, SECOND),
             Err(Over::Bytes(Rate { per_second: 1000, burst: 1500 }))
         );
-        assert_eq!(u.admits_publish(&l, 500, None, SECOND), Ok(()));
+        assert!(u.admits_publish(&l, 500, None, SECOND).is_ok());
         assert_eq!(
             u.admits_publish(&l, 1501, None, 100 * SECOND),
             Err(Over::Bytes(Rate { per_second: 1000, burst: 1500 })),
             "more than the burst never fits"
         );
-        assert_eq!(u.admits_publish(&l, 0, None, SECOND), Ok(()));
+        assert!(u.admits_publish(&l, 0, None, SECOND).is_ok());
     }
 
     #[test]
@@ -230,12 +243,8 @@ mod tests {
             Err(Over::Payload { size: 101, max: 100 })
         );
         assert_eq!(u.admits_publish(&l, 1, Some(true), SECOND), Err(Over::Retain));
-        assert_eq!(
-            u.admits_publish(&l, 1, None, SECOND),
-            Ok(()),
-            "an unknown flag is not a retained publish"
-        );
-        assert_eq!(Usage::default().admits_publish(&Limits::NONE, u32::MAX, Some(true), 0), Ok(()));
+        assert!(u.admits_publish(&l, 1, None, SECOND).is_ok(), "an unknown flag is not a retained publish");
+        assert!(Usage::default().admits_publish(&Limits::NONE, u32::MAX, Some(true), 0).is_ok());
     }
 
     #[test]
@@ -251,5 +260,33 @@ mod tests {
         u.unsubscribed(2);
         assert_eq!(u.admits_subscription(&l, 3), Ok(()));
         assert_eq!(u.subscriptions(), 1);
+    }
+
+    #[test]
+    fn a_new_connection_of_the_client_carries_its_buckets_and_a_resumed_sessions_subscriptions() {
+        let (l, mut u) = (limits(), Usage::default());
+        for _ in 0..3 {
+            u.published(u.admits_publish(&l, 1, None, SECOND).unwrap());
+        }
+        u.subscribed(7);
+        let resumed = u.carried(true);
+        assert!(resumed.admits_publish(&l, 1, None, SECOND).is_err(), "no fresh burst");
+        assert_eq!(resumed.subscriptions(), 1);
+        let clean = u.carried(false);
+        assert!(clean.admits_publish(&l, 1, None, SECOND).is_err());
+        assert_eq!(clean.subscriptions(), 0, "a clean start holds no subscriptions");
+    }
+
+    #[test]
+    fn rounding_gives_the_burst_and_never_more() {
+        // 3 a second: a third of a second is 333,333,333.3 ns; taking one costs 333,333,334.
+        let rate = Rate { per_second: 3, burst: 1 };
+        let b = Bucket::default().after(rate, 1, SECOND).unwrap();
+        assert!(b.after(rate, 1, SECOND + 333_333_333).is_none());
+        assert!(b.after(rate, 1, SECOND + 333_333_334).is_some());
+        // A rate beyond a unit a nanosecond still charges each unit.
+        let fast = Rate { per_second: u32::MAX, burst: 1 };
+        let b = Bucket::default().after(fast, 1, SECOND).unwrap();
+        assert!(b.after(fast, 1, SECOND).is_none());
     }
 }

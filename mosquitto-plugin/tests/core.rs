@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use identity::devkey::{DevKey, TokenSpec, claims};
-use mqtt_policy_mosquitto::{Admission, Broker, ClientKey, Options, PlainClient, Plugin, Published, access};
+use mqtt_policy_mosquitto::{Admission, Broker, ClientKey, Options, PlainClient, Plugin, AclMessage, access};
 
 #[derive(Default)]
 struct StandIn {
@@ -157,7 +157,7 @@ impl Fixture {
     fn may(&self, key: usize, access: i32, topic: &str) -> bool {
         let client =
             self.clients.borrow().get(&key).cloned().unwrap_or_else(|| PlainClient::new(key, "", None));
-        self.plugin.check(&client, access, topic.as_bytes(), Published::default())
+        self.plugin.check(&client, access, topic.as_bytes(), AclMessage::default())
     }
 }
 
@@ -624,37 +624,45 @@ fn a_connected_client_whose_name_changes_behind_the_plugin_loses_the_identity() 
 #[test]
 fn limits_bind_whoever_they_select_superusers_included() {
     let f = fixture(&[]);
-    // "tess" is selected by the test policy's "throttled" limits; as an admin she is a
-    // superuser, which lifts no limit.
-    assert!(matches!(
-        f.connect(1, "t1", Some("tess"), Some(&f.token("tess", &["admins"]))),
-        Admission::Admitted { .. }
-    ));
-    assert!(matches!(
-        f.connect(2, "a1", Some("adam"), Some(&f.token("adam", &["admins"]))),
-        Admission::Admitted { .. }
-    ));
+    // "tess" is selected by the test policy's "throttled" limits (2 subscriptions, 64-byte
+    // payloads, 1 publish a second with a burst of 3, no retained publishes); as an admin she
+    // is a superuser, which lifts no limit.
+    let tess = f.token("tess", &["admins"]);
+    // Tess connects with a persistent session (clean start off).
+    let persistent = |key: usize| {
+        let mut c = PlainClient::new(key, "t1", Some("tess"));
+        c.clean = false;
+        f.arrives_unseen(c.clone());
+        f.plugin.authenticate(&c, Some(b"tess"), Some(tess.as_bytes()))
+    };
+    assert!(matches!(persistent(1), Admission::Admitted { .. }));
+    let adam = f.token("adam", &["admins"]);
+    assert!(matches!(f.connect(2, "a1", Some("adam"), Some(&adam)), Admission::Admitted { .. }));
     let publish = |key: usize, size: usize, retain: bool| {
         let client = f.clients.borrow()[&key].clone();
-        let message = Published { qos: 1, retain, payload_len: size as u32 };
+        let message = AclMessage { qos: 1, retain, payload_len: size as u32 };
         f.plugin.check(&client, access::WRITE, b"celine/digital-twin/state/pump/p1", message)
     };
     assert!(!publish(1, 10, true), "retain: false refuses a retained publish");
     assert!(!publish(1, 65, false), "over max_payload_bytes");
     assert!(publish(2, 65, true), "adam has no limits");
-    // Refusals took nothing from the burst of 3.
-    assert!(publish(1, 64, false) && publish(1, 1, false) && publish(1, 0, false));
-    assert!(!publish(1, 1, false), "over 1 publish a second after the burst");
+    // Refusals took nothing: the burst of 3 passes, then no more than the rate refills.
+    let started = std::time::Instant::now();
+    let passed: Vec<bool> = (0..10).map(|_| publish(1, 1, false)).collect();
+    let seconds = started.elapsed().as_secs();
+    assert_eq!(passed[..3], [true; 3]);
+    let n = passed.iter().filter(|p| **p).count();
+    assert!(n as u64 <= 3 + seconds + 1, "{passed:?} in {seconds} s");
     // Deliveries are not limited.
     assert!(f.may(1, access::READ, TELEMETRY));
     let metrics = f.plugin.stats().render_prometheus(f.plugin.live());
     for line in [
-        "mqtt_policy_limit_refusals_total{limit=\"retain\"} 1",
-        "mqtt_policy_limit_refusals_total{limit=\"max_payload_bytes\"} 1",
-        "mqtt_policy_limit_refusals_total{limit=\"publish_messages\"} 1",
-        "mqtt_policy_limit_refusals_total{limit=\"max_subscriptions\"} 0",
+        "mqtt_policy_limit_refusals_total{limit=\"retain\"} 1".to_string(),
+        "mqtt_policy_limit_refusals_total{limit=\"max_payload_bytes\"} 1".to_string(),
+        format!("mqtt_policy_limit_refusals_total{{limit=\"publish_messages\"}} {}", 10 - n),
+        "mqtt_policy_limit_refusals_total{limit=\"max_subscriptions\"} 0".to_string(),
     ] {
-        assert!(metrics.contains(line), "missing {line:?} in\n{metrics}");
+        assert!(metrics.contains(&line), "missing {line:?} in\n{metrics}");
     }
     // Subscriptions are counted per filter; leaving one frees its place.
     for filter in ["a/#", "b/#", "a/#"] {
@@ -663,4 +671,38 @@ fn limits_bind_whoever_they_select_superusers_included() {
     assert!(!f.may(1, access::SUBSCRIBE, "c/#"), "over max_subscriptions 2");
     assert!(f.may(1, access::UNSUBSCRIBE, "b/#"));
     assert!(f.may(1, access::SUBSCRIBE, "c/#"));
+
+    // Mosquitto's reload re-check keeps what the connection used.
+    f.plugin.reload();
+    assert!(matches!(f.recheck(1, Some(&tess)), Admission::Admitted { .. }));
+    f.plugin.tick();
+    assert!(!f.may(1, access::SUBSCRIBE, "d/#"), "still holding 2 after a reload");
+
+    // The same client again, resuming its session: Mosquitto hands it the session's two
+    // subscriptions, which still count, and it earns no fresh burst.
+    f.disconnect(1);
+    assert!(matches!(persistent(3), Admission::Admitted { .. }));
+    assert!(!f.may(3, access::SUBSCRIBE, "d/#"), "the resumed session's subscriptions count");
+    let again: usize = (0..10).filter(|_| publish(3, 1, false)).count();
+    let seconds = started.elapsed().as_secs();
+    assert!(again as u64 <= seconds + 1, "{again} publishes passed {seconds} s after the first burst");
+    // A clean start: the broker dropped the session's subscriptions, so they no longer count.
+    f.disconnect(3);
+    assert!(matches!(f.connect(4, "t1", Some("tess"), Some(&tess)), Admission::Admitted { .. }));
+    assert!(f.may(4, access::SUBSCRIBE, "d/#"));
+}
+
+#[test]
+fn limits_the_module_cannot_give_refuse_publishes_and_subscriptions_only() {
+    let faulty = test_support::target_dir().join("policy-module/faulty.wasm");
+    assert!(faulty.exists(), "{} is missing: run `cargo xtask build` first", faulty.display());
+    let f = fixture(&[("module", &faulty.display().to_string())]);
+    // The faulty module traps when asked the limits of a subject with this id.
+    let token = f.token("fault-limits", &["admins"]);
+    assert!(matches!(f.connect(5, "c5", Some("fault-limits"), Some(&token)), Admission::Admitted { .. }));
+    assert!(f.may(5, access::READ, TELEMETRY), "deliveries are not limited");
+    assert!(!f.may(5, access::SUBSCRIBE, "a/#"));
+    let client = f.clients.borrow()[&5].clone();
+    assert!(!f.plugin.check(&client, access::WRITE, b"a/b", AclMessage::default()));
+    assert!(f.plugin.live().current().module.runtime().faults() >= 3, "asked again at each check");
 }

@@ -794,20 +794,16 @@ impl Generation {
         self.with_worker(|store, inst, policy| {
             inst.celine_mqtt_policy_engine().policy().call_limits(store, policy, who)
         })
-        .map(core_limits)
+        .and_then(core_limits)
     }
 
-    /// What changed in the `limits` section from `previous` to this generation, one line per
-    /// entry, for a swap report. `None` when either does not decide natively (a module that
-    /// changes the logic may compute limits its own way).
-    pub fn limit_changes(&self, previous: &Generation) -> Option<Vec<String>> {
-        Some(policy_core::limit_changes(previous.native.as_ref()?, self.native.as_ref()?))
-    }
-
-    /// Whether the document has a `limits` section with entries (natively; `true` for a
-    /// module that changes the logic, which may limit whatever the document says).
+    /// Whether the document has `limits` entries (read natively; `true` when it does not
+    /// load natively, a module with a format of its own, which may have limits).
     pub fn has_limits(&self) -> bool {
-        self.native.as_ref().is_none_or(|p| !p.limit_entries().is_empty())
+        match &self.native {
+            Some(policy) => !policy.limit_entries().is_empty(),
+            None => policy_core::Policy::load(&self.document).map_or(true, |p| !p.limit_entries().is_empty()),
+        }
     }
 
     /// Maps verified claims to a subject (policy logic: natively for the built-in module,
@@ -855,15 +851,22 @@ impl Generation {
     }
 }
 
-fn core_limits(l: Limits) -> policy_core::Limits {
-    let rate = |r: Rate| policy_core::Rate { per_second: r.per_second, burst: r.burst };
-    policy_core::Limits {
+/// A module's limits in `policy-core`'s form; a rate or burst of 0 (which no document can
+/// state) is a fault, not a limit to enforce.
+fn core_limits(l: Limits) -> Result<policy_core::Limits, Fault> {
+    let rate = |r: Option<Rate>| match r {
+        Some(Rate { per_second: 0, .. } | Rate { burst: 0, .. }) => {
+            Err(Fault("the policy module returned a rate or burst of 0 in a subject's limits".into()))
+        }
+        r => Ok(r.map(|r| policy_core::Rate { per_second: r.per_second, burst: r.burst })),
+    };
+    Ok(policy_core::Limits {
         max_subscriptions: l.max_subscriptions,
         max_payload_bytes: l.max_payload_bytes,
-        publish_messages: l.publish_messages.map(rate),
-        publish_bytes: l.publish_bytes.map(rate),
+        publish_messages: rate(l.publish_messages)?,
+        publish_bytes: rate(l.publish_bytes)?,
         retain: l.retain,
-    }
+    })
 }
 
 fn core_type(t: SubjectType) -> policy_core::SubjectType {

@@ -510,10 +510,10 @@ pub fn bench_swap() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The default policy with one more rule (viewers may read service health) at the end: a
-/// second valid document, without a JSON dependency in xtask.
+/// The default policy with one more rule (viewers may read service health) first: a second
+/// valid document, without a JSON dependency in xtask.
 pub(crate) fn with_extra_rule(base: &str) -> String {
     let rule = r#"{"id": "health-viewers", "subjects": {"groups": ["viewers"]}, "topics": ["celine/system/health/+"], "actions": ["subscribe", "read"]}"#;
-    let end = base.rfind("]\n      }\n    },\n    \"roles\"").expect("the default policy's rules list");
-    format!("{},\n{rule}\n{}", base[..end].trim_end(), &base[end..])
+    let start = base.find("\"rules\": [").expect("the default policy's rules list") + "\"rules\": [".len();
+    format!("{}\n{rule},{}", &base[..start], &base[start..])
 }

@@ -6,7 +6,8 @@
 //!   throttled container, must still get its answer);
 //! - `fault/panic`: panics (a trap);
 //! - `fault/oom`: asks for 1 GiB of memory, beyond the host's limit;
-//! - a policy document containing `"trap-on-load"`: panics while loading.
+//! - a policy document containing `"trap-on-load"`: panics while loading;
+//! - the limits of a subject with the id `fault-limits`: panics.
 
 use policy_wasm::LoadedPolicy;
 use policy_wasm::celine::mqtt_policy::types::{Decision, Diagnostic, Limits, Request, Subject, SubjectType};
@@ -56,6 +57,7 @@ impl GuestPolicy for Faulty {
     }
 
     fn limits(&self, who: Subject) -> Limits {
+        assert!(who.id != "fault-limits", "asked to trap on this subject's limits");
         self.0.limits(who)
     }
 
