@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use identity::devkey::{DevKey, TokenSpec, claims};
-use mqtt_policy_mosquitto::{Admission, Broker, Options, PlainClient, Plugin, AclMessage, access};
+use mqtt_policy_mosquitto::{AclMessage, Admission, Broker, Options, PlainClient, Plugin, access};
 
 struct Quiet;
 

@@ -20,7 +20,7 @@ use crate::broker::Broker;
 use crate::client::{BrokerClient, CertificateNames, ClientKey};
 use crate::logging;
 use crate::options::Options;
-use crate::plugin::{Admission, Plugin, AclMessage};
+use crate::plugin::{AclMessage, Admission, Plugin};
 use crate::sys::{self, Callback, Functions, MosquittoOpt, PluginId, RealBroker};
 
 /// What `mosquitto_plugin_init` hands the broker as userdata.

@@ -34,4 +34,4 @@ pub mod usage;
 pub use broker::Broker;
 pub use client::{BrokerClient, CertificateNames, ClientKey, PlainClient};
 pub use options::Options;
-pub use plugin::{Admission, Plugin, AclMessage, access};
+pub use plugin::{AclMessage, Admission, Plugin, access};

@@ -39,7 +39,7 @@ use crate::connections::{
 use crate::logging;
 use crate::options::{CertificateName, Options};
 use crate::stats::{Stats, bump};
-use crate::usage::{Over, Usage};
+use crate::usage::{Admitted, Over, Usage};
 
 /// How long the first key load may take at start-up before the broker starts without keys
 /// (connections are then refused, with that reason, until a refresh succeeds).
@@ -868,15 +868,17 @@ impl Plugin {
         }
         // Limits first: a request over one is refused whatever the rules grant, and takes
         // nothing from the buckets.
-        let over = match (action, &mapped.limits) {
+        // `Err(Err(_))`: the limits could not be read.
+        let over: Result<Option<Admitted>, Result<Over, &str>> = match (action, &mapped.limits) {
             (Action::Read, _) => Ok(None),
-            (_, Err(fault)) => Err(fault),
+            (_, Err(fault)) => Err(Err(fault)),
             (Action::Publish, Ok(limits)) => usage
                 .admits_publish(limits, seen.payload_len, message.retain, self.clock_ns())
-                .map(Some),
+                .map(Some)
+                .map_err(Ok),
             (Action::Subscribe, Ok(limits)) => {
                 let hash = self.filter_hasher.hash_one(topic.as_bytes());
-                usage.admits_subscription(limits, hash).map(|()| None)
+                usage.admits_subscription(limits, hash).map(|()| None).map_err(Ok)
             }
         };
         let who = Who { username: identity.username_label(), client_id, topic };
@@ -892,7 +894,9 @@ impl Plugin {
         if allowed {
             match admitted {
                 Some(admitted) => usage.published(admitted),
-                None if action == Action::Subscribe => usage.subscribed(self.filter_hasher.hash_one(topic.as_bytes())),
+                None if action == Action::Subscribe => {
+                    usage.subscribed(self.filter_hasher.hash_one(topic.as_bytes()))
+                }
                 None => {}
             }
         }
@@ -901,7 +905,14 @@ impl Plugin {
 
     /// Records a request refused for being over a limit (or because its limits could not be
     /// read), counted; the reason is formatted only when the record is written.
-    fn over_limit(&self, log: &mut LogBudget, who: Who<'_>, subject: &Subject, action: Action, over: Result<Over, &str>) {
+    fn over_limit(
+        &self,
+        log: &mut LogBudget,
+        who: Who<'_>,
+        subject: &Subject,
+        action: Action,
+        over: Result<Over, &str>,
+    ) {
         if let Ok(over) = over {
             bump(&self.stats.limit_refusals[over.index()]);
         }

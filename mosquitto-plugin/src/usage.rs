@@ -200,7 +200,10 @@ mod tests {
         let (l, mut u) = (limits(), Usage::default());
         let t0 = 5 * SECOND;
         for i in 0..3 {
-            u.published(u.admits_publish(&l, 10, Some(false), t0).unwrap_or_else(|o| panic!("burst message {i}: {o:?}")));
+            u.published(
+                u.admits_publish(&l, 10, Some(false), t0)
+                    .unwrap_or_else(|o| panic!("burst message {i}: {o:?}")),
+            );
         }
         assert_eq!(
             u.admits_publish(&l, 10, Some(false), t0),

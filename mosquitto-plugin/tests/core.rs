@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use identity::devkey::{DevKey, TokenSpec, claims};
-use mqtt_policy_mosquitto::{Admission, Broker, ClientKey, Options, PlainClient, Plugin, AclMessage, access};
+use mqtt_policy_mosquitto::{AclMessage, Admission, Broker, ClientKey, Options, PlainClient, Plugin, access};
 
 #[derive(Default)]
 struct StandIn {
@@ -704,5 +704,5 @@ fn limits_the_module_cannot_give_refuse_publishes_and_subscriptions_only() {
     assert!(!f.may(5, access::SUBSCRIBE, "a/#"));
     let client = f.clients.borrow()[&5].clone();
     assert!(!f.plugin.check(&client, access::WRITE, b"a/b", AclMessage::default()));
-    assert!(f.plugin.live().current().module.runtime().faults() >= 3, "asked again at each check");
+    assert!(f.plugin.live().current().module.runtime().faults() >= 1, "the trap is counted");
 }
