@@ -23,7 +23,7 @@ use std::sync::Arc;
 
 use identity::devkey::{DevKey, TokenSpec, claims};
 use libfuzzer_sys::fuzz_target;
-use mqtt_policy_mosquitto::{Admission, Broker, ClientKey, Options, PlainClient, Plugin, Published};
+use mqtt_policy_mosquitto::{Admission, Broker, ClientKey, Options, PlainClient, Plugin, AclMessage};
 use policy_core::{Action, Message, Policy, Query, Subject, SubjectType};
 
 struct StandIn;
@@ -327,7 +327,7 @@ fuzz_target!(|data: &[u8]| {
                     if bits == 1 && !s.subscribed {
                         continue;
                     }
-                    let allowed = w.plugin.check(&s.client, bits, topic, Published::default());
+                    let allowed = w.plugin.check(&s.client, bits, topic, AclMessage::default());
                     if allowed && access & 0x08 == 0 {
                         let action = match bits {
                             1 => Action::Read,
