@@ -509,6 +509,11 @@ impl Connections {
         before - self.by_client.len()
     }
 
+    /// The keys of the connected entries.
+    pub fn connected_keys(&self) -> Vec<ClientKey> {
+        self.by_client.iter().filter(|(_, c)| c.connected).map(|(k, _)| *k).collect()
+    }
+
     /// Entries between their CONNECT and their disconnect event.
     pub fn connected(&self) -> usize {
         self.connected

@@ -12,7 +12,8 @@
 //! - `plugin`: the safe core (CONNECT, ACL checks, disconnect, tick, reload), over
 //!   `client` (what the broker says about a client, and the binding that keeps an identity
 //!   with the client that proved it), `connections` (who each client is, its decision cache),
-//!   `usage` (what each connection used of its limits), `stats` (counters, latency,
+//!   `usage` (what each connection used of its limits), `revocation` (what a swap takes
+//!   from connected clients), `stats` (counters, latency,
 //!   Prometheus and `$SYS`), `logging` (into Mosquitto's log) and `background` (key refresh
 //!   and metrics off the broker thread).
 //!
@@ -27,6 +28,7 @@ pub mod entry;
 pub mod logging;
 pub mod options;
 pub mod plugin;
+pub mod revocation;
 pub mod stats;
 pub mod sys;
 pub mod usage;

@@ -13,6 +13,8 @@ use std::time::Duration;
 use authorizer::config::{DEPRECATED, from_options, option_names, parse_switch};
 use authorizer::{ConfigError, KeysConfig, PolicyConfig, Spelling};
 
+use crate::revocation::OnRevoke;
+
 /// The options only the plugin has, as written after `plugin_opt_`.
 pub const PLUGIN_ONLY: &[&str] = &[
     "dev",
@@ -27,6 +29,7 @@ pub const PLUGIN_ONLY: &[&str] = &[
     "will_on_expiry",
     "bundle_token_file",
     "certificate_name",
+    "on_revoke",
 ];
 
 /// Old plugin spellings still read for one release, with a warning: (old, what it means now).
@@ -83,6 +86,9 @@ pub struct Options {
     pub bundle_token_file: Option<PathBuf>,
     /// Which name of the certificate is the client's (as the listener makes the username).
     pub certificate_name: CertificateName,
+    /// What happens to a connected client holding a subscription a new generation no
+    /// longer grants.
+    pub on_revoke: OnRevoke,
     /// Old spellings read, to warn about at start.
     pub deprecations: Vec<String>,
 }
@@ -243,6 +249,17 @@ impl Options {
                     return Err(ConfigError(format!(
                         "plugin_opt_certificate_name: expected common_name (use_identity_as_username) or \
                          subject (use_subject_as_username), got {}",
+                        policy_core::quote(other)
+                    )));
+                }
+            },
+            on_revoke: match get("on_revoke").map(str::trim) {
+                None | Some("keep") => OnRevoke::Keep,
+                Some("disconnect") => OnRevoke::Disconnect,
+                Some(other) => {
+                    return Err(ConfigError(format!(
+                        "plugin_opt_on_revoke: expected keep (the client stays, each delivery on a revoked \
+                         subscription is denied) or disconnect, got {}",
                         policy_core::quote(other)
                     )));
                 }

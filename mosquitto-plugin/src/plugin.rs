@@ -17,7 +17,6 @@
 //! and the policy's `certificates` section names it, and is denied every check otherwise.
 
 use std::cell::{Cell, RefCell};
-use std::hash::{BuildHasher, RandomState};
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
@@ -38,7 +37,8 @@ use crate::connections::{
 };
 use crate::logging;
 use crate::options::{CertificateName, Options};
-use crate::stats::{Stats, bump};
+use crate::revocation::{self, Lost, OnRevoke, Pass};
+use crate::stats::{Stats, add, bump};
 use crate::usage::{Admitted, Over, Usage};
 
 /// How long the first key load may take at start-up before the broker starts without keys
@@ -67,6 +67,11 @@ struct Who<'a> {
     client_id: &'a str,
     topic: &'a str,
 }
+
+/// The broker's time a revocation pass may take per tick.
+const REVOKE_SLICE: Duration = Duration::from_millis(2);
+/// Clients whose lost subscriptions a revocation report names one by one.
+const REVOKED_SHOWN: usize = 20;
 
 /// A CONNECT's outcome.
 #[derive(Debug, PartialEq, Eq)]
@@ -122,11 +127,14 @@ pub struct Plugin {
     /// [`authorizer::metrics::SAMPLE`] that is timed, which `checks_seen` counts to).
     allowed_uncounted: [Cell<u64>; 2],
     checks_seen: Cell<u64>,
-    /// Hashes subscription filters for the subscription limit (keyed per process, so no
-    /// client can choose filters that collide).
-    filter_hasher: RandomState,
     /// The clock of the publish-rate buckets.
     started: Instant,
+    /// The re-decision of connected clients' subscriptions under a new generation, under way
+    /// (`revocation.rs`), and the last generation one finished for.
+    revocation: RefCell<Option<Pass>>,
+    revoked_for: Cell<u64>,
+    /// Connections re-authenticated since the last look: their subject may have changed.
+    recheck: RefCell<Vec<ClientKey>>,
 }
 
 /// Whether a kept identity belongs to the client a check is for.
@@ -261,10 +269,12 @@ impl Plugin {
             reauthenticating: Cell::new(false),
             will_window: Cell::new(None),
             generation_seen: Cell::new(live.version()),
+            revocation: RefCell::new(None),
+            revoked_for: Cell::new(live.current().id),
+            recheck: RefCell::new(Vec::new()),
             generation: RefCell::new(live.current()),
             allowed_uncounted: [Cell::new(0), Cell::new(0)],
             checks_seen: Cell::new(0),
-            filter_hasher: RandomState::new(),
             started: Instant::now(),
         })
     }
@@ -458,6 +468,9 @@ impl Plugin {
         conn.username = self.username_for(&generation, &conn.identity, &subject);
         let superuser = self.authorizer.superuser(&generation, &subject).allow;
         conn.remap(&generation, &subject, superuser);
+        if let Ok(mut recheck) = self.recheck.try_borrow_mut() {
+            recheck.push(key);
+        }
         let deadline = conn.deadline;
         connections.watch(key, deadline);
         bump(&self.stats.reauth_accepted);
@@ -687,14 +700,15 @@ impl Plugin {
         self.decide(client, action, topic, message, will, now)
     }
 
-    /// Frees the filter's place under the connection's subscription limit.
+    /// Forgets the filter: it frees a place under the subscription limit, and a swap no
+    /// longer re-decides it.
     fn unsubscribed(&self, client: &dyn BrokerClient, filter: &[u8]) {
-        let hash = self.filter_hasher.hash_one(filter);
-        if let Ok(mut connections) = self.connections.try_borrow_mut()
+        if let Ok(filter) = std::str::from_utf8(filter)
+            && let Ok(mut connections) = self.connections.try_borrow_mut()
             && let Some(conn) = connections.get_mut(client.key())
             && conn.binding.still_names(client)
         {
-            conn.usage.unsubscribed(hash);
+            conn.usage.unsubscribed(filter);
         }
     }
 
@@ -838,22 +852,8 @@ impl Plugin {
             Some(reason.to_string())
         } else if conn.deadline <= now {
             Some("its token has expired".to_string())
-        } else if conn.mapped_for(generation.id).is_none() {
-            // A new generation: its module maps the identity again, and earlier decisions go.
-            match self.subject_of(&generation, &conn.identity) {
-                Ok(s) => {
-                    let superuser = self.authorizer.superuser(&generation, &s).allow;
-                    conn.username = self.username_for(&generation, &conn.identity, &s);
-                    conn.remap(&generation, &s, superuser);
-                    None
-                }
-                Err(reason) => {
-                    conn.mapped = None;
-                    Some(reason)
-                }
-            }
         } else {
-            None
+            self.map_under(conn, &generation).err()
         };
         if let Some(reason) = refused {
             self.refuse(conn, action, topic, &reason);
@@ -876,10 +876,7 @@ impl Plugin {
                 .admits_publish(limits, seen.payload_len, message.retain, self.clock_ns())
                 .map(Some)
                 .map_err(Ok),
-            (Action::Subscribe, Ok(limits)) => {
-                let hash = self.filter_hasher.hash_one(topic.as_bytes());
-                usage.admits_subscription(limits, hash).map(|()| None).map_err(Ok)
-            }
+            (Action::Subscribe, Ok(limits)) => usage.admits_subscription(limits, topic).map(|()| None).map_err(Ok),
         };
         let who = Who { username: identity.username_label(), client_id, topic };
         let admitted = match over {
@@ -894,13 +891,32 @@ impl Plugin {
         if allowed {
             match admitted {
                 Some(admitted) => usage.published(admitted),
-                None if action == Action::Subscribe => {
-                    usage.subscribed(self.filter_hasher.hash_one(topic.as_bytes()))
-                }
+                None if action == Action::Subscribe => usage.subscribed(topic, seen.qos),
                 None => {}
             }
         }
         allowed
+    }
+
+    /// Maps the connection's identity under `generation` when it is not yet (a new
+    /// generation: its module maps the identity again, and earlier decisions go); `Err` says
+    /// why it maps to no subject.
+    fn map_under(&self, conn: &mut Connection, generation: &Arc<Generation>) -> Result<(), String> {
+        if conn.mapped_for(generation.id).is_some() {
+            return Ok(());
+        }
+        match self.subject_of(generation, &conn.identity) {
+            Ok(s) => {
+                let superuser = self.authorizer.superuser(generation, &s).allow;
+                conn.username = self.username_for(generation, &conn.identity, &s);
+                conn.remap(generation, &s, superuser);
+                Ok(())
+            }
+            Err(reason) => {
+                conn.mapped = None;
+                Err(reason)
+            }
+        }
     }
 
     /// Records a request refused for being over a limit (or because its limits could not be
@@ -1200,6 +1216,7 @@ impl Plugin {
         if full {
             self.last_sweep.set(Instant::now());
         }
+        self.revoke_step();
         let interval = self.options.sys_interval;
         if interval.is_zero() || self.last_sys.get().is_some_and(|t| t.elapsed() < interval) {
             return;
@@ -1209,6 +1226,124 @@ impl Plugin {
         // borrowed here.
         for (name, value) in self.stats.sys_values(&self.authorizer.live) {
             self.broker.publish_retained(&format!("$SYS/broker/mqtt-policy/{name}"), value.as_bytes());
+        }
+    }
+
+    /// A slice of the revocation pass: the subscriptions connected clients hold, decided again
+    /// under the live generation after a swap (and for re-authenticated clients), at most
+    /// [`REVOKE_SLICE`] of the broker's time per tick; when the pass is done, its report and
+    /// what `on_revoke` says to do.
+    fn revoke_step(&self) {
+        let current = self.authorizer.live.current();
+        let finished = {
+            let (Ok(mut pass), Ok(mut connections), Ok(mut recheck)) = (
+                self.revocation.try_borrow_mut(),
+                self.connections.try_borrow_mut(),
+                self.recheck.try_borrow_mut(),
+            ) else {
+                return;
+            };
+            match pass.as_mut() {
+                Some(p) if p.generation.id == current.id => p.add(recheck.drain(..)),
+                _ if current.id != self.revoked_for.get() => {
+                    recheck.clear();
+                    *pass = Some(Pass::new(Arc::clone(&current), connections.connected_keys(), true));
+                }
+                _ if !recheck.is_empty() => {
+                    *pass = Some(Pass::new(Arc::clone(&current), std::mem::take(&mut *recheck), false));
+                }
+                _ => {}
+            }
+            let Some(p) = pass.as_mut() else { return };
+            let started = Instant::now();
+            while let Some(key) = p.next_key() {
+                if let Some(conn) = connections.get_mut(key).filter(|c| c.connected)
+                    && let Some(lost) = self.lost_by(conn, &p.generation)
+                {
+                    p.lost.push(lost);
+                }
+                if p.checked().is_multiple_of(64) && started.elapsed() >= REVOKE_SLICE {
+                    break;
+                }
+            }
+            if !p.done() {
+                return;
+            }
+            let done = pass.take();
+            if let Some(p) = done.as_ref().filter(|p| p.swap) {
+                self.revoked_for.set(p.generation.id);
+            }
+            done
+        };
+        // Disconnecting calls back into the plugin: nothing is borrowed here.
+        if let Some(pass) = finished {
+            self.act_on_revocations(pass);
+        }
+    }
+
+    /// The subscriptions of one connected client that `generation` no longer grants.
+    fn lost_by(&self, conn: &mut Connection, generation: &Arc<Generation>) -> Option<Lost> {
+        if conn.usage.filters().next().is_none()
+            || conn.deadline <= coarse_now()
+            || matches!(conn.identity, Identity::Unknown { .. })
+        {
+            return None;
+        }
+        let (subject, filters) = match self.map_under(conn, generation) {
+            Err(reason) => ("-".to_string(), conn.usage.filters().map(|(f, _)| (f.into(), reason.clone())).collect()),
+            Ok(()) => {
+                let Connection { mapped: Some(mapped), usage, .. } = conn else { return None };
+                if mapped.superuser {
+                    return None;
+                }
+                (mapped.request.subject.id.clone(), revocation::lost_filters(generation, mapped, usage))
+            }
+        };
+        (!filters.is_empty()).then(|| Lost { client_id: conn.client_id.clone(), subject, filters })
+    }
+
+    /// Reports a finished pass (a log line, each client's lost filters, the counters) and
+    /// acts on it.
+    fn act_on_revocations(&self, pass: Pass) {
+        let id = pass.generation.id;
+        if pass.lost.is_empty() {
+            if pass.swap {
+                tracing::info!("generation {id}: every subscription of the {} connected clients is still granted", pass.checked());
+            }
+            return;
+        }
+        let on_revoke = self.options.on_revoke;
+        let filters: usize = pass.lost.iter().map(|l| l.filters.len()).sum();
+        add(&self.stats.revoked_subscriptions, filters as u64);
+        add(&self.stats.revoked_clients[usize::from(on_revoke == OnRevoke::Disconnect)], pass.lost.len() as u64);
+        tracing::warn!(
+            "generation {id}: {} connected clients hold {filters} subscriptions it no longer grants; on_revoke {}: {}",
+            pass.lost.len(),
+            on_revoke.as_str(),
+            match on_revoke {
+                OnRevoke::Keep => "they stay connected, and each delivery on those subscriptions is denied",
+                OnRevoke::Disconnect => "disconnecting them, to subscribe again under the new policy",
+            }
+        );
+        for lost in pass.lost.iter().take(REVOKED_SHOWN) {
+            let filters: Vec<String> =
+                lost.filters.iter().map(|(f, why)| format!("{} ({why})", policy_core::quote(f))).collect();
+            tracing::info!(
+                "revoked: client {:?} (subject {:?}) no longer may subscribe to {}",
+                lost.client_id,
+                lost.subject,
+                filters.join(", ")
+            );
+        }
+        if pass.lost.len() > REVOKED_SHOWN {
+            tracing::info!("revoked: and {} more clients", pass.lost.len() - REVOKED_SHOWN);
+        }
+        if on_revoke == OnRevoke::Disconnect {
+            for lost in &pass.lost {
+                if !self.broker.kick(&lost.client_id, false) {
+                    tracing::warn!("could not disconnect client {:?} (the broker does not know it any more)", lost.client_id);
+                }
+            }
         }
     }
 
@@ -1255,7 +1390,7 @@ impl Drop for Plugin {
 }
 
 /// Points a connection's request at one check (its subject, client id and username stay).
-fn aim(request: &mut Request, action: Action, topic: &str, message: Message) {
+pub(crate) fn aim(request: &mut Request, action: Action, topic: &str, message: Message) {
     request.action = action;
     request.topic.clear();
     request.topic.push_str(topic);

@@ -24,6 +24,11 @@ pub fn bump(counter: &AtomicU64) {
     counter.store(counter.load(Relaxed).wrapping_add(1), Relaxed);
 }
 
+/// Adds `n` to a counter only the broker thread writes.
+pub fn add(counter: &AtomicU64, n: u64) {
+    counter.store(counter.load(Relaxed).wrapping_add(n), Relaxed);
+}
+
 /// Everything the plugin counts.
 pub struct Stats {
     /// The authorizer's decision metrics.
@@ -45,6 +50,10 @@ pub struct Stats {
     pub log_lines_suppressed: AtomicU64,
     /// Requests refused for being over a limit, by [`Over::index`].
     pub limit_refusals: [AtomicU64; 5],
+    /// Subscriptions connected clients held that a new generation no longer grants, and
+    /// those clients, kept and disconnected.
+    pub revoked_subscriptions: AtomicU64,
+    pub revoked_clients: [AtomicU64; 2],
     /// What pulling bundles did, when the plugin pulls them.
     pub pull: std::sync::OnceLock<std::sync::Arc<std::sync::Mutex<policy_engine::pull::PullStatus>>>,
 }
@@ -65,6 +74,8 @@ impl Stats {
             stale_entries: zero(),
             log_lines_suppressed: zero(),
             limit_refusals: std::array::from_fn(|_| zero()),
+            revoked_subscriptions: zero(),
+            revoked_clients: [zero(), zero()],
             pull: std::sync::OnceLock::new(),
         }
     }
@@ -143,6 +154,21 @@ impl Stats {
             "Publishes and subscriptions refused for being over the client's limits (the policy's limits section), by limit.",
             &refusals,
         );
+        metric(
+            "mqtt_policy_revoked_subscriptions_total",
+            "counter",
+            "Subscriptions connected clients held that a new policy generation no longer grants (re-decided after each swap).",
+            &[(String::new(), load(&self.revoked_subscriptions))],
+        );
+        metric(
+            "mqtt_policy_revoked_clients_total",
+            "counter",
+            "Connected clients that lost a subscription to a new policy generation, by what on_revoke did.",
+            &[
+                ("{action=\"kept\"}".into(), load(&self.revoked_clients[0])),
+                ("{action=\"disconnected\"}".into(), load(&self.revoked_clients[1])),
+            ],
+        );
         if let Some(pull) = self.pull.get() {
             let rows: Vec<(String, u64)> = pull
                 .lock()
@@ -201,6 +227,7 @@ impl Stats {
             ("checks/latency-p50-ns", ns(0.5)),
             ("checks/latency-p99-ns", ns(0.99)),
             ("swaps/applied", swaps.to_string()),
+            ("swaps/revoked-subscriptions", self.revoked_subscriptions.load(Relaxed).to_string()),
             ("swaps/rejected", rejections.to_string()),
         ]
     }

@@ -1,12 +1,13 @@
 //! What one connection has used of its limits (the policy's `limits` section, semantics.md
 //! §6): the subscriptions it holds, and its publish rates as token buckets. Counting happens
 //! on the broker thread, with no allocation per message: a bucket is one number, and the
-//! subscription set grows only on a SUBSCRIBE.
+//! subscription set grows only on a SUBSCRIBE. The subscriptions are also what a swap
+//! re-decides (`plugin.rs`, revocation).
 //!
 //! The limits themselves come from the policy (`policy_core::Limits`, through the module);
 //! this module only counts against them, and says which one a refused request is over.
 
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 
 use policy_core::{Limits, Rate};
 
@@ -94,11 +95,11 @@ pub struct Admitted {
 /// One connection's use of its limits.
 #[derive(Debug, Default, Clone)]
 pub struct Usage {
-    /// Keyed hashes ([`crate::plugin::Plugin`]'s hasher) of the filters this connection
-    /// subscribed to and did not leave: a repeated SUBSCRIBE of a filter replaces it and
-    /// counts once. Kept whatever the limits (8 bytes a subscription, a fraction of what the
-    /// broker keeps for it), so a limit a swap brings counts what the client holds already.
-    subscriptions: BTreeSet<u64>,
+    /// The filters this connection subscribed to and did not leave, with the QoS each was
+    /// asked at: a repeated SUBSCRIBE of a filter replaces it and counts once. Kept whatever
+    /// the limits (the filter's bytes, as the broker keeps them too), so a limit a swap brings
+    /// counts what the client holds already, and a swap can re-decide each one.
+    subscriptions: BTreeMap<Box<str>, u8>,
     messages: Bucket,
     bytes: Bucket,
 }
@@ -144,18 +145,18 @@ impl Usage {
     /// Mosquitto then hands it).
     pub fn carried(&self, resumes_session: bool) -> Usage {
         Usage {
-            subscriptions: if resumes_session { self.subscriptions.clone() } else { BTreeSet::new() },
+            subscriptions: if resumes_session { self.subscriptions.clone() } else { BTreeMap::new() },
             messages: self.messages,
             bytes: self.bytes,
         }
     }
 
-    /// Whether a SUBSCRIBE to the filter with hash `filter` fits: one it holds already is
-    /// replaced, so it always does.
-    pub fn admits_subscription(&self, limits: &Limits, filter: u64) -> Result<(), Over> {
+    /// Whether a SUBSCRIBE to `filter` fits: one it holds already is replaced, so it always
+    /// does.
+    pub fn admits_subscription(&self, limits: &Limits, filter: &str) -> Result<(), Over> {
         match limits.max_subscriptions {
             Some(max)
-                if !self.subscriptions.contains(&filter) && self.subscriptions.len() >= max as usize =>
+                if !self.subscriptions.contains_key(filter) && self.subscriptions.len() >= max as usize =>
             {
                 Err(Over::Subscriptions { max })
             }
@@ -163,14 +164,24 @@ impl Usage {
         }
     }
 
-    /// Records a granted subscription.
-    pub fn subscribed(&mut self, filter: u64) {
-        self.subscriptions.insert(filter);
+    /// Records a granted subscription, asked at `qos`.
+    pub fn subscribed(&mut self, filter: &str, qos: u8) {
+        match self.subscriptions.get_mut(filter) {
+            Some(held) => *held = qos,
+            None => {
+                self.subscriptions.insert(filter.into(), qos);
+            }
+        }
     }
 
     /// Records an UNSUBSCRIBE.
-    pub fn unsubscribed(&mut self, filter: u64) {
-        self.subscriptions.remove(&filter);
+    pub fn unsubscribed(&mut self, filter: &str) {
+        self.subscriptions.remove(filter);
+    }
+
+    /// The filters held, with the QoS each was asked at.
+    pub fn filters(&self) -> impl Iterator<Item = (&str, u8)> {
+        self.subscriptions.iter().map(|(f, q)| (&**f, *q))
     }
 
     /// The subscriptions counted against the limit.
@@ -253,16 +264,16 @@ mod tests {
     #[test]
     fn subscriptions_count_filters_once_and_free_on_unsubscribe() {
         let (l, mut u) = (limits(), Usage::default());
-        for f in [1, 2] {
+        for f in ["a/#", "b/#"] {
             assert_eq!(u.admits_subscription(&l, f), Ok(()));
-            u.subscribed(f);
+            u.subscribed(f, 1);
         }
-        assert_eq!(u.admits_subscription(&l, 1), Ok(()), "a filter it holds is replaced");
-        u.subscribed(1);
-        assert_eq!(u.admits_subscription(&l, 3), Err(Over::Subscriptions { max: 2 }));
-        u.unsubscribed(2);
-        assert_eq!(u.admits_subscription(&l, 3), Ok(()));
-        assert_eq!(u.subscriptions(), 1);
+        assert_eq!(u.admits_subscription(&l, "a/#"), Ok(()), "a filter it holds is replaced");
+        u.subscribed("a/#", 0);
+        assert_eq!(u.admits_subscription(&l, "c/#"), Err(Over::Subscriptions { max: 2 }));
+        u.unsubscribed("b/#");
+        assert_eq!(u.admits_subscription(&l, "c/#"), Ok(()));
+        assert_eq!(u.filters().collect::<Vec<_>>(), [("a/#", 0)], "renewed at QoS 0");
     }
 
     #[test]
@@ -271,7 +282,7 @@ mod tests {
         for _ in 0..3 {
             u.published(u.admits_publish(&l, 1, None, SECOND).unwrap());
         }
-        u.subscribed(7);
+        u.subscribed("x", 1);
         let resumed = u.carried(true);
         assert!(resumed.admits_publish(&l, 1, None, SECOND).is_err(), "no fresh burst");
         assert_eq!(resumed.subscriptions(), 1);

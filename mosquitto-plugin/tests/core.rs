@@ -42,12 +42,14 @@ fn fixture(extra: &[(&str, &str)]) -> Fixture {
     let state = tempfile::tempdir().unwrap();
     let policy = test_support::package_dir().join("tests/e2e/policy.json");
     let mut pairs = vec![
-        ("policy".to_string(), policy.display().to_string()),
         ("dev".to_string(), "true".to_string()),
         ("state_dir".to_string(), state.path().display().to_string()),
         ("watch".to_string(), "false".to_string()),
     ];
     pairs.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+    if !extra.iter().any(|(k, _)| *k == "policy") {
+        pairs.push(("policy".to_string(), policy.display().to_string()));
+    }
     let broker = Arc::new(StandIn::default());
     let plugin = Plugin::start(Options::parse(&pairs).unwrap(), broker.clone()).unwrap();
     let key = DevKey::load_or_create(state.path()).unwrap();
@@ -705,4 +707,39 @@ fn limits_the_module_cannot_give_refuse_publishes_and_subscriptions_only() {
     let client = f.clients.borrow()[&5].clone();
     assert!(!f.plugin.check(&client, access::WRITE, b"a/b", AclMessage::default()));
     assert!(f.plugin.live().current().module.runtime().faults() >= 1, "the trap is counted");
+}
+
+#[test]
+fn a_swap_that_revokes_a_held_subscription_names_the_client_and_disconnects_it_on_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("policy.json");
+    let original = std::fs::read_to_string(test_support::package_dir().join("tests/e2e/policy.json")).unwrap();
+    std::fs::write(&policy, &original).unwrap();
+    let f = fixture(&[("policy", policy.to_str().unwrap()), ("on_revoke", "disconnect")]);
+    let vera = f.token("vera", &["viewers"]);
+    let olga = f.token("olga", &["viewers"]);
+    assert!(matches!(f.connect(1, "v1", Some("vera"), Some(&vera)), Admission::Admitted { .. }));
+    assert!(matches!(f.connect(2, "o1", Some("olga"), Some(&olga)), Admission::Admitted { .. }));
+    assert!(f.may(1, access::SUBSCRIBE, "celine/telemetry/+/+/readings"));
+    assert!(f.may(2, access::SUBSCRIBE, "celine/telemetry/meter/+/readings"));
+    // Viewers keep meter readings only: vera's filter is no longer granted, olga's is.
+    let narrowed = original.replace("\"celine/telemetry/+/+/readings\"", "\"celine/telemetry/meter/+/readings\"");
+    assert_ne!(narrowed, original);
+    std::fs::write(&policy, narrowed).unwrap();
+    let before = f.plugin.live().current().id;
+    f.plugin.reload();
+    f.tick_until("the swap", |f| f.plugin.live().current().id != before);
+    f.tick_until("vera's disconnect", |f| !f.kicked().is_empty());
+    assert_eq!(f.kicked(), [("v1".to_string(), false)], "vera only, without her will");
+    let metrics = f.plugin.stats().render_prometheus(f.plugin.live());
+    for line in [
+        "mqtt_policy_revoked_subscriptions_total 1",
+        "mqtt_policy_revoked_clients_total{action=\"disconnected\"} 1",
+        "mqtt_policy_revoked_clients_total{action=\"kept\"} 0",
+    ] {
+        assert!(metrics.contains(line), "missing {line:?} in\n{metrics}");
+    }
+    // A re-check under the same generation finds nothing more.
+    f.plugin.tick();
+    assert_eq!(f.kicked().len(), 1);
 }

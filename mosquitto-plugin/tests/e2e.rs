@@ -881,3 +881,47 @@ fn a_client_over_its_limits_loses_the_excess_and_keeps_its_connection() {
     assert_eq!(count("max_subscriptions"), 1);
     assert_eq!(count("retain"), 0);
 }
+
+#[test]
+fn a_swap_that_revokes_a_subscription_disconnects_the_client_or_keeps_it_receiving_nothing() {
+    for on_revoke in ["disconnect", "keep"] {
+        let issuer = Issuer::new();
+        let b = broker_with(&issuer, |s| s.option("on_revoke", on_revoke));
+        let policy = b.setup.dir.path().join("policy.json");
+        let token = issuer.user("vera", &["viewers"]);
+        let viewer = Client::connected(Version::V311, b.port, "vera-revoked", "vera", &token);
+        assert_eq!(viewer.subscribe("celine/telemetry/+/+/readings"), 1);
+        assert_eq!(viewer.subscribe("celine/users/vera/#"), 1);
+        let feed = Client::connected(
+            Version::V5,
+            b.port,
+            "feed-revoked",
+            "svc-feed",
+            &issuer.service("svc-feed", &["telemetry.write", "mqtt.write"]),
+        );
+        // Viewers keep meter readings only.
+        let mark = b.log_mark();
+        write_readable(
+            &policy,
+            POLICY.replace("\"celine/telemetry/+/+/readings\"", "\"celine/telemetry/meter/+/readings\"").as_bytes(),
+        );
+        b.wait_for_log_after(mark, "swapped in a new generation", SWAP_WAIT);
+        let line = b.wait_for_log_after(mark, "revoked: client \"vera-revoked\"", SWAP_WAIT);
+        assert!(line.contains("'celine/telemetry/+/+/readings'") && !line.contains("celine/users/vera/#"), "{line}");
+        let summary = b.wait_for_log_after(mark, "subscriptions it no longer grants", SWAP_WAIT);
+        assert!(summary.contains(&format!("on_revoke {on_revoke}")), "{summary}");
+        if on_revoke == "disconnect" {
+            wait_for("the viewer's disconnect", mqtt::WAIT, || {
+                matches!(viewer.next_within(Duration::from_millis(100)), Some(Event::Closed(_)))
+            });
+            let again = Client::connected(Version::V311, b.port, "vera-revoked", "vera", &token);
+            assert_eq!(again.subscribe("celine/telemetry/+/+/readings"), 0x80, "refused under the new policy");
+        } else {
+            // Still connected: a reading it may no longer read is not delivered, the next
+            // message on a subscription it keeps is.
+            feed.publish_at("celine/telemetry/inverter/i1/readings", "revoked reading", 1, false);
+            feed.publish_at("celine/users/vera/inbox", "still here", 1, false);
+            assert_eq!(viewer.message(), ("celine/users/vera/inbox".to_string(), "still here".to_string()));
+        }
+    }
+}

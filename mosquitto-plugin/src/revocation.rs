@@ -1,0 +1,104 @@
+//! What a new policy generation takes from connected clients: the subscriptions they hold
+//! that it no longer grants, found by deciding each one again (as a SUBSCRIBE at the QoS it
+//! was asked at) under the new generation, a slice of connections per broker tick so that a
+//! swap with many connected clients never holds up the broker. `plugin.rs` drives the pass,
+//! reports it and acts on it (`plugin_opt_on_revoke`); this module holds the pass and the
+//! decision for one connection.
+//!
+//! Deliveries are decided one by one whatever this finds: keeping a revoked subscription
+//! never delivers what the policy denies. What the pass adds is telling the operator (and,
+//! with `disconnect`, the client) that a subscription is no longer granted.
+
+use std::sync::Arc;
+
+use policy_core::Message;
+use policy_engine::{Action, Generation};
+
+use crate::client::ClientKey;
+use crate::connections::Mapped;
+use crate::plugin::aim;
+use crate::usage::Usage;
+
+/// What the plugin does with a connected client that holds a subscription the live policy no
+/// longer grants.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OnRevoke {
+    /// It stays connected; each delivery on that subscription is denied.
+    #[default]
+    Keep,
+    /// It is disconnected (without its will), so it reconnects under the new policy and its
+    /// SUBSCRIBE is decided again.
+    Disconnect,
+}
+
+impl OnRevoke {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OnRevoke::Keep => "keep",
+            OnRevoke::Disconnect => "disconnect",
+        }
+    }
+}
+
+/// One client's lost subscriptions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lost {
+    pub client_id: Box<str>,
+    /// The subject id, or `-` when the identity maps to no subject any more.
+    pub subject: String,
+    /// Each filter, and why the generation refuses it.
+    pub filters: Vec<(Box<str>, String)>,
+}
+
+/// A pass over connected clients under one generation.
+pub struct Pass {
+    pub generation: Arc<Generation>,
+    /// Started by a swap (rather than by re-authentications under the same generation).
+    pub swap: bool,
+    keys: Vec<ClientKey>,
+    next: usize,
+    pub lost: Vec<Lost>,
+}
+
+impl Pass {
+    pub fn new(generation: Arc<Generation>, keys: Vec<ClientKey>, swap: bool) -> Pass {
+        Pass { generation, swap, keys, next: 0, lost: Vec::new() }
+    }
+
+    /// The next connection to look at.
+    pub fn next_key(&mut self) -> Option<ClientKey> {
+        let key = self.keys.get(self.next).copied();
+        self.next += usize::from(key.is_some());
+        key
+    }
+
+    /// Connections to look at too (re-authenticated under this generation).
+    pub fn add(&mut self, keys: impl IntoIterator<Item = ClientKey>) {
+        self.keys.extend(keys);
+    }
+
+    /// Connections looked at so far.
+    pub fn checked(&self) -> usize {
+        self.next
+    }
+
+    pub fn done(&self) -> bool {
+        self.next >= self.keys.len()
+    }
+}
+
+/// The filters of `usage` that `generation` does not grant the connection `mapped` (mapped
+/// under that generation), with the reason of each refusal. A filter the module could not
+/// decide (a fault) is not counted as lost: its deliveries are still decided one by one.
+pub fn lost_filters(generation: &Generation, mapped: &mut Mapped, usage: &Usage) -> Vec<(Box<str>, String)> {
+    let mut lost = Vec::new();
+    for (filter, qos) in usage.filters() {
+        aim(&mut mapped.request, Action::Subscribe, filter, Message { qos: (qos <= 2).then_some(qos), retain: None });
+        if let Ok(decision) = generation.try_check_prepared(mapped.prepared.as_ref(), &mapped.request)
+            && !decision.allow
+        {
+            lost.push((filter.into(), decision.reason));
+        }
+    }
+    lost
+}
