@@ -876,7 +876,9 @@ impl Plugin {
                 .admits_publish(limits, seen.payload_len, message.retain, self.clock_ns())
                 .map(Some)
                 .map_err(Ok),
-            (Action::Subscribe, Ok(limits)) => usage.admits_subscription(limits, topic).map(|()| None).map_err(Ok),
+            (Action::Subscribe, Ok(limits)) => {
+                usage.admits_subscription(limits, topic).map(|()| None).map_err(Ok)
+            }
         };
         let who = Who { username: identity.username_label(), client_id, topic };
         let admitted = match over {
@@ -1290,7 +1292,9 @@ impl Plugin {
             return None;
         }
         let (subject, filters) = match self.map_under(conn, generation) {
-            Err(reason) => ("-".to_string(), conn.usage.filters().map(|(f, _)| (f.into(), reason.clone())).collect()),
+            Err(reason) => {
+                ("-".to_string(), conn.usage.filters().map(|(f, _)| (f.into(), reason.clone())).collect())
+            }
             Ok(()) => {
                 let Connection { mapped: Some(mapped), usage, .. } = conn else { return None };
                 if mapped.superuser {
@@ -1308,14 +1312,20 @@ impl Plugin {
         let id = pass.generation.id;
         if pass.lost.is_empty() {
             if pass.swap {
-                tracing::info!("generation {id}: every subscription of the {} connected clients is still granted", pass.checked());
+                tracing::info!(
+                    "generation {id}: every subscription of the {} connected clients is still granted",
+                    pass.checked()
+                );
             }
             return;
         }
         let on_revoke = self.options.on_revoke;
         let filters: usize = pass.lost.iter().map(|l| l.filters.len()).sum();
         add(&self.stats.revoked_subscriptions, filters as u64);
-        add(&self.stats.revoked_clients[usize::from(on_revoke == OnRevoke::Disconnect)], pass.lost.len() as u64);
+        add(
+            &self.stats.revoked_clients[usize::from(on_revoke == OnRevoke::Disconnect)],
+            pass.lost.len() as u64,
+        );
         tracing::warn!(
             "generation {id}: {} connected clients hold {filters} subscriptions it no longer grants; on_revoke {}: {}",
             pass.lost.len(),
@@ -1341,7 +1351,10 @@ impl Plugin {
         if on_revoke == OnRevoke::Disconnect {
             for lost in &pass.lost {
                 if !self.broker.kick(&lost.client_id, false) {
-                    tracing::warn!("could not disconnect client {:?} (the broker does not know it any more)", lost.client_id);
+                    tracing::warn!(
+                        "could not disconnect client {:?} (the broker does not know it any more)",
+                        lost.client_id
+                    );
                 }
             }
         }

@@ -93,7 +93,12 @@ impl Pass {
 pub fn lost_filters(generation: &Generation, mapped: &mut Mapped, usage: &Usage) -> Vec<(Box<str>, String)> {
     let mut lost = Vec::new();
     for (filter, qos) in usage.filters() {
-        aim(&mut mapped.request, Action::Subscribe, filter, Message { qos: (qos <= 2).then_some(qos), retain: None });
+        aim(
+            &mut mapped.request,
+            Action::Subscribe,
+            filter,
+            Message { qos: (qos <= 2).then_some(qos), retain: None },
+        );
         if let Ok(decision) = generation.try_check_prepared(mapped.prepared.as_ref(), &mapped.request)
             && !decision.allow
         {

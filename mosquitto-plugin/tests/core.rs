@@ -713,7 +713,8 @@ fn limits_the_module_cannot_give_refuse_publishes_and_subscriptions_only() {
 fn a_swap_that_revokes_a_held_subscription_names_the_client_and_disconnects_it_on_request() {
     let dir = tempfile::tempdir().unwrap();
     let policy = dir.path().join("policy.json");
-    let original = std::fs::read_to_string(test_support::package_dir().join("tests/e2e/policy.json")).unwrap();
+    let original =
+        std::fs::read_to_string(test_support::package_dir().join("tests/e2e/policy.json")).unwrap();
     std::fs::write(&policy, &original).unwrap();
     let f = fixture(&[("policy", policy.to_str().unwrap()), ("on_revoke", "disconnect")]);
     let vera = f.token("vera", &["viewers"]);
@@ -723,7 +724,8 @@ fn a_swap_that_revokes_a_held_subscription_names_the_client_and_disconnects_it_o
     assert!(f.may(1, access::SUBSCRIBE, "celine/telemetry/+/+/readings"));
     assert!(f.may(2, access::SUBSCRIBE, "celine/telemetry/meter/+/readings"));
     // Viewers keep meter readings only: vera's filter is no longer granted, olga's is.
-    let narrowed = original.replace("\"celine/telemetry/+/+/readings\"", "\"celine/telemetry/meter/+/readings\"");
+    let narrowed =
+        original.replace("\"celine/telemetry/+/+/readings\"", "\"celine/telemetry/meter/+/readings\"");
     assert_ne!(narrowed, original);
     std::fs::write(&policy, narrowed).unwrap();
     let before = f.plugin.live().current().id;

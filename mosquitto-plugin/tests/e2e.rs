@@ -903,11 +903,16 @@ fn a_swap_that_revokes_a_subscription_disconnects_the_client_or_keeps_it_receivi
         let mark = b.log_mark();
         write_readable(
             &policy,
-            POLICY.replace("\"celine/telemetry/+/+/readings\"", "\"celine/telemetry/meter/+/readings\"").as_bytes(),
+            POLICY
+                .replace("\"celine/telemetry/+/+/readings\"", "\"celine/telemetry/meter/+/readings\"")
+                .as_bytes(),
         );
         b.wait_for_log_after(mark, "swapped in a new generation", SWAP_WAIT);
         let line = b.wait_for_log_after(mark, "revoked: client \"vera-revoked\"", SWAP_WAIT);
-        assert!(line.contains("'celine/telemetry/+/+/readings'") && !line.contains("celine/users/vera/#"), "{line}");
+        assert!(
+            line.contains("'celine/telemetry/+/+/readings'") && !line.contains("celine/users/vera/#"),
+            "{line}"
+        );
         let summary = b.wait_for_log_after(mark, "subscriptions it no longer grants", SWAP_WAIT);
         assert!(summary.contains(&format!("on_revoke {on_revoke}")), "{summary}");
         if on_revoke == "disconnect" {
@@ -915,7 +920,11 @@ fn a_swap_that_revokes_a_subscription_disconnects_the_client_or_keeps_it_receivi
                 matches!(viewer.next_within(Duration::from_millis(100)), Some(Event::Closed(_)))
             });
             let again = Client::connected(Version::V311, b.port, "vera-revoked", "vera", &token);
-            assert_eq!(again.subscribe("celine/telemetry/+/+/readings"), 0x80, "refused under the new policy");
+            assert_eq!(
+                again.subscribe("celine/telemetry/+/+/readings"),
+                0x80,
+                "refused under the new policy"
+            );
         } else {
             // Still connected: a reading it may no longer read is not delivered, the next
             // message on a subscription it keeps is.
