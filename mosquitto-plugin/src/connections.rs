@@ -529,6 +529,15 @@ impl Connections {
     }
 }
 
+/// Points a connection's request at one check (its subject, client id and username stay).
+pub fn aim(request: &mut Request, action: Action, topic: &str, message: Message) {
+    request.action = action;
+    request.topic.clear();
+    request.topic.push_str(topic);
+    request.qos = message.qos;
+    request.retain = message.retain;
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -33,11 +33,11 @@ use crate::background::Background;
 use crate::broker::Broker;
 use crate::client::{Binding, BrokerClient, ClientKey};
 use crate::connections::{
-    Connection, Connections, Identity, LOG_BURST, LogBudget, Mapped, TopicCache, TopicDecisions,
+    Connection, Connections, Identity, LOG_BURST, LogBudget, Mapped, TopicCache, TopicDecisions, aim,
 };
 use crate::logging;
 use crate::options::{CertificateName, Options};
-use crate::revocation::{self, Lost, OnRevoke, Pass};
+use crate::revocation::{self, Cause, Lost, OnRevoke, Pass};
 use crate::stats::{Stats, add, bump};
 use crate::usage::{Admitted, Over, Usage};
 
@@ -72,6 +72,8 @@ struct Who<'a> {
 const REVOKE_SLICE: Duration = Duration::from_millis(2);
 /// Clients whose lost subscriptions a revocation report names one by one.
 const REVOKED_SHOWN: usize = 20;
+/// Clients that lost a subscription disconnected per tick, at most (`on_revoke disconnect`).
+const REVOKED_KICKS: usize = 100;
 
 /// A CONNECT's outcome.
 #[derive(Debug, PartialEq, Eq)]
@@ -135,6 +137,8 @@ pub struct Plugin {
     revoked_for: Cell<u64>,
     /// Connections re-authenticated since the last look: their subject may have changed.
     recheck: RefCell<Vec<ClientKey>>,
+    /// Clients a finished pass found, to disconnect (`on_revoke disconnect`), a few per tick.
+    to_disconnect: RefCell<std::collections::VecDeque<(ClientKey, Box<str>)>>,
 }
 
 /// Whether a kept identity belongs to the client a check is for.
@@ -272,6 +276,7 @@ impl Plugin {
             revocation: RefCell::new(None),
             revoked_for: Cell::new(live.current().id),
             recheck: RefCell::new(Vec::new()),
+            to_disconnect: RefCell::new(std::collections::VecDeque::new()),
             generation: RefCell::new(live.current()),
             allowed_uncounted: [Cell::new(0), Cell::new(0)],
             checks_seen: Cell::new(0),
@@ -1236,8 +1241,9 @@ impl Plugin {
     /// [`REVOKE_SLICE`] of the broker's time per tick; when the pass is done, its report and
     /// what `on_revoke` says to do.
     fn revoke_step(&self) {
+        self.disconnect_revoked();
         let current = self.authorizer.live.current();
-        let finished = {
+        let (finished, replaced) = {
             let (Ok(mut pass), Ok(mut connections), Ok(mut recheck)) = (
                 self.revocation.try_borrow_mut(),
                 self.connections.try_borrow_mut(),
@@ -1245,119 +1251,159 @@ impl Plugin {
             ) else {
                 return;
             };
+            let mut replaced = None;
             match pass.as_mut() {
                 Some(p) if p.generation.id == current.id => p.add(recheck.drain(..)),
                 _ if current.id != self.revoked_for.get() => {
                     recheck.clear();
-                    *pass = Some(Pass::new(Arc::clone(&current), connections.connected_keys(), true));
+                    let keys = connections.connected_keys();
+                    replaced = pass.replace(Pass::new(Arc::clone(&current), keys, Cause::Swap));
                 }
                 _ if !recheck.is_empty() => {
-                    *pass = Some(Pass::new(Arc::clone(&current), std::mem::take(&mut *recheck), false));
+                    let keys = std::mem::take(&mut *recheck);
+                    replaced = pass.replace(Pass::new(Arc::clone(&current), keys, Cause::Reauthentication));
                 }
                 _ => {}
             }
             let Some(p) = pass.as_mut() else { return };
             let started = Instant::now();
-            while let Some(key) = p.next_key() {
+            while started.elapsed() < REVOKE_SLICE
+                && let Some(key) = p.next_key()
+            {
                 if let Some(conn) = connections.get_mut(key).filter(|c| c.connected)
-                    && let Some(lost) = self.lost_by(conn, &p.generation)
+                    && let Some(lost) = self.lost_by(key, conn, &p.generation)
                 {
                     p.lost.push(lost);
                 }
-                if p.checked().is_multiple_of(64) && started.elapsed() >= REVOKE_SLICE {
-                    break;
-                }
             }
-            if !p.done() {
-                return;
-            }
-            let done = pass.take();
-            if let Some(p) = done.as_ref().filter(|p| p.swap) {
+            let done = if p.done() { pass.take() } else { None };
+            if let Some(p) = done.as_ref().filter(|p| p.cause == Cause::Swap) {
                 self.revoked_for.set(p.generation.id);
             }
-            done
+            (done, replaced)
         };
-        // Disconnecting calls back into the plugin: nothing is borrowed here.
-        if let Some(pass) = finished {
+        // Nothing is borrowed from here on: reporting logs, and logging may publish. (A pass
+        // a newer generation replaced is not reported: the new pass looks at every client.)
+        if let Some(pass) = &finished {
             self.act_on_revocations(pass);
+        }
+        for pass in [replaced, finished].into_iter().flatten() {
+            // This thread may hold the generation last: it is freed off the broker thread.
+            if let Some(background) = &self.background {
+                background.retire(pass.generation);
+            }
         }
     }
 
-    /// The subscriptions of one connected client that `generation` no longer grants.
-    fn lost_by(&self, conn: &mut Connection, generation: &Arc<Generation>) -> Option<Lost> {
+    /// Whether the subscriptions of connected clients are still to be decided again under
+    /// the live generation, or clients a pass found are still to be disconnected.
+    pub fn revocation_pending(&self) -> bool {
+        self.revocation.try_borrow().map_or(true, |p| p.is_some())
+            || self.authorizer.live.current().id != self.revoked_for.get()
+            || self.to_disconnect.try_borrow().map_or(true, |q| !q.is_empty())
+    }
+
+    /// The subscriptions of one connected client that `generation` no longer grants and no
+    /// earlier pass reported. A client whose identity does not map under it (refused, or a
+    /// module fault) is passed over: every check of it is denied with the reason anyway.
+    fn lost_by(&self, key: ClientKey, conn: &mut Connection, generation: &Arc<Generation>) -> Option<Lost> {
         if conn.usage.filters().next().is_none()
             || conn.deadline <= coarse_now()
             || matches!(conn.identity, Identity::Unknown { .. })
+            || self.map_under(conn, generation).is_err()
         {
             return None;
         }
-        let (subject, filters) = match self.map_under(conn, generation) {
-            Err(reason) => {
-                ("-".to_string(), conn.usage.filters().map(|(f, _)| (f.into(), reason.clone())).collect())
-            }
-            Ok(()) => {
-                let Connection { mapped: Some(mapped), usage, .. } = conn else { return None };
-                if mapped.superuser {
-                    return None;
-                }
-                (mapped.request.subject.id.clone(), revocation::lost_filters(generation, mapped, usage))
-            }
-        };
-        (!filters.is_empty()).then(|| Lost { client_id: conn.client_id.clone(), subject, filters })
+        let Connection { mapped: Some(mapped), usage, client_id, .. } = conn else { return None };
+        if mapped.superuser {
+            return None;
+        }
+        let filters = revocation::lost_filters(generation, mapped, usage);
+        let subject = mapped.request.subject.id.clone();
+        (!filters.is_empty()).then(|| Lost { key, client_id: client_id.clone(), subject, filters })
     }
 
-    /// Reports a finished pass (a log line, each client's lost filters, the counters) and
-    /// acts on it.
-    fn act_on_revocations(&self, pass: Pass) {
+    /// Reports a finished pass (a log line, each client's lost filters, the counters) and,
+    /// with `on_revoke disconnect`, queues its clients to be disconnected: only those whose
+    /// entry still holds them, connected.
+    fn act_on_revocations(&self, pass: &Pass) {
         let id = pass.generation.id;
-        if pass.lost.is_empty() {
-            if pass.swap {
-                tracing::info!(
-                    "generation {id}: every subscription of the {} connected clients is still granted",
-                    pass.checked()
-                );
+        let Ok(connections) = self.connections.try_borrow() else { return };
+        let lost: Vec<&Lost> = pass
+            .lost
+            .iter()
+            .filter(|l| connections.get(l.key).is_some_and(|c| c.connected && c.client_id == l.client_id))
+            .collect();
+        drop(connections);
+        let cause = match pass.cause {
+            Cause::Swap => format!("generation {id}"),
+            Cause::Reauthentication => format!("re-authentication under generation {id}"),
+        };
+        if lost.is_empty() {
+            if pass.cause == Cause::Swap {
+                tracing::info!("{cause}: no connected client lost a subscription ({} looked at)", pass.checked());
             }
             return;
         }
         let on_revoke = self.options.on_revoke;
-        let filters: usize = pass.lost.iter().map(|l| l.filters.len()).sum();
+        let filters: usize = lost.iter().map(|l| l.filters.len()).sum();
         add(&self.stats.revoked_subscriptions, filters as u64);
-        add(
-            &self.stats.revoked_clients[usize::from(on_revoke == OnRevoke::Disconnect)],
-            pass.lost.len() as u64,
-        );
+        add(&self.stats.revoked_clients[usize::from(on_revoke == OnRevoke::Disconnect)], lost.len() as u64);
         tracing::warn!(
-            "generation {id}: {} connected clients hold {filters} subscriptions it no longer grants; on_revoke {}: {}",
-            pass.lost.len(),
+            "{cause}: {} connected clients hold {filters} subscriptions the policy no longer grants; on_revoke {}: {}",
+            lost.len(),
             on_revoke.as_str(),
             match on_revoke {
                 OnRevoke::Keep => "they stay connected, and each delivery on those subscriptions is denied",
                 OnRevoke::Disconnect => "disconnecting them, to subscribe again under the new policy",
             }
         );
-        for lost in pass.lost.iter().take(REVOKED_SHOWN) {
+        for l in lost.iter().take(REVOKED_SHOWN) {
             let filters: Vec<String> =
-                lost.filters.iter().map(|(f, why)| format!("{} ({why})", policy_core::quote(f))).collect();
+                l.filters.iter().map(|(f, why)| format!("{} ({why})", policy_core::quote(f))).collect();
             tracing::info!(
                 "revoked: client {:?} (subject {:?}) no longer may subscribe to {}",
-                lost.client_id,
-                lost.subject,
+                l.client_id,
+                l.subject,
                 filters.join(", ")
             );
         }
-        if pass.lost.len() > REVOKED_SHOWN {
-            tracing::info!("revoked: and {} more clients", pass.lost.len() - REVOKED_SHOWN);
+        if lost.len() > REVOKED_SHOWN {
+            tracing::info!("revoked: and {} more clients", lost.len() - REVOKED_SHOWN);
         }
-        if on_revoke == OnRevoke::Disconnect {
-            for lost in &pass.lost {
-                if !self.broker.kick(&lost.client_id, false) {
-                    tracing::warn!(
-                        "could not disconnect client {:?} (the broker does not know it any more)",
-                        lost.client_id
-                    );
-                }
+        if on_revoke == OnRevoke::Disconnect
+            && let Ok(mut queue) = self.to_disconnect.try_borrow_mut()
+        {
+            queue.extend(lost.iter().map(|l| (l.key, l.client_id.clone())));
+        }
+    }
+
+    /// Disconnects up to [`REVOKED_KICKS`] queued clients (those a pass found), each only if
+    /// its entry still holds it, connected.
+    fn disconnect_revoked(&self) {
+        let batch: Vec<Box<str>> = {
+            let (Ok(mut queue), Ok(connections)) =
+                (self.to_disconnect.try_borrow_mut(), self.connections.try_borrow())
+            else {
+                return;
+            };
+            let n = queue.len().min(REVOKED_KICKS);
+            queue
+                .drain(..n)
+                .filter(|(key, id)| connections.get(*key).is_some_and(|c| c.connected && c.client_id == *id))
+                .map(|(_, id)| id)
+                .collect()
+        };
+        if batch.is_empty() {
+            return;
+        }
+        for client_id in batch {
+            if !self.broker.kick(&client_id, false) {
+                tracing::debug!("client {client_id:?}, which lost a subscription, was already gone");
             }
         }
+        // The kicks' wills (none are sent) were checked during the kicks.
+        self.will_window.set(None);
     }
 
     /// Disconnects the connections whose token has expired (its `exp` plus the leeway). The
@@ -1402,14 +1448,6 @@ impl Drop for Plugin {
     }
 }
 
-/// Points a connection's request at one check (its subject, client id and username stay).
-pub(crate) fn aim(request: &mut Request, action: Action, topic: &str, message: Message) {
-    request.action = action;
-    request.topic.clear();
-    request.topic.push_str(topic);
-    request.qos = message.qos;
-    request.retain = message.retain;
-}
 
 /// Seconds since the epoch from the coarse real-time clock (a few ms of resolution, read
 /// without a system call and cheaper than the precise one): what an `exp` comparison needs.

@@ -15,8 +15,7 @@ use policy_core::Message;
 use policy_engine::{Action, Generation};
 
 use crate::client::ClientKey;
-use crate::connections::Mapped;
-use crate::plugin::aim;
+use crate::connections::{Mapped, aim};
 use crate::usage::Usage;
 
 /// What the plugin does with a connected client that holds a subscription the live policy no
@@ -43,26 +42,35 @@ impl OnRevoke {
 /// One client's lost subscriptions.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Lost {
+    /// Where the client was found: it is acted on only if that entry still holds it.
+    pub key: ClientKey,
     pub client_id: Box<str>,
-    /// The subject id, or `-` when the identity maps to no subject any more.
     pub subject: String,
     /// Each filter, and why the generation refuses it.
     pub filters: Vec<(Box<str>, String)>,
 }
 
+/// Why a pass runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cause {
+    /// A new generation went live: every connected client is looked at.
+    Swap,
+    /// Clients re-authenticated under the live generation: those are looked at.
+    Reauthentication,
+}
+
 /// A pass over connected clients under one generation.
 pub struct Pass {
     pub generation: Arc<Generation>,
-    /// Started by a swap (rather than by re-authentications under the same generation).
-    pub swap: bool,
+    pub cause: Cause,
     keys: Vec<ClientKey>,
     next: usize,
     pub lost: Vec<Lost>,
 }
 
 impl Pass {
-    pub fn new(generation: Arc<Generation>, keys: Vec<ClientKey>, swap: bool) -> Pass {
-        Pass { generation, swap, keys, next: 0, lost: Vec::new() }
+    pub fn new(generation: Arc<Generation>, keys: Vec<ClientKey>, cause: Cause) -> Pass {
+        Pass { generation, cause, keys, next: 0, lost: Vec::new() }
     }
 
     /// The next connection to look at.
@@ -72,9 +80,13 @@ impl Pass {
         key
     }
 
-    /// Connections to look at too (re-authenticated under this generation).
+    /// Connections to look at too (re-authenticated under this generation), each once.
     pub fn add(&mut self, keys: impl IntoIterator<Item = ClientKey>) {
-        self.keys.extend(keys);
+        for key in keys {
+            if !self.keys[self.next..].contains(&key) {
+                self.keys.push(key);
+            }
+        }
     }
 
     /// Connections looked at so far.
@@ -87,23 +99,22 @@ impl Pass {
     }
 }
 
-/// The filters of `usage` that `generation` does not grant the connection `mapped` (mapped
-/// under that generation), with the reason of each refusal. A filter the module could not
-/// decide (a fault) is not counted as lost: its deliveries are still decided one by one.
-pub fn lost_filters(generation: &Generation, mapped: &mut Mapped, usage: &Usage) -> Vec<(Box<str>, String)> {
+/// The filters of `usage` that `generation` no longer grants the connection `mapped` (mapped
+/// under that generation) and that no earlier pass reported, with the reason of each
+/// refusal; each is marked revoked (and a granted one unmarked). A filter the module could
+/// not decide (a fault) is left as it was: its deliveries are still decided one by one.
+pub fn lost_filters(generation: &Generation, mapped: &mut Mapped, usage: &mut Usage) -> Vec<(Box<str>, String)> {
     let mut lost = Vec::new();
-    for (filter, qos) in usage.filters() {
-        aim(
-            &mut mapped.request,
-            Action::Subscribe,
-            filter,
-            Message { qos: (qos <= 2).then_some(qos), retain: None },
-        );
-        if let Ok(decision) = generation.try_check_prepared(mapped.prepared.as_ref(), &mapped.request)
-            && !decision.allow
-        {
+    for (filter, held) in usage.filters_mut() {
+        let message = Message { qos: (held.qos <= 2).then_some(held.qos), retain: None };
+        aim(&mut mapped.request, Action::Subscribe, filter, message);
+        let Ok(decision) = generation.try_check_prepared(mapped.prepared.as_ref(), &mapped.request) else {
+            continue;
+        };
+        if !decision.allow && !held.revoked {
             lost.push((filter.into(), decision.reason));
         }
+        held.revoked = !decision.allow;
     }
     lost
 }

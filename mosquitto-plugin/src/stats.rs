@@ -21,7 +21,7 @@ use crate::usage::Over;
 
 /// Adds one to a counter only the broker thread writes (readers see it a moment later).
 pub fn bump(counter: &AtomicU64) {
-    counter.store(counter.load(Relaxed).wrapping_add(1), Relaxed);
+    add(counter, 1);
 }
 
 /// Adds `n` to a counter only the broker thread writes.

@@ -92,6 +92,16 @@ pub struct Admitted {
     bytes: Bucket,
 }
 
+/// A subscription a connection holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Held {
+    /// The QoS it was asked at.
+    pub qos: u8,
+    /// A swap's pass found the live policy no longer grants it (reported once, until a
+    /// later generation grants it again or the client subscribes anew).
+    pub revoked: bool,
+}
+
 /// One connection's use of its limits.
 #[derive(Debug, Default, Clone)]
 pub struct Usage {
@@ -99,7 +109,7 @@ pub struct Usage {
     /// asked at: a repeated SUBSCRIBE of a filter replaces it and counts once. Kept whatever
     /// the limits (the filter's bytes, as the broker keeps them too), so a limit a swap brings
     /// counts what the client holds already, and a swap can re-decide each one.
-    subscriptions: BTreeMap<Box<str>, u8>,
+    subscriptions: BTreeMap<Box<str>, Held>,
     messages: Bucket,
     bytes: Bucket,
 }
@@ -166,10 +176,11 @@ impl Usage {
 
     /// Records a granted subscription, asked at `qos`.
     pub fn subscribed(&mut self, filter: &str, qos: u8) {
+        let held = Held { qos, revoked: false };
         match self.subscriptions.get_mut(filter) {
-            Some(held) => *held = qos,
+            Some(h) => *h = held,
             None => {
-                self.subscriptions.insert(filter.into(), qos);
+                self.subscriptions.insert(filter.into(), held);
             }
         }
     }
@@ -179,9 +190,14 @@ impl Usage {
         self.subscriptions.remove(filter);
     }
 
-    /// The filters held, with the QoS each was asked at.
-    pub fn filters(&self) -> impl Iterator<Item = (&str, u8)> {
-        self.subscriptions.iter().map(|(f, q)| (&**f, *q))
+    /// The filters held.
+    pub fn filters(&self) -> impl Iterator<Item = (&str, Held)> {
+        self.subscriptions.iter().map(|(f, h)| (&**f, *h))
+    }
+
+    /// The filters held, to mark as revoked or granted again.
+    pub fn filters_mut(&mut self) -> impl Iterator<Item = (&str, &mut Held)> {
+        self.subscriptions.iter_mut().map(|(f, h)| (&**f, h))
     }
 
     /// The subscriptions counted against the limit.
@@ -273,7 +289,7 @@ mod tests {
         assert_eq!(u.admits_subscription(&l, "c/#"), Err(Over::Subscriptions { max: 2 }));
         u.unsubscribed("b/#");
         assert_eq!(u.admits_subscription(&l, "c/#"), Ok(()));
-        assert_eq!(u.filters().collect::<Vec<_>>(), [("a/#", 0)], "renewed at QoS 0");
+        assert_eq!(u.filters().map(|(f, h)| (f, h.qos)).collect::<Vec<_>>(), [("a/#", 0)], "renewed at QoS 0");
     }
 
     #[test]

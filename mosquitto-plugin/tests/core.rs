@@ -741,7 +741,50 @@ fn a_swap_that_revokes_a_held_subscription_names_the_client_and_disconnects_it_o
     ] {
         assert!(metrics.contains(line), "missing {line:?} in\n{metrics}");
     }
-    // A re-check under the same generation finds nothing more.
-    f.plugin.tick();
+    // Olga re-authenticates (her subscriptions are looked at again): nothing is lost, and the
+    // revocation already reported is not reported again.
+    let fresh = f.token("olga", &["viewers"]);
+    assert!(matches!(f.connect_ext(2, "o1", "jwt", None, &fresh), Admission::Admitted { .. }));
+    f.tick_until("the re-authentication's pass", |f| !f.plugin.revocation_pending());
     assert_eq!(f.kicked().len(), 1);
+    let metrics = f.plugin.stats().render_prometheus(f.plugin.live());
+    assert!(metrics.contains("mqtt_policy_revoked_subscriptions_total 1"), "{metrics}");
+}
+
+#[test]
+fn with_keep_a_revoked_subscription_is_reported_once_and_the_client_stays() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("policy.json");
+    let original = std::fs::read_to_string(test_support::package_dir().join("tests/e2e/policy.json")).unwrap();
+    std::fs::write(&policy, &original).unwrap();
+    let f = fixture(&[("policy", policy.to_str().unwrap())]);
+    let vera = f.token("vera", &["viewers"]);
+    assert!(matches!(f.connect(1, "v1", Some("vera"), Some(&vera)), Admission::Admitted { .. }));
+    assert!(f.may(1, access::SUBSCRIBE, "celine/telemetry/+/+/readings"));
+    assert!(f.may(1, access::SUBSCRIBE, "celine/users/vera/#"));
+    assert!(f.may(1, access::SUBSCRIBE, "celine/users/vera/gone"));
+    assert!(f.may(1, access::UNSUBSCRIBE, "celine/users/vera/gone"));
+    let narrowed = original.replace("\"celine/telemetry/+/+/readings\"", "\"celine/telemetry/meter/+/readings\"");
+    let swap = |text: &str| {
+        std::fs::write(&policy, text).unwrap();
+        let before = f.plugin.live().current().id;
+        f.plugin.reload();
+        f.tick_until("the swap", |f| f.plugin.live().current().id != before);
+        f.tick_until("its pass", |f| !f.plugin.revocation_pending());
+    };
+    let revoked = || {
+        let metrics = f.plugin.stats().render_prometheus(f.plugin.live());
+        metrics.lines().find_map(|l| l.strip_prefix("mqtt_policy_revoked_subscriptions_total ")?.parse::<u64>().ok())
+    };
+    swap(&narrowed);
+    assert_eq!(revoked(), Some(1), "the telemetry filter only (the left one is not held)");
+    assert!(f.kicked().is_empty(), "keep disconnects nobody");
+    assert!(!f.may(1, access::READ, "celine/telemetry/inverter/i1/readings"), "its deliveries are denied");
+    // Another swap that changes nothing for vera: the revocation is not reported again.
+    swap(&narrowed.replace("\"celine/pipelines/status/+\"", "\"celine/pipelines/status/#\""));
+    assert_eq!(revoked(), Some(1));
+    // Granted again, then taken again: reported again.
+    swap(&original);
+    swap(&narrowed);
+    assert_eq!(revoked(), Some(2));
 }

@@ -913,7 +913,7 @@ fn a_swap_that_revokes_a_subscription_disconnects_the_client_or_keeps_it_receivi
             line.contains("'celine/telemetry/+/+/readings'") && !line.contains("celine/users/vera/#"),
             "{line}"
         );
-        let summary = b.wait_for_log_after(mark, "subscriptions it no longer grants", SWAP_WAIT);
+        let summary = b.wait_for_log_after(mark, "subscriptions the policy no longer grants", SWAP_WAIT);
         assert!(summary.contains(&format!("on_revoke {on_revoke}")), "{summary}");
         if on_revoke == "disconnect" {
             wait_for("the viewer's disconnect", mqtt::WAIT, || {
