@@ -27,8 +27,10 @@ const CLIENTS: usize = 10_000;
 fn revocation(c: &mut Criterion) {
     let state = tempfile::tempdir().unwrap();
     let policy = state.path().join("policy.json");
-    let granting = std::fs::read_to_string(test_support::package_dir().join("tests/e2e/policy.json")).unwrap();
-    let narrowed = granting.replace("\"celine/telemetry/+/+/readings\"", "\"celine/telemetry/meter/+/readings\"");
+    let granting =
+        std::fs::read_to_string(test_support::package_dir().join("tests/e2e/policy.json")).unwrap();
+    let narrowed =
+        granting.replace("\"celine/telemetry/+/+/readings\"", "\"celine/telemetry/meter/+/readings\"");
     assert_ne!(granting, narrowed);
     std::fs::write(&policy, &granting).unwrap();
     let pairs: Vec<(String, String)> = [
@@ -43,8 +45,9 @@ fn revocation(c: &mut Criterion) {
     .collect();
     let plugin = Plugin::start(Options::parse(&pairs).unwrap(), Arc::new(Quiet)).unwrap();
     let key = DevKey::load_or_create(state.path()).unwrap();
-    let token =
-        key.sign(&claims(&TokenSpec::dev_user("vera", &["viewers"], 3600), identity::now()).unwrap()).unwrap();
+    let token = key
+        .sign(&claims(&TokenSpec::dev_user("vera", &["viewers"], 3600), identity::now()).unwrap())
+        .unwrap();
     for n in 0..CLIENTS {
         let client = PlainClient::new(n + 1, &format!("viewer-{n}"), Some("vera"));
         let admitted = plugin.authenticate(&client, Some(b"vera"), Some(token.as_bytes()));
@@ -82,7 +85,10 @@ fn revocation(c: &mut Criterion) {
     });
     group.finish();
     let revoked = plugin.stats().revoked_subscriptions.load(std::sync::atomic::Ordering::Relaxed);
-    assert!(revoked as usize >= CLIENTS, "every narrowing swap revokes one subscription per client ({revoked})");
+    assert!(
+        revoked as usize >= CLIENTS,
+        "every narrowing swap revokes one subscription per client ({revoked})"
+    );
 }
 
 criterion_group!(benches, revocation);

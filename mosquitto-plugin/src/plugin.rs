@@ -27,7 +27,7 @@ use identity::devkey::DevKey;
 use identity::{Identities, KeySource, Verified, Verifier, now};
 use policy_core::Message;
 use policy_engine::pull::{PullStatus, Puller, Trust};
-use policy_engine::{Action, Generation, Live, Reloader, Request, Runtime, Source, Subject};
+use policy_engine::{Action, Generation, Live, Reloader, Runtime, Source, Subject};
 
 use crate::background::Background;
 use crate::broker::Broker;
@@ -1341,7 +1341,10 @@ impl Plugin {
         };
         if lost.is_empty() {
             if pass.cause == Cause::Swap {
-                tracing::info!("{cause}: no connected client lost a subscription ({} looked at)", pass.checked());
+                tracing::info!(
+                    "{cause}: no connected client lost a subscription ({} looked at)",
+                    pass.checked()
+                );
             }
             return;
         }
@@ -1447,7 +1450,6 @@ impl Drop for Plugin {
         self.reloader = None;
     }
 }
-
 
 /// Seconds since the epoch from the coarse real-time clock (a few ms of resolution, read
 /// without a system call and cheaper than the precise one): what an `exp` comparison needs.

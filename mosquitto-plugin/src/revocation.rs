@@ -103,7 +103,11 @@ impl Pass {
 /// under that generation) and that no earlier pass reported, with the reason of each
 /// refusal; each is marked revoked (and a granted one unmarked). A filter the module could
 /// not decide (a fault) is left as it was: its deliveries are still decided one by one.
-pub fn lost_filters(generation: &Generation, mapped: &mut Mapped, usage: &mut Usage) -> Vec<(Box<str>, String)> {
+pub fn lost_filters(
+    generation: &Generation,
+    mapped: &mut Mapped,
+    usage: &mut Usage,
+) -> Vec<(Box<str>, String)> {
     let mut lost = Vec::new();
     for (filter, held) in usage.filters_mut() {
         let message = Message { qos: (held.qos <= 2).then_some(held.qos), retain: None };

@@ -289,7 +289,11 @@ mod tests {
         assert_eq!(u.admits_subscription(&l, "c/#"), Err(Over::Subscriptions { max: 2 }));
         u.unsubscribed("b/#");
         assert_eq!(u.admits_subscription(&l, "c/#"), Ok(()));
-        assert_eq!(u.filters().map(|(f, h)| (f, h.qos)).collect::<Vec<_>>(), [("a/#", 0)], "renewed at QoS 0");
+        assert_eq!(
+            u.filters().map(|(f, h)| (f, h.qos)).collect::<Vec<_>>(),
+            [("a/#", 0)],
+            "renewed at QoS 0"
+        );
     }
 
     #[test]

@@ -755,7 +755,8 @@ fn a_swap_that_revokes_a_held_subscription_names_the_client_and_disconnects_it_o
 fn with_keep_a_revoked_subscription_is_reported_once_and_the_client_stays() {
     let dir = tempfile::tempdir().unwrap();
     let policy = dir.path().join("policy.json");
-    let original = std::fs::read_to_string(test_support::package_dir().join("tests/e2e/policy.json")).unwrap();
+    let original =
+        std::fs::read_to_string(test_support::package_dir().join("tests/e2e/policy.json")).unwrap();
     std::fs::write(&policy, &original).unwrap();
     let f = fixture(&[("policy", policy.to_str().unwrap())]);
     let vera = f.token("vera", &["viewers"]);
@@ -764,7 +765,8 @@ fn with_keep_a_revoked_subscription_is_reported_once_and_the_client_stays() {
     assert!(f.may(1, access::SUBSCRIBE, "celine/users/vera/#"));
     assert!(f.may(1, access::SUBSCRIBE, "celine/users/vera/gone"));
     assert!(f.may(1, access::UNSUBSCRIBE, "celine/users/vera/gone"));
-    let narrowed = original.replace("\"celine/telemetry/+/+/readings\"", "\"celine/telemetry/meter/+/readings\"");
+    let narrowed =
+        original.replace("\"celine/telemetry/+/+/readings\"", "\"celine/telemetry/meter/+/readings\"");
     let swap = |text: &str| {
         std::fs::write(&policy, text).unwrap();
         let before = f.plugin.live().current().id;
@@ -774,7 +776,9 @@ fn with_keep_a_revoked_subscription_is_reported_once_and_the_client_stays() {
     };
     let revoked = || {
         let metrics = f.plugin.stats().render_prometheus(f.plugin.live());
-        metrics.lines().find_map(|l| l.strip_prefix("mqtt_policy_revoked_subscriptions_total ")?.parse::<u64>().ok())
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("mqtt_policy_revoked_subscriptions_total ")?.parse::<u64>().ok())
     };
     swap(&narrowed);
     assert_eq!(revoked(), Some(1), "the telemetry filter only (the left one is not held)");
