@@ -5,49 +5,22 @@
 //! done (the swap itself runs on a background thread and is not counted). Each tick gives the
 //! pass at most 2 ms, so the count of ticks it spans is the total divided by about 2 ms.
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use identity::devkey::{DevKey, TokenSpec, claims};
-use mqtt_policy_mosquitto::{AclMessage, Admission, Broker, Options, PlainClient, Plugin, access};
+use mqtt_policy_mosquitto::{AclMessage, Admission, PlainClient, access};
 
-struct Quiet;
-
-impl Broker for Quiet {
-    fn log(&self, _: tracing::Level, _: &str) {}
-    fn publish_retained(&self, _: &str, _: &[u8]) {}
-    fn kick(&self, _: &str, _: bool) -> bool {
-        false
-    }
-}
+mod support;
 
 const CLIENTS: usize = 10_000;
 
 fn revocation(c: &mut Criterion) {
     let state = tempfile::tempdir().unwrap();
-    let policy = state.path().join("policy.json");
-    let granting =
-        std::fs::read_to_string(test_support::package_dir().join("tests/e2e/policy.json")).unwrap();
-    let narrowed =
-        granting.replace("\"celine/telemetry/+/+/readings\"", "\"celine/telemetry/meter/+/readings\"");
+    let granting = support::e2e_policy();
+    let narrowed = granting.replace("\"celine/telemetry/+/+/readings\"", "\"celine/telemetry/meter/+/readings\"");
     assert_ne!(granting, narrowed);
-    std::fs::write(&policy, &granting).unwrap();
-    let pairs: Vec<(String, String)> = [
-        ("policy", policy.display().to_string()),
-        ("dev", "true".into()),
-        ("state_dir", state.path().display().to_string()),
-        ("watch", "false".into()),
-        ("sys_interval", "0".into()),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_string(), v))
-    .collect();
-    let plugin = Plugin::start(Options::parse(&pairs).unwrap(), Arc::new(Quiet)).unwrap();
-    let key = DevKey::load_or_create(state.path()).unwrap();
-    let token = key
-        .sign(&claims(&TokenSpec::dev_user("vera", &["viewers"], 3600), identity::now()).unwrap())
-        .unwrap();
+    let (plugin, policy) = support::start(state.path(), &granting, &[("sys_interval", "0")]);
+    let token = support::user_token(state.path(), "vera", &["viewers"]);
     for n in 0..CLIENTS {
         let client = PlainClient::new(n + 1, &format!("viewer-{n}"), Some("vera"));
         let admitted = plugin.authenticate(&client, Some(b"vera"), Some(token.as_bytes()));

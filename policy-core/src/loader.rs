@@ -298,11 +298,7 @@ impl Loader {
         let f = self.object(v, path, &FIELDS)?;
         let before = self.errors.len();
 
-        let (id, description) = self.id_and_description(&f, path);
-        let subjects = match f.get("subjects") {
-            Some(s) => self.subjects(s, &path.key("subjects")),
-            None => Some(Subjects::default()),
-        };
+        let (id, description, subjects) = self.entry_head(&f, path);
         let topics = match f.get("topics") {
             Some(t) => self.topics(t, &path.key("topics")),
             None => {
@@ -376,8 +372,9 @@ impl Loader {
         })
     }
 
-    /// An entry's optional `id` (not empty) and `description`.
-    fn id_and_description(&mut self, f: &Fields<'_>, path: &Path) -> (Option<String>, Option<String>) {
+    /// What a rule and a limits entry both start with: the optional `id` (not empty),
+    /// `description` and `subjects` (absent: every subject; `None`: reported errors).
+    fn entry_head(&mut self, f: &Fields<'_>, path: &Path) -> (Option<String>, Option<String>, Option<Subjects>) {
         let id = f.get("id").and_then(|v| {
             let s = self.string(v, &path.key("id"))?;
             if s.is_empty() {
@@ -387,7 +384,11 @@ impl Loader {
         });
         let description =
             f.get("description").and_then(|v| self.string(v, &path.key("description")).map(str::to_string));
-        (id, description)
+        let subjects = match f.get("subjects") {
+            Some(s) => self.subjects(s, &path.key("subjects")),
+            None => Some(Subjects::default()),
+        };
+        (id, description, subjects)
     }
 
     /// The `limits` section: a list of entries, each selecting subjects like a rule does and
@@ -409,11 +410,7 @@ impl Loader {
             ["id", "description", "subjects", "max_subscriptions", "max_payload_bytes", "publish", "retain"];
         let f = self.object(v, path, &FIELDS)?;
         let before = self.errors.len();
-        let (id, description) = self.id_and_description(&f, path);
-        let subjects = match f.get("subjects") {
-            Some(s) => self.subjects(s, &path.key("subjects")),
-            None => Some(Subjects::default()),
-        };
+        let (id, description, subjects) = self.entry_head(&f, path);
         let mut stated = Stated {
             max_subscriptions: f
                 .get("max_subscriptions")
