@@ -17,7 +17,8 @@ const CLIENTS: usize = 10_000;
 fn revocation(c: &mut Criterion) {
     let state = tempfile::tempdir().unwrap();
     let granting = support::e2e_policy();
-    let narrowed = granting.replace("\"celine/telemetry/+/+/readings\"", "\"celine/telemetry/meter/+/readings\"");
+    let narrowed =
+        granting.replace("\"celine/telemetry/+/+/readings\"", "\"celine/telemetry/meter/+/readings\"");
     assert_ne!(granting, narrowed);
     let (plugin, policy) = support::start(state.path(), &granting, &[("sys_interval", "0")]);
     let token = support::user_token(state.path(), "vera", &["viewers"]);

@@ -374,7 +374,11 @@ impl Loader {
 
     /// What a rule and a limits entry both start with: the optional `id` (not empty),
     /// `description` and `subjects` (absent: every subject; `None`: reported errors).
-    fn entry_head(&mut self, f: &Fields<'_>, path: &Path) -> (Option<String>, Option<String>, Option<Subjects>) {
+    fn entry_head(
+        &mut self,
+        f: &Fields<'_>,
+        path: &Path,
+    ) -> (Option<String>, Option<String>, Option<Subjects>) {
         let id = f.get("id").and_then(|v| {
             let s = self.string(v, &path.key("id"))?;
             if s.is_empty() {
