@@ -10,6 +10,7 @@ use alloc::string::{String, ToString};
 use alloc::vec::Vec;
 
 use crate::certificates::{CertificateEntry, Certificates, NamePattern};
+use crate::invariant::Invariant;
 use crate::json::{Json, Path, quote};
 use crate::limits::{Bound, LimitEntry, Rate, RateBound, Stated};
 use crate::model::{Action, Diagnostic, Permission, Permissions, Severity, SubjectType};
@@ -31,8 +32,8 @@ impl Policy {
         let mut l = Loader::default();
         let parsed = l.document(doc);
         match parsed {
-            Some(Parts { rules, roles, certificates, limits }) if l.errors.is_empty() => {
-                Ok(Policy::new(rules, roles, certificates, limits))
+            Some(Parts { rules, roles, certificates, limits, invariants }) if l.errors.is_empty() => {
+                Ok(Policy::new(rules, roles, certificates, limits, invariants))
             }
             _ => Err(l.errors),
         }
@@ -45,6 +46,7 @@ struct Parts {
     roles: Option<Roles>,
     certificates: Option<Certificates>,
     limits: Vec<LimitEntry>,
+    invariants: Vec<Invariant>,
 }
 
 #[derive(Default)]
@@ -211,11 +213,15 @@ impl Loader {
             self.error(&celine_path, "missing required field 'mqtt'".to_string());
             return None;
         };
-        let mqtt = self.object(mqtt, &mqtt_path, &["acl", "certificates", "limits"])?;
+        let mqtt = self.object(mqtt, &mqtt_path, &["acl", "certificates", "limits", "invariants"])?;
         let certificates =
             mqtt.get("certificates").map(|c| self.certificates(c, &mqtt_path.key("certificates")));
         let limits = match mqtt.get("limits") {
             Some(l) => self.limits(l, &mqtt_path.key("limits")),
+            None => Vec::new(),
+        };
+        let invariants = match mqtt.get("invariants") {
+            Some(i) => self.invariants(i, &mqtt_path.key("invariants")),
             None => Vec::new(),
         };
         let acl_path = mqtt_path.key("acl");
@@ -238,11 +244,17 @@ impl Loader {
             }
         }
         self.unique_ids(rules, &rules_path, "rules");
-        Some(Parts { rules: out, roles: roles.flatten(), certificates: certificates.flatten(), limits })
+        Some(Parts {
+            rules: out,
+            roles: roles.flatten(),
+            certificates: certificates.flatten(),
+            limits,
+            invariants,
+        })
     }
 
     /// No two of `items` (the entries of the list `what`) share an `id`.
-    fn unique_ids(&mut self, items: &[Json], list_path: &Path, what: &str) {
+    pub(crate) fn unique_ids(&mut self, items: &[Json], list_path: &Path, what: &str) {
         let mut seen: BTreeMap<&str, usize> = BTreeMap::new();
         for (i, r) in items.iter().enumerate() {
             if let Some(id) = r.get("id").and_then(Json::as_str) {
@@ -310,20 +322,7 @@ impl Loader {
             }
         };
         let actions = match f.get("actions") {
-            Some(a) => self.selector(a, &path.key("actions"), |l, s, p| {
-                let a = Action::parse(s);
-                if a.is_none() {
-                    l.error(
-                        p,
-                        format!(
-                            "unknown action {} (expected {})",
-                            quote(s),
-                            one_of(&["subscribe", "read", "publish"])
-                        ),
-                    );
-                }
-                a
-            }),
+            Some(a) => self.actions(a, &path.key("actions")),
             None => {
                 self.error(
                     path,
@@ -372,9 +371,27 @@ impl Loader {
         })
     }
 
-    /// What a rule and a limits entry both start with: the optional `id` (not empty),
+    /// `actions`: `"*"` or a list of `subscribe`, `read`, `publish`.
+    pub(crate) fn actions(&mut self, v: &Json, path: &Path) -> Option<Sel<Action>> {
+        self.selector(v, path, |l, s, p| {
+            let a = Action::parse(s);
+            if a.is_none() {
+                l.error(
+                    p,
+                    format!(
+                        "unknown action {} (expected {})",
+                        quote(s),
+                        one_of(&["subscribe", "read", "publish"])
+                    ),
+                );
+            }
+            a
+        })
+    }
+
+    /// What a rule, a limits entry and an invariant start with: the optional `id` (not empty),
     /// `description` and `subjects` (absent: every subject; `None`: reported errors).
-    fn entry_head(
+    pub(crate) fn entry_head(
         &mut self,
         f: &Fields<'_>,
         path: &Path,
@@ -552,7 +569,7 @@ impl Loader {
         Some(bits)
     }
 
-    fn subjects(&mut self, v: &Json, path: &Path) -> Option<Subjects> {
+    pub(crate) fn subjects(&mut self, v: &Json, path: &Path) -> Option<Subjects> {
         let f = self.object(v, path, &["types", "ids", "groups", "scopes"])?;
         let mut out = Subjects::default();
         let before = self.errors.len();
@@ -580,7 +597,7 @@ impl Loader {
         (self.errors.len() == before).then_some(out)
     }
 
-    fn topics(&mut self, v: &Json, path: &Path) -> Option<Sel<Pattern>> {
+    pub(crate) fn topics(&mut self, v: &Json, path: &Path) -> Option<Sel<Pattern>> {
         if let Json::String(s) = v
             && s != "*"
         {

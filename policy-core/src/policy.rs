@@ -9,6 +9,7 @@ use core::sync::atomic::{AtomicU64, Ordering};
 use crate::certificates::Certificates;
 use crate::index::Index;
 use crate::invalid::Invalid;
+use crate::invariant::Invariant;
 use crate::limits::LimitEntry;
 use crate::model::{Permission, Permissions, Subject, SubjectType};
 use crate::rule::Rule;
@@ -61,6 +62,8 @@ pub struct Policy {
     pub(crate) roles: Option<Roles>,
     pub(crate) certificates: Option<Certificates>,
     pub(crate) limits: Vec<LimitEntry>,
+    /// `celine.mqtt.invariants`: statements [`crate::verify`] decides.
+    pub(crate) invariants: Vec<Invariant>,
     pub(crate) index: Index,
     /// Tells this loaded document from every other in the process (a clone is the same
     /// document): what a [`crate::Prepared`] subject is checked against.
@@ -78,6 +81,7 @@ impl Policy {
         roles: Option<Roles>,
         certificates: Option<Certificates>,
         limits: Vec<LimitEntry>,
+        invariants: Vec<Invariant>,
     ) -> Policy {
         let index = Index::build(&rules);
         let reads_message = rules.iter().any(|r| !r.conditions.is_none());
@@ -86,6 +90,7 @@ impl Policy {
             roles,
             certificates,
             limits,
+            invariants,
             index,
             id: LOADED.fetch_add(1, Ordering::Relaxed),
             reads_message,
@@ -113,6 +118,11 @@ impl Policy {
                 crate::json::quote(name)
             ))),
         }
+    }
+
+    /// The invariants the document states.
+    pub fn invariants(&self) -> &[Invariant] {
+        &self.invariants
     }
 
     pub fn rules(&self) -> &[Rule] {
