@@ -97,6 +97,9 @@ fn rejected_candidates_leave_the_live_policy_untouched() {
     typo["celine"]["mqtt"]["acl"]["rules"][0]["subject"] = json!({"groups": ["viewers"]});
     let mut without_telemetry = default_policy();
     without_telemetry["celine"]["mqtt"]["acl"]["rules"].as_array_mut().unwrap().remove(3);
+    let mut viewer_nudges = default_policy();
+    viewer_nudges["celine"]["mqtt"]["acl"]["rules"].as_array_mut().unwrap().push(json!({
+        "subjects": {"groups": ["viewers"]}, "topics": ["celine/nudges/#"], "actions": ["read"]}));
     let cases: Vec<(&str, &str, Vec<u8>, &str)> = vec![
         ("not wasm", "/admin/module", b"definitely not wasm".to_vec(), "not a valid WebAssembly component"),
         ("a core module, not a component", "/admin/module", core_module, "not a valid WebAssembly component"),
@@ -120,6 +123,12 @@ fn rejected_candidates_leave_the_live_policy_untouched() {
             "/admin/policy",
             without_telemetry.to_string().into_bytes(),
             "policy test cases fail",
+        ),
+        (
+            "a policy breaking an invariant it states",
+            "/admin/policy",
+            viewer_nudges.to_string().into_bytes(),
+            "invariant 'nudges-are-private' does not hold",
         ),
     ];
     for (name, path, body, why) in cases {

@@ -309,6 +309,18 @@ fn a_changed_policy_file_decides_the_next_check_and_a_broken_one_changes_nothing
     );
     let line = b.wait_for_log_after(mark, "rejected a candidate", SWAP_WAIT);
     assert!(line.contains("policy test cases fail"), "{line}");
+
+    // Passes its cases, but breaks an invariant it states (viewers may now subscribe to all
+    // telemetry): refused, with the counterexample.
+    let mut guarded: serde_json::Value = serde_json::from_str(&widened_policy()).unwrap();
+    guarded["celine"]["mqtt"]["invariants"] = json!([{
+        "id": "telemetry-firehose", "only": {"groups": ["admins"]},
+        "actions": ["subscribe"], "topics": ["celine/telemetry/#"], "filters": "covering"}]);
+    let mark = b.log_mark();
+    write_readable(&policy, guarded.to_string().as_bytes());
+    let line = b.wait_for_log_after(mark, "rejected a candidate", SWAP_WAIT);
+    assert!(line.contains("invariant 'telemetry-firehose' does not hold"), "{line}");
+    assert!(line.contains("counterexample {"), "{line}");
     let alice =
         Client::connected(Version::V5, b.port, "alice-swap", "alice", &issuer.user("alice", &["users"]));
     assert_eq!(alice.subscribe("celine/users/alice/#"), 1);

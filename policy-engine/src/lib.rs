@@ -18,6 +18,7 @@
 
 pub mod bundle;
 pub mod cases;
+mod invariants;
 #[cfg(feature = "pull")]
 pub mod pull;
 pub mod reload;

@@ -508,8 +508,8 @@ impl Live {
 }
 
 /// Builds a candidate generation: the module (reusing `current`'s when the bytes are the
-/// same), the policy loaded into it, and the test cases run through it.
-/// Builds a candidate: returns it and how many test cases it passed (zero: untested).
+/// same), the policy loaded into it, the test cases run and the invariants decided through
+/// it. Returns it and how many test cases it passed (zero: untested).
 fn build(
     runtime: &Arc<Runtime>,
     current: Option<&Arc<Generation>>,
@@ -532,6 +532,20 @@ fn build(
         Some(text) => crate::cases::run_cases_text(&generation, "the bundle's test cases", text)?.len(),
         None => 0,
     };
+    let held = crate::invariants::check(&generation, policy)?;
+    if held.invariants > 0 {
+        let how = if held.proven {
+            "proven for every request"
+        } else {
+            "checked on their witness requests only: the module is not the built-in one"
+        };
+        tracing::info!(
+            invariants = held.invariants,
+            requests = held.probed,
+            "the candidate's {} invariants hold ({how})",
+            held.invariants
+        );
+    }
     Ok((generation, Passed { count: local.len() + bundle, local }))
 }
 
