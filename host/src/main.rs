@@ -32,6 +32,8 @@ enum Command {
     Lint(cli::lint::Args),
     /// Run policy test cases. Exit 1 if any fails.
     Test(cli::test::Args),
+    /// Decide the policy's invariants for every request, with a counterexample for each that fails. Exit 1 if any fails.
+    Verify(cli::verify::Args),
     /// Which requests change decision if NEW replaces OLD. Exit 0 none, 1 some, 2 load error.
     Diff(cli::diff::Args),
     /// A subject's effective permissions per action, with deny carve-outs, as a topic tree.
@@ -51,6 +53,7 @@ fn main() -> ExitCode {
         Command::Eval(a) => cli::eval::run(a),
         Command::Lint(a) => cli::lint::run(a),
         Command::Test(a) => cli::test::run(a),
+        Command::Verify(a) => cli::verify::run(a),
         Command::Diff(a) => cli::diff::run(a),
         Command::WhoCan(a) => cli::who_can::run(a),
         Command::Bundle(a) => cli::bundle::run(a),

@@ -253,6 +253,53 @@ fn lint_reports_errors_and_warnings() {
 }
 
 #[test]
+fn verify_proves_the_default_invariants_and_prints_a_replayable_counterexample() {
+    let o = mqtt_policy().arg("verify").output().unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}{}", stdout(&o), stderr(&o));
+    assert!(stdout(&o).contains("3 of 3 invariants hold"), "{}", stdout(&o));
+    assert!(!stdout(&o).contains("no proof"), "the built-in module proves: {}", stdout(&o));
+
+    // Viewers may read every nudge: "each user its own nudges" breaks, with a request that
+    // `eval` (the same format) allows.
+    let dir = tempfile::tempdir().unwrap();
+    let mut doc: Value =
+        serde_json::from_str(&std::fs::read_to_string(root().join("policies/celine.json")).unwrap()).unwrap();
+    doc["celine"]["mqtt"]["acl"]["rules"].as_array_mut().unwrap().push(serde_json::json!({
+        "id": "nudges-viewers", "subjects": {"groups": ["viewers"]},
+        "topics": ["celine/nudges/#"], "actions": ["subscribe", "read"]}));
+    let wide = dir.path().join("wide.json");
+    std::fs::write(&wide, doc.to_string()).unwrap();
+    let o = mqtt_policy().args(["verify", "--policy"]).arg(&wide).output().unwrap();
+    assert_eq!(o.status.code(), Some(1), "{}{}", stdout(&o), stderr(&o));
+    let out = stdout(&o);
+    assert!(out.contains("VIOLATED  nudges-are-private"), "{out}");
+    assert!(out.contains("2 of 3 invariants hold"), "{out}");
+    let example =
+        out.lines().find_map(|l| l.trim().strip_prefix("counterexample: ")).expect(&out).to_string();
+    let mut eval = mqtt_policy();
+    eval.args(["eval", "--policy"]).arg(&wide);
+    let answer: Value = serde_json::from_str(stdout(&run_with_stdin(eval, &example)).trim()).unwrap();
+    assert_eq!(
+        (answer["allow"].as_bool(), answer["rule"].as_str()),
+        (Some(true), Some("nudges-viewers")),
+        "{example}"
+    );
+
+    let o = mqtt_policy().args(["verify", "--json", "--policy"]).arg(&wide).output().unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    let v: Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!((v["holds"].as_bool(), v["proven"].as_bool()), (Some(false), Some(true)));
+    let broken: Vec<&str> = v["invariants"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|i| i["holds"] == false)
+        .map(|i| i["invariant"].as_str().unwrap())
+        .collect();
+    assert_eq!(broken, ["nudges-are-private"]);
+}
+
+#[test]
 fn test_runs_the_default_cases_and_fails_on_a_wrong_expectation() {
     let o = mqtt_policy().arg("test").output().unwrap();
     assert_eq!(o.status.code(), Some(0), "{}{}", stdout(&o), stderr(&o));

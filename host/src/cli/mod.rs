@@ -1,5 +1,5 @@
 //! One module per subcommand. Every subcommand that decides (`check`, `eval`, `test`,
-//! `who-can`, `diff`, `bundle`) decides through a policy module on the same engine as
+//! `verify`, `who-can`, `diff`, `bundle`) decides through a policy module on the same engine as
 //! `serve` and the plugin ([`Evaluator`]: `--module`, the built-in module by default), so a
 //! module that changes the logic answers the same here as behind the swap gate. Native
 //! `policy-core` reads the document for what a module does not say (explanations, witnesses,
@@ -13,6 +13,7 @@ pub mod lint;
 pub mod serve;
 pub mod test;
 pub mod token;
+pub mod verify;
 pub mod who_can;
 
 use std::path::{Path, PathBuf};
