@@ -212,6 +212,30 @@ describe('the playground served by the host', () => {
     for (const p of [page, other, broken]) await p.context().close();
   });
 
+  it('decides the invariants as the policy is edited and loads a counterexample as the request', async () => {
+    const page = await open(browser, host.url);
+    await page.waitForFunction(() => Number(document.body.dataset.verifies || 0) >= 1);
+    assert.match(await page.locator('#invariants-summary').textContent(), /^3 of 3 invariants hold for every request/);
+    // Viewers may read every nudge: "each user its own nudges only" breaks.
+    const wide = defaultPolicy.replace('"rules": [', `"rules": [
+          { "id": "nudges-viewers", "subjects": { "groups": ["viewers"] }, "topics": ["celine/nudges/#"], "actions": ["subscribe", "read"] },`);
+    const before = await page.evaluate(() => Number(document.body.dataset.verifies));
+    await setPolicy(page, wide);
+    await page.waitForFunction((n) => Number(document.body.dataset.verifies) > n, before);
+    assert.match(await page.locator('#invariants-summary').textContent(), /^2 of 3 invariants hold/);
+    const broken = page.locator('#invariants li.violated');
+    assert.equal(await broken.count(), 1);
+    assert.match(await broken.textContent(), /VIOLATED nudges-are-private/);
+    assert.match(await broken.textContent(), /allowed by rule 'nudges-viewers'/);
+    await broken.locator('button.counterexample').click();
+    await expectVerdict(page, 'ALLOW');
+    assert.match(await page.getByLabel('Topic', { exact: true }).inputValue(), /^celine\/nudges\//);
+    assert.match(await page.getByLabel('Groups', { exact: true }).inputValue(), /viewers/);
+    assert.equal(await page.locator('#decision-rule').textContent(), 'nudges-viewers');
+    assert.deepEqual(page.problems, []);
+    await page.context().close();
+  });
+
   it('compares the edited policy with the default and loads a witness as the request', async () => {
     const page = await open(browser, host.url);
     await page.locator('#compare-run').click();

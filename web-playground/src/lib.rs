@@ -191,6 +191,30 @@ impl Playground {
     }
 }
 
+#[wasm_bindgen]
+impl Playground {
+    /// Decides the loaded document's invariants for every request (semantics.md §7):
+    /// `{ok, holds, probed, invariants: [{invariant, statement, holds, counterexample:
+    /// {request, decision, superuser} | null, place}]}`, or `{ok: false, error}`.
+    pub fn verify(&self) -> String {
+        let Some(policy) = &self.policy else {
+            return error("the policy does not load; fix its errors first");
+        };
+        let v = policy_core::verify(policy);
+        let verdicts: Vec<Value> = v
+            .verdicts
+            .iter()
+            .enumerate()
+            .map(|(i, verdict)| {
+                let mut out = serde_json::to_value(verdict).unwrap_or(Value::Null);
+                out["place"] = json!(place_of_path(&self.text, &format!("celine.mqtt.invariants[{i}]")));
+                out
+            })
+            .collect();
+        json!({"ok": true, "holds": v.holds(), "probed": v.probed, "invariants": verdicts}).to_string()
+    }
+}
+
 /// How many changes of one group the page is given (the count says how many there are).
 pub const CHANGES_PER_GROUP: usize = 50;
 

@@ -117,6 +117,7 @@ function loadPolicy() {
   $('diag-count').textContent = diags.length ? `(${errors} errors, ${warnings} warnings)` : '';
   check();
   runTests();
+  verifyInvariants();
   if (state.compared) compare();
   // How many loads happened: lets a test wait for the one its edit caused.
   document.body.dataset.loads = String(Number(document.body.dataset.loads || 0) + 1);
@@ -312,6 +313,44 @@ function compare() {
       type: 'button', class: 'witness', title: 'Load this request', onclick: () => loadRequest(c.request),
     }, describeWitness(c.request))))))));
   document.body.dataset.compares = String(Number(document.body.dataset.compares || 0) + 1);
+}
+
+// The document's invariants, decided for every request; a counterexample loads as the request.
+function verifyInvariants() {
+  const summary = $('invariants-summary');
+  const list = $('invariants');
+  list.replaceChildren();
+  summary.className = 'summary';
+  if (!state.loaded || !state.loaded.ok) {
+    summary.textContent = 'The policy does not load: its invariants cannot be decided.';
+  } else {
+    const v = call(() => engine.pg.verify());
+    if (!v.ok) {
+      summary.textContent = v.error;
+      summary.className = 'summary fail';
+    } else if (!v.invariants.length) {
+      summary.textContent = 'The policy states no invariants (celine.mqtt.invariants).';
+    } else {
+      const held = v.invariants.filter((i) => i.holds).length;
+      summary.textContent = `${held} of ${v.invariants.length} invariants hold for every request (${v.probed} requests decided).`;
+      summary.className = `summary ${v.holds ? 'pass' : 'fail'}`;
+      list.replaceChildren(...v.invariants.map((i) => {
+        const name = el('button', { type: 'button', title: i.place ? 'Show it in the editor' : null }, i.invariant);
+        if (i.place) name.addEventListener('click', () => select(i.place));
+        const item = el('li', { class: i.holds ? 'holds' : 'violated' },
+          el('strong', {}, i.holds ? 'HOLDS' : 'VIOLATED'), ' ', name, el('div', { class: 'hint' }, i.statement));
+        const c = i.counterexample;
+        if (c) {
+          const why = c.superuser ? 'allowed: a superuser' : c.decision.rule ? `allowed by rule '${c.decision.rule}'` : 'allowed';
+          item.append(el('div', {}, 'Counterexample (', why, '): ', el('button', {
+            type: 'button', class: 'witness counterexample', title: 'Load this request', onclick: () => loadRequest(c.request),
+          }, describeWitness(c.request))));
+        }
+        return item;
+      }));
+    }
+  }
+  document.body.dataset.verifies = String(Number(document.body.dataset.verifies || 0) + 1);
 }
 
 function startComparing() {
