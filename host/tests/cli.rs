@@ -272,7 +272,7 @@ fn verify_proves_the_default_invariants_and_prints_a_replayable_counterexample()
     let o = mqtt_policy().args(["verify", "--policy"]).arg(&wide).output().unwrap();
     assert_eq!(o.status.code(), Some(1), "{}{}", stdout(&o), stderr(&o));
     let out = stdout(&o);
-    assert!(out.contains("VIOLATED  nudges-are-private"), "{out}");
+    assert!(out.contains("VIOLATED   nudges-are-private"), "{out}");
     assert!(out.contains("2 of 3 invariants hold"), "{out}");
     let example =
         out.lines().find_map(|l| l.trim().strip_prefix("counterexample: ")).expect(&out).to_string();

@@ -94,15 +94,24 @@ pub struct Verdict {
     pub invariant: String,
     /// What it says, for people.
     pub statement: String,
+    /// Decided, and no request the policy allows breaks it.
     pub holds: bool,
     pub counterexample: Option<Counterexample>,
+    /// Why it could not be decided (then it does not hold either): too many witness
+    /// requests ([`MAX_WITNESSES`]), or a witness topic longer than MQTT allows.
+    pub undecided: Option<String>,
 }
+
+/// The most witness requests [`verify`] decides for one document; past it, the invariants
+/// left are undecided (and so do not hold). A document needs this many only with rules that
+/// list hundreds of ids, groups and scopes at once.
+pub const MAX_WITNESSES: usize = 2_000_000;
 
 /// The result of [`verify`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Verification {
     pub verdicts: Vec<Verdict>,
-    /// How many distinct requests were decided.
+    /// How many requests were decided.
     pub probed: usize,
 }
 
@@ -111,6 +120,7 @@ impl Verification {
         self.verdicts.iter().all(|v| v.holds)
     }
 
+    /// The verdicts that do not hold: violated (with a counterexample) or undecided.
     pub fn violated(&self) -> impl Iterator<Item = &Verdict> {
         self.verdicts.iter().filter(|v| !v.holds)
     }
@@ -269,26 +279,7 @@ impl Loader {
             }
             Some(s) => self.subjects(s, &path.key("only")).into_iter().collect(),
         };
-        let actions = match f.get("actions") {
-            Some(a) => self.actions(a, &path.key("actions")),
-            None => {
-                self.error(
-                    path,
-                    "missing required field 'actions' (a list of actions, or \"*\")".to_string(),
-                );
-                None
-            }
-        };
-        let topics = match f.get("topics") {
-            Some(t) => self.topics(t, &path.key("topics")),
-            None => {
-                self.error(
-                    path,
-                    "missing required field 'topics' (a list of topic patterns, or \"*\")".to_string(),
-                );
-                None
-            }
-        };
+        let (topics, actions) = self.topics_and_actions(&f, path);
         let covering = match f.get("filters") {
             None => false,
             Some(x) => match self.string(x, &path.key("filters")) {
@@ -355,78 +346,99 @@ pub fn verify(policy: &Policy) -> Verification {
 /// as `policy` does; otherwise it checks those witnesses only.
 pub fn verify_with(policy: &Policy, decide: &mut dyn FnMut(&EvalRequest) -> Decision) -> Verification {
     let vocabulary = Vocabulary::of(policy);
-    let mut asked: BTreeSet<String> = BTreeSet::new();
+    let mut probed = 0usize;
     let mut verdicts = Vec::with_capacity(policy.invariants.len());
     for inv in &policy.invariants {
         let mut counterexample = None;
-        let mut try_one = |r: EvalRequest, superuser: bool| -> bool {
-            if !inv.forbids(&r) {
-                return false;
+        let mut undecided = None;
+        match &vocabulary {
+            None => undecided = Some(String::from("the document holds every character, so no string is fresh")),
+            Some(v) => {
+                let mut try_one = |r: EvalRequest, superuser: bool| -> bool {
+                    if r.topic.len() > topic::MAX_TOPIC_BYTES {
+                        undecided = Some(format!(
+                            "a witness topic is longer than MQTT allows ({} bytes): the patterns are too long to decide",
+                            r.topic.len()
+                        ));
+                        return true;
+                    }
+                    if !realizable(&r) || !inv.forbids(&r) {
+                        return false;
+                    }
+                    if probed >= MAX_WITNESSES {
+                        undecided = Some(format!("more than {MAX_WITNESSES} witness requests"));
+                        return true;
+                    }
+                    probed += 1;
+                    let question = if superuser {
+                        EvalRequest { ask: Ask::Superuser, topic: String::new(), ..r.clone() }
+                    } else {
+                        r.clone()
+                    };
+                    let d = decide(&question);
+                    if d.allow {
+                        counterexample = Some(Counterexample { request: r, decision: d, superuser });
+                    }
+                    counterexample.is_some()
+                };
+                let _ = superuser_witnesses(policy, inv, v, &mut |r| try_one(r, true))
+                    || rule_witnesses(policy, inv, v, &mut |r| try_one(r, false));
             }
-            let question = if superuser {
-                EvalRequest { ask: Ask::Superuser, topic: String::new(), ..r.clone() }
-            } else {
-                r.clone()
-            };
-            asked.insert(key(&question));
-            let d = decide(&question);
-            if d.allow {
-                counterexample = Some(Counterexample { request: r, decision: d, superuser });
-            }
-            counterexample.is_some()
-        };
-        let _ = superuser_witnesses(policy, inv, &vocabulary, &mut |r| try_one(r, true))
-            || rule_witnesses(policy, inv, &vocabulary, &mut |r| try_one(r, false));
+        }
         verdicts.push(Verdict {
             invariant: inv.name.clone(),
             statement: inv.statement(),
-            holds: counterexample.is_none(),
+            holds: counterexample.is_none() && undecided.is_none(),
             counterexample,
+            undecided,
         });
     }
-    Verification { verdicts, probed: asked.len() }
+    Verification { verdicts, probed }
 }
 
-/// Tells requests apart for counting.
-fn key(r: &EvalRequest) -> String {
-    format!(
-        "{:?}|{}|{:?}|{:?}|{:?}|{}|{}|{}|{:?}",
-        r.subject.kind,
-        r.subject.id,
-        r.subject.groups,
-        r.subject.scopes,
-        r.ask,
-        r.topic,
-        r.clientid,
-        r.username,
-        r.message
-    )
+/// Can a front end make this request (semantics.md §4, §4b)? A device is a client known by
+/// its certificate: its username is its certificate name, which is its id, and it has no
+/// scopes. A service comes from a token and has no groups.
+pub fn realizable(r: &EvalRequest) -> bool {
+    match r.subject.kind {
+        SubjectType::Device => r.username == r.subject.id && r.subject.scopes.is_empty(),
+        SubjectType::Service => r.subject.groups.is_empty(),
+        SubjectType::User => true,
+    }
 }
 
-/// Strings no string of the document equals or starts a scope of.
+/// What witnesses are made of: a character no string of the document holds, and the topic
+/// lengths its patterns tell apart.
 struct Vocabulary {
-    /// A character that no string of the document holds.
     fresh: char,
-    /// The most levels any pattern has.
-    depth: usize,
+    /// Topic lengths (in levels) at which some pattern starts or stops matching, and one
+    /// more than every pattern has: every other length is decided as one of these.
+    lengths: BTreeSet<usize>,
     /// Whether some rule reads the message.
     messages: bool,
 }
 
 impl Vocabulary {
-    fn of(policy: &Policy) -> Vocabulary {
+    /// `None` when the document holds every character (no string of ours can be fresh).
+    fn of(policy: &Policy) -> Option<Vocabulary> {
         let mut strings: Vec<&str> = Vec::new();
-        let mut depth = 1;
-        let topics =
-            policy.rules.iter().map(|r| &r.topics).chain(policy.invariants.iter().map(|i| &i.topics));
+        let mut lengths = BTreeSet::new();
+        let mut longest = 1;
+        let topics = policy.rules.iter().map(|r| &r.topics).chain(policy.invariants.iter().map(|i| &i.topics));
         for t in topics {
             if let Sel::List(ps) = t {
                 for p in ps {
                     strings.push(p.as_str());
-                    depth = depth.max(p.levels().len());
+                    let n = p.levels().len();
+                    longest = longest.max(n);
+                    lengths.insert(n);
+                    if matches!(p.levels().last(), Some(Level::Hash)) {
+                        lengths.insert(n - 1);
+                    }
                 }
             }
         }
+        lengths.insert(longest + 1);
         let subjects =
             policy.rules.iter().map(|r| &r.subjects).chain(policy.invariants.iter().flat_map(|i| &i.only));
         for s in subjects {
@@ -444,14 +456,20 @@ impl Vocabulary {
         if let Some(roles) = &policy.roles {
             strings.extend(roles.scope_permissions.keys().map(String::as_str));
         }
-        let candidates = "~^!%@=,:;_".chars().chain((0xE000u32..0xF900).filter_map(char::from_u32));
-        let fresh =
-            candidates.into_iter().find(|c| strings.iter().all(|s| !s.contains(*c))).unwrap_or('\u{F8FF}');
-        Vocabulary { fresh, depth, messages: policy.reads_message() }
+        let candidates = "~^!%@=,:;_".chars().chain((0xA1u32..=0x10FFFF).filter_map(char::from_u32));
+        let fresh = candidates.into_iter().find(|c| strings.iter().all(|s| !s.contains(*c)))?;
+        Some(Vocabulary { fresh, lengths, messages: policy.reads_message() })
     }
 
+    /// A fresh value (`n` tells values apart).
     fn fresh(&self, n: usize) -> String {
         format!("{}{n}", self.fresh)
+    }
+
+    /// A fresh topic level. Every fresh level is the same string: no pattern compares two
+    /// levels, only a level with a literal or a value (which are different strings).
+    fn level(&self) -> String {
+        String::from(self.fresh)
     }
 }
 
@@ -504,22 +522,24 @@ fn shapes<'a>(topics: &'a Sel<Pattern>, placeholders_as_plus: bool) -> Vec<Vec<L
 }
 
 /// Every skeleton of topics both `a` and `b` match (up to the choice of fresh strings), with
-/// `#` tails of every length up to `depth + 1` levels in all.
-fn meet<'a>(a: &[Lv<'a>], b: &[Lv<'a>], depth: usize, at: Skeleton<'a>, out: &mut Vec<Skeleton<'a>>) {
-    match (a.first(), b.first()) {
-        (None, None) => out.push(at),
-        (Some(Lv::Hash), _) => tail(b, depth, at, out),
-        (_, Some(Lv::Hash)) => tail(a, depth, at, out),
-        (None, Some(_)) | (Some(_), None) => {}
-        (Some(x), Some(y)) => {
-            let mut at = at;
-            let cell = match (*x, *y) {
+/// `#` tails of each length in `lengths`.
+fn meet<'a>(a: &[Lv<'a>], b: &[Lv<'a>], lengths: &BTreeSet<usize>) -> Vec<Skeleton<'a>> {
+    let mut at = Skeleton::default();
+    let mut i = 0;
+    loop {
+        let (x, y) = (a.get(i), b.get(i));
+        let cell = match (x, y) {
+            (None, None) => return vec![at],
+            (Some(Lv::Hash), _) => return tail(&b[i..], lengths, at),
+            (_, Some(Lv::Hash)) => return tail(&a[i..], lengths, at),
+            (None, Some(_)) | (Some(_), None) => return Vec::new(),
+            (Some(x), Some(y)) => match (*x, *y) {
                 (Lv::Lit(s), Lv::Lit(t)) if s == t => Cell::Lit(s),
-                (Lv::Lit(_), Lv::Lit(_)) => return,
+                (Lv::Lit(_), Lv::Lit(_)) => return Vec::new(),
                 (Lv::Lit(s), Lv::Plus | Lv::Dollar) | (Lv::Plus | Lv::Dollar, Lv::Lit(s)) => Cell::Lit(s),
                 (Lv::Lit(s), Lv::Var(v)) | (Lv::Var(v), Lv::Lit(s)) => {
                     match at.binds.iter().find(|(p, _)| *p == v) {
-                        Some((_, bound)) if *bound != s => return,
+                        Some((_, bound)) if *bound != s => return Vec::new(),
                         Some(_) => {}
                         None => at.binds.push((v, s)),
                     }
@@ -529,34 +549,36 @@ fn meet<'a>(a: &[Lv<'a>], b: &[Lv<'a>], depth: usize, at: Skeleton<'a>, out: &mu
                 (Lv::Dollar, _) | (_, Lv::Dollar) => Cell::DollarFresh,
                 (Lv::Plus, Lv::Plus) => Cell::Fresh,
                 (Lv::Hash, _) | (_, Lv::Hash) => unreachable!("matched above"),
-            };
-            at.cells.push(cell);
-            meet(&a[1..], &b[1..], depth, at, out);
-        }
+            },
+        };
+        at.cells.push(cell);
+        i += 1;
     }
 }
 
-/// The rest of one side after the other's `#`: its levels, and fresh levels for its own `#`.
-fn tail<'a>(rest: &[Lv<'a>], depth: usize, mut at: Skeleton<'a>, out: &mut Vec<Skeleton<'a>>) {
-    for (i, l) in rest.iter().enumerate() {
+/// The rest of one side after the other's `#`: its levels, then, for its own `#`, fresh
+/// levels up to each length of `lengths` the topic can still have.
+fn tail<'a>(rest: &[Lv<'a>], lengths: &BTreeSet<usize>, mut at: Skeleton<'a>) -> Vec<Skeleton<'a>> {
+    for l in rest {
         match l {
             Lv::Lit(s) => at.cells.push(Cell::Lit(s)),
             Lv::Plus => at.cells.push(Cell::Fresh),
             Lv::Var(v) => at.cells.push(Cell::Var(*v)),
             Lv::Dollar => at.cells.push(Cell::DollarFresh),
             Lv::Hash => {
-                debug_assert_eq!(i, rest.len() - 1);
-                let longest = (depth + 1).saturating_sub(at.cells.len()).max(1);
-                for n in 0..=longest {
-                    let mut t = at.clone();
-                    t.cells.extend(core::iter::repeat_n(Cell::Fresh, n));
-                    out.push(t);
-                }
-                return;
+                let from = at.cells.len();
+                return lengths
+                    .range(from..)
+                    .map(|&n| {
+                        let mut t = at.clone();
+                        t.cells.resize(n, Cell::Fresh);
+                        t
+                    })
+                    .collect();
             }
         }
     }
-    out.push(at);
+    vec![at]
 }
 
 /// The strings of one witness: its subject's id and the request values, fresh where free.
@@ -567,6 +589,33 @@ struct Values {
 }
 
 impl Values {
+    /// The values a skeleton's bindings leave for a subject of `kind`: the id as bound or
+    /// listed (`None`: fresh), the others fresh and distinct; a device's username is its id.
+    fn of(sk: &Skeleton, kind: SubjectType, listed: Option<&str>, v: &Vocabulary) -> Option<Values> {
+        let bound = |p: Placeholder| sk.binds.iter().find(|(q, _)| *q == p).map(|(_, s)| *s);
+        let device = kind == SubjectType::Device;
+        let mut id_bound = bound(Placeholder::SubjectId);
+        if device {
+            id_bound = match (id_bound, bound(Placeholder::Username)) {
+                (Some(a), Some(b)) if a != b => return None,
+                (a, b) => a.or(b),
+            };
+        }
+        let id = match (id_bound, listed) {
+            (Some(b), Some(l)) if b != l => return None,
+            (Some(b), _) => b.to_string(),
+            (None, Some(l)) => l.to_string(),
+            (None, None) => v.fresh(0),
+        };
+        let username = match bound(Placeholder::Username) {
+            _ if device => id.clone(),
+            Some(b) => b.to_string(),
+            None => v.fresh(1),
+        };
+        let clientid = bound(Placeholder::ClientId).map_or_else(|| v.fresh(2), str::to_string);
+        Some(Values { id, username, clientid })
+    }
+
     fn get(&self, p: Placeholder) -> &str {
         match p {
             Placeholder::Username => &self.username,
@@ -575,49 +624,33 @@ impl Values {
         }
     }
 
-    /// The topic of `cells`, fresh levels numbered after the values' own.
+    /// The topic of `cells`.
     fn topic(&self, cells: &[Cell], v: &Vocabulary) -> String {
-        let mut n = 3;
         let levels: Vec<String> = cells
             .iter()
             .map(|c| match c {
                 Cell::Lit(s) => s.to_string(),
                 Cell::Var(p) => self.get(*p).to_string(),
-                Cell::Fresh => {
-                    n += 1;
-                    v.fresh(n)
-                }
-                Cell::DollarFresh => {
-                    n += 1;
-                    format!("${}", v.fresh(n))
-                }
+                Cell::Fresh => v.level(),
+                Cell::DollarFresh => format!("${}", v.level()),
             })
             .collect();
         levels.join("/")
     }
 }
 
-/// The values a skeleton's bindings leave: `id` as given (or bound), the others fresh.
-fn values(sk: &Skeleton, id: Option<&str>, v: &Vocabulary) -> Option<Values> {
-    let bound = |p: Placeholder| sk.binds.iter().find(|(q, _)| *q == p).map(|(_, s)| s.to_string());
-    let id = match (bound(Placeholder::SubjectId), id) {
-        (Some(b), Some(listed)) if b != listed => return None,
-        (Some(b), _) => b,
-        (None, Some(listed)) => listed.to_string(),
-        (None, None) => v.fresh(0),
-    };
-    Some(Values {
-        id,
-        username: bound(Placeholder::Username).unwrap_or_else(|| v.fresh(1)),
-        clientid: bound(Placeholder::ClientId).unwrap_or_else(|| v.fresh(2)),
-    })
-}
-
-/// The topic (or filter) of a witness of `inv` built on `sk`.
-fn witness_topic(inv: &Invariant, q: usize, sk: &Skeleton, values: &Values, v: &Vocabulary) -> String {
-    match (&inv.topics, inv.covering) {
+/// The topic (or filter) of a witness of `inv` built on `sk`. A subscribe filter whose
+/// first level is `$share` is itself wrapped in a shared subscription, since a request's
+/// `$share/<group>/` is stripped before it is decided.
+fn witness_topic(inv: &Invariant, action: Action, q: usize, sk: &Skeleton, values: &Values, v: &Vocabulary) -> String {
+    let topic = match (&inv.topics, inv.covering) {
         (Sel::List(ps), true) => ps[q].as_str().to_string(),
         _ => values.topic(&sk.cells, v),
+    };
+    if action == Action::Subscribe && topic.split('/').next() == Some("$share") {
+        format!("$share/{}/{topic}", v.level())
+    } else {
+        topic
     }
 }
 
@@ -637,8 +670,9 @@ fn messages(action: Action, v: &Vocabulary, allows: impl Fn(Message) -> bool) ->
         .collect()
 }
 
-/// A superuser of each type holding one group or scope with the superuser capability, on a
-/// topic of the invariant that is not its own. Returns whether `found` stopped the search.
+/// A superuser of each type holding one group or scope with the superuser capability, on
+/// each topic of the invariant's skeletons (the first that the invariant forbids decides).
+/// Returns whether `found` stopped the search.
 fn superuser_witnesses(
     policy: &Policy,
     inv: &Invariant,
@@ -651,28 +685,17 @@ fn superuser_witnesses(
     }
     let everything = [Lv::Hash];
     for (q, shape) in shapes(&inv.topics, true).iter().enumerate() {
-        let mut skeletons = Vec::new();
-        meet(&everything, shape, v.depth, Skeleton::default(), &mut skeletons);
-        let Some(sk) = skeletons.into_iter().find(|s| !s.cells.is_empty()) else { continue };
-        let values = values(&sk, None, v).expect("nothing is bound");
-        for action in &inv.actions {
-            for kind in SubjectType::ALL {
-                for (groups, scopes) in &providers {
-                    let subject = Subject {
-                        id: values.id.clone(),
-                        kind,
-                        groups: groups.clone(),
-                        scopes: scopes.clone(),
-                    };
-                    let r = request(
-                        subject,
-                        *action,
-                        witness_topic(inv, q, &sk, &values, v),
-                        &values,
-                        Message::UNKNOWN,
-                    );
-                    if found(r) {
-                        return true;
+        for sk in meet(&everything, shape, &v.lengths) {
+            for action in &inv.actions {
+                for kind in SubjectType::ALL {
+                    let Some(values) = Values::of(&sk, kind, None, v) else { continue };
+                    for (groups, scopes) in &providers {
+                        let subject =
+                            Subject { id: values.id.clone(), kind, groups: groups.clone(), scopes: scopes.clone() };
+                        let topic = witness_topic(inv, *action, q, &sk, &values, v);
+                        if found(request(subject, *action, topic, &values, Message::UNKNOWN)) {
+                            return true;
+                        }
                     }
                 }
             }
@@ -684,20 +707,13 @@ fn superuser_witnesses(
 /// The group or scope (one each) whose roles grant `p`, as a subject's groups and scopes.
 fn providers(policy: &Policy, p: Permission) -> Vec<(Vec<String>, Vec<String>)> {
     let Some(roles) = &policy.roles else { return Vec::new() };
-    let groups =
-        roles.group_permissions.iter().filter(|(_, ps)| ps.has(p)).map(|(g, _)| (vec![g.clone()], vec![]));
-    let scopes =
-        roles.scope_permissions.iter().filter(|(_, ps)| ps.has(p)).map(|(s, _)| (vec![], vec![s.clone()]));
+    let groups = roles.group_permissions.iter().filter(|(_, ps)| ps.has(p)).map(|(g, _)| (vec![g.clone()], vec![]));
+    let scopes = roles.scope_permissions.iter().filter(|(_, ps)| ps.has(p)).map(|(s, _)| (vec![], vec![s.clone()]));
     groups.chain(scopes).collect()
 }
 
 /// The witnesses of every allow rule that grants one of the invariant's actions.
-fn rule_witnesses(
-    policy: &Policy,
-    inv: &Invariant,
-    v: &Vocabulary,
-    found: &mut dyn FnMut(EvalRequest) -> bool,
-) -> bool {
+fn rule_witnesses(policy: &Policy, inv: &Invariant, v: &Vocabulary, found: &mut dyn FnMut(EvalRequest) -> bool) -> bool {
     let inv_shapes = shapes(&inv.topics, true);
     for rule in policy.rules.iter().filter(|r| r.effect == Effect::Allow) {
         for action in inv.actions.iter().filter(|a| rule.has_action(**a)) {
@@ -709,12 +725,10 @@ fn rule_witnesses(
             let messages = messages(*action, v, |m| rule.conditions.covers(Effect::Allow, *action, m));
             for p in shapes(&rule.topics, false) {
                 for (q, shape) in inv_shapes.iter().enumerate() {
-                    let mut skeletons = Vec::new();
-                    meet(&p, shape, v.depth, Skeleton::default(), &mut skeletons);
-                    for sk in &skeletons {
+                    for sk in meet(&p, shape, &v.lengths) {
                         for (kind, id, groups, scopes) in &subjects {
-                            let Some(values) = values(sk, id.as_deref(), v) else { continue };
-                            let topic = witness_topic(inv, q, sk, &values, v);
+                            let Some(values) = Values::of(&sk, *kind, id.as_deref(), v) else { continue };
+                            let topic = witness_topic(inv, *action, q, &sk, &values, v);
                             for m in &messages {
                                 let subject = Subject {
                                     id: values.id.clone(),
@@ -738,7 +752,8 @@ fn rule_witnesses(
 /// A subject of a rule's witnesses: type, listed id (`None`: fresh), groups, scopes.
 type Candidate = (SubjectType, Option<String>, Vec<String>, Vec<String>);
 
-/// The least subjects `rule` applies to, each also holding one `capability` provider.
+/// The least subjects `rule` applies to, each also holding one `capability` provider, that a
+/// front end can make (no scopes for a device, no groups for a service).
 fn rule_subjects(rule: &Rule, capability: &[(Vec<String>, Vec<String>)], v: &Vocabulary) -> Vec<Candidate> {
     let s = &rule.subjects;
     let types: Vec<SubjectType> = match &s.types {
@@ -773,7 +788,14 @@ fn rule_subjects(rule: &Rule, capability: &[(Vec<String>, Vec<String>)], v: &Voc
                         gs.extend(cg.iter().filter(|x| !g.contains(x)).cloned());
                         let mut ss = sc.clone();
                         ss.extend(cs.iter().filter(|x| !sc.contains(x)).cloned());
-                        out.push((*kind, id.clone(), gs, ss));
+                        let makeable = match kind {
+                            SubjectType::Device => ss.is_empty(),
+                            SubjectType::Service => gs.is_empty(),
+                            SubjectType::User => true,
+                        };
+                        if makeable {
+                            out.push((*kind, id.clone(), gs, ss));
+                        }
                     }
                 }
             }
@@ -782,13 +804,7 @@ fn rule_subjects(rule: &Rule, capability: &[(Vec<String>, Vec<String>)], v: &Voc
     out
 }
 
-fn request(
-    subject: Subject,
-    action: Action,
-    topic: String,
-    values: &Values,
-    message: Message,
-) -> EvalRequest {
+fn request(subject: Subject, action: Action, topic: String, values: &Values, message: Message) -> EvalRequest {
     EvalRequest {
         subject,
         ask: Ask::from(action),

@@ -311,26 +311,7 @@ impl Loader {
         let before = self.errors.len();
 
         let (id, description, subjects) = self.entry_head(&f, path);
-        let topics = match f.get("topics") {
-            Some(t) => self.topics(t, &path.key("topics")),
-            None => {
-                self.error(
-                    path,
-                    "missing required field 'topics' (a list of topic patterns, or \"*\")".to_string(),
-                );
-                None
-            }
-        };
-        let actions = match f.get("actions") {
-            Some(a) => self.actions(a, &path.key("actions")),
-            None => {
-                self.error(
-                    path,
-                    "missing required field 'actions' (a list of actions, or \"*\")".to_string(),
-                );
-                None
-            }
-        };
+        let (topics, actions) = self.topics_and_actions(&f, path);
         let effect = match f.get("effect") {
             None => Some(Effect::Allow),
             Some(e) => match self.string(e, &path.key("effect")) {
@@ -369,6 +350,29 @@ impl Loader {
             conditions,
             name,
         })
+    }
+
+    /// The required `topics` and `actions` of a rule or an invariant (`None`: reported).
+    pub(crate) fn topics_and_actions(
+        &mut self,
+        f: &Fields<'_>,
+        path: &Path,
+    ) -> (Option<Sel<Pattern>>, Option<Sel<Action>>) {
+        let topics = match f.get("topics") {
+            Some(t) => self.topics(t, &path.key("topics")),
+            None => {
+                self.error(path, "missing required field 'topics' (a list of topic patterns, or \"*\")".to_string());
+                None
+            }
+        };
+        let actions = match f.get("actions") {
+            Some(a) => self.actions(a, &path.key("actions")),
+            None => {
+                self.error(path, "missing required field 'actions' (a list of actions, or \"*\")".to_string());
+                None
+            }
+        };
+        (topics, actions)
     }
 
     /// `actions`: `"*"` or a list of `subscribe`, `read`, `publish`.

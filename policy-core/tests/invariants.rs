@@ -4,7 +4,7 @@
 
 mod support;
 
-use policy_core::{Ask, EvalRequest, Invariant, Message, Policy, Subject, SubjectType, verify};
+use policy_core::{Ask, EvalRequest, Invariant, Message, Policy, Subject, SubjectType, realizable, verify};
 use proptest::prelude::*;
 use serde_json::{Value, json};
 use support::*;
@@ -143,7 +143,10 @@ fn brute(p: &Policy, inv: &Invariant) -> Option<EvalRequest> {
                 continue;
             }
             for subject in subjects() {
-                for username in USERNAMES {
+                // A device's username is its id (semantics.md §4b): others are not requests.
+                let own = [subject.id.as_str()];
+                let usernames: &[&str] = if subject.kind == SubjectType::Device { &own } else { &USERNAMES };
+                for &username in usernames {
                     for clientid in CLIENT_IDS {
                         let variants =
                             if p.reads_message() { messages(action) } else { vec![Message::UNKNOWN] };
@@ -155,7 +158,7 @@ fn brute(p: &Policy, inv: &Invariant) -> Option<EvalRequest> {
                                 message,
                                 ..base.clone()
                             };
-                            if inv.forbids(&r) && allowed(p, &r) {
+                            if realizable(&r) && inv.forbids(&r) && allowed(p, &r) {
                                 return Some(r);
                             }
                         }
@@ -187,7 +190,7 @@ proptest! {
         prop_assert_eq!(v.verdicts.len(), p.invariants().len());
         for (inv, verdict) in p.invariants().iter().zip(&v.verdicts) {
             if let Some(c) = &verdict.counterexample {
-                prop_assert!(inv.forbids(&c.request), "{} does not forbid {}", inv.name, serde_json::to_string(&c.request).unwrap());
+                prop_assert!(inv.forbids(&c.request) && realizable(&c.request), "{} does not forbid {}", inv.name, serde_json::to_string(&c.request).unwrap());
                 let again = if c.superuser { p.superuser(&c.request.subject) } else { p.evaluate(&c.request) };
                 prop_assert!(again.allow, "counterexample {} is denied", serde_json::to_string(&c.request).unwrap());
             }
@@ -278,4 +281,53 @@ fn invariants_load_strictly() {
         "expected 'reaching' or 'covering'",
     );
     bad(json!({"actions": ["read"], "topics": ["a"], "only": {"types": ["users"]}}), "unknown subject type");
+}
+
+fn verdicts(doc: Value) -> Vec<(String, bool)> {
+    verify(&load(&doc)).verdicts.into_iter().map(|v| (v.invariant, v.holds)).collect()
+}
+
+#[test]
+fn a_shared_subscription_of_a_share_pattern_is_found() {
+    // The rule's pattern starts with `$share`: only a filter wrapped in another `$share/<g>/`
+    // is decided against it (the request's own prefix is stripped first).
+    let doc = json!({"celine": {"mqtt": {
+        "acl": {"rules": [{"topics": ["$share/workers/jobs/#"], "actions": ["subscribe"]}]},
+        "invariants": [{"id": "nothing", "actions": ["subscribe"], "topics": "*"}]}}});
+    assert_eq!(verdicts(doc), [("nothing".to_string(), false)]);
+}
+
+#[test]
+fn a_superuser_is_found_on_any_topic_of_the_invariant() {
+    // `/#`'s first witness level is the empty level before `/`: a topic of it is `/x`.
+    let doc = json!({"celine": {"mqtt": {"acl": {"rules": []},
+        "invariants": [{"id": "slash", "actions": ["publish"], "topics": ["/#"]}]},
+        "roles": {"group_permissions": {"admins": ["superuser"]}}}});
+    let v = verify(&load(&doc));
+    let c = v.verdicts[0].counterexample.as_ref().expect("an admin publishes under '/'");
+    assert!(c.superuser && c.request.topic.starts_with('/'), "{c:?}");
+}
+
+#[test]
+fn a_devices_username_is_its_id() {
+    // A device's username is its certificate name, which is its id: a rule on `${username}`
+    // keeps it to its own id, as the invariant on `${subject.id}` says.
+    let doc = json!({"celine": {"mqtt": {
+        "acl": {"rules": [{"subjects": {"types": ["device"]}, "topics": ["meters/${username}/readings"], "actions": ["publish"]}]},
+        "invariants": [{"id": "own-meter", "actions": ["publish"], "topics": ["meters/${subject.id}/readings"]}]}}});
+    assert_eq!(verdicts(doc.clone()), [("own-meter".to_string(), true)]);
+    // A user's username is the client's to choose: the same rule for users breaks it.
+    let mut users = doc;
+    users["celine"]["mqtt"]["acl"]["rules"][0]["subjects"]["types"] = json!(["user"]);
+    assert_eq!(verdicts(users), [("own-meter".to_string(), false)]);
+}
+
+#[test]
+fn long_patterns_are_decided_without_deep_recursion_or_huge_witnesses() {
+    let long = vec!["+"; 20_000].join("/");
+    let doc = json!({"celine": {"mqtt": {
+        "acl": {"rules": [{"topics": ["#"], "actions": ["publish"]}]},
+        "invariants": [{"id": "long", "actions": ["publish"], "topics": [long]}]}}});
+    let v = verify(&load(&doc));
+    assert!(!v.verdicts[0].holds && v.verdicts[0].counterexample.is_some(), "{:?}", v.verdicts[0].undecided);
 }

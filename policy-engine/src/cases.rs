@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use policy_core::EvalRequest;
 
-use crate::runtime::{Action, Generation, Request, Subject};
+use crate::runtime::{Action, Fault, Generation, Request, Subject};
 
 /// Why policy test cases did not pass through a generation.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -53,12 +53,18 @@ pub(crate) fn case_files(path: &Path) -> Result<Vec<PathBuf>, String> {
     Ok(files)
 }
 
-/// Asks `generation` (its module) what `policy_core::Policy::evaluate` answers natively.
+/// Asks `generation` (its module) what `policy_core::Policy::evaluate` answers natively; a
+/// module fault is a denial that says so.
 pub fn decide(generation: &Generation, r: &EvalRequest) -> policy_core::Decision {
+    try_decide(generation, r).unwrap_or_else(|why| policy_core::Decision { allow: false, rule: None, reason: why.0 })
+}
+
+/// As [`decide`], or why the module failed to answer.
+pub fn try_decide(generation: &Generation, r: &EvalRequest) -> Result<policy_core::Decision, Fault> {
     let subject = Subject::from(r.subject.clone());
     let d = match r.ask.action() {
-        None => generation.superuser(&subject),
-        Some(a) => generation.check(&Request {
+        None => generation.try_superuser(&subject)?,
+        Some(a) => generation.try_check(&Request {
             subject,
             topic: r.topic.clone(),
             action: Action::from(a),
@@ -66,9 +72,9 @@ pub fn decide(generation: &Generation, r: &EvalRequest) -> policy_core::Decision
             username: r.username.clone(),
             qos: r.message.qos,
             retain: r.message.retain,
-        }),
+        })?,
     };
-    policy_core::Decision { allow: d.allow, rule: d.rule, reason: d.reason }
+    Ok(policy_core::Decision { allow: d.allow, rule: d.rule, reason: d.reason })
 }
 
 /// Runs the test cases under `path` through `generation`; `Ok` is their requests, all of

@@ -765,9 +765,16 @@ impl Generation {
 
     /// Is the subject a superuser? A module fault is a denial that says so.
     pub fn superuser(&self, who: &Subject) -> Decision {
+        self.try_superuser(who).unwrap_or_else(|why| Decision { allow: false, rule: None, reason: why.0 })
+    }
+
+    /// Is the subject a superuser, or why the module failed to say.
+    pub fn try_superuser(&self, who: &Subject) -> Result<Decision, Fault> {
         match &self.native {
-            Some(policy) => policy.superuser(&core_subject(who)).into(),
-            None => self.module_superuser(who),
+            Some(policy) => Ok(policy.superuser(&core_subject(who)).into()),
+            None => self.with_worker(|store, inst, policy| {
+                inst.celine_mqtt_policy_engine().policy().call_superuser(store, policy, who)
+            }),
         }
     }
 

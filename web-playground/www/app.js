@@ -337,13 +337,17 @@ function verifyInvariants() {
       list.replaceChildren(...v.invariants.map((i) => {
         const name = el('button', { type: 'button', title: i.place ? 'Show it in the editor' : null }, i.invariant);
         if (i.place) name.addEventListener('click', () => select(i.place));
+        const mark = i.holds ? 'HOLDS' : i.undecided ? 'UNDECIDED' : 'VIOLATED';
         const item = el('li', { class: i.holds ? 'holds' : 'violated' },
-          el('strong', {}, i.holds ? 'HOLDS' : 'VIOLATED'), ' ', name, el('div', { class: 'hint' }, i.statement));
+          el('strong', {}, mark), ' ', name, el('div', { class: 'hint' }, i.statement));
+        if (i.undecided) item.append(el('div', {}, `Could not be decided: ${i.undecided}`));
         const c = i.counterexample;
         if (c) {
           const why = c.superuser ? 'allowed: a superuser' : c.decision.rule ? `allowed by rule '${c.decision.rule}'` : 'allowed';
           item.append(el('div', {}, 'Counterexample (', why, '): ', el('button', {
-            type: 'button', class: 'witness counterexample', title: 'Load this request', onclick: () => loadRequest(c.request),
+            type: 'button', class: 'witness counterexample', title: 'Load this request',
+            // A superuser is asked no ACL question: what allows it is the superuser question.
+            onclick: () => loadRequest(c.superuser ? { ...c.request, action: 'superuser' } : c.request),
           }, describeWitness(c.request))));
         }
         return item;

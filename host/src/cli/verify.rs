@@ -40,12 +40,22 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     for verdict in &v.verdicts {
-        let mark = if verdict.holds { "holds   " } else { "VIOLATED" };
+        let mark = match (verdict.holds, &verdict.undecided) {
+            (true, _) => "holds    ",
+            (false, Some(_)) => "UNDECIDED",
+            (false, None) => "VIOLATED ",
+        };
         println!("{mark}  {}: {}", verdict.invariant, verdict.statement);
+        if let Some(why) = &verdict.undecided {
+            println!("  could not be decided: {why}");
+        }
         if let Some(c) = &verdict.counterexample {
             println!("  counterexample: {}", serde_json::to_string(&c.request)?);
             match (&c.decision.rule, c.superuser) {
-                (_, true) => println!("  allowed: the subject is a superuser ({})", c.decision.reason),
+                (_, true) => println!(
+                    "  allowed: the subject is a superuser, so the broker asks no ACL question \
+                     (replay it with \"action\": \"superuser\")"
+                ),
                 (Some(rule), false) => println!("  allowed by rule '{rule}': {}", c.decision.reason),
                 (None, false) => println!("  allowed: {}", c.decision.reason),
             }
