@@ -238,6 +238,32 @@ impl Auth {
         }
     }
 
+    /// Lists the bound sessions as live identities, each subject mapped from its claims by
+    /// the generation given (a swap's new one), for the swap's report of whom it reaches.
+    /// Sessions whose token would no longer verify, or whose claims the generation maps to
+    /// no subject, are left out. A session has no client id of its own (each go-auth call
+    /// names one).
+    pub fn identity_lister(
+        &self,
+    ) -> impl Fn(&policy_engine::Generation) -> Vec<policy_engine::Identity> + Send + Sync + 'static {
+        let (sessions, identities) = (self.sessions.clone(), Arc::clone(&self.identities));
+        move |generation| {
+            sessions
+                .iter()
+                .filter(|(_, (s, _))| identities.still_valid(&s.verified))
+                .filter_map(|(username, (s, _))| {
+                    let subject = generation.subject_from_claims(&s.verified.claims.to_string()).ok()?;
+                    Some(policy_engine::Identity {
+                        label: username.to_string(),
+                        subject: policy_core::Subject::from(&subject),
+                        username: username.to_string(),
+                        clientid: None,
+                    })
+                })
+                .collect()
+        }
+    }
+
     /// What the caches hold now, in bytes (as weighed).
     pub fn cached_bytes(&self) -> u64 {
         self.decisions.weighted_size() + self.sessions.weighted_size()

@@ -272,10 +272,17 @@ pub async fn build_state(cfg: &ServeConfig, log: QueueWriter) -> anyhow::Result<
     if let Some(store) = &cfg.sessions {
         store.spawn_checker();
     }
+    let auth = Auth::new(Arc::clone(&identities), cfg.cache_memory / 4 * 3);
+    // A swap reports which bound sessions its changes reach (under the new generation).
+    let sessions = auth.identity_lister();
+    let weak = Arc::downgrade(&live);
+    live.list_identities_with(Box::new(move || {
+        weak.upgrade().map(|l| sessions(&l.current())).unwrap_or_default()
+    }));
     Ok(Arc::new(AppState {
         authorizer: Authorizer::new(live, Arc::clone(&identities), &cfg.keys),
         reloader,
-        auth: Auth::new(identities, cfg.cache_memory / 4 * 3),
+        auth,
         response_mode: cfg.response_mode,
         prometheus,
         dev_jwks,

@@ -198,6 +198,10 @@ fn a_dry_run_reports_the_diff_without_swapping_and_every_swap_reports_its_diff()
     let log = dir.path().join("log");
     let s = Server::start_logged(&["--dev", "--admin-token-file", token_file.to_str().unwrap()], &log);
     let viewer = dev_token(&s, &["--sub", "vera", "--groups", "viewers"]);
+    // A go-auth session: vera's username bound to her token (a live identity of the service).
+    let user =
+        form_call(&s, "/mqtt/user", &[("username", "vera"), ("password", &viewer), ("clientid", "dash")]);
+    assert!(user.allowed(), "{}", user.body);
     let before = status(&s);
     let candidate = policy_with_health().to_string().into_bytes();
 
@@ -219,6 +223,15 @@ fn a_dry_run_reports_the_diff_without_swapping_and_every_swap_reports_its_diff()
     assert_eq!(first["old"]["allow"], false);
     assert_eq!(first["new"]["rule"], "health-viewers", "{dry}");
     assert!(first["request"]["subject"]["groups"].as_array().unwrap().contains(&json!("viewers")));
+    // Whom it reaches: the one session, which gains health reads, as vera would ask them.
+    let reached = &dry["identities"];
+    assert_eq!((reached["identities"].as_u64(), reached["affected"].as_u64()), (Some(1), Some(1)), "{dry}");
+    assert_eq!((reached["gained"].as_u64(), reached["lost"].as_u64()), (Some(1), Some(0)), "{dry}");
+    let vera = &reached["first"][0];
+    assert_eq!(vera["identity"], "vera");
+    assert_eq!(vera["gained"][0]["username"], "vera");
+    assert_eq!(vera["gained"][0]["subject"]["id"], "vera");
+    assert!(reached["by_change"][0]["new"].as_str().unwrap().contains("health-viewers"), "{dry}");
     // Nothing went live.
     let after = status(&s);
     assert_eq!(
@@ -245,11 +258,18 @@ fn a_dry_run_reports_the_diff_without_swapping_and_every_swap_reports_its_diff()
     assert_eq!(last["candidate"], "policy (uploaded)");
     assert_eq!(last["diff"]["counts"], diff["counts"]);
     assert_eq!(last["diff"]["first"], diff["first"]);
+    assert_eq!(last["identities"]["affected"], 1, "{last}");
+    assert_eq!(last["identities"]["first"][0]["identity"], "vera");
     assert_eq!(status(&s)["last_swap"], *last);
     assert!(bearer_call(&s, "/mqtt/acl", &viewer, HEALTH_READ).allowed());
     wait_for("the diff in the log", || {
         let text = std::fs::read_to_string(&log).unwrap();
         text.contains("what the new generation changes") && text.contains("celine/system/health/")
+    });
+    wait_for("whom it reaches in the log", || {
+        let text = std::fs::read_to_string(&log).unwrap();
+        text.contains("which live identities the new generation's changes reach")
+            && text.contains("affected=1")
     });
     let text = std::fs::read_to_string(&log).unwrap();
     assert!(text.contains("limits changed: limits entry 'subscriptions-per-connection' changed"), "{text}");

@@ -49,6 +49,9 @@ enum Job {
     Scrape(TcpStream),
     /// A generation the broker thread held last: freeing its instances is left to this thread.
     Retire(Arc<Generation>),
+    /// The connected clients a swap's revocation pass looked at: which of them the swap's
+    /// changes reach is decided here.
+    Identities(Arc<Live>, Vec<policy_engine::Identity>),
 }
 
 /// What the worker thread shares with the tick.
@@ -209,11 +212,17 @@ impl Background {
         self.hand_over(vec![Job::Retire(generation)]);
     }
 
+    /// Reports which of the connected clients (as the last swap's pass found them) the
+    /// swap's changes reach, off the broker thread.
+    pub fn report_identities(&self, live: Arc<Live>, identities: Vec<policy_engine::Identity>) {
+        self.hand_over(vec![Job::Identities(live, identities)]);
+    }
+
     fn hand_over(&self, jobs: Vec<Job>) {
         let mut queue = lock(&self.shared.queue);
         for job in jobs {
             // One of each periodic kind waits at most: a slow pull does not pile up more.
-            let again = !matches!(job, Job::Scrape(_) | Job::Retire(_))
+            let again = !matches!(job, Job::Scrape(_) | Job::Retire(_) | Job::Identities(..))
                 && queue.jobs.iter().any(|q| std::mem::discriminant(q) == std::mem::discriminant(&job));
             if !again {
                 queue.jobs.push_back(job);
@@ -287,6 +296,7 @@ impl Shared {
             match job {
                 Job::Scrape(stream) => self.scrape(stream),
                 Job::Retire(generation) => drop(generation),
+                Job::Identities(live, identities) => live.report_identities(&identities),
                 Job::Files => {
                     let reloader = lock(&self.reloader).clone();
                     if let Some(r) = reloader {

@@ -1243,7 +1243,7 @@ impl Plugin {
     fn revoke_step(&self) {
         self.disconnect_revoked();
         let current = self.authorizer.live.current();
-        let (finished, replaced) = {
+        let (mut finished, replaced) = {
             let (Ok(mut pass), Ok(mut connections), Ok(mut recheck)) = (
                 self.revocation.try_borrow_mut(),
                 self.connections.try_borrow_mut(),
@@ -1270,10 +1270,20 @@ impl Plugin {
             while started.elapsed() < REVOKE_SLICE
                 && let Some(key) = p.next_key()
             {
-                if let Some(conn) = connections.get_mut(key).filter(|c| c.connected)
-                    && let Some(lost) = self.lost_by(key, conn, &p.generation)
-                {
-                    p.lost.push(lost);
+                if let Some(conn) = connections.get_mut(key).filter(|c| c.connected) {
+                    if let Some(lost) = self.lost_by(key, conn, &p.generation) {
+                        p.lost.push(lost);
+                    }
+                    if p.cause == Cause::Swap
+                        && let Some(mapped) = &conn.mapped
+                    {
+                        p.identities.push(policy_engine::Identity {
+                            label: conn.client_id.to_string(),
+                            subject: policy_core::Subject::from(&mapped.request.subject),
+                            username: mapped.request.username.clone(),
+                            clientid: Some(mapped.request.clientid.clone()),
+                        });
+                    }
                 }
             }
             let done = if p.done() { pass.take() } else { None };
@@ -1286,6 +1296,13 @@ impl Plugin {
         // a newer generation replaced is not reported: the new pass looks at every client.)
         if let Some(pass) = &finished {
             self.act_on_revocations(pass);
+        }
+        if let (Some(pass), Some(background)) =
+            (finished.as_mut().filter(|p| p.cause == Cause::Swap), &self.background)
+        {
+            // Moved, not copied: the broker thread neither copies nor frees the list.
+            background
+                .report_identities(Arc::clone(&self.authorizer.live), std::mem::take(&mut pass.identities));
         }
         for pass in [replaced, finished].into_iter().flatten() {
             // This thread may hold the generation last: it is freed off the broker thread.

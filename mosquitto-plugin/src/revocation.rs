@@ -66,11 +66,14 @@ pub struct Pass {
     keys: Vec<ClientKey>,
     next: usize,
     pub lost: Vec<Lost>,
+    /// The connected clients looked at, as the swap's report of whom its changes reach
+    /// takes them (`Live::report_identities`, off the broker thread).
+    pub identities: Vec<policy_engine::Identity>,
 }
 
 impl Pass {
     pub fn new(generation: Arc<Generation>, keys: Vec<ClientKey>, cause: Cause) -> Pass {
-        Pass { generation, cause, keys, next: 0, lost: Vec::new() }
+        Pass { generation, cause, keys, next: 0, lost: Vec::new(), identities: Vec::new() }
     }
 
     /// The next connection to look at.

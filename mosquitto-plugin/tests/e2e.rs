@@ -927,6 +927,11 @@ fn a_swap_that_revokes_a_subscription_disconnects_the_client_or_keeps_it_receivi
         );
         let summary = b.wait_for_log_after(mark, "subscriptions the policy no longer grants", SWAP_WAIT);
         assert!(summary.contains(&format!("on_revoke {on_revoke}")), "{summary}");
+        // Whom the swap's changes reach, of the two connected clients: the viewer, who loses.
+        let reached =
+            b.wait_for_log_after(mark, "which live identities the new generation's changes reach", SWAP_WAIT);
+        assert!(reached.contains("identities=2") && reached.contains("affected=1"), "{reached}");
+        assert!(reached.contains("lost=1") && reached.contains("gained=0"), "{reached}");
         if on_revoke == "disconnect" {
             wait_for("the viewer's disconnect", mqtt::WAIT, || {
                 matches!(viewer.next_within(Duration::from_millis(100)), Some(Event::Closed(_)))

@@ -1,6 +1,6 @@
 //! Decision latency: the default policy and generated CELINE-like policies of 10, 1,000 and
-//! 10,000 rules, publish/read and subscribe separately; loading; and `diff` with one rule
-//! changed.
+//! 10,000 rules, publish/read and subscribe separately; loading; `diff` with one rule
+//! changed; and `verify` of invariants.
 //!
 //! Run: `cargo bench -p policy-core --bench decision` (results: BENCHMARKS.md).
 
@@ -248,9 +248,43 @@ fn diffs(c: &mut Criterion) {
     g.finish();
 }
 
+/// The generated policy of `n` rules with three invariants like the default policy's: only
+/// administrators subscribe to everything, each subject's nudges are its own, only services
+/// publish pipeline status. All hold, so `verify` decides every witness.
+fn with_invariants(n: usize) -> String {
+    let mut doc: serde_json::Value = serde_json::from_str(&generated_policy(n)).unwrap();
+    doc["celine"]["mqtt"]["invariants"] = serde_json::json!([
+        {"id": "only-admins-subscribe-everything", "only": {"groups": ["admins"]},
+         "actions": ["subscribe"], "topics": ["#"], "filters": "covering"},
+        {"id": "nudges-are-private", "only": {"groups": ["admins"]},
+         "actions": ["subscribe", "read"], "topics": ["celine/nudging/+/${subject.id}"]},
+        {"id": "pipeline-status-publishers", "only": [{"types": ["service"]}, {"groups": ["admins"]}],
+         "actions": ["publish"], "topics": ["celine/pipelines/status/#"]}
+    ]);
+    doc.to_string()
+}
+
+/// `verify`: the default policy's invariants, and three on generated policies.
+fn verifies(c: &mut Criterion) {
+    let mut g = c.benchmark_group("verify");
+    g.sample_size(10);
+    let mut docs = vec![("default".to_string(), include_str!("../../policies/celine.json").to_string())];
+    for n in [1_000, 10_000] {
+        docs.push((format!("rules-{n}"), with_invariants(n)));
+    }
+    for (name, text) in &docs {
+        let policy = Policy::load(text).unwrap();
+        let v = policy_core::verify(&policy);
+        assert!(v.holds(), "{name}: {:?}", v.violated().collect::<Vec<_>>());
+        eprintln!("verify {name}: {} invariants, {} requests decided", v.verdicts.len(), v.probed);
+        g.bench_function(name.as_str(), |b| b.iter(|| policy_core::verify(black_box(&policy))));
+    }
+    g.finish();
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default().warm_up_time(Duration::from_millis(500)).measurement_time(Duration::from_secs(2)).sample_size(50);
-    targets = decisions, load, diffs
+    targets = decisions, load, diffs, verifies
 }
 criterion_main!(benches);

@@ -352,7 +352,9 @@ pub fn verify_with(policy: &Policy, decide: &mut dyn FnMut(&EvalRequest) -> Deci
         let mut counterexample = None;
         let mut undecided = None;
         match &vocabulary {
-            None => undecided = Some(String::from("the document holds every character, so no string is fresh")),
+            None => {
+                undecided = Some(String::from("the document holds every character, so no string is fresh"))
+            }
             Some(v) => {
                 let mut try_one = |r: EvalRequest, superuser: bool| -> bool {
                     if r.topic.len() > topic::MAX_TOPIC_BYTES {
@@ -424,7 +426,8 @@ impl Vocabulary {
         let mut strings: Vec<&str> = Vec::new();
         let mut lengths = BTreeSet::new();
         let mut longest = 1;
-        let topics = policy.rules.iter().map(|r| &r.topics).chain(policy.invariants.iter().map(|i| &i.topics));
+        let topics =
+            policy.rules.iter().map(|r| &r.topics).chain(policy.invariants.iter().map(|i| &i.topics));
         for t in topics {
             if let Sel::List(ps) = t {
                 for p in ps {
@@ -642,7 +645,14 @@ impl Values {
 /// The topic (or filter) of a witness of `inv` built on `sk`. A subscribe filter whose
 /// first level is `$share` is itself wrapped in a shared subscription, since a request's
 /// `$share/<group>/` is stripped before it is decided.
-fn witness_topic(inv: &Invariant, action: Action, q: usize, sk: &Skeleton, values: &Values, v: &Vocabulary) -> String {
+fn witness_topic(
+    inv: &Invariant,
+    action: Action,
+    q: usize,
+    sk: &Skeleton,
+    values: &Values,
+    v: &Vocabulary,
+) -> String {
     let topic = match (&inv.topics, inv.covering) {
         (Sel::List(ps), true) => ps[q].as_str().to_string(),
         _ => values.topic(&sk.cells, v),
@@ -690,8 +700,12 @@ fn superuser_witnesses(
                 for kind in SubjectType::ALL {
                     let Some(values) = Values::of(&sk, kind, None, v) else { continue };
                     for (groups, scopes) in &providers {
-                        let subject =
-                            Subject { id: values.id.clone(), kind, groups: groups.clone(), scopes: scopes.clone() };
+                        let subject = Subject {
+                            id: values.id.clone(),
+                            kind,
+                            groups: groups.clone(),
+                            scopes: scopes.clone(),
+                        };
                         let topic = witness_topic(inv, *action, q, &sk, &values, v);
                         if found(request(subject, *action, topic, &values, Message::UNKNOWN)) {
                             return true;
@@ -704,42 +718,82 @@ fn superuser_witnesses(
     false
 }
 
+/// What a witness subject holds: its groups and its scopes.
+type Holding = (Vec<String>, Vec<String>);
+
 /// The group or scope (one each) whose roles grant `p`, as a subject's groups and scopes.
-fn providers(policy: &Policy, p: Permission) -> Vec<(Vec<String>, Vec<String>)> {
+fn providers(policy: &Policy, p: Permission) -> Vec<Holding> {
     let Some(roles) = &policy.roles else { return Vec::new() };
-    let groups = roles.group_permissions.iter().filter(|(_, ps)| ps.has(p)).map(|(g, _)| (vec![g.clone()], vec![]));
-    let scopes = roles.scope_permissions.iter().filter(|(_, ps)| ps.has(p)).map(|(s, _)| (vec![], vec![s.clone()]));
+    let groups =
+        roles.group_permissions.iter().filter(|(_, ps)| ps.has(p)).map(|(g, _)| (vec![g.clone()], vec![]));
+    let scopes =
+        roles.scope_permissions.iter().filter(|(_, ps)| ps.has(p)).map(|(s, _)| (vec![], vec![s.clone()]));
     groups.chain(scopes).collect()
 }
 
 /// The witnesses of every allow rule that grants one of the invariant's actions.
-fn rule_witnesses(policy: &Policy, inv: &Invariant, v: &Vocabulary, found: &mut dyn FnMut(EvalRequest) -> bool) -> bool {
+fn rule_witnesses(
+    policy: &Policy,
+    inv: &Invariant,
+    v: &Vocabulary,
+    found: &mut dyn FnMut(EvalRequest) -> bool,
+) -> bool {
     let inv_shapes = shapes(&inv.topics, true);
+    // Per action: the groups and scopes whose roles grant it (found once: a document can
+    // have thousands of groups).
+    let granting: Vec<(Action, Vec<Holding>)> = inv
+        .actions
+        .iter()
+        .map(|a| match &policy.roles {
+            None => (*a, vec![(Vec::new(), Vec::new())]),
+            Some(_) => (*a, providers(policy, a.permission())),
+        })
+        .collect();
     for rule in policy.rules.iter().filter(|r| r.effect == Effect::Allow) {
-        for action in inv.actions.iter().filter(|a| rule.has_action(**a)) {
-            let capability = match &policy.roles {
-                None => vec![(Vec::new(), Vec::new())],
-                Some(_) => providers(policy, action.permission()),
-            };
-            let subjects = rule_subjects(rule, &capability, v);
+        // The topics both the rule and the invariant reach: most rules reach none.
+        let rule_shapes = shapes(&rule.topics, false);
+        let skeletons: Vec<(usize, Skeleton)> = rule_shapes
+            .iter()
+            .flat_map(|p| {
+                inv_shapes
+                    .iter()
+                    .enumerate()
+                    .flat_map(move |(q, shape)| meet(p, shape, &v.lengths).into_iter().map(move |sk| (q, sk)))
+            })
+            .collect();
+        if skeletons.is_empty() {
+            continue;
+        }
+        for (action, capability) in granting.iter().filter(|(a, _)| rule.has_action(*a)) {
+            let capability = capability.as_slice();
+            let subjects = rule_subjects(
+                rule,
+                capability,
+                |groups, scopes| {
+                    let holder = Subject {
+                        id: String::new(),
+                        kind: SubjectType::User,
+                        groups: groups.to_vec(),
+                        scopes: scopes.to_vec(),
+                    };
+                    policy.capabilities(&holder).is_none_or(|c| c.has(action.permission()))
+                },
+                v,
+            );
             let messages = messages(*action, v, |m| rule.conditions.covers(Effect::Allow, *action, m));
-            for p in shapes(&rule.topics, false) {
-                for (q, shape) in inv_shapes.iter().enumerate() {
-                    for sk in meet(&p, shape, &v.lengths) {
-                        for (kind, id, groups, scopes) in &subjects {
-                            let Some(values) = Values::of(&sk, *kind, id.as_deref(), v) else { continue };
-                            let topic = witness_topic(inv, *action, q, &sk, &values, v);
-                            for m in &messages {
-                                let subject = Subject {
-                                    id: values.id.clone(),
-                                    kind: *kind,
-                                    groups: groups.clone(),
-                                    scopes: scopes.clone(),
-                                };
-                                if found(request(subject, *action, topic.clone(), &values, *m)) {
-                                    return true;
-                                }
-                            }
+            for (q, sk) in &skeletons {
+                for (kind, id, groups, scopes) in &subjects {
+                    let Some(values) = Values::of(sk, *kind, id.as_deref(), v) else { continue };
+                    let topic = witness_topic(inv, *action, *q, sk, &values, v);
+                    for m in &messages {
+                        let subject = Subject {
+                            id: values.id.clone(),
+                            kind: *kind,
+                            groups: groups.clone(),
+                            scopes: scopes.clone(),
+                        };
+                        if found(request(subject, *action, topic.clone(), &values, *m)) {
+                            return true;
                         }
                     }
                 }
@@ -752,9 +806,15 @@ fn rule_witnesses(policy: &Policy, inv: &Invariant, v: &Vocabulary, found: &mut 
 /// A subject of a rule's witnesses: type, listed id (`None`: fresh), groups, scopes.
 type Candidate = (SubjectType, Option<String>, Vec<String>, Vec<String>);
 
-/// The least subjects `rule` applies to, each also holding one `capability` provider, that a
-/// front end can make (no scopes for a device, no groups for a service).
-fn rule_subjects(rule: &Rule, capability: &[(Vec<String>, Vec<String>)], v: &Vocabulary) -> Vec<Candidate> {
+/// The least subjects `rule` applies to, each also holding one `capability` provider unless
+/// what the rule needs already grants the capability (`holds`), that a front end can make
+/// (no scopes for a device, no groups for a service).
+fn rule_subjects(
+    rule: &Rule,
+    capability: &[Holding],
+    holds: impl Fn(&[String], &[String]) -> bool,
+    v: &Vocabulary,
+) -> Vec<Candidate> {
     let s = &rule.subjects;
     let types: Vec<SubjectType> = match &s.types {
         Some(Sel::List(t)) => t.clone(),
@@ -783,6 +843,10 @@ fn rule_subjects(rule: &Rule, capability: &[(Vec<String>, Vec<String>)], v: &Voc
         for id in &ids {
             for g in &groups {
                 for sc in &scopes {
+                    // A subject holding more than it needs matches more deny rules and `only`
+                    // selectors, never fewer: one that holds the capability already is enough.
+                    let none = [(Vec::new(), Vec::new())];
+                    let capability = if holds(g, sc) { &none[..] } else { capability };
                     for (cg, cs) in capability {
                         let mut gs = g.clone();
                         gs.extend(cg.iter().filter(|x| !g.contains(x)).cloned());
@@ -804,7 +868,13 @@ fn rule_subjects(rule: &Rule, capability: &[(Vec<String>, Vec<String>)], v: &Voc
     out
 }
 
-fn request(subject: Subject, action: Action, topic: String, values: &Values, message: Message) -> EvalRequest {
+fn request(
+    subject: Subject,
+    action: Action,
+    topic: String,
+    values: &Values,
+    message: Message,
+) -> EvalRequest {
     EvalRequest {
         subject,
         ask: Ask::from(action),

@@ -59,7 +59,9 @@ pub use diff::{
 };
 pub use effective::{ActionGrants, Carve, Effective, Grant, Node, Values};
 pub use invalid::Invalid;
-pub use invariant::{Counterexample, Invariant, MAX_WITNESSES, Verdict, Verification, realizable, verify, verify_with};
+pub use invariant::{
+    Counterexample, Invariant, MAX_WITNESSES, Verdict, Verification, realizable, verify, verify_with,
+};
 pub use json::{Json, Path, quote};
 pub use limits::{Bound, LimitEntry, Limits, Rate, RateBound, Stated, limit_changes};
 pub use lint::lint;

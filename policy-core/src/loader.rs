@@ -361,14 +361,20 @@ impl Loader {
         let topics = match f.get("topics") {
             Some(t) => self.topics(t, &path.key("topics")),
             None => {
-                self.error(path, "missing required field 'topics' (a list of topic patterns, or \"*\")".to_string());
+                self.error(
+                    path,
+                    "missing required field 'topics' (a list of topic patterns, or \"*\")".to_string(),
+                );
                 None
             }
         };
         let actions = match f.get("actions") {
             Some(a) => self.actions(a, &path.key("actions")),
             None => {
-                self.error(path, "missing required field 'actions' (a list of actions, or \"*\")".to_string());
+                self.error(
+                    path,
+                    "missing required field 'actions' (a list of actions, or \"*\")".to_string(),
+                );
                 None
             }
         };

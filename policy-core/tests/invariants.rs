@@ -79,13 +79,21 @@ fn subjects() -> &'static [Subject] {
 }
 
 /// Topic names of one to four levels and filters over the literal levels, the listed id, a
-/// client id and a fresh level.
+/// client id and a fresh level, and a `$`-level the documents do not name.
 fn topics() -> &'static [String] {
     static ALL: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
     ALL.get_or_init(|| {
         let words = ["a", "b", "zz", "u1", "c1"];
-        let mut out: Vec<String> =
-            vec!["$s".into(), "$s/a".into(), "#".into(), "+".into(), "$s/#".into(), "+/#".into()];
+        let mut out: Vec<String> = vec![
+            "$s".into(),
+            "$s/a".into(),
+            "$zz".into(),
+            "$zz/a".into(),
+            "#".into(),
+            "+".into(),
+            "$s/#".into(),
+            "+/#".into(),
+        ];
         for a in words {
             out.push(a.into());
             out.push(format!("$s/{a}"));

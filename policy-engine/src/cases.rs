@@ -56,7 +56,11 @@ pub(crate) fn case_files(path: &Path) -> Result<Vec<PathBuf>, String> {
 /// Asks `generation` (its module) what `policy_core::Policy::evaluate` answers natively; a
 /// module fault is a denial that says so.
 pub fn decide(generation: &Generation, r: &EvalRequest) -> policy_core::Decision {
-    try_decide(generation, r).unwrap_or_else(|why| policy_core::Decision { allow: false, rule: None, reason: why.0 })
+    try_decide(generation, r).unwrap_or_else(|why| policy_core::Decision {
+        allow: false,
+        rule: None,
+        reason: why.0,
+    })
 }
 
 /// As [`decide`], or why the module failed to answer.

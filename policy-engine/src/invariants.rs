@@ -67,5 +67,10 @@ fn describe(verdict: &policy_core::Verdict) -> String {
         };
         format!("; counterexample {} ({by})", serde_json::to_string(&c.request).unwrap_or_default())
     });
-    format!("invariant '{}' does not hold: {}{}", verdict.invariant, verdict.statement, example.unwrap_or_default())
+    format!(
+        "invariant '{}' does not hold: {}{}",
+        verdict.invariant,
+        verdict.statement,
+        example.unwrap_or_default()
+    )
 }

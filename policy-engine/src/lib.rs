@@ -29,11 +29,12 @@ pub mod swap;
 pub use bundle::BundleError;
 pub use cases::CasesError;
 pub use reload::Reloader;
+pub use report::Identity;
 pub use runtime::{
     Action, Decision, Diagnostic, Fault, Generation, LoadError, Module, Prepared, Request, Runtime, Subject,
     SubjectError, SubjectType, embedded_module,
 };
-pub use swap::{Candidate, KEPT_MODULE, KEPT_POLICY, Live, Rejection, Source};
+pub use swap::{Candidate, IdentitySource, KEPT_MODULE, KEPT_POLICY, Live, Rejection, Source};
 
 /// The default policy as shipped (`policies/celine.json`), for when no file is named.
 pub const BUILT_IN_POLICY: &str = include_str!("../../policies/celine.json");

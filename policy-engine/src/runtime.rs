@@ -911,6 +911,12 @@ impl From<policy_core::Decision> for Decision {
     }
 }
 
+impl From<&Subject> for policy_core::Subject {
+    fn from(s: &Subject) -> policy_core::Subject {
+        core_subject(s)
+    }
+}
+
 impl From<policy_core::Subject> for Subject {
     fn from(s: policy_core::Subject) -> Subject {
         Subject { id: s.id, type_: s.kind.into(), groups: s.groups, scopes: s.scopes }

@@ -18,6 +18,7 @@ use arc_swap::ArcSwap;
 use serde::Serialize;
 
 use crate::cases::run_cases;
+use crate::report::{Identity, SwapChanges};
 use crate::runtime::{Generation, LoadError, Runtime, embedded_module};
 
 /// Where a module or a policy document came from.
@@ -126,7 +127,15 @@ pub struct Live {
     keep: std::sync::OnceLock<PathBuf>,
     /// Things an operator should know about how this started (shown in the status).
     notes: Mutex<Vec<String>>,
+    /// The last swap's changes, until the front end has said which identities they reach.
+    last_changes: Mutex<Option<Arc<SwapChanges>>>,
+    /// The live identities, for a front end that can list them at any time (the service's
+    /// sessions); the plugin hands its connected clients to [`Live::report_identities`].
+    identities: std::sync::OnceLock<IdentitySource>,
 }
+
+/// Lists a front end's live identities.
+pub type IdentitySource = Box<dyn Fn() -> Vec<Identity> + Send + Sync>;
 
 pub(crate) fn secs(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
@@ -223,6 +232,8 @@ impl Live {
             serial: Mutex::new(()),
             keep: std::sync::OnceLock::new(),
             notes: Mutex::new(Vec::new()),
+            last_changes: Mutex::new(None),
+            identities: std::sync::OnceLock::new(),
         }))
     }
 
@@ -306,7 +317,7 @@ impl Live {
 
     /// Builds the prepared candidate against the live generation: the generation, the test
     /// cases it passed, and what it would change.
-    fn build_prepared(&self, p: &Prepared) -> Result<(Arc<Generation>, usize, serde_json::Value), String> {
+    fn build_prepared(&self, p: &Prepared) -> Result<Built, String> {
         let (m, pol) = match (&p.module, &p.policy) {
             (Ok(m), Ok(pol)) => (m, pol),
             (Err(e), _) | (_, Err(e)) => return Err(e.clone()),
@@ -314,8 +325,10 @@ impl Live {
         let current = self.current();
         let (generation, passed) =
             build(&self.runtime, Some(&current), m, pol, self.tests.as_deref(), p.bundle_tests.as_deref())?;
-        let diff = crate::report::swap_diff(&current, &p.old_policy, &generation, pol, &passed.local);
-        Ok((generation, passed.count, diff))
+        let (diff, changes) =
+            crate::report::swap_diff(&current, &p.old_policy, &generation, pol, &passed.local);
+        let changes = Arc::new(SwapChanges { old: current, new: Arc::clone(&generation), changes });
+        Ok(Built { generation, passed: passed.count, diff, changes })
     }
 
     /// Builds, tests and (if it passes) swaps in a candidate. Returns the new generation, or
@@ -334,7 +347,7 @@ impl Live {
             return Ok(self.current());
         }
         match self.build_prepared(&prepared) {
-            Ok((generation, passed, diff)) => {
+            Ok(Built { generation, passed, diff, changes }) => {
                 let previous = self.current.swap(Arc::clone(&generation));
                 self.swaps.fetch_add(1, Ordering::Release);
                 let Prepared { module, module_source, policy, policy_source, bundle_tests, .. } = prepared;
@@ -365,6 +378,10 @@ impl Live {
                     checks_decided = generation.deciding(), "swapped in a new generation"
                 );
                 log_diff(&generation, &diff);
+                *self.last_changes.lock().unwrap() = Some(changes);
+                if let Some(list) = self.identities.get() {
+                    self.report_identities(&list());
+                }
                 Ok(generation)
             }
             Err(reason) => {
@@ -395,17 +412,65 @@ impl Live {
             }));
         }
         match self.build_prepared(&prepared) {
-            Ok((_, passed, diff)) => {
+            Ok(Built { passed, diff, changes, .. }) => {
                 tracing::info!(candidate = %prepared.label, changes = %crate::report::counts_line(&diff), "dry run: the candidate would go live");
+                let identities = self.identities.get().map(|list| crate::report::affected(&changes, &list()));
                 Ok(serde_json::json!({
                     "dry_run": true, "candidate": prepared.label, "live_generation": live, "unchanged": false,
-                    "cases_passed": passed, "tested": passed > 0, "diff": diff,
+                    "cases_passed": passed, "tested": passed > 0, "diff": diff, "identities": identities,
                 }))
             }
             Err(reason) => {
                 tracing::info!(candidate = %prepared.label, reason = %reason, "dry run: the candidate would be rejected");
                 Err(Rejection { at: secs(SystemTime::now()), candidate: prepared.label, reason })
             }
+        }
+    }
+
+    /// Lets every swap (and dry run) report which of the front end's live identities its
+    /// changes reach. Call once, after `start`.
+    pub fn list_identities_with(&self, source: IdentitySource) {
+        let _ = self.identities.set(source);
+    }
+
+    /// Reports which of `identities` (live when the last swap happened) its changes reach:
+    /// into the last swap's status (`last_swap.identities`), a log line and the metric
+    /// `mqtt_policy_last_swap_identities{direction}`. Once per swap: a later call finds
+    /// nothing to report. Decides up to [`crate::report::CHANGES_PER_IDENTITY`] requests
+    /// twice per identity: call it off any event loop.
+    pub fn report_identities(&self, identities: &[Identity]) {
+        let Some(changes) = self.last_changes.lock().unwrap().take() else { return };
+        let report = crate::report::affected(&changes, identities);
+        let (gained, lost) = (report["gained"].as_u64().unwrap_or(0), report["lost"].as_u64().unwrap_or(0));
+        metrics::gauge!("mqtt_policy_last_swap_identities", "direction" => "gained").set(gained as f64);
+        metrics::gauge!("mqtt_policy_last_swap_identities", "direction" => "lost").set(lost as f64);
+        let by_change: Vec<String> = report["by_change"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|c| {
+                format!(
+                    "{} -> {}: {} gained, {} lost",
+                    c["old"].as_str().unwrap_or("?"),
+                    c["new"].as_str().unwrap_or("?"),
+                    c["gained"],
+                    c["lost"]
+                )
+            })
+            .collect();
+        tracing::info!(
+            generation = changes.new.id,
+            identities = identities.len(),
+            affected = report["affected"].as_u64().unwrap_or(0),
+            gained,
+            lost,
+            by_change = %by_change.join("; "),
+            took_ms = report["took_ms"].as_u64().unwrap_or(0),
+            "which live identities the new generation's changes reach"
+        );
+        let mut s = self.status.lock().unwrap();
+        if let Some(last) = s.last_swap.as_mut().filter(|l| l["generation"] == changes.new.id) {
+            last["identities"] = report;
         }
     }
 
@@ -550,6 +615,15 @@ fn build(
         );
     }
     Ok((generation, Passed { count: local.len() + bundle, local }))
+}
+
+/// A candidate built: the generation, the test cases it passed, what it changes (the
+/// report's summary, and the changes with both generations).
+struct Built {
+    generation: Arc<Generation>,
+    passed: usize,
+    diff: serde_json::Value,
+    changes: Arc<SwapChanges>,
 }
 
 /// The test cases a candidate passed: how many, and the requests of the local ones (the
