@@ -75,7 +75,7 @@ fn revocation(c: &mut Criterion) {
         b.iter_custom(|iters| {
             let mut spent = Duration::ZERO;
             for _ in 0..iters {
-                let deadline = swap_to(&plugin, &policy, &documents[swaps % 2]);
+                swap_to(&plugin, &policy, &documents[swaps % 2]);
                 swaps += 1;
                 let started = Instant::now();
                 plugin.live().report_identities(&viewers);
