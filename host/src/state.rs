@@ -275,10 +275,7 @@ pub async fn build_state(cfg: &ServeConfig, log: QueueWriter) -> anyhow::Result<
     let auth = Auth::new(Arc::clone(&identities), cfg.cache_memory / 4 * 3);
     // A swap reports which bound sessions its changes reach (under the new generation).
     let sessions = auth.identity_lister();
-    let weak = Arc::downgrade(&live);
-    live.list_identities_with(Box::new(move || {
-        weak.upgrade().map(|l| sessions(&l.current())).unwrap_or_default()
-    }));
+    live.list_identities_with(Box::new(sessions));
     Ok(Arc::new(AppState {
         authorizer: Authorizer::new(live, Arc::clone(&identities), &cfg.keys),
         reloader,

@@ -78,7 +78,7 @@ fn revocation(c: &mut Criterion) {
                 swap_to(&plugin, &policy, &documents[swaps % 2]);
                 swaps += 1;
                 let started = Instant::now();
-                plugin.live().report_identities(&viewers);
+                plugin.live().report_identities(plugin.live().current().id, &viewers);
                 spent += started.elapsed();
                 while plugin.revocation_pending() {
                     plugin.tick();

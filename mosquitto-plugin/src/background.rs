@@ -51,7 +51,7 @@ enum Job {
     Retire(Arc<Generation>),
     /// The connected clients a swap's revocation pass looked at: which of them the swap's
     /// changes reach is decided here.
-    Identities(Arc<Live>, Vec<policy_engine::Identity>),
+    Identities(Arc<Live>, u64, Vec<policy_engine::Identity>),
 }
 
 /// What the worker thread shares with the tick.
@@ -214,8 +214,13 @@ impl Background {
 
     /// Reports which of the connected clients (as the last swap's pass found them) the
     /// swap's changes reach, off the broker thread.
-    pub fn report_identities(&self, live: Arc<Live>, identities: Vec<policy_engine::Identity>) {
-        self.hand_over(vec![Job::Identities(live, identities)]);
+    pub fn report_identities(
+        &self,
+        live: Arc<Live>,
+        generation: u64,
+        identities: Vec<policy_engine::Identity>,
+    ) {
+        self.hand_over(vec![Job::Identities(live, generation, identities)]);
     }
 
     fn hand_over(&self, jobs: Vec<Job>) {
@@ -296,7 +301,9 @@ impl Shared {
             match job {
                 Job::Scrape(stream) => self.scrape(stream),
                 Job::Retire(generation) => drop(generation),
-                Job::Identities(live, identities) => live.report_identities(&identities),
+                Job::Identities(live, generation, identities) => {
+                    live.report_identities(generation, &identities)
+                }
                 Job::Files => {
                     let reloader = lock(&self.reloader).clone();
                     if let Some(r) = reloader {

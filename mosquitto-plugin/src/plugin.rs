@@ -1274,8 +1274,13 @@ impl Plugin {
                     if let Some(lost) = self.lost_by(key, conn, &p.generation) {
                         p.lost.push(lost);
                     }
+                    // Listed as the new generation sees it (mapped again if the pass did
+                    // not already), so the report decides for the subject its checks will have.
                     if p.cause == Cause::Swap
-                        && let Some(mapped) = &conn.mapped
+                        && conn.deadline > coarse_now()
+                        && !matches!(conn.identity, Identity::Unknown { .. })
+                        && self.map_under(conn, &p.generation).is_ok()
+                        && let Some(mapped) = conn.mapped.as_ref().filter(|m| m.generation == p.generation.id)
                     {
                         p.identities.push(policy_engine::Identity {
                             label: conn.client_id.to_string(),
@@ -1301,8 +1306,8 @@ impl Plugin {
             (finished.as_mut().filter(|p| p.cause == Cause::Swap), &self.background)
         {
             // Moved, not copied: the broker thread neither copies nor frees the list.
-            background
-                .report_identities(Arc::clone(&self.authorizer.live), std::mem::take(&mut pass.identities));
+            let identities = std::mem::take(&mut pass.identities);
+            background.report_identities(Arc::clone(&self.authorizer.live), pass.generation.id, identities);
         }
         for pass in [replaced, finished].into_iter().flatten() {
             // This thread may hold the generation last: it is freed off the broker thread.

@@ -414,7 +414,7 @@ pub fn realizable(r: &EvalRequest) -> bool {
 struct Vocabulary {
     fresh: char,
     /// Topic lengths (in levels) at which some pattern starts or stops matching, and one
-    /// more than every pattern has: every other length is decided as one of these.
+    /// more than every pattern has: every other length is decided as the one below it.
     lengths: BTreeSet<usize>,
     /// Whether some rule reads the message.
     messages: bool,
@@ -432,11 +432,15 @@ impl Vocabulary {
             if let Sel::List(ps) = t {
                 for p in ps {
                     strings.push(p.as_str());
+                    // Where the pattern starts or stops matching by length: `a/#` from 1
+                    // level on; `a/+` at 2 levels only (so not from 3 on).
                     let n = p.levels().len();
                     longest = longest.max(n);
-                    lengths.insert(n);
                     if matches!(p.levels().last(), Some(Level::Hash)) {
                         lengths.insert(n - 1);
+                    } else {
+                        lengths.insert(n);
+                        lengths.insert(n + 1);
                     }
                 }
             }
@@ -569,10 +573,12 @@ fn tail<'a>(rest: &[Lv<'a>], lengths: &BTreeSet<usize>, mut at: Skeleton<'a>) ->
             Lv::Var(v) => at.cells.push(Cell::Var(*v)),
             Lv::Dollar => at.cells.push(Cell::DollarFresh),
             Lv::Hash => {
+                // Every length from here on is decided as the shortest of its class: `from`
+                // itself, or a length where some pattern starts or stops matching.
                 let from = at.cells.len();
-                return lengths
-                    .range(from..)
-                    .map(|&n| {
+                return core::iter::once(from)
+                    .chain(lengths.range(from + 1..).copied())
+                    .map(|n| {
                         let mut t = at.clone();
                         t.cells.resize(n, Cell::Fresh);
                         t

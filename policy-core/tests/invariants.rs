@@ -339,3 +339,16 @@ fn long_patterns_are_decided_without_deep_recursion_or_huge_witnesses() {
     let v = verify(&load(&doc));
     assert!(!v.verdicts[0].holds && v.verdicts[0].counterexample.is_some(), "{:?}", v.verdicts[0].undecided);
 }
+
+#[test]
+fn every_length_between_patterns_is_tried() {
+    // Denied at one level and from three on; `a/b` (two levels) is allowed by `#`.
+    let doc = json!({"celine": {"mqtt": {"acl": {"rules": [
+        {"effect": "deny", "topics": ["+"], "actions": ["publish"]},
+        {"effect": "deny", "topics": ["+/+/+/#"], "actions": ["publish"]},
+        {"topics": ["#"], "actions": ["publish"]}]},
+        "invariants": [{"id": "none", "actions": ["publish"], "topics": ["#"]}]}}});
+    let v = verify(&load(&doc));
+    let c = v.verdicts[0].counterexample.as_ref().expect("a two-level topic is allowed");
+    assert_eq!(c.request.topic.split('/').count(), 2, "{c:?}");
+}

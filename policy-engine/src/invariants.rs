@@ -31,10 +31,14 @@ pub(crate) fn check(generation: &Generation, policy: &str) -> Result<Held, Strin
     if native.invariants().is_empty() {
         return Ok(Held { invariants: 0, probed: 0, proven: true });
     }
-    let mut fault = None;
+    let mut fault: Option<String> = None;
     let v = policy_core::verify_with(&native, &mut |r| {
+        // After a fault the candidate is refused anyway: ask the module nothing more.
+        if let Some(why) = &fault {
+            return policy_core::Decision { allow: false, rule: None, reason: why.clone() };
+        }
         crate::cases::try_decide(generation, r).unwrap_or_else(|why| {
-            fault.get_or_insert(why.0.clone());
+            fault = Some(why.0.clone());
             policy_core::Decision { allow: false, rule: None, reason: why.0 }
         })
     });

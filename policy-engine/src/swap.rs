@@ -134,8 +134,8 @@ pub struct Live {
     identities: std::sync::OnceLock<IdentitySource>,
 }
 
-/// Lists a front end's live identities.
-pub type IdentitySource = Box<dyn Fn() -> Vec<Identity> + Send + Sync>;
+/// Lists a front end's live identities as a generation (the swap's new one) sees them.
+pub type IdentitySource = Box<dyn Fn(&Generation) -> Vec<Identity> + Send + Sync>;
 
 pub(crate) fn secs(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
@@ -327,7 +327,9 @@ impl Live {
             build(&self.runtime, Some(&current), m, pol, self.tests.as_deref(), p.bundle_tests.as_deref())?;
         let (diff, changes) =
             crate::report::swap_diff(&current, &p.old_policy, &generation, pol, &passed.local);
-        let changes = Arc::new(SwapChanges { old: current, new: Arc::clone(&generation), changes });
+        let available = diff["available"] != false;
+        let changes =
+            Arc::new(SwapChanges { old: current, new: Arc::clone(&generation), changes, available });
         Ok(Built { generation, passed: passed.count, diff, changes })
     }
 
@@ -348,6 +350,8 @@ impl Live {
         }
         match self.build_prepared(&prepared) {
             Ok(Built { generation, passed, diff, changes }) => {
+                // Kept before the generation goes live: a front end may report on it at once.
+                *self.last_changes.lock().unwrap() = Some(changes);
                 let previous = self.current.swap(Arc::clone(&generation));
                 self.swaps.fetch_add(1, Ordering::Release);
                 let Prepared { module, module_source, policy, policy_source, bundle_tests, .. } = prepared;
@@ -378,9 +382,8 @@ impl Live {
                     checks_decided = generation.deciding(), "swapped in a new generation"
                 );
                 log_diff(&generation, &diff);
-                *self.last_changes.lock().unwrap() = Some(changes);
                 if let Some(list) = self.identities.get() {
-                    self.report_identities(&list());
+                    self.report_identities(generation.id, &list(&generation));
                 }
                 Ok(generation)
             }
@@ -414,7 +417,8 @@ impl Live {
         match self.build_prepared(&prepared) {
             Ok(Built { passed, diff, changes, .. }) => {
                 tracing::info!(candidate = %prepared.label, changes = %crate::report::counts_line(&diff), "dry run: the candidate would go live");
-                let identities = self.identities.get().map(|list| crate::report::affected(&changes, &list()));
+                let identities =
+                    self.identities.get().map(|list| crate::report::affected(&changes, &list(&changes.new)));
                 Ok(serde_json::json!({
                     "dry_run": true, "candidate": prepared.label, "live_generation": live, "unchanged": false,
                     "cases_passed": passed, "tested": passed > 0, "diff": diff, "identities": identities,
@@ -433,13 +437,30 @@ impl Live {
         let _ = self.identities.set(source);
     }
 
-    /// Reports which of `identities` (live when the last swap happened) its changes reach:
+    /// Reports which of `identities` (live when the swap to `generation` happened) its
+    /// changes reach:
     /// into the last swap's status (`last_swap.identities`), a log line and the metric
     /// `mqtt_policy_last_swap_identities{direction}`. Once per swap: a later call finds
     /// nothing to report. Decides up to [`crate::report::CHANGES_PER_IDENTITY`] requests
     /// twice per identity: call it off any event loop.
-    pub fn report_identities(&self, identities: &[Identity]) {
-        let Some(changes) = self.last_changes.lock().unwrap().take() else { return };
+    pub fn report_identities(&self, generation: u64, identities: &[Identity]) {
+        let changes = {
+            let mut last = self.last_changes.lock().unwrap();
+            // Only the changes of the swap to `generation` (a later swap's are not these
+            // identities' to report).
+            match last.take() {
+                Some(c) if c.new.id == generation => c,
+                other => {
+                    *last = other;
+                    return;
+                }
+            }
+        };
+        // One report per identity, even if it was listed twice.
+        let mut identities = identities.to_vec();
+        identities.sort_by(|a, b| a.label.cmp(&b.label));
+        identities.dedup_by(|a, b| a.label == b.label);
+        let identities = &identities[..];
         let report = crate::report::affected(&changes, identities);
         let (gained, lost) = (report["gained"].as_u64().unwrap_or(0), report["lost"].as_u64().unwrap_or(0));
         metrics::gauge!("mqtt_policy_last_swap_identities", "direction" => "gained").set(gained as f64);

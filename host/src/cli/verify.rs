@@ -6,7 +6,7 @@
 use std::process::ExitCode;
 use std::time::Instant;
 
-use super::{ModuleArg, PolicyArg, decide};
+use super::{ModuleArg, PolicyArg};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -22,8 +22,20 @@ pub struct Args {
 pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     let ev = a.module.evaluator(a.policy.policy.as_deref())?;
     let started = Instant::now();
-    let v = policy_core::verify_with(&ev.policy, &mut |r| decide(&ev.generation, r));
+    let mut fault: Option<String> = None;
+    let v = policy_core::verify_with(&ev.policy, &mut |r| {
+        if let Some(why) = &fault {
+            return policy_core::Decision { allow: false, rule: None, reason: why.clone() };
+        }
+        policy_engine::cases::try_decide(&ev.generation, r).unwrap_or_else(|why| {
+            fault = Some(why.0.clone());
+            policy_core::Decision { allow: false, rule: None, reason: why.0 }
+        })
+    });
     let took = started.elapsed();
+    if let Some(why) = fault {
+        anyhow::bail!("the module faulted while deciding the invariants, so they are not decided: {why}");
+    }
     if a.json {
         let out = serde_json::json!({
             "holds": v.holds(),
