@@ -166,9 +166,9 @@ impl Invariant {
         let Ok(target) = target else { return false };
         let levels = topic::split(target);
         let b = Bindings { username: &r.username, clientid: &r.clientid, subject_id: &r.subject.id };
-        let patterns: Vec<Pattern> = match &self.topics {
+        let patterns = match &self.topics {
             Sel::Any => return true,
-            Sel::List(ps) => ps.clone(),
+            Sel::List(ps) => ps,
         };
         patterns.iter().any(|q| {
             let wild = wildcarded(q);
@@ -252,15 +252,7 @@ fn describe_subjects(s: &Subjects) -> String {
 impl Loader {
     /// The `invariants` section (semantics.md §7).
     pub(crate) fn invariants(&mut self, v: &Json, path: &Path) -> Vec<Invariant> {
-        let Some(items) = self.list(v, path) else { return Vec::new() };
-        let mut out = Vec::with_capacity(items.len());
-        for (i, item) in items.iter().enumerate() {
-            if let Some(inv) = self.invariant(item, i, &path.index(i)) {
-                out.push(inv);
-            }
-        }
-        self.unique_ids(items, path, "invariants");
-        out
+        self.entries(v, path, "invariants", Loader::invariant)
     }
 
     fn invariant(&mut self, v: &Json, index: usize, path: &Path) -> Option<Invariant> {

@@ -425,14 +425,26 @@ impl Loader {
     /// The `limits` section: a list of entries, each selecting subjects like a rule does and
     /// stating limits (semantics.md §6).
     fn limits(&mut self, v: &Json, path: &Path) -> Vec<LimitEntry> {
+        self.entries(v, path, "limits", Loader::limit_entry)
+    }
+
+    /// A section that is a list of entries, each parsed by `entry` (given its index, for its
+    /// `what[N]` name), their `id`s unique; entries with errors are left out (and reported).
+    pub(crate) fn entries<T>(
+        &mut self,
+        v: &Json,
+        path: &Path,
+        what: &str,
+        entry: fn(&mut Loader, &Json, usize, &Path) -> Option<T>,
+    ) -> Vec<T> {
         let Some(items) = self.list(v, path) else { return Vec::new() };
         let mut out = Vec::with_capacity(items.len());
         for (i, item) in items.iter().enumerate() {
-            if let Some(entry) = self.limit_entry(item, i, &path.index(i)) {
-                out.push(entry);
+            if let Some(e) = entry(self, item, i, &path.index(i)) {
+                out.push(e);
             }
         }
-        self.unique_ids(items, path, "limits");
+        self.unique_ids(items, path, what);
         out
     }
 
