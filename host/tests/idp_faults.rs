@@ -114,3 +114,23 @@ fn identity_provider_faults_cost_no_answer_and_heal_by_themselves() {
     assert_eq!(log.lines().filter(|l| l.contains("key set refresh works again")).count(), 1, "{log}");
     assert!(!log.contains("eyJ"), "no token in the log");
 }
+
+/// A service that starts before its identity provider can answer (a compose stack, a pod
+/// whose Keycloak is still starting) becomes ready within seconds of the provider, without
+/// a client asking: while it holds no key, it tries again every `--jwks-min-refresh`, not
+/// once per `--jwks-refresh` (five minutes by default).
+#[test]
+fn a_service_started_before_its_identity_provider_is_ready_soon_after_it() {
+    let idp = Idp::start(&key_set(&["jwks-a.json"]));
+    idp.set(Mode::Status500);
+    let s = Server::start(&["--jwks-url", &idp.url, "--issuer", ISSUER, "--jwks-min-refresh", "1"]);
+    let ready = send(client().get(s.ops("/readyz")));
+    assert_eq!(ready.status, 503, "no keys yet: {}", ready.body);
+    idp.set(Mode::Healthy);
+    let asked_before = idp.requests.load(Ordering::Relaxed);
+    test_support::wait_for("/readyz to answer 200", Duration::from_secs(10), || {
+        send(client().get(s.ops("/readyz"))).status == 200
+    });
+    assert!(idp.requests.load(Ordering::Relaxed) > asked_before, "the provider was asked again");
+    assert!(timed_user_call(&s, &fresh_token("rsa-a.pem", "key-a")).0.allowed());
+}

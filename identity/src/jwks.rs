@@ -462,6 +462,19 @@ impl Verifier {
         self.config.refresh_every.max(Duration::from_secs(1))
     }
 
+    /// How long until the next scheduled refresh: [`Verifier::refresh_every`], or, while
+    /// there is no key to verify with (the identity provider could not be reached yet, as
+    /// when a broker starts before it), `min_refresh` (at least a second), so tokens are
+    /// accepted and readiness reported within seconds of the keys becoming reachable rather
+    /// than a whole refresh period later.
+    pub fn next_refresh_in(&self) -> Duration {
+        let every = self.refresh_every();
+        match self.readiness() {
+            Ok(_) => every,
+            Err(_) => self.config.min_refresh.max(Duration::from_secs(1)).min(every),
+        }
+    }
+
     /// Refreshes unless one happened within `min_refresh`.
     async fn refresh_rate_limited(&self) {
         // Decide under the lock: two tokens with an unknown key id at once make one fetch.
@@ -685,16 +698,19 @@ impl Verifier {
     }
 
     /// Refreshes the key set on the current tokio runtime until it shuts down: every
-    /// `refresh_every` (a JWKS file is re-read too, so a rotated file is picked up), and
-    /// when `verify_now` met an unknown key id (at most once per `min_refresh`).
+    /// [`Verifier::next_refresh_in`] (a JWKS file is re-read too, so a rotated file is picked
+    /// up), and when `verify_now` met an unknown key id (at most once per `min_refresh`).
+    /// Requests for a refresh never postpone the scheduled one.
     pub fn spawn_refresher(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
         let me = Arc::clone(self);
         tokio::spawn(async move {
-            let mut tick = tokio::time::interval(me.refresh_every());
-            tick.tick().await;
+            let mut due = tokio::time::Instant::now() + me.next_refresh_in();
             loop {
                 tokio::select! {
-                    _ = tick.tick() => me.refresh_scheduled().await,
+                    _ = tokio::time::sleep_until(due) => {
+                        me.refresh_scheduled().await;
+                        due = tokio::time::Instant::now() + me.next_refresh_in();
+                    }
                     _ = me.refresh_wanted.notified() => me.refresh_rate_limited().await,
                 }
             }

@@ -142,10 +142,10 @@ impl Background {
     pub fn refresh_keys(&self, verifier: &Arc<Verifier>) {
         let every = verifier.refresh_every();
         *lock(&self.shared.verifier) = Some(Arc::clone(verifier));
-        lock(&self.schedule).next_keys = Some((Instant::now() + every, every));
+        lock(&self.schedule).next_keys = Some((Instant::now() + verifier.next_refresh_in(), every));
     }
 
-    /// Serves `GET /metrics` on `addr`; returns the bound address. Binding happens now, so a
+    /// Serves `GET /metrics` and `GET /readyz` on `addr`; returns the bound address. Binding happens now, so a
     /// taken address stops the start with a clear message.
     pub fn serve_metrics(
         &self,
@@ -193,12 +193,15 @@ impl Background {
             s.last_files = now;
             jobs.push(Job::Files);
         }
+        // Sooner while there are no signing keys (the identity provider was not reachable yet).
+        let keys_every = lock(&self.shared.verifier).as_ref().map(|v| v.next_refresh_in());
         let s = &mut *s;
         for (next, job) in [(&mut s.next_keys, Job::Keys), (&mut s.next_pull, Job::Pull)] {
             if let Some((due, every)) = next
                 && *due <= now
             {
-                *due = now + *every;
+                let every = if matches!(job, Job::Keys) { keys_every.unwrap_or(*every) } else { *every };
+                *due = now + every;
                 jobs.push(job);
             }
         }
@@ -334,7 +337,22 @@ impl Shared {
         }
     }
 
-    /// Answers one scrape: `GET /metrics`, else 404; the connection is closed after.
+    /// `GET /readyz`: 200 once there are signing keys to verify tokens with (the policy is
+    /// live and passed its test cases before the listener opened), else 503 saying why:
+    /// until then every token CONNECT is refused.
+    fn readiness(&self, live: &Live) -> (&'static str, String) {
+        let generation = live.current().id;
+        match lock(&self.verifier).as_ref().map(|v| v.readiness()) {
+            Some(Ok(keys)) => {
+                ("200 OK", format!("ready: policy generation {generation}, signing keys {keys}\n"))
+            }
+            Some(Err(e)) => ("503 Service Unavailable", format!("not ready: {e}\n")),
+            None => ("503 Service Unavailable", "not ready: starting\n".to_string()),
+        }
+    }
+
+    /// Answers one scrape: `GET /metrics` or `GET /readyz`, else 404; the connection is closed
+    /// after.
     fn scrape(&self, mut stream: TcpStream) {
         let _ = stream.set_nonblocking(false);
         let _ = stream.set_read_timeout(Some(SCRAPE_TIMEOUT));
@@ -355,11 +373,16 @@ impl Shared {
             }
         }
         let first_line = request.split(|b| *b == b'\n').next().unwrap_or_default();
-        let wants_metrics =
-            first_line.starts_with(b"GET /metrics ") || first_line.starts_with(b"GET /metrics?");
-        let (status, body) = match (wants_metrics, lock(&self.metrics).as_ref()) {
-            (true, Some((stats, live))) => ("200 OK", stats.render_prometheus(live)),
-            _ => ("404 Not Found", "not found: the plugin serves GET /metrics\n".to_string()),
+        let asks = |path: &[u8]| {
+            first_line
+                .strip_prefix(b"GET ".as_slice())
+                .and_then(|rest| rest.strip_prefix(path))
+                .is_some_and(|after| after.first().is_some_and(|b| *b == b' ' || *b == b'?'))
+        };
+        let (status, body) = match lock(&self.metrics).as_ref() {
+            Some((stats, live)) if asks(b"/metrics") => ("200 OK", stats.render_prometheus(live)),
+            Some((_, live)) if asks(b"/readyz") => self.readiness(live),
+            _ => ("404 Not Found", "not found: the plugin serves GET /metrics and GET /readyz\n".to_string()),
         };
         let head = format!(
             "HTTP/1.1 {status}\r\ncontent-type: text/plain; version=0.0.4; charset=utf-8\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",

@@ -19,7 +19,7 @@ use test_support::{free_port, http, wait_for};
 
 mod common;
 mod mqtt;
-use common::{Issuer, POLICY, SWAP_WAIT, broker, broker_with};
+use common::{ISSUER, Issuer, POLICY, SWAP_WAIT, broker, broker_with};
 use mqtt::enhanced::{JwtClient, Seen};
 use mqtt::{Client, Event, Version, WillClient};
 
@@ -352,6 +352,83 @@ fn sighup_reloads_the_policy_when_files_are_not_watched() {
     assert!(!b.log().contains(&token[token.len() - 20..]), "a token in the log");
 }
 
+/// Readiness follows the signing keys: a broker whose key set cannot be fetched refuses every
+/// token, and its `/readyz` says so (what an orchestrator's readiness probe asks). Started
+/// before its identity provider (a compose stack), it is ready within seconds of the
+/// provider answering, without a client asking: while it holds no key it tries again every
+/// `jwks_min_refresh`, not once per `jwks_refresh`.
+#[test]
+fn readyz_is_unavailable_until_there_are_signing_keys_and_follows_them_soon() {
+    let (metrics_port, keys_port) = (free_port(), free_port());
+    let setup = Setup::new();
+    let policy = setup.file("policy.json", POLICY);
+    let b = Broker::start(
+        setup
+            .option("policy", policy.display().to_string())
+            .option("jwks_url", format!("http://127.0.0.1:{keys_port}/jwks.json"))
+            .option("jwks_min_refresh", "1")
+            .option("issuer", ISSUER)
+            .option("metrics_listen", format!("127.0.0.1:{metrics_port}")),
+    );
+    let readyz = || http().get(format!("http://127.0.0.1:{metrics_port}/readyz")).send().unwrap();
+    let ready = readyz();
+    assert_eq!(ready.status(), 503);
+    let said = ready.text().unwrap();
+    assert!(said.starts_with("not ready: no signing keys: "), "{said}");
+    let issuer = Issuer::new();
+    let token = issuer.user("vera", &["viewers"]);
+    let (_, refused) = Client::connect(Version::V311, b.port, "vera-r", "vera", &token);
+    assert_eq!(refused, Event::Refused(5), "CONNACK: not authorised without keys");
+
+    let _keys = KeySetServer::start(keys_port, issuer.jwks());
+    wait_for("/readyz to answer 200", Duration::from_secs(10), || readyz().status() == 200);
+    let (_, accepted) = Client::connect(Version::V311, b.port, "vera-r2", "vera", &token);
+    assert_eq!(accepted, Event::Connected);
+}
+
+/// Serves one key set at `GET /jwks.json` on a given loopback port until dropped.
+struct KeySetServer {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    port: u16,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl KeySetServer {
+    fn start(port: u16, jwks: String) -> KeySetServer {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stopping = std::sync::Arc::clone(&stop);
+        let thread = std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                if stopping.load(std::sync::atomic::Ordering::SeqCst) {
+                    return;
+                }
+                let Ok(mut conn) = conn else { continue };
+                let mut head = [0u8; 2048];
+                let _ = conn.read(&mut head);
+                let _ = write!(
+                    conn,
+                    "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{jwks}",
+                    jwks.len()
+                );
+            }
+        });
+        KeySetServer { stop, port, thread: Some(thread) }
+    }
+}
+
+impl Drop for KeySetServer {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        // Wakes the accepting thread, which then sees `stop`.
+        let _ = std::net::TcpStream::connect(("127.0.0.1", self.port));
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
 #[test]
 fn counters_reach_sys_topics_and_prometheus() {
     let issuer = Issuer::new();
@@ -378,6 +455,11 @@ fn counters_reach_sys_topics_and_prometheus() {
     ] {
         assert!(metrics.contains(line), "missing {line:?} in\n{metrics}");
     }
+    let ready = http().get(format!("http://127.0.0.1:{metrics_port}/readyz")).send().unwrap();
+    assert_eq!(ready.status(), 200);
+    assert_eq!(ready.text().unwrap(), "ready: policy generation 1, signing keys 1\n");
+    let elsewhere = http().get(format!("http://127.0.0.1:{metrics_port}/readyzz")).send().unwrap();
+    assert_eq!(elsewhere.status(), 404);
     let admin = Client::connected(Version::V5, b.port, "adam-sys", "adam", &issuer.user("adam", &["admins"]));
     assert_eq!(admin.subscribe("$SYS/broker/mqtt-policy/#"), 1);
     let mut seen = std::collections::HashMap::new();
