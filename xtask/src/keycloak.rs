@@ -12,7 +12,9 @@ use crate::{cargo_env, step};
 pub const VERSION: &str = "26.7.3";
 const MIN_JAVA: u32 = 21;
 
-fn cache_dir() -> PathBuf {
+/// Downloads and tools the suites install once (`MQTT_POLICY_CACHE_DIR`, else
+/// `~/.cache/mqtt-policy`).
+pub fn cache_dir() -> PathBuf {
     std::env::var_os("MQTT_POLICY_CACHE_DIR").map(PathBuf::from).unwrap_or_else(|| {
         PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/tmp".into())).join(".cache/mqtt-policy")
     })

@@ -5,6 +5,8 @@
 //! - `cargo xtask build`: the policy module (a WebAssembly component), the playground, the host
 //!   and the Mosquitto plugin.
 //! - `cargo xtask e2e`: the plugin inside a real Mosquitto with real MQTT clients.
+//! - `cargo xtask image`: the container images `mqtt-policy/mosquitto` and `mqtt-policy/serve`;
+//!   `cargo xtask stack` also runs the compose stack test against them.
 //! - `cargo xtask playground`: the browser playground as a static site.
 //! - `cargo xtask test`: everything CI runs (see CONTRIBUTING.md).
 //! - `cargo xtask keycloak`: the tests against a real Keycloak.
@@ -27,6 +29,7 @@ mod bench_http;
 mod bench_memory;
 mod broker;
 mod fuzz;
+mod image;
 mod keycloak;
 mod playground;
 mod soak;
@@ -38,6 +41,8 @@ commands:
                      and a local Mosquitto with the plugin in dev mode (port 1883, or a free one)
   build              build the policy module (WASM component), the playground, mqtt-policy and the plugin
   e2e                the Mosquitto plugin end to end: real broker, real MQTT clients, Keycloak
+  image              build the container images mqtt-policy/mosquitto and mqtt-policy/serve (podman or docker)
+  stack              build the images, then run compose.yaml's stack against real clients and Keycloak
   playground         build the browser playground as a static site (target/playground)
   test               run the whole test suite (what CI runs)
   keycloak           build, then only the tests against a real Keycloak (downloaded and cached)
@@ -60,6 +65,8 @@ fn main() {
         Some("playground") => playground::build().map(|_| ()),
         Some("keycloak") => build().and_then(|_| keycloak::tests()),
         Some("e2e") => broker::e2e(),
+        Some("image") => image::build(),
+        Some("stack") => image::stack_test(),
         Some("test") => test(),
         Some("fuzz") => fuzz::command(&args[1..]),
         Some("bench") => bench(),
@@ -334,6 +341,7 @@ fn test() -> anyhow::Result<()> {
     run(bin, &["test", "--policy", "policies/celine.json", "policies/tests"])?;
     playground::browser_tests(Path::new(bin))?;
     keycloak::tests()?;
+    image::stack_test()?;
     println!("\nall suites passed in {:.0}s", started.elapsed().as_secs_f64());
     Ok(())
 }
