@@ -12,6 +12,8 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use anyhow::Context as _;
+
 use identity::devkey::{DEV_ISSUER, DevKey};
 use identity::{KeySource, PlainHttp, VerifierConfig};
 use policy_engine::bundle::TrustedKeys;
@@ -131,6 +133,10 @@ pub struct KeysConfig {
     /// other than loopback (logged at start; dev mode allows it anyway)
     #[arg(long, env = "MQTT_POLICY_PRIVATE_NETWORK_HTTP")]
     pub private_network_http: bool,
+    /// Trust the certificate authorities in this PEM file for https:// key sets and OIDC
+    /// discovery, besides the public web PKI's roots (an identity provider behind a private CA)
+    #[arg(long, env = "MQTT_POLICY_JWKS_CA_FILE", value_name = "FILE")]
+    pub jwks_ca_file: Option<PathBuf>,
     /// Claims whose value (besides the subject id) may be a client's MQTT username, as
     /// `${username}` and for go-auth's http-backend sessions (comma-separated; `none`: the
     /// subject id only)
@@ -217,6 +223,15 @@ impl KeysConfig {
             (None, None, Some(iss)) => KeySource::Discovery(iss.clone()),
             (None, None, None) => KeySource::None,
         };
+        let trusted_ca_pem = match &self.jwks_ca_file {
+            Some(file) => {
+                let pem = std::fs::read(file).with_context(|| format!("jwks_ca_file {}", file.display()))?;
+                identity::jwks::trusted_certificates(&pem)
+                    .with_context(|| format!("jwks_ca_file {}", file.display()))?;
+                Some(pem)
+            }
+            None => None,
+        };
         Ok(VerifierConfig {
             source,
             issuer: self.issuer.clone().or_else(|| dev_key.map(|_| DEV_ISSUER.to_string())),
@@ -228,6 +243,7 @@ impl KeysConfig {
             authorized_parties: identity::parse_names(&self.authorized_parties.join(",")).unwrap_or_default(),
             refresh_every: Duration::from_secs(self.jwks_refresh),
             plain_http: self.plain_http(dev_key.is_some()),
+            trusted_ca_pem,
         })
     }
 

@@ -39,6 +39,7 @@ static VERIFIER: LazyLock<Verifier> = LazyLock::new(|| {
         authorized_parties: vec![PARTY.into()],
         refresh_every: identity::jwks::PERIODIC_REFRESH,
         plain_http: Default::default(),
+        trusted_ca_pem: None,
     })
     .unwrap()
 });

@@ -517,6 +517,7 @@ mod tests {
             min_refresh: std::time::Duration::from_secs(10),
             authorized_parties: vec![],
             plain_http: Default::default(),
+            trusted_ca_pem: None,
             refresh_every: identity::jwks::PERIODIC_REFRESH,
         })
         .unwrap();

@@ -147,3 +147,54 @@ fn start_up_refuses_tls_files_that_do_not_fit_with_the_reason() {
         assert!(stderr.contains(expected), "{args:?}: {stderr}");
     }
 }
+
+/// An identity provider behind a private certificate authority: its https:// key set is not
+/// trusted until the operator names that authority with `--jwks-ca-file`, and then it is;
+/// the plain-http opt-in is never needed. The provider here is a dev-mode service of the
+/// test's own, serving its key set (`/dev/jwks.json`) over TLS with a certificate of `pki`.
+#[test]
+fn a_key_set_behind_a_private_ca_is_trusted_once_that_ca_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let private = pki("identity provider");
+    let idp = tls_server(dir.path(), &private);
+    let jwks = idp.url("/dev/jwks.json").replace("127.0.0.1", "localhost");
+    let token = dev_token(&idp, &["--sub", "alice", "--groups", "viewers"]);
+    let user_call = |s: &Server| bearer_call(s, "/mqtt/user", &token, "null");
+
+    let refuses_the_certificate = |s: &Server| {
+        test_support::wait_for("/readyz to name the refused certificate", Duration::from_secs(10), || {
+            let ready = send(client().get(s.ops("/readyz")));
+            ready.status == 503 && ready.body.contains("certificate")
+        })
+    };
+    let untrusting = Server::start(&["--jwks-url", &jwks, "--jwks-min-refresh", "1"]);
+    refuses_the_certificate(&untrusting);
+    assert_eq!(user_call(&untrusting).status, 403);
+
+    let ca = dir.path().join("private-ca.pem");
+    std::fs::write(&ca, &private.ca).unwrap();
+    let trusting = Server::start(&["--jwks-url", &jwks, "--jwks-ca-file", ca.to_str().unwrap()]);
+    test_support::wait_for("/readyz to answer 200", Duration::from_secs(10), || {
+        send(client().get(trusting.ops("/readyz"))).status == 200
+    });
+    assert_eq!(user_call(&trusting).status, 200);
+
+    // Another authority's certificate does not open the way; a file that is no certificate
+    // stops the start, naming it.
+    let other = dir.path().join("other-ca.pem");
+    std::fs::write(&other, pki("other").ca).unwrap();
+    let wrong = Server::start(&["--jwks-url", &jwks, "--jwks-ca-file", other.to_str().unwrap()]);
+    refuses_the_certificate(&wrong);
+    assert_eq!(user_call(&wrong).status, 403);
+    let garbage = dir.path().join("not-a-certificate.pem");
+    std::fs::write(&garbage, "hello").unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_mqtt-policy"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--ops-listen", "127.0.0.1:0", "--jwks-url", &jwks])
+        .arg("--jwks-ca-file")
+        .arg(&garbage)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(said.contains("not-a-certificate.pem") && said.contains("no PEM certificate"), "{said}");
+}

@@ -27,6 +27,7 @@ fn verifier(keys: Vec<jsonwebtoken::jwk::Jwk>) -> Verifier {
         min_refresh: Duration::from_secs(10),
         authorized_parties: vec![],
         plain_http: Default::default(),
+        trusted_ca_pem: None,
         refresh_every: PERIODIC_REFRESH,
     })
     .inspect(|v| {

@@ -75,6 +75,10 @@ pub struct VerifierConfig {
     /// dev mode or on the operator's explicit word for a private network. Otherwise anyone on
     /// the path could hand out the keys that decide who is who.
     pub plain_http: PlainHttp,
+    /// Certificate authorities (PEM) trusted for `https://` key sets and discovery besides
+    /// the public web PKI's roots: an identity provider behind a private CA, reached over TLS
+    /// rather than through the plain-http opt-in.
+    pub trusted_ca_pem: Option<Vec<u8>>,
 }
 
 /// Where key sets and OIDC discovery may be fetched over plain `http://`.
@@ -281,6 +285,17 @@ fn algorithms_for(jwk: &Jwk) -> Vec<Algorithm> {
     }
 }
 
+/// The certificates of a PEM bundle, at least one; an error says what is wrong with it.
+pub fn trusted_certificates(pem: &[u8]) -> anyhow::Result<Vec<reqwest::Certificate>> {
+    const EXPECTED: &str = "expected one or more blocks `-----BEGIN CERTIFICATE-----`";
+    let certificates = reqwest::Certificate::from_pem_bundle(pem)
+        .map_err(|e| anyhow::anyhow!("holds no PEM certificate ({e}; {EXPECTED})"))?;
+    if certificates.is_empty() {
+        anyhow::bail!("holds no PEM certificate ({EXPECTED})");
+    }
+    Ok(certificates)
+}
+
 impl Verifier {
     pub fn new(config: VerifierConfig) -> anyhow::Result<Verifier> {
         config.check_transport()?;
@@ -296,12 +311,14 @@ impl Verifier {
                 Err(e) => attempt.error(e),
             }
         });
-        let http = reqwest::Client::builder()
-            .connect_timeout(KEY_WAIT)
-            .timeout(FETCH_TIMEOUT)
-            .redirect(redirects)
-            .build()
-            .context("building the HTTP client for key sets")?;
+        let mut http =
+            reqwest::Client::builder().connect_timeout(KEY_WAIT).timeout(FETCH_TIMEOUT).redirect(redirects);
+        if let Some(pem) = &config.trusted_ca_pem {
+            for ca in trusted_certificates(pem)? {
+                http = http.add_root_certificate(ca);
+            }
+        }
+        let http = http.build().context("building the HTTP client for key sets")?;
         Ok(Verifier {
             config,
             http,

@@ -33,6 +33,7 @@ fn verifier_for(trusted: &DevKey, source: KeySource, authorized_parties: Vec<Str
             min_refresh: Duration::from_secs(10),
             authorized_parties,
             plain_http: Default::default(),
+            trusted_ca_pem: None,
             refresh_every: identity::jwks::PERIODIC_REFRESH,
         })
         .unwrap(),
@@ -131,6 +132,7 @@ async fn a_configured_issuer_or_audience_is_required_not_only_compared() {
             min_refresh: Duration::from_secs(10),
             authorized_parties: vec![],
             plain_http: Default::default(),
+            trusted_ca_pem: None,
             refresh_every: identity::jwks::PERIODIC_REFRESH,
         })
         .unwrap(),

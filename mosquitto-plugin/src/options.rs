@@ -402,6 +402,8 @@ mod tests {
             ("private_network_http", "true"),
         ];
         assert!(opts(&private).is_ok());
+        let ca = with(("jwks_ca_file", "/etc/mosquitto/private-ca.pem")).unwrap();
+        assert_eq!(ca.keys.jwks_ca_file, Some(PathBuf::from("/etc/mosquitto/private-ca.pem")));
         assert_eq!(
             with(("certificate_subject_type", "device")).unwrap().keys.certificate_subject_type(),
             Some(policy_engine::SubjectType::Device)

@@ -17,8 +17,7 @@ use anyhow::{Context, bail};
 use crate::{apt, cargo, cargo_env, root, step, target_dir};
 
 /// The images and the Containerfile folder each is built from.
-const IMAGES: [(&str, &str); 2] =
-    [("mqtt-policy/mosquitto", "mosquitto"), ("mqtt-policy/serve", "serve")];
+const IMAGES: [(&str, &str); 2] = [("mqtt-policy/mosquitto", "mosquitto"), ("mqtt-policy/serve", "serve")];
 const BASE_IMAGE: &str = "docker.io/library/debian:bookworm-slim";
 /// The dpkg path filters of Debian's slim images.
 const SLIM_PATHS: [&str; 6] = [
