@@ -8,11 +8,11 @@
 //! Run by `cargo xtask stack` (and `cargo xtask test`), which builds the images and sets
 //! `MQTT_POLICY_COMPOSE` (podman-compose), `CONTAINERS_CONF` and Keycloak's location.
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read};
 use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use test_support::keycloak::Keycloak;
@@ -52,7 +52,9 @@ impl Stack {
         let stack = Stack {
             project: format!("mqtt-policy-stack-{}", std::process::id()),
             env: vec![
-                ("PUBLISH_ADDRESS", "127.0.0.1".into()),
+                ("MQTT_ADDRESS", "127.0.0.1".into()),
+                ("MQTTS_ADDRESS", "127.0.0.1".into()),
+                ("POLICY_SERVICE_ADDRESS", "127.0.0.1".into()),
                 ("MQTT_PORT", mqtt_port.to_string()),
                 ("MQTTS_PORT", mqtts_port.to_string()),
                 ("POLICY_SERVICE_PORT", service_port.to_string()),
@@ -212,10 +214,30 @@ impl Drop for Subscriber {
     }
 }
 
-/// A client's one-shot run (a publish, or a connection that should be refused): its output.
+/// A client's one-shot run (a publish, or a connection that should be refused): whether it
+/// succeeded, and its output. Stopped (by PID) if it has not ended within 30 s: paho retries a
+/// connection the broker closed without answering for ever.
 fn run_once(mut command: Command) -> (bool, String) {
-    let out = output(command.stdout(Stdio::piped()));
-    (out.status.success(), text(&out.stdout))
+    let mut child = command.stdout(Stdio::piped()).spawn().expect("start a client");
+    let mut stdout = child.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut said = String::new();
+        let _ = stdout.read_to_string(&mut said);
+        said
+    });
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{command:?}: no end within 30 s; it said: {}", reader.join().unwrap());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    (status.success(), reader.join().unwrap().trim().to_string())
 }
 
 fn delivers(
@@ -245,6 +267,17 @@ fn delivers(
     ));
     assert!(published && said == "published", "{what}: the service's publish: {said}");
     assert_eq!(sub.next_line(), format!("{TOPIC}: {PAYLOAD}"), "{what}: the delivery");
+}
+
+/// `token` with its claims edited to put the subject among the admins, its signature kept.
+fn promoted_to_admin(token: &str) -> String {
+    use base64::Engine;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let parts: Vec<&str> = token.split('.').collect();
+    let mut claims: Value = serde_json::from_slice(&URL_SAFE_NO_PAD.decode(parts[1]).unwrap()).unwrap();
+    claims["groups"] = json!(["admins"]);
+    let edited = URL_SAFE_NO_PAD.encode(claims.to_string());
+    format!("{}.{edited}.{}", parts[0], parts[2])
 }
 
 struct Tokens {
@@ -290,14 +323,14 @@ fn the_compose_stack_serves_the_guides_clients_on_both_listeners() {
         assert_eq!(sub.next_line(), "suback 128", "{c:?}: a viewer's subscription to {FILTER}");
     }
 
-    // A token whose signature does not verify is refused at CONNECT.
-    let mut forged = tokens.admin.clone();
-    let last = forged.pop().unwrap();
-    forged.push(if last == 'A' { 'B' } else { 'A' });
+    // The viewer's token, edited to put her among the admins, keeps Keycloak's signature,
+    // which no longer fits: refused at CONNECT.
+    let forged = promoted_to_admin(&tokens.viewer);
     for (c, port, tls) in [(Client::Paho, stack.mqtt_port, false), (Client::MqttJs, stack.mqtts_port, true)] {
         let (ok, said) =
             run_once(client(c, port, tls.then_some(ca.as_path()), &forged, &["publish", TOPIC, PAYLOAD]));
         assert!(!ok && said.starts_with("refused"), "{c:?}: a forged token: {said}");
+        assert!(said.to_lowercase().contains("not authori"), "{c:?}: refused at CONNACK: {said}");
     }
 
     // TLS without the generated CA: the client refuses the broker's certificate.
@@ -310,7 +343,7 @@ fn the_compose_stack_serves_the_guides_clients_on_both_listeners() {
             .env_remove("MQTT_CA_FILE");
         c
     });
-    assert!(!ok && said.starts_with("refused"), "TLS without the CA: {said}");
+    assert!(!ok && said.starts_with("refused") && said.contains("certificate"), "TLS without the CA: {said}");
 
     // The policy service (go-auth's http backend) decides with the same Keycloak's keys.
     let acl = |token: &str, acc: u32| -> Value {
@@ -326,12 +359,17 @@ fn the_compose_stack_serves_the_guides_clients_on_both_listeners() {
     assert_eq!(acl(&tokens.service, 2)["ok"], true, "the policy service: the service publishes them");
     assert_eq!(acl(&tokens.viewer, 1)["ok"], false, "the policy service: a viewer does not read them");
 
-    // The images: non-root, a read-only root file system, no compiler.
+    // The images: non-root, a read-only root file system (not even root may write to it),
+    // no compiler.
     for (service, uid) in [("mosquitto", "1883"), ("policy-service", "8009")] {
         let id = stack.exec(service, &["id", "-u"]);
         assert_eq!(text(&id.stdout), uid, "{service} runs as uid {uid}");
-        let write = stack.exec(service, &["touch", "/usr/local/bin/x"]);
-        assert!(!write.status.success(), "{service}: its root file system is read-only");
+        let container = stack.container(service);
+        let read_only =
+            output(podman().args(["inspect", "--format", "{{.HostConfig.ReadonlyRootfs}}", &container]));
+        assert_eq!(text(&read_only.stdout), "true", "{service}: compose.yaml's read_only");
+        let write = output(podman().args(["exec", "--user", "0", &container, "touch", "/etc/written"]));
+        assert!(text(&write.stderr).contains("Read-only file system"), "{service}: {}", text(&write.stderr));
     }
     for image in ["mqtt-policy/mosquitto", "mqtt-policy/serve"] {
         let commands =
@@ -347,5 +385,69 @@ fn the_compose_stack_serves_the_guides_clients_on_both_listeners() {
     {
         assert!(broker_log.contains(expected), "the broker's log says {expected:?}:\n{broker_log}");
     }
-    assert!(!broker_log.contains(&tokens.admin), "the broker's log holds no token");
+    let service_log = stack.logs("policy-service");
+    for token in [&tokens.admin, &tokens.service, &tokens.viewer] {
+        let signature = token.rsplit('.').next().unwrap();
+        assert!(!broker_log.contains(signature), "the broker's log holds a token");
+        assert!(!service_log.contains(signature), "the policy service's log holds a token");
+    }
+}
+
+/// What the broker image's entry point does with its environment before Mosquitto starts:
+/// a Kubernetes service link is not taken for an option, a misspelt option stops the broker
+/// with the plugin's suggestion, a bad TLS name stops it with the name, and a list of bundle
+/// keys becomes one plugin option per key.
+#[test]
+#[ignore = "needs the images and podman: run by `cargo xtask stack`"]
+fn the_broker_image_reads_its_environment_strictly() {
+    let run = |env: &[(&str, &str)], mounts: &[String]| -> (bool, String) {
+        let mut command = podman();
+        command.args(["run", "--rm", "--network", "none"]);
+        for (k, v) in env {
+            command.arg("--env").arg(format!("{k}={v}"));
+        }
+        for m in mounts {
+            command.arg("--volume").arg(m);
+        }
+        command.arg("mqtt-policy/mosquitto");
+        let out = output(&mut command);
+        (out.status.success(), format!("{}\n{}", text(&out.stdout), text(&out.stderr)))
+    };
+
+    let (started, said) = run(
+        &[
+            ("MQTT_POLICY_SERVICE_HOST", "10.0.0.1"),
+            ("MQTT_POLICY_PORT", "tcp://10.0.0.1:8009"),
+            ("MQTT_POLICY_ISSUERR", "https://idp.example/realms/celine"),
+        ],
+        &[],
+    );
+    assert!(!started, "{said}");
+    assert!(
+        said.contains("MQTT_POLICY_PORT looks like a Kubernetes service link, not an option: ignored"),
+        "{said}"
+    );
+    assert!(said.contains("MQTT_POLICY_SERVICE_HOST looks like a Kubernetes service link"), "{said}");
+    assert!(said.contains("unknown option plugin_opt_issuerr; did you mean plugin_opt_issuer?"), "{said}");
+
+    let (started, said) = run(&[("TLS_NAMES", "localhost,1.2.3")], &[]);
+    assert!(!started, "{said}");
+    assert!(said.contains("TLS_NAMES: '1.2.3' is neither a host name nor an IP address"), "{said}");
+
+    let keys = repository().join("testing/support/keys");
+    let present = std::fs::read_dir(&keys)
+        .unwrap()
+        .filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned()))
+        .find(|n| n.ends_with(".pub.pem"))
+        .expect("a test bundle public key");
+    let (started, said) = run(
+        &[
+            ("MQTT_POLICY_ISSUER", "https://idp.example/realms/celine"),
+            ("MQTT_POLICY_POLICY_URL", "https://bundles.example/bundle"),
+            ("MQTT_POLICY_BUNDLE_PUBLIC_KEYS", &format!("/keys/{present}, /keys/absent.pub.pem")),
+        ],
+        &[format!("{}:/keys:ro", keys.display())],
+    );
+    assert!(!started, "{said}");
+    assert!(said.contains("/keys/absent.pub.pem"), "the second key became an option of its own: {said}");
 }

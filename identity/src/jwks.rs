@@ -468,7 +468,7 @@ impl Verifier {
     }
 
     /// The periodic refresh (a JWKS file is re-read too), its outcome logged: what
-    /// [`Verifier::spawn_refresher`] does every [`Verifier::refresh_every`].
+    /// [`Verifier::spawn_refresher`] does every [`Verifier::next_refresh_in`].
     pub async fn refresh_scheduled(&self) {
         let _one_at_a_time = self.refresh_lock.lock().await;
         self.refresh_logged().await;

@@ -79,7 +79,9 @@ struct Schedule {
     last_poll: Instant,
     /// When the watched files were last looked at.
     last_files: Instant,
-    next_keys: Option<(Instant, Duration)>,
+    /// The next periodic key refresh; its period is the verifier's
+    /// ([`Verifier::next_refresh_in`]: shorter while there is no key).
+    next_keys: Option<Instant>,
     next_pull: Option<(Instant, Duration)>,
     listener: Option<TcpListener>,
 }
@@ -140,13 +142,12 @@ impl Background {
 
     /// Periodic key refreshes, and a refresh when a CONNECT names an unknown key id.
     pub fn refresh_keys(&self, verifier: &Arc<Verifier>) {
-        let every = verifier.refresh_every();
         *lock(&self.shared.verifier) = Some(Arc::clone(verifier));
-        lock(&self.schedule).next_keys = Some((Instant::now() + verifier.next_refresh_in(), every));
+        lock(&self.schedule).next_keys = Some(Instant::now() + verifier.next_refresh_in());
     }
 
-    /// Serves `GET /metrics` and `GET /readyz` on `addr`; returns the bound address. Binding happens now, so a
-    /// taken address stops the start with a clear message.
+    /// Serves `GET /metrics` and `GET /readyz` on `addr`; returns the bound address. Binding
+    /// happens now, so a taken address stops the start with a clear message.
     pub fn serve_metrics(
         &self,
         addr: SocketAddr,
@@ -193,17 +194,18 @@ impl Background {
             s.last_files = now;
             jobs.push(Job::Files);
         }
-        // Sooner while there are no signing keys (the identity provider was not reachable yet).
-        let keys_every = lock(&self.shared.verifier).as_ref().map(|v| v.next_refresh_in());
-        let s = &mut *s;
-        for (next, job) in [(&mut s.next_keys, Job::Keys), (&mut s.next_pull, Job::Pull)] {
-            if let Some((due, every)) = next
-                && *due <= now
-            {
-                let every = if matches!(job, Job::Keys) { keys_every.unwrap_or(*every) } else { *every };
-                *due = now + every;
-                jobs.push(job);
-            }
+        if let Some(due) = &mut s.next_keys
+            && *due <= now
+            && let Some(verifier) = lock(&self.shared.verifier).as_ref()
+        {
+            *due = now + verifier.next_refresh_in();
+            jobs.push(Job::Keys);
+        }
+        if let Some((due, every)) = &mut s.next_pull
+            && *due <= now
+        {
+            *due = now + *every;
+            jobs.push(Job::Pull);
         }
         if !jobs.is_empty() {
             self.hand_over(jobs);

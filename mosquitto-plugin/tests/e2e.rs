@@ -380,53 +380,10 @@ fn readyz_is_unavailable_until_there_are_signing_keys_and_follows_them_soon() {
     let (_, refused) = Client::connect(Version::V311, b.port, "vera-r", "vera", &token);
     assert_eq!(refused, Event::Refused(5), "CONNACK: not authorised without keys");
 
-    let _keys = KeySetServer::start(keys_port, issuer.jwks());
+    let _keys = test_support::document::Document::serve(keys_port, issuer.jwks());
     wait_for("/readyz to answer 200", Duration::from_secs(10), || readyz().status() == 200);
     let (_, accepted) = Client::connect(Version::V311, b.port, "vera-r2", "vera", &token);
     assert_eq!(accepted, Event::Connected);
-}
-
-/// Serves one key set at `GET /jwks.json` on a given loopback port until dropped.
-struct KeySetServer {
-    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    port: u16,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl KeySetServer {
-    fn start(port: u16, jwks: String) -> KeySetServer {
-        use std::io::{Read, Write};
-        let listener = std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
-        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let stopping = std::sync::Arc::clone(&stop);
-        let thread = std::thread::spawn(move || {
-            for conn in listener.incoming() {
-                if stopping.load(std::sync::atomic::Ordering::SeqCst) {
-                    return;
-                }
-                let Ok(mut conn) = conn else { continue };
-                let mut head = [0u8; 2048];
-                let _ = conn.read(&mut head);
-                let _ = write!(
-                    conn,
-                    "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{jwks}",
-                    jwks.len()
-                );
-            }
-        });
-        KeySetServer { stop, port, thread: Some(thread) }
-    }
-}
-
-impl Drop for KeySetServer {
-    fn drop(&mut self) {
-        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
-        // Wakes the accepting thread, which then sees `stop`.
-        let _ = std::net::TcpStream::connect(("127.0.0.1", self.port));
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
 }
 
 #[test]

@@ -76,7 +76,13 @@ fn run_tool(tool: &str, args: &[&str]) -> anyhow::Result<()> {
 }
 
 fn image_exists(tool: &str, image: &str) -> anyhow::Result<bool> {
-    Ok(container_command(tool)?.args(["image", "inspect", image]).output()?.status.success())
+    Ok(image_id(tool, image)?.is_some())
+}
+
+fn image_id(tool: &str, image: &str) -> anyhow::Result<Option<String>> {
+    let out = container_command(tool)?.args(["image", "inspect", "--format", "{{.Id}}", image]).output()?;
+    let id = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    Ok((out.status.success() && !id.is_empty()).then_some(id))
 }
 
 /// `debian:bookworm-slim`: present, pulled, or made from Debian's packages.
@@ -111,7 +117,9 @@ fn ensure_base_image(tool: &str) -> anyhow::Result<()> {
         bail!("mmdebstrap failed ({made})");
     }
     let tarball_arg = tarball.to_str().context("target path is not UTF-8")?;
-    run_tool(tool, &["import", "--change", "CMD [\"bash\"]", tarball_arg, BASE_IMAGE])?;
+    let label = "LABEL org.opencontainers.image.description=\"Debian bookworm minbase, made from Debian's \
+                 packages by cargo xtask image\"";
+    run_tool(tool, &["import", "--change", "CMD [\"bash\"]", "--change", label, tarball_arg, BASE_IMAGE])?;
     std::fs::remove_file(&tarball).ok();
     Ok(())
 }
@@ -145,9 +153,16 @@ fn stage(folder: &str, binary: &Path) -> anyhow::Result<PathBuf> {
     Ok(context)
 }
 
-/// Builds the binaries and both images; prints each image's size.
+/// Builds the binaries and both images with podman or Docker; prints each image's size.
 pub fn build() -> anyhow::Result<()> {
-    let tool = tool()?;
+    build_with(tool()?)
+}
+
+fn ensure_podman() -> anyhow::Result<()> {
+    apt::ensure(&["podman", "runc"], &["/usr/bin/podman", "/usr/sbin/runc"], "the container stack test")
+}
+
+fn build_with(tool: &str) -> anyhow::Result<()> {
     crate::ensure_wasm_target()?;
     step("policy module and playground (embedded by mqtt-policy)");
     crate::build_component("policy-wasm", "policy.wasm")?;
@@ -175,11 +190,37 @@ pub fn build() -> anyhow::Result<()> {
         let mut command = container_command(tool)?;
         command.args(&args).current_dir(context);
         println!("$ {tool} {}", args.join(" "));
+        let previous = image_id(tool, &tag)?;
         let status = command.status()?;
         if !status.success() {
             bail!("building {image} failed ({status})");
         }
+        // The build this one replaces, untagged now: removed, unless a container still uses it.
+        if let Some(previous) = previous
+            && image_id(tool, &tag)?.as_ref() != Some(&previous)
+        {
+            let _ = container_command(tool)?.args(["image", "rm", &previous]).output();
+        }
     }
+    step("the binaries run on the images' C library");
+    let runs = |image: &str, entrypoint: &str, args: &[&str]| -> anyhow::Result<()> {
+        let out = container_command(tool)?
+            .args(["run", "--rm", "--network", "none", "--entrypoint", entrypoint, image])
+            .args(args)
+            .output()?;
+        let said =
+            format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        if !out.status.success() || said.contains("not found") {
+            bail!(
+                "{image}: `{entrypoint} {}` failed:\n{said}\nThe binaries are built on this machine and link its \
+                 C library: build them on Debian bookworm (or a distribution with an older glibc)",
+                args.join(" ")
+            );
+        }
+        Ok(())
+    };
+    runs("mqtt-policy/serve", "mqtt-policy", &["--version"])?;
+    runs("mqtt-policy/mosquitto", "ldd", &["/usr/lib/mosquitto/libmqtt_policy_mosquitto.so"])?;
     for (image, _) in IMAGES {
         let size =
             container_command(tool)?.args(["image", "inspect", "--format", "{{.Size}}", image]).output()?;
@@ -212,12 +253,8 @@ const PODMAN_COMPOSE: &str = "1.6.0";
 /// The stack test: `compose.yaml`'s broker and policy service from the images just built,
 /// Keycloak outside the stack, the CELINE guide's paho and mqtt.js clients.
 pub fn stack_test() -> anyhow::Result<()> {
-    build()?;
-    if tool()? != "podman" {
-        bail!(
-            "the stack test runs the stack with podman (podman-compose): install podman (apt-get install podman runc)"
-        );
-    }
+    ensure_podman()?;
+    build_with("podman")?;
     step("the compose stack with real clients (deploy/tests/stack.rs)");
     apt::ensure(
         &["python3-paho-mqtt", "python3-venv", "slirp4netns"],

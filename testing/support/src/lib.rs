@@ -1,11 +1,13 @@
 //! Real servers for the project's tests, each on a free loopback port and stopped (by its
 //! PID) when dropped: Mosquitto with the project's plugin ([`mosquitto`]), Keycloak
-//! ([`keycloak`]) and Redis ([`redis`]). A missing program fails the test with how to get it; nothing is skipped.
+//! ([`keycloak`]) and Redis ([`redis`]); and a JSON document served over HTTP ([`document`]).
+//! A missing program fails the test with how to get it; nothing is skipped.
 
 use std::net::TcpListener;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+pub mod document;
 pub mod keycloak;
 pub mod mosquitto;
 pub mod redis;
