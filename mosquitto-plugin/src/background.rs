@@ -54,15 +54,37 @@ enum Job {
     Identities(Arc<Live>, u64, Vec<policy_engine::Identity>),
 }
 
-/// What the worker thread shares with the tick.
+/// What a worker thread shares with the tick.
 struct Queue {
     jobs: VecDeque<Job>,
     /// A worker thread is running: it takes every job queued before it ends.
     working: bool,
 }
 
+/// The two lines of background work, each with its own worker thread: scrapes (`/metrics`,
+/// `/readyz`, which a readiness probe asks within a second or two) never wait behind a key
+/// fetch or a bundle pull that can take many seconds.
+#[derive(Clone, Copy)]
+enum Lane {
+    Work = 0,
+    Scrapes = 1,
+}
+
+impl Lane {
+    fn of(job: &Job) -> Lane {
+        if matches!(job, Job::Scrape(_)) { Lane::Scrapes } else { Lane::Work }
+    }
+
+    fn thread_name(self) -> &'static str {
+        match self {
+            Lane::Work => "mqtt-policy-bg",
+            Lane::Scrapes => "mqtt-policy-scrape",
+        }
+    }
+}
+
 struct Shared {
-    queue: Mutex<Queue>,
+    queues: [Mutex<Queue>; 2],
     /// Taken (and shut down) when the plugin goes.
     runtime: Option<tokio::runtime::Runtime>,
     /// Ends the job in progress when the plugin goes.
@@ -89,7 +111,8 @@ struct Schedule {
 pub struct Background {
     shared: Arc<Shared>,
     schedule: Mutex<Schedule>,
-    worker: Mutex<Option<JoinHandle<()>>>,
+    /// Each lane's worker thread, the last one started.
+    workers: [Mutex<Option<JoinHandle<()>>>; 2],
 }
 
 impl Background {
@@ -104,7 +127,8 @@ impl Background {
             .context("starting the plugin's background runtime")?;
         Ok(Background {
             shared: Arc::new(Shared {
-                queue: Mutex::new(Queue { jobs: VecDeque::new(), working: false }),
+                queues: [Lane::Work, Lane::Scrapes]
+                    .map(|_| Mutex::new(Queue { jobs: VecDeque::new(), working: false })),
                 runtime: Some(runtime),
                 stop: tokio::sync::Notify::new(),
                 stopping: std::sync::atomic::AtomicBool::new(false),
@@ -120,7 +144,7 @@ impl Background {
                 next_pull: None,
                 listener: None,
             }),
-            worker: Mutex::new(None),
+            workers: [Mutex::new(None), Mutex::new(None)],
         })
     }
 
@@ -173,8 +197,7 @@ impl Background {
         let now = Instant::now();
         s.last_poll = now;
         let mut jobs = Vec::new();
-        let queued_scrapes =
-            lock(&self.shared.queue).jobs.iter().filter(|j| matches!(j, Job::Scrape(_))).count();
+        let queued_scrapes = lock(&self.shared.queues[Lane::Scrapes as usize]).jobs.len();
         if let Some(listener) = &s.listener {
             while jobs.len() < SCRAPES_PER_POLL.min(SCRAPES_QUEUED.saturating_sub(queued_scrapes)) {
                 match listener.accept() {
@@ -229,30 +252,43 @@ impl Background {
     }
 
     fn hand_over(&self, jobs: Vec<Job>) {
-        let mut queue = lock(&self.shared.queue);
+        let mut woken = [false; 2];
         for job in jobs {
+            let lane = Lane::of(&job);
+            let mut queue = lock(&self.shared.queues[lane as usize]);
             // One of each periodic kind waits at most: a slow pull does not pile up more.
             let again = !matches!(job, Job::Scrape(_) | Job::Retire(_) | Job::Identities(..))
                 && queue.jobs.iter().any(|q| std::mem::discriminant(q) == std::mem::discriminant(&job));
             if !again {
                 queue.jobs.push_back(job);
+                woken[lane as usize] = true;
             }
         }
+        for lane in [Lane::Work, Lane::Scrapes] {
+            if woken[lane as usize] {
+                self.wake(lane);
+            }
+        }
+    }
+
+    /// Starts `lane`'s worker unless one is running (it takes what is queued).
+    fn wake(&self, lane: Lane) {
+        let mut queue = lock(&self.shared.queues[lane as usize]);
         if queue.working || self.shared.stopping.load(std::sync::atomic::Ordering::SeqCst) {
             return;
         }
         queue.working = true;
         drop(queue);
-        let mut worker = lock(&self.worker);
+        let mut worker = lock(&self.workers[lane as usize]);
         // The previous worker found its queue empty before it ended.
         if let Some(done) = worker.take() {
             let _ = done.join();
         }
         let shared = Arc::clone(&self.shared);
-        match std::thread::Builder::new().name("mqtt-policy-bg".into()).spawn(move || shared.work()) {
+        match std::thread::Builder::new().name(lane.thread_name().into()).spawn(move || shared.work(lane)) {
             Ok(handle) => *worker = Some(handle),
             Err(e) => {
-                lock(&self.shared.queue).working = false;
+                lock(&self.shared.queues[lane as usize]).working = false;
                 tracing::error!(
                     "cannot start a thread for the plugin's background work ({e}); trying again at the next tick"
                 );
@@ -276,21 +312,22 @@ impl Shared {
         }
     }
 
-    /// The worker thread: takes jobs until none is left, then ends.
-    fn work(&self) {
+    /// A lane's worker thread: takes its jobs until none is left, then ends.
+    fn work(&self, lane: Lane) {
+        let queue = &self.queues[lane as usize];
         // A worker whose job panics still lets the next poll start another.
-        struct Done<'a>(&'a Shared);
+        struct Done<'a>(&'a Mutex<Queue>);
         impl Drop for Done<'_> {
             fn drop(&mut self) {
                 if std::thread::panicking() {
-                    lock(&self.0.queue).working = false;
+                    lock(self.0).working = false;
                 }
             }
         }
-        let _done = Done(self);
+        let _done = Done(queue);
         loop {
             let job = {
-                let mut queue = lock(&self.queue);
+                let mut queue = lock(queue);
                 match queue.jobs.pop_front() {
                     Some(job) => job,
                     None => {
@@ -402,8 +439,10 @@ impl Drop for Background {
     fn drop(&mut self) {
         self.shared.stopping.store(true, std::sync::atomic::Ordering::SeqCst);
         self.shared.stop.notify_waiters();
-        if let Some(w) = lock(&self.worker).take() {
-            let _ = w.join();
+        for worker in &self.workers {
+            if let Some(w) = lock(worker).take() {
+                let _ = w.join();
+            }
         }
         // Blocking work in flight (a bundle's build) gets a bounded time.
         if let Some(runtime) = Arc::get_mut(&mut self.shared).and_then(|s| s.runtime.take()) {

@@ -386,6 +386,28 @@ fn readyz_is_unavailable_until_there_are_signing_keys_and_follows_them_soon() {
     assert_eq!(accepted, Event::Connected);
 }
 
+/// A scrape never waits behind slow background work: while a bundle pull hangs on a server
+/// that never answers (up to a minute), `/readyz` and `/metrics` answer at once.
+#[test]
+fn readiness_answers_while_a_bundle_pull_hangs() {
+    let issuer = Issuer::new();
+    let metrics_port = free_port();
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let bundle_url = format!("http://{}/bundle", silent.local_addr().unwrap());
+    let _b = broker_with(&issuer, |s| {
+        s.option("metrics_listen", format!("127.0.0.1:{metrics_port}"))
+            .option("policy_url", &bundle_url)
+            .option("insecure_unsigned_bundles", "true")
+    });
+    // The pull has begun once it connects; it then waits for an answer that never comes.
+    let (_held, _) = silent.accept().unwrap();
+    let quick = test_support::http_within(Duration::from_secs(3));
+    for path in ["/readyz", "/metrics"] {
+        let answer = quick.get(format!("http://127.0.0.1:{metrics_port}{path}")).send();
+        assert!(answer.is_ok_and(|r| r.status() == 200), "{path} waited behind the pull");
+    }
+}
+
 #[test]
 fn counters_reach_sys_topics_and_prometheus() {
     let issuer = Issuer::new();

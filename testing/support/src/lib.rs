@@ -57,6 +57,11 @@ pub fn http() -> reqwest::blocking::Client {
     reqwest::blocking::Client::new()
 }
 
+/// A blocking HTTP client that gives up on an answer after `timeout`.
+pub fn http_within(timeout: Duration) -> reqwest::blocking::Client {
+    reqwest::blocking::Client::builder().timeout(timeout).build().expect("an HTTP client")
+}
+
 /// Waits until `done` holds, checking every 20 ms; panics with `what` after `timeout`.
 pub fn wait_for(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
     let started = Instant::now();
