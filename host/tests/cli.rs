@@ -252,6 +252,24 @@ fn lint_reports_errors_and_warnings() {
     assert!(stdout(&o).contains("0 error(s), 0 warning(s)"));
 }
 
+/// A bundle every puller's gate would refuse is not written: its policy breaks an invariant
+/// it states.
+#[test]
+fn bundle_refuses_a_policy_that_breaks_its_own_invariants() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut leaky: Value = serde_json::from_str(include_str!("../../policies/celine.json")).unwrap();
+    leaky["celine"]["mqtt"]["acl"]["rules"].as_array_mut().unwrap().push(serde_json::json!({
+        "subjects": {"groups": ["viewers"]}, "topics": ["celine/nudges/#"], "actions": ["read"]}));
+    let policy = dir.path().join("leaky.json");
+    std::fs::write(&policy, leaky.to_string()).unwrap();
+    let out = dir.path().join("bundle.json");
+    let o = mqtt_policy().args(["bundle", "--policy"]).arg(&policy).arg("-o").arg(&out).output().unwrap();
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(stderr(&o).contains("invariant 'nudges-are-private' does not hold"), "{}", stderr(&o));
+    assert!(stderr(&o).contains("no bundle written"), "{}", stderr(&o));
+    assert!(!out.exists());
+}
+
 #[test]
 fn verify_proves_the_default_invariants_and_prints_a_replayable_counterexample() {
     let o = mqtt_policy().arg("verify").output().unwrap();

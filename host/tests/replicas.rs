@@ -460,6 +460,36 @@ fn unsigned_wrongly_signed_and_tampered_bundles_are_refused_and_a_signed_one_goe
     }
     let metrics = send(client().get(replica.ops("/metrics"))).body;
     assert!(metrics.contains("mqtt_policy_bundle_pulls_total{result=\"untrusted\"} 3"), "{metrics}");
+
+    // Signed by the operator's own key, but its policy lets viewers read everyone's nudges,
+    // which an invariant the policy states forbids: the gate every swap passes refuses it.
+    // (`mqtt-policy bundle` would not pack it; `--sign --from` signs what it is given.)
+    let mut leaky: Value = serde_json::from_slice(&std::fs::read(path("unsigned.json")).unwrap()).unwrap();
+    let mut breaking = policy_with_health();
+    breaking["celine"]["mqtt"]["acl"]["rules"].as_array_mut().unwrap().push(json!({
+        "subjects": {"groups": ["viewers"]}, "topics": ["celine/nudges/#"], "actions": ["read"]}));
+    let breaking = breaking.to_string();
+    leaky["policy_sha256"] = json!(sha256_hex(breaking.as_bytes()));
+    leaky["policy"] = json!(breaking);
+    std::fs::write(path("leaky-unsigned.json"), leaky.to_string()).unwrap();
+    bundle_cli(&[
+        "--sign",
+        operator.to_str().unwrap(),
+        "--from",
+        &path("leaky-unsigned.json"),
+        "-o",
+        &path("leaky.json"),
+    ]);
+    file.serve(std::fs::read(path("leaky.json")).unwrap());
+    wait_for("the refusal of the bundle breaking an invariant", || {
+        status(&replica)["bundle_pull"]["results"]["rejected"].as_u64().unwrap_or(0) > 0
+    });
+    let st = status(&replica);
+    let error = st["bundle_pull"]["last_error"].as_str().unwrap_or_default().to_string();
+    assert!(error.contains("invariant 'nudges-are-private' does not hold"), "{error}");
+    assert_eq!(st["policy"]["hash"], hash, "the live policy changed");
+    let nudge = r#"{"clientid":"c1","topic":"celine/nudges/someone-else/n1","acc":1}"#;
+    assert!(!bearer_call(&replica, "/mqtt/acl", &viewer, nudge).allowed(), "another user's nudge");
     // (Log lines reach the file through the service's log queue, a moment later.)
     let refusals =
         || std::fs::read_to_string(&log).unwrap().matches("a pulled policy bundle was refused").count();

@@ -153,6 +153,22 @@ fn rejected_candidates_leave_the_live_policy_untouched() {
     assert!(r.json()["rejected"]["reason"].as_str().unwrap().contains("trapped"), "{}", r.body);
     assert_eq!(status(&s)["generation"], live["generation"]);
     assert!(bearer_call(&s, "/mqtt/acl", &viewer, TELEMETRY_READ).allowed());
+
+    // A module that traps while the gate decides the candidate's invariants (the faulty module
+    // panics on the topic `fault/panic`, which the invariant's witnesses ask about): refused,
+    // never taken for "no counterexample".
+    let mut probed = default_policy();
+    probed["celine"]["mqtt"]["acl"]["rules"].as_array_mut().unwrap().push(json!({
+        "subjects": {"groups": ["viewers"]}, "topics": ["fault/#"], "actions": ["publish"]}));
+    probed["celine"]["mqtt"]["invariants"].as_array_mut().unwrap().push(json!({
+        "id": "fault-probe", "only": [{"groups": ["admins"]}, {"scopes": ["mqtt.admin"]}],
+        "actions": ["publish"], "topics": ["fault/panic"]}));
+    let r = admin(&s, reqwest::Method::PUT, "/admin/policy", probed.to_string().into_bytes());
+    assert_eq!(r.status, 422, "{}", r.body);
+    let reason = r.json()["rejected"]["reason"].as_str().unwrap().to_string();
+    assert!(reason.contains("the module faulted while deciding the policy's invariants"), "{reason}");
+    assert_eq!(status(&s)["generation"], live["generation"]);
+    assert!(bearer_call(&s, "/mqtt/acl", &viewer, TELEMETRY_READ).allowed());
 }
 
 #[test]

@@ -7,7 +7,7 @@
 use crate::runtime::Generation;
 
 /// What the gate found, for the log.
-pub(crate) struct Held {
+pub struct Held {
     pub invariants: usize,
     pub probed: usize,
     /// Decided by the built-in module (whose logic is `policy-core`'s): a proof. Any other
@@ -16,8 +16,8 @@ pub(crate) struct Held {
 }
 
 /// Decides the invariants of `policy` (the candidate's document) through `generation`.
-/// `Err`: why the candidate must not go live.
-pub(crate) fn check(generation: &Generation, policy: &str) -> Result<Held, String> {
+/// `Err`: why the candidate must not go live (also what `mqtt-policy bundle` refuses to pack).
+pub fn check(generation: &Generation, policy: &str) -> Result<Held, String> {
     let native = match policy_core::Policy::load(policy) {
         Ok(p) => p,
         // The module loaded a document the built-in reading refuses (a module with a format

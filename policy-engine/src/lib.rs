@@ -18,7 +18,7 @@
 
 pub mod bundle;
 pub mod cases;
-mod invariants;
+pub mod invariants;
 #[cfg(feature = "pull")]
 pub mod pull;
 pub mod reload;

@@ -99,6 +99,12 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::from(1));
         }
     }
+    // Nor would one whose policy breaks an invariant it states.
+    if let Err(why) = policy_engine::invariants::check(&ev.generation, text) {
+        eprintln!("{why}");
+        eprintln!("the policy's invariants do not hold against {source}: no bundle written");
+        return Ok(ExitCode::from(1));
+    }
     let mut bundle = Bundle::new(text, &module, cases);
     if let Some(key) = &key {
         bundle.sign(key, identity::now());
