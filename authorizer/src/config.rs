@@ -253,6 +253,13 @@ impl KeysConfig {
         if let (false, Some(why)) = (dev, config.unrestricted()) {
             out.push(format!("{why}: {} or {}", s.name("audience"), s.name("authorized_parties")));
         }
+        if let (Some(_), Some(_)) = (&self.jwks_ca_file, &self.jwks_file) {
+            out.push(format!(
+                "{} is not used: the keys come from a file ({})",
+                s.name("jwks_ca_file"),
+                s.name("jwks_file")
+            ));
+        }
         if self.private_network_http {
             out.push(format!(
                 "{}: key sets and OIDC discovery are fetched over plain http:// from any host; anyone on that \

@@ -164,7 +164,7 @@ fn a_key_set_behind_a_private_ca_is_trusted_once_that_ca_is_named() {
     let refuses_the_certificate = |s: &Server| {
         test_support::wait_for("/readyz to name the refused certificate", Duration::from_secs(10), || {
             let ready = send(client().get(s.ops("/readyz")));
-            ready.status == 503 && ready.body.contains("certificate")
+            ready.status == 503 && ready.body.contains("certificate") && ready.body.contains("--jwks-ca-file")
         })
     };
     let untrusting = Server::start(&["--jwks-url", &jwks, "--jwks-min-refresh", "1"]);

@@ -285,6 +285,18 @@ fn algorithms_for(jwk: &Jwk) -> Vec<Algorithm> {
     }
 }
 
+/// `url` without the user name and password it may carry (`https://user:pass@host/...`).
+fn shown(url: &str) -> String {
+    match reqwest::Url::parse(url) {
+        Ok(mut parsed) if !parsed.username().is_empty() || parsed.password().is_some() => {
+            let _ = parsed.set_username("");
+            let _ = parsed.set_password(None);
+            parsed.to_string()
+        }
+        _ => url.to_string(),
+    }
+}
+
 /// The certificates of a PEM bundle, at least one; an error says what is wrong with it.
 pub fn trusted_certificates(pem: &[u8]) -> anyhow::Result<Vec<reqwest::Certificate>> {
     const EXPECTED: &str = "expected one or more blocks `-----BEGIN CERTIFICATE-----`";
@@ -338,14 +350,28 @@ impl Verifier {
 
     /// A JSON document of at most [`MAX_KEY_SET_BYTES`] from `url`.
     async fn fetch_json(&self, url: &str) -> anyhow::Result<Value> {
-        let mut resp = self.http.get(url).send().await.with_context(|| format!("GET {url}"))?;
+        // The URL as messages show it: without credentials a URL may carry.
+        let display = shown(url);
+        let mut resp = match self.http.get(url).send().await {
+            Ok(resp) => resp,
+            Err(e) => {
+                let e = anyhow::Error::new(e.without_url());
+                let hint = if format!("{e:#}").contains("UnknownIssuer") {
+                    "; signed by a private certificate authority? Trust it with --jwks-ca-file \
+                     (plugin_opt_jwks_ca_file)"
+                } else {
+                    ""
+                };
+                return Err(e.context(format!("GET {display}{hint}")));
+            }
+        };
         let status = resp.status();
         if !status.is_success() {
-            bail!("GET {url}: HTTP {status}");
+            bail!("GET {display}: HTTP {status}");
         }
         let too_large = || {
             anyhow!(
-                "GET {url}: the answer is larger than {} KiB, which no key set is",
+                "GET {display}: the answer is larger than {} KiB, which no key set is",
                 MAX_KEY_SET_BYTES >> 10
             )
         };
@@ -353,15 +379,15 @@ impl Verifier {
             return Err(too_large());
         }
         let mut body = Vec::new();
-        while let Some(chunk) =
-            resp.chunk().await.with_context(|| format!("GET {url}: reading the answer"))?
-        {
+        while let Some(chunk) = resp.chunk().await.map_err(|e| {
+            anyhow::Error::new(e.without_url()).context(format!("GET {display}: reading the answer"))
+        })? {
             if body.len() + chunk.len() > MAX_KEY_SET_BYTES {
                 return Err(too_large());
             }
             body.extend_from_slice(&chunk);
         }
-        serde_json::from_slice(&body).map_err(|e| anyhow!("GET {url}: not JSON ({e})"))
+        serde_json::from_slice(&body).map_err(|e| anyhow!("GET {display}: not JSON ({e})"))
     }
 
     async fn fetch_keys(&self) -> anyhow::Result<JwkSet> {
@@ -767,6 +793,13 @@ fn describe(e: &jsonwebtoken::errors::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn messages_show_key_set_urls_without_credentials() {
+        assert_eq!(shown("https://user:secret@idp.example/jwks"), "https://idp.example/jwks");
+        assert_eq!(shown("https://idp.example/realms/c/certs"), "https://idp.example/realms/c/certs");
+        assert_eq!(shown("not a url"), "not a url");
+    }
 
     #[test]
     fn keys_travel_over_tls_or_loopback_unless_the_operator_says_otherwise() {
