@@ -52,9 +52,8 @@ impl Stack {
         let stack = Stack {
             project: format!("mqtt-policy-stack-{}", std::process::id()),
             env: vec![
-                ("MQTT_ADDRESS", "127.0.0.1".into()),
+                // Plain MQTT and the policy service are published on 127.0.0.1 by default.
                 ("MQTTS_ADDRESS", "127.0.0.1".into()),
-                ("POLICY_SERVICE_ADDRESS", "127.0.0.1".into()),
                 ("MQTT_PORT", mqtt_port.to_string()),
                 ("MQTTS_PORT", mqtts_port.to_string()),
                 ("POLICY_SERVICE_PORT", service_port.to_string()),
@@ -379,6 +378,23 @@ fn the_compose_stack_serves_the_guides_clients_on_both_listeners() {
             assert!(!commands.lines().any(|c| c == compiler), "{image} holds a compiler: {compiler}");
         }
     }
+    // Only the MQTT listeners and the policy service's go-auth port are published: metrics,
+    // readiness, admin and playground stay inside, on the containers' loopback.
+    for (service, expected) in [
+        (
+            "mosquitto",
+            vec![
+                format!("1883/tcp -> 127.0.0.1:{}", stack.mqtt_port),
+                format!("8883/tcp -> 127.0.0.1:{}", stack.mqtts_port),
+            ],
+        ),
+        ("policy-service", vec![format!("8009/tcp -> 127.0.0.1:{}", stack.service_port)]),
+    ] {
+        let ports = output(podman().args(["port", &stack.container(service)]));
+        let mut published: Vec<String> = text(&ports.stdout).lines().map(str::to_string).collect();
+        published.sort();
+        assert_eq!(published, expected, "{service}'s published ports");
+    }
     let broker_log = stack.logs("mosquitto");
     for expected in
         ["made TLS certificates for", "plugin options from the environment:", "mqtt-policy: ready:"]
@@ -395,8 +411,9 @@ fn the_compose_stack_serves_the_guides_clients_on_both_listeners() {
 
 /// What the broker image's entry point does with its environment before Mosquitto starts:
 /// a Kubernetes service link is not taken for an option, a misspelt option stops the broker
-/// with the plugin's suggestion, a bad TLS name stops it with the name, and a list of bundle
-/// keys becomes one plugin option per key.
+/// with the plugin's suggestion, a bad TLS name stops it with the name, certificates made for
+/// other names than TLS_NAMES are pointed out, and a list of bundle keys becomes one plugin
+/// option per key.
 #[test]
 #[ignore = "needs the images and podman: run by `cargo xtask stack`"]
 fn the_broker_image_reads_its_environment_strictly() {
@@ -434,6 +451,20 @@ fn the_broker_image_reads_its_environment_strictly() {
     assert!(!started, "{said}");
     assert!(said.contains("TLS_NAMES: '1.2.3' is neither a host name nor an IP address"), "{said}");
 
+    // Certificates made for some names, then TLS_NAMES changed: the broker says the old ones
+    // are still served. (Neither run has a key source: the plugin stops each after that.)
+    let volume = format!("mqtt-policy-stack-certs-{}", std::process::id());
+    let certs = format!("{volume}:/var/lib/mqtt-policy/certs");
+    let (_, said) = run(&[("TLS_NAMES", "mqtt.example.org")], std::slice::from_ref(&certs));
+    assert!(said.contains("made TLS certificates for DNS:mqtt.example.org"), "{said}");
+    let (_, said) = run(&[("TLS_NAMES", "broker.example.org")], std::slice::from_ref(&certs));
+    let _ = output(podman().args(["volume", "rm", &volume]));
+    assert!(!said.contains("made TLS certificates"), "{said}");
+    assert!(
+        said.contains("WARNING: the certificates in /var/lib/mqtt-policy/certs were made for DNS:mqtt.example.org, not for TLS_NAMES (DNS:broker.example.org)"),
+        "{said}"
+    );
+
     let keys = repository().join("testing/support/keys");
     let present = std::fs::read_dir(&keys)
         .unwrap()
@@ -449,5 +480,8 @@ fn the_broker_image_reads_its_environment_strictly() {
         &[format!("{}:/keys:ro", keys.display())],
     );
     assert!(!started, "{said}");
-    assert!(said.contains("/keys/absent.pub.pem"), "the second key became an option of its own: {said}");
+    assert!(
+        said.contains("/keys/absent.pub.pem") && !said.contains(", /keys/absent.pub.pem"),
+        "the second key became an option of its own: {said}"
+    );
 }

@@ -124,6 +124,12 @@ fn ensure_base_image(tool: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Today's date (UTC), for the images' package upgrade step.
+fn today() -> anyhow::Result<String> {
+    let out = Command::new("date").args(["-u", "+%F"]).output().context("cannot run date")?;
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
 fn copy_into(from: &Path, dir: &Path) -> anyhow::Result<()> {
     let to = dir.join(from.file_name().context("no file name")?);
     std::fs::copy(from, &to).with_context(|| format!("copying {} to {}", from.display(), to.display()))?;
@@ -180,7 +186,8 @@ fn build_with(tool: &str) -> anyhow::Result<()> {
         step(&format!("image {image} (deploy/{folder}/Containerfile)"));
         let context = context.to_str().context("target path is not UTF-8")?;
         let tag = format!("{image}:latest");
-        let mut args = vec!["build", "--tag", &tag, "--file", "Containerfile"];
+        let upgrade_day = format!("UPGRADE_DAY={}", today()?);
+        let mut args = vec!["build", "--tag", &tag, "--file", "Containerfile", "--build-arg", &upgrade_day];
         if tool == "podman" {
             // The base image is local by now; Docker's format keeps HEALTHCHECK; the host's
             // network reaches Debian's mirror.
