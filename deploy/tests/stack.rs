@@ -485,3 +485,19 @@ fn the_broker_image_reads_its_environment_strictly() {
         "the second key became an option of its own: {said}"
     );
 }
+
+/// compose.yaml stays readable by Debian bookworm's podman-compose (1.0), which leaves a
+/// nested default (`${A:-${B}}`) unexpanded: the broker would then be handed the text itself
+/// as its issuer.
+#[test]
+fn compose_yaml_has_no_nested_interpolation() {
+    let compose = std::fs::read_to_string(repository().join("compose.yaml")).unwrap();
+    for (n, line) in compose.lines().enumerate() {
+        let code = line.split('#').next().unwrap_or_default();
+        if let Some(start) = code.find("${") {
+            let inner = &code[start + 2..];
+            let end = inner.find('}').unwrap_or(inner.len());
+            assert!(!inner[..end].contains("${"), "compose.yaml:{}: nested interpolation: {line}", n + 1);
+        }
+    }
+}
