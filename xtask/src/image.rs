@@ -38,7 +38,7 @@ fn tool() -> anyhow::Result<&'static str> {
     if on_path("docker") {
         return Ok("docker");
     }
-    apt::ensure(&["podman", "runc"], &["/usr/bin/podman", "/usr/sbin/runc"], "the container images")?;
+    ensure_podman()?;
     Ok("podman")
 }
 
@@ -164,8 +164,9 @@ pub fn build() -> anyhow::Result<()> {
     build_with(tool()?)
 }
 
+/// Debian's podman and runc (the runtime podman needs on hosts without systemd).
 fn ensure_podman() -> anyhow::Result<()> {
-    apt::ensure(&["podman", "runc"], &["/usr/bin/podman", "/usr/sbin/runc"], "the container stack test")
+    apt::ensure(&["podman", "runc"], &["/usr/bin/podman", "/usr/sbin/runc"], "the container images")
 }
 
 fn build_with(tool: &str) -> anyhow::Result<()> {
