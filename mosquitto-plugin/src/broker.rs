@@ -13,4 +13,13 @@ pub trait Broker: Send + Sync + 'static {
     /// "administrative action"), with or without its will. The broker reports the disconnect
     /// (the plugin's disconnect event) before this returns. `false`: no such client.
     fn kick(&self, client_id: &str, with_will: bool) -> bool;
+    /// Whether the broker can remove a single subscription of a client (Mosquitto 2.1 and
+    /// newer; 2.0 cannot).
+    fn removes_subscriptions(&self) -> bool;
+    /// Removes the subscription to `filter` (as the subscribe check saw it: with the
+    /// listener's mount point and any `$share/` prefix) of the client with this id. The
+    /// client is not told, and the broker raises no plugin event for it; a filter the client
+    /// does not hold counts as removed. `Err`: the broker's error code (no such client, or a
+    /// broker that cannot remove one).
+    fn remove_subscription(&self, client_id: &str, filter: &str) -> Result<(), i32>;
 }

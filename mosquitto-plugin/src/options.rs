@@ -256,10 +256,12 @@ impl Options {
             on_revoke: match get("on_revoke").map(str::trim) {
                 None | Some("keep") => OnRevoke::Keep,
                 Some("disconnect") => OnRevoke::Disconnect,
+                Some("unsubscribe") => OnRevoke::Unsubscribe,
                 Some(other) => {
                     return Err(ConfigError(format!(
                         "plugin_opt_on_revoke: expected keep (the client stays, each delivery on a revoked \
-                         subscription is denied) or disconnect, got {}",
+                         subscription is denied), disconnect, or unsubscribe (Mosquitto 2.1: just that \
+                         subscription is removed), got {}",
                         policy_core::quote(other)
                     )));
                 }

@@ -158,6 +158,12 @@ impl Plugin {
         for d in &options.deprecations {
             tracing::warn!("{d}");
         }
+        if options.on_revoke == OnRevoke::Unsubscribe && !broker.removes_subscriptions() {
+            anyhow::bail!(
+                "plugin_opt_on_revoke unsubscribe needs Mosquitto 2.1 or newer, which lets a plugin remove a \
+                 single subscription (mosquitto_subscription_delete); this broker cannot: use keep or disconnect"
+            );
+        }
         let dev_key = match (&options.state_dir, options.dev) {
             (Some(dir), true) => Some(DevKey::load_or_create(dir).with_context(|| {
                 format!(
@@ -1243,7 +1249,7 @@ impl Plugin {
     fn revoke_step(&self) {
         self.disconnect_revoked();
         let current = self.authorizer.live.current();
-        let (mut finished, replaced) = {
+        let (mut finished, replaced, unremoved) = {
             let (Ok(mut pass), Ok(mut connections), Ok(mut recheck)) = (
                 self.revocation.try_borrow_mut(),
                 self.connections.try_borrow_mut(),
@@ -1266,6 +1272,7 @@ impl Plugin {
                 _ => {}
             }
             let Some(p) = pass.as_mut() else { return };
+            let found_before = p.lost.len();
             let started = Instant::now();
             while started.elapsed() < REVOKE_SLICE
                 && let Some(key) = p.next_key()
@@ -1291,14 +1298,28 @@ impl Plugin {
                     }
                 }
             }
+            // Removed in the tick that found them, under the identity and generation that
+            // refused them: no client event comes in between.
+            let unremoved = if self.options.on_revoke == OnRevoke::Unsubscribe {
+                self.remove_revoked(&mut connections, &mut p.lost[found_before..])
+            } else {
+                Vec::new()
+            };
             let done = if p.done() { pass.take() } else { None };
             if let Some(p) = done.as_ref().filter(|p| p.cause == Cause::Swap) {
                 self.revoked_for.set(p.generation.id);
             }
-            (done, replaced)
+            (done, replaced, unremoved)
         };
         // Nothing is borrowed from here on: reporting logs, and logging may publish. (A pass
         // a newer generation replaced is not reported: the new pass looks at every client.)
+        for (client_id, filter, rc) in unremoved {
+            tracing::warn!(
+                "client {client_id:?}: the broker did not remove its subscription to {} (error {rc}); \
+                 disconnecting it instead",
+                policy_core::quote(&filter)
+            );
+        }
         if let Some(pass) = &finished {
             self.act_on_revocations(pass);
         }
@@ -1342,12 +1363,47 @@ impl Plugin {
         }
         let filters = revocation::lost_filters(generation, mapped, usage);
         let subject = mapped.request.subject.id.clone();
-        (!filters.is_empty()).then(|| Lost { key, client_id: client_id.clone(), subject, filters })
+        (!filters.is_empty()).then(|| Lost {
+            key,
+            client_id: client_id.clone(),
+            subject,
+            filters,
+            removal_failed: false,
+        })
+    }
+
+    /// Removes each lost subscription from the broker (`on_revoke unsubscribe`) and forgets
+    /// it; a client the broker could not remove one for is marked, to be disconnected
+    /// instead. Returns those failures (client, filter, error), to log once nothing is
+    /// borrowed. Removing calls back into no plugin event (Mosquitto 2.1's
+    /// `mosquitto_subscription_delete` only edits its subscription tree), so the connections
+    /// may stay borrowed.
+    fn remove_revoked(
+        &self,
+        connections: &mut Connections,
+        found: &mut [Lost],
+    ) -> Vec<(Box<str>, Box<str>, i32)> {
+        let mut unremoved = Vec::new();
+        for lost in found {
+            let Some(conn) = connections.get_mut(lost.key).filter(|c| c.client_id == lost.client_id) else {
+                continue;
+            };
+            for (filter, _) in &lost.filters {
+                match self.broker.remove_subscription(&lost.client_id, filter) {
+                    Ok(()) => conn.usage.unsubscribed(filter),
+                    Err(rc) => {
+                        lost.removal_failed = true;
+                        unremoved.push((lost.client_id.clone(), filter.clone(), rc));
+                    }
+                }
+            }
+        }
+        unremoved
     }
 
     /// Reports a finished pass (a log line, each client's lost filters, the counters) and,
-    /// with `on_revoke disconnect`, queues its clients to be disconnected: only those whose
-    /// entry still holds them, connected.
+    /// with `on_revoke disconnect` (or a subscription `unsubscribe` could not remove), queues
+    /// its clients to be disconnected: only those whose entry still holds them, connected.
     fn act_on_revocations(&self, pass: &Pass) {
         let id = pass.generation.id;
         let Ok(connections) = self.connections.try_borrow() else { return };
@@ -1372,15 +1428,23 @@ impl Plugin {
         }
         let on_revoke = self.options.on_revoke;
         let filters: usize = lost.iter().map(|l| l.filters.len()).sum();
+        let to_disconnect: Vec<&Lost> =
+            lost.iter().copied().filter(|l| on_revoke == OnRevoke::Disconnect || l.removal_failed).collect();
         add(&self.stats.revoked_subscriptions, filters as u64);
-        add(&self.stats.revoked_clients[usize::from(on_revoke == OnRevoke::Disconnect)], lost.len() as u64);
+        let by_action = &self.stats.revoked_clients;
+        add(&by_action[1], to_disconnect.len() as u64);
+        add(
+            &by_action[if on_revoke == OnRevoke::Unsubscribe { 2 } else { 0 }],
+            (lost.len() - to_disconnect.len()) as u64,
+        );
         tracing::warn!(
-            "{cause}: {} connected clients hold {filters} subscriptions the policy no longer grants; on_revoke {}: {}",
+            "{cause}: {} connected clients held {filters} subscriptions the policy no longer grants; on_revoke {}: {}",
             lost.len(),
             on_revoke.as_str(),
             match on_revoke {
                 OnRevoke::Keep => "they stay connected, and each delivery on those subscriptions is denied",
                 OnRevoke::Disconnect => "disconnecting them, to subscribe again under the new policy",
+                OnRevoke::Unsubscribe => "those subscriptions are removed; the clients stay connected",
             }
         );
         for l in lost.iter().take(REVOKED_SHOWN) {
@@ -1396,10 +1460,10 @@ impl Plugin {
         if lost.len() > REVOKED_SHOWN {
             tracing::info!("revoked: and {} more clients", lost.len() - REVOKED_SHOWN);
         }
-        if on_revoke == OnRevoke::Disconnect
+        if !to_disconnect.is_empty()
             && let Ok(mut queue) = self.to_disconnect.try_borrow_mut()
         {
-            queue.extend(lost.iter().map(|l| (l.key, l.client_id.clone())));
+            queue.extend(to_disconnect.iter().map(|l| (l.key, l.client_id.clone())));
         }
     }
 

@@ -28,6 +28,10 @@ pub enum OnRevoke {
     /// It is disconnected (without its will), so it reconnects under the new policy and its
     /// SUBSCRIBE is decided again.
     Disconnect,
+    /// Just that subscription is removed (Mosquitto 2.1's `mosquitto_subscription_delete`), in
+    /// the tick that found it; the client stays connected and is not told. Where the broker
+    /// cannot remove it, the client is disconnected instead.
+    Unsubscribe,
 }
 
 impl OnRevoke {
@@ -35,6 +39,7 @@ impl OnRevoke {
         match self {
             OnRevoke::Keep => "keep",
             OnRevoke::Disconnect => "disconnect",
+            OnRevoke::Unsubscribe => "unsubscribe",
         }
     }
 }
@@ -48,6 +53,9 @@ pub struct Lost {
     pub subject: String,
     /// Each filter, and why the generation refuses it.
     pub filters: Vec<(Box<str>, String)>,
+    /// With `on_revoke unsubscribe`: the broker did not remove one of the filters, so the
+    /// client is disconnected instead.
+    pub removal_failed: bool,
 }
 
 /// Why a pass runs.

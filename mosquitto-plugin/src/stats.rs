@@ -51,9 +51,9 @@ pub struct Stats {
     /// Requests refused for being over a limit, by [`Over::index`].
     pub limit_refusals: [AtomicU64; 5],
     /// Subscriptions connected clients held that a new generation no longer grants, and
-    /// those clients, kept and disconnected.
+    /// those clients by what `on_revoke` did: kept, disconnected, unsubscribed.
     pub revoked_subscriptions: AtomicU64,
-    pub revoked_clients: [AtomicU64; 2],
+    pub revoked_clients: [AtomicU64; 3],
     /// What pulling bundles did, when the plugin pulls them.
     pub pull: std::sync::OnceLock<std::sync::Arc<std::sync::Mutex<policy_engine::pull::PullStatus>>>,
 }
@@ -75,7 +75,7 @@ impl Stats {
             log_lines_suppressed: zero(),
             limit_refusals: std::array::from_fn(|_| zero()),
             revoked_subscriptions: zero(),
-            revoked_clients: [zero(), zero()],
+            revoked_clients: [zero(), zero(), zero()],
             pull: std::sync::OnceLock::new(),
         }
     }
@@ -167,6 +167,7 @@ impl Stats {
             &[
                 ("{action=\"kept\"}".into(), load(&self.revoked_clients[0])),
                 ("{action=\"disconnected\"}".into(), load(&self.revoked_clients[1])),
+                ("{action=\"unsubscribed\"}".into(), load(&self.revoked_clients[2])),
             ],
         );
         if let Some(pull) = self.pull.get() {

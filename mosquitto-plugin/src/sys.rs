@@ -16,10 +16,13 @@ use tracing::Level;
 
 use crate::broker::Broker;
 
+/// What Mosquitto 2.1 answers when removing a subscription the client does not hold.
+pub const MOSQ_ERR_NO_SUBSCRIBERS: c_int = -3;
 pub const MOSQ_ERR_SUCCESS: c_int = 0;
 pub const MOSQ_ERR_INVAL: c_int = 3;
 pub const MOSQ_ERR_AUTH: c_int = 11;
 pub const MOSQ_ERR_ACL_DENIED: c_int = 12;
+pub const MOSQ_ERR_NOT_SUPPORTED: c_int = 10;
 pub const MOSQ_ERR_UNKNOWN: c_int = 13;
 /// Another plugin (or the broker) decides: an enhanced-authentication method not ours.
 pub const MOSQ_ERR_PLUGIN_DEFER: c_int = 17;
@@ -155,6 +158,7 @@ type ClientInt = unsafe extern "C" fn(*const Mosquitto) -> c_int;
 type ClientPointer = unsafe extern "C" fn(*const Mosquitto) -> *mut c_void;
 type SetUsername = unsafe extern "C" fn(*mut Mosquitto, *const c_char) -> c_int;
 type KickByClientId = unsafe extern "C" fn(*const c_char, bool) -> c_int;
+type SubscriptionDelete = unsafe extern "C" fn(*const c_char, *const c_char) -> c_int;
 type BrokerPublishCopy = unsafe extern "C" fn(
     *const c_char,
     *const c_char,
@@ -176,6 +180,8 @@ pub struct Functions {
     pub set_username: SetUsername,
     pub client_username: ClientString,
     pub kick_client_by_clientid: KickByClientId,
+    /// Mosquitto 2.1's removal of one subscription; 2.0 has none.
+    pub subscription_delete: Option<SubscriptionDelete>,
     pub broker_publish_copy: BrokerPublishCopy,
     pub client_clean_session: ClientBool,
     pub client_protocol_version: ClientInt,
@@ -380,6 +386,9 @@ impl Functions {
                 kick_client_by_clientid: std::mem::transmute::<*mut c_void, KickByClientId>(symbol(
                     c"mosquitto_kick_client_by_clientid",
                 )?),
+                subscription_delete: symbol(c"mosquitto_subscription_delete")
+                    .ok()
+                    .map(|p| std::mem::transmute::<*mut c_void, SubscriptionDelete>(p)),
                 broker_publish_copy: std::mem::transmute::<*mut c_void, BrokerPublishCopy>(symbol(
                     c"mosquitto_broker_publish_copy",
                 )?),
@@ -429,6 +438,23 @@ impl Broker for RealBroker {
         // SAFETY: a NUL-terminated client id the broker only reads; called on the broker thread
         // (from its tick), the only place Mosquitto allows it.
         unsafe { (self.0.kick_client_by_clientid)(id.as_ptr(), with_will) == MOSQ_ERR_SUCCESS }
+    }
+
+    fn removes_subscriptions(&self) -> bool {
+        self.0.subscription_delete.is_some()
+    }
+
+    fn remove_subscription(&self, client_id: &str, filter: &str) -> Result<(), i32> {
+        let delete = self.0.subscription_delete.ok_or(MOSQ_ERR_NOT_SUPPORTED)?;
+        let (Ok(id), Ok(filter)) = (CString::new(client_id), CString::new(filter)) else {
+            return Err(MOSQ_ERR_INVAL);
+        };
+        // SAFETY: two NUL-terminated strings the broker only reads; called on the broker
+        // thread (from its tick).
+        match unsafe { delete(id.as_ptr(), filter.as_ptr()) } {
+            MOSQ_ERR_SUCCESS | MOSQ_ERR_NO_SUBSCRIBERS => Ok(()),
+            rc => Err(rc),
+        }
     }
 
     fn publish_retained(&self, topic: &str, payload: &[u8]) {

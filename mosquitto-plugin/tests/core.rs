@@ -13,6 +13,11 @@ struct StandIn {
     published: Mutex<Vec<(String, String)>>,
     /// Clients kicked: (client id, with its will).
     kicked: Mutex<Vec<(String, bool)>>,
+    /// Whether it removes single subscriptions (Mosquitto 2.1), which it did remove (client
+    /// id, filter), and a filter it fails to remove.
+    removes: bool,
+    removed: Mutex<Vec<(String, String)>>,
+    fails_to_remove: Option<&'static str>,
 }
 
 impl Broker for StandIn {
@@ -20,6 +25,19 @@ impl Broker for StandIn {
     fn kick(&self, client_id: &str, with_will: bool) -> bool {
         self.kicked.lock().unwrap().push((client_id.to_string(), with_will));
         true
+    }
+    fn removes_subscriptions(&self) -> bool {
+        self.removes
+    }
+    fn remove_subscription(&self, client_id: &str, filter: &str) -> Result<(), i32> {
+        if !self.removes {
+            return Err(10);
+        }
+        if self.fails_to_remove == Some(filter) {
+            return Err(3);
+        }
+        self.removed.lock().unwrap().push((client_id.to_string(), filter.to_string()));
+        Ok(())
     }
     fn publish_retained(&self, topic: &str, payload: &[u8]) {
         self.published
@@ -39,6 +57,11 @@ struct Fixture {
 }
 
 fn fixture(extra: &[(&str, &str)]) -> Fixture {
+    fixture_on(StandIn::default(), extra).unwrap()
+}
+
+/// The plugin started with `extra` options on `broker`, or why it did not start.
+fn fixture_on(broker: StandIn, extra: &[(&str, &str)]) -> anyhow::Result<Fixture> {
     let state = tempfile::tempdir().unwrap();
     let policy = test_support::package_dir().join("tests/e2e/policy.json");
     let mut pairs = vec![
@@ -50,10 +73,10 @@ fn fixture(extra: &[(&str, &str)]) -> Fixture {
     if !extra.iter().any(|(k, _)| *k == "policy") {
         pairs.push(("policy".to_string(), policy.display().to_string()));
     }
-    let broker = Arc::new(StandIn::default());
-    let plugin = Plugin::start(Options::parse(&pairs).unwrap(), broker.clone()).unwrap();
+    let broker = Arc::new(broker);
+    let plugin = Plugin::start(Options::parse(&pairs).unwrap(), broker.clone())?;
     let key = DevKey::load_or_create(state.path()).unwrap();
-    Fixture { plugin, key, broker, clients: Default::default(), _state: state }
+    Ok(Fixture { plugin, key, broker, clients: Default::default(), _state: state })
 }
 
 impl Fixture {
@@ -749,6 +772,79 @@ fn a_swap_that_revokes_a_held_subscription_names_the_client_and_disconnects_it_o
     assert_eq!(f.kicked().len(), 1);
     let metrics = f.plugin.stats().render_prometheus(f.plugin.live());
     assert!(metrics.contains("mqtt_policy_revoked_subscriptions_total 1"), "{metrics}");
+}
+
+#[test]
+fn unsubscribe_removes_just_the_revoked_subscription_where_the_broker_can() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("policy.json");
+    let original =
+        std::fs::read_to_string(test_support::package_dir().join("tests/e2e/policy.json")).unwrap();
+    std::fs::write(&policy, &original).unwrap();
+    let options = [("policy", policy.to_str().unwrap()), ("on_revoke", "unsubscribe")];
+    // Mosquitto 2.0 cannot remove one subscription: the option is refused, not weakened.
+    let refused = fixture_on(StandIn::default(), &options).err().expect("refused on a 2.0 broker");
+    assert!(format!("{refused:#}").contains("needs Mosquitto 2.1"), "{refused:#}");
+
+    let f = fixture_on(
+        StandIn { removes: true, fails_to_remove: Some("celine/users/olga/#"), ..StandIn::default() },
+        &options,
+    )
+    .unwrap();
+    let vera = f.token("vera", &["viewers"]);
+    let olga = f.token("olga", &["viewers"]);
+    assert!(matches!(f.connect(1, "v1", Some("vera"), Some(&vera)), Admission::Admitted { .. }));
+    assert!(matches!(f.connect(2, "o1", Some("olga"), Some(&olga)), Admission::Admitted { .. }));
+    for (key, filter) in [
+        (1, "celine/telemetry/+/+/readings"),
+        (1, "celine/users/vera/#"),
+        (2, "celine/telemetry/meter/+/readings"),
+        (2, "celine/users/olga/#"),
+    ] {
+        assert!(f.may(key, access::SUBSCRIBE, filter), "{filter}");
+    }
+    let swap = |text: &str| {
+        std::fs::write(&policy, text).unwrap();
+        let before = f.plugin.live().current().id;
+        f.plugin.reload();
+        f.tick_until("the swap", |f| f.plugin.live().current().id != before);
+        f.tick_until("its pass", |f| !f.plugin.revocation_pending());
+    };
+    // Viewers keep meter readings only: vera's telemetry filter goes, and nothing else of hers.
+    let narrowed =
+        original.replace("\"celine/telemetry/+/+/readings\"", "\"celine/telemetry/meter/+/readings\"");
+    swap(&narrowed);
+    let removed = || f.broker.removed.lock().unwrap().clone();
+    assert_eq!(removed(), [("v1".to_string(), "celine/telemetry/+/+/readings".to_string())]);
+    assert!(f.kicked().is_empty(), "vera stays connected");
+    let metrics = f.plugin.stats().render_prometheus(f.plugin.live());
+    for line in [
+        "mqtt_policy_revoked_subscriptions_total 1",
+        "mqtt_policy_revoked_clients_total{action=\"unsubscribed\"} 1",
+        "mqtt_policy_revoked_clients_total{action=\"disconnected\"} 0",
+    ] {
+        assert!(metrics.contains(line), "missing {line:?} in\n{metrics}");
+    }
+    // The removed subscription is forgotten: a swap granting it and one taking it again find
+    // nothing of vera's to remove, and her SUBSCRIBE again is refused.
+    swap(&original);
+    swap(&narrowed);
+    assert_eq!(removed().len(), 1);
+    assert!(!f.may(1, access::SUBSCRIBE, "celine/telemetry/+/+/readings"));
+    // A subscription the broker fails to remove: the client is disconnected instead.
+    let users = narrowed.replace("\"celine/users/${subject.id}/#\"", "\"celine/users/${subject.id}/inbox\"");
+    assert_ne!(users, narrowed);
+    swap(&users);
+    f.tick_until("olga's disconnect", |f| !f.kicked().is_empty());
+    assert_eq!(f.kicked(), [("o1".to_string(), false)]);
+    assert!(removed().contains(&("v1".to_string(), "celine/users/vera/#".to_string())), "{:?}", removed());
+    let metrics = f.plugin.stats().render_prometheus(f.plugin.live());
+    for line in [
+        "mqtt_policy_revoked_clients_total{action=\"unsubscribed\"} 2",
+        "mqtt_policy_revoked_clients_total{action=\"disconnected\"} 1",
+    ] {
+        assert!(metrics.contains(line), "missing {line:?} in\n{metrics}");
+    }
 }
 
 #[test]

@@ -955,6 +955,75 @@ fn a_client_over_its_limits_loses_the_excess_and_keeps_its_connection() {
     assert_eq!(count("retain"), 0);
 }
 
+/// `on_revoke unsubscribe` needs Mosquitto 2.1's `mosquitto_subscription_delete`. On 2.0
+/// (Debian's, which the suite runs) the broker refuses to start with it; against a 2.1
+/// (`MQTT_POLICY_MOSQUITTO`, CONTRIBUTING.md) the revoked subscription is removed while the
+/// client stays connected.
+#[test]
+fn on_revoke_unsubscribe_removes_the_subscription_on_2_1_and_stops_a_2_0_broker() {
+    let issuer = Issuer::new();
+    if test_support::mosquitto::version() < (2, 1) {
+        let setup = Setup::new();
+        let policy = setup.file("policy.json", POLICY);
+        let jwks = setup.file("jwks.json", issuer.jwks());
+        let (status, log) = Broker::start_failing(
+            setup
+                .option("policy", policy.display().to_string())
+                .option("jwks_file", jwks.display().to_string())
+                .option("on_revoke", "unsubscribe"),
+        );
+        assert!(!status.success());
+        assert!(
+            log.contains("plugin_opt_on_revoke unsubscribe needs Mosquitto 2.1")
+                && log.contains("use keep or disconnect"),
+            "{log}"
+        );
+        return;
+    }
+    let metrics_port = free_port();
+    let b = broker_with(&issuer, |s| {
+        s.option("on_revoke", "unsubscribe").option("metrics_listen", format!("127.0.0.1:{metrics_port}"))
+    });
+    let policy = b.setup.dir.path().join("policy.json");
+    let token = issuer.user("vera", &["viewers"]);
+    let viewer = Client::connected(Version::V5, b.port, "vera-revoked", "vera", &token);
+    assert_eq!(viewer.subscribe("celine/telemetry/+/+/readings"), 1);
+    assert_eq!(viewer.subscribe("$share/dash/celine/telemetry/+/+/readings"), 1);
+    assert_eq!(viewer.subscribe("celine/users/vera/#"), 1);
+    let feed = Client::connected(
+        Version::V5,
+        b.port,
+        "feed-revoked",
+        "svc-feed",
+        &issuer.service("svc-feed", &["telemetry.write", "mqtt.write"]),
+    );
+    let mark = b.log_mark();
+    write_readable(
+        &policy,
+        POLICY
+            .replace("\"celine/telemetry/+/+/readings\"", "\"celine/telemetry/meter/+/readings\"")
+            .as_bytes(),
+    );
+    b.wait_for_log_after(mark, "swapped in a new generation", SWAP_WAIT);
+    let line = b.wait_for_log_after(mark, "revoked: client \"vera-revoked\"", SWAP_WAIT);
+    assert!(line.contains("'celine/telemetry/+/+/readings'"), "{line}");
+    assert!(line.contains("'$share/dash/celine/telemetry/+/+/readings'"), "{line}");
+    let summary = b.wait_for_log_after(mark, "subscriptions the policy no longer grants", SWAP_WAIT);
+    assert!(summary.contains("on_revoke unsubscribe"), "{summary}");
+    // The subscriptions, shared one included, are gone from the broker: a reading on them is
+    // not even checked, while the viewer, still connected, receives what it keeps.
+    feed.publish_at("celine/telemetry/inverter/i1/readings", "revoked reading", 1, false);
+    feed.publish_at("celine/users/vera/inbox", "still here", 1, false);
+    assert_eq!(viewer.message(), ("celine/users/vera/inbox".to_string(), "still here".to_string()));
+    let after = b.log();
+    let asked = "\"topic\":\"celine/telemetry/inverter/i1/readings\",\"action\":\"read\"";
+    assert!(!after.contains(asked), "a removed subscription is not asked about:\n{after}");
+    assert_eq!(viewer.subscribe("celine/telemetry/+/+/readings"), 0x87, "refused under the new policy");
+    let metrics =
+        http().get(format!("http://127.0.0.1:{metrics_port}/metrics")).send().unwrap().text().unwrap();
+    assert!(metrics.contains("mqtt_policy_revoked_clients_total{action=\"unsubscribed\"} 1"), "{metrics}");
+}
+
 #[test]
 fn a_swap_that_revokes_a_subscription_disconnects_the_client_or_keeps_it_receiving_nothing() {
     for on_revoke in ["disconnect", "keep"] {

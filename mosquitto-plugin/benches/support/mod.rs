@@ -15,6 +15,12 @@ impl Broker for Quiet {
     fn kick(&self, _: &str, _: bool) -> bool {
         false
     }
+    fn removes_subscriptions(&self) -> bool {
+        false
+    }
+    fn remove_subscription(&self, _: &str, _: &str) -> Result<(), i32> {
+        Err(10)
+    }
 }
 
 /// The end-to-end tests' policy, as text.

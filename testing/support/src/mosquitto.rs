@@ -15,8 +15,14 @@ use std::time::{Duration, Instant};
 /// How long a broker may take to start (the plugin compiles the policy module: ~1 s).
 const START_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// The `mosquitto` executable, or a failure saying how to install it.
+/// The `mosquitto` executable (`MQTT_POLICY_MOSQUITTO` names another, such as a 2.1 built
+/// by hand), or a failure saying how to install it.
 pub fn executable() -> PathBuf {
+    if let Some(other) = std::env::var_os("MQTT_POLICY_MOSQUITTO") {
+        let other = PathBuf::from(other);
+        assert!(other.exists(), "MQTT_POLICY_MOSQUITTO names {}, which does not exist", other.display());
+        return other;
+    }
     for p in ["/usr/sbin/mosquitto", "/usr/bin/mosquitto", "/usr/local/sbin/mosquitto"] {
         if Path::new(p).exists() {
             return PathBuf::from(p);
@@ -25,6 +31,18 @@ pub fn executable() -> PathBuf {
     panic!(
         "mosquitto is not installed: `cargo xtask e2e` installs it (apt-get install mosquitto mosquitto-clients)"
     )
+}
+
+/// The broker's version as (major, minor), from its `-h` banner ("mosquitto version 2.0.11").
+pub fn version() -> (u32, u32) {
+    let out = Command::new(executable()).arg("-h").output().expect("running mosquitto -h");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let parse = || {
+        let v = text.lines().next()?.strip_prefix("mosquitto version ")?;
+        let mut parts = v.trim().split('.').map(|p| p.parse::<u32>().ok());
+        Some((parts.next()??, parts.next()??))
+    };
+    parse().unwrap_or_else(|| panic!("no version in mosquitto -h's first line: {text:?}"))
 }
 
 /// The plugin as built by `cargo build -p mosquitto-plugin` (`MQTT_POLICY_PLUGIN` names
