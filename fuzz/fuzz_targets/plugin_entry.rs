@@ -23,7 +23,7 @@ use std::sync::Arc;
 
 use identity::devkey::{DevKey, TokenSpec, claims};
 use libfuzzer_sys::fuzz_target;
-use mqtt_policy_mosquitto::{Admission, Broker, ClientKey, Options, PlainClient, Plugin, AclMessage};
+use mqtt_policy_mosquitto::{Admission, Broker, ClientKey, Options, PlainClient, Plugin, AclMessage, Removal};
 use policy_core::{Action, Message, Policy, Query, Subject, SubjectType};
 
 struct StandIn;
@@ -33,6 +33,12 @@ impl Broker for StandIn {
     fn publish_retained(&self, _: &str, _: &[u8]) {}
     fn kick(&self, _: &str, _: bool) -> bool {
         true
+    }
+    fn removes_subscriptions(&self) -> bool {
+        false
+    }
+    fn remove_subscription(&self, _: &str, _: &str) -> Removal {
+        Removal::Failed(10)
     }
 }
 

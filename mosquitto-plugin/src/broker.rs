@@ -18,8 +18,17 @@ pub trait Broker: Send + Sync + 'static {
     fn removes_subscriptions(&self) -> bool;
     /// Removes the subscription to `filter` (as the subscribe check saw it: with the
     /// listener's mount point and any `$share/` prefix) of the client with this id. The
-    /// client is not told, and the broker raises no plugin event for it; a filter the client
-    /// does not hold counts as removed. `Err`: the broker's error code (no such client, or a
-    /// broker that cannot remove one).
-    fn remove_subscription(&self, client_id: &str, filter: &str) -> Result<(), i32>;
+    /// client is not told, and the broker raises no plugin event for it. Mosquitto 2.1 also
+    /// answers [`Removal::Removed`] for a filter the client does not hold.
+    fn remove_subscription(&self, client_id: &str, filter: &str) -> Removal;
+}
+
+/// What [`Broker::remove_subscription`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Removal {
+    Removed,
+    /// The broker has no client with that id (it has just gone).
+    NoSuchClient,
+    /// Anything else: the broker's error code.
+    Failed(i32),
 }

@@ -33,7 +33,7 @@ pub mod stats;
 pub mod sys;
 pub mod usage;
 
-pub use broker::Broker;
+pub use broker::{Broker, Removal};
 pub use client::{BrokerClient, CertificateNames, ClientKey, PlainClient};
 pub use options::Options;
 pub use plugin::{AclMessage, Admission, Plugin, access};

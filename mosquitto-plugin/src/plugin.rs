@@ -30,7 +30,7 @@ use policy_engine::pull::{PullStatus, Puller, Trust};
 use policy_engine::{Action, Generation, Live, Reloader, Runtime, Source, Subject};
 
 use crate::background::Background;
-use crate::broker::Broker;
+use crate::broker::{Broker, Removal};
 use crate::client::{Binding, BrokerClient, ClientKey};
 use crate::connections::{
     Connection, Connections, Identity, LOG_BURST, LogBudget, Mapped, TopicCache, TopicDecisions, aim,
@@ -1320,7 +1320,12 @@ impl Plugin {
                 policy_core::quote(&filter)
             );
         }
-        if let Some(pass) = &finished {
+        // A pass a newer generation replaced reports and acts on what it found so far (with
+        // `unsubscribe`, those subscriptions are gone already); the new pass looks at every
+        // client, and a filter reported once is not reported again.
+        for pass in
+            [replaced.as_ref().filter(|p| !p.lost.is_empty()), finished.as_ref()].into_iter().flatten()
+        {
             self.act_on_revocations(pass);
         }
         if let (Some(pass), Some(background)) =
@@ -1390,8 +1395,10 @@ impl Plugin {
             };
             for (filter, _) in &lost.filters {
                 match self.broker.remove_subscription(&lost.client_id, filter) {
-                    Ok(()) => conn.usage.unsubscribed(filter),
-                    Err(rc) => {
+                    Removal::Removed => conn.usage.unsubscribed(filter),
+                    // Gone from the broker: nothing to remove, nobody to disconnect.
+                    Removal::NoSuchClient => {}
+                    Removal::Failed(rc) => {
                         lost.removal_failed = true;
                         unremoved.push((lost.client_id.clone(), filter.clone(), rc));
                     }
@@ -1401,16 +1408,21 @@ impl Plugin {
         unremoved
     }
 
-    /// Reports a finished pass (a log line, each client's lost filters, the counters) and,
-    /// with `on_revoke disconnect` (or a subscription `unsubscribe` could not remove), queues
-    /// its clients to be disconnected: only those whose entry still holds them, connected.
+    /// Reports a pass (a log line, each client's lost filters, the counters) and, with
+    /// `on_revoke disconnect` (or a subscription `unsubscribe` could not remove), queues its
+    /// clients to be disconnected. A client that left since is not reported, unless its
+    /// subscriptions were removed already (`unsubscribe`).
     fn act_on_revocations(&self, pass: &Pass) {
         let id = pass.generation.id;
+        let on_revoke = self.options.on_revoke;
         let Ok(connections) = self.connections.try_borrow() else { return };
         let lost: Vec<&Lost> = pass
             .lost
             .iter()
-            .filter(|l| connections.get(l.key).is_some_and(|c| c.connected && c.client_id == l.client_id))
+            .filter(|l| {
+                on_revoke == OnRevoke::Unsubscribe
+                    || connections.get(l.key).is_some_and(|c| c.connected && c.client_id == l.client_id)
+            })
             .collect();
         drop(connections);
         let cause = match pass.cause {
@@ -1426,7 +1438,6 @@ impl Plugin {
             }
             return;
         }
-        let on_revoke = self.options.on_revoke;
         let filters: usize = lost.iter().map(|l| l.filters.len()).sum();
         let to_disconnect: Vec<&Lost> =
             lost.iter().copied().filter(|l| on_revoke == OnRevoke::Disconnect || l.removal_failed).collect();
@@ -1437,15 +1448,24 @@ impl Plugin {
             &by_action[if on_revoke == OnRevoke::Unsubscribe { 2 } else { 0 }],
             (lost.len() - to_disconnect.len()) as u64,
         );
+        let what = match on_revoke {
+            OnRevoke::Keep => {
+                "they stay connected, and each delivery on those subscriptions is denied".to_string()
+            }
+            OnRevoke::Disconnect => "disconnecting them, to subscribe again under the new policy".to_string(),
+            OnRevoke::Unsubscribe if to_disconnect.is_empty() => {
+                "those subscriptions are removed; the clients stay connected".to_string()
+            }
+            OnRevoke::Unsubscribe => format!(
+                "those subscriptions are removed; the clients stay connected, but for {} the broker did not \
+                 remove, which are disconnected instead",
+                to_disconnect.len()
+            ),
+        };
         tracing::warn!(
-            "{cause}: {} connected clients held {filters} subscriptions the policy no longer grants; on_revoke {}: {}",
+            "{cause}: {} connected clients hold {filters} subscriptions the policy no longer grants; on_revoke {}: {what}",
             lost.len(),
             on_revoke.as_str(),
-            match on_revoke {
-                OnRevoke::Keep => "they stay connected, and each delivery on those subscriptions is denied",
-                OnRevoke::Disconnect => "disconnecting them, to subscribe again under the new policy",
-                OnRevoke::Unsubscribe => "those subscriptions are removed; the clients stay connected",
-            }
         );
         for l in lost.iter().take(REVOKED_SHOWN) {
             let filters: Vec<String> =

@@ -14,14 +14,13 @@ use std::ffi::{CStr, CString, c_char, c_int, c_long, c_void};
 
 use tracing::Level;
 
-use crate::broker::Broker;
+use crate::broker::{Broker, Removal};
 
-/// What Mosquitto 2.1 answers when removing a subscription the client does not hold.
-pub const MOSQ_ERR_NO_SUBSCRIBERS: c_int = -3;
 pub const MOSQ_ERR_SUCCESS: c_int = 0;
 pub const MOSQ_ERR_INVAL: c_int = 3;
 pub const MOSQ_ERR_AUTH: c_int = 11;
 pub const MOSQ_ERR_ACL_DENIED: c_int = 12;
+pub const MOSQ_ERR_NOT_FOUND: c_int = 6;
 pub const MOSQ_ERR_NOT_SUPPORTED: c_int = 10;
 pub const MOSQ_ERR_UNKNOWN: c_int = 13;
 /// Another plugin (or the broker) decides: an enhanced-authentication method not ours.
@@ -444,16 +443,17 @@ impl Broker for RealBroker {
         self.0.subscription_delete.is_some()
     }
 
-    fn remove_subscription(&self, client_id: &str, filter: &str) -> Result<(), i32> {
-        let delete = self.0.subscription_delete.ok_or(MOSQ_ERR_NOT_SUPPORTED)?;
+    fn remove_subscription(&self, client_id: &str, filter: &str) -> Removal {
+        let Some(delete) = self.0.subscription_delete else { return Removal::Failed(MOSQ_ERR_NOT_SUPPORTED) };
         let (Ok(id), Ok(filter)) = (CString::new(client_id), CString::new(filter)) else {
-            return Err(MOSQ_ERR_INVAL);
+            return Removal::Failed(MOSQ_ERR_INVAL);
         };
         // SAFETY: two NUL-terminated strings the broker only reads; called on the broker
         // thread (from its tick).
         match unsafe { delete(id.as_ptr(), filter.as_ptr()) } {
-            MOSQ_ERR_SUCCESS | MOSQ_ERR_NO_SUBSCRIBERS => Ok(()),
-            rc => Err(rc),
+            MOSQ_ERR_SUCCESS => Removal::Removed,
+            MOSQ_ERR_NOT_FOUND => Removal::NoSuchClient,
+            rc => Removal::Failed(rc),
         }
     }
 

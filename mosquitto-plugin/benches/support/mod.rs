@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use identity::devkey::{DevKey, TokenSpec, claims};
-use mqtt_policy_mosquitto::{Broker, Options, Plugin};
+use mqtt_policy_mosquitto::{Broker, Options, Plugin, Removal};
 
 pub struct Quiet;
 
@@ -18,8 +18,8 @@ impl Broker for Quiet {
     fn removes_subscriptions(&self) -> bool {
         false
     }
-    fn remove_subscription(&self, _: &str, _: &str) -> Result<(), i32> {
-        Err(10)
+    fn remove_subscription(&self, _: &str, _: &str) -> Removal {
+        Removal::Failed(10)
     }
 }
 
