@@ -2,7 +2,9 @@
 //! calls it (connection lookup, binding, generation, residual or decision, metrics), for the
 //! clients of `cargo xtask bench-broker` under its policy. The broker benchmark measures the
 //! same path inside Mosquitto, where it is a few percent of the broker's time and hard to
-//! see in a profile; this one isolates it.
+//! see in a profile; this one isolates it. Also the broker's tick, which Mosquitto 2.0 sends
+//! on every pass of its event loop (about one per ten deliveries under the broker benchmark's
+//! load).
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use mqtt_policy_mosquitto::{AclMessage, Admission, PlainClient, access};
@@ -48,6 +50,15 @@ fn checks(c: &mut Criterion) {
         })
     });
     group.finish();
+
+    // Eight connected clients, as in the broker benchmark, and nothing to do but the tick's
+    // own bookkeeping (its timed work, every few milliseconds, included).
+    for i in 2..9 {
+        let client = PlainClient::new(i, &format!("sub-{i}"), Some("editor-0"));
+        let admitted = plugin.authenticate(&client, Some(b"editor-0"), Some(token.as_bytes()));
+        assert!(matches!(admitted, Admission::Admitted { .. }), "a client was not admitted");
+    }
+    c.bench_function("plugin tick, eight clients, nothing due", |b| b.iter(|| plugin.tick()));
 }
 
 criterion_group!(benches, checks);

@@ -50,6 +50,11 @@ const TOKEN_CACHE: u64 = 16 << 20;
 
 /// How often expired and surplus identities are dropped (on the broker's tick).
 const SWEEP_EVERY: Duration = Duration::from_secs(10);
+/// How often the broker's tick does its timed work (background work, token expiry, sweeps,
+/// `$SYS`), at most, in milliseconds. Mosquitto 2.0 ticks plugins on every pass of its event
+/// loop, tens of thousands of times a second under load; in between, a tick is a coarse
+/// clock read and a few flags.
+const TICK_WORK_EVERY_MS: u64 = 10;
 
 /// What Mosquitto reports of the message an ACL check is about: its QoS and retain flag
 /// (for a subscribe: the requested QoS, and no flag) and its payload size.
@@ -109,6 +114,8 @@ pub struct Plugin {
     stats: Arc<Stats>,
     last_sys: Cell<Option<Instant>>,
     last_sweep: Cell<Instant>,
+    /// When the tick next does its timed work ([`coarse_ms`]).
+    next_tick_work: Cell<u64>,
     /// From Mosquitto's reload event until the next tick: the broker re-checks every client's
     /// stored credentials (see `readmit`). The re-check runs in one go right after the event
     /// and the tick comes later in the same loop; checks in between (log lines published to
@@ -276,6 +283,7 @@ impl Plugin {
             stats,
             last_sys: Cell::new(None),
             last_sweep: Cell::new(Instant::now()),
+            next_tick_work: Cell::new(0),
             reauthenticating: Cell::new(false),
             will_window: Cell::new(None),
             generation_seen: Cell::new(live.version()),
@@ -1207,16 +1215,24 @@ impl Plugin {
         }
     }
 
-    /// The broker's periodic event: send queued log lines, end expired connections, drop
-    /// identities that can no longer be asked about, publish `$SYS` counters when due.
+    /// The broker's periodic event: send queued log lines, end the reload's re-check and the
+    /// will window, drop the entries of sessions that ended, and every
+    /// [`TICK_WORK_EVERY_MS`] the timed work: background work, expired connections, the
+    /// identities that can no longer be asked about, `$SYS` counters when due.
     pub fn tick(&self) {
-        self.event();
+        logging::flush();
+        self.will_window.set(None);
         self.reauthenticating.set(false);
-
-        if self.options.disconnect_on_expiry {
-            self.end_expired();
+        let now = coarse_ms();
+        let timed = now >= self.next_tick_work.get();
+        if timed {
+            self.next_tick_work.set(now + TICK_WORK_EVERY_MS);
+            self.background_work();
+            if self.options.disconnect_on_expiry {
+                self.end_expired();
+            }
         }
-        let full = self.last_sweep.get().elapsed() >= SWEEP_EVERY;
+        let full = timed && self.last_sweep.get().elapsed() >= SWEEP_EVERY;
         if let Ok(mut connections) = self.connections.try_borrow_mut() {
             // Sessions that ended go at every tick (their will has been checked); expired
             // and surplus identities every SWEEP_EVERY.
@@ -1229,9 +1245,12 @@ impl Plugin {
         if full {
             self.last_sweep.set(Instant::now());
         }
-        self.revoke_step();
+        // A pass under way, and its disconnects, go on at every tick: its slices are bounded.
+        if timed || self.revocation_under_way() {
+            self.revoke_step();
+        }
         let interval = self.options.sys_interval;
-        if interval.is_zero() || self.last_sys.get().is_some_and(|t| t.elapsed() < interval) {
+        if !timed || interval.is_zero() || self.last_sys.get().is_some_and(|t| t.elapsed() < interval) {
             return;
         }
         self.last_sys.set(Some(Instant::now()));
@@ -1341,6 +1360,15 @@ impl Plugin {
                 background.retire(pass.generation);
             }
         }
+    }
+
+    /// Whether a pass is under way or asked for (re-authenticated clients), or clients a
+    /// pass found are still to be disconnected: what the tick goes on with between its timed
+    /// work. (A swap starts a pass at the next timed work.)
+    fn revocation_under_way(&self) -> bool {
+        self.revocation.try_borrow().map_or(true, |p| p.is_some())
+            || self.recheck.try_borrow().map_or(true, |r| !r.is_empty())
+            || self.to_disconnect.try_borrow().map_or(true, |q| !q.is_empty())
     }
 
     /// Whether the subscriptions of connected clients are still to be decided again under
@@ -1555,6 +1583,14 @@ impl Drop for Plugin {
         self.background = None;
         self.reloader = None;
     }
+}
+
+/// Milliseconds on the coarse monotonic clock (read without a system call, like
+/// [`coarse_now`]): when the tick's timed work is due.
+fn coarse_ms() -> u64 {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::MonotonicCoarse);
+    let (secs, nanos) = (u64::try_from(t.tv_sec).unwrap_or(0), u64::try_from(t.tv_nsec).unwrap_or(0));
+    secs.saturating_mul(1000).saturating_add(nanos / 1_000_000)
 }
 
 /// Seconds since the epoch from the coarse real-time clock (a few ms of resolution, read
