@@ -50,10 +50,10 @@ const TOKEN_CACHE: u64 = 16 << 20;
 
 /// How often expired and surplus identities are dropped (on the broker's tick).
 const SWEEP_EVERY: Duration = Duration::from_secs(10);
-/// How often the broker's tick does its timed work (background work, token expiry, sweeps,
-/// `$SYS`), at most, in milliseconds. Mosquitto 2.0 ticks plugins on every pass of its event
-/// loop, tens of thousands of times a second under load; in between, a tick is a coarse
-/// clock read and a few flags.
+/// How often the broker's tick does its timed work (background work, token expiry, the full
+/// sweep, `$SYS`), at most, in milliseconds. Mosquitto 2.0 ticks plugins on every pass of its
+/// event loop, tens of thousands of times a second under load; in between, a tick does only
+/// what must follow an event at once (see [`Plugin::tick`]).
 const TICK_WORK_EVERY_MS: u64 = 10;
 
 /// What Mosquitto reports of the message an ACL check is about: its QoS and retain flag
@@ -306,11 +306,17 @@ impl Plugin {
         &self.stats
     }
 
+    /// What every event does, the tick included: log lines queued on other threads are
+    /// written, and the will window ends (only a disconnect's will check is in it).
+    fn every_event(&self) {
+        logging::flush();
+        self.will_window.set(None);
+    }
+
     /// Every event but a disconnect's will check ends the will window; log lines queued on
     /// other threads are written first.
     fn event(&self) {
-        logging::flush();
-        self.will_window.set(None);
+        self.every_event();
         self.background_work();
     }
 
@@ -322,8 +328,8 @@ impl Plugin {
     }
 
     /// Looks for background work (watched files, key refreshes, bundle pulls, scrapes; each
-    /// rate-limited) and hands it to a thread that ends when it is done. From the tick and
-    /// every other event, and from checks at most once a second: a Mosquitto that sends no
+    /// rate-limited) and hands it to a thread that ends when it is done. From the tick's timed
+    /// work and every other event, and from checks at most once a second: a Mosquitto that sends no
     /// tick (2.0 with `per_listener_settings true`) still gets it done while clients act.
     fn background_work(&self) {
         self.next_background.set(coarse_now() + 1);
@@ -1215,18 +1221,32 @@ impl Plugin {
         }
     }
 
-    /// The broker's periodic event: send queued log lines, end the reload's re-check and the
-    /// will window, drop the entries of sessions that ended, and every
-    /// [`TICK_WORK_EVERY_MS`] the timed work: background work, expired connections, the
-    /// identities that can no longer be asked about, `$SYS` counters when due.
+    /// The broker's periodic event. Every tick sends queued log lines, ends the reload's
+    /// re-check and the will window, drops the entries of sessions that ended (Mosquitto
+    /// frees their clients right after) and goes on with a revocation pass under way; every
+    /// [`TICK_WORK_EVERY_MS`] it also does the timed work: background work, expired
+    /// connections, the identities that can no longer be asked about, `$SYS` counters when
+    /// due.
     pub fn tick(&self) {
-        logging::flush();
-        self.will_window.set(None);
-        self.reauthenticating.set(false);
         let now = coarse_ms();
         let timed = now >= self.next_tick_work.get();
         if timed {
-            self.next_tick_work.set(now + TICK_WORK_EVERY_MS);
+            self.next_tick_work.set(now.saturating_add(TICK_WORK_EVERY_MS));
+        }
+        self.tick_with(timed);
+    }
+
+    /// A tick without the timed work, as most of Mosquitto 2.0's ticks are: for tests of
+    /// what every tick must do.
+    #[doc(hidden)]
+    pub fn tick_untimed(&self) {
+        self.tick_with(false);
+    }
+
+    fn tick_with(&self, timed: bool) {
+        self.every_event();
+        self.reauthenticating.set(false);
+        if timed {
             self.background_work();
             if self.options.disconnect_on_expiry {
                 self.end_expired();
@@ -1589,7 +1609,8 @@ impl Drop for Plugin {
 /// [`coarse_now`]): when the tick's timed work is due.
 fn coarse_ms() -> u64 {
     let t = rustix::time::clock_gettime(rustix::time::ClockId::MonotonicCoarse);
-    let (secs, nanos) = (u64::try_from(t.tv_sec).unwrap_or(0), u64::try_from(t.tv_nsec).unwrap_or(0));
+    // A reading that makes no sense makes the timed work due, never postponed.
+    let (secs, nanos) = (u64::try_from(t.tv_sec).unwrap_or(u64::MAX), u64::try_from(t.tv_nsec).unwrap_or(0));
     secs.saturating_mul(1000).saturating_add(nanos / 1_000_000)
 }
 
