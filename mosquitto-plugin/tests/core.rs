@@ -163,6 +163,16 @@ impl Fixture {
         }
     }
 
+    /// Writes `text` to the policy file, has the plugin reload it, and ticks until the swap
+    /// and its revocation pass are done.
+    fn swap_to(&self, policy: &std::path::Path, text: &str) {
+        std::fs::write(policy, text).unwrap();
+        let before = self.plugin.live().current().id;
+        self.plugin.reload();
+        self.tick_until("the swap", |f| f.plugin.live().current().id != before);
+        self.tick_until("its pass", |f| !f.plugin.revocation_pending());
+    }
+
     /// A CONNECT with a username and password: a new client at `key`.
     fn connect(&self, key: usize, id: &str, username: Option<&str>, password: Option<&str>) -> Admission {
         let client = PlainClient::new(key, id, username);
@@ -745,13 +755,19 @@ fn limits_the_module_cannot_give_refuse_publishes_and_subscriptions_only() {
     assert!(f.plugin.live().current().module.runtime().faults() >= 1, "the trap is counted");
 }
 
-#[test]
-fn a_swap_that_revokes_a_held_subscription_names_the_client_and_disconnects_it_on_request() {
+/// The end-to-end policy in a file of its own, to change: its directory, the file, the text.
+fn editable_e2e_policy() -> (tempfile::TempDir, std::path::PathBuf, String) {
     let dir = tempfile::tempdir().unwrap();
     let policy = dir.path().join("policy.json");
     let original =
         std::fs::read_to_string(test_support::package_dir().join("tests/e2e/policy.json")).unwrap();
     std::fs::write(&policy, &original).unwrap();
+    (dir, policy, original)
+}
+
+#[test]
+fn a_swap_that_revokes_a_held_subscription_names_the_client_and_disconnects_it_on_request() {
+    let (_dir, policy, original) = editable_e2e_policy();
     let f = fixture(&[("policy", policy.to_str().unwrap()), ("on_revoke", "disconnect")]);
     let vera = f.token("vera", &["viewers"]);
     let olga = f.token("olga", &["viewers"]);
@@ -789,11 +805,7 @@ fn a_swap_that_revokes_a_held_subscription_names_the_client_and_disconnects_it_o
 
 #[test]
 fn unsubscribe_removes_just_the_revoked_subscription_where_the_broker_can() {
-    let dir = tempfile::tempdir().unwrap();
-    let policy = dir.path().join("policy.json");
-    let original =
-        std::fs::read_to_string(test_support::package_dir().join("tests/e2e/policy.json")).unwrap();
-    std::fs::write(&policy, &original).unwrap();
+    let (_dir, policy, original) = editable_e2e_policy();
     let options = [("policy", policy.to_str().unwrap()), ("on_revoke", "unsubscribe")];
     // Mosquitto 2.0 cannot remove one subscription: the option is refused, not weakened.
     let refused = fixture_on(StandIn::default(), &options).err().expect("refused on a 2.0 broker");
@@ -816,13 +828,7 @@ fn unsubscribe_removes_just_the_revoked_subscription_where_the_broker_can() {
     ] {
         assert!(f.may(key, access::SUBSCRIBE, filter), "{filter}");
     }
-    let swap = |text: &str| {
-        std::fs::write(&policy, text).unwrap();
-        let before = f.plugin.live().current().id;
-        f.plugin.reload();
-        f.tick_until("the swap", |f| f.plugin.live().current().id != before);
-        f.tick_until("its pass", |f| !f.plugin.revocation_pending());
-    };
+    let swap = |text: &str| f.swap_to(&policy, text);
     // Viewers keep meter readings only: vera's telemetry filter goes, and nothing else of hers.
     let narrowed =
         original.replace("\"celine/telemetry/+/+/readings\"", "\"celine/telemetry/meter/+/readings\"");
@@ -864,11 +870,7 @@ fn unsubscribe_removes_just_the_revoked_subscription_where_the_broker_can() {
 
 #[test]
 fn with_keep_a_revoked_subscription_is_reported_once_and_the_client_stays() {
-    let dir = tempfile::tempdir().unwrap();
-    let policy = dir.path().join("policy.json");
-    let original =
-        std::fs::read_to_string(test_support::package_dir().join("tests/e2e/policy.json")).unwrap();
-    std::fs::write(&policy, &original).unwrap();
+    let (_dir, policy, original) = editable_e2e_policy();
     let f = fixture(&[("policy", policy.to_str().unwrap())]);
     let vera = f.token("vera", &["viewers"]);
     assert!(matches!(f.connect(1, "v1", Some("vera"), Some(&vera)), Admission::Admitted { .. }));
@@ -878,13 +880,7 @@ fn with_keep_a_revoked_subscription_is_reported_once_and_the_client_stays() {
     assert!(f.may(1, access::UNSUBSCRIBE, "celine/users/vera/gone"));
     let narrowed =
         original.replace("\"celine/telemetry/+/+/readings\"", "\"celine/telemetry/meter/+/readings\"");
-    let swap = |text: &str| {
-        std::fs::write(&policy, text).unwrap();
-        let before = f.plugin.live().current().id;
-        f.plugin.reload();
-        f.tick_until("the swap", |f| f.plugin.live().current().id != before);
-        f.tick_until("its pass", |f| !f.plugin.revocation_pending());
-    };
+    let swap = |text: &str| f.swap_to(&policy, text);
     let revoked = || {
         let metrics = f.plugin.stats().render_prometheus(f.plugin.live());
         metrics

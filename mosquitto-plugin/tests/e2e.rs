@@ -955,6 +955,41 @@ fn a_client_over_its_limits_loses_the_excess_and_keeps_its_connection() {
     assert_eq!(count("retain"), 0);
 }
 
+/// The revocation scene: a viewer (over `version`) subscribed to `filters`, a feed service,
+/// and a policy file change that leaves viewers meter readings only. Returns the viewer, the
+/// feed, the log mark before the change, and the log's line naming the viewer's revoked
+/// filters and its summary line.
+fn viewer_loses_telemetry(
+    b: &Broker,
+    issuer: &Issuer,
+    version: Version,
+    filters: &[&str],
+) -> (Client, Client, usize, String, String) {
+    let token = issuer.user("vera", &["viewers"]);
+    let viewer = Client::connected(version, b.port, "vera-revoked", "vera", &token);
+    for filter in filters {
+        assert_eq!(viewer.subscribe(filter), 1, "{filter}");
+    }
+    let feed = Client::connected(
+        Version::V5,
+        b.port,
+        "feed-revoked",
+        "svc-feed",
+        &issuer.service("svc-feed", &["telemetry.write", "mqtt.write"]),
+    );
+    let mark = b.log_mark();
+    write_readable(
+        &b.setup.dir.path().join("policy.json"),
+        POLICY
+            .replace("\"celine/telemetry/+/+/readings\"", "\"celine/telemetry/meter/+/readings\"")
+            .as_bytes(),
+    );
+    b.wait_for_log_after(mark, "swapped in a new generation", SWAP_WAIT);
+    let line = b.wait_for_log_after(mark, "revoked: client \"vera-revoked\"", SWAP_WAIT);
+    let summary = b.wait_for_log_after(mark, "subscriptions the policy no longer grants", SWAP_WAIT);
+    (viewer, feed, mark, line, summary)
+}
+
 /// `on_revoke unsubscribe` needs Mosquitto 2.1's `mosquitto_subscription_delete`. On 2.0
 /// (Debian's, which the suite runs) the broker refuses to start with it; against a 2.1
 /// (`MQTT_POLICY_MOSQUITTO`, CONTRIBUTING.md) the revoked subscription is removed while the
@@ -984,31 +1019,18 @@ fn on_revoke_unsubscribe_removes_the_subscription_on_2_1_and_stops_a_2_0_broker(
     let b = broker_with(&issuer, |s| {
         s.option("on_revoke", "unsubscribe").option("metrics_listen", format!("127.0.0.1:{metrics_port}"))
     });
-    let policy = b.setup.dir.path().join("policy.json");
-    let token = issuer.user("vera", &["viewers"]);
-    let viewer = Client::connected(Version::V5, b.port, "vera-revoked", "vera", &token);
-    assert_eq!(viewer.subscribe("celine/telemetry/+/+/readings"), 1);
-    assert_eq!(viewer.subscribe("$share/dash/celine/telemetry/+/+/readings"), 1);
-    assert_eq!(viewer.subscribe("celine/users/vera/#"), 1);
-    let feed = Client::connected(
+    let (viewer, feed, mark, line, summary) = viewer_loses_telemetry(
+        &b,
+        &issuer,
         Version::V5,
-        b.port,
-        "feed-revoked",
-        "svc-feed",
-        &issuer.service("svc-feed", &["telemetry.write", "mqtt.write"]),
+        &[
+            "celine/telemetry/+/+/readings",
+            "$share/dash/celine/telemetry/+/+/readings",
+            "celine/users/vera/#",
+        ],
     );
-    let mark = b.log_mark();
-    write_readable(
-        &policy,
-        POLICY
-            .replace("\"celine/telemetry/+/+/readings\"", "\"celine/telemetry/meter/+/readings\"")
-            .as_bytes(),
-    );
-    b.wait_for_log_after(mark, "swapped in a new generation", SWAP_WAIT);
-    let line = b.wait_for_log_after(mark, "revoked: client \"vera-revoked\"", SWAP_WAIT);
     assert!(line.contains("'celine/telemetry/+/+/readings'"), "{line}");
     assert!(line.contains("'$share/dash/celine/telemetry/+/+/readings'"), "{line}");
-    let summary = b.wait_for_log_after(mark, "subscriptions the policy no longer grants", SWAP_WAIT);
     assert!(summary.contains("on_revoke unsubscribe"), "{summary}");
     // The subscriptions, shared one included, are gone from the broker: a reading on them is
     // not even checked, while the viewer, still connected, receives what it keeps.
@@ -1033,33 +1055,17 @@ fn a_swap_that_revokes_a_subscription_disconnects_the_client_or_keeps_it_receivi
     for on_revoke in ["disconnect", "keep"] {
         let issuer = Issuer::new();
         let b = broker_with(&issuer, |s| s.option("on_revoke", on_revoke));
-        let policy = b.setup.dir.path().join("policy.json");
         let token = issuer.user("vera", &["viewers"]);
-        let viewer = Client::connected(Version::V311, b.port, "vera-revoked", "vera", &token);
-        assert_eq!(viewer.subscribe("celine/telemetry/+/+/readings"), 1);
-        assert_eq!(viewer.subscribe("celine/users/vera/#"), 1);
-        let feed = Client::connected(
-            Version::V5,
-            b.port,
-            "feed-revoked",
-            "svc-feed",
-            &issuer.service("svc-feed", &["telemetry.write", "mqtt.write"]),
+        let (viewer, feed, mark, line, summary) = viewer_loses_telemetry(
+            &b,
+            &issuer,
+            Version::V311,
+            &["celine/telemetry/+/+/readings", "celine/users/vera/#"],
         );
-        // Viewers keep meter readings only.
-        let mark = b.log_mark();
-        write_readable(
-            &policy,
-            POLICY
-                .replace("\"celine/telemetry/+/+/readings\"", "\"celine/telemetry/meter/+/readings\"")
-                .as_bytes(),
-        );
-        b.wait_for_log_after(mark, "swapped in a new generation", SWAP_WAIT);
-        let line = b.wait_for_log_after(mark, "revoked: client \"vera-revoked\"", SWAP_WAIT);
         assert!(
             line.contains("'celine/telemetry/+/+/readings'") && !line.contains("celine/users/vera/#"),
             "{line}"
         );
-        let summary = b.wait_for_log_after(mark, "subscriptions the policy no longer grants", SWAP_WAIT);
         assert!(summary.contains(&format!("on_revoke {on_revoke}")), "{summary}");
         // Whom the swap's changes reach, of the two connected clients: the viewer, who loses.
         let reached =
