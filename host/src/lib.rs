@@ -37,8 +37,20 @@ pub fn short(s: &str) -> String {
 /// Exit status for a usage, input or load error (clap uses 2 for usage errors too).
 pub const EXIT_USAGE: u8 = 2;
 
-/// Exit status of `serve` when it fails after start-up (its configuration was accepted).
+/// Exit status of `serve` when it fails after start-up (its configuration was accepted), and
+/// of a command whose output cannot be written.
 pub const EXIT_FAILED: u8 = 3;
+
+/// Exit status of a command whose output's reader went away (`mqtt-policy who-can | head`):
+/// what a shell reports for a process `SIGPIPE` ended, as it ends `cat` there.
+pub const EXIT_CLOSED_OUTPUT: u8 = 141;
+
+/// Whether an error is a write to a reader that went away.
+pub fn is_closed_output(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>().is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}
 
 /// An error of a command that ran past its configuration: exits [`EXIT_FAILED`], not
 /// [`EXIT_USAGE`].

@@ -3,13 +3,14 @@
 //! Every subcommand works on the same policy documents the server loads; this crate only
 //! reads files, parses arguments and prints. Exit status: 0 success (or allow), 1 a deny, a
 //! failed test or a change found (per subcommand), 2 a usage, input or configuration error,
-//! 3 `serve` failing after it started.
+//! 3 `serve` failing after it started (or output that cannot be written), 141 the output's
+//! reader went away (`| head`), as a shell reports `cat` ended there.
 
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use mqtt_policy::{EXIT_FAILED, EXIT_USAGE, Failed, cli};
+use mqtt_policy::{EXIT_CLOSED_OUTPUT, EXIT_FAILED, EXIT_USAGE, Failed, cli, is_closed_output};
 
 #[derive(Parser)]
 #[command(name = "mqtt-policy", version, about = "MQTT authorization for Mosquitto + go-auth: check, test and lint CELINE policies", long_about = None)]
@@ -60,6 +61,8 @@ fn main() -> ExitCode {
     };
     match result {
         Ok(code) => code,
+        // The output's reader went away (`| head`): nothing to say.
+        Err(e) if is_closed_output(&e) => ExitCode::from(EXIT_CLOSED_OUTPUT),
         Err(e) => {
             eprintln!("mqtt-policy: {e:#}");
             // A usage, input or configuration error is 2; a command that failed after it

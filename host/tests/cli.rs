@@ -19,6 +19,35 @@ fn mqtt_policy() -> Command {
     c
 }
 
+#[test]
+fn output_whose_reader_stops_early_ends_the_command_quietly() {
+    // A who-can tree far larger than a pipe's buffer, read up to its first line (`| head -1`).
+    let dir = tempfile::tempdir().unwrap();
+    let rules: Vec<Value> = (0..3000)
+        .map(|i| {
+            serde_json::json!({"id": format!("r{i}"), "subjects": {"groups": ["g"]},
+                "topics": [format!("a/{i}/#")], "actions": ["read", "subscribe"], "effect": "allow"})
+        })
+        .collect();
+    let policy = dir.path().join("policy.json");
+    std::fs::write(&policy, serde_json::json!({"celine": {"mqtt": {"acl": {"rules": rules}}}}).to_string())
+        .unwrap();
+    let mut child = mqtt_policy()
+        .args(["who-can", "--policy", policy.to_str().unwrap(), "--subject"])
+        .arg(r#"{"id": "u", "type": "user", "groups": ["g"]}"#)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(child.stdout.take().unwrap()), &mut first)
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(first.starts_with("user 'u'"), "{first}");
+    assert_eq!(out.status.code(), Some(141), "what a shell says of `cat` ended by the closed pipe");
+    assert_eq!(stderr(&out), "", "no panic, nothing to say");
+}
+
 fn run_with_stdin(mut cmd: Command, input: &str) -> Output {
     let mut child = cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
     let mut stdin = child.stdin.take().unwrap();

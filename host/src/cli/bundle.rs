@@ -48,7 +48,7 @@ fn write(bundle: &Bundle, output: Option<&std::path::Path>) -> anyhow::Result<Ex
             };
             eprintln!("wrote {} (ETag {}, {} bytes{signed})", out.display(), bundle.etag(), json.len());
         }
-        None => println!("{json}"),
+        None => outln!("{json}"),
     }
     Ok(ExitCode::SUCCESS)
 }

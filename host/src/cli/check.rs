@@ -75,11 +75,11 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         if differs {
             out["document_reads"] = serde_json::to_value(&reading)?;
         }
-        println!("{out}");
+        outln!("{out}");
     } else {
         print_human(policy, &req, &decision, explanation.as_ref());
         if differs {
-            println!(
+            outln!(
                 "  note: the module ({}) decides otherwise than the document reads ({}: {}); the rules \
                  above are the document's reading",
                 ev.generation.module.version,
@@ -99,13 +99,13 @@ fn print_human(
 ) {
     let verdict = if d.allow { "ALLOW" } else { "DENY" };
     match req.ask {
-        Ask::Superuser => println!("{verdict}  superuser"),
-        _ => println!("{verdict}  {} {}", req.ask.as_str(), policy_core::quote(&req.topic)),
+        Ask::Superuser => outln!("{verdict}  superuser"),
+        _ => outln!("{verdict}  {} {}", req.ask.as_str(), policy_core::quote(&req.topic)),
     }
-    println!("  reason:   {}", d.reason);
-    println!("  rule:     {}", d.rule.as_deref().unwrap_or("-"));
+    outln!("  reason:   {}", d.reason);
+    outln!("  rule:     {}", d.rule.as_deref().unwrap_or("-"));
     let s = &req.subject;
-    println!(
+    outln!(
         "  subject:  {} {} groups=[{}] scopes=[{}]",
         s.kind.as_str(),
         policy_core::quote(&s.id),
@@ -115,15 +115,15 @@ fn print_human(
     match policy.capabilities(s) {
         Some(c) => {
             let caps: Vec<&str> = c.iter().map(|p| p.as_str()).collect();
-            println!("  capabilities: [{}] (from roles)", caps.join(", "));
+            outln!("  capabilities: [{}] (from roles)", caps.join(", "));
         }
-        None => println!("  capabilities: (no roles in the policy: rules alone decide)"),
+        None => outln!("  capabilities: (no roles in the policy: rules alone decide)"),
     }
     let Some(e) = e else { return };
     if e.rules.is_empty() {
         return;
     }
-    println!("  rules:");
+    outln!("  rules:");
     let width = e.rules.iter().map(|r| r.rule.len()).max().unwrap_or(0);
     for r in &e.rules {
         let status = if r.applies {
@@ -134,6 +134,6 @@ fn print_human(
         } else {
             r.why_not.clone().unwrap_or_default()
         };
-        println!("    {:width$}  {:5}  {status}", r.rule, r.effect);
+        outln!("    {:width$}  {:5}  {status}", r.rule, r.effect);
     }
 }

@@ -51,7 +51,7 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     }
     let d = compare(probes, |r| decide(&old.generation, r), |r| decide(&new.generation, r));
     if a.json {
-        println!("{}", serde_json::to_string(&d.changes)?);
+        outln!("{}", serde_json::to_string(&d.changes)?);
     } else {
         print_human(&a, &d);
     }
@@ -61,35 +61,35 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
 fn print_human(a: &Args, d: &policy_core::Diff) {
     let (old, new) = (a.old.display(), a.new.display());
     if d.is_empty() {
-        println!("no decision changes from {old} to {new} ({} requests tried)", d.probed);
+        outln!("no decision changes from {old} to {new} ({} requests tried)", d.probed);
         return;
     }
     let n = d.changes.len();
-    println!(
+    outln!(
         "{n} request{} change decision from {old} to {new} ({} tried)",
         if n == 1 { "" } else { "s" },
         d.probed
     );
     for (action, c) in d.counts() {
-        println!("  {action:9}  {} gained, {} lost", c.gained, c.lost);
+        outln!("  {action:9}  {} gained, {} lost", c.gained, c.lost);
     }
-    println!("replay one: mqtt-policy check --policy {old} <its arguments>, and again with --policy {new}");
+    outln!("replay one: mqtt-policy check --policy {old} <its arguments>, and again with --policy {new}");
     for g in d.groups() {
         let verdict = if g.new.allow { "GAINED" } else { "LOST" };
         let count = g.changes.len();
-        println!();
-        println!(
+        outln!();
+        outln!(
             "{verdict}  {} → {}  ({count} request{})",
             g.old.describe(),
             g.new.describe(),
             if count == 1 { "" } else { "s" }
         );
         for c in g.changes.iter().take(a.show) {
-            println!("  {}", witness(c));
-            println!("    {}", check_args(&c.request));
+            outln!("  {}", witness(c));
+            outln!("    {}", check_args(&c.request));
         }
         if count > a.show {
-            println!("  … and {} more (--show N, or --json for all)", count - a.show);
+            outln!("  … and {} more (--show N, or --json for all)", count - a.show);
         }
     }
 }

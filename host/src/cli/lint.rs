@@ -25,12 +25,12 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     let errors = diags.iter().filter(|d| d.severity == Severity::Error).count();
     let warnings = diags.len() - errors;
     if a.json {
-        println!("{}", serde_json::to_string(&diags)?);
+        outln!("{}", serde_json::to_string(&diags)?);
     } else {
         for d in &diags {
-            println!("{source}: {d}");
+            outln!("{source}: {d}");
         }
-        println!("{source}: {errors} error(s), {warnings} warning(s)");
+        outln!("{source}: {errors} error(s), {warnings} warning(s)");
     }
     let failed = errors > 0 || (a.deny_warnings && warnings > 0);
     Ok(ExitCode::from(u8::from(failed)))

@@ -5,6 +5,18 @@
 //! `policy-core` reads the document for what a module does not say (explanations, witnesses,
 //! effective permissions).
 
+/// Prints a line of a command's output, as `println!` does, except that a reader that went
+/// away (`mqtt-policy who-can ... | head`) ends the command quietly, as it ends Unix tools,
+/// instead of a panic.
+macro_rules! outln {
+    () => {
+        $crate::cli::out_line(format_args!(""))
+    };
+    ($($arg:tt)*) => {
+        $crate::cli::out_line(format_args!($($arg)*))
+    };
+}
+
 pub mod bundle;
 pub mod check;
 pub mod diff;
@@ -23,6 +35,19 @@ use anyhow::Context;
 use policy_engine::{Generation, Runtime};
 
 use crate::policy_file::{self, Source};
+
+/// [`outln!`]'s writer: a line to stdout, or the end of the command when that fails.
+pub fn out_line(line: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = out.write_fmt(line).and_then(|()| out.write_all(b"\n")) {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(crate::EXIT_CLOSED_OUTPUT.into());
+        }
+        eprintln!("mqtt-policy: writing the output: {e}");
+        std::process::exit(crate::EXIT_FAILED.into());
+    }
+}
 
 /// `--policy`, shared by every subcommand.
 #[derive(clap::Args, Debug)]

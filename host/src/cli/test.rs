@@ -75,19 +75,19 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     let mut all_results = Vec::new();
     for (file, cases) in read_cases(&a.cases)? {
         let file = &file;
-        println!("{}  ({} cases against {source})", display(file), cases.len());
+        outln!("{}  ({} cases against {source})", display(file), cases.len());
         let results: Vec<_> = cases.iter().map(|c| judge(c, decide(&ev.generation, &c.request))).collect();
         for r in &results {
             match &r.failure {
                 None => {
                     passed += 1;
                     if a.verbose {
-                        println!("  ok    {}", r.name);
+                        outln!("  ok    {}", r.name);
                     }
                 }
                 Some(why) => {
                     failed += 1;
-                    println!("  FAIL  {}: {why}", r.name);
+                    outln!("  FAIL  {}: {why}", r.name);
                 }
             }
         }
@@ -95,9 +95,9 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     }
     let uncovered = uncovered_rules(&ev.policy, &all_results);
     if !uncovered.is_empty() {
-        println!("note: no case is decided by {}", uncovered.join(", "));
+        outln!("note: no case is decided by {}", uncovered.join(", "));
     }
-    println!("{passed} passed, {failed} failed");
+    outln!("{passed} passed, {failed} failed");
     Ok(ExitCode::from(u8::from(failed > 0)))
 }
 

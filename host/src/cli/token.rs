@@ -70,6 +70,6 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         ttl_secs: a.ttl,
     };
     let claims = devkey::claims(&spec, identity::now())?;
-    println!("{}", key.sign(&claims)?);
+    outln!("{}", key.sign(&claims)?);
     Ok(ExitCode::SUCCESS)
 }

@@ -43,12 +43,12 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
             "probed": v.probed,
             "invariants": v.verdicts,
         });
-        println!("{out}");
+        outln!("{out}");
         return Ok(ExitCode::from(u8::from(!v.holds())));
     }
     let source = &ev.source;
     if v.verdicts.is_empty() {
-        println!("{source}: states no invariants (celine.mqtt.invariants)");
+        outln!("{source}: states no invariants (celine.mqtt.invariants)");
         return Ok(ExitCode::SUCCESS);
     }
     for verdict in &v.verdicts {
@@ -57,24 +57,24 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
             (false, Some(_)) => "UNDECIDED",
             (false, None) => "VIOLATED ",
         };
-        println!("{mark}  {}: {}", verdict.invariant, verdict.statement);
+        outln!("{mark}  {}: {}", verdict.invariant, verdict.statement);
         if let Some(why) = &verdict.undecided {
-            println!("  could not be decided: {why}");
+            outln!("  could not be decided: {why}");
         }
         if let Some(c) = &verdict.counterexample {
-            println!("  counterexample: {}", serde_json::to_string(&c.request)?);
+            outln!("  counterexample: {}", serde_json::to_string(&c.request)?);
             match (&c.decision.rule, c.superuser) {
-                (_, true) => println!(
+                (_, true) => outln!(
                     "  allowed: the subject is a superuser, so the broker asks no ACL question \
                      (replay it with \"action\": \"superuser\")"
                 ),
-                (Some(rule), false) => println!("  allowed by rule '{rule}': {}", c.decision.reason),
-                (None, false) => println!("  allowed: {}", c.decision.reason),
+                (Some(rule), false) => outln!("  allowed by rule '{rule}': {}", c.decision.reason),
+                (None, false) => outln!("  allowed: {}", c.decision.reason),
             }
         }
     }
     let violated = v.violated().count();
-    println!(
+    outln!(
         "{} of {} invariants hold ({} requests decided in {:.0?})",
         v.verdicts.len() - violated,
         v.verdicts.len(),
@@ -82,7 +82,7 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         took
     );
     if !ev.built_in {
-        println!(
+        outln!(
             "note: the module is not the built-in one, so this is no proof: its answers on the witness \
              requests were checked, and it may decide other requests otherwise than the document reads"
         );

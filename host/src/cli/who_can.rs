@@ -67,13 +67,13 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     let limits = policy.limits(&subject);
     if a.json {
         let limits = limits_json(&limits);
-        println!(
+        outln!(
             "{}",
             serde_json::json!({"subject": subject, "superuser": superuser, "effective": e, "limits": limits})
         );
         return Ok(ExitCode::SUCCESS);
     }
-    println!(
+    outln!(
         "{} {} groups=[{}] scopes=[{}] in {source}",
         subject.kind.as_str(),
         policy_core::quote(&subject.id),
@@ -81,17 +81,17 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         subject.scopes.join(", ")
     );
     match &e.capabilities {
-        Some(c) => println!("capabilities: [{}] (from roles)", c.join(", ")),
-        None => println!("capabilities: (no roles in the policy: rules alone decide)"),
+        Some(c) => outln!("capabilities: [{}] (from roles)", c.join(", ")),
+        None => outln!("capabilities: (no roles in the policy: rules alone decide)"),
     }
     match superuser.reason.strip_prefix("not a superuser: ") {
-        Some(why) => println!("superuser: no ({why})"),
-        None => println!("superuser: yes ({}; go-auth skips every ACL check for it)", superuser.reason),
+        Some(why) => outln!("superuser: no ({why})"),
+        None => outln!("superuser: yes ({}; go-auth skips every ACL check for it)", superuser.reason),
     }
     match policy.describe_limits(&subject).split_last() {
-        None => println!("limits: none (no limits entry selects the subject)"),
+        None => outln!("limits: none (no limits entry selects the subject)"),
         Some((from, lines)) => {
-            println!("limits: {} ({from}; the broker plugin enforces them)", lines.join("; "))
+            outln!("limits: {} ({from}; the broker plugin enforces them)", lines.join("; "))
         }
     }
     for g in &e.actions {
@@ -139,48 +139,48 @@ fn who_could(a: &Args, action: &str, topic: &str) -> anyhow::Result<ExitCode> {
         }
     }
     if a.json {
-        println!("{}", serde_json::to_string(&who)?);
+        outln!("{}", serde_json::to_string(&who)?);
         return Ok(ExitCode::SUCCESS);
     }
     let asked = format!("{action} {}", policy_core::quote(topic));
     let granting: Vec<_> = who.grants.iter().filter(|g| g.example.is_some()).collect();
     if granting.is_empty() {
-        println!("nobody may {asked} in {} by its rules", ev.source);
+        outln!("nobody may {asked} in {} by its rules", ev.source);
     } else {
-        println!("who may {asked} in {}:", ev.source);
+        outln!("who may {asked} in {}:", ev.source);
     }
     if !who.superusers.is_empty() {
-        println!("  superusers, whose checks a broker skips: {}", who.superusers.join(", "));
+        outln!("  superusers, whose checks a broker skips: {}", who.superusers.join(", "));
     }
     for g in &who.grants {
         let verdict = if g.example.is_some() { "allows" } else { "would allow, but refused" };
-        println!("  rule {} {verdict}: {}", policy_core::quote(&g.rule), g.subjects);
+        outln!("  rule {} {verdict}: {}", policy_core::quote(&g.rule), g.subjects);
         if let Some(sources) = &g.capability {
-            println!(
+            outln!(
                 "    with the {action} capability from: {}",
                 if sources.is_empty() { "nothing".into() } else { sources.join(", ") }
             );
         }
         if let Some(example) = &g.example {
-            println!("    e.g. {}", serde_json::to_string(example)?);
+            outln!("    e.g. {}", serde_json::to_string(example)?);
         }
         if !g.refused_by.is_empty() {
-            println!("    some such subjects refused by: {}", g.refused_by.join(", "));
+            outln!("    some such subjects refused by: {}", g.refused_by.join(", "));
         }
     }
     Ok(ExitCode::SUCCESS)
 }
 
 fn print_action(g: &ActionGrants) {
-    println!();
+    outln!();
     if let Some(why) = &g.refused {
-        println!("{}: nothing ({why})", g.action);
+        outln!("{}: nothing ({why})", g.action);
         return;
     }
     if g.allow.is_empty() {
-        println!("{}: nothing (no rule allows it to this subject)", g.action);
+        outln!("{}: nothing (no rule allows it to this subject)", g.action);
     } else {
-        println!("{}:", g.action);
+        outln!("{}:", g.action);
     }
     for grant in &g.allow {
         let mut line = format!("  allow {}  (rule {})", grant.pattern, grant.rule);
@@ -193,16 +193,16 @@ fn print_action(g: &ActionGrants) {
         if let Some(only) = &grant.only {
             line.push_str(&format!("  only: {only}"));
         }
-        println!("{line}");
+        outln!("{line}");
         for c in &grant.except {
             match &c.only {
-                Some(only) => println!("    except {}  (rule {}; only: {only})", c.pattern, c.rule),
-                None => println!("    except {}  (rule {})", c.pattern, c.rule),
+                Some(only) => outln!("    except {}  (rule {}; only: {only})", c.pattern, c.rule),
+                None => outln!("    except {}  (rule {})", c.pattern, c.rule),
             }
         }
     }
     if !g.tree.is_empty() {
-        println!("  tree:");
+        outln!("  tree:");
         for n in &g.tree {
             print_node(n, String::new(), 2);
         }
@@ -224,9 +224,9 @@ fn print_node(n: &Node, prefix: String, depth: usize) {
     }
     let indent = "  ".repeat(depth);
     if marks.is_empty() {
-        println!("{indent}{path}/");
+        outln!("{indent}{path}/");
     } else {
-        println!("{indent}{path}  {}", marks.join("  "));
+        outln!("{indent}{path}  {}", marks.join("  "));
     }
     for c in &n.children {
         print_node(c, String::new(), depth + 1);
