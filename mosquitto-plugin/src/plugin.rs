@@ -38,7 +38,7 @@ use crate::connections::{
 use crate::logging;
 use crate::options::{CertificateName, Options};
 use crate::revocation::{self, Cause, Lost, OnRevoke, Pass};
-use crate::stats::{Stats, add, bump};
+use crate::stats::{REVOKED_DISCONNECTED, REVOKED_KEPT, REVOKED_UNSUBSCRIBED, Stats, add, bump};
 use crate::usage::{Admitted, Over, Usage};
 
 /// How long the first key load may take at start-up before the broker starts without keys
@@ -1350,8 +1350,7 @@ impl Plugin {
             }
             (done, replaced, unremoved)
         };
-        // Nothing is borrowed from here on: reporting logs, and logging may publish. (A pass
-        // a newer generation replaced is not reported: the new pass looks at every client.)
+        // Nothing is borrowed from here on: reporting logs, and logging may publish.
         for (client_id, filter, rc) in unremoved {
             tracing::warn!(
                 "client {client_id:?}: the broker did not remove its subscription to {} (error {rc}); \
@@ -1392,11 +1391,10 @@ impl Plugin {
     }
 
     /// Whether the subscriptions of connected clients are still to be decided again under
-    /// the live generation, or clients a pass found are still to be disconnected.
+    /// the live generation (after a swap or a re-authentication), or clients a pass found
+    /// are still to be disconnected.
     pub fn revocation_pending(&self) -> bool {
-        self.revocation.try_borrow().map_or(true, |p| p.is_some())
-            || self.authorizer.live.current().id != self.revoked_for.get()
-            || self.to_disconnect.try_borrow().map_or(true, |q| !q.is_empty())
+        self.revocation_under_way() || self.authorizer.live.current().id != self.revoked_for.get()
     }
 
     /// The subscriptions of one connected client that `generation` no longer grants and no
@@ -1491,11 +1489,9 @@ impl Plugin {
             lost.iter().copied().filter(|l| on_revoke == OnRevoke::Disconnect || l.removal_failed).collect();
         add(&self.stats.revoked_subscriptions, filters as u64);
         let by_action = &self.stats.revoked_clients;
-        add(&by_action[1], to_disconnect.len() as u64);
-        add(
-            &by_action[if on_revoke == OnRevoke::Unsubscribe { 2 } else { 0 }],
-            (lost.len() - to_disconnect.len()) as u64,
-        );
+        let stayed = if on_revoke == OnRevoke::Unsubscribe { REVOKED_UNSUBSCRIBED } else { REVOKED_KEPT };
+        add(&by_action[REVOKED_DISCONNECTED], to_disconnect.len() as u64);
+        add(&by_action[stayed], (lost.len() - to_disconnect.len()) as u64);
         let what = match on_revoke {
             OnRevoke::Keep => {
                 "they stay connected, and each delivery on those subscriptions is denied".to_string()

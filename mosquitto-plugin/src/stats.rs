@@ -29,6 +29,14 @@ pub fn add(counter: &AtomicU64, n: u64) {
     counter.store(counter.load(Relaxed).wrapping_add(n), Relaxed);
 }
 
+/// What was done with a client a swap took a subscription from, as
+/// `mqtt_policy_revoked_clients_total{action}` names it, in the order of
+/// [`Stats::revoked_clients`].
+pub const REVOKED_ACTIONS: [&str; 3] = ["kept", "disconnected", "unsubscribed"];
+pub const REVOKED_KEPT: usize = 0;
+pub const REVOKED_DISCONNECTED: usize = 1;
+pub const REVOKED_UNSUBSCRIBED: usize = 2;
+
 /// Everything the plugin counts.
 pub struct Stats {
     /// The authorizer's decision metrics.
@@ -51,7 +59,7 @@ pub struct Stats {
     /// Requests refused for being over a limit, by [`Over::index`].
     pub limit_refusals: [AtomicU64; 5],
     /// Subscriptions connected clients held that a new generation no longer grants, and
-    /// those clients by what `on_revoke` did: kept, disconnected, unsubscribed.
+    /// those clients by what was done ([`REVOKED_ACTIONS`]).
     pub revoked_subscriptions: AtomicU64,
     pub revoked_clients: [AtomicU64; 3],
     /// What pulling bundles did, when the plugin pulls them.
@@ -75,7 +83,7 @@ impl Stats {
             log_lines_suppressed: zero(),
             limit_refusals: std::array::from_fn(|_| zero()),
             revoked_subscriptions: zero(),
-            revoked_clients: [zero(), zero(), zero()],
+            revoked_clients: std::array::from_fn(|_| zero()),
             pull: std::sync::OnceLock::new(),
         }
     }
@@ -164,11 +172,11 @@ impl Stats {
             "mqtt_policy_revoked_clients_total",
             "counter",
             "Connected clients that lost a subscription to a new policy generation, by what on_revoke did.",
-            &[
-                ("{action=\"kept\"}".into(), load(&self.revoked_clients[0])),
-                ("{action=\"disconnected\"}".into(), load(&self.revoked_clients[1])),
-                ("{action=\"unsubscribed\"}".into(), load(&self.revoked_clients[2])),
-            ],
+            &REVOKED_ACTIONS
+                .iter()
+                .zip(&self.revoked_clients)
+                .map(|(action, n)| (format!("{{action=\"{action}\"}}"), load(n)))
+                .collect::<Vec<_>>(),
         );
         if let Some(pull) = self.pull.get() {
             let rows: Vec<(String, u64)> = pull

@@ -33,10 +33,10 @@ impl Broker for StandIn {
     }
     fn remove_subscription(&self, client_id: &str, filter: &str) -> Removal {
         if !self.removes {
-            return Removal::Failed(10);
+            return Removal::Failed(mqtt_policy_mosquitto::sys::MOSQ_ERR_NOT_SUPPORTED);
         }
         if self.fails_to_remove == Some(filter) {
-            return Removal::Failed(3);
+            return Removal::Failed(mqtt_policy_mosquitto::sys::MOSQ_ERR_INVAL);
         }
         self.removed.lock().unwrap().push((client_id.to_string(), filter.to_string()));
         Removal::Removed

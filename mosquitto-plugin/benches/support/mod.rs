@@ -19,7 +19,7 @@ impl Broker for Quiet {
         false
     }
     fn remove_subscription(&self, _: &str, _: &str) -> Removal {
-        Removal::Failed(10)
+        Removal::Failed(mqtt_policy_mosquitto::sys::MOSQ_ERR_NOT_SUPPORTED)
     }
 }
 
