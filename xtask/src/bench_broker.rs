@@ -1,7 +1,9 @@
 //! `cargo xtask bench-broker`: messages delivered per second through Mosquitto with the
 //! plugin, beside Mosquitto with no authentication and Mosquitto's own `acl_file`, in the
 //! same run, QoS 0 and QoS 1, several publishers and subscribers; and the plugin's cost per
-//! check inside the broker (median, p99, from its own histogram).
+//! check inside the broker (median, p99, from its own histogram). With
+//! `MQTT_POLICY_BENCH_BASELINE`, another build of the plugin runs in the same rounds, so that
+//! a change to the plugin is measured against what it changes, side by side.
 //!
 //! The load generator is a minimal MQTT 3.1.1 client on blocking sockets, one thread per
 //! connection, so that the broker (one thread) and not the generator is what is measured:
@@ -55,6 +57,9 @@ enum Mode {
     NoAuth,
     AclFile,
     Plugin,
+    /// The plugin as another build (`MQTT_POLICY_BENCH_BASELINE`), with the same policy and
+    /// clients: a change to the plugin measured against what it changes, in the same rounds.
+    Baseline,
 }
 
 impl Mode {
@@ -63,6 +68,7 @@ impl Mode {
             Mode::NoAuth => "no authentication",
             Mode::AclFile => "Mosquitto acl_file",
             Mode::Plugin => "mqtt-policy plugin",
+            Mode::Baseline => "plugin, baseline build",
         }
     }
 }
@@ -382,10 +388,22 @@ fn free_port() -> anyhow::Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
+/// The plugin builds a run loads: this checkout's, and the baseline's if one is named.
+struct Plugins {
+    built: PathBuf,
+    baseline: Option<PathBuf>,
+}
+
+impl Plugins {
+    fn baseline(&self) -> anyhow::Result<&PathBuf> {
+        self.baseline.as_ref().context("no baseline build (MQTT_POLICY_BENCH_BASELINE)")
+    }
+}
+
 fn start_broker(
     dir: &Path,
     mode: Mode,
-    plugin: &Path,
+    plugins: &Plugins,
     state: &Path,
     metrics_port: u16,
 ) -> anyhow::Result<Broker> {
@@ -402,7 +420,8 @@ fn start_broker(
             std::fs::write(&acl, "# anonymous clients\ntopic readwrite bench/#\n")?;
             conf.push_str(&format!("allow_anonymous true\nacl_file {}\n", acl.display()));
         }
-        Mode::Plugin => {
+        Mode::Plugin | Mode::Baseline => {
+            let plugin = if mode == Mode::Plugin { &plugins.built } else { plugins.baseline()? };
             let policy = root().join("mosquitto-plugin/tests/e2e/policy.json");
             let bench_policy = dir.join("policy.json");
             // The e2e policy, with the twin-event rules on the bench's topics.
@@ -481,11 +500,15 @@ fn scrape(port: u16) -> anyhow::Result<String> {
 }
 
 pub fn bench() -> anyhow::Result<()> {
+    let modes = modes()?;
+    let plugins = Plugins {
+        built: target_dir().join("release/libmqtt_policy_mosquitto.so"),
+        baseline: baseline_plugin()?,
+    };
     crate::apt::ensure_mosquitto()?;
     crate::build()?;
     step("release builds: the plugin and mqtt-policy (for dev tokens)");
     cargo(&["build", "--release", "-p", "mosquitto-plugin", "-p", "mqtt-policy"])?;
-    let plugin = target_dir().join("release/libmqtt_policy_mosquitto.so");
     let bin = target_dir().join("release/mqtt-policy");
     let dir = tempdir()?;
     let state = dir.join("state");
@@ -526,13 +549,19 @@ pub fn bench() -> anyhow::Result<()> {
         }
         let expected = (per_pub * PUBLISHERS * SUBSCRIBERS) as u64;
         step(&format!("{name}: {expected} deliveries per run"));
-        let mut rates: Vec<(Mode, Vec<(f64, f64)>)> = modes().into_iter().map(|m| (m, vec![])).collect();
+        let mut rates: Vec<(Mode, Vec<(f64, f64)>)> = modes.iter().map(|m| (*m, vec![])).collect();
+        let modes_run = rates.len();
         let mut latency = (None, None);
         for round in 0..rounds {
-            for (mode, got) in rates.iter_mut() {
+            // Each round starts with the next mode: a mode that always ran in the same place
+            // of a round would carry whatever that place costs (a neighbour's load that comes
+            // and goes with the rounds' rhythm) into its ratio.
+            let (before, from) = rates.split_at_mut(round % modes_run);
+            for (mode, got) in from.iter_mut().chain(before.iter_mut()) {
+                let mode = *mode;
                 let metrics_port = free_port()?;
-                let broker = start_broker(&dir, *mode, &plugin, &state, metrics_port)?;
-                let (pubs, subs) = if *mode == Mode::Plugin {
+                let broker = start_broker(&dir, mode, &plugins, &state, metrics_port)?;
+                let (pubs, subs) = if matches!(mode, Mode::Plugin | Mode::Baseline) {
                     (&svc[..], &editors[..])
                 } else {
                     (&anon_pubs[..], &anon_subs[..])
@@ -551,7 +580,7 @@ pub fn bench() -> anyhow::Result<()> {
                     mode.label(),
                     rate
                 );
-                if *mode == Mode::Plugin {
+                if mode == Mode::Plugin {
                     let m = scrape(metrics_port)?;
                     let checks: f64 = m
                         .lines()
@@ -580,6 +609,7 @@ pub fn bench() -> anyhow::Result<()> {
         "| scenario | no auth | acl_file | plugin | acl_file / no auth | **plugin / no auth** (rounds' range; ± median) | CPU µs/delivery: no auth, acl_file, plugin | plugin check p50 | p99 |"
     );
     println!("|---|---|---|---|---|---|---|---|---|");
+    let mut baseline_lines = Vec::new();
     for (name, rates, (p50, p99)) in &table {
         let runs = |m: Mode| rates.iter().find(|(x, _)| *x == m).map(|(_, v)| v.as_slice());
         let rate = |m| runs(m).map(|v| median(v.iter().map(|r| r.0).collect()));
@@ -589,7 +619,7 @@ pub fn bench() -> anyhow::Result<()> {
                 .unwrap_or_else(|| "-".into())
         };
         let shown = |v: Option<f64>| v.map(|r| format!("{r:.0}/s")).unwrap_or_else(|| "-".into());
-        let ratio = |m: Mode, bold: bool| match (runs(m), runs(Mode::NoAuth)) {
+        let ratio = |m: Mode, against: Mode, bold: bool| match (runs(m), runs(against)) {
             (Some(a), Some(b)) => {
                 let per_round: Vec<f64> = a.iter().zip(b).map(|(a, b)| a.0 / b.0).collect();
                 let (lo, hi) =
@@ -606,14 +636,36 @@ pub fn bench() -> anyhow::Result<()> {
             shown(rate(Mode::NoAuth)),
             shown(rate(Mode::AclFile)),
             shown(rate(Mode::Plugin)),
-            ratio(Mode::AclFile, false),
-            ratio(Mode::Plugin, true),
+            ratio(Mode::AclFile, Mode::NoAuth, false),
+            ratio(Mode::Plugin, Mode::NoAuth, true),
             cpu(Mode::NoAuth),
             cpu(Mode::AclFile),
             cpu(Mode::Plugin),
             ns(p50),
             ns(p99)
         );
+        if runs(Mode::Baseline).is_some() {
+            baseline_lines.push(format!(
+                "| {name} | {} | {} | {}, {} |",
+                ratio(Mode::Plugin, Mode::Baseline, true),
+                ratio(Mode::Baseline, Mode::NoAuth, false),
+                cpu(Mode::Plugin),
+                cpu(Mode::Baseline)
+            ));
+        }
+    }
+    if !baseline_lines.is_empty() {
+        println!(
+            "\nThis build against the baseline build ({}), in the same rounds:\n",
+            plugins.baseline()?.display()
+        );
+        println!(
+            "| scenario | **plugin / baseline build** (rounds' range; ± median) | baseline build / no auth | CPU µs/delivery: plugin, baseline build |"
+        );
+        println!("|---|---|---|---|");
+        for line in baseline_lines {
+            println!("{line}");
+        }
     }
     std::fs::remove_dir_all(&dir).ok();
     Ok(())
@@ -676,7 +728,7 @@ fn pin_generator() -> anyhow::Result<()> {
 }
 
 /// Rounds of every mode (`MQTT_POLICY_BENCH_ROUNDS` overrides, e.g. 1 for a profile): 7 keep
-/// the bootstrap half-width of a median ratio within about ±0.05–0.10 on a shared 2-core machine.
+/// the bootstrap half-width of a median ratio within about ±0.01–0.05 on a shared 2-core machine.
 fn rounds() -> usize {
     std::env::var("MQTT_POLICY_BENCH_ROUNDS")
         .ok()
@@ -685,24 +737,55 @@ fn rounds() -> usize {
         .unwrap_or(7)
 }
 
-/// The modes to run: all, or those named in `MQTT_POLICY_BENCH_MODES` (`noauth,acl,plugin`),
-/// e.g. to profile one of them.
-fn modes() -> Vec<Mode> {
-    let all = vec![Mode::NoAuth, Mode::AclFile, Mode::Plugin];
-    match std::env::var("MQTT_POLICY_BENCH_MODES") {
-        Err(_) => all,
-        Ok(list) => all
-            .into_iter()
-            .filter(|m| {
-                let name = match m {
-                    Mode::NoAuth => "noauth",
-                    Mode::AclFile => "acl",
-                    Mode::Plugin => "plugin",
-                };
-                list.split(',').any(|x| x.trim() == name)
-            })
-            .collect(),
+/// The modes to run: all (the baseline build only when one is named), or those named in
+/// `MQTT_POLICY_BENCH_MODES` (`noauth,acl,plugin,baseline`), e.g. to profile one of them.
+fn modes() -> anyhow::Result<Vec<Mode>> {
+    let baseline = std::env::var_os("MQTT_POLICY_BENCH_BASELINE").is_some();
+    let Ok(list) = std::env::var("MQTT_POLICY_BENCH_MODES") else {
+        let mut all = vec![Mode::NoAuth, Mode::AclFile, Mode::Plugin];
+        all.extend(baseline.then_some(Mode::Baseline));
+        return Ok(all);
+    };
+    let mut modes = Vec::new();
+    for name in list.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+        let mode = match name {
+            "noauth" => Mode::NoAuth,
+            "acl" => Mode::AclFile,
+            "plugin" => Mode::Plugin,
+            "baseline" if baseline => Mode::Baseline,
+            "baseline" => {
+                bail!("MQTT_POLICY_BENCH_MODES names baseline, but MQTT_POLICY_BENCH_BASELINE names no build")
+            }
+            other => bail!("MQTT_POLICY_BENCH_MODES: no mode {other:?} (noauth, acl, plugin, baseline)"),
+        };
+        if !modes.contains(&mode) {
+            modes.push(mode);
+        }
     }
+    if modes.is_empty() {
+        bail!("MQTT_POLICY_BENCH_MODES names no mode (noauth, acl, plugin, baseline)");
+    }
+    Ok(modes)
+}
+
+/// `MQTT_POLICY_BENCH_BASELINE=<a libmqtt_policy_mosquitto.so>`: another build of the plugin to
+/// run beside this one (copy the release build aside before a change, then measure the change
+/// against it in the same run).
+fn baseline_plugin() -> anyhow::Result<Option<PathBuf>> {
+    let Some(path) = std::env::var_os("MQTT_POLICY_BENCH_BASELINE").map(PathBuf::from) else {
+        return Ok(None);
+    };
+    let path = std::fs::canonicalize(&path)
+        .with_context(|| format!("MQTT_POLICY_BENCH_BASELINE={}: no such plugin build", path.display()))?;
+    if path
+        == std::fs::canonicalize(target_dir().join("release/libmqtt_policy_mosquitto.so")).unwrap_or_default()
+    {
+        bail!(
+            "MQTT_POLICY_BENCH_BASELINE names the build this run makes ({}): copy it aside first, then change the plugin",
+            path.display()
+        );
+    }
+    Ok(Some(path))
 }
 
 fn tempdir() -> anyhow::Result<PathBuf> {
