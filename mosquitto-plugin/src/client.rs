@@ -72,8 +72,10 @@ pub trait BrokerClient {
     }
 }
 
-/// What the broker said about the client that proved an identity.
+/// What the broker said about the client that proved an identity (what every check compares
+/// first, as in `Connection`).
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[repr(C)]
 pub struct Binding {
     id: Box<[u8]>,
     username: Option<Box<[u8]>>,

@@ -159,18 +159,20 @@ impl authorizer::DecisionCache for TopicDecisions<'_, '_> {
     }
 }
 
-/// The subject a connection's identity maps to under one policy generation.
+/// The subject a connection's identity maps to under one policy generation (the fields a
+/// check reads first, as in [`Connection`]).
+#[repr(C)]
 pub struct Mapped {
     pub generation: u64,
     pub superuser: bool,
-    /// The request the connection's checks reuse (subject, client id, proven username);
-    /// each check only fills in the topic and the action.
-    pub request: Request,
     /// The subject prepared for this generation, when it decides natively.
     pub prepared: Option<Prepared>,
     /// The subject's limits under this generation, or why the module could not say (its
     /// publishes and subscriptions are then refused).
     pub limits: Result<Limits, Box<str>>,
+    /// The request the connection's checks reuse (subject, client id, proven username);
+    /// each check only fills in the topic and the action.
+    pub request: Request,
 }
 
 /// How a client proved who it is.
@@ -256,26 +258,32 @@ impl LogBudget {
     }
 }
 
-/// One client the plugin knows.
+/// One client the plugin knows. The fields a check reads come first, in this order
+/// (`repr(C)`), so that they share the entry's first cache lines (see `PerCheck` in
+/// `plugin.rs` for why that matters).
+#[repr(C)]
 pub struct Connection {
-    pub client_id: Box<str>,
-    /// The MQTT username for `${username}`, only when it was proven to name the subject (a
-    /// token's subject id or `preferred_username`, or the certificate's name); otherwise
-    /// empty, so `${username}` can never be borrowed.
-    pub username: Box<str>,
-    pub identity: Identity,
-    pub binding: Binding,
-    /// When the identity stops being good (a token's `exp` plus the leeway), in seconds
-    /// since the epoch: every check from then on is denied, and the connection is ended.
-    /// `u64::MAX` for certificates (the broker checked their validity at the handshake).
-    pub deadline: u64,
-    pub mapped: Option<Mapped>,
-    pub cache: TopicCache,
     /// Between its CONNECT and its disconnect event.
     pub connected: bool,
     /// Admitted by this plugin in the CONNECT under way (Mosquitto 2.1's connect event
     /// confirms it).
     pub connecting: bool,
+    /// When the identity stops being good (a token's `exp` plus the leeway), in seconds
+    /// since the epoch: every check from then on is denied, and the connection is ended.
+    /// `u64::MAX` for certificates (the broker checked their validity at the handshake).
+    pub deadline: u64,
+    pub binding: Binding,
+    /// The subject under the generation that mapped it last. Only a proven identity (a token
+    /// or a certificate name) is ever mapped, and an entry's identity never changes: a check
+    /// that finds a mapping needs not look at the identity (which lies further out).
+    pub mapped: Option<Mapped>,
+    pub identity: Identity,
+    pub client_id: Box<str>,
+    /// The MQTT username for `${username}`, only when it was proven to name the subject (a
+    /// token's subject id or `preferred_username`, or the certificate's name); otherwise
+    /// empty, so `${username}` can never be borrowed.
+    pub username: Box<str>,
+    pub cache: TopicCache,
     /// The number of its last disconnect (see [`Connections::disconnected`]).
     pub left: u64,
     pub log: LogBudget,
@@ -291,6 +299,7 @@ impl Connection {
 
     /// Records the subject under a new generation; earlier decisions no longer count.
     pub fn remap(&mut self, generation: &Generation, subject: &Subject, superuser: bool) -> &mut Mapped {
+        debug_assert!(!matches!(self.identity, Identity::Unknown { .. }), "an unknown identity was mapped");
         self.cache.clear();
         self.mapped.insert(Mapped {
             generation: generation.id,
@@ -317,11 +326,35 @@ impl Connection {
     }
 }
 
+/// foldhash with a seed of the map's own and the crate's fixed global seeds, which the
+/// compiler folds into the code: `RandomState`'s global seed is one more cache line a check
+/// would read.
+#[derive(Clone)]
+pub struct KeyHasher(foldhash::fast::FixedState);
+
+impl Default for KeyHasher {
+    fn default() -> KeyHasher {
+        use std::hash::BuildHasher;
+        KeyHasher(foldhash::fast::FixedState::with_seed(std::hash::RandomState::new().hash_one(0u8)))
+    }
+}
+
+impl std::hash::BuildHasher for KeyHasher {
+    type Hasher = foldhash::fast::FoldHasher<'static>;
+
+    #[inline]
+    fn build_hasher(&self) -> Self::Hasher {
+        self.0.build_hasher()
+    }
+}
+
+/// (`repr(C)`: `by_client`, which every check reads, first.)
 #[derive(Default)]
+#[repr(C)]
 pub struct Connections {
     /// Keyed by the broker's client structure, hashed with foldhash: the key is an address
     /// the broker chose, which no client can pick to collide (and SipHash showed in profiles).
-    by_client: HashMap<ClientKey, Connection, foldhash::fast::RandomState>,
+    by_client: HashMap<ClientKey, Connection, KeyHasher>,
     /// The key of the last entry recorded for each client id (a client chooses its id, so
     /// this map hashes with SipHash's keyed default); an item whose entry has gone or holds
     /// another id is skipped, and such items are dropped by the sweep.

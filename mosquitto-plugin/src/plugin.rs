@@ -103,14 +103,13 @@ pub mod access {
 pub struct Plugin {
     // Dropped first: the threads that could still touch the engine stop before it goes.
     reloader: Option<Arc<Reloader>>,
-    /// When a check next looks for background work (coarse seconds since the epoch).
-    next_background: Cell<u64>,
+    /// What every check reads or writes, kept together.
+    per_check: PerCheck,
     background: Option<Background>,
     options: Options,
     broker: Arc<dyn Broker>,
     /// The engine, the identities, and the rules the plugin shares with the service.
     authorizer: Authorizer,
-    connections: RefCell<Connections>,
     stats: Arc<Stats>,
     last_sys: Cell<Option<Instant>>,
     last_sweep: Cell<Instant>,
@@ -123,19 +122,6 @@ pub struct Plugin {
     /// CONNECT then may be taken for a re-check, which readmits only an entry whose whole
     /// binding matches, and leaves a disconnected one disconnected: it gets no subscription.)
     reauthenticating: Cell<bool>,
-    /// The client whose disconnect event was the last event: Mosquitto checks its will as a
-    /// publish right after the event, before any other event. Any other event ends it.
-    will_window: Cell<Option<ClientKey>>,
-    /// The live generation as of [`Live::version`] `generation_seen`: a check takes it from
-    /// here, touching none of the swap's shared state, and from `Live` only after a swap.
-    generation: RefCell<Arc<Generation>>,
-    generation_seen: Cell<u64>,
-    /// Checks [`Plugin::allowed_at_once`] allowed, by action (read, publish), not yet added to
-    /// the shared metrics: they are at the next look for background work, so that a check
-    /// touches no counter another thread reads (but for the one in
-    /// [`authorizer::metrics::SAMPLE`] that is timed, which `checks_seen` counts to).
-    allowed_uncounted: [Cell<u64>; 2],
-    checks_seen: Cell<u64>,
     /// The clock of the publish-rate buckets.
     started: Instant,
     /// The re-decision of connected clients' subscriptions under a new generation, under way
@@ -146,6 +132,31 @@ pub struct Plugin {
     recheck: RefCell<Vec<ClientKey>>,
     /// Clients a finished pass found, to disconnect (`on_revoke disconnect`), a few per tick.
     to_disconnect: RefCell<std::collections::VecDeque<(ClientKey, Box<str>)>>,
+}
+
+/// The plugin's state that every check reads or writes, in as few cache lines as it fits
+/// (two): between two checks the broker's and the kernel's work evict from the CPU's caches
+/// what a check touches, so inside Mosquitto a check costs about the lines it touches.
+#[repr(C, align(64))]
+struct PerCheck {
+    /// The client whose disconnect event was the last event: Mosquitto checks its will as a
+    /// publish right after the event, before any other event. Any other event ends it.
+    will_window: Cell<Option<ClientKey>>,
+    /// When a check next looks for background work (coarse seconds since the epoch).
+    next_background: Cell<u64>,
+    /// The live generation as of [`Live::version`] `generation_seen`: a check takes it from
+    /// here, touching none of the swap's shared state, and from `Live` only after a swap.
+    generation_seen: Cell<u64>,
+    /// Checks [`Plugin::allowed_at_once`] allowed, by action (read, publish), not yet added to
+    /// the shared metrics: they are at the next look for background work, so that a check
+    /// touches no counter another thread reads (but for the one in
+    /// [`authorizer::metrics::SAMPLE`] that is timed, which `checks_seen` counts to).
+    allowed_uncounted: [Cell<u64>; 2],
+    checks_seen: Cell<u64>,
+    /// The authorizer's, for [`Live::version`].
+    live: Arc<Live>,
+    generation: RefCell<Arc<Generation>>,
+    connections: RefCell<Connections>,
 }
 
 /// Whether a kept identity belongs to the client a check is for.
@@ -274,26 +285,29 @@ impl Plugin {
         );
         Ok(Plugin {
             reloader: Some(reloader),
-            next_background: Cell::new(0),
+            per_check: PerCheck {
+                will_window: Cell::new(None),
+                next_background: Cell::new(0),
+                generation_seen: Cell::new(live.version()),
+                allowed_uncounted: [Cell::new(0), Cell::new(0)],
+                checks_seen: Cell::new(0),
+                live: live.clone(),
+                generation: RefCell::new(live.current()),
+                connections: RefCell::new(Connections::default()),
+            },
             background: Some(background),
             options,
             broker,
             authorizer,
-            connections: RefCell::new(Connections::default()),
             stats,
             last_sys: Cell::new(None),
             last_sweep: Cell::new(Instant::now()),
             next_tick_work: Cell::new(0),
             reauthenticating: Cell::new(false),
-            will_window: Cell::new(None),
-            generation_seen: Cell::new(live.version()),
             revocation: RefCell::new(None),
             revoked_for: Cell::new(live.current().id),
             recheck: RefCell::new(Vec::new()),
             to_disconnect: RefCell::new(std::collections::VecDeque::new()),
-            generation: RefCell::new(live.current()),
-            allowed_uncounted: [Cell::new(0), Cell::new(0)],
-            checks_seen: Cell::new(0),
             started: Instant::now(),
         })
     }
@@ -310,7 +324,7 @@ impl Plugin {
     /// written, and the will window ends (only a disconnect's will check is in it).
     fn every_event(&self) {
         logging::flush();
-        self.will_window.set(None);
+        self.per_check.will_window.set(None);
     }
 
     /// Every event but a disconnect's will check ends the will window; log lines queued on
@@ -322,7 +336,8 @@ impl Plugin {
 
     /// Adds the checks [`Plugin::allowed_at_once`] allowed to the shared metrics.
     fn count_allowed(&self) {
-        for (action, n) in [Action::Read, Action::Publish].into_iter().zip(&self.allowed_uncounted) {
+        for (action, n) in [Action::Read, Action::Publish].into_iter().zip(&self.per_check.allowed_uncounted)
+        {
             self.authorizer.metrics.allowed_at_once(action, n.take());
         }
     }
@@ -332,7 +347,7 @@ impl Plugin {
     /// work and every other event, and from checks at most once a second: a Mosquitto that sends no
     /// tick (2.0 with `per_listener_settings true`) still gets it done while clients act.
     fn background_work(&self) {
-        self.next_background.set(coarse_now() + 1);
+        self.per_check.next_background.set(coarse_now() + 1);
         self.count_allowed();
         // A swapped-out generation is not kept for the next check, which may be far off.
         drop(self.live_generation());
@@ -403,7 +418,7 @@ impl Plugin {
     /// The connection table, for an authentication; `None` (refused, and logged) if it is
     /// already borrowed, which only a re-entered callback could do.
     fn table(&self, client: &dyn BrokerClient) -> Option<std::cell::RefMut<'_, Connections>> {
-        let table = self.connections.try_borrow_mut().ok();
+        let table = self.per_check.connections.try_borrow_mut().ok();
         if table.is_none() {
             tracing::error!(
                 "refused client {:?}: the connection table is busy (re-entered)",
@@ -699,10 +714,10 @@ impl Plugin {
     /// subscribe: the requested QoS, and no retain flag).
     pub fn check(&self, client: &dyn BrokerClient, access: i32, topic: &[u8], message: AclMessage) -> bool {
         // Only the check right after a disconnect event may be that client's will.
-        let will = self.will_window.take() == Some(client.key());
+        let will = self.per_check.will_window.take() == Some(client.key());
         logging::flush();
         let now = coarse_now();
-        if now >= self.next_background.get() {
+        if now >= self.per_check.next_background.get() {
             self.background_work();
         }
         let action = match access {
@@ -729,7 +744,7 @@ impl Plugin {
     /// longer re-decides it.
     fn unsubscribed(&self, client: &dyn BrokerClient, filter: &[u8]) {
         if let Ok(filter) = std::str::from_utf8(filter)
-            && let Ok(mut connections) = self.connections.try_borrow_mut()
+            && let Ok(mut connections) = self.per_check.connections.try_borrow_mut()
             && let Some(conn) = connections.get_mut(client.key())
             && conn.binding.still_names(client)
         {
@@ -758,11 +773,12 @@ impl Plugin {
         // Before the table is borrowed: taking a new generation may hand the old one over,
         // which may log, and a log line may be a publish that is checked.
         let generation = self.live_generation();
-        let Ok(connections) = self.connections.try_borrow() else { return false };
+        let Ok(connections) = self.per_check.connections.try_borrow() else { return false };
         let Some(conn) = connections.get(client.key()) else { return false };
-        if !conn.connected || conn.deadline <= now || matches!(conn.identity, Identity::Unknown { .. }) {
+        if !conn.connected || conn.deadline <= now {
             return false;
         }
+        // An entry whose identity is `Unknown` is never mapped (see `Connection::mapped`).
         let Some(mapped) = conn.mapped.as_ref().filter(|m| m.generation == generation.id) else {
             return false;
         };
@@ -773,8 +789,8 @@ impl Plugin {
         if !conn.binding.still_names(client) {
             return false;
         }
-        let seen = self.checks_seen.get();
-        self.checks_seen.set(seen.wrapping_add(1));
+        let seen = self.per_check.checks_seen.get();
+        self.per_check.checks_seen.set(seen.wrapping_add(1));
         let started = seen.is_multiple_of(authorizer::metrics::SAMPLE).then(Instant::now);
         // The prepared subject was made with this connection's client id and username.
         let allowed = mapped.superuser
@@ -783,7 +799,7 @@ impl Plugin {
                 .as_ref()
                 .is_some_and(|p| generation.allowed_as_prepared(p, action, topic).is_some());
         if allowed {
-            let tally = &self.allowed_uncounted[usize::from(action == Action::Publish)];
+            let tally = &self.per_check.allowed_uncounted[usize::from(action == Action::Publish)];
             tally.set(tally.get() + 1);
             if let Some(t) = started {
                 self.authorizer.metrics.check_took(t.elapsed());
@@ -794,10 +810,10 @@ impl Plugin {
 
     /// The live generation, taken from `Live` again only after a swap.
     fn live_generation(&self) -> std::cell::Ref<'_, Arc<Generation>> {
-        let version = self.authorizer.live.version();
-        if version != self.generation_seen.get() {
-            let previous = self.generation.try_borrow_mut().ok().map(|mut held| {
-                self.generation_seen.set(version);
+        let version = self.per_check.live.version();
+        if version != self.per_check.generation_seen.get() {
+            let previous = self.per_check.generation.try_borrow_mut().ok().map(|mut held| {
+                self.per_check.generation_seen.set(version);
                 std::mem::replace(&mut *held, self.authorizer.live.current())
             });
             // This thread may hold it last: its instances are freed off the broker thread.
@@ -807,7 +823,7 @@ impl Plugin {
                 background.retire(previous);
             }
         }
-        self.generation.borrow()
+        self.per_check.generation.borrow()
     }
 
     /// Decides a check at `now` (seconds, [`coarse_now`]): everything
@@ -837,7 +853,7 @@ impl Plugin {
             );
             return false;
         };
-        let Ok(mut connections) = self.connections.try_borrow_mut() else {
+        let Ok(mut connections) = self.per_check.connections.try_borrow_mut() else {
             metrics.decided(action, false, None);
             tracing::error!(
                 "deny {} {topic:?}: the connection table is busy (re-entered)",
@@ -1181,12 +1197,12 @@ impl Plugin {
     /// will right away, messages queued for its persistent session) until its token expires.
     pub fn disconnect(&self, key: ClientKey) {
         self.event();
-        if let Ok(mut connections) = self.connections.try_borrow_mut() {
+        if let Ok(mut connections) = self.per_check.connections.try_borrow_mut() {
             connections.disconnected(key, self.options.decision_cache_size);
             self.stats.connections_current.store(connections.connected() as u64, Relaxed);
         }
         // Its will comes next, whether or not the plugin knew the client.
-        self.will_window.set(Some(key));
+        self.per_check.will_window.set(Some(key));
     }
 
     /// Mosquitto 2.1: the client's session ends now (its disconnect event; an offline
@@ -1194,7 +1210,7 @@ impl Plugin {
     /// the entry goes at the next tick.
     pub fn session_ended(&self, key: ClientKey) {
         self.disconnect(key);
-        if let Ok(mut connections) = self.connections.try_borrow_mut() {
+        if let Ok(mut connections) = self.per_check.connections.try_borrow_mut() {
             connections.ending(key);
         }
     }
@@ -1208,7 +1224,7 @@ impl Plugin {
     /// CONNECT, whatever its address held belongs to someone else.
     pub fn connected(&self, client: &dyn BrokerClient) {
         self.event();
-        let Ok(mut connections) = self.connections.try_borrow_mut() else { return };
+        let Ok(mut connections) = self.per_check.connections.try_borrow_mut() else { return };
         let key = client.key();
         match connections.get_mut(key) {
             Some(c) if c.connecting && c.binding.still_names(client) => c.connecting = false,
@@ -1253,7 +1269,7 @@ impl Plugin {
             }
         }
         let full = timed && self.last_sweep.get().elapsed() >= SWEEP_EVERY;
-        if let Ok(mut connections) = self.connections.try_borrow_mut() {
+        if let Ok(mut connections) = self.per_check.connections.try_borrow_mut() {
             // Sessions that ended go at every tick (their will has been checked); expired
             // and surplus identities every SWEEP_EVERY.
             let dropped = connections.sweep(full.then(coarse_now));
@@ -1291,7 +1307,7 @@ impl Plugin {
         let (mut finished, replaced, unremoved) = {
             let (Ok(mut pass), Ok(mut connections), Ok(mut recheck)) = (
                 self.revocation.try_borrow_mut(),
-                self.connections.try_borrow_mut(),
+                self.per_check.connections.try_borrow_mut(),
                 self.recheck.try_borrow_mut(),
             ) else {
                 return;
@@ -1461,7 +1477,7 @@ impl Plugin {
     fn act_on_revocations(&self, pass: &Pass) {
         let id = pass.generation.id;
         let on_revoke = self.options.on_revoke;
-        let Ok(connections) = self.connections.try_borrow() else { return };
+        let Ok(connections) = self.per_check.connections.try_borrow() else { return };
         let lost: Vec<&Lost> = pass
             .lost
             .iter()
@@ -1536,7 +1552,7 @@ impl Plugin {
     fn disconnect_revoked(&self) {
         let batch: Vec<Box<str>> = {
             let (Ok(mut queue), Ok(connections)) =
-                (self.to_disconnect.try_borrow_mut(), self.connections.try_borrow())
+                (self.to_disconnect.try_borrow_mut(), self.per_check.connections.try_borrow())
             else {
                 return;
             };
@@ -1556,13 +1572,13 @@ impl Plugin {
             }
         }
         // The kicks' wills (none are sent) were checked during the kicks.
-        self.will_window.set(None);
+        self.per_check.will_window.set(None);
     }
 
     /// Disconnects the connections whose token has expired (its `exp` plus the leeway). The
     /// broker reports each disconnect while it is being done, so nothing is borrowed then.
     fn end_expired(&self) {
-        let due = match self.connections.try_borrow_mut() {
+        let due = match self.per_check.connections.try_borrow_mut() {
             Ok(mut connections) => connections.due(coarse_now()),
             Err(_) => return,
         };
@@ -1578,7 +1594,7 @@ impl Plugin {
             }
         }
         // The kicks' wills were checked during the kicks.
-        self.will_window.set(None);
+        self.per_check.will_window.set(None);
     }
 
     /// Mosquitto's reload (`SIGHUP`): re-read the policy and module files in the background.

@@ -55,9 +55,14 @@ impl Roles {
     }
 }
 
-/// A loaded, indexed policy document. Immutable; cheap to query from many threads.
+/// A loaded, indexed policy document. Immutable; cheap to query from many threads. (`id`
+/// first, `repr(C)`: a check a prepared subject's residual answers reads only it.)
 #[derive(Debug, Clone)]
+#[repr(C)]
 pub struct Policy {
+    /// Tells this loaded document from every other in the process (a clone is the same
+    /// document): what a [`crate::Prepared`] subject is checked against.
+    pub(crate) id: u64,
     pub(crate) rules: Vec<Rule>,
     pub(crate) roles: Option<Roles>,
     pub(crate) certificates: Option<Certificates>,
@@ -65,9 +70,6 @@ pub struct Policy {
     /// `celine.mqtt.invariants`: statements [`crate::verify`] decides.
     pub(crate) invariants: Vec<Invariant>,
     pub(crate) index: Index,
-    /// Tells this loaded document from every other in the process (a clone is the same
-    /// document): what a [`crate::Prepared`] subject is checked against.
-    pub(crate) id: u64,
     /// Some rule has a `qos` or `retain` condition.
     reads_message: bool,
 }

@@ -175,19 +175,22 @@ impl<'a> Levels<'a> for Bound<'a> {
     }
 }
 
-/// A subject, with what one policy needs to know about it for every decision.
+/// A subject, with what one policy needs to know about it for every decision. What
+/// [`Policy::allowed_as_prepared`] reads comes first (`repr(C)`): a host that keeps one per
+/// connection and checks often touches only those lines.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[repr(C)]
 pub struct Prepared {
-    subject: Subject,
     /// The [`Policy::id`] it was prepared for.
     policy: u64,
+    /// The residual for read and publish (in that order).
+    residual: [Residual; 2],
+    subject: Subject,
     capabilities: Option<Permissions>,
     slots: Slots,
     /// The client id and username the residual's placeholders are bound to.
     clientid: String,
     username: String,
-    /// The residual for read and publish (in that order).
-    residual: [Residual; 2],
 }
 
 impl Prepared {

@@ -471,8 +471,12 @@ struct Worker {
 static GENERATIONS: AtomicU64 = AtomicU64::new(1);
 
 /// A module with a policy document loaded: what answers requests.
+#[repr(C)]
 pub struct Generation {
     pub id: u64,
+    /// The document loaded natively, when the module is the built-in one. (With `id`, first:
+    /// a check a prepared subject's residual answers reads only these.)
+    native: Option<policy_core::Policy>,
     pub module: Arc<Module>,
     pub policy_hash: String,
     pub rule_count: u32,
@@ -484,12 +488,11 @@ pub struct Generation {
     /// A build is asked for or running (one at a time per generation).
     building: AtomicBool,
     me: Weak<Generation>,
-    /// The document loaded natively, when the module is the built-in one.
-    native: Option<policy_core::Policy>,
 }
 
 /// A subject prepared for many decisions under one generation ([`Generation::prepare`]): a
 /// broker connection keeps one per generation.
+#[repr(C)]
 pub struct Prepared {
     generation: u64,
     subject: policy_core::Prepared,
