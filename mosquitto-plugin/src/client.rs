@@ -105,6 +105,7 @@ impl Binding {
     /// The check for a connected entry: its client's structure cannot have been freed (no
     /// disconnect event since), so client id and username suffice, as a guard against a
     /// change made behind the plugin's back.
+    #[inline]
     pub fn still_names(&self, c: &dyn BrokerClient) -> bool {
         *self.id == *c.id() && self.username.as_deref() == c.username()
     }

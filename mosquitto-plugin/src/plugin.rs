@@ -134,9 +134,10 @@ pub struct Plugin {
     to_disconnect: RefCell<std::collections::VecDeque<(ClientKey, Box<str>)>>,
 }
 
-/// The plugin's state that every check reads or writes, in as few cache lines as it fits
-/// (two): between two checks the broker's and the kernel's work evict from the CPU's caches
-/// what a check touches, so inside Mosquitto a check costs about the lines it touches.
+/// The plugin's state that every check reads or writes, in two cache lines (the fields in
+/// this order, `repr(C)`; the connection table's header ends the second): between two checks
+/// the broker's and the kernel's work evict from the CPU's caches what a check touches, so
+/// inside Mosquitto a check costs about the lines it touches.
 #[repr(C, align(64))]
 struct PerCheck {
     /// The client whose disconnect event was the last event: Mosquitto checks its will as a
@@ -147,14 +148,18 @@ struct PerCheck {
     /// The live generation as of [`Live::version`] `generation_seen`: a check takes it from
     /// here, touching none of the swap's shared state, and from `Live` only after a swap.
     generation_seen: Cell<u64>,
-    /// Checks [`Plugin::allowed_at_once`] allowed, by action (read, publish), not yet added to
-    /// the shared metrics: they are at the next look for background work, so that a check
-    /// touches no counter another thread reads (but for the one in
-    /// [`authorizer::metrics::SAMPLE`] that is timed, which `checks_seen` counts to).
-    allowed_uncounted: [Cell<u64>; 2],
-    checks_seen: Cell<u64>,
     /// The authorizer's, for [`Live::version`].
     live: Arc<Live>,
+    /// Checks [`Plugin::allowed_at_once`] allowed, by action (read, publish), not yet added to
+    /// the shared metrics: they are at the next look for background work (at least once a
+    /// second while checks come), so that a check touches no counter another thread reads
+    /// (but for the one in [`authorizer::metrics::SAMPLE`] that is timed, which
+    /// `checks_seen` counts to).
+    allowed_uncounted: [Cell<u32>; 2],
+    checks_seen: Cell<u32>,
+    /// Debug lines are logged (they record allows too), which the process's log level,
+    /// set once, decides.
+    debug_lines: bool,
     generation: RefCell<Arc<Generation>>,
     connections: RefCell<Connections>,
 }
@@ -292,6 +297,7 @@ impl Plugin {
                 allowed_uncounted: [Cell::new(0), Cell::new(0)],
                 checks_seen: Cell::new(0),
                 live: live.clone(),
+                debug_lines: tracing::enabled!(tracing::Level::DEBUG),
                 generation: RefCell::new(live.current()),
                 connections: RefCell::new(Connections::default()),
             },
@@ -338,7 +344,7 @@ impl Plugin {
     fn count_allowed(&self) {
         for (action, n) in [Action::Read, Action::Publish].into_iter().zip(&self.per_check.allowed_uncounted)
         {
-            self.authorizer.metrics.allowed_at_once(action, n.take());
+            self.authorizer.metrics.allowed_at_once(action, u64::from(n.take()));
         }
     }
 
@@ -766,7 +772,7 @@ impl Plugin {
     /// [`Plugin::decide`], from the start.
     #[inline]
     fn allowed_at_once(&self, client: &dyn BrokerClient, action: Action, topic: &[u8], now: u64) -> bool {
-        if action == Action::Subscribe || tracing::enabled!(tracing::Level::DEBUG) {
+        if action == Action::Subscribe || self.per_check.debug_lines {
             return false;
         }
         let Ok(topic) = std::str::from_utf8(topic) else { return false };
@@ -791,7 +797,7 @@ impl Plugin {
         }
         let seen = self.per_check.checks_seen.get();
         self.per_check.checks_seen.set(seen.wrapping_add(1));
-        let started = seen.is_multiple_of(authorizer::metrics::SAMPLE).then(Instant::now);
+        let started = u64::from(seen).is_multiple_of(authorizer::metrics::SAMPLE).then(Instant::now);
         // The prepared subject was made with this connection's client id and username.
         let allowed = mapped.superuser
             || mapped
@@ -800,7 +806,7 @@ impl Plugin {
                 .is_some_and(|p| generation.allowed_as_prepared(p, action, topic).is_some());
         if allowed {
             let tally = &self.per_check.allowed_uncounted[usize::from(action == Action::Publish)];
-            tally.set(tally.get() + 1);
+            tally.set(tally.get().wrapping_add(1));
             if let Some(t) = started {
                 self.authorizer.metrics.check_took(t.elapsed());
             }
@@ -809,21 +815,28 @@ impl Plugin {
     }
 
     /// The live generation, taken from `Live` again only after a swap.
+    #[inline]
     fn live_generation(&self) -> std::cell::Ref<'_, Arc<Generation>> {
         let version = self.per_check.live.version();
         if version != self.per_check.generation_seen.get() {
-            let previous = self.per_check.generation.try_borrow_mut().ok().map(|mut held| {
-                self.per_check.generation_seen.set(version);
-                std::mem::replace(&mut *held, self.authorizer.live.current())
-            });
-            // This thread may hold it last: its instances are freed off the broker thread.
-            // (Handing it over may log, and a log line may be a publish that is checked:
-            // nothing is borrowed by then.)
-            if let (Some(previous), Some(background)) = (previous, &self.background) {
-                background.retire(previous);
-            }
+            self.take_live_generation(version);
         }
         self.per_check.generation.borrow()
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn take_live_generation(&self, version: u64) {
+        let previous = self.per_check.generation.try_borrow_mut().ok().map(|mut held| {
+            self.per_check.generation_seen.set(version);
+            std::mem::replace(&mut *held, self.per_check.live.current())
+        });
+        // This thread may hold it last: its instances are freed off the broker thread.
+        // (Handing it over may log, and a log line may be a publish that is checked: nothing
+        // is borrowed by then.)
+        if let (Some(previous), Some(background)) = (previous, &self.background) {
+            background.retire(previous);
+        }
     }
 
     /// Decides a check at `now` (seconds, [`coarse_now`]): everything

@@ -300,6 +300,7 @@ impl Policy {
     /// [`Policy::allowed_at_once`] for a request with the client id and username `prepared`
     /// was made for, which its caller guarantees (a broker connection prepares its subject
     /// with its own, and every check of it is that connection's).
+    #[inline]
     pub fn allowed_as_prepared(&self, prepared: &Prepared, action: Action, topic: &str) -> Option<usize> {
         let residual = match action {
             Action::Read => &prepared.residual[0],

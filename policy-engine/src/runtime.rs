@@ -730,6 +730,7 @@ impl Generation {
     /// username it was prepared with, when the subject's residual decides it at once (no
     /// allocation, no formatted reason: [`Generation::allowed_by`] makes the decision when it
     /// is shown). `None`: decide it with [`Generation::try_check_prepared`].
+    #[inline]
     pub fn allowed_as_prepared(&self, prepared: &Prepared, action: Action, topic: &str) -> Option<usize> {
         let policy = self.native.as_ref().filter(|_| prepared.generation == self.id)?;
         policy.allowed_as_prepared(&prepared.subject, core_action(action), topic)

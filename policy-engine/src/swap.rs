@@ -246,6 +246,7 @@ impl Live {
     /// taken with [`Live::current`] after reading it is at least as new as the number says. A
     /// front end that keeps the live generation at hand (the broker's thread) takes it again
     /// only when this changed.
+    #[inline]
     pub fn version(&self) -> u64 {
         self.swaps.load(Ordering::Acquire)
     }
