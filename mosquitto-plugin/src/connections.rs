@@ -165,14 +165,36 @@ impl authorizer::DecisionCache for TopicDecisions<'_, '_> {
 pub struct Mapped {
     pub generation: u64,
     pub superuser: bool,
+    /// No limit applies to its publishes (`limits` read, and limiting no publish): one the
+    /// residual allows is allowed at once. Kept with `limits` by [`Mapped::set_limits`].
+    publishes_at_once: bool,
     /// The subject prepared for this generation, when it decides natively.
     pub prepared: Option<Prepared>,
     /// The subject's limits under this generation, or why the module could not say (its
     /// publishes and subscriptions are then refused).
-    pub limits: Result<Limits, Box<str>>,
+    limits: Result<Limits, Box<str>>,
     /// The request the connection's checks reuse (subject, client id, proven username);
     /// each check only fills in the topic and the action.
     pub request: Request,
+}
+
+impl Mapped {
+    pub fn limits(&self) -> &Result<Limits, Box<str>> {
+        &self.limits
+    }
+
+    pub fn set_limits(&mut self, limits: Result<Limits, Box<str>>) {
+        self.publishes_at_once = publishes_at_once(&limits);
+        self.limits = limits;
+    }
+
+    pub fn publishes_at_once(&self) -> bool {
+        self.publishes_at_once
+    }
+}
+
+fn publishes_at_once(limits: &Result<Limits, Box<str>>) -> bool {
+    limits.as_ref().is_ok_and(|l| !l.limits_publish())
 }
 
 /// How a client proved who it is.
@@ -274,8 +296,9 @@ pub struct Connection {
     pub deadline: u64,
     pub binding: Binding,
     /// The subject under the generation that mapped it last. Only a proven identity (a token
-    /// or a certificate name) is ever mapped, and an entry's identity never changes: a check
-    /// that finds a mapping needs not look at the identity (which lies further out).
+    /// or a certificate name) is ever mapped ([`Connection::remap`] makes sure), and an
+    /// identity never becomes `Unknown` (re-authentication replaces a token with a token): a
+    /// check that finds a mapping needs not look at the identity (which lies further out).
     pub mapped: Option<Mapped>,
     pub identity: Identity,
     pub client_id: Box<str>,
@@ -297,15 +320,23 @@ impl Connection {
         self.mapped.as_mut().filter(|m| m.generation == generation)
     }
 
-    /// Records the subject under a new generation; earlier decisions no longer count.
-    pub fn remap(&mut self, generation: &Generation, subject: &Subject, superuser: bool) -> &mut Mapped {
-        debug_assert!(!matches!(self.identity, Identity::Unknown { .. }), "an unknown identity was mapped");
+    /// Records the subject under a new generation; earlier decisions no longer count. An
+    /// entry whose identity is `Unknown` is never mapped (a check that finds a mapping relies
+    /// on it): it is left without one.
+    pub fn remap(&mut self, generation: &Generation, subject: &Subject, superuser: bool) {
         self.cache.clear();
-        self.mapped.insert(Mapped {
+        if matches!(self.identity, Identity::Unknown { .. }) {
+            debug_assert!(false, "an unknown identity was to be mapped");
+            self.mapped = None;
+            return;
+        }
+        let limits = generation.limits(subject).map_err(|fault| fault.0.into());
+        self.mapped = Some(Mapped {
             generation: generation.id,
             superuser,
+            publishes_at_once: publishes_at_once(&limits),
             prepared: generation.prepare(subject, &self.client_id, &self.username),
-            limits: generation.limits(subject).map_err(|fault| fault.0.into()),
+            limits,
             request: Request {
                 subject: subject.clone(),
                 topic: String::new(),
@@ -315,7 +346,7 @@ impl Connection {
                 qos: None,
                 retain: None,
             },
-        })
+        });
     }
 
     pub fn token(&self) -> Option<(TokenHash, &Arc<Verified>)> {

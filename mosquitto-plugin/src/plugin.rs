@@ -134,16 +134,18 @@ pub struct Plugin {
     to_disconnect: RefCell<std::collections::VecDeque<(ClientKey, Box<str>)>>,
 }
 
-/// The plugin's state that every check reads or writes, in two cache lines (the fields in
-/// this order, `repr(C)`; the connection table's header ends the second): between two checks
-/// the broker's and the kernel's work evict from the CPU's caches what a check touches, so
-/// inside Mosquitto a check costs about the lines it touches.
+/// The plugin's state that every check reads or writes: the fields in this order (`repr(C)`)
+/// up to the connection table's own header (its map's, which `Connections` holds first) fill
+/// the struct's first two cache lines; the rest of the table is read only off the fast path.
+/// Between two checks the broker's and the kernel's work evict from the CPU's caches what a
+/// check touches, so inside Mosquitto a check costs about the lines it touches.
 #[repr(C, align(64))]
 struct PerCheck {
     /// The client whose disconnect event was the last event: Mosquitto checks its will as a
     /// publish right after the event, before any other event. Any other event ends it.
     will_window: Cell<Option<ClientKey>>,
-    /// When a check next looks for background work (coarse seconds since the epoch).
+    /// When a check next looks for background work (coarse seconds since the epoch; a check
+    /// that finds the clock behind the time this was set looks then too).
     next_background: Cell<u64>,
     /// The live generation as of [`Live::version`] `generation_seen`: a check takes it from
     /// here, touching none of the swap's shared state, and from `Live` only after a swap.
@@ -723,7 +725,10 @@ impl Plugin {
         let will = self.per_check.will_window.take() == Some(client.key());
         logging::flush();
         let now = coarse_now();
-        if now >= self.per_check.next_background.get() {
+        // Due, or the wall clock stepped back (then it would not be due until the clock caught
+        // up).
+        let next_background = self.per_check.next_background.get();
+        if now >= next_background || now + 1 < next_background {
             self.background_work();
         }
         let action = match access {
@@ -789,7 +794,7 @@ impl Plugin {
             return false;
         };
         // A publish its limits may refuse is counted against them in `decide`.
-        if action == Action::Publish && !mapped.limits.as_ref().is_ok_and(|l| !l.limits_publish()) {
+        if action == Action::Publish && !mapped.publishes_at_once() {
             return false;
         }
         if !conn.binding.still_names(client) {
@@ -824,6 +829,8 @@ impl Plugin {
         self.per_check.generation.borrow()
     }
 
+    /// Takes the live generation after a swap (`version`), handing the one held until now
+    /// to a background thread to free.
     #[cold]
     #[inline(never)]
     fn take_live_generation(&self, version: u64) {
@@ -916,14 +923,14 @@ impl Plugin {
         let Connection { mapped: Some(mapped), cache, client_id, log, identity, usage, .. } = conn else {
             return false;
         };
-        if action != Action::Read && mapped.limits.is_err() {
+        if action != Action::Read && mapped.limits().is_err() {
             // The module could not say at the mapping (no instance ready, a fault): ask again.
-            mapped.limits = generation.limits(&mapped.request.subject).map_err(|fault| fault.0.into());
+            mapped.set_limits(generation.limits(&mapped.request.subject).map_err(|fault| fault.0.into()));
         }
         // Limits first: a request over one is refused whatever the rules grant, and takes
         // nothing from the buckets.
         // `Err(Err(_))`: the limits could not be read.
-        let over: Result<Option<Admitted>, Result<Over, &str>> = match (action, &mapped.limits) {
+        let over: Result<Option<Admitted>, Result<Over, &str>> = match (action, mapped.limits()) {
             (Action::Read, _) => Ok(None),
             (_, Err(fault)) => Err(Err(fault)),
             (Action::Publish, Ok(limits)) => usage
@@ -1025,7 +1032,7 @@ impl Plugin {
             && let Some(rule) = self.authorizer.allowed_as_prepared(generation, prepared, action, topic)
         {
             // Allows are recorded at debug level: the decision is made only to be shown.
-            if tracing::enabled!(tracing::Level::DEBUG)
+            if self.per_check.debug_lines
                 && let Some(decision) = generation.allowed_by(rule, action, topic)
             {
                 self.audit(log, record(&mapped.request.subject).decided(action_name(action), &decision));
@@ -1644,4 +1651,22 @@ fn coarse_ms() -> u64 {
 fn coarse_now() -> u64 {
     let t = rustix::time::clock_gettime(rustix::time::ClockId::RealtimeCoarse);
     u64::try_from(t.tv_sec).unwrap_or_else(|_| now())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::cell::RefCell;
+    use std::collections::HashMap;
+    use std::mem::{offset_of, size_of};
+
+    use crate::connections::{ClientKey, Connection, KeyHasher};
+
+    #[test]
+    fn what_a_check_reads_of_the_plugin_is_its_first_two_cache_lines() {
+        // `Connections` is `repr(C)` with its map first: the borrow flag and the map's header
+        // are what a check reads of the table.
+        let read_to = offset_of!(super::PerCheck, connections)
+            + size_of::<RefCell<HashMap<ClientKey, Connection, KeyHasher>>>();
+        assert!(read_to <= 128, "a check reads PerCheck up to byte {read_to}: a third cache line");
+    }
 }

@@ -498,6 +498,36 @@ fn a_client_that_was_never_admitted_never_inherits_an_identity() {
     assert!(f.plugin.stats().unknown_clients.load(std::sync::atomic::Ordering::Relaxed) >= 3);
 }
 
+/// A rule for every subject is still no rule for a client nobody proved: an unadmitted
+/// client is denied every check, on the fast path too, before and after the swap that adds
+/// such a rule.
+#[test]
+fn a_rule_for_every_subject_grants_nothing_to_a_client_never_admitted() {
+    let (_dir, policy, original) = editable_e2e_policy();
+    let f = fixture(&[("policy", policy.to_str().unwrap())]);
+    let mut everyone: serde_json::Value = serde_json::from_str(&original).unwrap();
+    let rules = everyone["celine"]["mqtt"]["acl"]["rules"].as_array_mut().unwrap();
+    rules
+        .insert(0, serde_json::json!({ "id": "everyone", "topics": "*", "actions": "*", "effect": "allow" }));
+    let viewer = f.token("vera", &["viewers"]);
+    assert!(matches!(f.connect(1, "viewer-1", Some("vera"), Some(&viewer)), Admission::Admitted { .. }));
+    f.arrives_unseen(PlainClient::new(2, "stranger", Some("vera")));
+    let asks = [(access::READ, "open/room"), (access::WRITE, "open/room"), (access::SUBSCRIBE, "#")];
+    for (a, t) in asks {
+        assert!(!f.may(2, a, t), "{a} {t} before the swap");
+    }
+    f.swap_to(&policy, &serde_json::to_string(&everyone).unwrap());
+    // (A viewer's role grants no publish, whatever the rules say.)
+    for (a, t) in [(access::READ, "open/room"), (access::SUBSCRIBE, "open/#")] {
+        assert!(f.may(1, a, t), "{a} {t}: the rule is live, for an admitted viewer");
+    }
+    for _ in 0..2 {
+        for (a, t) in asks {
+            assert!(!f.may(2, a, t), "{a} {t} after the swap");
+        }
+    }
+}
+
 #[test]
 fn a_will_is_the_publish_right_after_the_disconnect_and_nothing_later() {
     let f = fixture(&[]);

@@ -500,11 +500,14 @@ fn scrape(port: u16) -> anyhow::Result<String> {
 }
 
 pub fn bench() -> anyhow::Result<()> {
-    let modes = modes()?;
     let plugins = Plugins {
         built: target_dir().join("release/libmqtt_policy_mosquitto.so"),
         baseline: baseline_plugin()?,
     };
+    let modes = modes(plugins.baseline.is_some())?;
+    if plugins.baseline.is_some() && !modes.contains(&Mode::Baseline) {
+        println!("   MQTT_POLICY_BENCH_MODES leaves the baseline build out: no table against it");
+    }
     crate::apt::ensure_mosquitto()?;
     crate::build()?;
     step("release builds: the plugin and mqtt-policy (for dev tokens)");
@@ -550,14 +553,10 @@ pub fn bench() -> anyhow::Result<()> {
         let expected = (per_pub * PUBLISHERS * SUBSCRIBERS) as u64;
         step(&format!("{name}: {expected} deliveries per run"));
         let mut rates: Vec<(Mode, Vec<(f64, f64)>)> = modes.iter().map(|m| (*m, vec![])).collect();
-        let modes_run = rates.len();
         let mut latency = (None, None);
         for round in 0..rounds {
-            // Each round starts with the next mode: a mode that always ran in the same place
-            // of a round would carry whatever that place costs (a neighbour's load that comes
-            // and goes with the rounds' rhythm) into its ratio.
-            let (before, from) = rates.split_at_mut(round % modes_run);
-            for (mode, got) in from.iter_mut().chain(before.iter_mut()) {
+            for at in run_order(round, rates.len()) {
+                let (mode, got) = &mut rates[at];
                 let mode = *mode;
                 let metrics_port = free_port()?;
                 let broker = start_broker(&dir, mode, &plugins, &state, metrics_port)?;
@@ -737,15 +736,29 @@ fn rounds() -> usize {
         .unwrap_or(7)
 }
 
+/// The order a round runs `n` modes in: rounds go in pairs, the second of a pair the first
+/// backwards, and each pair starts one mode further on. A mode that always ran in the same
+/// place of a round, or always right after another, would carry what that place costs (a
+/// neighbour's load that comes and goes with the rounds' rhythm, the previous broker's last
+/// work) into its ratio; over `2n` rounds every mode runs in every place twice, and before
+/// every other mode in half the rounds.
+fn run_order(round: usize, n: usize) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..n).map(|i| (i + round / 2) % n).collect();
+    if round % 2 == 1 {
+        order.reverse();
+    }
+    order
+}
+
 /// The modes to run: all (the baseline build only when one is named), or those named in
 /// `MQTT_POLICY_BENCH_MODES` (`noauth,acl,plugin,baseline`), e.g. to profile one of them.
-fn modes() -> anyhow::Result<Vec<Mode>> {
-    let baseline = std::env::var_os("MQTT_POLICY_BENCH_BASELINE").is_some();
-    let Ok(list) = std::env::var("MQTT_POLICY_BENCH_MODES") else {
+fn modes(baseline: bool) -> anyhow::Result<Vec<Mode>> {
+    let Some(list) = std::env::var_os("MQTT_POLICY_BENCH_MODES") else {
         let mut all = vec![Mode::NoAuth, Mode::AclFile, Mode::Plugin];
         all.extend(baseline.then_some(Mode::Baseline));
         return Ok(all);
     };
+    let list = list.to_str().context("MQTT_POLICY_BENCH_MODES is not UTF-8")?;
     let mut modes = Vec::new();
     for name in list.split(',').map(str::trim).filter(|n| !n.is_empty()) {
         let mode = match name {
@@ -777,6 +790,9 @@ fn baseline_plugin() -> anyhow::Result<Option<PathBuf>> {
     };
     let path = std::fs::canonicalize(&path)
         .with_context(|| format!("MQTT_POLICY_BENCH_BASELINE={}: no such plugin build", path.display()))?;
+    if !path.is_file() {
+        bail!("MQTT_POLICY_BENCH_BASELINE={}: not a file (a libmqtt_policy_mosquitto.so)", path.display());
+    }
     if path
         == std::fs::canonicalize(target_dir().join("release/libmqtt_policy_mosquitto.so")).unwrap_or_default()
     {
@@ -792,4 +808,32 @@ fn tempdir() -> anyhow::Result<PathBuf> {
     let dir = std::env::temp_dir().join(format!("mqtt-policy-bench-broker-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     Ok(dir)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::run_order;
+
+    #[test]
+    fn every_mode_runs_in_every_place_and_before_every_other_alike() {
+        for n in 1..=4 {
+            let orders: Vec<Vec<usize>> = (0..2 * n).map(|round| run_order(round, n)).collect();
+            for mode in 0..n {
+                for place in 0..n {
+                    let times = orders.iter().filter(|o| o[place] == mode).count();
+                    assert_eq!(times, 2, "{n} modes: mode {mode} in place {place} {times} times");
+                }
+                for other in (0..n).filter(|o| *o != mode) {
+                    let first = orders
+                        .iter()
+                        .filter(|o| o.iter().position(|m| *m == mode) < o.iter().position(|m| *m == other))
+                        .count();
+                    assert_eq!(
+                        first, n,
+                        "{n} modes: mode {mode} ran first against {other} in {first} rounds"
+                    );
+                }
+            }
+        }
+    }
 }
