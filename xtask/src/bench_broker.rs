@@ -726,14 +726,15 @@ fn pin_generator() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Rounds of every mode (`MQTT_POLICY_BENCH_ROUNDS` overrides, e.g. 1 for a profile): 7 keep
-/// the bootstrap half-width of a median ratio within about ±0.01–0.05 on a shared 2-core machine.
+/// Rounds of every mode (`MQTT_POLICY_BENCH_ROUNDS` overrides, e.g. 1 for a profile): 8 keep
+/// the bootstrap half-width of a median ratio within about ±0.01–0.05 on a shared 2-core
+/// machine on a calm day, and balance the order of four modes ([`run_order`]).
 fn rounds() -> usize {
     std::env::var("MQTT_POLICY_BENCH_ROUNDS")
         .ok()
         .and_then(|r| r.parse().ok())
         .filter(|r| *r > 0)
-        .unwrap_or(7)
+        .unwrap_or(8)
 }
 
 /// The order a round runs `n` modes in: rounds go in pairs, the second of a pair the first
@@ -741,7 +742,8 @@ fn rounds() -> usize {
 /// place of a round, or always right after another, would carry what that place costs (a
 /// neighbour's load that comes and goes with the rounds' rhythm, the previous broker's last
 /// work) into its ratio; over `2n` rounds every mode runs in every place twice, and before
-/// every other mode in half the rounds.
+/// every other mode in half the rounds (not right after every other: with four modes, a mode
+/// never directly follows the one two places from it).
 fn run_order(round: usize, n: usize) -> Vec<usize> {
     let mut order: Vec<usize> = (0..n).map(|i| (i + round / 2) % n).collect();
     if round % 2 == 1 {
