@@ -72,8 +72,15 @@ fn a_looping_panicking_or_hungry_guest_costs_one_denied_request() {
 /// A call that needs a few milliseconds of CPU gets its answer even when its thread is
 /// starved of CPU, as in a throttled container: the time limit counts the thread's own CPU
 /// time, so waiting for a core costs nothing. (Wall-clock deadlines denied it.)
+///
+/// The starved thread and a busy one share one core, the starved one at the lowest priority:
+/// spreading them over "as many cores as the machine has" starved nothing where the scheduler
+/// sees more cores than `available_parallelism` reports (a CPU quota). The epoch ticker runs
+/// at normal priority on any core, kept alive by calls from an unpinned thread, so the call
+/// meets its deadlines on time and only its own CPU time decides.
 #[test]
 fn a_thread_starved_of_cpu_still_gets_its_answer() {
+    use rustix::thread::{CpuSet, sched_getaffinity, sched_setaffinity};
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::time::{Duration, Instant};
 
@@ -81,42 +88,76 @@ fn a_thread_starved_of_cpu_still_gets_its_answer() {
     // Not the built-in module: every check is a call into it, never a native decision.
     assert!(!generation.decides_natively());
     assert!(generation.prepare(&read(TELEMETRY).subject, "c", "").is_none());
+    let allowed = sched_getaffinity(None).expect("sched_getaffinity");
+    let core = (0..CpuSet::MAX_CPU).find(|&c| allowed.is_set(c)).expect("this thread may run on some core");
+    let mut one_core = CpuSet::new();
+    one_core.set(core);
     let stop = Arc::new(AtomicBool::new(false));
-    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
-    // Every busy thread is spinning before the starved one starts.
-    let ready = Arc::new(std::sync::Barrier::new(cores * 2 + 1));
-    let hogs: Vec<_> = (0..cores * 2)
-        .map(|_| {
-            let (stop, ready) = (Arc::clone(&stop), Arc::clone(&ready));
-            std::thread::spawn(move || {
-                ready.wait();
-                let mut n: u64 = 0;
-                while !stop.load(Ordering::Relaxed) {
-                    n = std::hint::black_box(n.wrapping_add(1));
-                }
-            })
+    // Calls from a thread of normal priority, on any core: the ticker never goes idle, so the
+    // starved call never starts one of its own (which would inherit its priority and core).
+    let keeper = {
+        let (generation, stop) = (Arc::clone(&generation), Arc::clone(&stop));
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                assert!(generation.check(&read(TELEMETRY)).allow);
+                std::thread::sleep(policy_engine::runtime::TICKER_IDLE / 10);
+            }
         })
-        .collect();
+    };
+    assert!(generation.check(&read(TELEMETRY)).allow);
+    // The busy thread is spinning on the core before the starved one starts.
+    let ready = Arc::new(std::sync::Barrier::new(2));
+    let hog = {
+        let (stop, ready) = (Arc::clone(&stop), Arc::clone(&ready));
+        std::thread::spawn(move || {
+            sched_setaffinity(None, &one_core).expect("sched_setaffinity");
+            ready.wait();
+            let mut n: u64 = 0;
+            while !stop.load(Ordering::Relaxed) {
+                n = std::hint::black_box(n.wrapping_add(1));
+            }
+        })
+    };
     ready.wait();
-    let starved = std::thread::spawn(move || {
-        // The lowest priority for this thread alone (a thread id is a pid to the scheduler):
-        // the busy threads take nearly every core.
-        rustix::process::setpriority_process(Some(rustix::thread::gettid()), 19).expect("setpriority");
-        let started = Instant::now();
-        let d = generation.check(&read("fault/slow"));
-        (d, started.elapsed())
-    });
+    let starved = {
+        let generation = Arc::clone(&generation);
+        std::thread::spawn(move || {
+            sched_setaffinity(None, &one_core).expect("sched_setaffinity");
+            // The lowest priority, for this thread alone (a thread id is a pid to the scheduler).
+            rustix::process::setpriority_process(Some(rustix::thread::gettid()), 19).expect("setpriority");
+            let started = Instant::now();
+            let d = generation.check(&read("fault/slow"));
+            (d, started.elapsed())
+        })
+    };
     let (decision, took) = starved.join().unwrap();
+    let tickers_at_lowest_priority = tickers_niced_to(19);
     stop.store(true, Ordering::Relaxed);
-    for h in hogs {
-        h.join().unwrap();
-    }
+    hog.join().unwrap();
+    keeper.join().unwrap();
+    assert_eq!(tickers_at_lowest_priority, 0, "the epoch ticker was starved too: this test shows nothing");
     assert!(
         took > Duration::from_millis(100),
         "the call was not starved (it took {took:?}): this test shows nothing on this machine"
     );
     assert!(!decision.reason.contains("ran out of time"), "{took:?}: {}", decision.reason);
     assert!(decision.reason.contains("no rule allows"), "{}", decision.reason);
+}
+
+/// Epoch ticker threads of this process whose nice value is `nice`.
+fn tickers_niced_to(nice: i64) -> usize {
+    std::fs::read_dir("/proc/self/task")
+        .unwrap()
+        .filter_map(|t| {
+            let dir = t.ok()?.path();
+            (std::fs::read_to_string(dir.join("comm")).ok()?.trim() == "wasm-epoch").then_some(())?;
+            let stat = std::fs::read_to_string(dir.join("stat")).ok()?;
+            // After the command's closing parenthesis: state is field 3, nice is field 19.
+            let fields: Vec<&str> = stat[stat.rfind(')')? + 2..].split(' ').collect();
+            fields.get(16)?.parse::<i64>().ok()
+        })
+        .filter(|&n| n == nice)
+        .count()
 }
 
 #[test]
