@@ -140,6 +140,9 @@ pub struct Runtime {
 struct Ticker {
     /// Guest calls and loads in progress.
     active: AtomicUsize,
+    /// Guest calls and loads begun since the runtime started: a call shorter than a tick is
+    /// seen here even when no tick finds it in progress.
+    entered: AtomicU64,
     /// A ticker thread is running (or being started).
     running: AtomicBool,
 }
@@ -176,7 +179,11 @@ impl Runtime {
             cache_dir,
             faults: AtomicU64::new(0),
             stop: Arc::new(AtomicBool::new(false)),
-            ticker: Arc::new(Ticker { active: AtomicUsize::new(0), running: AtomicBool::new(false) }),
+            ticker: Arc::new(Ticker {
+                active: AtomicUsize::new(0),
+                entered: AtomicU64::new(0),
+                running: AtomicBool::new(false),
+            }),
             threads: Mutex::new(Vec::new()),
         }))
     }
@@ -185,6 +192,7 @@ impl Runtime {
     fn ticking(&self) -> Result<Ticking<'_>, Fault> {
         let t = &self.ticker;
         t.active.fetch_add(1, Ordering::SeqCst);
+        t.entered.fetch_add(1, Ordering::Relaxed);
         let ticking = Ticking(self);
         if !t.running.load(Ordering::SeqCst)
             && t.running.compare_exchange(false, true, Ordering::SeqCst, Ordering::SeqCst).is_ok()
@@ -327,12 +335,16 @@ impl Drop for Runtime {
 fn tick_while_needed(t: &Ticker, stop: &AtomicBool, engine: &wasmtime::EngineWeak) {
     let idle_ticks = (TICKER_IDLE.as_millis() / TICK.as_millis()) as u32;
     let mut idle = 0;
+    let mut entered = t.entered.load(Ordering::Relaxed);
     while !stop.load(Ordering::Relaxed) {
         let Some(e) = engine.upgrade() else { break };
         e.increment_epoch();
         drop(e);
         std::thread::park_timeout(TICK);
-        idle = if t.active.load(Ordering::SeqCst) == 0 { idle + 1 } else { 0 };
+        let entered_now = t.entered.load(Ordering::Relaxed);
+        let quiet = t.active.load(Ordering::SeqCst) == 0 && entered_now == entered;
+        entered = entered_now;
+        idle = if quiet { idle + 1 } else { 0 };
         if idle >= idle_ticks {
             t.running.store(false, Ordering::SeqCst);
             // A call that came in meanwhile either saw `running` still set (then it is
@@ -1026,6 +1038,32 @@ mod tests {
         // Other threads still build what they need themselves.
         generation.idle.lock().unwrap().clear();
         assert!(generation.module_check(&viewer_reads(topic)).unwrap().allow);
+    }
+
+    /// The ticker thread running now, if any.
+    fn ticker_thread(rt: &Runtime) -> Option<std::thread::ThreadId> {
+        let threads = rt.threads.lock().unwrap();
+        threads
+            .iter()
+            .find(|t| !t.is_finished() && t.thread().name() == Some("wasm-epoch"))
+            .map(|t| t.thread().id())
+    }
+
+    /// Calls far shorter than a tick, a few ticks apart: no tick finds one in progress, yet
+    /// the ticker must not end and start again between them (a thread started per spell, and
+    /// a call that starts one gives it its own priority and cores).
+    #[test]
+    fn short_calls_a_few_ticks_apart_keep_one_ticker() {
+        let rt = Runtime::new(None).unwrap();
+        drop(rt.ticking().unwrap());
+        let first = ticker_thread(&rt).expect("a call starts the ticker");
+        // Twice as long as the ticker's idle time, in calls five ticks apart.
+        let calls = 2 * TICKER_IDLE.as_millis() / (5 * TICK.as_millis());
+        for n in 0..calls {
+            std::thread::sleep(5 * TICK);
+            drop(rt.ticking().unwrap());
+            assert_eq!(ticker_thread(&rt), Some(first), "call {n}: the ticker ended between calls");
+        }
     }
 
     #[test]

@@ -111,6 +111,8 @@ fn a_thread_starved_of_cpu_still_gets_its_answer() {
         let (stop, ready) = (Arc::clone(&stop), Arc::clone(&ready));
         std::thread::spawn(move || {
             sched_setaffinity(None, &one_core).expect("sched_setaffinity");
+            // Normal priority even where the tests run niced (it needs privilege: root may).
+            let _ = rustix::process::setpriority_process(Some(rustix::thread::gettid()), 0);
             ready.wait();
             let mut n: u64 = 0;
             while !stop.load(Ordering::Relaxed) {
