@@ -624,12 +624,14 @@ fn a_connection_ends_within_two_seconds_of_its_tokens_expiry_without_its_will() 
     let b = broker_with(&issuer, |s| s.option("leeway", "0"));
     let admin = Client::connected(Version::V5, b.port, "adam-exp", "adam", &issuer.user("adam", &["admins"]));
     assert_eq!(admin.subscribe("celine/digital-twin/events/#"), 1);
-    let exp = now() + 3;
-    let short = issuer.sign(&issuer.claims(Some("vera"), None, &["viewers"], &[], 3));
+    // Long enough for the clients to connect and a message to pass on a slow machine.
+    let claims = issuer.claims(Some("vera"), None, &["viewers"], &[], 5);
+    let exp = claims["exp"].as_u64().expect("exp");
+    let short = issuer.sign(&claims);
     let viewer = Client::connected(Version::V5, b.port, "vera-exp", "vera", &short);
     assert_eq!(viewer.subscribe("celine/telemetry/+/+/readings"), 1);
     // A service with a will on a topic it may publish to, whose token expires with the viewer's.
-    let twin_token = issuer.sign(&issuer.claims(None, Some("svc-digital-twin"), &[], &["mqtt.write"], 3));
+    let twin_token = issuer.sign(&issuer.claims(None, Some("svc-digital-twin"), &[], &["mqtt.write"], 5));
     let _twin = WillClient::connect(
         b.port,
         "twin-exp",
@@ -667,8 +669,8 @@ fn a_client_that_reauthenticates_stays_connected_past_its_first_tokens_expiry() 
     let issuer = Issuer::new();
     let b = broker_with(&issuer, |s| s.option("leeway", "0").option("watch", "false"));
     let admin = Client::connected(Version::V5, b.port, "adam-re", "adam", &issuer.user("adam", &["admins"]));
-    let first_exp = now() + 3;
-    let short = issuer.sign(&issuer.claims(Some("vera"), None, &["viewers"], &[], 3));
+    let first_exp = now() + 5;
+    let short = issuer.sign(&issuer.claims(Some("vera"), None, &["viewers"], &[], 5));
     // No username: the broker knows the client by its subject id.
     let mut vera = JwtClient::connect(b.port, "vera-re", None, &short).expect("admitted with method jwt");
     let line = b.wait_for_log_after(0, "connected client \"vera-re\"", mqtt::WAIT);
