@@ -209,10 +209,11 @@ fn an_identity_allowed_at_once_is_allowed_only_until_its_token_expires() {
         let topic = format!("celine/telemetry/meter/m{i}/readings");
         bearer_call(&s, "/mqtt/acl", &token, &json!({"acc": 1, "clientid": "v", "topic": topic}).to_string())
     };
-    // Twenty reads (over the service's worker threads), each answered before the token's exp
-    // on this clock; a read answered later tells nothing and is not counted.
+    // Reads until a second before exp, and at least twenty (over the service's worker
+    // threads), each answered before the token's exp on this clock; a read answered later
+    // tells nothing and is not counted.
     let mut asked = 0;
-    while asked < 20 {
+    while now() < exp - 1 || asked < 20 {
         let r = read(asked);
         if now() >= exp {
             break;
@@ -220,7 +221,7 @@ fn an_identity_allowed_at_once_is_allowed_only_until_its_token_expires() {
         assert!(r.allowed(), "read {asked}, answered before the token's exp: {}", r.body);
         asked += 1;
     }
-    assert_eq!(asked, 20, "only {asked} reads were answered within the token's 3 to 4 seconds");
+    assert!(asked >= 20, "only {asked} reads were answered within the token's 3 to 4 seconds");
     while now() <= exp {
         std::thread::sleep(Duration::from_millis(50));
     }
