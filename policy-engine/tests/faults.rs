@@ -156,12 +156,10 @@ fn a_thread_starved_of_cpu_still_gets_its_answer() {
 
 /// Epoch ticker threads of this process whose nice value is `nice`.
 fn tickers_niced_to(nice: i64) -> usize {
-    std::fs::read_dir("/proc/self/task")
-        .unwrap()
-        .filter_map(|t| {
-            let dir = t.ok()?.path();
-            (std::fs::read_to_string(dir.join("comm")).ok()?.trim() == "wasm-epoch").then_some(())?;
-            let stat = std::fs::read_to_string(dir.join("stat")).ok()?;
+    threads_named("wasm-epoch")
+        .iter()
+        .filter_map(|task| {
+            let stat = std::fs::read_to_string(task.join("stat")).ok()?;
             // After the command's closing parenthesis: state is field 3, nice is field 19.
             let fields: Vec<&str> = stat[stat.rfind(')')? + 2..].split(' ').collect();
             fields.get(16)?.parse::<i64>().ok()
@@ -247,13 +245,13 @@ fn a_cache_directory_that_cannot_be_written_is_skipped() {
     assert!(generation.check(&read(TELEMETRY)).allow);
 }
 
-/// Threads of this process with `name`.
-fn threads_named(name: &str) -> usize {
+/// The `/proc` folders of this process's threads with `name`.
+fn threads_named(name: &str) -> Vec<PathBuf> {
     std::fs::read_dir("/proc/self/task")
         .unwrap()
-        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
-        .filter(|comm| comm.trim() == name)
-        .count()
+        .filter_map(|t| t.ok().map(|t| t.path()))
+        .filter(|task| std::fs::read_to_string(task.join("comm")).is_ok_and(|comm| comm.trim() == name))
+        .collect()
 }
 
 #[test]
@@ -263,7 +261,7 @@ fn the_timer_thread_ends_when_idle_and_a_later_call_is_still_bounded() {
     assert!(generation.check(&read(TELEMETRY)).allow);
     // No guest code runs now: the ticker ends (a broker deciding natively keeps no thread).
     let deadline = Instant::now() + policy_engine::runtime::TICKER_IDLE + Duration::from_secs(30);
-    while threads_named("wasm-epoch") > 0 {
+    while !threads_named("wasm-epoch").is_empty() {
         assert!(Instant::now() < deadline, "the epoch ticker is still running long after the last call");
         std::thread::sleep(Duration::from_millis(20));
     }
