@@ -450,7 +450,7 @@ fn start_broker(
         .stderr(Stdio::inherit())
         .spawn()
         .context("starting mosquitto")?;
-    let broker = Broker { child, port };
+    let mut broker = Broker { child, port };
     let started = Instant::now();
     while TcpStream::connect(("127.0.0.1", port)).is_err() {
         if started.elapsed() > Duration::from_secs(60) {
@@ -463,13 +463,20 @@ fn start_broker(
     // once in a broker's life, and while it lasts the broker is a process of two threads,
     // whose every socket call costs more (the file table is shared). Runs of a second would
     // carry it into the plugin's ratio.
-    while threads(broker.child.id())? > 1 {
+    // (Mosquitto loads its plugins before it opens its listeners.)
+    loop {
+        let running = threads(broker.child.id())?;
+        if running <= 1 {
+            break;
+        }
+        if let Some(status) = broker.child.try_wait()? {
+            bail!("mosquitto ({}) exited ({status}) before its first run", mode.label());
+        }
         if started.elapsed() > Duration::from_secs(60) {
             bail!(
-                "mosquitto ({}) still runs {} threads a minute after it started: the plugin's start-up \
-                 work has not ended (a benchmark measures a broker at rest)",
-                mode.label(),
-                threads(broker.child.id())?
+                "mosquitto ({}) still runs {running} threads a minute after it started: the plugin's \
+                 start-up work has not ended (a benchmark measures a broker at rest)",
+                mode.label()
             );
         }
         std::thread::sleep(Duration::from_millis(10));
@@ -552,7 +559,8 @@ pub fn bench() -> anyhow::Result<()> {
         (0..n).map(|i| Client { id: format!("{prefix}-{i}"), credentials: None }).collect()
     };
     let (anon_pubs, anon_subs) = (anonymous("pub", PUBLISHERS), anonymous("sub", SUBSCRIBERS));
-    // Messages per publisher: runs of about a second each (see `rounds`).
+    // Messages per publisher: runs of about a second each, QoS 1's a little shorter (see
+    // `rounds`).
     let scenarios: [(u8, usize, Topics, &str); 4] = [
         (0, 12_500, Topics::Hot, "QoS 0"),
         (1, 8_000, Topics::Hot, "QoS 1"),
@@ -750,14 +758,10 @@ fn pin_generator() -> anyhow::Result<()> {
 
 /// Rounds of every mode (`MQTT_POLICY_BENCH_ROUNDS` overrides, e.g. 1 for a profile).
 ///
-/// On a shared machine a run's speed is set as much by its neighbours as by the broker: two
-/// runs back to back differ by several percent, whether they last half a second or eight
-/// (the rounds' ratios spread alike, a median absolute deviation of 0.03–0.05 either way).
-/// What narrows a median ratio is the number of rounds, not their length, so a run lasts
-/// about a second and there are many: 48 rounds put the 90% bootstrap half-width at ±0.01 to
-/// ±0.03, where 8 rounds of eight-second runs, in about as much time, gave ±0.02 to ±0.10; a
-/// build against a copy of itself came out at 0.98 to 1.01. 48 is a whole number of
-/// [`run_order`]'s cycles for two, three and four modes.
+/// On a shared machine a run's speed is set as much by its neighbours as by the broker, and
+/// a short run is only a little noisier than a long one: many short rounds narrow a median
+/// ratio more than a few long ones in the same time (BENCHMARKS.md, *Rounds*, has the
+/// figures). 48 is a whole number of [`run_order`]'s cycles for two, three and four modes.
 fn rounds() -> usize {
     std::env::var("MQTT_POLICY_BENCH_ROUNDS")
         .ok()
