@@ -758,10 +758,10 @@ fn pin_generator() -> anyhow::Result<()> {
 
 /// Rounds of every mode (`MQTT_POLICY_BENCH_ROUNDS` overrides, e.g. 1 for a profile).
 ///
-/// On a shared machine a run's speed is set as much by its neighbours as by the broker, and
-/// a short run is only a little noisier than a long one: many short rounds narrow a median
-/// ratio more than a few long ones in the same time (BENCHMARKS.md, *Rounds*, has the
-/// figures). 48 is a whole number of [`run_order`]'s cycles for two, three and four modes.
+/// On a shared machine a run's speed is set as much by its neighbours as by the broker. A
+/// short run is noisier than a long one, but many short rounds give a median ratio at least
+/// as narrow as a few long ones (BENCHMARKS.md, *Rounds*, has the figures). 48 is a whole
+/// number of [`run_order`]'s cycles for two, three and four modes.
 fn rounds() -> usize {
     std::env::var("MQTT_POLICY_BENCH_ROUNDS")
         .ok()
