@@ -462,8 +462,8 @@ fn start_broker(
     // epoch ticker, which ends a quarter of a second after the module last ran) happens
     // once in a broker's life, and while it lasts the broker is a process of two threads,
     // whose every socket call costs more (the file table is shared). Runs of a second would
-    // carry it into the plugin's ratio.
-    // (Mosquitto loads its plugins before it opens its listeners.)
+    // carry it into the plugin's ratio. Mosquitto loads its plugins before it opens its
+    // listeners, so that work has begun by now.
     loop {
         let running = threads(broker.child.id())?;
         if running <= 1 {
