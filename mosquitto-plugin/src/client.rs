@@ -62,6 +62,13 @@ pub trait BrokerClient {
     /// Sets the username the broker knows the client by; `false` when the broker refused.
     fn set_username(&self, name: &str) -> bool;
 
+    /// Whether the broker knows the client by exactly this client id (empty: none) and
+    /// username: what every check of a connected entry asks ([`Binding::still_names`]).
+    /// The broker's client compares its strings where they lie.
+    fn is_named(&self, id: &[u8], username: Option<&[u8]>) -> bool {
+        self.id() == id && self.username() == username
+    }
+
     /// The client id as text, for logs.
     fn id_text(&self) -> std::borrow::Cow<'_, str> {
         String::from_utf8_lossy(self.id())
@@ -106,8 +113,8 @@ impl Binding {
     /// disconnect event since), so client id and username suffice, as a guard against a
     /// change made behind the plugin's back.
     #[inline]
-    pub fn still_names(&self, c: &dyn BrokerClient) -> bool {
-        *self.id == *c.id() && self.username.as_deref() == c.username()
+    pub fn still_names(&self, c: &(impl BrokerClient + ?Sized)) -> bool {
+        c.is_named(&self.id, self.username.as_deref())
     }
 
     /// The check for a disconnected entry: everything the broker says must be as it was. An

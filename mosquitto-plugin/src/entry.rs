@@ -100,6 +100,15 @@ impl BrokerClient for EventClient<'_> {
         // SAFETY: the event's client, a NUL-terminated name the broker copies.
         unsafe { (self.functions.set_username)(self.client, name.as_ptr()) == sys::MOSQ_ERR_SUCCESS }
     }
+    #[inline]
+    fn is_named(&self, id: &[u8], username: Option<&[u8]>) -> bool {
+        // SAFETY: as in `text`. A client without an id has the empty one (as `id` says).
+        unsafe {
+            let broker_id = (self.functions.client_id)(self.client);
+            (if broker_id.is_null() { id.is_empty() } else { sys::c_str_is(broker_id, Some(id)) })
+                && sys::c_str_is((self.functions.client_username)(self.client), username)
+        }
+    }
 }
 
 /// Asked of Mosquitto 2.1 between ticks, in milliseconds.

@@ -80,11 +80,17 @@ pub fn stop() {
 }
 
 /// Sends the lines other threads logged; call on the broker thread.
+#[inline]
 pub fn flush() {
     // A plain load first: this runs before every check, and nearly always finds nothing.
-    if !PENDING.load(Ordering::Relaxed) || !PENDING.swap(false, Ordering::Acquire) {
-        return;
+    if PENDING.load(Ordering::Relaxed) && PENDING.swap(false, Ordering::Acquire) {
+        send_pending();
     }
+}
+
+#[cold]
+#[inline(never)]
+fn send_pending() {
     let lines: Vec<(Level, String)> = QUEUE.lock().unwrap_or_else(|p| p.into_inner()).drain(..).collect();
     let sink = SINK.read().unwrap_or_else(|p| p.into_inner());
     let Some(sink) = sink.as_ref() else { return };

@@ -720,7 +720,7 @@ impl Plugin {
     /// publish or will, subscribe, unsubscribe); `topic` a name, or a filter for subscribe;
     /// `message` the QoS, retain flag and payload size as Mosquitto reports them (for
     /// subscribe: the requested QoS, and no retain flag).
-    pub fn check(&self, client: &dyn BrokerClient, access: i32, topic: &[u8], message: AclMessage) -> bool {
+    pub fn check(&self, client: &impl BrokerClient, access: i32, topic: &[u8], message: AclMessage) -> bool {
         // Only the check right after a disconnect event may be that client's will.
         let will = self.per_check.will_window.take() == Some(client.key());
         logging::flush();
@@ -776,7 +776,7 @@ impl Plugin {
     /// (and every check while debug lines, which record allows, are on) goes to
     /// [`Plugin::decide`], from the start.
     #[inline]
-    fn allowed_at_once(&self, client: &dyn BrokerClient, action: Action, topic: &[u8], now: u64) -> bool {
+    fn allowed_at_once(&self, client: &impl BrokerClient, action: Action, topic: &[u8], now: u64) -> bool {
         if action == Action::Subscribe || self.per_check.debug_lines {
             return false;
         }

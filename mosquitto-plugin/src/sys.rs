@@ -415,6 +415,30 @@ pub unsafe fn bytes<'a>(p: *const c_char) -> Option<&'a [u8]> {
     (!p.is_null()).then(|| unsafe { CStr::from_ptr(p) }.to_bytes())
 }
 
+/// Whether the broker's C string `p` (NULL: none) holds exactly `expected`, read in place:
+/// no length is taken first, and no byte past the first difference or the terminator is read.
+/// `expected` holding a NUL never matches.
+///
+/// # Safety
+/// `p` is NULL or a NUL-terminated string.
+#[inline]
+pub unsafe fn c_str_is(p: *const c_char, expected: Option<&[u8]>) -> bool {
+    let Some(expected) = expected else { return p.is_null() };
+    if p.is_null() {
+        return false;
+    }
+    for (i, &want) in expected.iter().enumerate() {
+        // SAFETY: every byte before this one was equal to `want`'s and not NUL, so the
+        // string goes on at least to here.
+        let got = unsafe { p.add(i).read() } as u8;
+        if got != want || got == 0 {
+            return false;
+        }
+    }
+    // SAFETY: as above, for the terminator's place.
+    unsafe { p.add(expected.len()).read() == 0 }
+}
+
 /// The real broker, through its functions.
 pub struct RealBroker(pub Functions);
 
@@ -474,6 +498,37 @@ impl Broker for RealBroker {
         };
         if rc != MOSQ_ERR_SUCCESS {
             self.log(Level::WARN, &format!("mqtt-policy: publishing {topic:?} failed (error {rc})"));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::ffi::CString;
+
+    use super::c_str_is;
+
+    #[test]
+    fn a_c_string_is_exactly_the_bytes_it_holds() {
+        let meter = CString::new("meter-1").unwrap();
+        let empty = CString::new("").unwrap();
+        // SAFETY: NUL-terminated strings that outlive the calls, and NULL.
+        let is = |p: &CString, expected: Option<&[u8]>| unsafe { c_str_is(p.as_ptr(), expected) };
+        assert!(is(&meter, Some(b"meter-1")));
+        assert!(!is(&meter, Some(b"meter-")), "a prefix of it");
+        assert!(!is(&meter, Some(b"meter-12")), "longer than it");
+        assert!(!is(&meter, Some(b"meter-2")), "its last byte differs");
+        assert!(!is(&meter, Some(b"Meter-1")), "its first byte differs");
+        assert!(!is(&meter, Some(b"meter-1\0")), "a NUL expected where it ends");
+        assert!(!is(&meter, Some(b"")));
+        assert!(!is(&meter, None), "a string is not none");
+        assert!(is(&empty, Some(b"")));
+        assert!(!is(&empty, Some(b"\0")));
+        assert!(!is(&empty, None));
+        // SAFETY: NULL.
+        unsafe {
+            assert!(c_str_is(std::ptr::null(), None));
+            assert!(!c_str_is(std::ptr::null(), Some(b"")), "none is not the empty string");
         }
     }
 }
