@@ -63,8 +63,9 @@ pub trait BrokerClient {
     fn set_username(&self, name: &str) -> bool;
 
     /// Whether the broker knows the client by exactly this client id (empty: none) and
-    /// username: what every check of a connected entry asks ([`Binding::still_names`]).
-    /// The broker's client compares its strings where they lie.
+    /// username: what every check of a connected entry asks ([`Binding::still_names`]), so
+    /// the broker's client answers it without copying or measuring its strings first. An
+    /// answer must be the one [`BrokerClient::id`] and [`BrokerClient::username`] give.
     fn is_named(&self, id: &[u8], username: Option<&[u8]>) -> bool {
         self.id() == id && self.username() == username
     }

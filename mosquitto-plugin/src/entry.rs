@@ -102,11 +102,15 @@ impl BrokerClient for EventClient<'_> {
     }
     #[inline]
     fn is_named(&self, id: &[u8], username: Option<&[u8]>) -> bool {
-        // SAFETY: as in `text`. A client without an id has the empty one (as `id` says).
+        let (functions, client) = (self.functions, self.client);
+        // SAFETY: as in `text`.
         unsafe {
-            let broker_id = (self.functions.client_id)(self.client);
-            (if broker_id.is_null() { id.is_empty() } else { sys::c_str_is(broker_id, Some(id)) })
-                && sys::c_str_is((self.functions.client_username)(self.client), username)
+            sys::names_are(
+                (functions.client_id)(client),
+                || (functions.client_username)(client),
+                id,
+                username,
+            )
         }
     }
 }

@@ -415,27 +415,47 @@ pub unsafe fn bytes<'a>(p: *const c_char) -> Option<&'a [u8]> {
     (!p.is_null()).then(|| unsafe { CStr::from_ptr(p) }.to_bytes())
 }
 
-/// Whether the broker's C string `p` (NULL: none) holds exactly `expected`, read in place:
-/// no length is taken first, and no byte past the first difference or the terminator is read.
-/// `expected` holding a NUL never matches.
+/// Whether the broker still names a client by exactly `expected_id` and `expected_username`:
+/// its id `id` (NULL: none, which is the empty id) and its username, asked of `username` only
+/// when the ids agree (NULL: none). Every check of a connected client asks this, so the
+/// broker's strings are compared where they lie, without taking their length first.
 ///
 /// # Safety
-/// `p` is NULL or a NUL-terminated string.
+/// `id` and what `username` returns are NULL or NUL-terminated strings.
 #[inline]
-pub unsafe fn c_str_is(p: *const c_char, expected: Option<&[u8]>) -> bool {
-    let Some(expected) = expected else { return p.is_null() };
-    if p.is_null() {
-        return false;
-    }
+pub(crate) unsafe fn names_are(
+    id: *const c_char,
+    username: impl FnOnce() -> *const c_char,
+    expected_id: &[u8],
+    expected_username: Option<&[u8]>,
+) -> bool {
+    // SAFETY: the caller's contract.
+    let id_agrees = if id.is_null() { expected_id.is_empty() } else { unsafe { c_str_is(id, expected_id) } };
+    id_agrees
+        && match (username(), expected_username) {
+            (p, None) => p.is_null(),
+            (p, Some(_)) if p.is_null() => false,
+            // SAFETY: the caller's contract.
+            (p, Some(expected)) => unsafe { c_str_is(p, expected) },
+        }
+}
+
+/// Whether the C string `p` holds exactly `expected`. No byte past the first difference or
+/// the terminator is read; an `expected` holding a NUL never matches.
+///
+/// # Safety
+/// `p` is a NUL-terminated string.
+#[inline]
+unsafe fn c_str_is(p: *const c_char, expected: &[u8]) -> bool {
     for (i, &want) in expected.iter().enumerate() {
-        // SAFETY: every byte before this one was equal to `want`'s and not NUL, so the
-        // string goes on at least to here.
+        // SAFETY: bytes `0..i` matched `expected` and none was NUL, so the string goes on at
+        // least to index `i`.
         let got = unsafe { p.add(i).read() } as u8;
         if got != want || got == 0 {
             return false;
         }
     }
-    // SAFETY: as above, for the terminator's place.
+    // SAFETY: as above, for index `expected.len()`.
     unsafe { p.add(expected.len()).read() == 0 }
 }
 
@@ -504,31 +524,64 @@ impl Broker for RealBroker {
 
 #[cfg(test)]
 mod tests {
-    use std::ffi::CString;
+    use std::cell::Cell;
+    use std::ffi::c_char;
 
-    use super::c_str_is;
+    use super::names_are;
+
+    /// Whether a client the broker holds as `id` and `username` (each ending in a NUL, as the
+    /// broker's strings do, or none) is named by `expected`; and whether its username was
+    /// asked for.
+    fn named(id: Option<&str>, username: Option<&str>, expected: (&str, Option<&str>)) -> (bool, bool) {
+        assert!(id.into_iter().chain(username).all(|s| s.ends_with('\0')), "a broker's strings end in a NUL");
+        let pointer = |s: Option<&str>| s.map_or(std::ptr::null(), |s| s.as_ptr().cast::<c_char>());
+        let asked = Cell::new(false);
+        let username_of = || {
+            asked.set(true);
+            pointer(username)
+        };
+        // SAFETY: every string given is NULL or ends in a NUL (above).
+        let is = unsafe {
+            names_are(pointer(id), username_of, expected.0.as_bytes(), expected.1.map(str::as_bytes))
+        };
+        (is, asked.get())
+    }
 
     #[test]
-    fn a_c_string_is_exactly_the_bytes_it_holds() {
-        let meter = CString::new("meter-1").unwrap();
-        let empty = CString::new("").unwrap();
-        // SAFETY: NUL-terminated strings that outlive the calls, and NULL.
-        let is = |p: &CString, expected: Option<&[u8]>| unsafe { c_str_is(p.as_ptr(), expected) };
-        assert!(is(&meter, Some(b"meter-1")));
-        assert!(!is(&meter, Some(b"meter-")), "a prefix of it");
-        assert!(!is(&meter, Some(b"meter-12")), "longer than it");
-        assert!(!is(&meter, Some(b"meter-2")), "its last byte differs");
-        assert!(!is(&meter, Some(b"Meter-1")), "its first byte differs");
-        assert!(!is(&meter, Some(b"meter-1\0")), "a NUL expected where it ends");
-        assert!(!is(&meter, Some(b"")));
-        assert!(!is(&meter, None), "a string is not none");
-        assert!(is(&empty, Some(b"")));
-        assert!(!is(&empty, Some(b"\0")));
-        assert!(!is(&empty, None));
-        // SAFETY: NULL.
-        unsafe {
-            assert!(c_str_is(std::ptr::null(), None));
-            assert!(!c_str_is(std::ptr::null(), Some(b"")), "none is not the empty string");
+    fn a_client_is_named_by_exactly_the_strings_the_broker_holds() {
+        let is = |id, username, expected| named(id, username, expected).0;
+        assert!(is(Some("c1\0"), Some("vera\0"), ("c1", Some("vera"))));
+        assert!(is(Some("c1\0"), None, ("c1", None)));
+        assert!(is(None, None, ("", None)), "no id is the empty id");
+        assert!(is(Some("\0"), Some("\0"), ("", Some(""))));
+        let vera = ("c1", Some("vera"));
+        for (id, username) in [
+            ("c\0", "vera\0"),
+            ("c12\0", "vera\0"),
+            ("c2\0", "vera\0"),
+            ("C1\0", "vera\0"),
+            ("\0", "vera\0"),
+            ("c1\0", "ver\0"),
+            ("c1\0", "veras\0"),
+            ("c1\0", "vEra\0"),
+            ("c1\0", "\0"),
+        ] {
+            assert!(!is(Some(id), Some(username), vera), "{id:?} {username:?}");
         }
+        assert!(!is(None, Some("vera\0"), vera), "no id is not c1");
+        assert!(!is(Some("c1\0"), None, vera), "no username is not vera");
+        assert!(!is(Some("c1\0"), None, ("c1", Some(""))), "no username is not the empty one");
+        assert!(!is(Some("c1\0"), Some("\0"), ("c1", None)), "the empty username is not none");
+        // Nothing after a terminator is compared: a NUL expected where the string ends, or in
+        // its middle, does not match what follows it.
+        assert!(!is(Some("c1\0\0"), None, ("c1\0", None)));
+        assert!(!is(Some("ab\0cd\0"), None, ("ab\0cd", None)));
+        assert!(!is(Some("c1\0"), Some("ve\0ra\0"), ("c1", Some("ve\0ra"))));
+    }
+
+    #[test]
+    fn the_username_is_asked_for_only_when_the_ids_agree() {
+        assert!(!named(Some("c2\0"), Some("vera\0"), ("c1", Some("vera"))).1);
+        assert!(named(Some("c1\0"), Some("vera\0"), ("c1", Some("vera"))).1);
     }
 }
