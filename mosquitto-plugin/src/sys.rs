@@ -531,7 +531,9 @@ mod tests {
 
     /// Whether a client the broker holds as `id` and `username` (each ending in a NUL, as the
     /// broker's strings do, or none) is named by `expected`; and whether its username was
-    /// asked for.
+    /// asked for. The answer is checked against what `BrokerClient::id` and
+    /// `BrokerClient::username` would give (each string up to its first NUL, no id the empty
+    /// one), the contract of `BrokerClient::is_named`.
     fn named(id: Option<&str>, username: Option<&str>, expected: (&str, Option<&str>)) -> (bool, bool) {
         assert!(id.into_iter().chain(username).all(|s| s.ends_with('\0')), "a broker's strings end in a NUL");
         let pointer = |s: Option<&str>| s.map_or(std::ptr::null(), |s| s.as_ptr().cast::<c_char>());
@@ -544,6 +546,10 @@ mod tests {
         let is = unsafe {
             names_are(pointer(id), username_of, expected.0.as_bytes(), expected.1.map(str::as_bytes))
         };
+        let as_read = |s: &str| s.split('\0').next().unwrap_or_default().to_string();
+        let by_accessors =
+            id.map_or(String::new(), as_read) == expected.0 && username.map(as_read).as_deref() == expected.1;
+        assert_eq!(is, by_accessors, "{id:?} {username:?} against {expected:?}");
         (is, asked.get())
     }
 
