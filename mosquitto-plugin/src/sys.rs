@@ -431,13 +431,15 @@ pub(crate) unsafe fn names_are(
 ) -> bool {
     // SAFETY: the caller's contract.
     let id_agrees = if id.is_null() { expected_id.is_empty() } else { unsafe { c_str_is(id, expected_id) } };
-    id_agrees
-        && match (username(), expected_username) {
-            (p, None) => p.is_null(),
-            (p, Some(_)) if p.is_null() => false,
-            // SAFETY: the caller's contract.
-            (p, Some(expected)) => unsafe { c_str_is(p, expected) },
-        }
+    if !id_agrees {
+        return false;
+    }
+    let username = username();
+    match expected_username {
+        None => username.is_null(),
+        // SAFETY: the caller's contract.
+        Some(expected) => !username.is_null() && unsafe { c_str_is(username, expected) },
+    }
 }
 
 /// Whether the C string `p` holds exactly `expected`. No byte past the first difference or
