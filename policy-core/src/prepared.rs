@@ -198,6 +198,23 @@ impl Prepared {
         &self.subject
     }
 
+    /// [`Policy::allowed_as_prepared`] under the policy this was prepared for, which its
+    /// caller knows without reading that policy (a policy generation prepares subjects only
+    /// for its own), for a topic as the broker's bytes: a name that is not UTF-8, or not a
+    /// valid name, is never allowed here.
+    #[inline]
+    pub fn residual_allows(&self, action: Action, name: &[u8]) -> Option<usize> {
+        let residual = match action {
+            Action::Read => &self.residual[0],
+            Action::Publish => &self.residual[1],
+            Action::Subscribe => return None,
+        };
+        if residual.is_empty() || name.len() > MAX_RESIDUAL_NAME || !topic::is_name(name) {
+            return None;
+        }
+        residual.first_match(name)
+    }
+
     /// About what it takes in memory, in bytes (for caches that are bounded by bytes).
     pub fn bytes(&self) -> usize {
         const STRING: usize = core::mem::size_of::<String>();
@@ -302,19 +319,10 @@ impl Policy {
     /// with its own, and every check of it is that connection's).
     #[inline]
     pub fn allowed_as_prepared(&self, prepared: &Prepared, action: Action, topic: &str) -> Option<usize> {
-        let residual = match action {
-            Action::Read => &prepared.residual[0],
-            Action::Publish => &prepared.residual[1],
-            Action::Subscribe => return None,
-        };
-        if residual.is_empty()
-            || prepared.policy != self.id
-            || topic.len() > MAX_RESIDUAL_NAME
-            || topic::validate_name(topic).is_err()
-        {
+        if prepared.policy != self.id {
             return None;
         }
-        residual.first_match(topic.as_bytes())
+        prepared.residual_allows(action, topic.as_bytes())
     }
 
     /// The decision [`Policy::check`] makes when `rule` allows `action` on `topic`: for a

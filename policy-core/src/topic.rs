@@ -118,6 +118,46 @@ pub fn validate_name(s: &str) -> Result<(), TopicError> {
     Ok(())
 }
 
+/// Whether `bytes` are a valid topic name: UTF-8 that [`validate_name`] accepts. For a caller
+/// that holds the broker's bytes: a name of ASCII bytes is checked eight bytes at a time with
+/// no table or constant from memory (a broker checks a name per delivery, between which its
+/// other work evicts such lines from the CPU's caches); any other is converted and validated.
+#[inline]
+pub fn is_name(bytes: &[u8]) -> bool {
+    if bytes.is_empty() || bytes.len() > MAX_TOPIC_BYTES {
+        return false;
+    }
+    let mut words = bytes.chunks_exact(8);
+    for word in &mut words {
+        let mut w = [0; 8];
+        w.copy_from_slice(word);
+        if !plain_word(u64::from_le_bytes(w)) {
+            return is_name_converted(bytes);
+        }
+    }
+    // The last few bytes one at a time (a copy into a word would be a call to `memcpy`).
+    words.remainder().iter().all(|&b| b.wrapping_sub(1) < 0x7f && b != b'+' && b != b'#')
+        || is_name_converted(bytes)
+}
+
+/// Whether none of the eight bytes of `w` is NUL, `+`, `#` or beyond ASCII. (It may say no
+/// to a plain word, never yes to another: a no is decided again the long way.)
+#[inline(always)]
+fn plain_word(w: u64) -> bool {
+    const ONES: u64 = u64::from_le_bytes([0x01; 8]);
+    const HIGH: u64 = u64::from_le_bytes([0x80; 8]);
+    // Some high bit of the result is set if and only if some byte of `x` is zero.
+    let zero_in = |x: u64| x.wrapping_sub(ONES) & !x;
+    let special = zero_in(w) | zero_in(w ^ (ONES * u64::from(b'+'))) | zero_in(w ^ (ONES * u64::from(b'#')));
+    (w | special) & HIGH == 0
+}
+
+#[cold]
+#[inline(never)]
+fn is_name_converted(bytes: &[u8]) -> bool {
+    core::str::from_utf8(bytes).is_ok_and(|s| validate_name(s).is_ok())
+}
+
 /// A topic *filter* as subscribed: `+` a whole level, `#` a whole level and the last
 /// (MQTT-4.7.1-2, MQTT-4.7.1-3).
 pub fn validate_filter(s: &str) -> Result<(), TopicError> {
@@ -326,6 +366,36 @@ mod tests {
         assert!(validate_name(&"a".repeat(MAX_TOPIC_BYTES)).is_ok());
         assert!(validate_name("celine/telemetry/meter/m-1/readings").is_ok());
         assert!(validate_name("a//b/").is_ok(), "empty levels are levels");
+    }
+
+    /// `is_name` is `validate_name` of the bytes as UTF-8, for every byte in every place and
+    /// for names that are not UTF-8.
+    #[test]
+    fn is_name_says_what_validate_name_says_of_the_bytes() {
+        let agrees = |bytes: &[u8]| {
+            let expected = core::str::from_utf8(bytes).is_ok_and(|s| validate_name(s).is_ok());
+            assert_eq!(is_name(bytes), expected, "{bytes:?}");
+        };
+        // Every byte at every place of a name that spans words and a remainder.
+        for b in 0..=u8::MAX {
+            for at in 0..21 {
+                let mut name = alloc::vec![b'x'; 21];
+                name[at] = b;
+                agrees(&name);
+                agrees(&name[..=at]);
+            }
+        }
+        for name in ["é", "celine/zähler/1", "日本/+", "a/é#", "\u{10FFFF}"] {
+            agrees(name.as_bytes());
+        }
+        for name in
+            [&[0xC3][..], &[b'a', 0xC3, 0x28], &[0xED, 0xA0, 0x80], &[0xF8, 0x88, 0x80, 0x80, 0x80], &[]]
+        {
+            agrees(name);
+        }
+        agrees("a".repeat(MAX_TOPIC_BYTES).as_bytes());
+        agrees("a".repeat(MAX_TOPIC_BYTES + 1).as_bytes());
+        agrees("é".repeat(MAX_TOPIC_BYTES / 2 + 1).as_bytes());
     }
 
     fn m(f: &str, n: &str) -> bool {

@@ -515,6 +515,19 @@ impl Prepared {
     pub fn bytes(&self) -> usize {
         self.subject.bytes() + core::mem::size_of::<u64>()
     }
+
+    /// [`Generation::allowed_as_prepared`] of the generation whose id is `generation`, without
+    /// reading that generation: only a generation that decides natively prepares a subject,
+    /// and only for itself, so a subject prepared by the generation `generation` names is
+    /// decided by its own policy's residual. A topic is the broker's bytes (one that is not
+    /// UTF-8 is never allowed here). For a host that keeps the live generation's id at hand.
+    #[inline]
+    pub fn allowed_under(&self, generation: u64, action: Action, topic: &[u8]) -> Option<usize> {
+        if self.generation != generation {
+            return None;
+        }
+        self.subject.residual_allows(core_action(action), topic)
+    }
 }
 
 /// What a guest call ended in, when it did not return.

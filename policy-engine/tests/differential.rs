@@ -261,9 +261,12 @@ proptest! {
                 prop_assert_eq!(wasm_decision(generation.module_check(&req).unwrap()), expected.clone(), "the module");
                 prop_assert_eq!(wasm_decision(generation.try_check(&req).unwrap()), expected.clone(), "natively");
                 let prepared = generation.prepare(&req.subject, &req.clientid, &req.username).unwrap();
-                if let Some(rule) = generation.allowed_as_prepared(&prepared, req.action, &req.topic) {
+                let at_once = generation.allowed_as_prepared(&prepared, req.action, &req.topic);
+                if let Some(rule) = at_once {
                     prop_assert_eq!(wasm_decision(generation.allowed_by(rule, req.action, &req.topic).expect("a rule from a native generation")), expected.clone(), "the residual");
                 }
+                prop_assert_eq!(prepared.allowed_under(generation.id, req.action, req.topic.as_bytes()), at_once, "the residual, by generation id");
+                prop_assert_eq!(prepared.allowed_under(generation.id + 1, req.action, req.topic.as_bytes()), None, "another generation's id");
                 let got = generation.try_check_prepared(Some(&prepared), &req).unwrap();
                 prop_assert_eq!(wasm_decision(got), expected, "natively, prepared");
                 let su = generation.module_superuser(&Subject::from(subject.clone()));
