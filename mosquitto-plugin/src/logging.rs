@@ -4,9 +4,10 @@
 //! Mosquitto's log function may publish to `$SYS/broker/log/...`, which is only safe on the
 //! broker thread. So a line logged on the broker thread goes out at once, and a line logged
 //! elsewhere (a reload building a candidate, a key refresh) waits in a bounded queue that the
-//! broker thread empties at its next event. Levels map onto Mosquitto's: error, warning,
-//! information (info) and debug; `plugin_opt_log_level` drops finer lines before they are
-//! formatted, so debug audit lines cost nothing unless asked for.
+//! broker thread empties at its next event (ACL checks, most of the events under load, look
+//! at most once a second). Levels map onto Mosquitto's: error, warning, information (info)
+//! and debug; `plugin_opt_log_level` drops finer lines before they are formatted, so debug
+//! audit lines cost nothing unless asked for.
 
 use std::collections::VecDeque;
 use std::io::Write;

@@ -39,6 +39,7 @@ use crate::logging;
 use crate::options::{CertificateName, Options};
 use crate::revocation::{self, Cause, Lost, OnRevoke, Pass};
 use crate::stats::{REVOKED_DISCONNECTED, REVOKED_KEPT, REVOKED_UNSUBSCRIBED, Stats, add, bump};
+use crate::sys;
 use crate::usage::{Admitted, Over, Usage};
 
 /// How long the first key load may take at start-up before the broker starts without keys
@@ -147,9 +148,11 @@ struct PerCheck {
     /// When a check next looks for background work (coarse seconds since the epoch; a check
     /// that finds the clock behind the time this was set looks then too).
     next_background: Cell<u64>,
-    /// The live generation as of [`Live::version`] `generation_seen`: a check takes it from
-    /// here, touching none of the swap's shared state, and from `Live` only after a swap.
+    /// The [`Live::version`] `generation` was taken at: a check takes the live generation
+    /// from here, touching none of the swap's shared state, and from `Live` only after a swap.
     generation_seen: Cell<u64>,
+    /// `generation`'s id, which is all a check the residual allows needs of it.
+    generation_id: Cell<u64>,
     /// The authorizer's, for [`Live::version`].
     live: Arc<Live>,
     /// Checks [`Plugin::allowed_at_once`] allowed, by action (read, publish), not yet added to
@@ -162,8 +165,8 @@ struct PerCheck {
     /// Debug lines are logged (they record allows too), which the process's log level,
     /// set once, decides.
     debug_lines: bool,
-    generation: RefCell<Arc<Generation>>,
     connections: RefCell<Connections>,
+    generation: RefCell<Arc<Generation>>,
 }
 
 /// Whether a kept identity belongs to the client a check is for.
@@ -290,18 +293,22 @@ impl Plugin {
                 None => "denied (plugin_opt_certificate_subject_type is not set)".into(),
             }
         );
+        // The version first: a swap in between is taken again at the first check.
+        let generation_seen = live.version();
+        let generation = live.current();
         Ok(Plugin {
             reloader: Some(reloader),
             per_check: PerCheck {
                 will_window: Cell::new(None),
                 next_background: Cell::new(0),
-                generation_seen: Cell::new(live.version()),
+                generation_seen: Cell::new(generation_seen),
+                generation_id: Cell::new(generation.id),
                 allowed_uncounted: [Cell::new(0), Cell::new(0)],
                 checks_seen: Cell::new(0),
                 live: live.clone(),
                 debug_lines: tracing::enabled!(tracing::Level::DEBUG),
-                generation: RefCell::new(live.current()),
                 connections: RefCell::new(Connections::default()),
+                generation: RefCell::new(generation),
             },
             background: Some(background),
             options,
@@ -723,32 +730,56 @@ impl Plugin {
     pub fn check(&self, client: &impl BrokerClient, access: i32, topic: &[u8], message: AclMessage) -> bool {
         // Only the check right after a disconnect event may be that client's will.
         let will = self.per_check.will_window.take() == Some(client.key());
-        logging::flush();
         let now = coarse_now();
         // Due, or the wall clock stepped back (then it would not be due until the clock caught
         // up).
         let next_background = self.per_check.next_background.get();
         if now >= next_background || now + 1 < next_background {
+            // Lines other threads logged go out at every other event (Mosquitto 2.0 ticks
+            // on every pass of its loop), and at a check only with the background work: the
+            // queue's flag is two more lines of memory for a check to find.
+            logging::flush();
             self.background_work();
         }
-        let action = match access {
-            access::READ => Action::Read,
-            access::WRITE => Action::Publish,
-            access::SUBSCRIBE => Action::Subscribe,
-            // Leaving a subscription never widens anything; it frees one under the limit.
-            access::UNSUBSCRIBE => {
-                self.unsubscribed(client, topic);
-                return true;
-            }
-            other => {
-                tracing::warn!("denied an ACL check with an unknown access value {other}");
-                return false;
-            }
+        // Two comparisons rather than a `match`, which compiles to a jump table: a line of
+        // memory more for every check to find.
+        let action = if access == access::READ {
+            Action::Read
+        } else if access == access::WRITE {
+            Action::Publish
+        } else {
+            return self.check_other(client, access, topic, message, will, now);
         };
         if !will && self.allowed_at_once(client, action, topic, now) {
             return true;
         }
         self.decide(client, action, topic, message, will, now)
+    }
+
+    /// [`Plugin::check`] of an access other than read and publish.
+    #[cold]
+    #[inline(never)]
+    fn check_other(
+        &self,
+        client: &dyn BrokerClient,
+        access: i32,
+        topic: &[u8],
+        message: AclMessage,
+        will: bool,
+        now: u64,
+    ) -> bool {
+        match access {
+            access::SUBSCRIBE => self.decide(client, Action::Subscribe, topic, message, will, now),
+            // Leaving a subscription never widens anything; it frees one under the limit.
+            access::UNSUBSCRIBE => {
+                self.unsubscribed(client, topic);
+                true
+            }
+            other => {
+                tracing::warn!("denied an ACL check with an unknown access value {other}");
+                false
+            }
+        }
     }
 
     /// Forgets the filter: it frees a place under the subscription limit, and a swap no
@@ -780,17 +811,16 @@ impl Plugin {
         if action == Action::Subscribe || self.per_check.debug_lines {
             return false;
         }
-        let Ok(topic) = std::str::from_utf8(topic) else { return false };
         // Before the table is borrowed: taking a new generation may hand the old one over,
         // which may log, and a log line may be a publish that is checked.
-        let generation = self.live_generation();
+        let generation = self.live_generation_id();
         let Ok(connections) = self.per_check.connections.try_borrow() else { return false };
         let Some(conn) = connections.get(client.key()) else { return false };
         if !conn.connected || conn.deadline <= now {
             return false;
         }
         // An entry whose identity is `Unknown` is never mapped (see `Connection::mapped`).
-        let Some(mapped) = conn.mapped.as_ref().filter(|m| m.generation == generation.id) else {
+        let Some(mapped) = conn.mapped.as_ref().filter(|m| m.generation == generation) else {
             return false;
         };
         // A publish its limits may refuse is counted against them in `decide`.
@@ -803,12 +833,13 @@ impl Plugin {
         let seen = self.per_check.checks_seen.get();
         self.per_check.checks_seen.set(seen.wrapping_add(1));
         let started = u64::from(seen).is_multiple_of(authorizer::metrics::SAMPLE).then(Instant::now);
-        // The prepared subject was made with this connection's client id and username.
-        let allowed = mapped.superuser
-            || mapped
-                .prepared
-                .as_ref()
-                .is_some_and(|p| generation.allowed_as_prepared(p, action, topic).is_some());
+        // The prepared subject was made with this connection's client id and username. A
+        // topic that is not UTF-8 is denied, a superuser's too, in `decide`.
+        let allowed = if mapped.superuser {
+            std::str::from_utf8(topic).is_ok()
+        } else {
+            mapped.prepared.as_ref().is_some_and(|p| p.allowed_under(generation, action, topic).is_some())
+        };
         if allowed {
             let tally = &self.per_check.allowed_uncounted[usize::from(action == Action::Publish)];
             tally.set(tally.get().wrapping_add(1));
@@ -822,11 +853,18 @@ impl Plugin {
     /// The live generation, taken from `Live` again only after a swap.
     #[inline]
     fn live_generation(&self) -> std::cell::Ref<'_, Arc<Generation>> {
+        self.live_generation_id();
+        self.per_check.generation.borrow()
+    }
+
+    /// The live generation's id (see [`Plugin::live_generation`]).
+    #[inline]
+    fn live_generation_id(&self) -> u64 {
         let version = self.per_check.live.version();
         if version != self.per_check.generation_seen.get() {
             self.take_live_generation(version);
         }
-        self.per_check.generation.borrow()
+        self.per_check.generation_id.get()
     }
 
     /// Takes the live generation after a swap (`version`), handing the one held until now
@@ -835,8 +873,10 @@ impl Plugin {
     #[inline(never)]
     fn take_live_generation(&self, version: u64) {
         let previous = self.per_check.generation.try_borrow_mut().ok().map(|mut held| {
+            let current = self.per_check.live.current();
             self.per_check.generation_seen.set(version);
-            std::mem::replace(&mut *held, self.per_check.live.current())
+            self.per_check.generation_id.set(current.id);
+            std::mem::replace(&mut *held, current)
         });
         // This thread may hold it last: its instances are freed off the broker thread.
         // (Handing it over may log, and a log line may be a publish that is checked: nothing
@@ -1640,17 +1680,17 @@ impl Drop for Plugin {
 /// Milliseconds on the coarse monotonic clock (read without a system call, like
 /// [`coarse_now`]): when the tick's timed work is due.
 fn coarse_ms() -> u64 {
-    let t = rustix::time::clock_gettime(rustix::time::ClockId::MonotonicCoarse);
-    // A reading that makes no sense makes the timed work due, never postponed.
-    let (secs, nanos) = (u64::try_from(t.tv_sec).unwrap_or(u64::MAX), u64::try_from(t.tv_nsec).unwrap_or(0));
+    // No reading, or one that makes no sense, makes the timed work due, never postponed.
+    let (secs, nanos) = sys::coarse_clock(sys::CoarseClock::Monotonic).map_or((u64::MAX, 0), |(s, n)| {
+        (u64::try_from(s).unwrap_or(u64::MAX), u64::try_from(n).unwrap_or(0))
+    });
     secs.saturating_mul(1000).saturating_add(nanos / 1_000_000)
 }
 
 /// Seconds since the epoch from the coarse real-time clock (a few ms of resolution, read
 /// without a system call and cheaper than the precise one): what an `exp` comparison needs.
 fn coarse_now() -> u64 {
-    let t = rustix::time::clock_gettime(rustix::time::ClockId::RealtimeCoarse);
-    u64::try_from(t.tv_sec).unwrap_or_else(|_| now())
+    sys::coarse_clock(sys::CoarseClock::Realtime).and_then(|(s, _)| u64::try_from(s).ok()).unwrap_or_else(now)
 }
 
 #[cfg(test)]

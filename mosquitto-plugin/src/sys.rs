@@ -406,6 +406,30 @@ impl Functions {
     }
 }
 
+/// A coarse clock (the time at the kernel's last tick, read without a system call).
+#[derive(Debug, Clone, Copy)]
+pub enum CoarseClock {
+    /// `CLOCK_REALTIME_COARSE`: since the epoch.
+    Realtime,
+    /// `CLOCK_MONOTONIC_COARSE`.
+    Monotonic,
+}
+
+/// A coarse clock's reading, in seconds and nanoseconds; `None` if the kernel refuses the
+/// clock. Through the C library, which reads it from the kernel's vDSO: tools that run the
+/// broker under instrumentation (valgrind) follow that call, and crash on a vDSO lookup of
+/// the plugin's own.
+pub fn coarse_clock(clock: CoarseClock) -> Option<(i64, i64)> {
+    let id = match clock {
+        CoarseClock::Realtime => libc::CLOCK_REALTIME_COARSE,
+        CoarseClock::Monotonic => libc::CLOCK_MONOTONIC_COARSE,
+    };
+    let mut t = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: `t` is a timespec the call may write.
+    let rc = unsafe { libc::clock_gettime(id, &mut t) };
+    (rc == 0).then_some((t.tv_sec, t.tv_nsec))
+}
+
 /// A C string the broker gave, as bytes; NULL is `None`.
 ///
 /// # Safety
@@ -442,13 +466,22 @@ pub(crate) unsafe fn names_are(
     }
 }
 
-/// Whether the C string `p` holds exactly `expected`. No byte past the first difference or
-/// the terminator is read; an `expected` holding a NUL never matches.
+/// Names up to this long are compared a byte at a time; longer ones (a client may send a
+/// username of up to 64 KiB) are measured and compared by the C library, many bytes at a time.
+const SHORT_NAME: usize = 64;
+
+/// Whether the C string `p` holds exactly `expected`. No byte past the terminator is read
+/// (nor, for a short `expected`, past the first difference); an `expected` holding a NUL
+/// never matches.
 ///
 /// # Safety
 /// `p` is a NUL-terminated string.
 #[inline]
 unsafe fn c_str_is(p: *const c_char, expected: &[u8]) -> bool {
+    if expected.len() > SHORT_NAME {
+        // SAFETY: the caller's contract.
+        return unsafe { CStr::from_ptr(p) }.to_bytes() == expected;
+    }
     for (i, &want) in expected.iter().enumerate() {
         // SAFETY: bytes `0..i` matched `expected` and none was NUL, so the string goes on at
         // least to index `i`.
@@ -585,6 +618,28 @@ mod tests {
         assert!(!is(Some("c1\0\0"), None, ("c1\0", None)));
         assert!(!is(Some("ab\0cd\0"), None, ("ab\0cd", None)));
         assert!(!is(Some("c1\0"), Some("ve\0ra\0"), ("c1", Some("ve\0ra"))));
+    }
+
+    #[test]
+    fn long_names_are_compared_as_exactly_as_short_ones() {
+        let is = |id: &str, username: &str, expected: (&str, Option<&str>)| {
+            named(Some(&format!("{id}\0")), Some(&format!("{username}\0")), expected).0
+        };
+        for n in [super::SHORT_NAME, super::SHORT_NAME + 1, 4096] {
+            let long = "x".repeat(n);
+            let (shorter, longer) = (&long[1..], format!("{long}x"));
+            let mut off = long.clone().into_bytes();
+            off[n / 2] = b'y';
+            let off = String::from_utf8(off).unwrap();
+            assert!(is(&long, &long, (&long, Some(&long))), "{n}");
+            assert!(is("c1", &long, ("c1", Some(&long))), "{n}");
+            for other in [shorter, &longer, &off] {
+                assert!(!is(other, "vera", (&long, Some("vera"))), "{n}: an id {} long", other.len());
+                assert!(!is("c1", other, ("c1", Some(&long))), "{n}: a username {} long", other.len());
+            }
+            let with_nul = format!("{}\0{}", &long[..n / 2], &long[n / 2 + 1..]);
+            assert!(!is("c1", &with_nul[..n / 2], ("c1", Some(&with_nul))), "{n}: a NUL expected");
+        }
     }
 
     #[test]
