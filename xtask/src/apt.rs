@@ -44,6 +44,12 @@ pub fn ensure_redis() -> anyhow::Result<()> {
     ensure(&["redis-server"], &["/usr/bin/redis-server"], "the shared-session tests")
 }
 
+/// Valgrind, for the test that the broker plugin's clocks read under it (Mosquitto is
+/// debugged under valgrind).
+pub fn ensure_valgrind() -> anyhow::Result<()> {
+    ensure(&["valgrind"], &["/usr/bin/valgrind"], "the broker plugin's test under valgrind")
+}
+
 /// Mosquitto, its clients and its plugin headers (the plugin's C declarations follow them).
 pub fn ensure_mosquitto() -> anyhow::Result<()> {
     ensure(

@@ -321,6 +321,7 @@ fn test() -> anyhow::Result<()> {
     cargo(&["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"])?;
     apt::ensure_mosquitto()?;
     apt::ensure_redis()?;
+    apt::ensure_valgrind()?;
     step("unit, property, conformance, CLI, server and broker-plugin tests");
     cargo(&[
         "test",
