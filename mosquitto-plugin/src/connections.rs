@@ -174,9 +174,10 @@ pub struct Mapped {
     /// publishes and subscriptions are then refused).
     limits: Result<Limits, Box<str>>,
     /// The request the connection's checks reuse (subject, client id, proven username);
-    /// each check only fills in the topic and the action. Boxed: a `Request`'s strings would
-    /// offer `Option<Mapped>` a place for "none" far out in the entry, which every check would
-    /// read; without them that place is within `prepared`, on the lines a check reads anyway.
+    /// each check only fills in the topic and the action. Boxed: rustc puts the "none" of
+    /// `Option<Mapped>` where a field leaves it the most room, which a `Request`'s strings
+    /// did, far out in the entry, for every check to read; without them it is within
+    /// `prepared`, on the lines a check reads anyway (the disassembly of a check shows it).
     pub request: Box<Request>,
 }
 

@@ -83,7 +83,7 @@ pub fn stop() {
 /// Sends the lines other threads logged; call on the broker thread.
 #[inline]
 pub fn flush() {
-    // A plain load first: this runs before every check, and nearly always finds nothing.
+    // A plain load first: this runs at every event, and nearly always finds nothing.
     if PENDING.load(Ordering::Relaxed) && PENDING.swap(false, Ordering::Acquire) {
         send_pending();
     }

@@ -735,9 +735,10 @@ impl Plugin {
         // up).
         let next_background = self.per_check.next_background.get();
         if now >= next_background || now + 1 < next_background {
-            // Lines other threads logged go out at every other event (Mosquitto 2.0 ticks
-            // on every pass of its loop), and at a check only with the background work: the
-            // queue's flag is two more lines of memory for a check to find.
+            // Lines other threads logged go out at every other event (Mosquitto ticks its
+            // plugins on every pass of its loop, unless 2.0 runs with `per_listener_settings
+            // true`), and at a check only with the background work: the queue's flag is two
+            // more lines of memory for a check to find.
             logging::flush();
             self.background_work();
         }
@@ -1304,9 +1305,10 @@ impl Plugin {
     /// connections, the identities that can no longer be asked about, `$SYS` counters when
     /// due.
     pub fn tick(&self) {
+        // No reading makes the timed work due, and sets no time for the next.
         let now = coarse_ms();
-        let timed = now >= self.next_tick_work.get();
-        if timed {
+        let timed = now.is_none_or(|now| now >= self.next_tick_work.get());
+        if let Some(now) = now.filter(|_| timed) {
             self.next_tick_work.set(now.saturating_add(TICK_WORK_EVERY_MS));
         }
         self.tick_with(timed);
@@ -1679,12 +1681,10 @@ impl Drop for Plugin {
 
 /// Milliseconds on the coarse monotonic clock (read without a system call, like
 /// [`coarse_now`]): when the tick's timed work is due.
-fn coarse_ms() -> u64 {
-    // No reading, or one that makes no sense, makes the timed work due, never postponed.
-    let (secs, nanos) = sys::coarse_clock(sys::CoarseClock::Monotonic).map_or((u64::MAX, 0), |(s, n)| {
-        (u64::try_from(s).unwrap_or(u64::MAX), u64::try_from(n).unwrap_or(0))
-    });
-    secs.saturating_mul(1000).saturating_add(nanos / 1_000_000)
+fn coarse_ms() -> Option<u64> {
+    let (secs, nanos) = sys::coarse_clock(sys::CoarseClock::Monotonic)?;
+    let (secs, nanos) = (u64::try_from(secs).ok()?, u64::try_from(nanos).ok()?);
+    Some(secs.saturating_mul(1000).saturating_add(nanos / 1_000_000))
 }
 
 /// Seconds since the epoch from the coarse real-time clock (a few ms of resolution, read

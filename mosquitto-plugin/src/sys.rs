@@ -442,7 +442,8 @@ pub unsafe fn bytes<'a>(p: *const c_char) -> Option<&'a [u8]> {
 /// Whether the broker still names a client by exactly `expected_id` and `expected_username`:
 /// its id `id` (NULL: none, which is the empty id) and its username, asked of `username` only
 /// when the ids agree (NULL: none). Every check of a connected client asks this, so the
-/// broker's strings are compared where they lie, without taking their length first.
+/// broker's strings are compared where they lie, a byte at a time, without taking their
+/// length first (but for names longer than [`SHORT_NAME`]).
 ///
 /// # Safety
 /// `id` and what `username` returns are NULL or NUL-terminated strings.

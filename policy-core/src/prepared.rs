@@ -198,12 +198,13 @@ impl Prepared {
         &self.subject
     }
 
-    /// [`Policy::allowed_as_prepared`] under the policy this was prepared for, which its
-    /// caller knows without reading that policy (a policy generation prepares subjects only
-    /// for its own), for a topic as the broker's bytes: a name that is not UTF-8, or not a
-    /// valid name, is never allowed here.
+    /// [`Policy::allowed_as_prepared`] by the policy this was prepared for, for a caller
+    /// that knows which policy that is without reading it (it holds the policy's identity
+    /// some other way), and a topic as the broker's bytes: a name that is not UTF-8, or not a
+    /// valid name, is never allowed here. Asked of another policy's request, it answers for
+    /// the wrong policy: [`Policy::allowed_as_prepared`] is the checked way.
     #[inline]
-    pub fn residual_allows(&self, action: Action, name: &[u8]) -> Option<usize> {
+    pub fn allowed_under_its_policy(&self, action: Action, name: &[u8]) -> Option<usize> {
         let residual = match action {
             Action::Read => &self.residual[0],
             Action::Publish => &self.residual[1],
@@ -322,7 +323,7 @@ impl Policy {
         if prepared.policy != self.id {
             return None;
         }
-        prepared.residual_allows(action, topic.as_bytes())
+        prepared.allowed_under_its_policy(action, topic.as_bytes())
     }
 
     /// The decision [`Policy::check`] makes when `rule` allows `action` on `topic`: for a

@@ -140,8 +140,8 @@ pub fn is_name(bytes: &[u8]) -> bool {
         || is_name_converted(bytes)
 }
 
-/// Whether none of the eight bytes of `w` is NUL, `+`, `#` or beyond ASCII. (It may say no
-/// to a plain word, never yes to another: a no is decided again the long way.)
+/// Whether none of the eight bytes of `w` is NUL, `+`, `#` or beyond ASCII (exactly; the
+/// name is decided again the long way after a no all the same).
 #[inline(always)]
 fn plain_word(w: u64) -> bool {
     const ONES: u64 = u64::from_le_bytes([0x01; 8]);

@@ -526,7 +526,7 @@ impl Prepared {
         if self.generation != generation {
             return None;
         }
-        self.subject.residual_allows(core_action(action), topic)
+        self.subject.allowed_under_its_policy(core_action(action), topic)
     }
 }
 
