@@ -1,10 +1,10 @@
 //! Mosquitto is debugged under valgrind, and the plugin must not crash it there. A clock read
 //! through rustix finds the vDSO from the aux vector the kernel gave the process, which under
-//! valgrind is valgrind's own and names a vDSO it never maps for the program it runs. So the
-//! plugin's coarse clocks are read through the C library, and every rustix in the build (the
-//! policy engine's thread CPU clock, which bounds module calls) reads the aux vector the C
-//! library holds (`use-libc-auxv`). This test runs itself under valgrind and reads those
-//! clocks there, the thread CPU clock as `policy_engine` reads it.
+//! valgrind is valgrind's own and names a vDSO it never maps for the program it runs. So every
+//! rustix in the build (the policy engine's thread CPU clock, which bounds module calls) reads
+//! the aux vector the C library holds (`use-libc-auxv`); the plugin's coarse clocks are read
+//! through the C library itself. This test runs itself under valgrind and reads those clocks
+//! there, the thread CPU clock as `policy_engine` reads it.
 
 use std::process::Command;
 
