@@ -382,13 +382,17 @@ impl std::hash::BuildHasher for KeyHasher {
     }
 }
 
-/// (`repr(C)`: `by_client`, which every check reads, first.)
+/// (`repr(C)`: `by_client`, which every check reads, first; then `ending`, which every tick
+/// reads.)
 #[derive(Default)]
 #[repr(C)]
 pub struct Connections {
     /// Keyed by the broker's client structure, hashed with foldhash: the key is an address
     /// the broker chose, which no client can pick to collide (and SipHash showed in profiles).
     by_client: HashMap<ClientKey, Connection, KeyHasher>,
+    /// Disconnected entries whose session surely ended with their connection: they go at
+    /// the next tick (their will has been checked by then).
+    ending: Vec<ClientKey>,
     /// The key of the last entry recorded for each client id (a client chooses its id, so
     /// this map hashes with SipHash's keyed default); an item whose entry has gone or holds
     /// another id is skipped, and such items are dropped by the sweep.
@@ -398,9 +402,6 @@ pub struct Connections {
     /// Connected entries by deadline, earliest first. An item whose entry has gone, left, or
     /// moved its deadline (re-authentication) is skipped when it comes up.
     deadlines: BinaryHeap<Reverse<(u64, ClientKey)>>,
-    /// Disconnected entries whose session surely ended with their connection: they go at
-    /// the next tick (their will has been checked by then).
-    ending: Vec<ClientKey>,
     /// Disconnected entries in the order they left (an item whose entry has gone or come
     /// back is skipped): the oldest go first when too many are kept.
     left: std::collections::VecDeque<(ClientKey, u64)>,
@@ -586,6 +587,12 @@ impl Connections {
         self.connected
     }
 
+    /// Whether sessions ended since the last sweep: the tick's sweep then has entries to drop.
+    #[inline]
+    pub fn sessions_ended(&self) -> bool {
+        !self.ending.is_empty()
+    }
+
     /// Entries in all (connected, and disconnected ones kept for late checks).
     pub fn len(&self) -> usize {
         self.by_client.len()
@@ -611,6 +618,13 @@ mod tests {
 
     fn d(allow: bool) -> Arc<Decision> {
         Arc::new(Decision { allow, rule: None, reason: String::new() })
+    }
+
+    #[test]
+    fn what_a_tick_reads_of_the_table_lies_right_after_what_a_check_reads() {
+        let map = std::mem::size_of::<HashMap<ClientKey, Connection, KeyHasher>>();
+        assert_eq!(std::mem::offset_of!(Connections, by_client), 0);
+        assert_eq!(std::mem::offset_of!(Connections, ending), map);
     }
 
     #[test]

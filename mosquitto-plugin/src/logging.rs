@@ -4,10 +4,10 @@
 //! Mosquitto's log function may publish to `$SYS/broker/log/...`, which is only safe on the
 //! broker thread. So a line logged on the broker thread goes out at once, and a line logged
 //! elsewhere (a reload building a candidate, a key refresh) waits in a bounded queue that the
-//! broker thread empties at its next event (ACL checks, most of the events under load, look
-//! at most once a second). Levels map onto Mosquitto's: error, warning, information (info)
-//! and debug; `plugin_opt_log_level` drops finer lines before they are formatted, so debug
-//! audit lines cost nothing unless asked for.
+//! broker thread empties at its next event (a tick only at its timed work, every 10 ms; ACL
+//! checks at most once a second). Levels map onto Mosquitto's: error, warning, information
+//! (info) and debug; `plugin_opt_log_level` drops finer lines before they are formatted, so
+//! debug audit lines cost nothing unless asked for.
 
 use std::collections::VecDeque;
 use std::io::Write;
@@ -83,7 +83,7 @@ pub fn stop() {
 /// Sends the lines other threads logged; call on the broker thread.
 #[inline]
 pub fn flush() {
-    // A plain load first: this runs at every event, and nearly always finds nothing.
+    // A plain load first: this runs at nearly every event, and nearly always finds nothing.
     if PENDING.load(Ordering::Relaxed) && PENDING.swap(false, Ordering::Acquire) {
         send_pending();
     }

@@ -114,15 +114,6 @@ pub struct Plugin {
     stats: Arc<Stats>,
     last_sys: Cell<Option<Instant>>,
     last_sweep: Cell<Instant>,
-    /// When the tick next does its timed work ([`coarse_ms`]).
-    next_tick_work: Cell<u64>,
-    /// From Mosquitto's reload event until the next tick: the broker re-checks every client's
-    /// stored credentials (see `readmit`). The re-check runs in one go right after the event
-    /// and the tick comes later in the same loop; checks in between (log lines published to
-    /// `$SYS`) do not end it. (A broker built with websockets services them in between too: a
-    /// CONNECT then may be taken for a re-check, which readmits only an entry whose whole
-    /// binding matches, and leaves a disconnected one disconnected: it gets no subscription.)
-    reauthenticating: Cell<bool>,
     /// The clock of the publish-rate buckets.
     started: Instant,
     /// The re-decision of connected clients' subscriptions under a new generation, under way
@@ -135,11 +126,12 @@ pub struct Plugin {
     to_disconnect: RefCell<std::collections::VecDeque<(ClientKey, Box<str>)>>,
 }
 
-/// The plugin's state that every check reads or writes: the fields in this order (`repr(C)`)
-/// up to the connection table's own header (its map's, which `Connections` holds first) fill
-/// the struct's first two cache lines; the rest of the table is read only off the fast path.
-/// Between two checks the broker's and the kernel's work evict from the CPU's caches what a
-/// check touches, so inside Mosquitto a check costs about the lines it touches.
+/// The plugin's state that every check or tick reads or writes: the fields in this order
+/// (`repr(C)`) up to the connection table's own header (its map's, which `Connections` holds
+/// first) fill the struct's first two cache lines; of the rest of the table a check reads
+/// nothing on the fast path, and a tick only whether sessions ended. Between two checks the
+/// broker's and the kernel's work evict from the CPU's caches what a check touches, so
+/// inside Mosquitto a check (and a tick) costs about the lines it touches.
 #[repr(C, align(64))]
 struct PerCheck {
     /// The client whose disconnect event was the last event: Mosquitto checks its will as a
@@ -165,6 +157,20 @@ struct PerCheck {
     /// Debug lines are logged (they record allows too), which the process's log level,
     /// set once, decides.
     debug_lines: bool,
+    /// From Mosquitto's reload event until the next tick: the broker re-checks every client's
+    /// stored credentials (see `readmit`). The re-check runs in one go right after the event
+    /// and the tick comes later in the same loop; checks in between (log lines published to
+    /// `$SYS`) do not end it. (A broker built with websockets services them in between too: a
+    /// CONNECT then may be taken for a re-check, which readmits only an entry whose whole
+    /// binding matches, and leaves a disconnected one disconnected: it gets no subscription.)
+    reauthenticating: Cell<bool>,
+    /// A revocation pass is under way, or a re-authentication's recheck asks for one, or a
+    /// pass's disconnects are waiting (see [`Plugin::revocation_under_way`]): every tick goes
+    /// on with it. Set when a recheck is queued, and after each step. (A swap's pass starts at
+    /// the timed work.)
+    revoking: Cell<bool>,
+    /// When the tick next does its timed work ([`coarse_ms`]).
+    next_tick_work: Cell<u64>,
     connections: RefCell<Connections>,
     generation: RefCell<Arc<Generation>>,
 }
@@ -307,6 +313,9 @@ impl Plugin {
                 checks_seen: Cell::new(0),
                 live: live.clone(),
                 debug_lines: tracing::enabled!(tracing::Level::DEBUG),
+                reauthenticating: Cell::new(false),
+                revoking: Cell::new(false),
+                next_tick_work: Cell::new(0),
                 connections: RefCell::new(Connections::default()),
                 generation: RefCell::new(generation),
             },
@@ -317,8 +326,6 @@ impl Plugin {
             stats,
             last_sys: Cell::new(None),
             last_sweep: Cell::new(Instant::now()),
-            next_tick_work: Cell::new(0),
-            reauthenticating: Cell::new(false),
             revocation: RefCell::new(None),
             revoked_for: Cell::new(live.current().id),
             recheck: RefCell::new(Vec::new()),
@@ -335,8 +342,9 @@ impl Plugin {
         &self.stats
     }
 
-    /// What every event does, the tick included: log lines queued on other threads are
-    /// written, and the will window ends (only a disconnect's will check is in it).
+    /// What every event does, a tick that goes further than [`Plugin::tick_untimed`]'s look
+    /// included: log lines queued on other threads are written, and the will window ends
+    /// (only a disconnect's will check is in it).
     fn every_event(&self) {
         logging::flush();
         self.per_check.will_window.set(None);
@@ -525,6 +533,7 @@ impl Plugin {
         conn.remap(&generation, &subject, superuser);
         if let Ok(mut recheck) = self.recheck.try_borrow_mut() {
             recheck.push(key);
+            self.per_check.revoking.set(true);
         }
         let deadline = conn.deadline;
         connections.watch(key, deadline);
@@ -579,7 +588,7 @@ impl Plugin {
                 // the same client is not news, and a kept session stays disconnected. (Outside
                 // a reload, the same address is a new connection, even with the same token.)
                 let again = connections.get_mut(key).filter(|c| {
-                    self.reauthenticating.get()
+                    self.per_check.reauthenticating.get()
                         && c.token().map(|t| t.0) == connection.token().map(|t| t.0)
                         && c.binding.describes(client)
                 });
@@ -636,7 +645,7 @@ impl Plugin {
         // A password that is a JWT is proof enough on its own: verified afresh.
         let token_in_password =
             password.and_then(|p| std::str::from_utf8(p).ok()).is_some_and(identity::looks_like_jwt);
-        if !self.reauthenticating.get() || token_in_password {
+        if !self.per_check.reauthenticating.get() || token_in_password {
             return None;
         }
         let conn = connections.get_mut(client.key())?;
@@ -735,10 +744,10 @@ impl Plugin {
         // up).
         let next_background = self.per_check.next_background.get();
         if now >= next_background || now + 1 < next_background {
-            // Lines other threads logged go out at every other event (Mosquitto ticks its
+            // Lines other threads logged go out at the tick's timed work (Mosquitto ticks its
             // plugins on every pass of its loop, unless 2.0 runs with `per_listener_settings
-            // true`), and at a check only with the background work: the queue's flag is two
-            // more lines of memory for a check to find.
+            // true`) and every other event, and at a check only with the background work:
+            // the queue's flag is two more lines of memory for a check to find.
             logging::flush();
             self.background_work();
         }
@@ -1298,32 +1307,46 @@ impl Plugin {
         }
     }
 
-    /// The broker's periodic event. Every tick sends queued log lines, ends the reload's
-    /// re-check and the will window, drops the entries of sessions that ended (Mosquitto
-    /// frees their clients right after) and goes on with a revocation pass under way; every
-    /// [`TICK_WORK_EVERY_MS`] it also does the timed work: background work, expired
-    /// connections, the identities that can no longer be asked about, `$SYS` counters when
-    /// due.
+    /// The broker's periodic event. Every tick ends the reload's re-check and the will
+    /// window, drops the entries of sessions that ended (Mosquitto frees their clients right
+    /// after) and goes on with a revocation pass under way; every [`TICK_WORK_EVERY_MS`] it
+    /// also does the timed work: queued log lines, background work, expired connections, the
+    /// identities that can no longer be asked about, `$SYS` counters when due.
     pub fn tick(&self) {
         // No reading makes the timed work due, and sets no time for the next.
         let now = coarse_ms();
-        let timed = now.is_none_or(|now| now >= self.next_tick_work.get());
-        if let Some(now) = now.filter(|_| timed) {
-            self.next_tick_work.set(now.saturating_add(TICK_WORK_EVERY_MS));
+        let timed = now.is_none_or(|now| now >= self.per_check.next_tick_work.get());
+        if !timed {
+            return self.tick_untimed();
         }
-        self.tick_with(timed);
+        if let Some(now) = now {
+            self.per_check.next_tick_work.set(now.saturating_add(TICK_WORK_EVERY_MS));
+        }
+        self.tick_with(true);
     }
 
-    /// A tick without the timed work, as most of Mosquitto 2.0's ticks are: for tests of
-    /// what every tick must do.
+    /// A tick without the timed work, as almost all of Mosquitto 2.0's are: it ticks on every
+    /// pass of its loop, under load once for every few messages, so this touches no more than
+    /// the clock and three lines of memory unless sessions ended or a revocation pass goes on.
+    /// (Public for tests of what every tick must do.)
     #[doc(hidden)]
+    #[inline]
     pub fn tick_untimed(&self) {
-        self.tick_with(false);
+        let per_check = &self.per_check;
+        per_check.will_window.set(None);
+        per_check.reauthenticating.set(false);
+        // (A table borrowed here is a tick inside another event, where `tick_with` would do
+        // nothing either.)
+        let ended = per_check.connections.try_borrow().is_ok_and(|c| c.sessions_ended());
+        if ended || per_check.revoking.get() {
+            self.tick_with(false);
+        }
     }
 
+    #[inline(never)]
     fn tick_with(&self, timed: bool) {
         self.every_event();
-        self.reauthenticating.set(false);
+        self.per_check.reauthenticating.set(false);
         if timed {
             self.background_work();
             if self.options.disconnect_on_expiry {
@@ -1337,15 +1360,16 @@ impl Plugin {
             let dropped = connections.sweep(full.then(coarse_now));
             if dropped > 0 {
                 tracing::debug!("dropped {dropped} identities that can no longer be asked about");
+                self.stats.connections_current.store(connections.connected() as u64, Relaxed);
             }
-            self.stats.connections_current.store(connections.connected() as u64, Relaxed);
         }
         if full {
             self.last_sweep.set(Instant::now());
         }
         // A pass under way, and its disconnects, go on at every tick: its slices are bounded.
-        if timed || self.revocation_under_way() {
+        if timed || self.per_check.revoking.get() {
             self.revoke_step();
+            self.per_check.revoking.set(self.revocation_under_way());
         }
         let interval = self.options.sys_interval;
         if !timed || interval.is_zero() || self.last_sys.get().is_some_and(|t| t.elapsed() < interval) {
@@ -1662,7 +1686,7 @@ impl Plugin {
     /// Mosquitto's reload (`SIGHUP`): re-read the policy and module files in the background.
     pub fn reload(&self) {
         self.event();
-        self.reauthenticating.set(true);
+        self.per_check.reauthenticating.set(true);
         if let Some(r) = &self.reloader {
             r.request("Mosquitto reload (SIGHUP)");
         }

@@ -833,6 +833,31 @@ fn a_swap_that_revokes_a_held_subscription_names_the_client_and_disconnects_it_o
     assert!(metrics.contains("mqtt_policy_revoked_subscriptions_total 1"), "{metrics}");
 }
 
+/// Between its timed work a tick goes no further than a look at what waits, unless a pass
+/// does: the pass a re-authentication asks for is carried out by such ticks alone.
+#[test]
+fn a_pass_a_reauthentication_asks_for_goes_on_at_ticks_without_timed_work() {
+    let f = fixture(&[("on_revoke", "disconnect")]);
+    let editor = f.token("vera", &["viewers", "editors"]);
+    assert!(matches!(f.connect_ext(1, "c1", "JWT", None, &editor), Admission::Admitted { .. }));
+    assert!(f.may(1, access::SUBSCRIBE, "celine/digital-twin/events/#"));
+    f.plugin.tick();
+    assert!(!f.plugin.revocation_pending(), "nothing to decide again yet");
+    // The same subject without the editors' group: the subscription is no longer granted.
+    let viewer = f.token("vera", &["viewers"]);
+    assert!(matches!(f.connect_ext(1, "c1", "jwt", None, &viewer), Admission::Admitted { .. }));
+    assert!(f.plugin.revocation_pending());
+    for _ in 0..1000 {
+        if !f.kicked().is_empty() {
+            break;
+        }
+        f.plugin.tick_untimed();
+    }
+    assert_eq!(f.kicked(), [("c1".to_string(), false)], "the pass ran, and found the lost filter");
+    f.plugin.tick_untimed();
+    assert!(!f.plugin.revocation_pending(), "and then ended");
+}
+
 #[test]
 fn unsubscribe_removes_just_the_revoked_subscription_where_the_broker_can() {
     let (_dir, policy, original) = editable_e2e_policy();
